@@ -1,0 +1,88 @@
+// Composition root: builds every part from the validated config and wires them in data-flow order.
+import { Agent, type Dispatcher } from 'undici';
+import type { FastifyInstance } from 'fastify';
+import type { Clock, Random } from './core/clock.js';
+import { Lifecycle } from './core/lifecycle.js';
+import type { Logger } from './core/logger.js';
+import { createMetrics, type Metrics } from './core/metrics.js';
+import type { Config } from './config/load.js';
+import { Router } from './routing/router.js';
+import { Spool } from './spool/spool.js';
+import { createSmtpService, type SmtpService } from './smtp/server.js';
+import { DeliveryWorker } from './delivery/worker.js';
+import { buildHttpApp } from './http/server.js';
+
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  clock: Clock;
+  random: Random;
+  dispatcher?: Dispatcher;
+}
+
+export interface App {
+  config: Config;
+  spool: Spool;
+  smtp: SmtpService;
+  http: FastifyInstance;
+  worker: DeliveryWorker;
+  metrics: Metrics;
+  lifecycle: Lifecycle;
+  addresses: { smtp: { host: string; port: number }; http: { host: string; port: number } };
+  stop(): Promise<void>;
+}
+
+/** Grace for SMTP transactions and webhook requests in flight at shutdown. */
+const SHUTDOWN_GRACE_MS = 10_000;
+
+export async function startApp(deps: AppDeps): Promise<App> {
+  const { config, log, clock, random } = deps;
+  const lifecycle = new Lifecycle(log);
+  const metrics = createMetrics();
+  try {
+    const spool = new Spool({ path: config.spool.path, inlineMaxBytes: config.spool.inline_max_bytes, clock });
+    lifecycle.onStop('spool', () => spool.close());
+
+    const dispatcher = deps.dispatcher ?? new Agent({ connections: config.delivery.concurrency, keepAliveTimeout: 10_000 });
+    if (!deps.dispatcher) lifecycle.onStop('http client', () => dispatcher.close());
+
+    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher });
+    spool.acceptor.onCommitted = () => worker.wake();
+    worker.start();
+    lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));
+
+    const router = new Router(config.routes);
+    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics });
+
+    const http = buildHttpApp({ config, spool, log, metrics, readiness: () => ({ smtp_listening: smtp.isListening() }) });
+    let httpAddress: { host: string; port: number };
+    try {
+      await http.listen({ host: config.http.listen.host, port: config.http.listen.port });
+      const a = http.server.address();
+      httpAddress = typeof a === 'object' && a ? { host: a.address, port: a.port } : { host: config.http.listen.host, port: config.http.listen.port };
+    } catch (err) {
+      throw Object.assign(new Error(`cannot listen for HTTP on ${config.http.listen.host}:${config.http.listen.port}: ${(err as Error).message}; check http.listen`), { cause: err });
+    }
+    lifecycle.onStop('http', () => http.close());
+
+    // SMTP starts last and stops first: nothing is accepted that the rest cannot take.
+    const smtpAddress = await smtp.listen();
+    lifecycle.onStop('smtp', () => smtp.shutdown(SHUTDOWN_GRACE_MS));
+
+    log.info({ smtp: smtpAddress, http: httpAddress, routes: config.routes.map((r) => r.name), spool: config.spool.path }, 'mailhook started');
+    return {
+      config,
+      spool,
+      smtp,
+      http,
+      worker,
+      metrics,
+      lifecycle,
+      addresses: { smtp: smtpAddress, http: httpAddress },
+      stop: () => lifecycle.stop(),
+    };
+  } catch (err) {
+    await lifecycle.stop();
+    throw err;
+  }
+}

@@ -1,0 +1,63 @@
+// The mailhook command line: subcommands parsed with commander; process access stays in main.ts.
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { loadConfigFile, type Env } from '../config/load.js';
+import { ConfigError } from '../core/errors.js';
+import { runServe } from './serve.js';
+
+export interface CliIo {
+  argv: string[];
+  env: Env;
+  cwd: string;
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+  /** resolves when the process is asked to stop (SIGTERM/SIGINT) */
+  onSignal: (handler: (signal: string) => void) => void;
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** Runs the CLI; resolves to the process exit code. */
+export async function runCli(io: CliIo): Promise<number> {
+  let exitCode = 0;
+  const program = new Command()
+    .name('mailhook')
+    .description('SMTP in, signed webhooks out')
+    .version(version())
+    .exitOverride()
+    .configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
+
+  program
+    .command('serve')
+    .description('run the SMTP server, delivery worker and HTTP listener in the foreground')
+    .requiredOption('-c, --config <file>', 'configuration file (YAML)')
+    .action(async (opts: { config: string }) => {
+      exitCode = await runServe({ ...io, configFile: opts.config });
+    });
+
+  program
+    .command('check-config')
+    .description('validate a configuration file and print every problem')
+    .requiredOption('-c, --config <file>', 'configuration file (YAML)')
+    .action((opts: { config: string }) => {
+      try {
+        const config = loadConfigFile(opts.config, io.env, io.cwd);
+        io.stdout(`${opts.config}: ok (${config.routes.length} route${config.routes.length === 1 ? '' : 's'}: ${config.routes.map((r) => r.name).join(', ')})\n`);
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        io.stderr(`${err.message}\n`);
+        exitCode = 2;
+      }
+    });
+
+  try {
+    await program.parseAsync(io.argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 64;
+    throw err;
+  }
+  return exitCode;
+}

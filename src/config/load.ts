@@ -1,0 +1,216 @@
+// Loads the configuration: YAML file, then MAILHOOK_* environment overrides, then one validation pass.
+import { readFileSync } from 'node:fs';
+import { hostname as osHostname } from 'node:os';
+import { resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
+import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
+import { configSchema, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
+import { Secret, decodeWebhookSecret } from './secret.js';
+
+export interface ResolvedWebhook {
+  url: string;
+  format: WebhookConfig['format'];
+  timeoutMs: number;
+  /** key bytes used to sign; undefined only for formats that do not sign */
+  signingKey: Secret | undefined;
+  signingKeyBytes: Buffer | undefined;
+}
+
+export interface ResolvedRoute {
+  name: string;
+  addresses: string[];
+  sink: boolean;
+  webhook: ResolvedWebhook | undefined;
+}
+
+export interface Config {
+  smtp: Omit<RawConfig['smtp'], 'hostname'> & { hostname: string };
+  http: { listen: ListenAddress; adminToken: Secret | undefined };
+  spool: RawConfig['spool'];
+  delivery: RawConfig['delivery'];
+  log: RawConfig['log'];
+  routes: ResolvedRoute[];
+  /** where the configuration came from, for messages */
+  source: string;
+}
+
+export type Env = Record<string, string | undefined>;
+
+/** Environment variable for a route's secret: MAILHOOK_ROUTE_<NAME>_SECRET, name upper-cased, other characters as "_". */
+export function routeSecretEnvName(route: string): string {
+  return `MAILHOOK_ROUTE_${route.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_SECRET`;
+}
+
+export const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: readonly string[]; description: string }> = [
+  { env: 'MAILHOOK_SMTP_LISTEN', path: ['smtp', 'listen'], description: 'smtp.listen' },
+  { env: 'MAILHOOK_SMTP_HOSTNAME', path: ['smtp', 'hostname'], description: 'smtp.hostname' },
+  { env: 'MAILHOOK_HTTP_LISTEN', path: ['http', 'listen'], description: 'http.listen' },
+  { env: 'MAILHOOK_ADMIN_TOKEN', path: ['http', 'admin_token'], description: 'http.admin_token' },
+  { env: 'MAILHOOK_SPOOL_PATH', path: ['spool', 'path'], description: 'spool.path' },
+  { env: 'MAILHOOK_LOG_LEVEL', path: ['log', 'level'], description: 'log.level' },
+];
+
+/** Relative paths in the file (spool.path, *_file) resolve against cwd, as for any daemon's working directory. */
+export function loadConfigFile(file: string, env: Env, cwd: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const why = isErrnoException(err) && err.code === 'ENOENT' ? 'no such file' : String((err as Error).message);
+    throw new ConfigError(file, [{ path: '', message: `cannot read the configuration file: ${why}` }]);
+  }
+  return loadConfigText(text, { source: file, baseDir: cwd, env });
+}
+
+export function loadConfigText(text: string, opts: { source: string; baseDir: string; env?: Env }): Config {
+  const env = opts.env ?? {};
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: `YAML syntax: ${e.message.split('\n')[0]}` })));
+  }
+  const data: unknown = doc.toJS() ?? {};
+  if (typeof data !== 'object' || Array.isArray(data) || data === null) {
+    throw new ConfigError(opts.source, [{ path: '', message: 'the file must hold a mapping of sections (smtp, http, spool, delivery, routes)' }]);
+  }
+  applyEnvOverrides(data as Record<string, unknown>, env);
+  const parsed = configSchema.safeParse(data);
+  if (!parsed.success) throw new ConfigError(opts.source, zodProblems(parsed.error));
+  return resolveConfig(parsed.data, { ...opts, env });
+}
+
+function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {
+  for (const o of ENV_OVERRIDES) {
+    const value = env[o.env];
+    if (value === undefined || value === '') continue;
+    const [section, key] = o.path as [string, string];
+    const current = data[section];
+    const obj = typeof current === 'object' && current !== null && !Array.isArray(current) ? (current as Record<string, unknown>) : {};
+    obj[key] = value;
+    data[section] = obj;
+  }
+  if (Array.isArray(data.routes)) {
+    for (const route of data.routes as unknown[]) {
+      if (typeof route !== 'object' || route === null) continue;
+      const r = route as Record<string, unknown>;
+      if (typeof r.name !== 'string' || typeof r.webhook !== 'object' || r.webhook === null) continue;
+      const value = env[routeSecretEnvName(r.name)];
+      if (value) {
+        const w = r.webhook as Record<string, unknown>;
+        delete w.secret_file;
+        w.secret = value;
+      }
+    }
+  }
+}
+
+function zodProblems(error: z.ZodError): ConfigProblem[] {
+  return error.issues.map((issue) => {
+    const path = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+    let message = issue.message;
+    if (issue.code === 'unrecognized_keys') {
+      message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against the config reference (docs/configuration.md)`;
+    } else if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
+      message = `is required (${issue.expected})`;
+    }
+    return { path, message };
+  });
+}
+
+function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; env: Env }): Config {
+  const problems: ConfigProblem[] = [];
+  const names = new Map<string, number>();
+  const claimed = new Map<string, string>();
+  const routes: ResolvedRoute[] = [];
+
+  raw.routes.forEach((route, i) => {
+    const at = `routes[${i}]`;
+    const seen = names.get(route.name);
+    if (seen !== undefined) problems.push({ path: `${at}.name`, message: `"${route.name}" is already the name of routes[${seen}]; route names must be unique` });
+    names.set(route.name, i);
+    route.addresses.forEach((address, j) => {
+      const parsed = parseAddressTemplate(address);
+      if (!parsed.ok) return;
+      const id = templateIdentity(parsed.template);
+      const owner = claimed.get(id);
+      if (owner !== undefined) {
+        problems.push({ path: `${at}.addresses[${j}]`, message: `"${address}" is already claimed by ${owner}; an address belongs to one route` });
+      } else {
+        claimed.set(id, `route "${route.name}"`);
+      }
+    });
+    routes.push(resolveRoute(route, at, raw.delivery.timeout_ms, opts, problems));
+  });
+
+  let adminToken: Secret | undefined;
+  if (raw.http.admin_token && raw.http.admin_token_file) {
+    problems.push({ path: 'http.admin_token_file', message: 'set either http.admin_token or http.admin_token_file, not both' });
+  } else if (raw.http.admin_token) {
+    adminToken = new Secret(raw.http.admin_token);
+  } else if (raw.http.admin_token_file) {
+    const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', problems);
+    if (value !== undefined && value.length < 16) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be at least 16 characters' });
+    else if (value !== undefined) adminToken = new Secret(value);
+  }
+
+  if (problems.length > 0) throw new ConfigError(opts.source, problems);
+
+  return {
+    smtp: { ...raw.smtp, hostname: raw.smtp.hostname ?? osHostname() },
+    http: { listen: raw.http.listen, adminToken },
+    spool: { ...raw.spool, path: resolve(opts.baseDir, raw.spool.path) },
+    delivery: raw.delivery,
+    log: raw.log,
+    routes,
+    source: opts.source,
+  };
+}
+
+function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string }, problems: ConfigProblem[]): ResolvedRoute {
+  const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, webhook: undefined };
+  const w = route.webhook;
+  if (!w) return out;
+  let secretText: string | undefined;
+  if (w.secret && w.secret_file) {
+    problems.push({ path: `${at}.webhook.secret_file`, message: 'set either secret or secret_file, not both' });
+  } else if (w.secret) {
+    secretText = w.secret;
+  } else if (w.secret_file) {
+    secretText = readSecretFile(w.secret_file, opts.baseDir, `${at}.webhook.secret_file`, problems);
+  }
+  let keyBytes: Buffer | undefined;
+  if (secretText === undefined) {
+    if (!w.secret_file) {
+      problems.push({ path: `${at}.webhook.secret`, message: `missing: deliveries are signed; set secret (whsec_…), secret_file, or ${routeSecretEnvName(route.name)}` });
+    }
+  } else {
+    const decoded = decodeWebhookSecret(secretText);
+    if (decoded.ok) keyBytes = decoded.key;
+    else problems.push({ path: `${at}.webhook.${w.secret_file ? 'secret_file' : 'secret'}`, message: `the secret ${decoded.error}` });
+  }
+  out.webhook = {
+    url: w.url,
+    format: w.format,
+    timeoutMs: w.timeout_ms ?? defaultTimeout,
+    signingKey: secretText === undefined ? undefined : new Secret(secretText),
+    signingKeyBytes: keyBytes,
+  };
+  return out;
+}
+
+/** Reads a secret from a file (relative paths from the working directory), trimmed of surrounding whitespace. */
+function readSecretFile(file: string, baseDir: string, path: string, problems: ConfigProblem[]): string | undefined {
+  try {
+    const value = readFileSync(resolve(baseDir, file), 'utf8').trim();
+    if (!value) {
+      problems.push({ path, message: `${file} is empty` });
+      return undefined;
+    }
+    return value;
+  } catch (err) {
+    const why = isErrnoException(err) ? err.code : String(err);
+    problems.push({ path, message: `cannot read ${file} (${why}); check the path and that mailhook's user may read it` });
+    return undefined;
+  }
+}

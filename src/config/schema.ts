@@ -1,0 +1,98 @@
+// The configuration schema: every key's type, default and meaning in one place (validated once at start-up).
+import { z } from 'zod';
+import { parseAddressTemplate } from '../routing/template.js';
+
+/** "host:port" or "[v6]:port"; port 0 picks a free port (tests). */
+export const listenAddress = z.string().transform((value, ctx) => {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a listen address; write host:port, e.g. "127.0.0.1:2525" or "[::1]:2525"` });
+    return z.NEVER;
+  }
+  return { host: (m[1] ?? m[2]) as string, port };
+});
+export type ListenAddress = z.output<typeof listenAddress>;
+
+const positiveInt = z.number().int().positive();
+const nonNegativeInt = z.number().int().nonnegative();
+
+const smtpSchema = z.strictObject({
+  listen: listenAddress.default({ host: '127.0.0.1', port: 2525 }).describe('SMTP listen address, host:port'),
+  hostname: z.string().min(1).optional().describe('name used in the banner, EHLO reply and Received header; defaults to the machine hostname'),
+  max_message_bytes: positiveInt.default(26_214_400).describe('advertised as SIZE; larger messages get 552 5.3.4'),
+  max_recipients: positiveInt.default(100).describe('recipients per message; more get 452 4.5.3'),
+  max_clients: positiveInt.default(1000).describe('concurrent SMTP connections; more get 421'),
+  socket_timeout_ms: positiveInt.default(300_000).describe('idle time before a connection is closed (RFC 5321 §4.5.3.2.7: 5 minutes)'),
+  greeting_delay_ms: nonNegativeInt.default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
+});
+
+const httpSchema = z.strictObject({
+  listen: listenAddress.default({ host: '127.0.0.1', port: 8025 }).describe('HTTP listen address for health, metrics and the admin API'),
+  admin_token: z.string().min(16, 'must be at least 16 characters').optional().describe('bearer token for the admin API (prefer admin_token_file or MAILHOOK_ADMIN_TOKEN)'),
+  admin_token_file: z.string().min(1).optional().describe('file holding the admin API bearer token'),
+});
+
+const spoolSchema = z.strictObject({
+  path: z.string().min(1).default('./data/spool.db').describe('SQLite database file; message files live beside it'),
+  inline_max_bytes: nonNegativeInt.default(262_144).describe('messages up to this size are stored inside the database, larger ones as files'),
+});
+
+const retrySchema = z.strictObject({
+  initial_delay_ms: positiveInt.default(5000).describe('delay before the first retry'),
+  max_delay_ms: positiveInt.default(3_600_000).describe('upper bound of the exponential backoff'),
+  max_attempts: positiveInt.default(20).describe('attempts before a delivery is dead-lettered'),
+});
+
+const deliverySchema = z.strictObject({
+  concurrency: positiveInt.default(16).describe('webhook requests in flight at once, all routes together'),
+  per_route_concurrency: positiveInt.default(4).describe('webhook requests in flight at once for one route'),
+  timeout_ms: positiveInt.default(30_000).describe('time allowed for one webhook request'),
+  retry: retrySchema.prefault({}),
+});
+
+export const WEBHOOK_FORMATS = ['json'] as const;
+export type WebhookFormat = (typeof WEBHOOK_FORMATS)[number];
+
+const webhookSchema = z.strictObject({
+  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('where deliveries are POSTed'),
+  secret: z.string().min(1).optional().describe('signing secret (whsec_… for Standard Webhooks)'),
+  secret_file: z.string().min(1).optional().describe('file holding the signing secret'),
+  format: z.enum(WEBHOOK_FORMATS).default('json').describe('payload format'),
+  timeout_ms: positiveInt.optional().describe('overrides delivery.timeout_ms for this route'),
+});
+
+const addressPattern = z.string().superRefine((value, ctx) => {
+  const result = parseAddressTemplate(value);
+  if (!result.ok) ctx.addIssue({ code: 'custom', message: result.error });
+});
+
+const routeSchema = z
+  .strictObject({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'use letters, digits, "-", "_" and "."'),
+    addresses: z.array(addressPattern).min(1, 'a route needs at least one address'),
+    webhook: webhookSchema.optional(),
+    sink: z.boolean().optional().describe('keep messages in the spool and list them at /sink/messages instead of calling a webhook'),
+  })
+  .superRefine((route, ctx) => {
+    if (!route.webhook && !route.sink) ctx.addIssue({ code: 'custom', message: 'a route needs a webhook (or sink: true)' });
+    if (route.webhook && route.sink) ctx.addIssue({ code: 'custom', message: 'a route has either a webhook or sink: true, not both' });
+  });
+
+const logSchema = z.strictObject({
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export const configSchema = z.strictObject({
+  smtp: smtpSchema.prefault({}),
+  http: httpSchema.prefault({}),
+  spool: spoolSchema.prefault({}),
+  delivery: deliverySchema.prefault({}),
+  log: logSchema.prefault({}),
+  routes: z.array(routeSchema).min(1, 'at least one route is needed, or mailhook refuses every recipient'),
+});
+
+/** The file as validated: secrets may still be file references. */
+export type RawConfig = z.output<typeof configSchema>;
+export type RouteConfig = RawConfig['routes'][number];
+export type WebhookConfig = NonNullable<RouteConfig['webhook']>;

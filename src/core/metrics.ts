@@ -1,0 +1,25 @@
+// Prometheus metrics for every part, on one registry built per process (tests build their own).
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export function createMetrics() {
+  const registry = new Registry();
+  return {
+    registry,
+    messagesAccepted: new Counter({ name: 'mailhook_messages_accepted_total', help: 'Messages committed to the spool', labelNames: ['source'], registers: [registry] }),
+    messagesRejected: new Counter({ name: 'mailhook_messages_rejected_total', help: 'Messages refused at end of DATA', labelNames: ['reason'], registers: [registry] }),
+    recipientsRejected: new Counter({ name: 'mailhook_recipients_rejected_total', help: 'Recipients refused at RCPT', labelNames: ['reason'], registers: [registry] }),
+    smtpConnections: new Counter({ name: 'mailhook_smtp_connections_total', help: 'SMTP connections opened', registers: [registry] }),
+    deliveries: new Counter({ name: 'mailhook_deliveries_total', help: 'Delivery attempts by outcome', labelNames: ['route', 'outcome'], registers: [registry] }),
+    deliveryLatency: new Histogram({
+      name: 'mailhook_delivery_duration_seconds',
+      help: 'Webhook request duration',
+      labelNames: ['route'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    queueDepth: new Gauge({ name: 'mailhook_queue_depth', help: 'Deliveries by status', labelNames: ['status'], registers: [registry] }),
+    spoolBytes: new Gauge({ name: 'mailhook_spool_bytes', help: 'Spool size on disk (database, WAL and message files)', registers: [registry] }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,19 @@
+// What a webhook response means for the delivery: delivered, retry later, or dead-letter. Pure.
+export type Outcome =
+  | { kind: 'delivered' }
+  | { kind: 'retry'; reason: string }
+  | { kind: 'dead'; reason: string; /** a misconfiguration the operator must fix: logged at error */ loud?: boolean };
+
+/** Standard rule: 2xx delivered; 408, 429, 5xx retry; any other status means the consumer refused it. */
+export function classifyStatus(status: number): Outcome {
+  if (status >= 200 && status < 300) return { kind: 'delivered' };
+  if (status === 408 || status === 429 || status >= 500) return { kind: 'retry', reason: `HTTP ${status}` };
+  if (status === 401 || status === 403) return { kind: 'dead', reason: `HTTP ${status}: the consumer refused our credentials; check the route's secret`, loud: true };
+  return { kind: 'dead', reason: `HTTP ${status}: the consumer refused the message` };
+}
+
+/** Network errors and timeouts are always worth another try. */
+export function classifyError(err: unknown): Outcome {
+  const e = err as { code?: string; message?: string };
+  return { kind: 'retry', reason: `${e.code ?? 'ERROR'}: ${e.message ?? String(err)}` };
+}

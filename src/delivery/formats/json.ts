@@ -1,0 +1,45 @@
+// format: json — the parsed message, envelope and raw bytes as JSON, signed per Standard Webhooks.
+import { parseMessage } from '../../parse/message.js';
+import { standardWebhookHeaders } from '../sign.js';
+import type { FormatContext, PayloadFormat } from './types.js';
+
+export function buildJsonPayload(ctx: FormatContext, message: Awaited<ReturnType<typeof parseMessage>>['message']) {
+  const m = ctx.message;
+  return {
+    id: ctx.delivery.id,
+    message_id: m.id,
+    route: ctx.route.name,
+    received_at: new Date(m.receivedAt).toISOString(),
+    source: m.source,
+    envelope: {
+      mail_from: m.envelope.mailFrom,
+      rcpt_to: m.envelope.rcptTo,
+      remote_address: m.envelope.remoteAddress,
+      helo: m.envelope.helo,
+      tls: m.envelope.tls,
+    },
+    recipients: ctx.delivery.recipients,
+    message,
+    raw_base64: ctx.raw.toString('base64'),
+  };
+}
+
+export const jsonFormat: PayloadFormat = {
+  name: 'json',
+  async encode(ctx) {
+    const { message } = await parseMessage(ctx.raw);
+    const body = JSON.stringify(buildJsonPayload(ctx, message));
+    return {
+      headers: {
+        'content-type': 'application/json',
+        ...signedHeaders(ctx, body),
+      },
+      body,
+    };
+  },
+};
+
+export function signedHeaders(ctx: FormatContext, body: Buffer | string): Record<string, string> {
+  if (!ctx.webhook.signingKeyBytes) return {};
+  return standardWebhookHeaders(ctx.webhook.signingKeyBytes, ctx.delivery.id, ctx.nowSeconds, body);
+}

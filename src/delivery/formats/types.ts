@@ -1,0 +1,31 @@
+// The contract every webhook payload format implements: build one HTTP request, judge its response.
+import type { ResolvedRoute, ResolvedWebhook } from '../../config/load.js';
+import type { DeliveryRow, StoredMessage } from '../../spool/types.js';
+import type { Outcome } from '../classify.js';
+
+export interface FormatContext {
+  message: StoredMessage;
+  delivery: DeliveryRow;
+  route: ResolvedRoute;
+  webhook: ResolvedWebhook;
+  /** the message bytes exactly as received */
+  raw: Buffer;
+  /** seconds since the epoch, for signatures and tokens */
+  nowSeconds: number;
+  /** the SMTP hostname, for trace headers */
+  hostname: string;
+}
+
+export interface EncodedRequest {
+  method?: 'POST' | 'PUT';
+  url?: string;
+  headers: Record<string, string>;
+  body: Buffer | string;
+}
+
+export interface PayloadFormat {
+  readonly name: string;
+  encode(ctx: FormatContext): Promise<EncodedRequest>;
+  /** how a status maps to an outcome when the format's consumer differs from the standard rule */
+  classify?(status: number): Outcome | undefined;
+}

@@ -1,0 +1,200 @@
+// The delivery loop: lease due deliveries, call the route's webhook, record the outcome, schedule retries.
+import type { Dispatcher } from 'undici';
+import type { Clock, Random } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
+import type { Metrics } from '../core/metrics.js';
+import type { Config, ResolvedRoute } from '../config/load.js';
+import type { Spool } from '../spool/spool.js';
+import type { Lease } from '../spool/jobs.js';
+import { nextAttemptAt, parseRetryAfter } from './backoff.js';
+import { classifyError, classifyStatus, type Outcome } from './classify.js';
+import { sendWebhook } from './client.js';
+import { FORMATS } from './formats/index.js';
+
+export interface WorkerDeps {
+  config: Config;
+  spool: Spool;
+  log: Logger;
+  metrics: Metrics;
+  clock: Clock;
+  random: Random;
+  dispatcher: Dispatcher;
+}
+
+/** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
+const IDLE_POLL_MS = 30_000;
+
+export class DeliveryWorker {
+  private readonly routes: Map<string, ResolvedRoute>;
+  private readonly inFlight = new Map<string, { route: string; done: Promise<void>; abort: AbortController }>();
+  private readonly perRoute = new Map<string, number>();
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Infinity;
+  private running = false;
+  private ticking = false;
+  private tickAgain = false;
+
+  constructor(private readonly deps: WorkerDeps) {
+    this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
+  }
+
+  start(): void {
+    const n = this.deps.spool.jobs.reclaimAbandoned(this.deps.clock.now());
+    if (n > 0) this.deps.log.info({ deliveries: n }, 'resumed deliveries left in flight by the previous run');
+    this.running = true;
+    this.wake();
+  }
+
+  /** Called when new deliveries are committed or a slot frees up. */
+  wake(): void {
+    if (!this.running) return;
+    this.schedule(0);
+  }
+
+  get activeCount(): number {
+    return this.inFlight.size;
+  }
+
+  /** Stop leasing; let requests in flight finish within graceMs, then abort them (they are retried on restart). */
+  async stop(graceMs: number): Promise<void> {
+    this.running = false;
+    if (this.timer) clearTimeout(this.timer);
+    const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
+    const timedOut = await Promise.race([all().then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
+    if (timedOut) {
+      for (const f of this.inFlight.values()) f.abort.abort(new Error('mailhook is shutting down'));
+      await all();
+    }
+  }
+
+  private schedule(delayMs: number): void {
+    const at = this.deps.clock.now() + delayMs;
+    if (this.timer && at >= this.timerAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.timerAt = Infinity;
+      this.tick();
+    }, Math.max(0, delayMs));
+  }
+
+  private tick(): void {
+    if (!this.running) return;
+    if (this.ticking) {
+      this.tickAgain = true;
+      return;
+    }
+    this.ticking = true;
+    try {
+      const { config, spool, clock } = this.deps;
+      const now = clock.now();
+      spool.jobs.reclaimExpired(now);
+      const free = config.delivery.concurrency - this.inFlight.size;
+      if (free > 0) {
+        const leaseMs = config.delivery.timeout_ms * 2 + 10_000;
+        const taken = new Map<string, number>();
+        const leases = spool.jobs.leaseDue(now, free, leaseMs, (route) => {
+          const n = (this.perRoute.get(route) ?? 0) + (taken.get(route) ?? 0);
+          if (n >= config.delivery.per_route_concurrency) return false;
+          taken.set(route, (taken.get(route) ?? 0) + 1);
+          return true;
+        });
+        for (const lease of leases) this.begin(lease);
+      }
+      const next = spool.jobs.nextDueAt();
+      const wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
+      // When every slot is busy, a finishing attempt wakes the loop; no need to spin.
+      if (this.inFlight.size < config.delivery.concurrency || wait > 0) this.schedule(wait);
+    } catch (err) {
+      this.deps.log.error({ err }, 'delivery loop error; retrying in 1 s');
+      this.schedule(1000);
+    } finally {
+      this.ticking = false;
+      if (this.tickAgain) {
+        this.tickAgain = false;
+        this.schedule(0);
+      }
+    }
+  }
+
+  private begin(lease: Lease): void {
+    const route = lease.delivery.route;
+    this.perRoute.set(route, (this.perRoute.get(route) ?? 0) + 1);
+    const abort = new AbortController();
+    const done = this.attempt(lease, abort.signal)
+      .catch((err: unknown) => this.deps.log.error({ err, deliveryId: lease.delivery.id }, 'delivery attempt failed unexpectedly'))
+      .finally(() => {
+        this.inFlight.delete(lease.delivery.id);
+        this.perRoute.set(route, (this.perRoute.get(route) ?? 1) - 1);
+        this.wake();
+      });
+    this.inFlight.set(lease.delivery.id, { route, done, abort });
+  }
+
+  private async attempt(lease: Lease, signal: AbortSignal): Promise<void> {
+    const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
+    const d = lease.delivery;
+    const startedAt = clock.now();
+    const dlog = log.child({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts });
+    let outcome: Outcome;
+    let statusCode: number | null = null;
+    let retryAfterMs: number | undefined;
+
+    const route = this.routes.get(d.route);
+    if (!route) {
+      outcome = { kind: 'dead', reason: `route "${d.route}" no longer exists in the configuration`, loud: true };
+    } else if (!route.webhook) {
+      outcome = { kind: 'delivered' }; // the route is now a sink: the message stays in the spool
+    } else {
+      const webhook = route.webhook;
+      const format = FORMATS[webhook.format];
+      try {
+        const message = spool.getMessage(d.messageId);
+        if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
+        const raw = await spool.readRaw(d.messageId);
+        const req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname });
+        try {
+          const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
+          statusCode = res.status;
+          outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
+          if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
+          retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
+        } catch (err) {
+          outcome = classifyError(err);
+        }
+      } catch (err) {
+        outcome = { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
+      }
+    }
+
+    const finishedAt = clock.now();
+    const durationMs = finishedAt - startedAt;
+    if (outcome.kind === 'retry' && d.attempts >= config.delivery.retry.max_attempts) {
+      outcome = { kind: 'dead', reason: `gave up after ${d.attempts} attempts; last error: ${outcome.reason}` };
+    }
+    const error = outcome.kind === 'delivered' ? null : outcome.reason.slice(0, 2000);
+    const next =
+      outcome.kind === 'delivered'
+        ? ({ status: 'delivered' } as const)
+        : outcome.kind === 'dead'
+          ? ({ status: 'dead' } as const)
+          : ({ status: 'pending', at: nextAttemptAt(config.delivery.retry, d.attempts, finishedAt, random, retryAfterMs) } as const);
+    const kept = spool.jobs.complete(lease, { attempt: d.attempts, startedAt, durationMs, statusCode, outcome: outcome.kind, error }, next, finishedAt);
+    if (!kept) {
+      dlog.warn('lease lost before the outcome was recorded; the delivery will be attempted again');
+      return;
+    }
+    metrics.deliveries.inc({ route: d.route, outcome: outcome.kind });
+    if (statusCode !== null) metrics.deliveryLatency.observe({ route: d.route }, durationMs / 1000);
+    const fields = { status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
+    if (outcome.kind === 'delivered') dlog.info(fields, 'delivered');
+    else if (outcome.kind === 'retry') dlog.warn({ ...fields, error }, 'delivery failed; will retry');
+    else if (outcome.loud) dlog.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
+    else dlog.warn({ ...fields, error }, 'delivery dead-lettered');
+  }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, ' ').trim().slice(0, 300);
+}

@@ -1,0 +1,99 @@
+// The HTTP listener (fastify): liveness, readiness, Prometheus metrics and the sink route's message list.
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { Logger } from '../core/logger.js';
+import type { Metrics } from '../core/metrics.js';
+import type { Config } from '../config/load.js';
+import type { Spool } from '../spool/spool.js';
+import { MailhookError } from '../core/errors.js';
+
+export interface HttpDeps {
+  config: Config;
+  spool: Spool;
+  log: Logger;
+  metrics: Metrics;
+  /** readiness checks beyond the spool, e.g. "SMTP is listening" */
+  readiness: () => Record<string, boolean>;
+}
+
+export function buildHttpApp(deps: HttpDeps): FastifyInstance {
+  const { config, spool, metrics } = deps;
+  const app = Fastify({ loggerInstance: deps.log.child({ part: 'http' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 1024 * 1024 });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  app.get('/readyz', async (_req, reply) => {
+    const checks = { spool_writable: spool.isWritable(), ...deps.readiness() };
+    const ready = Object.values(checks).every(Boolean);
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks });
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    const counts = spool.jobs.counts();
+    for (const [status, n] of Object.entries(counts)) metrics.queueDepth.set({ status }, n);
+    metrics.spoolBytes.set(spool.diskUsage());
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  const sinkRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
+  if (sinkRoutes.length > 0) {
+    const guard = async (req: FastifyRequest) => {
+      if (!mayReadSink(req, config)) {
+        throw Object.assign(new Error('the sink is readable from loopback, or with the admin token'), { statusCode: 403 });
+      }
+    };
+    app.get('/sink/messages', { preHandler: guard, schema: { querystring: { type: 'object', properties: { limit: { type: 'integer', minimum: 1, maximum: 500, default: 50 } }, additionalProperties: false } } }, async (req) => {
+      const { limit } = req.query as { limit: number };
+      const placeholders = sinkRoutes.map(() => '?').join(',');
+      const rows = spool.db
+        .prepare(
+          `SELECT m.id, m.received_at, m.mail_from, d.route, d.recipients, m.size FROM deliveries d JOIN messages m ON m.id = d.message_id
+           WHERE d.route IN (${placeholders}) ORDER BY m.received_at DESC, m.id DESC LIMIT ?`,
+        )
+        .all(...sinkRoutes, limit) as Array<{ id: string; received_at: number; mail_from: string; route: string; recipients: string; size: number }>;
+      return {
+        messages: rows.map((r) => ({
+          id: r.id,
+          received_at: new Date(r.received_at).toISOString(),
+          mail_from: r.mail_from,
+          route: r.route,
+          recipients: JSON.parse(r.recipients) as unknown,
+          size: r.size,
+          raw_url: `/sink/messages/${r.id}/raw`,
+        })),
+      };
+    });
+    app.get('/sink/messages/:id/raw', { preHandler: guard, schema: { params: { type: 'object', properties: { id: { type: 'string', pattern: '^[a-z0-9]{1,64}$' } }, required: ['id'] } } }, async (req, reply) => {
+      const { id } = req.params as { id: string };
+      try {
+        return reply.type('message/rfc822').send(spool.openRaw(id));
+      } catch (err) {
+        if (err instanceof MailhookError && err.code === 'MESSAGE_NOT_FOUND') return reply.code(404).send({ error: 'not_found', message: err.message });
+        throw err;
+      }
+    });
+  }
+
+  app.setErrorHandler((err: { statusCode?: number; message: string; validation?: unknown }, _req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    if (status >= 500) deps.log.error({ err }, 'http handler error');
+    return reply.code(status).send({ error: status >= 500 ? 'internal_error' : err.validation ? 'bad_request' : 'refused', message: err.message });
+  });
+
+  return app;
+}
+
+function mayReadSink(req: FastifyRequest, config: Config): boolean {
+  const token = config.http.adminToken;
+  const auth = req.headers.authorization;
+  if (token && auth?.startsWith('Bearer ')) return constantTimeEqual(auth.slice(7), token.reveal());
+  const ip = req.socket.remoteAddress ?? '';
+  return ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1';
+}
+
+export function constantTimeEqual(a: string, b: string): boolean {
+  // Hash first so the comparison takes the same time whatever the lengths.
+  const ha = createHash('sha256').update(a).digest();
+  const hb = createHash('sha256').update(b).digest();
+  return timingSafeEqual(ha, hb);
+}

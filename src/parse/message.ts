@@ -1,0 +1,87 @@
+// MIME → the "message" part of the JSON payload: decoded headers, addresses, bodies and attachments.
+import { simpleParser, type AddressObject, type EmailAddress, type ParsedMail } from 'mailparser';
+
+export interface PayloadAddress {
+  address: string;
+  name: string;
+}
+
+export interface PayloadAttachment {
+  filename: string | null;
+  content_type: string;
+  size: number;
+  content_id: string | null;
+  disposition: string | null;
+  content_base64: string;
+}
+
+export interface PayloadMessage {
+  message_id: string | null;
+  subject: string | null;
+  from: PayloadAddress | null;
+  to: PayloadAddress[];
+  cc: PayloadAddress[];
+  reply_to: PayloadAddress[];
+  date: string | null;
+  in_reply_to: string | null;
+  references: string[];
+  headers: Array<{ name: string; value: string }>;
+  text: string | null;
+  html: string | null;
+  attachments: PayloadAttachment[];
+}
+
+/** Parses a stored message; character sets are decoded to UTF-8, the raw bytes are left to the caller. */
+export async function parseMessage(raw: Buffer): Promise<{ parsed: ParsedMail; message: PayloadMessage }> {
+  const parsed = await simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: false, keepCidLinks: true });
+  return { parsed, message: toPayloadMessage(parsed) };
+}
+
+export function toPayloadMessage(p: ParsedMail): PayloadMessage {
+  return {
+    message_id: p.messageId ?? null,
+    subject: p.subject ?? null,
+    from: flatten(p.from)[0] ?? null,
+    to: flatten(p.to),
+    cc: flatten(p.cc),
+    reply_to: flatten(p.replyTo),
+    date: p.date && !Number.isNaN(p.date.getTime()) ? p.date.toISOString() : null,
+    in_reply_to: p.inReplyTo ?? null,
+    references: typeof p.references === 'string' ? [p.references] : (p.references ?? []),
+    headers: p.headerLines.map((h) => ({ name: headerName(h.line, h.key), value: headerValue(h.line) })),
+    text: p.text ?? null,
+    html: typeof p.html === 'string' ? p.html : null,
+    attachments: p.attachments.map((a) => ({
+      filename: a.filename ?? null,
+      content_type: a.contentType,
+      size: a.size,
+      content_id: a.contentId ? a.contentId.replace(/^<|>$/g, '') : null,
+      disposition: a.contentDisposition ?? null,
+      content_base64: a.content.toString('base64'),
+    })),
+  };
+}
+
+function flatten(field: AddressObject | AddressObject[] | undefined): PayloadAddress[] {
+  if (!field) return [];
+  const out: PayloadAddress[] = [];
+  const visit = (list: EmailAddress[]) => {
+    for (const a of list) {
+      if (a.group) visit(a.group);
+      else if (a.address) out.push({ address: a.address, name: a.name ?? '' });
+    }
+  };
+  for (const obj of Array.isArray(field) ? field : [field]) visit(obj.value);
+  return out;
+}
+
+function headerName(line: string, key: string): string {
+  const i = line.indexOf(':');
+  return i > 0 ? line.slice(0, i).trim() : key;
+}
+
+/** The header's value unfolded (RFC 5322 §2.2.3), still encoded as on the wire. */
+function headerValue(line: string): string {
+  const i = line.indexOf(':');
+  return (i >= 0 ? line.slice(i + 1) : line).replace(/\r?\n[ \t]/g, ' ').trim();
+}

@@ -1,0 +1,67 @@
+// The route table: which route (and key) a recipient address belongs to, or why it is refused. Pure.
+import { matchLocalPart, parseAddressTemplate, type AddressTemplate } from './template.js';
+
+export interface RouteLike {
+  name: string;
+  addresses: readonly string[];
+}
+
+export type RouteMatch =
+  | { ok: true; route: string; key: string | null; address: string }
+  | { ok: false; reason: 'unknown_domain' | 'unknown_recipient' | 'bad_address' };
+
+interface Entry {
+  route: string;
+  template: AddressTemplate;
+}
+
+// Specificity: a dedicated address beats a %{key} template, which beats a catch-all.
+const RANK: Record<AddressTemplate['kind'], number> = { exact: 0, key: 1, any: 2 };
+
+export class Router {
+  private readonly byDomain = new Map<string, Entry[]>();
+
+  constructor(routes: readonly RouteLike[]) {
+    for (const route of routes) {
+      for (const source of route.addresses) {
+        const parsed = parseAddressTemplate(source);
+        if (!parsed.ok) throw new Error(parsed.error); // config validation has already reported it
+        const list = this.byDomain.get(parsed.template.domain) ?? [];
+        list.push({ route: route.name, template: parsed.template });
+        this.byDomain.set(parsed.template.domain, list);
+      }
+    }
+    for (const list of this.byDomain.values()) {
+      // Longer literal parts first among templates, so "incoming+%{key}-x" wins over "incoming+%{key}".
+      list.sort((a, b) => RANK[a.template.kind] - RANK[b.template.kind] || literalLength(b.template) - literalLength(a.template));
+    }
+  }
+
+  get domains(): string[] {
+    return [...this.byDomain.keys()];
+  }
+
+  servesDomain(domain: string): boolean {
+    return this.byDomain.has(domain.toLowerCase());
+  }
+
+  match(address: string): RouteMatch {
+    const at = address.lastIndexOf('@');
+    if (at <= 0 || at === address.length - 1) return { ok: false, reason: 'bad_address' };
+    const local = address.slice(0, at);
+    const domain = address.slice(at + 1).toLowerCase().replace(/\.$/, '');
+    const entries = this.byDomain.get(domain);
+    if (!entries) return { ok: false, reason: 'unknown_domain' };
+    for (const entry of entries) {
+      const key = matchLocalPart(entry.template, local);
+      if (key !== undefined) {
+        return { ok: true, route: entry.route, key: entry.template.kind === 'key' ? key : null, address: `${local}@${domain}` };
+      }
+    }
+    return { ok: false, reason: 'unknown_recipient' };
+  }
+}
+
+function literalLength(t: AddressTemplate): number {
+  return t.kind === 'key' ? t.prefix.length + t.suffix.length : 0;
+}

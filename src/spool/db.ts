@@ -1,0 +1,91 @@
+// Opens the spool database with durable settings and applies schema migrations in order.
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { MailhookError } from '../core/errors.js';
+
+export type Db = Database.Database;
+
+// Each entry moves the schema from version i to i+1; never edit a shipped entry, append a new one.
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE messages (
+    id              TEXT PRIMARY KEY,
+    received_at     INTEGER NOT NULL,            -- ms since epoch
+    source          TEXT NOT NULL,               -- smtp | imap | graph
+    mail_from       TEXT NOT NULL,               -- '' for the null sender
+    rcpt_to         TEXT NOT NULL,               -- JSON array of accepted envelope recipients
+    remote_address  TEXT,
+    helo            TEXT,
+    tls             TEXT,                        -- JSON {protocol, cipher} or NULL
+    size            INTEGER NOT NULL,
+    raw             BLOB,                        -- the bytes as received, when small
+    raw_file        TEXT,                        -- file name under the blob folder, when large
+    dedupe_key      TEXT UNIQUE,                 -- e.g. imap:<mailbox>:<uidvalidity>:<uid>
+    meta            TEXT                         -- JSON, source-specific facts
+  );
+  CREATE INDEX messages_received_at ON messages(received_at);
+
+  CREATE TABLE deliveries (
+    id               TEXT PRIMARY KEY,           -- also the webhook-id, stable across retries
+    message_id       TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    route            TEXT NOT NULL,
+    recipients       TEXT NOT NULL,              -- JSON [{address, key}]
+    status           TEXT NOT NULL,              -- pending | delivering | delivered | dead
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    lease_token      TEXT,
+    lease_expires_at INTEGER,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    finished_at      INTEGER
+  );
+  CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+  CREATE INDEX deliveries_message ON deliveries(message_id);
+  CREATE INDEX deliveries_route_status ON deliveries(route, status);
+
+  CREATE TABLE attempts (
+    id           INTEGER PRIMARY KEY,
+    delivery_id  TEXT NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    attempt      INTEGER NOT NULL,
+    started_at   INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    status_code  INTEGER,
+    outcome      TEXT NOT NULL,                  -- delivered | retry | dead
+    error        TEXT
+  );
+  CREATE INDEX attempts_delivery ON attempts(delivery_id);
+  `,
+];
+
+export function openDatabase(path: string): Db {
+  let db: Db;
+  try {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    db = new Database(path);
+  } catch (err) {
+    throw new MailhookError('SPOOL_UNAVAILABLE', `cannot open the spool database ${path}: ${(err as Error).message}; check spool.path and its folder's permissions`, { cause: err, userFault: true });
+  }
+  // WAL + synchronous=FULL: a commit is on disk (the WAL fsynced) when it returns; that is what 250 promises.
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) {
+    throw new MailhookError('SPOOL_UNAVAILABLE', `the spool was written by a newer mailhook (schema ${version}, this one knows ${MIGRATIONS.length}); upgrade mailhook`, { userFault: true });
+  }
+  for (let v = version; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v] as string);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,147 @@
+// The spool as one object: database, message files, the ingest entry, the job queue and raw-message access.
+import { Readable } from 'node:stream';
+import { dirname, basename, join } from 'node:path';
+import { statSync } from 'node:fs';
+import type { Clock } from '../core/clock.js';
+import { MailhookError } from '../core/errors.js';
+import { Acceptor, type AcceptInput, type AcceptResult } from './accept.js';
+import { BlobStore } from './blobs.js';
+import { openDatabase, type Db } from './db.js';
+import { JobQueue, toDeliveryRow } from './jobs.js';
+import type { DeliveryRow, StoredMessage, TlsInfo } from './types.js';
+
+export interface SpoolOptions {
+  path: string;
+  inlineMaxBytes: number;
+  clock: Clock;
+}
+
+interface MessageDbRow {
+  id: string;
+  received_at: number;
+  source: string;
+  mail_from: string;
+  rcpt_to: string;
+  remote_address: string | null;
+  helo: string | null;
+  tls: string | null;
+  size: number;
+  raw_file: string | null;
+  dedupe_key: string | null;
+  meta: string | null;
+}
+
+export class Spool {
+  readonly db: Db;
+  readonly blobs: BlobStore;
+  readonly acceptor: Acceptor;
+  readonly jobs: JobQueue;
+  private readonly getMessageRow;
+  private readonly getInlineRaw;
+  private readonly getDeliveryRow;
+  private closed = false;
+
+  constructor(readonly options: SpoolOptions) {
+    this.db = openDatabase(options.path);
+    this.blobs = new BlobStore(join(dirname(options.path), `${basename(options.path)}.blobs`));
+    this.acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
+    this.jobs = new JobQueue(this.db);
+    this.getMessageRow = this.db.prepare(
+      `SELECT id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw_file, dedupe_key, meta FROM messages WHERE id = ?`,
+    );
+    this.getInlineRaw = this.db.prepare(`SELECT raw, raw_file FROM messages WHERE id = ?`);
+    this.getDeliveryRow = this.db.prepare(`SELECT * FROM deliveries WHERE id = ?`);
+    this.removeOrphanFiles();
+  }
+
+  accept(input: AcceptInput): Promise<AcceptResult> {
+    return this.acceptor.accept(input);
+  }
+
+  getMessage(id: string): StoredMessage | undefined {
+    const r = this.getMessageRow.get(id) as MessageDbRow | undefined;
+    if (!r) return undefined;
+    return {
+      id: r.id,
+      receivedAt: r.received_at,
+      source: r.source,
+      envelope: {
+        mailFrom: r.mail_from,
+        rcptTo: JSON.parse(r.rcpt_to) as string[],
+        remoteAddress: r.remote_address,
+        helo: r.helo,
+        tls: r.tls ? (JSON.parse(r.tls) as TlsInfo) : null,
+      },
+      size: r.size,
+      dedupeKey: r.dedupe_key,
+      meta: r.meta ? (JSON.parse(r.meta) as Record<string, unknown>) : null,
+    };
+  }
+
+  getDelivery(id: string): DeliveryRow | undefined {
+    const r = this.getDeliveryRow.get(id) as Parameters<typeof toDeliveryRow>[0] | undefined;
+    return r ? toDeliveryRow(r) : undefined;
+  }
+
+  /** The message bytes exactly as received, as a stream (never loads a large message whole). */
+  openRaw(id: string): Readable {
+    const r = this.getInlineRaw.get(id) as { raw: Buffer | null; raw_file: string | null } | undefined;
+    if (!r) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool`, { userFault: true });
+    if (r.raw_file) return this.blobs.openRead(r.raw_file);
+    return Readable.from([r.raw ?? Buffer.alloc(0)]);
+  }
+
+  /** The message bytes as one buffer, for formats that need them whole (bounded by smtp.max_message_bytes). */
+  async readRaw(id: string): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of this.openRaw(id)) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  /** Database plus WAL plus message files, in bytes. */
+  diskUsage(): number {
+    let total = 0;
+    for (const f of [this.options.path, `${this.options.path}-wal`, `${this.options.path}-shm`]) {
+      try {
+        total += statSync(f).size;
+      } catch {
+        /* absent */
+      }
+    }
+    for (const name of this.blobs.list()) {
+      try {
+        total += statSync(this.blobs.pathOf(name)).size;
+      } catch {
+        /* removed meanwhile */
+      }
+    }
+    return total;
+  }
+
+  /** A quick write probe for readiness: the database answers and accepts a write transaction. */
+  isWritable(): boolean {
+    if (this.closed) return false;
+    try {
+      this.db.prepare('BEGIN IMMEDIATE').run();
+      this.db.prepare('ROLLBACK').run();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.acceptor.close();
+    this.closed = true;
+    this.db.close();
+  }
+
+  /** Files left by a crash between write and commit have no row: remove them. */
+  private removeOrphanFiles(): void {
+    const known = new Set(
+      (this.db.prepare(`SELECT raw_file FROM messages WHERE raw_file IS NOT NULL`).all() as Array<{ raw_file: string }>).map((r) => r.raw_file),
+    );
+    for (const name of this.blobs.list()) if (!known.has(name)) this.blobs.removeSync(name);
+  }
+}

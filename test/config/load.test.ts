@@ -1,0 +1,125 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadConfigFile, loadConfigText } from '../../src/config/load.js';
+import { ConfigError } from '../../src/core/errors.js';
+import { SECRET, tempDir } from '../helpers/app.js';
+
+function problems(yaml: string, env: Record<string, string> = {}): string[] {
+  try {
+    loadConfigText(yaml, { source: 't.yaml', baseDir: tempDir(), env });
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.problems.map((p) => `${p.path}: ${p.message}`);
+  }
+  assert.fail('expected the configuration to be refused');
+}
+
+const route = (extra = '') => `
+routes:
+  - name: r1
+    addresses: ["incoming+%{key}@x.test"]
+    webhook: { url: "http://127.0.0.1:9/hook", secret: "${SECRET}" }
+${extra}`;
+
+test('defaults fill every section', () => {
+  const c = loadConfigText(route(), { source: 't', baseDir: '/srv', env: {} });
+  assert.deepEqual(c.smtp.listen, { host: '127.0.0.1', port: 2525 });
+  assert.equal(c.smtp.max_message_bytes, 26_214_400);
+  assert.equal(c.smtp.max_recipients, 100);
+  assert.deepEqual(c.http.listen, { host: '127.0.0.1', port: 8025 });
+  assert.equal(c.spool.path, '/srv/data/spool.db');
+  assert.deepEqual(c.delivery.retry, { initial_delay_ms: 5000, max_delay_ms: 3_600_000, max_attempts: 20 });
+  assert.equal(c.routes[0]?.webhook?.format, 'json');
+});
+
+test('unknown keys are named with their path', () => {
+  const p = problems(`smtp:\n  lisen: "1.2.3.4:25"\n${route()}`);
+  assert.equal(p.length, 1);
+  assert.match(p[0]!, /^smtp: unknown key "lisen"/);
+});
+
+test('a missing secret names the key and the ways to set it', () => {
+  const p = problems(`routes:\n  - name: gl\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x" }\n`);
+  assert.equal(p.length, 1);
+  assert.match(p[0]!, /^routes\[0\]\.webhook\.secret: missing.*secret_file.*MAILHOOK_ROUTE_GL_SECRET/);
+});
+
+test('a secret that is not whsec_ base64 is refused with how to make one', () => {
+  const p = problems(`routes:\n  - name: gl\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", secret: "hunter2" }\n`);
+  assert.match(p[0]!, /routes\[0\]\.webhook\.secret: the secret is not a Standard Webhooks secret/);
+  assert.ok(!p[0]!.includes('hunter2'), 'the secret itself never appears in the message');
+});
+
+test('two routes claiming the same address', () => {
+  const p = problems(`${route()}
+  - name: r2
+    addresses: ["INCOMING+%{key}@X.test"]
+    webhook: { url: "http://127.0.0.1:9/other", secret: "${SECRET}" }
+`);
+  assert.deepEqual(p, ['routes[1].addresses[0]: "INCOMING+%{key}@X.test" is already claimed by route "r1"; an address belongs to one route']);
+});
+
+test('bad listen address, bad URL, bad pattern and duplicate names are all reported at once', () => {
+  const p = problems(`smtp:
+  listen: "localhost"
+http:
+  listen: "127.0.0.1:99999"
+routes:
+  - name: a
+    addresses: ["not-an-address"]
+    webhook: { url: "ftp://x", secret: "${SECRET}" }
+  - name: a
+    addresses: ["b@x.test"]
+    sink: true
+`);
+  const text = p.join('\n');
+  assert.match(text, /smtp\.listen: "localhost" is not a listen address/);
+  assert.match(text, /http\.listen: "127\.0\.0\.1:99999" is not a listen address/);
+  assert.match(text, /routes\[0\]\.addresses\[0\]: "not-an-address" is not an address pattern/);
+  assert.match(text, /routes\[0\]\.webhook\.url: must be an http/);
+});
+
+test('duplicate route names', () => {
+  const p = problems(`routes:
+  - name: a
+    addresses: ["a@x.test"]
+    sink: true
+  - name: a
+    addresses: ["b@x.test"]
+    sink: true
+`);
+  assert.deepEqual(p, ['routes[1].name: "a" is already the name of routes[0]; route names must be unique']);
+});
+
+test('a route needs a webhook or sink', () => {
+  const p = problems(`routes:\n  - name: a\n    addresses: ["a@x.test"]\n`);
+  assert.match(p[0]!, /routes\[0\]: a route needs a webhook \(or sink: true\)/);
+});
+
+test('secret_file is read; environment overrides secrets and listen addresses', () => {
+  const dir = tempDir();
+  writeFileSync(join(dir, 'secret'), `${SECRET}\n`);
+  const yaml = `routes:\n  - name: my-route\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", secret_file: secret }\n`;
+  const c = loadConfigText(yaml, { source: 't', baseDir: dir, env: { MAILHOOK_SMTP_LISTEN: '0.0.0.0:25' } });
+  assert.equal(c.routes[0]?.webhook?.signingKey?.reveal(), SECRET);
+  assert.deepEqual(c.smtp.listen, { host: '0.0.0.0', port: 25 });
+  assert.equal(JSON.stringify(c).includes(SECRET), false, 'secrets are redacted when the config is serialised');
+  const p = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", secret_file: /nonexistent/secret }\n`);
+  assert.match(p[0]!, /routes\[0\]\.webhook\.secret_file: cannot read \/nonexistent\/secret \(ENOENT\)/);
+  const fromEnv = loadConfigText(`routes:\n  - name: my-route\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x" }\n`, { source: 't', baseDir: dir, env: { MAILHOOK_ROUTE_MY_ROUTE_SECRET: SECRET } });
+  assert.equal(fromEnv.routes[0]?.webhook?.signingKey?.reveal(), SECRET);
+});
+
+test('YAML syntax errors and a missing file are reported, not thrown raw', () => {
+  assert.match(problems('routes: [\n')[0]!, /YAML syntax/);
+  assert.throws(() => loadConfigFile('/nonexistent/mailhook.yaml', {}, '/'), (err: unknown) => err instanceof ConfigError && /no such file/.test(err.message));
+});
+
+test('the shipped default config is valid', () => {
+  const c = loadConfigFile(new URL('../../config/mailhook.yaml', import.meta.url).pathname, {}, '/srv');
+  assert.deepEqual(c.smtp.listen, { host: '127.0.0.1', port: 2525 });
+  assert.deepEqual(c.http.listen, { host: '127.0.0.1', port: 8025 });
+  assert.equal(c.routes[0]?.sink, true);
+});

@@ -1,0 +1,85 @@
+// Starts mailhook in-process for a test: a temp spool, port 0 listeners, and the test's own config text.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { startApp, type App } from '../../src/app.js';
+import { loadConfigText, type Config } from '../../src/config/load.js';
+import { createLogger } from '../../src/core/logger.js';
+
+export const SECRET = 'whsec_' + Buffer.alloc(32, 7).toString('base64');
+
+export interface TestApp extends App {
+  dir: string;
+  logs: string[];
+  smtpPort: number;
+  httpUrl: string;
+  close(): Promise<void>;
+}
+
+export function tempDir(prefix = 'mailhook-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** YAML for the given routes with fast retries; `extra` is merged in as YAML text after the defaults. */
+export function configYaml(opts: { routes: string; dir: string; extra?: string }): string {
+  return `
+smtp:
+  listen: "127.0.0.1:0"
+  hostname: mx.test
+  greeting_delay_ms: 0
+http:
+  listen: "127.0.0.1:0"
+spool:
+  path: ${join(opts.dir, 'spool.db')}
+delivery:
+  timeout_ms: 5000
+  retry:
+    initial_delay_ms: 50
+    max_delay_ms: 200
+    max_attempts: 5
+log:
+  level: debug
+${opts.extra ?? ''}
+routes:
+${opts.routes}
+`;
+}
+
+export function parseTestConfig(yaml: string, dir: string, env: Record<string, string> = {}): Config {
+  return loadConfigText(yaml, { source: 'test.yaml', baseDir: dir, env });
+}
+
+export async function startTestApp(opts: { routes: string; extra?: string; dir?: string; yaml?: string }): Promise<TestApp> {
+  const dir = opts.dir ?? tempDir();
+  const config = parseTestConfig(opts.yaml ?? configYaml({ routes: opts.routes, dir, extra: opts.extra }), dir);
+  const logs: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(chunk.toString('utf8'));
+      cb();
+    },
+  });
+  const app = await startApp({ config, log: createLogger({ level: 'debug', destination }), clock: { now: () => Date.now() }, random: Math.random });
+  return Object.assign(app, {
+    dir,
+    logs,
+    smtpPort: app.addresses.smtp.port,
+    httpUrl: `http://127.0.0.1:${app.addresses.http.port}`,
+    async close() {
+      await app.stop();
+      if (!opts.dir) rmSync(dir, { recursive: true, force: true });
+    },
+  });
+}
+
+/** Polls a condition driven by the app's own events; used where no event is exposed (bounded, not a sleep). */
+export async function until<T>(fn: () => T | undefined | false, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const start = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -1,0 +1,62 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Router } from '../../src/routing/router.js';
+import { parseAddressTemplate } from '../../src/routing/template.js';
+
+const router = new Router([
+  { name: 'gitlab', addresses: ['incoming+%{key}@gitlab.example.com', 'incoming@gitlab.example.com'] },
+  { name: 'desk', addresses: ['incoming-%{key}@Desk.Example.com', 'support@desk.example.com'] },
+  { name: 'catch', addresses: ['*@catchall.example.com'] },
+]);
+
+test('sub-address template captures the key and keeps its case', () => {
+  assert.deepEqual(router.match('incoming+AbC123@gitlab.example.com'), { ok: true, route: 'gitlab', key: 'AbC123', address: 'incoming+AbC123@gitlab.example.com' });
+});
+
+test('dedicated address matches without a key', () => {
+  assert.deepEqual(router.match('incoming@gitlab.example.com'), { ok: true, route: 'gitlab', key: null, address: 'incoming@gitlab.example.com' });
+});
+
+test('catch-all form incoming-%{key} with a mixed-case configured domain', () => {
+  const m = router.match('incoming-group-project-42-issue-@DESK.example.COM');
+  assert.deepEqual(m, { ok: true, route: 'desk', key: 'group-project-42-issue-', address: 'incoming-group-project-42-issue-@desk.example.com' });
+});
+
+test('GitLab keys with slashes and plus signs are captured whole', () => {
+  const m = router.match('incoming+gitlabhq/gitlabhq+merge-request+auth_token@gitlab.example.com');
+  assert.equal(m.ok && m.key, 'gitlabhq/gitlabhq+merge-request+auth_token');
+});
+
+test('the literal part matches case-insensitively', () => {
+  const m = router.match('Incoming+k@gitlab.example.com');
+  assert.equal(m.ok && m.key, 'k');
+});
+
+test('an empty key does not match a %{key} template', () => {
+  assert.deepEqual(router.match('incoming+@gitlab.example.com'), { ok: false, reason: 'unknown_recipient' });
+});
+
+test('wildcard takes any local part of its domain', () => {
+  assert.deepEqual(router.match('whatever.else@catchall.example.com'), { ok: true, route: 'catch', key: null, address: 'whatever.else@catchall.example.com' });
+});
+
+test('served domain with no matching address is unknown_recipient; other domains are unknown_domain', () => {
+  assert.deepEqual(router.match('nobody@gitlab.example.com'), { ok: false, reason: 'unknown_recipient' });
+  assert.deepEqual(router.match('incoming+abc@elsewhere.example'), { ok: false, reason: 'unknown_domain' });
+  assert.deepEqual(router.match('no-at-sign'), { ok: false, reason: 'bad_address' });
+});
+
+test('a dedicated address beats a catch-all of the same domain', () => {
+  const r = new Router([
+    { name: 'all', addresses: ['*@x.test'] },
+    { name: 'one', addresses: ['boss@x.test'] },
+  ]);
+  assert.equal(r.match('boss@x.test').ok && (r.match('boss@x.test') as { route: string }).route, 'one');
+  assert.equal((r.match('other@x.test') as { route: string }).route, 'all');
+});
+
+test('template parsing rejects what it cannot mean', () => {
+  for (const bad of ['nodomain', '@x.test', 'a@', 'a*b@x.test', '%{key}%{key}@x.test', 'a%{user}@x.test', 'a b@x.test', 'a@bad_domain']) {
+    assert.equal(parseAddressTemplate(bad).ok, false, bad);
+  }
+});
