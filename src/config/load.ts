@@ -6,15 +6,16 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
-import { configSchema, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
+import { configSchema, FORMAT_SECRETS, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
 
 export interface ResolvedWebhook {
   url: string;
   format: WebhookConfig['format'];
   timeoutMs: number;
-  /** key bytes used to sign; undefined only for formats that do not sign */
+  /** the secret as configured (text), whatever the format makes of it */
   signingKey: Secret | undefined;
+  /** the key bytes as the format uses them (decoded whsec_ key, GitLab's 32 bytes, or the text's UTF-8 bytes) */
   signingKeyBytes: Buffer | undefined;
 }
 
@@ -179,15 +180,25 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
   } else if (w.secret_file) {
     secretText = readSecretFile(w.secret_file, opts.baseDir, `${at}.webhook.secret_file`, problems);
   }
+  const rule = FORMAT_SECRETS[w.format];
+  const secretPath = `${at}.webhook.${w.secret_file ? 'secret_file' : 'secret'}`;
   let keyBytes: Buffer | undefined;
   if (secretText === undefined) {
-    if (!w.secret_file) {
-      problems.push({ path: `${at}.webhook.secret`, message: `missing: deliveries are signed; set secret (whsec_…), secret_file, or ${routeSecretEnvName(route.name)}` });
+    if (!w.secret_file && rule.required) {
+      problems.push({ path: `${at}.webhook.secret`, message: `missing: format ${w.format} needs ${describeSecret(rule.kind)}; set secret, secret_file, or ${routeSecretEnvName(route.name)}` });
     }
-  } else {
+  } else if (rule.kind === 'none') {
+    problems.push({ path: secretPath, message: `format ${w.format} takes no secret; remove it` });
+  } else if (rule.kind === 'whsec') {
     const decoded = decodeWebhookSecret(secretText);
     if (decoded.ok) keyBytes = decoded.key;
-    else problems.push({ path: `${at}.webhook.${w.secret_file ? 'secret_file' : 'secret'}`, message: `the secret ${decoded.error}` });
+    else problems.push({ path: secretPath, message: `the secret ${decoded.error}` });
+  } else if (rule.kind === 'gitlab_base64') {
+    const key = /^[A-Za-z0-9+/]+={0,2}$/.test(secretText) ? Buffer.from(secretText, 'base64') : undefined;
+    if (key && key.length === 32) keyBytes = key;
+    else problems.push({ path: secretPath, message: 'is not a GitLab secret (base64 of 32 bytes, as in gitlab_incoming_email_secret); point secret_file at the file GitLab wrote' });
+  } else {
+    keyBytes = Buffer.from(secretText, 'utf8');
   }
   out.webhook = {
     url: w.url,
@@ -212,5 +223,18 @@ function readSecretFile(file: string, baseDir: string, path: string, problems: C
     const why = isErrnoException(err) ? err.code : String(err);
     problems.push({ path, message: `cannot read ${file} (${why}); check the path and that mailhook's user may read it` });
     return undefined;
+  }
+}
+
+function describeSecret(kind: SecretKind): string {
+  switch (kind) {
+    case 'whsec':
+      return 'a Standard Webhooks secret (whsec_…)';
+    case 'gitlab_base64':
+      return "GitLab's incoming email secret (base64 of 32 bytes)";
+    case 'text':
+      return 'a secret';
+    case 'none':
+      return 'no secret';
   }
 }

@@ -54,6 +54,18 @@ const deliverySchema = z.strictObject({
 export const WEBHOOK_FORMATS = ['json'] as const;
 export type WebhookFormat = (typeof WEBHOOK_FORMATS)[number];
 
+/**
+ * What webhook.secret means for each format, so it is checked at start-up:
+ * - whsec: a Standard Webhooks key ("whsec_" + base64, 24–64 bytes) used for webhook-signature
+ * - gitlab_base64: GitLab's secret file, base64 of 32 bytes (the JWT HS256 key)
+ * - text: an opaque string used as is (a password or an HMAC key)
+ * - none: the format takes no secret
+ */
+export type SecretKind = 'whsec' | 'gitlab_base64' | 'text' | 'none';
+export const FORMAT_SECRETS: Record<WebhookFormat, { kind: SecretKind; required: boolean }> = {
+  json: { kind: 'whsec', required: true },
+};
+
 const webhookSchema = z.strictObject({
   url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('where deliveries are POSTed'),
   secret: z.string().min(1).optional().describe('signing secret (whsec_… for Standard Webhooks)'),
