@@ -1,6 +1,6 @@
 // SMTP clients for tests: a raw socket client that sees the exact wire replies, and nodemailer for real-client sends.
 import { createConnection, type Socket } from 'node:net';
-import nodemailer from 'nodemailer';
+import nodemailer, { type SendMailOptions } from 'nodemailer';
 
 export interface SmtpReply {
   code: number;
@@ -121,7 +121,7 @@ export class RawSmtp {
 }
 
 /** A real SMTP client (nodemailer) sending one message; resolves with nodemailer's info. */
-export async function sendMail(port: number, mail: nodemailer.SendMailOptions & { envelope?: { from: string; to: string[] } }) {
+export async function sendMail(port: number, mail: SendMailOptions & { envelope?: { from: string; to: string[] } }) {
   const transport = nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true, tls: { rejectUnauthorized: false } });
   try {
     return await transport.sendMail(mail);
