@@ -6,7 +6,7 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
-import { configSchema, FORMAT_SECRETS, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
+import { configSchema, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
 
 export interface ResolvedWebhook {
@@ -17,6 +17,8 @@ export interface ResolvedWebhook {
   signingKey: Secret | undefined;
   /** the key bytes as the format uses them (decoded whsec_ key, GitLab's 32 bytes, or the text's UTF-8 bytes) */
   signingKeyBytes: Buffer | undefined;
+  /** the format-specific switches (FORMAT_OPTIONS), false when not set */
+  options: Record<FormatOptionKey, boolean>;
 }
 
 export interface ResolvedRoute {
@@ -200,12 +202,18 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
   } else {
     keyBytes = Buffer.from(secretText, 'utf8');
   }
+  const options = {} as Record<FormatOptionKey, boolean>;
+  for (const [key, owner] of Object.entries(FORMAT_OPTIONS) as Array<[FormatOptionKey, string]>) {
+    if (w[key] !== undefined && w.format !== owner) problems.push({ path: `${at}.webhook.${key}`, message: `applies only to format ${owner}; remove it or set format: ${owner}` });
+    options[key] = w[key] === true;
+  }
   out.webhook = {
     url: w.url,
     format: w.format,
     timeoutMs: w.timeout_ms ?? defaultTimeout,
     signingKey: secretText === undefined ? undefined : new Secret(secretText),
     signingKeyBytes: keyBytes,
+    options,
   };
   return out;
 }

@@ -51,7 +51,7 @@ const deliverySchema = z.strictObject({
   retry: retrySchema.prefault({}),
 });
 
-export const WEBHOOK_FORMATS = ['json'] as const;
+export const WEBHOOK_FORMATS = ['json', 'action_mailbox', 'mailgun', 'postmark', 'sendgrid'] as const;
 export type WebhookFormat = (typeof WEBHOOK_FORMATS)[number];
 
 /**
@@ -64,6 +64,10 @@ export type WebhookFormat = (typeof WEBHOOK_FORMATS)[number];
 export type SecretKind = 'whsec' | 'gitlab_base64' | 'text' | 'none';
 export const FORMAT_SECRETS: Record<WebhookFormat, { kind: SecretKind; required: boolean }> = {
   json: { kind: 'whsec', required: true },
+  action_mailbox: { kind: 'text', required: true }, // the Rails ingress password (HTTP Basic, user "actionmailbox")
+  mailgun: { kind: 'text', required: true }, // the Mailgun HTTP webhook signing key (HMAC-SHA256 of timestamp + token)
+  postmark: { kind: 'none', required: false }, // Postmark signs nothing; Basic auth comes from the URL's userinfo
+  sendgrid: { kind: 'none', required: false }, // SendGrid signs nothing; Basic auth comes from the URL's userinfo
 };
 
 const webhookSchema = z.strictObject({
@@ -72,7 +76,14 @@ const webhookSchema = z.strictObject({
   secret_file: z.string().min(1).optional().describe('file holding the signing secret'),
   format: z.enum(WEBHOOK_FORMATS).default('json').describe('payload format'),
   timeout_ms: positiveInt.optional().describe('overrides delivery.timeout_ms for this route'),
+  mime: z.boolean().optional().describe("format mailgun: post the raw message as body-mime (Mailgun's \"/mime\" URLs, what Action Mailbox's Mailgun ingress reads) instead of parsed fields"),
+  raw_email: z.boolean().optional().describe("format postmark: include the raw message as RawEmail (Postmark's \"Include raw email content\"; Action Mailbox's Postmark ingress needs it)"),
+  send_raw: z.boolean().optional().describe("format sendgrid: post the whole message in the email field (SendGrid's \"POST the raw, full MIME message\"; Action Mailbox's SendGrid ingress needs it)"),
 });
+
+/** Webhook options that belong to one format: the key and the format that reads it (checked at start-up). */
+export const FORMAT_OPTIONS = { mime: 'mailgun', raw_email: 'postmark', send_raw: 'sendgrid' } as const satisfies Record<string, WebhookFormat>;
+export type FormatOptionKey = keyof typeof FORMAT_OPTIONS;
 
 const addressPattern = z.string().superRefine((value, ctx) => {
   const result = parseAddressTemplate(value);

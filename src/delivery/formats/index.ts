@@ -1,8 +1,17 @@
 // The registry of payload formats, by the name used in a route's webhook.format.
+import { randomBytes } from 'node:crypto';
 import type { WebhookFormat } from '../../config/schema.js';
+import { actionMailboxFormat } from './action_mailbox.js';
 import { jsonFormat } from './json.js';
+import { createMailgunFormat } from './mailgun.js';
+import { postmarkFormat } from './postmark.js';
+import { createSendgridFormat } from './sendgrid.js';
 import type { PayloadFormat } from './types.js';
 
 export const FORMATS: Record<WebhookFormat, PayloadFormat> = {
   json: jsonFormat,
+  action_mailbox: actionMailboxFormat,
+  mailgun: createMailgunFormat({ randomBytes }),
+  postmark: postmarkFormat,
+  sendgrid: createSendgridFormat({ randomBytes }),
 };

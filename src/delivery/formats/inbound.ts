@@ -1,0 +1,145 @@
+// What the hosted-service formats (Mailgun, Postmark, SendGrid) share: one parsed view of the message, recipients' keys, URL credentials.
+import { simpleParser, type AddressObject, type EmailAddress } from 'mailparser';
+import { MailhookError } from '../../core/errors.js';
+import { parseMessage } from '../../parse/message.js';
+import type { Recipient } from '../../spool/types.js';
+import { headerValue, parseHeaderSection, type HeaderField } from './headers.js';
+
+export interface Address {
+  address: string;
+  name: string;
+}
+
+export interface InboundAttachment {
+  filename: string;
+  contentType: string;
+  /** the decoded bytes, exactly as the sender attached them */
+  content: Buffer;
+  /** without angle brackets; null when the part has no Content-ID */
+  contentId: string | null;
+  inline: boolean;
+}
+
+export interface InboundView {
+  headers: HeaderField[];
+  /** the raw header section as text (UTF-8 when valid, else Latin-1) */
+  headerBlock: string;
+  subject: string;
+  from: Address | null;
+  to: Address[];
+  cc: Address[];
+  bcc: Address[];
+  replyTo: Address[];
+  /** decoded header values as written, "" when absent: what the services call "as taken from the message headers" */
+  fromHeader: string;
+  toHeader: string;
+  ccHeader: string;
+  date: string;
+  /** the text/plain body, decoded to Unicode; null when the message has none */
+  text: string | null;
+  html: string | null;
+  /** the text body, or when there is none a text rendering of the HTML (what Mailgun's body-plain promises) */
+  plainText(): Promise<string>;
+  attachments: InboundAttachment[];
+}
+
+const PARSE_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipImageLinks: true, keepCidLinks: true } as const;
+
+/** Parses a stored message for the service formats: charsets decoded to Unicode in every field, attachments as bytes. */
+export async function inboundView(raw: Buffer): Promise<InboundView> {
+  const p = await simpleParser(raw, PARSE_OPTIONS);
+  const section = parseHeaderSection(raw);
+  const h = (name: string) => headerValue(section.fields, name)?.value ?? '';
+  const text = typeof p.text === 'string' && p.text !== '' ? p.text : null;
+  const html = typeof p.html === 'string' ? p.html : null;
+  return {
+    headers: section.fields,
+    headerBlock: section.block,
+    subject: p.subject ?? '',
+    from: flatten(p.from)[0] ?? null,
+    to: flatten(p.to),
+    cc: flatten(p.cc),
+    bcc: flatten(p.bcc),
+    replyTo: flatten(p.replyTo),
+    fromHeader: h('from'),
+    toHeader: h('to'),
+    ccHeader: h('cc'),
+    date: h('date'),
+    text,
+    html,
+    async plainText() {
+      if (text !== null) return text;
+      if (html === null) return '';
+      // Only HTML-only mail pays for the second parse, with mailparser's own HTML-to-text rendering.
+      const { parsed } = await parseMessage(raw);
+      return parsed.text ?? '';
+    },
+    attachments: p.attachments.map((a, i) => ({
+      filename: a.filename ?? defaultFilename(i, a.contentType),
+      contentType: a.contentType || 'application/octet-stream',
+      content: a.content,
+      contentId: a.contentId ? a.contentId.replace(/^<|>$/g, '') : null,
+      inline: a.contentDisposition === 'inline' || (a.related === true && !!a.contentId),
+    })),
+  };
+}
+
+function defaultFilename(i: number, contentType: string): string {
+  const ext = /^message\/rfc822$/i.test(contentType) ? '.eml' : '';
+  return `attachment-${i + 1}${ext}`;
+}
+
+function flatten(field: AddressObject | AddressObject[] | undefined): Address[] {
+  if (!field) return [];
+  const out: Address[] = [];
+  const visit = (list: EmailAddress[]) => {
+    for (const a of list) {
+      if (a.group) visit(a.group);
+      else if (a.address) out.push({ address: a.address, name: a.name ?? '' });
+    }
+  };
+  for (const obj of Array.isArray(field) ? field : [field]) visit(obj.value);
+  return out;
+}
+
+/** `"Name" <address>` or the bare address, as Postmark and the Rails mail gem write an address list. */
+export function formatAddress(a: Address): string {
+  return a.name ? `"${a.name.replace(/(["\\])/g, '\\$1')}" <${a.address}>` : a.address;
+}
+
+/**
+ * The sub-address key of an address: the route template's key for this delivery's recipients (routing already
+ * captured it), otherwise what Postmark calls the MailboxHash, the part after the first "+" of the local part.
+ */
+export function mailboxHash(address: string, recipients: readonly Recipient[]): string {
+  const lower = address.toLowerCase();
+  const ours = recipients.find((r) => r.address.toLowerCase() === lower);
+  if (ours) return ours.key ?? '';
+  const local = address.slice(0, address.lastIndexOf('@'));
+  const plus = local.indexOf('+');
+  return plus === -1 ? '' : local.slice(plus + 1);
+}
+
+/**
+ * Hosted services take HTTP Basic credentials from the webhook URL's userinfo (https://user:pass@host/…) and send
+ * them as an Authorization header; the request itself goes to the URL without them.
+ */
+export function credentialsFromUrl(url: string): { url: string; authorization: string | undefined } {
+  const u = new URL(url);
+  if (!u.username && !u.password) return { url, authorization: undefined };
+  const user = decodeURIComponent(u.username);
+  const password = decodeURIComponent(u.password);
+  u.username = '';
+  u.password = '';
+  return { url: u.toString(), authorization: basicAuthorization(user, password) };
+}
+
+/** RFC 7617: "Basic " + base64(user ":" password), UTF-8. */
+export function basicAuthorization(user: string, password: string): string {
+  return `Basic ${Buffer.from(`${user}:${password}`, 'utf8').toString('base64')}`;
+}
+
+export function requireSecret(key: Buffer | undefined, format: string, what: string): Buffer {
+  if (!key || key.length === 0) throw new MailhookError('WEBHOOK_BAD_SECRET', `format ${format} needs ${what}; set the route's webhook.secret or secret_file`, { userFault: true });
+  return key;
+}

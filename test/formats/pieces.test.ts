@@ -1,0 +1,255 @@
+// Unit tests of the pure pieces behind the service formats: header decoding, form encoding, reply stripping, auth, classification, config.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/delivery/formats/headers.js';
+import { chooseBoundary, encodeMultipart, encodeUrlForm, type FormField } from '../../src/delivery/formats/multipart.js';
+import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS } from '../../src/parse/strip.js';
+import { credentialsFromUrl, mailboxHash, formatAddress } from '../../src/delivery/formats/inbound.js';
+import { mailgunSignature, mailgunToken, classifyMailgun } from '../../src/delivery/formats/mailgun.js';
+import { classifyActionMailbox, actionMailboxBody } from '../../src/delivery/formats/action_mailbox.js';
+import { classifyPostmark } from '../../src/delivery/formats/postmark.js';
+import { authenticationFields } from '../../src/delivery/formats/sendgrid.js';
+import { classifyStatus } from '../../src/delivery/classify.js';
+import { FORMATS } from '../../src/delivery/formats/index.js';
+import { WEBHOOK_FORMATS } from '../../src/config/schema.js';
+import { ConfigError } from '../../src/core/errors.js';
+import { parseTestConfig, tempDir } from '../helpers/app.js';
+import { counterBytes } from './support.js';
+
+// ---------- RFC 2047 and header sections ----------
+
+test('encoded words: Q and B, Latin-1, UTF-8, and plain text around them', () => {
+  assert.equal(decodeEncodedWords('=?ISO-8859-1?Q?Andr=E9_Gon=E7alves?= <a@x.test>'), 'André Gonçalves <a@x.test>');
+  assert.equal(decodeEncodedWords('Re: =?UTF-8?B?w6l0w6k=?= ok'), 'Re: été ok');
+  assert.equal(decodeEncodedWords('=?utf-8?q?a?= =?utf-8?q?b?=  c'), 'ab  c', 'white space between adjacent words goes (RFC 2047 §6.2), after the last stays');
+  assert.equal(decodeEncodedWords('no words here =? at all'), 'no words here =? at all');
+});
+
+test('encoded words: a Shift_JIS character split across two words comes out whole', () => {
+  // 日本 in Shift_JIS is 93 FA 96 7B; split after the third byte.
+  const a = Buffer.from([0x93, 0xfa, 0x96]).toString('base64');
+  const b = Buffer.from([0x7b]).toString('base64');
+  assert.equal(decodeEncodedWords(`=?Shift_JIS?B?${a}?=\r\n =?Shift_JIS?B?${b}?=`), '日本');
+});
+
+test('encoded words: ISO-2022-JP (stateful), charset*language, an unknown charset left as written', () => {
+  const jis = Buffer.from('1b2442467c4b5c1b2842', 'hex'); // ESC $ B 日本 ESC ( B
+  assert.equal(decodeEncodedWords(`=?ISO-2022-JP?B?${jis.toString('base64')}?=`), '日本');
+  assert.equal(decodeEncodedWords('=?UTF-8*en?Q?hello?='), 'hello');
+  assert.equal(decodeEncodedWords('=?x-unknown?Q?abc?= def'), '=?x-unknown?Q?abc?= def');
+});
+
+test('header section: unfolding keeps the white space, values decode, the block ends before the blank line', () => {
+  const raw = Buffer.from('Subject: =?UTF-8?Q?caf=C3=A9?=\r\n  and more\r\nX-Long: a\r\n\tb\r\nbroken line\r\nTo: t@x.test\r\n\r\nbody: not a header\r\n');
+  const s = parseHeaderSection(raw);
+  assert.deepEqual(s.fields.map((f) => [f.name, f.raw, f.value]), [
+    ['Subject', '=?UTF-8?Q?caf=C3=A9?=  and more', 'café  and more'],
+    ['X-Long', 'a\tb', 'a\tb'],
+    ['To', 't@x.test', 't@x.test'],
+  ]);
+  assert.equal(s.block, 'Subject: =?UTF-8?Q?caf=C3=A9?=\r\n  and more\r\nX-Long: a\r\n\tb\r\nbroken line\r\nTo: t@x.test');
+});
+
+test('header section: raw 8-bit headers are UTF-8 when valid, Latin-1 otherwise, line by line', () => {
+  const raw = Buffer.concat([Buffer.from('Subject: caf\xc3\xa9\r\nX-Legacy: caf', 'latin1'), Buffer.from([0xe9]), Buffer.from('\r\n\r\nhi')]);
+  const s = parseHeaderSection(raw);
+  assert.equal(s.fields[0]?.value, 'café');
+  assert.equal(s.fields[1]?.value, 'café');
+  assert.equal(bytesToText(Buffer.from([0xff, 0xfe])), 'ÿþ');
+  assert.deepEqual(parseHeaderSection(Buffer.from('\r\nSubject: not a header\r\n')).fields, [], 'a leading blank line means no headers');
+  assert.equal(parseHeaderSection(Buffer.from('Subject: only headers')).fields[0]?.value, 'only headers');
+});
+
+// ---------- form encoding ----------
+
+test('multipart: text, raw bytes and files round-trip through a real form-data parser', async () => {
+  const binary = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+  const fields: FormField[] = [
+    { name: 'subject', value: 'Grüße, 日本' },
+    { name: 'multi\nline "name"', value: 'line1\r\nline2' },
+    { name: 'attachment-1', filename: 'naïve "quote"\r\n.bin', contentType: 'application/octet-stream', data: binary },
+    { name: 'empty', value: '' },
+  ];
+  const form = encodeMultipart(fields, 'BOUNDARY-x');
+  assert.equal(form.contentType, 'multipart/form-data; boundary=BOUNDARY-x');
+  const parsed = await new Response(new Uint8Array(form.body), { headers: { 'content-type': form.contentType } }).formData();
+  assert.equal(parsed.get('subject'), 'Grüße, 日本');
+  assert.equal(parsed.get('multi\nline "name"'), 'line1\r\nline2', 'LF and quote in a name survive the WHATWG escaping');
+  assert.ok(form.body.includes('name="multi%0Aline %22name%22"'), 'escaped on the wire');
+  assert.equal(parsed.get('empty'), '');
+  const file = parsed.get('attachment-1') as File;
+  assert.equal(file.name, 'naïve "quote"\r\n.bin');
+  assert.ok(form.body.includes(Buffer.from('filename="naïve %22quote%22%0D%0A.bin"')), 'UTF-8 filename, escaped on the wire');
+  assert.equal(file.type, 'application/octet-stream');
+  assert.deepEqual(Buffer.from(await file.arrayBuffer()), binary);
+  assert.ok(form.body.subarray(-16).toString('latin1').endsWith('--BOUNDARY-x--\r\n'));
+});
+
+test('multipart: the boundary never occurs in a part, even when the random source repeats itself', () => {
+  const fixed = Buffer.alloc(18, 0xab);
+  let calls = 0;
+  const random = (n: number) => (calls++ === 0 ? Buffer.alloc(n, 0xab) : Buffer.alloc(n, 0xcd));
+  const clash = `----mailhook-${fixed.toString('hex')}`;
+  const boundary = chooseBoundary([{ name: 'x', value: `before ${clash} after` }], random);
+  assert.equal(calls, 2);
+  assert.notEqual(boundary, clash);
+  assert.ok(boundary.length <= 70, 'RFC 2046: at most 70 characters');
+});
+
+test('urlencoded: UTF-8 percent-encoding, space as +', async () => {
+  const form = encodeUrlForm([{ name: 'body-plain', value: 'a b&c=é' }, { name: 'x', value: '' }]);
+  assert.equal(form.contentType, 'application/x-www-form-urlencoded');
+  assert.equal(form.body.toString(), 'body-plain=a+b%26c%3D%C3%A9&x=');
+  const parsed = await new Response(new Uint8Array(form.body), { headers: { 'content-type': form.contentType } }).formData();
+  assert.equal(parsed.get('body-plain'), 'a b&c=é');
+});
+
+// ---------- reply stripping ----------
+
+test('stripReply: keeps the reply, drops the quote and the signature', () => {
+  const r = stripReply('Sounds good, ship it.\n\nOn Tue, Jan 2, 2024 at 10:00 AM Bob <bob@x.test> wrote:\n> can we ship?\n> Bob\n');
+  assert.equal(r.text, 'Sounds good, ship it.');
+  assert.equal(r.stripped, true);
+  const s = stripReply('Thanks!\r\n\r\n-- \r\nAlice\r\nACME Corp\r\n');
+  assert.equal(s.text, 'Thanks!');
+  assert.equal(s.signature, '-- \nAlice\nACME Corp');
+});
+
+test('stripReply: never empty — a message that is all quote or all signature comes back whole', () => {
+  const allQuote = 'On Mon, 1 Jan 2024 at 10:00, Bob <bob@x.test> wrote:\n> the original\n> second line\n';
+  assert.deepEqual(stripReply(allQuote), { text: allQuote, signature: '', stripped: false });
+  const allQuoted = '> just\n> quoted lines\n';
+  assert.equal(stripReply(allQuoted).text, allQuoted);
+  const onlySig = '-- \nAlice\n';
+  assert.equal(stripReply(onlySig).text.trimEnd(), onlySig.trimEnd());
+  assert.equal(stripReply('').text, '');
+  assert.equal(stripReply('  \n').text, '  \n');
+});
+
+test('stripReply: very long text is returned whole without running the parser', () => {
+  const long = 'x'.repeat(STRIP_MAX_CHARS + 1);
+  assert.equal(stripReply(long).text, long);
+});
+
+test('stripQuotedHtml: blockquotes and client quote containers go, nested ones too; never left empty', () => {
+  const html = '<div>New text <b>here</b></div><div class="gmail_quote"><div>On … wrote:</div><blockquote class="gmail_quote"><div>old<blockquote>older</blockquote></div></blockquote></div><p>after</p>';
+  assert.equal(stripQuotedHtml(html), '<div>New text <b>here</b></div><p>after</p>');
+  const outlook = '<html><body><p>Reply</p><div id="appendonsend"></div><hr><div id="divRplyFwdMsg"><b>From:</b> x</div><div>quoted</div></body></html>';
+  assert.equal(stripQuotedHtml(outlook), '<html><body><p>Reply</p></body></html>');
+  const onlyQuote = '<blockquote>everything is quoted</blockquote>';
+  assert.equal(stripQuotedHtml(onlyQuote), onlyQuote);
+  assert.equal(stripQuotedHtml('<p>a</p><blockquote>unclosed'), '<p>a</p>');
+});
+
+// ---------- credentials, keys, addresses ----------
+
+test('credentialsFromUrl: userinfo becomes Basic auth and leaves the URL', () => {
+  const r = credentialsFromUrl('https://actionmailbox:p%40ss%3Aw0rd@app.example.test:8443/rails/action_mailbox/postmark/inbound_emails?x=1');
+  assert.equal(r.url, 'https://app.example.test:8443/rails/action_mailbox/postmark/inbound_emails?x=1');
+  assert.equal(r.authorization, `Basic ${Buffer.from('actionmailbox:p@ss:w0rd').toString('base64')}`);
+  assert.deepEqual(credentialsFromUrl('http://app.test/hook'), { url: 'http://app.test/hook', authorization: undefined });
+  assert.equal(credentialsFromUrl('http://user@app.test/').authorization, `Basic ${Buffer.from('user:').toString('base64')}`);
+});
+
+test('mailboxHash: the route key for our recipients, the plus part (Postmark) for others', () => {
+  const recipients = [{ address: 'reply-abc@in.test', key: 'abc' }, { address: 'plain@in.test', key: null }];
+  assert.equal(mailboxHash('Reply-ABC@in.test', recipients), 'abc');
+  assert.equal(mailboxHash('plain@in.test', recipients), '');
+  assert.equal(mailboxHash('someone+tag+more@else.test', recipients), 'tag+more');
+  assert.equal(mailboxHash('someone@else.test', recipients), '');
+  assert.equal(formatAddress({ address: 'a@x.test', name: 'A "Q" \\ B' }), '"A \\"Q\\" \\\\ B" <a@x.test>');
+});
+
+test('mailgun signature: HMAC-SHA256 hex of timestamp + token, as Mailgun documents it', () => {
+  const key = Buffer.from('key-0123456789abcdef');
+  const expected = createHmac('sha256', 'key-0123456789abcdef').update('1704445200' + 'a'.repeat(50)).digest('hex');
+  assert.equal(mailgunSignature(key, '1704445200', 'a'.repeat(50)), expected);
+  const token = mailgunToken(counterBytes());
+  assert.equal(token.length, 50);
+  assert.match(token, /^[0-9a-f]{50}$/);
+});
+
+test('action_mailbox body: one X-Original-To per recipient before the untouched message', () => {
+  const raw = Buffer.from('Subject: x\r\n\r\nbody\xff', 'latin1');
+  const body = actionMailboxBody({ raw, delivery: { recipients: [{ address: 'a@in.test', key: null }, { address: 'b+k@in.test', key: 'k' }] } as never });
+  assert.deepEqual(body, Buffer.concat([Buffer.from('X-Original-To: a@in.test\r\nX-Original-To: b+k@in.test\r\n'), raw]));
+});
+
+test('sendgrid SPF/dkim: taken from recorded results when present, otherwise "none" and "{}"', () => {
+  assert.deepEqual(authenticationFields(null), { spf: 'none', dkim: '{}' });
+  assert.deepEqual(authenticationFields({ authentication: { spf: { result: 'pass' }, dkim: [{ domain: 'x.test', result: 'pass' }, { signingDomain: 'y.test', result: 'fail' }] } }), { spf: 'pass', dkim: '{@x.test : pass, @y.test : fail}' });
+  assert.deepEqual(authenticationFields({ authentication: { spf: 'softfail', dkim: 'garbage' } }), { spf: 'softfail', dkim: '{}' });
+});
+
+// ---------- outcomes ----------
+
+test('action_mailbox outcomes: 204 delivered, 401/404 dead loudly, 415/422 dead, 5xx retry', () => {
+  assert.deepEqual(classifyActionMailbox(204), { kind: 'delivered' });
+  const o401 = classifyActionMailbox(401);
+  assert.equal(o401?.kind, 'dead');
+  assert.equal(o401?.kind === 'dead' && o401.loud, true);
+  assert.equal(classifyActionMailbox(404)?.kind === 'dead' && classifyActionMailbox(404)?.kind, 'dead');
+  for (const s of [415, 422]) {
+    const o = classifyActionMailbox(s);
+    assert.equal(o?.kind, 'dead');
+    assert.notEqual(o?.kind === 'dead' && o.loud, true);
+  }
+  for (const s of [500, 502, 503, 429, 408]) assert.equal(classifyActionMailbox(s)?.kind, 'retry');
+  assert.equal(classifyActionMailbox(400), undefined, 'the standard rule decides the rest');
+});
+
+test('mailgun 406 and postmark 403: dead but not loud (the consumer refused on purpose); other codes by the standard rule', () => {
+  const mg = classifyMailgun(406);
+  assert.equal(mg?.kind, 'dead');
+  assert.notEqual(mg?.kind === 'dead' && mg.loud, true);
+  assert.equal(classifyMailgun(401), undefined);
+  assert.equal(classifyStatus(401).kind === 'dead' && (classifyStatus(401) as { loud?: boolean }).loud, true, 'a refused signature is loud');
+  const pm = classifyPostmark(403);
+  assert.equal(pm?.kind, 'dead');
+  assert.notEqual(pm?.kind === 'dead' && pm.loud, true);
+  assert.equal(classifyPostmark(500), undefined);
+});
+
+test('every configured format has an encoder registered under its name', () => {
+  for (const name of WEBHOOK_FORMATS) assert.equal(FORMATS[name]?.name, name);
+});
+
+// ---------- configuration ----------
+
+function configFor(webhook: string): string {
+  return `
+routes:
+  - name: r
+    addresses: ["*@in.test"]
+    webhook:
+${webhook}
+`;
+}
+
+function problems(yaml: string): string[] {
+  try {
+    parseTestConfig(yaml, tempDir());
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems.map((p) => `${p.path}: ${p.message}`);
+    throw err;
+  }
+  return [];
+}
+
+test('config: action_mailbox and mailgun need their secret; postmark and sendgrid take none', () => {
+  assert.match(problems(configFor('      url: https://app.test/rails/action_mailbox/relay/inbound_emails\n      format: action_mailbox')).join('\n'), /routes\[0\]\.webhook\.secret: missing: format action_mailbox needs a secret/);
+  assert.match(problems(configFor('      url: https://app.test/mg\n      format: mailgun')).join('\n'), /webhook\.secret: missing: format mailgun/);
+  assert.match(problems(configFor('      url: https://app.test/pm\n      format: postmark\n      secret: nope')).join('\n'), /format postmark takes no secret/);
+  assert.deepEqual(problems(configFor('      url: https://u:p@app.test/pm\n      format: postmark\n      raw_email: true')), []);
+  const ok = parseTestConfig(configFor('      url: https://app.test/mg\n      format: mailgun\n      secret: key-abc\n      mime: true'), tempDir());
+  assert.equal(ok.routes[0]?.webhook?.options.mime, true);
+  assert.deepEqual(ok.routes[0]?.webhook?.signingKeyBytes, Buffer.from('key-abc'));
+});
+
+test('config: a format option on another format is refused, naming the key and the fix', () => {
+  const p = problems(configFor('      url: https://app.test/sg\n      format: sendgrid\n      mime: true'));
+  assert.deepEqual(p, ['routes[0].webhook.mime: applies only to format mailgun; remove it or set format: mailgun']);
+  assert.match(problems(configFor('      url: https://app.test/j\n      secret: whsec_' + Buffer.alloc(32, 1).toString('base64') + '\n      send_raw: true')).join('\n'), /webhook\.send_raw: applies only to format sendgrid/);
+  assert.match(problems(configFor('      url: https://app.test/j\n      format: postmark\n      raw_email: "yes"')).join('\n'), /raw_email/);
+});
