@@ -1,0 +1,383 @@
+// The admin API under /api: token auth, JSON-schema-validated routes over the spool's queries, JSON problems, OpenAPI.
+import { readFileSync } from 'node:fs';
+import type { FastifyInstance, FastifySchema } from 'fastify';
+import type { Clock } from '../../core/clock.js';
+import type { Logger } from '../../core/logger.js';
+import { MailhookError } from '../../core/errors.js';
+import type { Config } from '../../config/load.js';
+import type { Spool } from '../../spool/spool.js';
+import { decodeCursor, type MessageFilter, type DeliverySummary, type MessageSummary, type AttemptEntry } from '../../spool/queries.js';
+import type { DeliveryStatus } from '../../spool/types.js';
+import { parseMessage } from '../../parse/message.js';
+import { authenticate, issueSession, sessionCookie, SESSION_COOKIE } from './auth.js';
+import { buildOpenApi, type RouteDoc } from './openapi.js';
+import * as S from './schemas.js';
+import { constantTimeEqual } from '../server.js';
+
+/** One IMAP mailbox's state as the bridge reports it; any further fields are shown as they are. */
+export interface MailboxState {
+  name: string;
+  state: string;
+  [field: string]: unknown;
+}
+export type MailboxProvider = () => MailboxState[] | Promise<MailboxState[]>;
+
+export interface AdminDeps {
+  config: Config;
+  spool: Spool;
+  log: Logger;
+  clock: Clock;
+  /** wakes the delivery worker after a replay, so replayed deliveries go out now */
+  wakeDelivery: () => void;
+  /** IMAP mailbox states, when an IMAP bridge runs */
+  mailboxes?: MailboxProvider;
+}
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** Messages larger than this are not parsed for the detail view (the raw download still works). */
+const SUMMARY_MAX_BYTES = 10 * 1024 * 1024;
+const MAX_WINDOW_MS = 7 * 86_400_000;
+
+export const ADMIN_DISABLED_MESSAGE = 'the admin API is off: set http.admin_token_file (or http.admin_token, or MAILHOOK_ADMIN_TOKEN) and restart';
+
+type HttpProblem = Error & { statusCode: number; code?: string };
+function problem(statusCode: number, message: string): HttpProblem {
+  return Object.assign(new Error(message), { statusCode });
+}
+
+const ERROR_NAMES: Record<number, string> = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 405: 'method_not_allowed', 409: 'conflict', 413: 'too_large', 415: 'unsupported_media_type' };
+
+/** Registers /api/*. Without an admin token every /api path answers 404 admin_api_disabled. */
+export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
+  const secret = deps.config.http.adminToken;
+  if (!secret) {
+    app.register(
+      async (api) => {
+        api.all('/*', async (_req, reply) => reply.code(404).send({ error: 'admin_api_disabled', message: ADMIN_DISABLED_MESSAGE }));
+      },
+      { prefix: '/api' },
+    );
+    return;
+  }
+  app.register(async (api) => adminRoutes(api, deps, () => secret.reveal()), { prefix: '/api' });
+}
+
+async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => string): Promise<void> {
+  const { spool, config, clock, log } = deps;
+  const routes: RouteDoc[] = [];
+  api.addHook('onRoute', (r) => {
+    routes.push({ method: r.method, url: r.url ?? r.path, schema: r.schema as RouteDoc['schema'], openapi: (r.config as { openapi?: RouteDoc['openapi'] } | undefined)?.openapi });
+  });
+
+  api.addHook('onRequest', async (req, reply) => {
+    reply.header('cache-control', 'no-store');
+    if ((req.routeOptions.config as { openapi?: RouteDoc['openapi'] } | undefined)?.openapi?.public) return;
+    const result = authenticate(req, token(), clock.now());
+    if (!result.ok) {
+      reply.header('www-authenticate', 'Bearer realm="mailhook"');
+      throw problem(401, result.reason);
+    }
+  });
+
+  // fastify's validator silently drops properties a schema does not list; an operator's typo must be an error instead.
+  api.addHook('preValidation', async (req) => {
+    const schema = req.routeOptions.schema as { querystring?: { properties?: object }; body?: { properties?: object } } | undefined;
+    rejectUnknown('query parameter', req.query, schema?.querystring?.properties);
+    rejectUnknown('body field', req.body, schema?.body?.properties);
+  });
+
+  api.setErrorHandler((err: Error & { statusCode?: number; validation?: unknown; code?: string }, req, reply) => {
+    if (err instanceof MailhookError) {
+      const status = err.code === 'MESSAGE_NOT_FOUND' ? 404 : err.userFault ? 400 : 500;
+      if (status === 500) log.error({ err, url: req.url }, 'admin API error');
+      return reply.code(status).send({ error: ERROR_NAMES[status] ?? 'internal_error', message: status === 500 ? 'internal error; see the mailhook log' : err.message });
+    }
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) {
+      log.error({ err, url: req.url }, 'admin API error');
+      return reply.code(500).send({ error: 'internal_error', message: 'internal error; see the mailhook log' });
+    }
+    return reply.code(status).send({ error: ERROR_NAMES[status] ?? 'bad_request', message: err.message });
+  });
+  api.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'not_found', message: `no admin API route ${req.method} ${req.url.split('?')[0]}; see /api/openapi.json` }));
+
+  const problems = { 400: S.problem, 401: S.problem, 404: S.problem } as const;
+
+  api.get('/messages', {
+    schema: { summary: 'List messages, newest first', description: 'Keyset pagination: pass next_cursor as cursor for the next page. Filters combine (AND).', tags: ['messages'], querystring: S.listQuery, response: { 200: S.listResponse, ...problems } },
+  }, async (req) => {
+    const q = req.query as { status?: DeliveryStatus; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string; cursor?: string; limit: number };
+    const filter: MessageFilter = {
+      status: q.status,
+      route: q.route,
+      recipient: q.recipient,
+      key: q.key,
+      sender: q.sender,
+      since: parseTime('since', q.since),
+      until: parseTime('until', q.until),
+    };
+    const cursor = q.cursor !== undefined ? decodeCursor(q.cursor) : undefined;
+    const page = spool.queries.listMessages(stripUndefined(filter), { cursor, limit: q.limit });
+    return { messages: page.messages.map(messageOut), next_cursor: page.next_cursor };
+  });
+
+  api.get('/messages/:id', {
+    schema: { summary: "A message: envelope, parsed summary, every delivery and its attempts", tags: ['messages'], params: S.idParams, response: { 200: S.detailResponse, ...problems } },
+  }, async (req) => {
+    const { id } = req.params as { id: string };
+    const m = spool.queries.getMessageDetail(id);
+    if (!m) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool (removed by retention or never received)`, { userFault: true });
+    let summary: Record<string, unknown> | null = null;
+    let parseError: string | null = null;
+    if (m.size > SUMMARY_MAX_BYTES) {
+      parseError = `the message is ${m.size} bytes; not parsed here, download it from raw_url`;
+    } else {
+      try {
+        const { message } = await parseMessage(await spool.readRaw(id));
+        summary = {
+          message_id: message.message_id,
+          subject: message.subject,
+          from: message.from ? formatAddress(message.from) : null,
+          to: message.to.map(formatAddress),
+          cc: message.cc.map(formatAddress),
+          date: message.date,
+          text_excerpt: message.text ? message.text.slice(0, 2000) : null,
+          attachments: message.attachments.map((a) => ({ filename: a.filename, content_type: a.content_type, size: a.size })),
+        };
+      } catch (err) {
+        parseError = `cannot parse the message: ${(err as Error).message}`;
+      }
+    }
+    return {
+      ...messageOut({ ...m, deliveries: [] }),
+      envelope: { mail_from: m.mail_from, rcpt_to: m.rcpt_to, remote_address: m.remote_address, helo: m.helo, tls: m.tls },
+      dedupe_key: m.dedupe_key,
+      meta: m.meta,
+      summary,
+      parse_error: parseError,
+      raw_url: `/api/messages/${m.id}/raw`,
+      deliveries: m.deliveries.map((d) => ({ ...deliveryOut(d), created_at: iso(d.created_at), updated_at: iso(d.updated_at), attempt_log: d.attempt_log.map(attemptOut) })),
+    };
+  });
+
+  api.get('/messages/:id/raw', {
+    schema: { summary: 'The message exactly as received (message/rfc822)', tags: ['messages'], params: S.idParams },
+    config: { openapi: { responses: { '200': { description: 'the message bytes', content: { 'message/rfc822': { schema: { type: 'string', format: 'binary' } } } } } } },
+  }, async (req, reply) => {
+    const { id } = req.params as { id: string };
+    const stream = spool.openRaw(id); // throws MESSAGE_NOT_FOUND
+    return reply.type('message/rfc822').header('content-disposition', `attachment; filename="${id}.eml"`).send(stream);
+  });
+
+  api.post('/messages/:id/redeliver', {
+    schema: {
+      summary: 'Deliver a message again',
+      description: 'Every finished (delivered or dead) delivery of the message, or the one to `route`, goes back to pending, due now, with a fresh attempt budget.',
+      tags: ['messages'],
+      params: S.idParams,
+      body: S.redeliverBody,
+      response: { 200: S.redeliverResponse, 409: S.problem, ...problems },
+    },
+  }, async (req) => {
+    const { id } = req.params as { id: string };
+    const body = (req.body ?? {}) as { route?: string };
+    const m = spool.queries.getMessageDetail(id);
+    if (!m) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool`, { userFault: true });
+    const sinks = new Set(config.routes.filter((r) => r.sink).map((r) => r.name));
+    const chosen = m.deliveries.filter((d) => body.route === undefined || d.route === body.route);
+    if (chosen.length === 0) throw problem(404, `message ${id} has no delivery to route "${body.route}"; its routes: ${m.deliveries.map((d) => d.route).join(', ')}`);
+    const skipped: Array<{ id: string; route: string; status: string; reason: string }> = [];
+    const ids: string[] = [];
+    for (const d of chosen) {
+      if (sinks.has(d.route)) skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'sink route: nothing to deliver' });
+      else if (d.status === 'pending' || d.status === 'delivering') skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'already queued or in flight' });
+      else if (d.status === 'dropped') skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'dropped by the route (drop_automatic); it would be dropped again' });
+      else ids.push(d.id);
+    }
+    if (ids.length === 0) throw problem(409, `nothing to redeliver: ${skipped.map((s) => `${s.route}: ${s.reason}`).join('; ')}`);
+    const result = spool.queries.replay({ ids, statuses: ['dead', 'delivered'], asOf: clock.now(), excludeRoutes: [...sinks], limit: ids.length }, clock.now());
+    if (result.replayed.length > 0) deps.wakeDelivery();
+    for (const lost of ids.filter((x) => !result.replayed.includes(x))) {
+      const d = chosen.find((c) => c.id === lost)!;
+      skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'its state changed meanwhile' });
+    }
+    return { message_id: id, requeued: result.replayed, skipped };
+  });
+
+  api.post('/deliveries/replay', {
+    schema: {
+      summary: 'Replay deliveries in bulk',
+      description:
+        'Replays dead-lettered (or, with status=delivered, delivered) deliveries named by ids or matching a filter. A replayed delivery is pending, due now, ' +
+        'with its attempt counter reset (a fresh budget of delivery.retry.max_attempts); its attempt history stays. At most `limit` per call, oldest first: ' +
+        'call again with the returned as_of while remaining > 0.',
+      tags: ['deliveries'],
+      body: S.replayBody,
+      response: { 200: S.replayResponse, ...problems },
+    },
+  }, async (req) => {
+    const b = req.body as { ids?: string[]; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string; all?: boolean; status: 'dead' | 'delivered'; as_of?: string; limit: number; dry_run: boolean };
+    const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
+    const hasFilter = Object.keys(filter).length > 0;
+    if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
+    if (!b.ids && !hasFilter && b.all !== true) {
+      throw problem(400, `name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to replay every ${b.status === 'dead' ? 'dead-lettered' : 'delivered'} delivery`);
+    }
+    const now = clock.now();
+    const asOf = parseTime('as_of', b.as_of) ?? now;
+    const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
+    const sel = { ids: b.ids, filter, statuses: [b.status], asOf, excludeRoutes, limit: b.limit };
+    if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true };
+    const result = spool.queries.replay(sel, now);
+    if (result.replayed.length > 0) deps.wakeDelivery();
+    log.info({ replayed: result.replayed.length, remaining: result.remaining, filter, status: b.status }, 'deliveries replayed by an operator');
+    return { replayed: result.replayed.length, ids: result.replayed, remaining: result.remaining, as_of: iso(asOf), dry_run: false };
+  });
+
+  api.delete('/messages/:id', {
+    schema: { summary: 'Remove a message, its deliveries, attempts and file', tags: ['messages'], params: S.idParams, querystring: S.deleteQuery, response: { 200: S.deleteResponse, 409: S.problem, ...problems } },
+  }, async (req) => {
+    const { id } = req.params as { id: string };
+    const { force } = req.query as { force: boolean };
+    const r = spool.queries.deleteMessage(id, force);
+    if (!r.deleted && r.inFlight > 0) throw problem(409, `a delivery of message ${id} is in flight; try again in a moment, or pass force=true`);
+    if (!r.deleted) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool`, { userFault: true });
+    log.info({ msgId: id }, 'message deleted by an operator');
+    return { id, deleted: true };
+  });
+
+  api.get('/routes', {
+    schema: { summary: 'Per-route health: queue depth, success rate and latency over a window', tags: ['routes'], querystring: S.routesQuery, response: { 200: S.routesResponse, ...problems } },
+  }, async (req) => {
+    const { window } = req.query as { window: string };
+    const ms = windowMs(window);
+    const since = clock.now() - ms;
+    const configured = new Map(config.routes.map((r) => [r.name, r]));
+    const health = spool.queries.routeHealth([...configured.keys()], since);
+    const totals = spool.jobs.counts() as Record<string, number>;
+    return {
+      window,
+      since: iso(since),
+      totals,
+      routes: health.map((h) => {
+        const r = configured.get(h.route);
+        return {
+          ...h,
+          configured: r !== undefined,
+          kind: r ? (r.sink ? 'sink' : 'webhook') : 'unknown',
+          format: r?.webhook?.format ?? null,
+          endpoint: r?.webhook ? endpointOf(r.webhook.url) : null,
+          last_delivered_at: h.last_delivered_at === null ? null : iso(h.last_delivered_at),
+          last_failure: h.last_failure ? { ...h.last_failure, at: iso(h.last_failure.at) } : null,
+        };
+      }),
+    };
+  });
+
+  api.get('/mailboxes', {
+    schema: { summary: 'IMAP mailbox states (empty when no IMAP bridge runs)', tags: ['imap'], response: { 200: S.mailboxesResponse, 401: S.problem } },
+  }, async () => {
+    if (!deps.mailboxes) return { enabled: false, mailboxes: [] };
+    return { enabled: true, mailboxes: await deps.mailboxes() };
+  });
+
+  api.get('/session', {
+    schema: { summary: 'Who is asking: checks the token or the dashboard session', tags: ['session'], response: { 200: S.sessionResponse, 401: S.problem } },
+  }, async (req) => {
+    const r = authenticate(req, token(), clock.now());
+    return { authenticated: true, via: r.ok ? r.via : undefined };
+  });
+
+  api.post('/session', {
+    schema: { summary: 'Dashboard login: trade the admin token for a session cookie (HttpOnly, SameSite=Strict, 12 h)', tags: ['session'], body: S.sessionBody, response: { 200: S.sessionResponse, 400: S.problem, 401: S.problem } },
+    config: { openapi: { public: true } },
+  }, async (req, reply) => {
+    const { token: given } = req.body as { token: string };
+    if (!constantTimeEqual(given.trim(), token())) {
+      log.warn({ remote: req.socket.remoteAddress }, 'dashboard login with a wrong token');
+      throw problem(401, 'the admin token is wrong');
+    }
+    const s = issueSession(token(), clock.now());
+    reply.header('set-cookie', sessionCookie(s.value, s.maxAgeSeconds));
+    return { authenticated: true, via: 'session' };
+  });
+
+  api.delete('/session', {
+    schema: { summary: 'Dashboard logout: clears the session cookie', tags: ['session'], response: { 200: S.sessionResponse } },
+    config: { openapi: { public: true } },
+  }, async (_req, reply) => {
+    reply.header('set-cookie', `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0`);
+    return { authenticated: false };
+  });
+
+  let doc: Record<string, unknown> | undefined;
+  api.get('/openapi.json', { schema: { summary: 'This document', tags: ['meta'] } as FastifySchema }, async () => {
+    doc ??= buildOpenApi(routes, { title: 'mailhook admin API', version: packageVersion() });
+    return doc;
+  });
+}
+
+function rejectUnknown(what: string, value: unknown, properties: object | undefined): void {
+  if (!properties || typeof value !== 'object' || value === null || Array.isArray(value)) return;
+  const known = Object.keys(properties);
+  const unknown = Object.keys(value).filter((k) => !known.includes(k));
+  if (unknown.length > 0) {
+    throw problem(400, `unknown ${what}${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')}; known: ${known.join(', ')}`);
+  }
+}
+
+/** ISO 8601 or milliseconds since the epoch. */
+export function parseTime(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (/^\d{1,16}$/.test(value)) return Number(value);
+  const t = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN;
+  if (Number.isNaN(t)) throw problem(400, `${name}: "${value}" is not a time; write ISO 8601 (2024-05-01T12:00:00Z) or milliseconds since the epoch`);
+  return t;
+}
+
+function windowMs(window: string): number {
+  const m = /^(\d+)(m|h|d)$/.exec(window)!;
+  const ms = Number(m[1]) * { m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'm' | 'h' | 'd'];
+  if (ms <= 0 || ms > MAX_WINDOW_MS) throw problem(400, `window: "${window}" must be between 1m and 7d`);
+  return ms;
+}
+
+/** The webhook URL as it is safe to show: no credentials, no query (tokens live there). */
+function endpointOf(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname}`;
+  } catch {
+    return '(invalid URL)';
+  }
+}
+
+function formatAddress(a: { address: string; name: string }): string {
+  return a.name ? `${a.name} <${a.address}>` : a.address;
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+function deliveryOut(d: DeliverySummary) {
+  return { ...d, next_attempt_at: iso(d.next_attempt_at), finished_at: d.finished_at === null ? null : iso(d.finished_at) };
+}
+
+function messageOut(m: MessageSummary) {
+  return { ...m, received_at: iso(m.received_at), deliveries: m.deliveries.map(deliveryOut) };
+}
+
+function attemptOut(a: AttemptEntry) {
+  return { attempt: a.attempt, started_at: iso(a.started_at), latency_ms: a.duration_ms, status_code: a.status_code, outcome: a.outcome, error: a.error };
+}
+
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
