@@ -8,6 +8,7 @@ import { createMetrics, type Metrics } from './core/metrics.js';
 import type { Config } from './config/load.js';
 import { Router } from './routing/router.js';
 import { Spool } from './spool/spool.js';
+import { Retention } from './spool/retention.js';
 import { createSmtpService, type SmtpService } from './smtp/server.js';
 import { DeliveryWorker } from './delivery/worker.js';
 import { buildHttpApp } from './http/server.js';
@@ -43,6 +44,14 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const spool = new Spool({ path: config.spool.path, inlineMaxBytes: config.spool.inline_max_bytes, clock });
     lifecycle.onStop('spool', () => spool.close());
 
+    // Registered after the spool, so it stops (finishing its batch) before the spool closes.
+    const retention = new Retention(
+      { db: spool.db, blobs: spool.blobs, clock, log: log.child({ part: 'retention' }), onRemoved: (n) => metrics.spoolRemoved.inc(n) },
+      config.spool.retention,
+    );
+    retention.start();
+    lifecycle.onStop('retention', () => retention.stop());
+
     const dispatcher = deps.dispatcher ?? new Agent({ connections: config.delivery.concurrency, keepAliveTimeout: 10_000 });
     if (!deps.dispatcher) lifecycle.onStop('http client', () => dispatcher.close());
 
@@ -54,7 +63,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const router = new Router(config.routes);
     const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics });
 
-    const http = buildHttpApp({ config, spool, log, metrics, readiness: () => ({ smtp_listening: smtp.isListening() }) });
+    const http = buildHttpApp({ config, spool, log, metrics, clock, wakeDelivery: () => worker.wake(), readiness: () => ({ smtp_listening: smtp.isListening() }) });
     let httpAddress: { host: string; port: number };
     try {
       await http.listen({ host: config.http.listen.host, port: config.http.listen.port });

@@ -33,9 +33,28 @@ const httpSchema = z.strictObject({
   admin_token_file: z.string().min(1).optional().describe('file holding the admin API bearer token'),
 });
 
+/** A duration such as "30s", "15m", "36h", "7d" or "2w", as milliseconds. */
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+export const duration = z.string().transform((value, ctx) => {
+  const m = /^(\d+)\s*(ms|s|m|h|d|w)$/.exec(value.trim());
+  const ms = m ? Number(m[1]) * (DURATION_UNITS[m[2] as string] as number) : NaN;
+  if (!m || !Number.isSafeInteger(ms) || ms <= 0) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a duration; write a positive number and a unit (ms, s, m, h, d, w), e.g. "7d" or "36h"` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const retentionSchema = z.strictObject({
+  delivered: duration.prefault('7d').describe('how long a message stays in the spool once all its deliveries succeeded'),
+  dead: duration.prefault('30d').describe('how long a message with a dead-lettered delivery stays in the spool (counted from the dead-lettering)'),
+  interval: duration.prefault('10m').describe('how often expired messages are removed and their space given back'),
+});
+
 const spoolSchema = z.strictObject({
   path: z.string().min(1).default('./data/spool.db').describe('SQLite database file; message files live beside it'),
   inline_max_bytes: nonNegativeInt.default(262_144).describe('messages up to this size are stored inside the database, larger ones as files'),
+  retention: retentionSchema.prefault({}),
 });
 
 const retrySchema = z.strictObject({

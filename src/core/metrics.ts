@@ -19,6 +19,7 @@ export function createMetrics() {
     }),
     queueDepth: new Gauge({ name: 'mailhook_queue_depth', help: 'Deliveries by status', labelNames: ['status'], registers: [registry] }),
     spoolBytes: new Gauge({ name: 'mailhook_spool_bytes', help: 'Spool size on disk (database, WAL and message files)', registers: [registry] }),
+    spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),
   };
 }
 

@@ -6,6 +6,9 @@ import type { Metrics } from '../core/metrics.js';
 import type { Config } from '../config/load.js';
 import type { Spool } from '../spool/spool.js';
 import { MailhookError } from '../core/errors.js';
+import { systemClock, type Clock } from '../core/clock.js';
+import { registerAdmin, type MailboxProvider } from './admin/index.js';
+import { registerDashboard } from './dashboard/index.js';
 
 export interface HttpDeps {
   config: Config;
@@ -14,6 +17,11 @@ export interface HttpDeps {
   metrics: Metrics;
   /** readiness checks beyond the spool, e.g. "SMTP is listening" */
   readiness: () => Record<string, boolean>;
+  clock?: Clock;
+  /** wakes the delivery worker (after an operator replays deliveries) */
+  wakeDelivery?: () => void;
+  /** IMAP mailbox states for the admin API and dashboard, when an IMAP bridge runs */
+  mailboxes?: MailboxProvider;
 }
 
 export function buildHttpApp(deps: HttpDeps): FastifyInstance {
@@ -73,6 +81,11 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       }
     });
   }
+
+  // Admin API (/api) and dashboard (/): off, with a message saying how to turn them on, when no admin token is set.
+  const clock = deps.clock ?? systemClock;
+  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => {}), mailboxes: deps.mailboxes });
+  registerDashboard(app, { config, clock });
 
   app.setErrorHandler((err: { statusCode?: number; message: string; validation?: unknown }, _req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;

@@ -7,7 +7,7 @@ import { MailhookError } from '../core/errors.js';
 export type Db = Database.Database;
 
 // Each entry moves the schema from version i to i+1; never edit a shipped entry, append a new one.
-const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE messages (
     id              TEXT PRIMARY KEY,
@@ -58,6 +58,48 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX attempts_delivery ON attempts(delivery_id);
   `,
+  // 2: operator queries (admin API, dashboard) and retention. Keyset pagination runs on (received_at, id), so
+  // deliveries and their recipients carry the message's received_at (filled by triggers, the accept path is
+  // unchanged); recipient addresses and keys get their own table so a filter on them is an index search.
+  `
+  ALTER TABLE deliveries ADD COLUMN received_at INTEGER;
+  ALTER TABLE deliveries ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+  UPDATE deliveries SET received_at = (SELECT received_at FROM messages WHERE messages.id = deliveries.message_id);
+  CREATE TRIGGER deliveries_received_at AFTER INSERT ON deliveries WHEN NEW.received_at IS NULL BEGIN
+    UPDATE deliveries SET received_at = (SELECT received_at FROM messages WHERE id = NEW.message_id) WHERE id = NEW.id;
+  END;
+
+  CREATE TABLE delivery_recipients (
+    delivery_id  TEXT NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    message_id   TEXT NOT NULL,
+    received_at  INTEGER NOT NULL,
+    address      TEXT NOT NULL,                  -- lower-cased, for case-insensitive search
+    key          TEXT
+  );
+  INSERT INTO delivery_recipients (delivery_id, message_id, received_at, address, key)
+    SELECT d.id, d.message_id, d.received_at, lower(json_extract(j.value, '$.address')), json_extract(j.value, '$.key')
+    FROM deliveries d, json_each(d.recipients) j;
+  CREATE TRIGGER deliveries_recipients AFTER INSERT ON deliveries BEGIN
+    INSERT INTO delivery_recipients (delivery_id, message_id, received_at, address, key)
+      SELECT NEW.id, NEW.message_id, (SELECT received_at FROM messages WHERE id = NEW.message_id),
+             lower(json_extract(value, '$.address')), json_extract(value, '$.key')
+      FROM json_each(NEW.recipients);
+  END;
+  CREATE INDEX delivery_recipients_delivery ON delivery_recipients(delivery_id);
+  CREATE INDEX delivery_recipients_address ON delivery_recipients(address, received_at, message_id);
+  CREATE INDEX delivery_recipients_key ON delivery_recipients(key, received_at, message_id);
+
+  -- (received_at, id) replaces (received_at); (route, status, received_at, message_id) replaces (route, status).
+  DROP INDEX messages_received_at;
+  CREATE INDEX messages_received_id ON messages(received_at, id);
+  CREATE INDEX messages_sender ON messages(mail_from COLLATE NOCASE, received_at, id);
+  DROP INDEX deliveries_route_status;
+  CREATE INDEX deliveries_route_status_received ON deliveries(route, status, received_at, message_id);
+  CREATE INDEX deliveries_status_received ON deliveries(status, received_at, message_id);
+  CREATE INDEX deliveries_route_received ON deliveries(route, received_at, message_id);
+  CREATE INDEX deliveries_finished ON deliveries(status, finished_at);
+  CREATE INDEX attempts_started ON attempts(started_at);
+  `,
 ];
 
 export function openDatabase(path: string): Db {
@@ -68,13 +110,24 @@ export function openDatabase(path: string): Db {
   } catch (err) {
     throw new MailhookError('SPOOL_UNAVAILABLE', `cannot open the spool database ${path}: ${(err as Error).message}; check spool.path and its folder's permissions`, { cause: err, userFault: true });
   }
+  // Incremental auto-vacuum lets retention hand freed pages back to the file system. It only takes effect on a
+  // database that has no tables yet, and before WAL mode writes the header; older spools get it by one VACUUM below.
+  db.pragma('auto_vacuum = INCREMENTAL');
   // WAL + synchronous=FULL: a commit is on disk (the WAL fsynced) when it returns; that is what 250 promises.
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
   migrate(db);
+  ensureIncrementalVacuum(db);
   return db;
+}
+
+/** A spool created before auto_vacuum was set is rebuilt once (VACUUM) so the setting takes effect. */
+function ensureIncrementalVacuum(db: Db): void {
+  if ((db.pragma('auto_vacuum', { simple: true }) as number) === 2) return;
+  db.pragma('auto_vacuum = INCREMENTAL');
+  db.exec('VACUUM');
 }
 
 function migrate(db: Db): void {

@@ -8,6 +8,7 @@ import { Acceptor, type AcceptInput, type AcceptResult } from './accept.js';
 import { BlobStore } from './blobs.js';
 import { openDatabase, type Db } from './db.js';
 import { JobQueue, toDeliveryRow } from './jobs.js';
+import { SpoolQueries } from './queries.js';
 import type { DeliveryRow, StoredMessage, TlsInfo } from './types.js';
 
 export interface SpoolOptions {
@@ -36,6 +37,8 @@ export class Spool {
   readonly blobs: BlobStore;
   readonly acceptor: Acceptor;
   readonly jobs: JobQueue;
+  /** operator queries: listing, detail, route health, replay, delete (admin API, dashboard) */
+  readonly queries: SpoolQueries;
   private readonly getMessageRow;
   private readonly getInlineRaw;
   private readonly getDeliveryRow;
@@ -46,6 +49,7 @@ export class Spool {
     this.blobs = new BlobStore(join(dirname(options.path), `${basename(options.path)}.blobs`));
     this.acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
     this.jobs = new JobQueue(this.db);
+    this.queries = new SpoolQueries(this.db, this.blobs);
     this.getMessageRow = this.db.prepare(
       `SELECT id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw_file, dedupe_key, meta FROM messages WHERE id = ?`,
     );
