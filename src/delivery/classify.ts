@@ -2,7 +2,9 @@
 export type Outcome =
   | { kind: 'delivered' }
   | { kind: 'retry'; reason: string }
-  | { kind: 'dead'; reason: string; /** a misconfiguration the operator must fix: logged at error */ loud?: boolean };
+  | { kind: 'dead'; reason: string; /** a misconfiguration the operator must fix: logged at error */ loud?: boolean }
+  /** finished without a request, by the route's choice (drop_automatic) */
+  | { kind: 'dropped'; reason: string };
 
 /** Standard rule: 2xx delivered; 408, 429, 5xx retry; any other status means the consumer refused it. */
 export function classifyStatus(status: number): Outcome {

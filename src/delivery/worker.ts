@@ -10,6 +10,7 @@ import { nextAttemptAt, parseRetryAfter } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook } from './client.js';
 import { FORMATS } from './formats/index.js';
+import { automaticOf } from '../parse/automatic.js';
 
 export interface WorkerDeps {
   config: Config;
@@ -153,15 +154,20 @@ export class DeliveryWorker {
         const message = spool.getMessage(d.messageId);
         if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
         const raw = await spool.readRaw(d.messageId);
-        const req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname });
-        try {
-          const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
-          statusCode = res.status;
-          outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
-          if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
-          retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
-        } catch (err) {
-          outcome = classifyError(err);
+        const automatic = route.dropAutomatic ? automaticOf(message, raw) : undefined;
+        if (automatic?.automatic) {
+          outcome = { kind: 'dropped', reason: `dropped: automatic message (${automatic.reasons.join(', ')}); route has drop_automatic` };
+        } else {
+          const req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname });
+          try {
+            const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
+            statusCode = res.status;
+            outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
+            if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
+            retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
+          } catch (err) {
+            outcome = classifyError(err);
+          }
         }
       } catch (err) {
         outcome = { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
@@ -179,7 +185,9 @@ export class DeliveryWorker {
         ? ({ status: 'delivered' } as const)
         : outcome.kind === 'dead'
           ? ({ status: 'dead' } as const)
-          : ({ status: 'pending', at: nextAttemptAt(config.delivery.retry, d.attempts, finishedAt, random, retryAfterMs) } as const);
+          : outcome.kind === 'dropped'
+            ? ({ status: 'dropped' } as const)
+            : ({ status: 'pending', at: nextAttemptAt(config.delivery.retry, d.attempts, finishedAt, random, retryAfterMs) } as const);
     const kept = spool.jobs.complete(lease, { attempt: d.attempts, startedAt, durationMs, statusCode, outcome: outcome.kind, error }, next, finishedAt);
     if (!kept) {
       dlog.warn('lease lost before the outcome was recorded; the delivery will be attempted again');
@@ -189,6 +197,7 @@ export class DeliveryWorker {
     if (statusCode !== null) metrics.deliveryLatency.observe({ route: d.route }, durationMs / 1000);
     const fields = { status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
     if (outcome.kind === 'delivered') dlog.info(fields, 'delivered');
+    else if (outcome.kind === 'dropped') dlog.info({ ...fields, reason: error }, 'delivery dropped: automatic message');
     else if (outcome.kind === 'retry') dlog.warn({ ...fields, error }, 'delivery failed; will retry');
     else if (outcome.loud) dlog.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
     else dlog.warn({ ...fields, error }, 'delivery dead-lettered');

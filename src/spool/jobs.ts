@@ -13,7 +13,7 @@ export interface AttemptRecord {
   startedAt: number;
   durationMs: number;
   statusCode: number | null;
-  outcome: 'delivered' | 'retry' | 'dead';
+  outcome: 'delivered' | 'retry' | 'dead' | 'dropped';
   error: string | null;
 }
 
@@ -113,7 +113,7 @@ export class JobQueue {
   }
 
   /** Records the attempt and the delivery's new state together. Returns false if the lease was lost. */
-  complete(lease: Lease, attempt: AttemptRecord, next: { status: 'delivered' | 'dead' } | { status: 'pending'; at: number }, now: number): boolean {
+  complete(lease: Lease, attempt: AttemptRecord, next: { status: 'delivered' | 'dead' | 'dropped' } | { status: 'pending'; at: number }, now: number): boolean {
     let ok = false;
     this.db.transaction(() => {
       const common = { id: lease.delivery.id, token: lease.token, code: attempt.statusCode, error: attempt.error, now };
@@ -162,7 +162,7 @@ export class JobQueue {
   }
 
   counts(): Record<DeliveryStatus, number> {
-    const out: Record<DeliveryStatus, number> = { pending: 0, delivering: 0, delivered: 0, dead: 0 };
+    const out: Record<DeliveryStatus, number> = { pending: 0, delivering: 0, delivered: 0, dead: 0, dropped: 0 };
     for (const r of this.countByStatus.all() as Array<{ status: DeliveryStatus; n: number }>) out[r.status] = r.n;
     return out;
   }

@@ -17,7 +17,8 @@ export interface Recipient {
   key: string | null;
 }
 
-export type DeliveryStatus = 'pending' | 'delivering' | 'delivered' | 'dead';
+/** 'dropped': finished without calling the webhook because the route drops automatic messages (last_error says why) */
+export type DeliveryStatus = 'pending' | 'delivering' | 'delivered' | 'dead' | 'dropped';
 
 export interface PlannedDelivery {
   route: string;

@@ -2,9 +2,11 @@
 import { randomBytes } from 'node:crypto';
 import type { WebhookFormat } from '../../config/schema.js';
 import { actionMailboxFormat } from './action_mailbox.js';
+import { gitlabFormat } from './gitlab.js';
 import { jsonFormat } from './json.js';
 import { createMailgunFormat } from './mailgun.js';
 import { postmarkFormat } from './postmark.js';
+import { rawFormat } from './raw.js';
 import { createSendgridFormat } from './sendgrid.js';
 import type { PayloadFormat } from './types.js';
 
@@ -14,4 +16,6 @@ export const FORMATS: Record<WebhookFormat, PayloadFormat> = {
   mailgun: createMailgunFormat({ randomBytes }),
   postmark: postmarkFormat,
   sendgrid: createSendgridFormat({ randomBytes }),
+  raw: rawFormat,
+  gitlab: gitlabFormat,
 };

@@ -1,4 +1,5 @@
 // format: json — the parsed message, envelope and raw bytes as JSON, signed per Standard Webhooks.
+import { automaticOf } from '../../parse/automatic.js';
 import { parseMessage } from '../../parse/message.js';
 import { standardWebhookHeaders } from '../sign.js';
 import type { FormatContext, PayloadFormat } from './types.js';
@@ -19,6 +20,8 @@ export function buildJsonPayload(ctx: FormatContext, message: Awaited<ReturnType
       tls: m.envelope.tls,
     },
     recipients: ctx.delivery.recipients,
+    /** sent by a machine (auto-reply, bulk, bounce, report): never answer it (RFC 3834) */
+    automatic: automaticOf(m, ctx.raw).automatic,
     message,
     raw_base64: ctx.raw.toString('base64'),
   };
