@@ -25,6 +25,8 @@ export interface ResolvedRoute {
   name: string;
   addresses: string[];
   sink: boolean;
+  /** finish deliveries of automatic messages as dropped instead of calling the webhook */
+  dropAutomatic: boolean;
   webhook: ResolvedWebhook | undefined;
 }
 
@@ -46,11 +48,12 @@ export function routeSecretEnvName(route: string): string {
   return `MAILHOOK_ROUTE_${route.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_SECRET`;
 }
 
-export const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: readonly string[]; description: string }> = [
+/** `clears`: a key of the same section the variable replaces (a secret from the environment wins over its *_file). */
+export const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: readonly string[]; description: string; clears?: string }> = [
   { env: 'MAILHOOK_SMTP_LISTEN', path: ['smtp', 'listen'], description: 'smtp.listen' },
   { env: 'MAILHOOK_SMTP_HOSTNAME', path: ['smtp', 'hostname'], description: 'smtp.hostname' },
   { env: 'MAILHOOK_HTTP_LISTEN', path: ['http', 'listen'], description: 'http.listen' },
-  { env: 'MAILHOOK_ADMIN_TOKEN', path: ['http', 'admin_token'], description: 'http.admin_token' },
+  { env: 'MAILHOOK_ADMIN_TOKEN', path: ['http', 'admin_token'], description: 'http.admin_token', clears: 'admin_token_file' },
   { env: 'MAILHOOK_SPOOL_PATH', path: ['spool', 'path'], description: 'spool.path' },
   { env: 'MAILHOOK_LOG_LEVEL', path: ['log', 'level'], description: 'log.level' },
 ];
@@ -91,6 +94,7 @@ function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {
     const current = data[section];
     const obj = typeof current === 'object' && current !== null && !Array.isArray(current) ? (current as Record<string, unknown>) : {};
     obj[key] = value;
+    if (o.clears) delete obj[o.clears];
     data[section] = obj;
   }
   if (Array.isArray(data.routes)) {
@@ -171,7 +175,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 }
 
 function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string }, problems: ConfigProblem[]): ResolvedRoute {
-  const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, webhook: undefined };
+  const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined };
   const w = route.webhook;
   if (!w) return out;
   let secretText: string | undefined;

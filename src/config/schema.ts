@@ -25,6 +25,7 @@ const smtpSchema = z.strictObject({
   max_clients: positiveInt.default(1000).describe('concurrent SMTP connections; more get 421'),
   socket_timeout_ms: positiveInt.default(300_000).describe('idle time before a connection is closed (RFC 5321 §4.5.3.2.7: 5 minutes)'),
   greeting_delay_ms: nonNegativeInt.default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
+  lmtp: z.boolean().default(false).describe('speak LMTP (RFC 2033) instead of SMTP, for an MTA in front (Postfix lmtp: transport); one reply per recipient after DATA'),
 });
 
 const httpSchema = z.strictObject({
@@ -70,7 +71,7 @@ const deliverySchema = z.strictObject({
   retry: retrySchema.prefault({}),
 });
 
-export const WEBHOOK_FORMATS = ['json', 'action_mailbox', 'mailgun', 'postmark', 'sendgrid'] as const;
+export const WEBHOOK_FORMATS = ['json', 'action_mailbox', 'mailgun', 'postmark', 'sendgrid', 'raw', 'gitlab'] as const;
 export type WebhookFormat = (typeof WEBHOOK_FORMATS)[number];
 
 /**
@@ -87,7 +88,12 @@ export const FORMAT_SECRETS: Record<WebhookFormat, { kind: SecretKind; required:
   mailgun: { kind: 'text', required: true }, // the Mailgun HTTP webhook signing key (HMAC-SHA256 of timestamp + token)
   postmark: { kind: 'none', required: false }, // Postmark signs nothing; Basic auth comes from the URL's userinfo
   sendgrid: { kind: 'none', required: false }, // SendGrid signs nothing; Basic auth comes from the URL's userinfo
+  raw: { kind: 'whsec', required: true }, // signed like json (Standard Webhooks)
+  gitlab: { kind: 'gitlab_base64', required: true }, // GitLab's gitlab_incoming_email_secret: the HS256 key of the mail_room JWT
 };
+
+/** Formats whose consumer handles one recipient per request (GitLab reads one key per message): one delivery per recipient. */
+export const PER_RECIPIENT_FORMATS: ReadonlySet<WebhookFormat> = new Set<WebhookFormat>(['gitlab']);
 
 const webhookSchema = z.strictObject({
   url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('where deliveries are POSTed'),
@@ -115,10 +121,15 @@ const routeSchema = z
     addresses: z.array(addressPattern).min(1, 'a route needs at least one address'),
     webhook: webhookSchema.optional(),
     sink: z.boolean().optional().describe('keep messages in the spool and list them at /sink/messages instead of calling a webhook'),
+    drop_automatic: z.boolean().default(false).describe('finish deliveries of automatic messages (auto-replies, bulk, bounces, reports) as dropped instead of calling the webhook'),
   })
   .superRefine((route, ctx) => {
     if (!route.webhook && !route.sink) ctx.addIssue({ code: 'custom', message: 'a route needs a webhook (or sink: true)' });
     if (route.webhook && route.sink) ctx.addIssue({ code: 'custom', message: 'a route has either a webhook or sink: true, not both' });
+    // GitLab's endpoint is POST …/api/v4/internal/mail_room/<mailbox type>, the type being the gitlab.rb section.
+    if (route.webhook?.format === 'gitlab' && !/\/api\/v4\/internal\/mail_room\/(incoming_email|service_desk_email)$/.test(new URL(route.webhook.url).pathname)) {
+      ctx.addIssue({ code: 'custom', path: ['webhook', 'url'], message: 'format gitlab posts to GitLab\'s mail_room endpoint: https://<gitlab>/api/v4/internal/mail_room/incoming_email (or …/service_desk_email)' });
+    }
   });
 
 const logSchema = z.strictObject({

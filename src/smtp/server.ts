@@ -5,6 +5,7 @@ import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { MailhookError } from '../core/errors.js';
 import type { Config } from '../config/load.js';
+import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
 import type { Router } from '../routing/router.js';
 import type { Spool } from '../spool/spool.js';
 import type { PlannedDelivery, Recipient } from '../spool/types.js';
@@ -31,6 +32,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   const { config, router, spool, log, metrics } = deps;
   const routeNames = new Set(config.routes.map((r) => r.name));
   const sinkRoutes = new Set(config.routes.filter((r) => r.sink).map((r) => r.name));
+  const perRecipientRoutes = new Set(config.routes.filter((r) => r.webhook && PER_RECIPIENT_FORMATS.has(r.webhook.format)).map((r) => r.name));
   let draining = false;
   let listening = false;
   const inFlight = new Set<Promise<unknown>>();
@@ -42,6 +44,8 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     maxClients: config.smtp.max_clients,
     socketTimeout: config.smtp.socket_timeout_ms,
     greetingDelayMs: config.smtp.greeting_delay_ms,
+    // RFC 2033: LHLO instead of EHLO, and after DATA one reply per accepted recipient (smtp-server sends them).
+    lmtp: config.smtp.lmtp,
     authOptional: true,
     disabledCommands: ['AUTH', 'STARTTLS'],
     logger: false,
@@ -114,7 +118,12 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       list.push({ address, key: m.key });
       byRoute.set(m.route, list);
     }
-    return [...byRoute].map(([route, recipients]) => ({ route, recipients, status: sinkRoutes.has(route) ? 'delivered' : 'pending' }));
+    return [...byRoute].flatMap(([route, recipients]) => {
+      const status = sinkRoutes.has(route) ? ('delivered' as const) : ('pending' as const);
+      // GitLab reads one key per message: each recipient of such a route gets its own delivery.
+      if (perRecipientRoutes.has(route)) return recipients.map((r) => ({ route, recipients: [r], status }));
+      return [{ route, recipients, status }];
+    });
   }
 
   function toReplyError(err: unknown, session: SMTPServerSession): SmtpReplyError {
