@@ -15,6 +15,7 @@ export type Responder = (req: ReceivedRequest, index: number) => { status: numbe
 export class Consumer {
   readonly requests: ReceivedRequest[] = [];
   private waiters: Array<{ n: number; resolve: () => void }> = [];
+  private receivedWaiters: Array<{ n: number; resolve: () => void }> = [];
   private server: Server | undefined;
   respond: Responder = () => ({ status: 200, body: 'ok' });
   port = 0;
@@ -31,6 +32,13 @@ export class Consumer {
         const rec: ReceivedRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks), at: Date.now() };
         const index = this.requests.length;
         this.requests.push(rec);
+        this.receivedWaiters = this.receivedWaiters.filter((w) => {
+          if (this.requests.length >= w.n) {
+            w.resolve();
+            return false;
+          }
+          return true;
+        });
         void Promise.resolve(this.respond(rec, index)).then((r) => {
           res.writeHead(r.status, r.headers ?? {});
           res.end(r.body ?? '');
@@ -63,6 +71,21 @@ export class Consumer {
           clearTimeout(timer);
           // Let the worker record the outcome of the answered request.
           setImmediate(() => resolve(this.requests.slice()));
+        },
+      });
+    });
+  }
+
+  /** Resolves once `n` requests have arrived, answered or not (for consumers that hold their reply). */
+  received(n: number, timeoutMs = 10_000): Promise<ReceivedRequest[]> {
+    if (this.requests.length >= n) return Promise.resolve(this.requests.slice());
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`consumer received ${this.requests.length} of ${n} expected requests within ${timeoutMs} ms`)), timeoutMs);
+      this.receivedWaiters.push({
+        n,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve(this.requests.slice());
         },
       });
     });

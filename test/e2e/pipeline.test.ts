@@ -1,0 +1,261 @@
+// The core pipeline end to end: a real SMTP client in, a real HTTP consumer out, signatures checked with standardwebhooks.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { Webhook } from 'standardwebhooks';
+import { Consumer } from '../helpers/consumer.js';
+import { sendMail } from '../helpers/smtp-client.js';
+import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
+
+interface Payload {
+  id: string;
+  message_id: string;
+  route: string;
+  received_at: string;
+  envelope: { mail_from: string; rcpt_to: string[]; remote_address: string; helo: string };
+  recipients: Array<{ address: string; key: string | null }>;
+  message: {
+    message_id: string;
+    subject: string;
+    from: { address: string; name: string };
+    to: Array<{ address: string; name: string }>;
+    cc: Array<{ address: string }>;
+    reply_to: Array<{ address: string }>;
+    date: string;
+    in_reply_to: string | null;
+    references: string[];
+    headers: Array<{ name: string; value: string }>;
+    text: string;
+    html: string | null;
+    attachments: Array<{ filename: string; content_type: string; size: number; content_id: string | null; content_base64: string }>;
+  };
+  raw_base64: string;
+}
+
+function routes(main: Consumer, other: Consumer, extra = ''): string {
+  return `
+  - name: gitlab
+    addresses: ["incoming+%{key}@gitlab.test", "incoming@gitlab.test", "*@catchall.test"]
+    webhook: { url: "${main.url}", secret: "${SECRET}" }
+  - name: desk
+    addresses: ["desk-%{key}@desk.test"]
+    webhook: { url: "${other.url}", secret: "${SECRET}" }
+${extra}`;
+}
+
+describe('delivery to a webhook', () => {
+  let app: TestApp;
+  const main = new Consumer();
+  const other = new Consumer();
+  before(async () => {
+    await main.start();
+    await other.start();
+    app = await startTestApp({ routes: routes(main, other) });
+  });
+  after(async () => {
+    await app.close();
+    await main.stop();
+    await other.stop();
+  });
+
+  test('signed JSON payload with envelope, keys, decoded fields and the raw bytes', async () => {
+    const start = main.requests.length;
+    const info = await sendMail(app.smtpPort, {
+      from: '"Zoë Sender" <zoe@sender.test>',
+      to: 'incoming+AbC-123_x@gitlab.test',
+      cc: 'someone@else.test',
+      replyTo: 'reply@sender.test',
+      subject: 'Grüße — 日本語',
+      text: 'Hello wörld\n',
+      html: '<p>Hello <b>wörld</b></p>',
+      messageId: '<m1@sender.test>',
+      inReplyTo: '<parent@gitlab.test>',
+      references: ['<root@gitlab.test>', '<parent@gitlab.test>'],
+      attachments: [{ filename: 'data.bin', content: Buffer.from([0, 1, 2, 255, 254]), contentType: 'application/octet-stream' }],
+      envelope: { from: 'bounce@sender.test', to: ['incoming+AbC-123_x@gitlab.test'] },
+    });
+    assert.match(info.response, /^250 2\.0\.0 Ok: queued as /);
+    const [req] = (await main.waitFor(start + 1)).slice(start);
+    assert.ok(req);
+    assert.equal(req.method, 'POST');
+    assert.equal(req.headers['content-type'], 'application/json');
+    // The consumer's side: verify exactly as a Standard Webhooks consumer does.
+    const wh = new Webhook(SECRET);
+    const payload = wh.verify(req.body.toString('utf8'), {
+      'webhook-id': String(req.headers['webhook-id']),
+      'webhook-timestamp': String(req.headers['webhook-timestamp']),
+      'webhook-signature': String(req.headers['webhook-signature']),
+    }) as Payload;
+    assert.equal(payload.id, req.headers['webhook-id']);
+    assert.equal(payload.route, 'gitlab');
+    assert.ok(!Number.isNaN(Date.parse(payload.received_at)));
+    assert.equal(payload.envelope.mail_from, 'bounce@sender.test');
+    assert.deepEqual(payload.envelope.rcpt_to, ['incoming+AbC-123_x@gitlab.test']);
+    assert.equal(payload.envelope.remote_address, '127.0.0.1');
+    assert.ok(payload.envelope.helo);
+    assert.deepEqual(payload.recipients, [{ address: 'incoming+AbC-123_x@gitlab.test', key: 'AbC-123_x' }]);
+    const m = payload.message;
+    assert.equal(m.subject, 'Grüße — 日本語');
+    assert.deepEqual(m.from, { address: 'zoe@sender.test', name: 'Zoë Sender' });
+    assert.deepEqual(m.to.map((a) => a.address), ['incoming+AbC-123_x@gitlab.test']);
+    assert.deepEqual(m.cc.map((a) => a.address), ['someone@else.test']);
+    assert.deepEqual(m.reply_to.map((a) => a.address), ['reply@sender.test']);
+    assert.equal(m.message_id, '<m1@sender.test>');
+    assert.equal(m.in_reply_to, '<parent@gitlab.test>');
+    assert.deepEqual(m.references, ['<root@gitlab.test>', '<parent@gitlab.test>']);
+    assert.ok(!Number.isNaN(Date.parse(m.date)));
+    assert.equal(m.text.trim(), 'Hello wörld');
+    assert.match(m.html ?? '', /Hello <b>wörld<\/b>/);
+    assert.ok(m.headers.some((h) => h.name === 'Subject'));
+    assert.equal(m.attachments.length, 1);
+    assert.equal(m.attachments[0]!.filename, 'data.bin');
+    assert.equal(m.attachments[0]!.size, 5);
+    assert.deepEqual(Buffer.from(m.attachments[0]!.content_base64, 'base64'), Buffer.from([0, 1, 2, 255, 254]));
+    const raw = Buffer.from(payload.raw_base64, 'base64').toString('utf8');
+    assert.match(raw, /^Content-Type: multipart\/mixed|\r\nMessage-ID: <m1@sender\.test>\r\n/m);
+    assert.ok(raw.includes('Message-ID: <m1@sender.test>'));
+    // A tampered body fails verification: the signature really covers it.
+    assert.throws(() =>
+      wh.verify(req.body.toString('utf8').replace('gitlab', 'gitlaB'), {
+        'webhook-id': String(req.headers['webhook-id']),
+        'webhook-timestamp': String(req.headers['webhook-timestamp']),
+        'webhook-signature': String(req.headers['webhook-signature']),
+      }),
+    );
+  });
+
+  test('non-UTF-8 charsets are decoded; raw_base64 keeps the original bytes', async () => {
+    const start = main.requests.length;
+    const latin1Body = Buffer.from('Caf\xe9 cr\xe8me\r\n', 'latin1');
+    const raw = Buffer.concat([
+      Buffer.from('From: a@sender.test\r\nTo: incoming@gitlab.test\r\nSubject: =?ISO-8859-1?Q?Caf=E9?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=ISO-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n'),
+      latin1Body,
+    ]);
+    await sendMail(app.smtpPort, { envelope: { from: 'a@sender.test', to: ['incoming@gitlab.test'] }, raw });
+    await main.waitFor(start + 1);
+    const p = main.json<Payload>(start);
+    assert.deepEqual(p.recipients, [{ address: 'incoming@gitlab.test', key: null }]);
+    assert.equal(p.message.subject, 'Café');
+    assert.equal(p.message.text.trim(), 'Café crème');
+    assert.ok(Buffer.from(p.raw_base64, 'base64').includes(latin1Body), 'raw bytes unchanged');
+  });
+
+  test('one message for two routes makes two deliveries, each with its own recipients', async () => {
+    const m0 = main.requests.length;
+    const o0 = other.requests.length;
+    await sendMail(app.smtpPort, {
+      from: 'a@sender.test',
+      to: ['incoming+k1@gitlab.test', 'desk-42@desk.test', 'anything@catchall.test'],
+      subject: 'two routes',
+      text: 'x',
+    });
+    await main.waitFor(m0 + 1);
+    await other.waitFor(o0 + 1);
+    const pm = main.json<Payload>(m0);
+    const po = other.json<Payload>(o0);
+    assert.equal(pm.route, 'gitlab');
+    assert.deepEqual(pm.recipients, [
+      { address: 'incoming+k1@gitlab.test', key: 'k1' },
+      { address: 'anything@catchall.test', key: null },
+    ]);
+    assert.equal(po.route, 'desk');
+    assert.deepEqual(po.recipients, [{ address: 'desk-42@desk.test', key: '42' }]);
+    assert.equal(pm.message_id, po.message_id, 'same stored message');
+    assert.notEqual(pm.id, po.id, 'separate deliveries');
+    assert.equal(pm.envelope.rcpt_to.length, 3);
+  });
+});
+
+describe('retries and dead letters', () => {
+  let app: TestApp;
+  const consumer = new Consumer();
+  const other = new Consumer();
+  before(async () => {
+    await consumer.start();
+    await other.start();
+    app = await startTestApp({ routes: routes(consumer, other) });
+  });
+  after(async () => {
+    await app.close();
+    await consumer.stop();
+    await other.stop();
+  });
+
+  const deliveryOf = (webhookId: string) => app.spool.getDelivery(webhookId)!;
+
+  test('500 then 200: retried with the same webhook-id and a fresh signature', async () => {
+    const start = consumer.requests.length;
+    consumer.respond = (_r, i) => (i === start ? { status: 500, body: 'boom' } : { status: 200 });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'incoming+r1@gitlab.test', subject: 'retry', text: 'x' });
+    const reqs = (await consumer.waitFor(start + 2)).slice(start);
+    const id = String(reqs[0]!.headers['webhook-id']);
+    assert.equal(reqs[1]!.headers['webhook-id'], id);
+    const wh = new Webhook(SECRET);
+    for (const r of reqs) {
+      wh.verify(r.body.toString('utf8'), {
+        'webhook-id': String(r.headers['webhook-id']),
+        'webhook-timestamp': String(r.headers['webhook-timestamp']),
+        'webhook-signature': String(r.headers['webhook-signature']),
+      });
+    }
+    const d = await until(() => (deliveryOf(id).status === 'delivered' ? deliveryOf(id) : undefined), 5000, 'delivered');
+    assert.equal(d.attempts, 2);
+    const attempts = app.spool.db.prepare('SELECT attempt, status_code, outcome, error FROM attempts WHERE delivery_id = ? ORDER BY attempt').all(id);
+    assert.deepEqual(attempts, [
+      { attempt: 1, status_code: 500, outcome: 'retry', error: 'HTTP 500: boom' },
+      { attempt: 2, status_code: 200, outcome: 'delivered', error: null },
+    ]);
+    consumer.respond = () => ({ status: 200 });
+  });
+
+  test('Retry-After is honoured over the (shorter) backoff', async () => {
+    const start = consumer.requests.length;
+    consumer.respond = (_r, i) => (i === start ? { status: 429, headers: { 'retry-after': '1' } } : { status: 200 });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'incoming+ra@gitlab.test', subject: 'ra', text: 'x' });
+    const reqs = (await consumer.waitFor(start + 2)).slice(start);
+    // Backoff here is at most 200 ms; the consumer asked for 1 s.
+    assert.ok(reqs[1]!.at - reqs[0]!.at >= 1000, `second attempt came ${reqs[1]!.at - reqs[0]!.at} ms after the first`);
+    consumer.respond = () => ({ status: 200 });
+  });
+
+  test('a 4xx refusal is dead-lettered at once', async () => {
+    const start = consumer.requests.length;
+    consumer.respond = () => ({ status: 422, body: 'unprocessable' });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'incoming+dead@gitlab.test', subject: 'dead', text: 'x' });
+    const [req] = (await consumer.waitFor(start + 1)).slice(start);
+    const id = String(req!.headers['webhook-id']);
+    const d = await until(() => (deliveryOf(id).status === 'dead' ? deliveryOf(id) : undefined), 5000, 'dead');
+    assert.equal(d.attempts, 1);
+    assert.equal(d.lastStatusCode, 422);
+    assert.match(d.lastError ?? '', /HTTP 422.*unprocessable/);
+    assert.equal(app.spool.jobs.nextDueAt(), null, 'nothing left to retry');
+    consumer.respond = () => ({ status: 200 });
+  });
+
+  test('after max_attempts failures the delivery is dead-lettered', async () => {
+    const start = consumer.requests.length;
+    consumer.respond = () => ({ status: 503 });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'incoming+giveup@gitlab.test', subject: 'giveup', text: 'x' });
+    const reqs = (await consumer.waitFor(start + 5)).slice(start);
+    const id = String(reqs[0]!.headers['webhook-id']);
+    const d = await until(() => (deliveryOf(id).status === 'dead' ? deliveryOf(id) : undefined), 5000, 'dead');
+    assert.equal(d.attempts, 5);
+    assert.match(d.lastError ?? '', /gave up after 5 attempts; last error: HTTP 503/);
+    consumer.respond = () => ({ status: 200 });
+  });
+
+  test('a consumer that does not answer does not stall another route', async () => {
+    const hung: Array<() => void> = [];
+    const start = consumer.requests.length;
+    consumer.respond = () => new Promise((resolve) => hung.push(() => resolve({ status: 200 })));
+    const o0 = other.requests.length;
+    // Enough to fill the stuck route's concurrency.
+    for (let i = 0; i < 6; i++) await sendMail(app.smtpPort, { from: 'a@s.test', to: `incoming+slow${i}@gitlab.test`, subject: 'slow', text: 'x' });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'desk-fast@desk.test', subject: 'fast', text: 'x' });
+    await other.waitFor(o0 + 1);
+    assert.equal(other.json<Payload>(o0).recipients[0]!.key, 'fast');
+    assert.ok(consumer.requests.length - start <= 4, 'per-route concurrency caps the stuck route');
+    consumer.respond = () => ({ status: 200 });
+    for (const h of hung) h();
+    await consumer.waitFor(start + 6);
+  });
+});
