@@ -249,7 +249,7 @@ test('config: action_mailbox and mailgun need their secret; postmark and sendgri
 
 test('config: a format option on another format is refused, naming the key and the fix', () => {
   const p = problems(configFor('      url: https://app.test/sg\n      format: sendgrid\n      mime: true'));
-  assert.deepEqual(p, ['routes[0].webhook.mime: applies only to format mailgun; remove it or set format: mailgun']);
+  assert.ok(p.includes('routes[0].webhook.mime: applies only to format mailgun; remove it or set format: mailgun'), p.join('\n'));
   assert.match(problems(configFor('      url: https://app.test/j\n      secret: whsec_' + Buffer.alloc(32, 1).toString('base64') + '\n      send_raw: true')).join('\n'), /webhook\.send_raw: applies only to format sendgrid/);
   assert.match(problems(configFor('      url: https://app.test/j\n      format: postmark\n      raw_email: "yes"')).join('\n'), /raw_email/);
 });
