@@ -1,65 +1,337 @@
-// A typed adapter over smtp-server: configurable greeting delay and enhanced codes on library replies.
-import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+// A typed adapter over smtp-server: greeting delay, enhanced codes on library replies, pipelining and slow-DATA
+// enforcement, error limit, shutdown 421s and PROXY protocol v2 — everything that needs the library's internals.
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { LIBRARY_REPLY_REWRITES } from './replies.js';
+import { isIP } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import { DEFAULT_ENHANCED, LIBRARY_REPLY_REWRITES, Reply, formatReply } from './replies.js';
+
+export interface ConnectionHooks {
+  /** true once shutdown has begun: every further command gets 421 */
+  isDraining(): boolean;
+  /** error replies in one session before 421 and disconnect (Postfix smtpd_hard_error_limit); 0 turns it off */
+  maxErrors: number;
+  /** bytes per second a DATA phase must average, beyond a first socketTimeout (Postfix smtpd_min_data_rate); 0 turns it off */
+  minDataRate: number;
+  /** a client sent message content before the 354 (logged by the service) */
+  onPipeliningViolation?(remoteAddress: string): void;
+  /** a DATA phase was cut off for being too slow */
+  onDataTimeout?(remoteAddress: string): void;
+}
 
 export interface AdapterOptions extends SMTPServerOptions {
   /** ms before the 220 banner; smtp-server hard-codes 100 */
   greetingDelayMs: number;
+  hooks: ConnectionHooks;
 }
 
-/** The parts of SMTPConnection's internals this adapter relies on (checked against smtp-server 3.21). */
-interface ConnectionInternals {
-  _server: { options: { maxClients?: number }; connections: Set<unknown> };
-  _setListeners(cb: () => void): void;
-  connectionReady(): void;
-  send(code: number, data?: string | string[], context?: unknown): void;
-  name: string;
-}
+const ENHANCED_RE = /^\d\.\d{1,3}\.\d{1,3} /;
 
-function rewrite(code: number, data: string | string[] | undefined): string | string[] | undefined {
-  if (typeof data !== 'string' || /^\d\.\d{1,3}\.\d{1,3} /.test(data)) return data;
+/** The text of a library reply with the enhanced code its meaning calls for (RFC 2034 §4, RFC 3463). */
+export function enhanceReply(code: number, data: string, context: string | false | undefined): string {
+  // 3xx replies carry none (RFC 2034 §4); the greeting and the EHLO/HELO replies are sent with context false.
+  if ((code >= 300 && code < 400) || ENHANCED_RE.test(data)) return data;
+  if (context === false && code < 400) return data;
   for (const r of LIBRARY_REPLY_REWRITES) {
     if (r.code === code && r.match.test(data)) return `${r.enhanced} ${data}`;
   }
-  return data;
+  const enhanced = (typeof context === 'string' ? DEFAULT_ENHANCED[context] : undefined) ?? DEFAULT_ENHANCED[String(code)] ?? DEFAULT_ENHANCED[String(code)[0] ?? ''];
+  return enhanced ? `${enhanced} ${data}` : data;
+}
+
+/**
+ * The command parser with two additions: it can tell whether message content had already arrived when DATA
+ * was accepted (RFC 2920 §3.1: DATA ends a pipelined group, the content must wait for the 354), and it reports
+ * the end of each DATA phase.
+ */
+class MailhookStream extends SMTPStream {
+  /** length of the chunk smtp-server's Writable is processing (every nested _write is a tail of it) */
+  private topLen = 0;
+  private topPending = false;
+  /** set by DATA: the next data-mode write is the hand-over of whatever followed the DATA line */
+  handoff: ((early: boolean) => boolean) | null = null;
+  onDataEnd: (() => void) | null = null;
+
+  override _write(chunk: Buffer, encoding: BufferEncoding | 'buffer', next: (err?: Error | null) => void): void {
+    if (!this.topPending) {
+      this.topPending = true;
+      this.topLen = chunk.length;
+      const done = next;
+      next = (err) => {
+        this.topPending = false;
+        done(err);
+      };
+    }
+    if (this.handoff && this._dataMode) {
+      const handoff = this.handoff;
+      this.handoff = null;
+      // Bytes after the DATA line in this chunk, or chunks queued behind it, were sent before the 354.
+      const early = chunk.length > 0 || this.writableLength > this.topLen;
+      if (!handoff(early)) {
+        next();
+        return;
+      }
+    }
+    super._write(chunk, encoding, next);
+  }
+
+  override _endDataMode(chunk: Buffer | false, remainder: Buffer, callback: (err?: Error | null) => void): void {
+    const cb = this.onDataEnd;
+    this.onDataEnd = null;
+    cb?.();
+    super._endDataMode(chunk, remainder, callback);
+  }
+}
+
+/** Per-connection state kept outside the instance: SMTPConnection's constructor runs overridden methods before subclass fields exist. */
+interface ConnState {
+  errors: number;
+  held354: { code: number; data: string | string[] | null | undefined; context: string | false | undefined } | null;
+  dataTimer: NodeJS.Timeout | null;
 }
 
 export function createSmtpServer(options: AdapterOptions): SMTPServer {
-  const delay = options.greetingDelayMs;
+  const { greetingDelayMs: delay, hooks, ...serverOptions } = options;
+  const states = new WeakMap<SMTPConnection, ConnState>();
+  const stateOf = (c: SMTPConnection): ConnState => {
+    let s = states.get(c);
+    if (!s) {
+      s = { errors: 0, held354: null, dataTimer: null };
+      states.set(c, s);
+    }
+    return s;
+  };
 
   class MailhookConnection extends SMTPConnection {
     override init(): void {
-      const self = this as unknown as ConnectionInternals;
-      self._setListeners(() => {
-        const max = self._server.options.maxClients;
-        if (max && self._server.connections.size > max) {
-          self.send(421, `${self.name} Too many connected clients, try again in a moment`, false);
+      this._setListeners(() => {
+        const max = this._server.options.maxClients;
+        if (max && this._server.connections.size > max) {
+          this.send(421, `${this.name} Too many connected clients, try again in a moment`, false);
           return;
         }
         // Early-talker check: anything the client sends before the banner gets 421 (smtp-server's own check).
-        const timer = setTimeout(() => self.connectionReady(), delay);
+        const timer = setTimeout(() => this.connectionReady(), delay);
         timer.unref();
       });
     }
 
-    override send(code: number, data?: string | string[], context?: unknown): void {
-      // hideENHANCEDSTATUSCODES stays on so our own replies carry exactly the code we wrote.
-      (SMTPConnection.prototype.send as ConnectionInternals['send']).call(this, code, rewrite(code, data), context);
+    override _createParser(): SMTPStream {
+      const parser = new MailhookStream({ maxCommandLength: this._server.options.maxCommandLength });
+      parser.oncommand = (command: Buffer, callback?: () => void) => this._onCommand(command, callback);
+      parser.on('error', (err: Error) => this.send(421, 'Error: ' + err.message));
+      return parser;
+    }
+
+    override _onCommand(command: Buffer, callback?: () => void): void {
+      // Once shutdown begins every new command is answered 421 (RFC 5321 §3.8); smtp-server only does so after close().
+      if (!this._upgrading && this._ready && hooks.isDraining()) {
+        this.send(421, formatReply(Reply.ShuttingDown));
+        return;
+      }
+      super._onCommand(command, callback);
+    }
+
+    override send(code: number, data?: string | string[] | null, context?: string | false): void {
+      const state = stateOf(this);
+      if (code === 354 && this._parser instanceof MailhookStream && this._parser.handoff) {
+        // Held until the parser has seen what followed the DATA line (see handler_DATA).
+        state.held354 = { code, data, context };
+        return;
+      }
+      let text: string | string[] | null | undefined = data;
+      if (typeof data === 'string') {
+        text = enhanceReply(code, data, context);
+      } else if (Array.isArray(data) && code === 250 && !data.includes('ENHANCEDSTATUSCODES')) {
+        // The EHLO reply: mailhook writes the codes itself, so it advertises them (RFC 2034).
+        text = [...data.slice(0, 2), 'ENHANCEDSTATUSCODES', ...data.slice(2)];
+      }
+      super.send(code, text, context);
+      if (code >= 400 && code !== 421 && hooks.maxErrors > 0 && !this._closing) {
+        state.errors++;
+        if (state.errors >= hooks.maxErrors) super.send(421, formatReply(Reply.TooManyErrors(this.name)));
+      } else if (code === 250 && context === 'DATA_OK') {
+        state.errors = 0; // a delivered message clears the slate, as Postfix does
+      }
+    }
+
+    override handler_DATA(command: Buffer, callback: () => void): void {
+      const parser = this._parser;
+      if (!(parser instanceof MailhookStream)) return super.handler_DATA(command, callback);
+      const state = stateOf(this);
+      parser.handoff = (early) => {
+        const held = state.held354;
+        state.held354 = null;
+        if (early) {
+          // Postfix smtpd_forbid_unauth_pipelining: answer 554 instead of 354 and hang up; nothing is stored.
+          hooks.onPipeliningViolation?.(this.remoteAddress);
+          this.send(Reply.PipeliningViolation.code, formatReply(Reply.PipeliningViolation));
+          this.close();
+          const stream = this._dataStream;
+          if (stream) stream.destroy(Object.assign(new Error('message content sent before the 354 reply'), { code: 'EARLY_DATA' }));
+          return false;
+        }
+        if (held) this.send(held.code, held.data, held.context);
+        this.armDataDeadline(parser);
+        return true;
+      };
+      super.handler_DATA(command, callback);
+      if (!parser._dataMode) {
+        // Refused (503): no data phase follows.
+        parser.handoff = null;
+        state.held354 = null;
+      }
+    }
+
+    /** Postfix smtpd_min_data_rate: the deadline starts at socketTimeout and grows by 1 s per minDataRate bytes received. */
+    armDataDeadline(parser: MailhookStream): void {
+      if (hooks.minDataRate <= 0) return;
+      const state = stateOf(this);
+      const started = Date.now();
+      const base = this._server.options.socketTimeout ?? 60_000;
+      const deadline = () => started + base + (parser.dataBytes * 1000) / hooks.minDataRate;
+      const check = () => {
+        const left = deadline() - Date.now();
+        if (left > 0) {
+          state.dataTimer = setTimeout(check, left);
+          state.dataTimer.unref();
+          return;
+        }
+        state.dataTimer = null;
+        hooks.onDataTimeout?.(this.remoteAddress);
+        const stream = this._dataStream;
+        this.send(421, formatReply(Reply.DataTimeout(this.name)));
+        if (stream) stream.destroy(Object.assign(new Error('DATA slower than the minimum data rate'), { code: 'DATA_TIMEOUT' }));
+      };
+      parser.onDataEnd = () => {
+        if (state.dataTimer) clearTimeout(state.dataTimer);
+        state.dataTimer = null;
+      };
+      state.dataTimer = setTimeout(check, base);
+      state.dataTimer.unref();
+    }
+
+    override _onClose(): void {
+      const state = states.get(this);
+      if (state?.dataTimer) clearTimeout(state.dataTimer);
+      super._onClose();
     }
   }
 
   class MailhookServer extends SMTPServer {
-    override connect(socket: Socket, socketOptions: ConstructorParameters<typeof SMTPConnection>[2]): void {
-      const self = this as unknown as SMTPServer & { _onError(e: Error): void; _onClientConnect(d: unknown): void };
+    override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
       const connection = new MailhookConnection(this, socket, socketOptions);
       this.connections.add(connection);
-      connection.on('error', (err: Error) => self._onError(err));
-      connection.on('connect', (data: unknown) => self._onClientConnect(data));
+      connection.on('error', (err: Error) => this._onError(err));
+      connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));
       connection.init();
+    }
+
+    /** PROXY protocol v2 (binary) here; v1 (text) is smtp-server's own. */
+    override _handleProxy(socket: Socket, callback: (err: Error | null, socketOptions?: SMTPConnectionOptions & { id: string }) => void): void {
+      if (!this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback);
+      readProxyV2(socket, (result) => {
+        if (result === 'v1') {
+          super._handleProxy(socket, callback);
+          // The bytes read to tell v1 from v2 were put back; make sure smtp-server's reader sees them.
+          if (socket.readableLength > 0) process.nextTick(() => socket.emit('readable'));
+          return;
+        }
+        if (result instanceof Error) {
+          socket.on('error', () => undefined);
+          socket.destroy();
+          return callback(result);
+        }
+        callback(null, { id: connectionId(), ...result });
+      });
     }
   }
 
-  return new MailhookServer({ ...options, hideENHANCEDSTATUSCODES: true });
+  return new MailhookServer({ ...serverOptions, hideENHANCEDSTATUSCODES: true });
+}
+
+function connectionId(): string {
+  // The same shape smtp-server gives its connection ids.
+  return BigInt('0x' + randomBytes(10).toString('hex'))
+    .toString(32)
+    .padStart(16, '0');
+}
+
+/** The 12-byte signature that opens a PROXY protocol v2 header. */
+const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+/** Address block plus TLVs; real load balancers send a few hundred bytes at most. */
+const V2_MAX_LENGTH = 4096;
+
+export type ProxyAddress = { remoteAddress?: string; remotePort?: number };
+export type ProxyV2Parse = 'more' | 'v1' | Error | (ProxyAddress & { length: number });
+
+/**
+ * Parses a PROXY v2 header from the start of `buf` (haproxy proxy-protocol.txt §2.2). Returns 'more' until the
+ * header is complete, 'v1' when the bytes are not v2 (smtp-server reads the text form), and the source address
+ * plus the header length when done. LOCAL commands (health checks) keep the connection's own address.
+ */
+export function parseProxyV2(buf: Buffer): ProxyV2Parse {
+  const n = Math.min(buf.length, V2_SIGNATURE.length);
+  if (n === 0) return 'more';
+  if (buf[0] !== 0x0d) return 'v1';
+  if (!buf.subarray(0, n).equals(V2_SIGNATURE.subarray(0, n))) return new Error('Invalid PROXY header');
+  if (buf.length < 16) return 'more';
+  const verCmd = buf[12] as number;
+  const fam = buf[13] as number;
+  const len = buf.readUInt16BE(14);
+  if (verCmd >> 4 !== 2 || (verCmd & 0x0f) > 1) return new Error('Invalid PROXY v2 version or command');
+  if (len > V2_MAX_LENGTH) return new Error('PROXY v2 header too long');
+  if (buf.length < 16 + len) return 'more';
+  const length = 16 + len;
+  if ((verCmd & 0x0f) === 0) return { length }; // LOCAL
+  const body = buf.subarray(16, length);
+  if (fam >> 4 === 1 && body.length >= 12) {
+    return { remoteAddress: `${body[0]}.${body[1]}.${body[2]}.${body[3]}`, remotePort: body.readUInt16BE(8), length };
+  }
+  if (fam >> 4 === 2 && body.length >= 36) {
+    const groups: string[] = [];
+    for (let i = 0; i < 16; i += 2) groups.push(body.readUInt16BE(i).toString(16));
+    const remoteAddress = groups.join(':');
+    if (isIP(remoteAddress) !== 6) return new Error('Invalid PROXY v2 source address');
+    return { remoteAddress, remotePort: body.readUInt16BE(32), length };
+  }
+  if (fam >> 4 === 0 || fam >> 4 === 3) return { length }; // UNSPEC or UNIX: no IP to take
+  return new Error('Invalid PROXY v2 address block');
+}
+
+/** Reads just enough of the socket to tell v1 from v2 and, for v2, the whole header; the rest is put back. */
+function readProxyV2(socket: Socket, done: (r: 'v1' | Error | ProxyAddress) => void): void {
+  let buf: Buffer = Buffer.alloc(0);
+  let finished = false;
+  const finish = (r: 'v1' | Error | ProxyAddress, rest?: Buffer) => {
+    if (finished) return;
+    finished = true;
+    socket.removeListener('readable', onReadable);
+    socket.removeListener('error', onError);
+    socket.removeListener('close', onClose);
+    socket.removeListener('end', onClose);
+    if (rest && rest.length) socket.unshift(rest);
+    done(r);
+  };
+  const onError = (err: Error) => finish(err);
+  const onClose = () => finish(new Error('Socket closed before PROXY header was received'));
+  const onReadable = () => {
+    let chunk: Buffer | null;
+    while (!finished && (chunk = socket.read() as Buffer | null) !== null) {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      const r = parseProxyV2(buf);
+      if (r === 'more') continue;
+      if (r === 'v1') return finish('v1', buf);
+      if (r instanceof Error) return finish(r);
+      const { length, ...addr } = r;
+      return finish(addr, buf.subarray(length));
+    }
+  };
+  socket.on('readable', onReadable);
+  socket.on('error', onError);
+  socket.on('close', onClose);
+  socket.on('end', onClose);
 }

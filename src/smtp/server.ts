@@ -1,16 +1,27 @@
 // The SMTP edge: thin smtp-server handlers that ask routing who a recipient is and hand DATA to the spool.
-import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
-import type { TLSSocket } from 'node:tls';
+import { statfsSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { dirname } from 'node:path';
+import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import type { DNSResolver } from 'mailauth';
+import type { Dispatcher } from 'undici';
+import { normalizeIPv6 } from 'smtp-server/lib/ipv6-normalize.js';
+import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { MailhookError } from '../core/errors.js';
-import type { Config } from '../config/load.js';
+import type { Config, ResolvedRoute } from '../config/load.js';
 import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
-import type { Router } from '../routing/router.js';
+import type { Router, RouteMatch } from '../routing/router.js';
 import type { Spool } from '../spool/spool.js';
-import type { PlannedDelivery, Recipient } from '../spool/types.js';
+import type { PlannedDelivery, Recipient, TlsInfo } from '../spool/types.js';
 import { createSmtpServer } from './adapter.js';
-import { Reply, SmtpReplyError, formatReply } from './replies.js';
+import { SenderAuthenticator, type AuthenticationRun } from './auth-results.js';
+import { createDataFilter } from './data-filter.js';
+import { ClientLimits } from './limits.js';
+import { MessageRefused, Reply, SmtpReplyError, formatReply } from './replies.js';
+import { TlsReloader, loadTlsMaterial } from './tls.js';
+import { RecipientVerifier } from './verify.js';
 
 export interface SmtpDeps {
   config: Config;
@@ -18,62 +29,173 @@ export interface SmtpDeps {
   spool: Spool;
   log: Logger;
   metrics: Metrics;
+  clock?: Clock;
+  /** HTTP client for live recipient verification (the app's agent) */
+  dispatcher?: Dispatcher;
+  /** DNS for SPF/DKIM/DMARC/ARC; dns.promises.resolve when absent (tests answer in-process) */
+  dnsResolver?: DNSResolver;
 }
 
 export interface SmtpService {
   server: SMTPServer;
+  /** the implicit-TLS listener (smtp.tls.implicit_listen), if configured */
+  implicitServer: SMTPServer | undefined;
+  /** where the implicit-TLS listener listens, once listen() resolved */
+  implicitAddress: { host: string; port: number } | undefined;
+  limits: ClientLimits;
   listen(): Promise<{ host: string; port: number }>;
   isListening(): boolean;
+  /** Reload the TLS key and certificate (SIGHUP); established sessions keep theirs. False when not reloaded. */
+  reloadTls(reason: string): boolean;
   /** Refuse new sessions and commands with 421, wait for DATA in flight, then close. */
   shutdown(graceMs: number): Promise<void>;
 }
 
+/** How long a free-disk reading is reused: MAIL commands must not each cost a statfs. */
+const DISK_CHECK_MS = 1000;
+
 export function createSmtpService(deps: SmtpDeps): SmtpService {
   const { config, router, spool, log, metrics } = deps;
+  const clock = deps.clock ?? systemClock;
+  const smtp = config.smtp;
   const routeNames = new Set(config.routes.map((r) => r.name));
+  const routesByName = new Map<string, ResolvedRoute>(config.routes.map((r) => [r.name, r]));
   const sinkRoutes = new Set(config.routes.filter((r) => r.sink).map((r) => r.name));
   const perRecipientRoutes = new Set(config.routes.filter((r) => r.webhook && PER_RECIPIENT_FORMATS.has(r.webhook.format)).map((r) => r.name));
+  const dmarcRejectRoutes = new Set(config.routes.filter((r) => r.dmarcReject).map((r) => r.name));
+  const ipLiterals = new Map(Object.entries(smtp.ip_literals).map(([ip, domain]) => [normalizeIp(ip), domain.toLowerCase()]));
   let draining = false;
   let listening = false;
   const inFlight = new Set<Promise<unknown>>();
+  /** sessions counted against their IP's connection limit, by session id */
+  const counted = new Map<string, string>();
 
-  const server = createSmtpServer({
-    name: config.smtp.hostname,
+  const limits = new ClientLimits(
+    {
+      maxConnectionsPerIp: smtp.limits.max_connections_per_ip,
+      maxMessagesPerIp: smtp.limits.max_messages_per_ip,
+      maxRecipientsPerIp: smtp.limits.max_recipients_per_ip,
+      windowMs: smtp.limits.rate_window_ms,
+      exempt: smtp.limits.exempt,
+    },
+    clock,
+  );
+  const verifier = new RecipientVerifier({ clock, log, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });
+  const authenticator = smtp.sender_auth.enabled
+    ? new SenderAuthenticator({ mta: smtp.hostname, log, maxFromHeaderBytes: smtp.sender_auth.max_from_header_bytes, ...(deps.dnsResolver ? { resolver: deps.dnsResolver } : {}) })
+    : undefined;
+
+  const tls = smtp.tls ? { files: { keyFile: smtp.tls.key_file, certFile: smtp.tls.cert_file }, settings: smtp.tls } : undefined;
+  const material = tls ? loadTlsMaterial(tls.files) : undefined;
+
+  let disk = { at: -Infinity, free: Infinity };
+  function freeDisk(): number {
+    const now = clock.now();
+    if (now - disk.at < DISK_CHECK_MS) return disk.free;
+    let free = Infinity;
+    try {
+      const s = statfsSync(dirname(config.spool.path));
+      free = Number(s.bavail) * Number(s.bsize);
+    } catch (err) {
+      log.warn({ err }, 'cannot read the free space of the spool file system');
+    }
+    disk = { at: now, free };
+    return free;
+  }
+
+  /** Routing, with IP-literal domains mapped to their configured domain (anything else unknown: relay denied). */
+  function match(address: string): RouteMatch {
+    const at = address.lastIndexOf('@');
+    const domain = at > 0 ? address.slice(at + 1) : '';
+    if (domain.startsWith('[') && domain.endsWith(']')) {
+      const mapped = ipLiterals.get(normalizeIp(domain.slice(1, -1).replace(/^IPv6:/i, '')));
+      if (!mapped) return { ok: false, reason: 'unknown_domain' };
+      return router.match(`${address.slice(0, at)}@${mapped}`);
+    }
+    return router.match(address);
+  }
+
+  const options: SMTPServerOptions & { greetingDelayMs: number } = {
+    name: smtp.hostname,
     banner: 'mailhook',
-    size: config.smtp.max_message_bytes,
-    maxClients: config.smtp.max_clients,
-    socketTimeout: config.smtp.socket_timeout_ms,
-    greetingDelayMs: config.smtp.greeting_delay_ms,
+    size: smtp.max_message_bytes,
+    maxClients: smtp.max_clients,
+    socketTimeout: smtp.socket_timeout_ms,
+    greetingDelayMs: smtp.greeting_delay_ms,
     // RFC 2033: LHLO instead of EHLO, and after DATA one reply per accepted recipient (smtp-server sends them).
-    lmtp: config.smtp.lmtp,
+    lmtp: smtp.lmtp,
     authOptional: true,
-    disabledCommands: ['AUTH', 'STARTTLS'],
+    // No AUTH (an MX takes mail for its own domains only), no proxy-override commands, none of sendmail's jokes.
+    disabledCommands: ['AUTH', 'XCLIENT', 'XFORWARD', 'WIZ', 'SHELL', 'KILL', ...(tls ? [] : ['STARTTLS'])],
+    useProxy: smtp.proxy_protocol,
     logger: false,
+    ...(material && tls ? { key: material.key, cert: material.cert, minVersion: tls.settings.min_version } : {}),
     onConnect(session, callback) {
       if (draining) return callback(new SmtpReplyError(Reply.ShuttingDown));
+      const ip = session.remoteAddress;
+      // Postfix smtpd_client_connection_count_limit: one client may not hold every slot.
+      if (!limits.openConnection(ip)) {
+        metrics.smtpRefused.inc({ reason: 'connections_per_ip' });
+        log.info({ cid: session.id, remote: ip }, 'connection refused: too many connections from this address');
+        return callback(new SmtpReplyError(Reply.TooManyConnectionsFrom(smtp.hostname, ip)));
+      }
+      counted.set(session.id, ip);
       metrics.smtpConnections.inc();
-      log.debug({ cid: session.id, remote: session.remoteAddress }, 'smtp connect');
+      log.debug({ cid: session.id, remote: ip }, 'smtp connect');
       callback();
+    },
+    onClose(session) {
+      const ip = counted.get(session.id);
+      if (ip !== undefined) {
+        counted.delete(session.id);
+        limits.closeConnection(ip);
+      }
     },
     onMailFrom(address, session, callback) {
       if (draining) return callback(new SmtpReplyError(Reply.ShuttingDown));
+      if (tls?.settings.required && !session.secure) return callback(new SmtpReplyError(Reply.TlsRequired));
+      // Postfix queue_minfree: refuse before the client sends anything when the spool could not take it.
+      const args = address.args as Record<string, unknown> | false | undefined;
+      const size = (args && Number(args['SIZE'])) || 0;
+      if (freeDisk() - size < smtp.limits.min_free_disk_bytes) {
+        metrics.smtpRefused.inc({ reason: 'disk_full' });
+        log.warn({ cid: session.id, free: disk.free, min: smtp.limits.min_free_disk_bytes }, 'MAIL refused: the spool file system is low on space');
+        return callback(new SmtpReplyError(Reply.InsufficientStorage));
+      }
+      if (!limits.takeMessage(session.remoteAddress)) {
+        metrics.smtpRefused.inc({ reason: 'message_rate' });
+        return callback(new SmtpReplyError(Reply.TooMuchMailFrom(session.remoteAddress)));
+      }
       callback();
     },
     onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback) {
       if (draining) return callback(new SmtpReplyError(Reply.ShuttingDown));
       // RFC 5321 §4.5.3.1.10: 452 when the recipient limit is hit; the accepted ones are still delivered.
-      if (session.envelope.rcptTo.length >= config.smtp.max_recipients) {
+      if (session.envelope.rcptTo.length >= smtp.max_recipients) {
         metrics.recipientsRejected.inc({ reason: 'too_many' });
         return callback(new SmtpReplyError(Reply.TooManyRecipients));
       }
-      const match = router.match(address.address);
-      if (!match.ok) {
-        metrics.recipientsRejected.inc({ reason: match.reason });
-        log.info({ cid: session.id, rcpt: address.address, reason: match.reason }, 'recipient refused');
-        const reply = match.reason === 'unknown_domain' ? Reply.RelayDenied : match.reason === 'bad_address' ? Reply.BadRecipientSyntax : Reply.RcptUnknown;
+      if (!limits.takeRecipient(session.remoteAddress)) {
+        metrics.recipientsRejected.inc({ reason: 'recipient_rate' });
+        return callback(new SmtpReplyError(Reply.TooManyRecipientsFrom(session.remoteAddress)));
+      }
+      const m = match(address.address);
+      if (!m.ok) {
+        metrics.recipientsRejected.inc({ reason: m.reason });
+        log.info({ cid: session.id, rcpt: address.address, reason: m.reason }, 'recipient refused');
+        const reply = m.reason === 'unknown_domain' ? Reply.RelayDenied : m.reason === 'bad_address' ? Reply.BadRecipientSyntax : Reply.RcptUnknown;
         return callback(new SmtpReplyError(reply));
       }
-      callback();
+      const route = routesByName.get(m.route);
+      if (!route?.verify) return callback();
+      // Live verification closes the last backscatter hole: a key that fits the template but names nothing.
+      const target = { route: route.name, url: route.verify.url, timeoutMs: route.verify.timeoutMs, cacheTtlMs: route.verify.cacheTtlMs, signingKey: route.webhook?.signingKeyBytes };
+      verifier.check(target, m.address, m.key).then((answer) => {
+        if (answer === 'exists') return callback();
+        metrics.recipientsRejected.inc({ reason: answer === 'unknown' ? 'verify_unknown' : 'verify_unavailable' });
+        log.info({ cid: session.id, rcpt: address.address, route: route.name, answer }, 'recipient refused by verification');
+        callback(new SmtpReplyError(answer === 'unknown' ? Reply.RcptUnknown : Reply.VerifyUnavailable));
+      }, callback);
     },
     onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback) {
       const work = handleData(stream, session).then(
@@ -83,36 +205,94 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       inFlight.add(work);
       void work.finally(() => inFlight.delete(work));
     },
-  });
+  };
 
-  server.on('error', (err) => log.warn({ err }, 'smtp connection error'));
+  const hooks = {
+    isDraining: () => draining,
+    maxErrors: smtp.limits.max_errors,
+    minDataRate: smtp.limits.min_data_rate,
+    onPipeliningViolation(remote: string) {
+      metrics.messagesRejected.inc({ reason: 'pipelining' });
+      log.info({ remote }, 'message content sent before the 354 reply: 554 and disconnect');
+    },
+    onDataTimeout(remote: string) {
+      metrics.messagesRejected.inc({ reason: 'data_timeout' });
+      log.info({ remote }, 'DATA slower than smtp.limits.min_data_rate: 421 and disconnect');
+    },
+  };
+  const server = createSmtpServer({ ...options, hooks });
+  const implicitServer = tls?.settings.implicit_listen ? createSmtpServer({ ...options, hooks, secure: true }) : undefined;
+  const servers = implicitServer ? [server, implicitServer] : [server];
+  for (const s of servers) s.on('error', (err) => log.warn({ err }, 'smtp connection error'));
+  const reloader = tls ? new TlsReloader(tls.files, (m) => servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert })), log) : undefined;
+  if (reloader && tls?.settings.watch) reloader.watch();
 
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const deliveries = planDeliveries(session.envelope.rcptTo.map((r) => r.address));
-    const result = await spool.accept({
-      source: 'smtp',
-      envelope: {
-        mailFrom: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
-        rcptTo: session.envelope.rcptTo.map((r) => r.address),
-        remoteAddress: session.remoteAddress,
-        helo: session.hostNameAppearsAs ?? null,
-        tls: tlsInfo(session),
-      },
-      deliveries,
-      body: stream,
-      maxBytes: config.smtp.max_message_bytes,
+    const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    const meta: Record<string, unknown> = {};
+    let auth: AuthenticationRun | undefined;
+    if (authenticator) auth = authenticator.start({ ip: session.remoteAddress, helo: session.hostNameAppearsAs || null, sender });
+    const run = auth;
+    const filter = createDataFilter({
+      bareLf: smtp.bare_lf,
+      maxBytes: smtp.max_message_bytes,
+      maxHeaderBytes: smtp.limits.max_header_bytes,
+      maxReceived: smtp.limits.max_received_headers,
+      maxMimeParts: smtp.limits.max_mime_parts,
+      maxMimeDepth: smtp.limits.max_mime_depth,
+      ...(run
+        ? {
+            tap: run,
+            onHeaderEnd: (stats) => run.headerEnd(stats.fromHeaderBytes),
+            // Authentication finishes before the last byte is handed over, so the results go into this
+            // message's meta and a DMARC refusal happens before anything is committed.
+            beforeEnd: async () => {
+              const o = await run.outcome;
+              meta.authentication = o.authentication;
+              meta.authentication_results = o.authenticationResults;
+              if (o.dmarcRejectDomain && deliveries.some((d) => dmarcRejectRoutes.has(d.route))) {
+                throw new MessageRefused(Reply.DmarcReject(o.dmarcRejectDomain), 'DMARC policy reject');
+              }
+            },
+          }
+        : {}),
     });
-    if (stream.sizeExceeded) throw new MailhookError('MESSAGE_TOO_LARGE', 'message exceeds the size limit', { userFault: true });
-    metrics.messagesAccepted.inc({ source: 'smtp' });
-    log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: session.envelope.rcptTo.length, routes: deliveries.map((d) => d.route) }, 'message accepted');
-    return result.id;
+    stream.once('error', (err) => filter.destroy(err));
+    stream.pipe(filter);
+    try {
+      const result = await spool.accept({
+        source: 'smtp',
+        envelope: {
+          mailFrom: sender,
+          rcptTo: session.envelope.rcptTo.map((r) => r.address),
+          remoteAddress: session.remoteAddress,
+          helo: session.hostNameAppearsAs || null,
+          tls: tlsInfo(session),
+        },
+        deliveries,
+        body: filter,
+        // The filter enforces max_message_bytes on the bytes received; normalizing bare LFs may add up to as many again.
+        maxBytes: smtp.max_message_bytes * 2,
+        ...(run ? { meta } : {}),
+      });
+      if (stream.sizeExceeded) throw new MailhookError('MESSAGE_TOO_LARGE', 'message exceeds the size limit', { userFault: true });
+      metrics.messagesAccepted.inc({ source: 'smtp' });
+      log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: session.envelope.rcptTo.length, routes: deliveries.map((d) => d.route), normalized: filter.stats.normalized }, 'message accepted');
+      return result.id;
+    } catch (err) {
+      // smtp-server answers once the client's final dot arrived: keep reading what is still coming.
+      stream.unpipe(filter);
+      if (!stream.readableEnded && !stream.destroyed) stream.resume();
+      throw err;
+    }
   }
 
   /** One delivery per route, each listing that route's recipients (routing already vetted every RCPT). */
   function planDeliveries(rcptTo: string[]): PlannedDelivery[] {
     const byRoute = new Map<string, Recipient[]>();
     for (const address of rcptTo) {
-      const m = router.match(address);
+      const m = match(address);
       if (!m.ok || !routeNames.has(m.route)) continue;
       const list = byRoute.get(m.route) ?? [];
       list.push({ address, key: m.key });
@@ -127,47 +307,90 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   }
 
   function toReplyError(err: unknown, session: SMTPServerSession): SmtpReplyError {
+    if (err instanceof MessageRefused) {
+      metrics.messagesRejected.inc({ reason: err.reason });
+      log.info({ cid: session.id, reason: err.reason }, 'message refused');
+      return new SmtpReplyError(err.reply);
+    }
     if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
       metrics.messagesRejected.inc({ reason: 'too_large' });
       log.info({ cid: session.id }, 'message refused: over the size limit');
       return new SmtpReplyError(Reply.MessageTooLarge);
     }
     if (err instanceof MailhookError && err.code === 'SPOOL_CLOSED') return new SmtpReplyError(Reply.ShuttingDown);
+    const cause = err instanceof Error ? (err.cause as { code?: unknown } | undefined) : undefined;
+    const code = typeof cause?.code === 'string' ? cause.code : '';
+    if (code === 'EARLY_DATA' || code === 'DATA_TIMEOUT' || code === 'ECONNECTION') {
+      // The session is gone already; nothing is stored and nobody reads a reply.
+      log.info({ cid: session.id, reason: code }, 'message not stored: the session ended during DATA');
+      return new SmtpReplyError(Reply.SpoolUnavailable);
+    }
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') {
+      metrics.messagesRejected.inc({ reason: 'disk_full' });
+      log.error({ cid: session.id, err }, 'message not stored: no space left; answered 452');
+      return new SmtpReplyError(Reply.InsufficientStorage);
+    }
     metrics.messagesRejected.inc({ reason: 'spool_error' });
     log.error({ cid: session.id, err }, 'message not stored; answered 451');
     return new SmtpReplyError(Reply.SpoolUnavailable);
   }
 
+  let implicitAddress: { host: string; port: number } | undefined;
+  function listenOn(s: SMTPServer, at: { host: string; port: number }, key: string): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(new MailhookError('CONFIG_INVALID', `cannot listen for SMTP on ${at.host}:${at.port}: ${err.message}; check ${key}`, { cause: err, userFault: true }));
+      s.server.once('error', onError);
+      s.listen(at.port, at.host, () => {
+        s.server.off('error', onError);
+        const addr = s.server.address();
+        resolve(typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : at);
+      });
+    });
+  }
+
   return {
     server,
+    implicitServer,
+    get implicitAddress() {
+      return implicitAddress;
+    },
+    limits,
     isListening: () => listening && !draining,
-    listen() {
-      return new Promise((resolve, reject) => {
-        const onError = (err: Error) => reject(new MailhookError('CONFIG_INVALID', `cannot listen for SMTP on ${config.smtp.listen.host}:${config.smtp.listen.port}: ${err.message}; check smtp.listen`, { cause: err, userFault: true }));
-        server.server.once('error', onError);
-        server.listen(config.smtp.listen.port, config.smtp.listen.host, () => {
-          server.server.off('error', onError);
-          listening = true;
-          const addr = server.server.address();
-          resolve(typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host: config.smtp.listen.host, port: config.smtp.listen.port });
-        });
-      });
+    async listen() {
+      const main = await listenOn(server, smtp.listen, 'smtp.listen');
+      if (implicitServer && tls?.settings.implicit_listen) implicitAddress = await listenOn(implicitServer, tls.settings.implicit_listen, 'smtp.tls.implicit_listen');
+      listening = true;
+      return main;
+    },
+    reloadTls(reason: string) {
+      return reloader ? reloader.reload(reason) : false;
     },
     async shutdown(graceMs: number) {
       draining = true;
+      reloader?.close();
       const deadline = new Promise((r) => setTimeout(r, graceMs).unref());
       await Promise.race([Promise.allSettled([...inFlight]), deadline]);
       // smtp-server answers 421 to every further command and closes idle sessions.
-      const s = server as unknown as { options: { closeTimeout?: number } };
-      s.options.closeTimeout = Math.min(graceMs, 2000);
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await Promise.all(
+        servers.map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              s.options.closeTimeout = Math.min(graceMs, 2000);
+              s.close(() => resolve());
+            }),
+        ),
+      );
       listening = false;
     },
   };
 }
 
-function tlsInfo(session: SMTPServerSession): { protocol: string; cipher: string } | null {
-  const s = session as SMTPServerSession & { secure?: boolean; tlsOptions?: { name?: string; version?: string } | false };
-  if (!s.secure || !s.tlsOptions) return null;
-  return { protocol: s.tlsOptions.version ?? 'TLS', cipher: s.tlsOptions.name ?? '' };
+function normalizeIp(ip: string): string {
+  const v = ip.trim();
+  return isIP(v) === 6 ? normalizeIPv6(v).toLowerCase() : v;
+}
+
+function tlsInfo(session: SMTPServerSession): TlsInfo | null {
+  if (!session.secure || !session.tlsOptions) return null;
+  return { protocol: session.tlsOptions.version ?? 'TLS', cipher: session.tlsOptions.name ?? '' };
 }

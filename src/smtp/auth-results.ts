@@ -1,0 +1,169 @@
+// Sender authentication at the end of DATA: SPF, DKIM, DMARC and ARC with mailauth, the DNS resolver passed in.
+import { PassThrough } from 'node:stream';
+import { authenticate, spf as checkSpf, type AuthenticateResult, type DNSResolver } from 'mailauth';
+import type { Logger } from '../core/logger.js';
+
+/** What the payload's `authentication` holds (results use RFC 8601 names: pass, fail, none, …). */
+export interface AuthenticationSummary {
+  spf: { result: string; domain: string | null };
+  dkim: { result: string; signatures: Array<{ result: string; domain: string; selector: string | null; aligned: boolean }> };
+  dmarc: { result: string; domain: string | null; policy: string | null };
+  arc: { result: string };
+}
+
+export interface AuthenticationOutcome {
+  authentication: AuthenticationSummary;
+  /** the Authentication-Results header value (RFC 8601), unfolded, starting with the authserv-id */
+  authenticationResults: string;
+  /** the From domain when DMARC failed and its policy is p=reject at 100 % (the route decides whether to refuse) */
+  dmarcRejectDomain: string | null;
+}
+
+export interface SessionFacts {
+  ip: string;
+  helo: string | null;
+  /** MAIL FROM, '' for the null sender */
+  sender: string;
+}
+
+export interface AuthenticatorOptions {
+  /** the authserv-id of Authentication-Results (smtp.hostname) */
+  mta: string;
+  /** dns.promises.resolve by default; tests answer in-process */
+  resolver?: DNSResolver;
+  log: Logger;
+  /**
+   * A From header bigger than this is not handed to mailauth: its address parser (nodemailer 8 under
+   * mailauth 4.13) is quadratic in the number of addresses. DMARC needs one author anyway (RFC 7489 §6.6.1).
+   */
+  maxFromHeaderBytes?: number;
+}
+
+/** One message being authenticated: feed it the stored bytes, then read the outcome. */
+export interface AuthenticationRun {
+  /** the top-level header section ended; fromHeaderBytes is its From header(s) size */
+  headerEnd(fromHeaderBytes: number): void;
+  write(chunk: Buffer): void;
+  end(): void;
+  readonly outcome: Promise<AuthenticationOutcome>;
+}
+
+const DEFAULT_MAX_FROM = 16 * 1024;
+
+export class SenderAuthenticator {
+  constructor(private readonly opts: AuthenticatorOptions) {}
+
+  /**
+   * Header bytes are held until the header section is complete (bounded by the header limit), so the From
+   * size is known before mailauth parses it; the body then streams through. Nothing is buffered whole.
+   */
+  start(facts: SessionFacts): AuthenticationRun {
+    const maxFrom = this.opts.maxFromHeaderBytes ?? DEFAULT_MAX_FROM;
+    let held: Buffer[] | null = [];
+    let input: PassThrough | null = null;
+    let skipped: string | null = null;
+    let decided = false;
+    let resolveOutcome!: (o: AuthenticationOutcome) => void;
+    const outcome = new Promise<AuthenticationOutcome>((r) => (resolveOutcome = r));
+
+    const begin = (fromBytes: number) => {
+      if (decided) return;
+      decided = true;
+      if (fromBytes > maxFrom) {
+        skipped = `From header over ${maxFrom} bytes`;
+        held = null;
+        return;
+      }
+      input = new PassThrough();
+      void this.run(input, facts).then(resolveOutcome);
+      for (const c of held ?? []) input.write(c);
+      held = null;
+    };
+
+    return {
+      headerEnd: (fromBytes) => begin(fromBytes),
+      write: (chunk) => {
+        if (held) held.push(chunk);
+        else input?.write(chunk);
+      },
+      end: () => {
+        if (!decided) begin(0);
+        if (input) input.end();
+        else void this.spfOnly(facts, skipped ?? 'not authenticated').then(resolveOutcome);
+      },
+      outcome,
+    };
+  }
+
+  private async run(input: PassThrough, facts: SessionFacts): Promise<AuthenticationOutcome> {
+    try {
+      const r = await authenticate(input, {
+        ip: facts.ip,
+        helo: facts.helo ?? undefined,
+        sender: facts.sender || undefined,
+        mta: this.opts.mta,
+        disableBimi: true,
+        ...(this.opts.resolver ? { resolver: this.opts.resolver } : {}),
+      });
+      return summarize(r, this.opts.mta);
+    } catch (err) {
+      input.resume(); // whatever is left is not needed
+      this.opts.log.warn({ err }, 'sender authentication failed; results are temperror');
+      return errorOutcome(this.opts.mta, 'temperror', 'authentication error');
+    }
+  }
+
+  private async spfOnly(facts: SessionFacts, reason: string): Promise<AuthenticationOutcome> {
+    const base = errorOutcome(this.opts.mta, 'permerror', reason);
+    try {
+      const r = await checkSpf({ ip: facts.ip, helo: facts.helo ?? undefined, sender: facts.sender || undefined, mta: this.opts.mta, ...(this.opts.resolver ? { resolver: this.opts.resolver } : {}) });
+      base.authentication.spf = { result: r.status.result, domain: r.domain ?? null };
+      base.authenticationResults = `${this.opts.mta}; ${unfold(r.info)}; dkim=permerror (${reason}); dmarc=permerror (${reason})`;
+    } catch (err) {
+      this.opts.log.warn({ err }, 'SPF check failed');
+    }
+    return base;
+  }
+}
+
+function errorOutcome(mta: string, result: string, reason: string): AuthenticationOutcome {
+  return {
+    authentication: {
+      spf: { result: 'temperror', domain: null },
+      dkim: { result, signatures: [] },
+      dmarc: { result, domain: null, policy: null },
+      arc: { result: 'none' },
+    },
+    authenticationResults: `${mta}; spf=temperror; dkim=${result} (${reason}); dmarc=${result} (${reason})`,
+    dmarcRejectDomain: null,
+  };
+}
+
+function unfold(s: string): string {
+  return s.replace(/\r?\n[ \t]+/g, ' ').trim();
+}
+
+/** mailauth's result as the payload shows it. */
+export function summarize(r: AuthenticateResult, mta: string): AuthenticationOutcome {
+  const signatures = (r.dkim.results ?? [])
+    .filter((s) => s.signingDomain)
+    .map((s) => ({ result: s.status.result, domain: s.signingDomain, selector: s.selector ?? null, aligned: Boolean(s.status.aligned) }));
+  const dkimResult = signatures.length === 0 ? 'none' : signatures.some((s) => s.result === 'pass') ? 'pass' : (signatures[0]?.result ?? 'none');
+  const dmarc = r.dmarc
+    ? { result: r.dmarc.status.result, domain: r.dmarc.domain ?? null, policy: r.dmarc.policy ?? null }
+    : { result: 'none', domain: null, policy: null };
+  const at = r.headers.indexOf('Authentication-Results: ');
+  const ar = at === -1 ? `${mta}; none` : unfold(r.headers.slice(at + 'Authentication-Results: '.length));
+  // RFC 7489 §6.6.4: p=reject applies to a failing message; pct < 100 samples, mailhook then only records it.
+  const rejects = r.dmarc && r.dmarc.status.result === 'fail' && r.dmarc.policy === 'reject' && (r.dmarc.pct === undefined || r.dmarc.pct >= 100);
+  return {
+    authentication: {
+      spf: r.spf ? { result: r.spf.status.result, domain: r.spf.domain ?? null } : { result: 'none', domain: null },
+      dkim: { result: dkimResult, signatures },
+      dmarc,
+      arc: { result: r.arc ? r.arc.status.result : 'none' },
+    },
+    authenticationResults: ar,
+    dmarcRejectDomain: rejects && r.dmarc ? r.dmarc.domain : null,
+  };
+}

@@ -1,0 +1,102 @@
+// TLS key and certificate: load and check them, and reload them (SIGHUP or a file change) without dropping connections.
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { createSecureContext } from 'node:tls';
+import { MailhookError, isErrnoException } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+
+export interface TlsFiles {
+  keyFile: string;
+  certFile: string;
+}
+
+export interface TlsMaterial {
+  key: Buffer;
+  cert: Buffer;
+}
+
+/** Reads the PEM key and certificate chain and checks they belong together; errors name the config key. */
+export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
+  const read = (file: string, key: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      const why = isErrnoException(err) ? err.code : String(err);
+      throw new MailhookError('CONFIG_INVALID', `cannot read ${file} (${why}); check smtp.tls.${key}`, { cause: err, userFault: true });
+    }
+  };
+  const material = { key: read(files.keyFile, 'key_file'), cert: read(files.certFile, 'cert_file') };
+  try {
+    createSecureContext(material);
+  } catch (err) {
+    throw new MailhookError('CONFIG_INVALID', `smtp.tls.key_file and smtp.tls.cert_file do not make a usable TLS identity: ${(err as Error).message}`, { cause: err, userFault: true });
+  }
+  return material;
+}
+
+/**
+ * Keeps the servers' TLS identity current. A reload builds a new secure context for new handshakes only:
+ * established sessions keep theirs, so nothing is dropped. A key and certificate that fail to load are logged
+ * and the previous identity stays in use (a half-written renewal must not take TLS down).
+ */
+export class TlsReloader {
+  private watchers: FSWatcher[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  /** how many reloads took effect, for tests and logs */
+  generation = 0;
+
+  constructor(
+    private readonly files: TlsFiles,
+    private readonly apply: (material: TlsMaterial) => void,
+    private readonly log: Logger,
+    private readonly debounceMs = 200,
+  ) {}
+
+  /** Loads the files now; true when the new identity is in use. */
+  reload(reason: string): boolean {
+    let material: TlsMaterial;
+    try {
+      material = loadTlsMaterial(this.files);
+    } catch (err) {
+      this.log.error({ err, reason }, 'TLS key or certificate not reloaded; the previous ones stay in use');
+      return false;
+    }
+    this.apply(material);
+    this.generation++;
+    this.log.info({ reason, generation: this.generation }, 'TLS key and certificate reloaded');
+    return true;
+  }
+
+  /** Watches the files' folders (renewal tools replace files by rename) and reloads after changes settle. */
+  watch(): void {
+    const names = new Map<string, Set<string>>();
+    for (const f of [this.files.keyFile, this.files.certFile]) {
+      const set = names.get(dirname(f)) ?? new Set<string>();
+      set.add(basename(f));
+      names.set(dirname(f), set);
+    }
+    for (const [dir, files] of names) {
+      try {
+        const w = watch(dir, { persistent: false }, (_event, filename) => {
+          if (filename && !files.has(filename.toString())) return;
+          if (this.timer) clearTimeout(this.timer);
+          this.timer = setTimeout(() => {
+            this.timer = undefined;
+            this.reload('file change');
+          }, this.debounceMs);
+          this.timer.unref();
+        });
+        w.on('error', (err) => this.log.warn({ err, dir }, 'cannot watch the TLS files; reload with SIGHUP'));
+        this.watchers.push(w);
+      } catch (err) {
+        this.log.warn({ err, dir }, 'cannot watch the TLS files; reload with SIGHUP');
+      }
+    }
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    for (const w of this.watchers) w.close();
+    this.watchers = [];
+  }
+}

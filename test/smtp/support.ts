@@ -1,0 +1,135 @@
+// Shared pieces of the SMTP edge tests: apps with extra smtp settings, spool row counts, raw and TLS sessions.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket, type ConnectionOptions } from 'node:tls';
+import { RawSmtp, type SmtpReply } from '../helpers/smtp-client.js';
+import { configYaml, startTestApp, tempDir, type TestApp } from '../helpers/app.js';
+
+export const SINK_ROUTES = `
+  - name: sink
+    addresses: ["user@in.test", "incoming+%{key}@in.test", "*@catch.test"]
+    sink: true
+`;
+
+/** An app whose smtp: section gets `smtpExtra` (YAML lines indented by two spaces) after the test defaults. */
+export async function startSmtpApp(opts: { smtp?: string; routes?: string; extra?: string; dir?: string } = {}): Promise<TestApp> {
+  const dir = opts.dir ?? tempDir();
+  let yaml = configYaml({ dir, routes: opts.routes ?? SINK_ROUTES, ...(opts.extra ? { extra: opts.extra } : {}) });
+  if (opts.smtp) yaml = yaml.replace('  greeting_delay_ms: 0\n', `  greeting_delay_ms: 0\n${opts.smtp.replace(/^\n+/, '').replace(/\s+$/, '')}\n`);
+  return startTestApp({ routes: '', yaml, dir });
+}
+
+export function countMessages(app: TestApp): number {
+  return (app.spool.db.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number }).n;
+}
+
+export function countDeliveries(app: TestApp): number {
+  return (app.spool.db.prepare('SELECT COUNT(*) AS n FROM deliveries').get() as { n: number }).n;
+}
+
+export function queuedId(r: SmtpReply | undefined): string {
+  assert.ok(r, 'no reply');
+  const m = /^250 2\.0\.0 Ok: queued as ([a-z0-9]+)\r\n$/.exec(r.raw);
+  assert.ok(m, `not a queued reply: ${JSON.stringify(r.raw)}`);
+  return m[1] as string;
+}
+
+/** A session after the banner and EHLO. */
+export async function session(port: number): Promise<RawSmtp> {
+  const { smtp, banner } = await RawSmtp.open(port);
+  assert.equal(banner.code, 220, banner.raw);
+  const ehlo = await smtp.cmd('EHLO client.test');
+  assert.equal(ehlo.code, 250, ehlo.raw);
+  return smtp;
+}
+
+/** MAIL, RCPT, DATA on an open session; returns the 354 reply. */
+export async function startData(smtp: RawSmtp, from = 'sender@client.test', to = ['user@in.test']): Promise<void> {
+  assert.equal((await smtp.cmd(`MAIL FROM:<${from}>`)).raw, '250 2.1.0 Accepted\r\n');
+  for (const r of to) assert.equal((await smtp.cmd(`RCPT TO:<${r}>`)).raw, '250 2.1.5 Accepted\r\n');
+  assert.equal((await smtp.cmd('DATA')).raw, '354 End data with <CR><LF>.<CR><LF>\r\n');
+}
+
+/** Sends one plain message and returns the stored id (proves the server still serves). */
+export async function sendOne(port: number, body = 'Subject: ok\r\n\r\nstill serving\r\n'): Promise<string> {
+  const smtp = await session(port);
+  await startData(smtp);
+  smtp.write(`${body}.\r\n`);
+  const id = queuedId(await smtp.read());
+  await smtp.quit();
+  return id;
+}
+
+/** Writes bytes and waits until the socket has handed them to the kernel. */
+export function writeFlushed(smtp: RawSmtp, data: string | Buffer): Promise<void> {
+  return new Promise((resolve, reject) => smtp.socket.write(data, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Reads replies off a TLS socket (after STARTTLS or on the implicit-TLS port). */
+export class TlsLines {
+  private buffer = '';
+  private readonly queue: SmtpReply[] = [];
+  private waiters: Array<(r: SmtpReply) => void> = [];
+  constructor(readonly socket: TLSSocket) {
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      this.buffer += d;
+      for (;;) {
+        const m = /^((?:\d{3}-[^\r\n]*\r\n)*)(\d{3})(?: ([^\r\n]*))?\r\n/.exec(this.buffer);
+        if (!m) break;
+        this.buffer = this.buffer.slice(m[0].length);
+        const reply: SmtpReply = { code: Number(m[2]), lines: m[0].split('\r\n').filter(Boolean), text: m[3] ?? '', raw: m[0] };
+        const w = this.waiters.shift();
+        if (w) w(reply);
+        else this.queue.push(reply);
+      }
+    });
+    socket.on('error', () => undefined);
+  }
+  read(timeoutMs = 5000): Promise<SmtpReply> {
+    const r = this.queue.shift();
+    if (r) return Promise.resolve(r);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no TLS reply')), timeoutMs);
+      this.waiters.push((x) => {
+        clearTimeout(t);
+        resolve(x);
+      });
+    });
+  }
+  async cmd(line: string): Promise<SmtpReply> {
+    this.socket.write(`${line}\r\n`);
+    return this.read();
+  }
+}
+
+/** STARTTLS on a raw session (EHLO done); resolves once the handshake completed. */
+export async function startTls(smtp: RawSmtp, options: ConnectionOptions = {}): Promise<TlsLines> {
+  const r = await smtp.cmd('STARTTLS');
+  assert.equal(r.raw, '220 2.0.0 Ready to start TLS\r\n');
+  smtp.socket.removeAllListeners('data');
+  const socket = tlsConnect({ socket: smtp.socket, rejectUnauthorized: false, servername: 'mx.test', ...options });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', () => resolve());
+    socket.once('error', reject);
+  });
+  return new TlsLines(socket);
+}
+
+/** A self-signed certificate for CN (an EC key: quick to make), written to dir/<name>.key and .crt. */
+export function makeCert(dir: string, name: string, cn = 'mx.test'): { key: string; cert: string } {
+  mkdirSync(dir, { recursive: true });
+  const key = join(dir, `${name}.key`);
+  const cert = join(dir, `${name}.crt`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}`], { stdio: 'ignore' });
+  return { key, cert };
+}
+
+/** openssl is needed to make certificates: in CI its absence is a failure, elsewhere the test is skipped. */
+export function opensslMissing(): string | false {
+  for (const p of (process.env.PATH ?? '').split(':')) if (p && existsSync(join(p, 'openssl'))) return false;
+  if (process.env.CI === 'true') throw new Error('openssl is required for the TLS tests and is not installed');
+  return 'openssl is not installed; TLS tests skipped';
+}
