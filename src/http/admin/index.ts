@@ -319,7 +319,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
 
   let doc: Record<string, unknown> | undefined;
   api.get('/openapi.json', { schema: { summary: 'This document', tags: ['meta'] } as FastifySchema }, async () => {
-    doc ??= buildOpenApi(routes, { title: 'mailhook admin API', version: packageVersion() });
+    doc ??= buildOpenApi(routes, { title: 'mailhook admin API', version: packageVersion() }, { Problem: S.problem });
     return doc;
   });
 }

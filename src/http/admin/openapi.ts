@@ -22,9 +22,16 @@ const STANDARD_ERRORS: Record<string, string> = {
   '400': 'The request is malformed; the message names the parameter and the fix',
   '401': 'No or wrong admin token',
   '404': 'No such message (or the admin API is off)',
+  '409': 'The state does not allow it now (a delivery in flight, nothing to redeliver)',
 };
 
-export function buildOpenApi(routes: readonly RouteDoc[], info: { title: string; version: string }): Record<string, unknown> {
+/** `shared` are named schemas: a response schema equal to one becomes a $ref to components/schemas. */
+export function buildOpenApi(routes: readonly RouteDoc[], info: { title: string; version: string }, shared: Record<string, object> = {}): Record<string, unknown> {
+  const named = new Map(Object.entries(shared).map(([name, schema]) => [JSON.stringify(schema), name]));
+  const ref = (schema: object) => {
+    const name = named.get(JSON.stringify(schema));
+    return name ? { $ref: `#/components/schemas/${name}` } : schema;
+  };
   const paths: Record<string, Record<string, unknown>> = {};
   for (const r of [...routes].sort((a, b) => a.url.localeCompare(b.url))) {
     const path = r.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
@@ -35,10 +42,15 @@ export function buildOpenApi(routes: readonly RouteDoc[], info: { title: string;
       const responses: Record<string, unknown> = {};
       for (const [code, schema] of Object.entries(s.response ?? {})) {
         const { description, ...rest } = schema;
-        responses[code] = { description: description ?? (code.startsWith('2') ? 'OK' : 'Problem'), content: { 'application/json': { schema: rest } } };
+        const isShared = named.has(JSON.stringify(schema));
+        responses[code] = {
+          description: isShared ? (STANDARD_ERRORS[code] ?? 'Problem') : (description ?? (code.startsWith('2') ? 'OK' : 'Problem')),
+          content: { 'application/json': { schema: ref(schema) } },
+        };
       }
       Object.assign(responses, r.openapi?.responses ?? {});
-      for (const [code, description] of Object.entries(STANDARD_ERRORS)) {
+      for (const code of ['400', '401', '404']) {
+        const description = STANDARD_ERRORS[code];
         if (code === '401' && r.openapi?.public) continue;
         responses[code] ??= { description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Problem' } } } };
       }
@@ -68,6 +80,7 @@ export function buildOpenApi(routes: readonly RouteDoc[], info: { title: string;
           properties: { error: { type: 'string' }, message: { type: 'string' } },
           required: ['error', 'message'],
         },
+        ...shared,
       },
     },
   };

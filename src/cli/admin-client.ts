@@ -1,0 +1,125 @@
+// How CLI subcommands reach a running mailhook: the admin API's URL and token (flags, environment or config file).
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { loadConfigFile, type Env } from '../config/load.js';
+import { ConfigError, MailhookError } from '../core/errors.js';
+
+export interface ConnectionOptions {
+  url?: string;
+  tokenFile?: string;
+  config?: string;
+}
+
+export interface Connection {
+  /** base URL of the HTTP listener, no trailing slash */
+  url: string;
+  token: string | undefined;
+  /** SMTP listen address from the config file, when one was given */
+  smtp?: { host: string; port: number };
+}
+
+/** Thrown for problems the operator fixes (wrong URL, token, flags): printed as one line, exit 1. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+/** A wildcard listen address is reached on loopback. */
+export function connectHost(host: string): string {
+  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
+  if (host === '::') return '::1';
+  return host;
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** Flags first, then MAILHOOK_URL / MAILHOOK_ADMIN_TOKEN, then the config file, then the defaults. */
+export function resolveConnection(opts: ConnectionOptions, env: Env, cwd: string): Connection {
+  let fromConfig: Connection | undefined;
+  if (opts.config) {
+    try {
+      const config = loadConfigFile(resolve(cwd, opts.config), env, cwd);
+      fromConfig = {
+        url: `http://${hostForUrl(connectHost(config.http.listen.host))}:${config.http.listen.port}`,
+        token: config.http.adminToken?.reveal(),
+        smtp: { host: connectHost(config.smtp.listen.host), port: config.smtp.listen.port },
+      };
+    } catch (err) {
+      if (err instanceof ConfigError) throw new CliError(err.message, 2);
+      throw err;
+    }
+  }
+  let token: string | undefined;
+  if (opts.tokenFile) {
+    try {
+      token = readFileSync(resolve(cwd, opts.tokenFile), 'utf8').trim();
+    } catch (err) {
+      throw new CliError(`cannot read the token file ${opts.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
+    }
+  }
+  token ??= env.MAILHOOK_ADMIN_TOKEN || fromConfig?.token;
+  const url = (opts.url ?? env.MAILHOOK_URL ?? fromConfig?.url ?? 'http://127.0.0.1:8025').replace(/\/+$/, '');
+  if (!/^https?:\/\/[^/]+$/.test(url)) throw new CliError(`--url must be the listener's base URL, like http://127.0.0.1:8025 (got "${url}")`, 2);
+  return { url, token, smtp: fromConfig?.smtp };
+}
+
+export class AdminClient {
+  constructor(private readonly conn: Connection) {
+    if (!conn.token) {
+      throw new CliError('no admin token: pass --token-file FILE, set MAILHOOK_ADMIN_TOKEN, or --config FILE with http.admin_token_file', 2);
+    }
+  }
+
+  get url(): string {
+    return this.conn.url;
+  }
+
+  async json<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.request(method, path, body);
+    const text = await res.text();
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw new CliError(`${method} ${path}: HTTP ${res.status}, not JSON: ${text.slice(0, 200)}`);
+    }
+    if (!res.ok) throw problemError(res.status, parsed);
+    return parsed as T;
+  }
+
+  /** The response, for streaming bodies (raw messages). */
+  async stream(path: string): Promise<Response> {
+    const res = await this.request('GET', path);
+    if (!res.ok) throw problemError(res.status, await res.json().catch(() => ({})));
+    return res;
+  }
+
+  private async request(method: string, path: string, body?: unknown): Promise<Response> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.conn.token}`, accept: 'application/json' };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    try {
+      return await fetch(`${this.conn.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      throw new CliError(`cannot reach mailhook at ${this.conn.url}: ${cause?.code ?? cause?.message ?? (err as Error).message}; is it running? (--url, MAILHOOK_URL or --config)`, 69);
+    }
+  }
+}
+
+function problemError(status: number, body: unknown): CliError {
+  const b = body as { error?: string; message?: string };
+  const message = b.message ?? `HTTP ${status}`;
+  if (status === 401) return new CliError(`the admin API refused the token: ${message}`, 77);
+  if (b.error === 'admin_api_disabled') return new CliError(message, 69);
+  return new CliError(message, status === 404 ? 1 : 1);
+}
+
+export function isMailhookError(err: unknown): err is MailhookError {
+  return err instanceof MailhookError;
+}

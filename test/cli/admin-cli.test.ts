@@ -1,0 +1,169 @@
+// The real bin/mailhook (built with tsc) against a running app: send-test, messages list|show|raw, replay, errors.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
+import { once } from 'node:events';
+import { Consumer } from '../helpers/consumer.js';
+import { SECRET, until, tempDir, type TestApp } from '../helpers/app.js';
+import { ADMIN_TOKEN, startAdminApp } from '../admin/helpers.js';
+
+const BIN = fileURLToPath(new URL('../../bin/mailhook', import.meta.url));
+const BUILT = fileURLToPath(new URL('../../dist/cli/admin-commands.js', import.meta.url));
+
+interface Run {
+  code: number;
+  stdout: Buffer;
+  out: string;
+  err: string;
+}
+
+function mailhook(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'buffer', timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : -1) : 0;
+      resolve({ code, stdout, out: stdout.toString('utf8'), err: stderr.toString('utf8') });
+    });
+  });
+}
+
+describe('mailhook CLI against a running server', () => {
+  let app: TestApp;
+  const ok = new Consumer();
+  const broken = new Consumer();
+  let conn: string[];
+  const env = { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN };
+
+  before(async () => {
+    assert.ok(existsSync(BUILT), 'dist/ is missing the CLI: run `npx tsc -p tsconfig.json` (npm test does it in pretest)');
+    await ok.start();
+    await broken.start();
+    broken.respond = () => ({ status: 422, body: 'no such ticket' });
+    app = await startAdminApp({
+      routes: `
+  - name: app
+    addresses: ["app@in.test"]
+    webhook: { url: "${ok.url}", secret: "${SECRET}" }
+  - name: desk
+    addresses: ["desk-%{key}@desk.test"]
+    webhook: { url: "${broken.url}", secret: "${SECRET}" }
+`,
+    });
+    conn = ['--url', app.httpUrl];
+  });
+  after(async () => {
+    await app?.close();
+    await ok.stop();
+    await broken.stop();
+  });
+
+  test('send-test sends over SMTP and waits for the delivery: exit 0 when delivered', async () => {
+    const r = await mailhook(['send-test', '--to', 'app@in.test', '--smtp', `127.0.0.1:${app.smtpPort}`, ...conn], env);
+    assert.equal(r.code, 0, r.err + r.out);
+    const id = /delivered: message ([a-z0-9]+)/.exec(r.out)?.[1];
+    assert.ok(id, r.out);
+    assert.match(r.out, /^ROUTE +STATUS +ATTEMPTS +HTTP +LATENCY +ERROR\napp +delivered +1 +200 +\d+ ms +-\n/m);
+    assert.equal(ok.requests.length, 1);
+    const payload = ok.json<{ message_id: string; message: { subject: string } }>(0);
+    assert.equal(payload.message_id, id);
+    assert.equal(payload.message.subject, 'mailhook send-test');
+  });
+
+  test('send-test exits 1 and says why when the delivery is dead-lettered (--json)', async () => {
+    const r = await mailhook(['send-test', '--to', 'desk-42@desk.test', '--smtp', `127.0.0.1:${app.smtpPort}`, '--json', ...conn], env);
+    assert.equal(r.code, 1, r.err);
+    const out = JSON.parse(r.out) as { outcome: string; deliveries: Array<{ route: string; status: string; last_status_code: number; last_error: string; attempt_log: unknown[] }> };
+    assert.equal(out.outcome, 'failed');
+    assert.equal(out.deliveries[0]!.route, 'desk');
+    assert.equal(out.deliveries[0]!.status, 'dead');
+    assert.equal(out.deliveries[0]!.last_status_code, 422);
+    assert.match(out.deliveries[0]!.last_error, /no such ticket/);
+    assert.equal(out.deliveries[0]!.attempt_log.length, 1);
+  });
+
+  test('messages list: a table by default, filters, and --json', async () => {
+    const table = await mailhook(['messages', 'list', ...conn], env);
+    assert.equal(table.code, 0, table.err);
+    const lines = table.out.trimEnd().split('\n');
+    assert.match(lines[0]!, /^ID +RECEIVED \(UTC\) +FROM +TO +SUBJECT +DELIVERIES$/);
+    assert.equal(lines.length, 3);
+    assert.match(lines[1]!, /desk-42@desk\.test +mailhook send-test +desk:dead$/);
+    assert.match(lines[2]!, /app@in\.test +mailhook send-test +app:delivered$/);
+    const dead = await mailhook(['messages', 'list', '--status', 'dead', '--json', ...conn], env);
+    const page = JSON.parse(dead.out) as { messages: Array<{ rcpt_to: string[] }>; next_cursor: string | null };
+    assert.deepEqual(page.messages.map((m) => m.rcpt_to), [['desk-42@desk.test']]);
+    const paged = await mailhook(['messages', 'list', '--limit', '1', ...conn], env);
+    assert.match(paged.err, /^more: add --cursor \S+$/m);
+    const bad = await mailhook(['messages', 'list', '--status', 'lost', ...conn], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /^mailhook: querystring\/status must be equal to one of the allowed values/);
+  });
+
+  test('messages show and raw', async () => {
+    const list = JSON.parse((await mailhook(['messages', 'list', '--key', '42', '--json', ...conn], env)).out) as { messages: Array<{ id: string }> };
+    const id = list.messages[0]!.id;
+    const show = await mailhook(['messages', 'show', id, ...conn], env);
+    assert.equal(show.code, 0, show.err);
+    assert.match(show.out, new RegExp(`^id +${id}$`, 'm'));
+    assert.match(show.out, /^subject +mailhook send-test$/m);
+    assert.match(show.out, /^delivery \w+ +route desk +dead +1 attempt\(s\)$/m);
+    assert.match(show.out, /^ +1 +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ +422 +\d+ ms +dead +HTTP 422.*no such ticket/m);
+    const raw = await mailhook(['messages', 'raw', id, ...conn], env);
+    assert.equal(raw.code, 0, raw.err);
+    assert.deepEqual(raw.stdout, await app.spool.readRaw(id));
+    const dir = tempDir();
+    const out = join(dir, 'm.eml');
+    assert.equal((await mailhook(['messages', 'raw', id, '-o', out, ...conn], env)).code, 0);
+    assert.deepEqual(readFileSync(out), await app.spool.readRaw(id));
+    const missing = await mailhook(['messages', 'show', 'zzzzzzzz', ...conn], env);
+    assert.equal(missing.code, 1);
+    assert.match(missing.err, /no message zzzzzzzz/);
+  });
+
+  test('replay --route works through the backlog in batches, showing progress; the deliveries then succeed', async () => {
+    // Four more dead letters on desk.
+    for (let i = 0; i < 4; i++) {
+      const r = await mailhook(['send-test', '--to', `desk-${i}@desk.test`, '--smtp', `127.0.0.1:${app.smtpPort}`, '--timeout', '10', ...conn], env);
+      assert.equal(r.code, 1, r.err);
+    }
+    const dry = await mailhook(['replay', '--route', 'desk', '--dry-run', ...conn], env);
+    assert.equal(dry.out, '5 dead-lettered deliveries match (dry run: nothing replayed)\n');
+    broken.respond = () => ({ status: 200 });
+    const before = broken.requests.length;
+    const r = await mailhook(['replay', '--route', 'desk', '--batch', '2', ...conn], env);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.err, 'replayed 2/5\nreplayed 4/5\nreplayed 5/5\n');
+    assert.equal(r.out, 'replayed 5 dead-lettered deliveries; they are due now\n');
+    await broken.waitFor(before + 5);
+    await until(() => app.spool.jobs.counts().dead === 0 && app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'replays to finish');
+    const again = await mailhook(['replay', '--dead', '--json', ...conn], env);
+    assert.deepEqual(JSON.parse(again.out), { replayed: 0, matched: 0, dry_run: true });
+  });
+
+  test('errors: a wrong token, no token, no server, nothing to replay, a token file', async () => {
+    const wrong = await mailhook(['messages', 'list', ...conn], { MAILHOOK_ADMIN_TOKEN: 'wrong-token-wrong-token' });
+    assert.equal(wrong.code, 77);
+    assert.equal(wrong.err, 'mailhook: the admin API refused the token: the admin token is wrong\n');
+    const none = await mailhook(['messages', 'list', ...conn]);
+    assert.equal(none.code, 2);
+    assert.match(none.err, /no admin token: pass --token-file FILE, set MAILHOOK_ADMIN_TOKEN/);
+    // A port that was free a moment ago: nothing listens there.
+    const probe = createServer().listen(0, '127.0.0.1');
+    await once(probe, 'listening');
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const down = await mailhook(['messages', 'list', '--url', `http://127.0.0.1:${port}`], env);
+    assert.equal(down.code, 69);
+    assert.match(down.err, new RegExp(`cannot reach mailhook at http://127\\.0\\.0\\.1:${port}: ECONNREFUSED`));
+    const vague = await mailhook(['replay', ...conn], env);
+    assert.equal(vague.code, 2);
+    assert.match(vague.err, /say what to replay/);
+    const dir = tempDir();
+    writeFileSync(join(dir, 'token'), `${ADMIN_TOKEN}\n`);
+    const viaFile = await mailhook(['messages', 'list', '--json', '--token-file', join(dir, 'token'), ...conn]);
+    assert.equal(viaFile.code, 0, viaFile.err);
+  });
+});
