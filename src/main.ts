@@ -7,6 +7,7 @@ const code = await runCli({
   cwd: process.cwd(),
   stdout: (s) => process.stdout.write(s),
   stderr: (s) => process.stderr.write(s),
+  stdoutBytes: (chunk) => new Promise<void>((resolve) => (process.stdout.write(chunk) ? resolve() : process.stdout.once('drain', resolve))),
   onSignal: (handler) => {
     let seen = false;
     for (const sig of ['SIGTERM', 'SIGINT'] as const) {

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { loadConfigFile, type Env } from '../config/load.js';
 import { ConfigError } from '../core/errors.js';
 import { runServe } from './serve.js';
+import { registerAdminCommands } from './admin-commands.js';
 
 export interface CliIo {
   argv: string[];
@@ -11,6 +12,8 @@ export interface CliIo {
   cwd: string;
   stdout: (s: string) => void;
   stderr: (s: string) => void;
+  /** raw bytes to standard output (messages raw); resolves once they are written */
+  stdoutBytes?: (chunk: Uint8Array) => Promise<void>;
   /** resolves when the process is asked to stop (SIGTERM/SIGINT) */
   onSignal: (handler: (signal: string) => void) => void;
 }
@@ -52,6 +55,10 @@ export async function runCli(io: CliIo): Promise<number> {
         exitCode = 2;
       }
     });
+
+  registerAdminCommands(program, io, (code) => {
+    exitCode = code;
+  });
 
   try {
     await program.parseAsync(io.argv, { from: 'user' });
