@@ -56,6 +56,19 @@ export const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: readonly string[]
   { env: 'MAILHOOK_ADMIN_TOKEN', path: ['http', 'admin_token'], description: 'http.admin_token', clears: 'admin_token_file' },
   { env: 'MAILHOOK_SPOOL_PATH', path: ['spool', 'path'], description: 'spool.path' },
   { env: 'MAILHOOK_LOG_LEVEL', path: ['log', 'level'], description: 'log.level' },
+  { env: 'MAILHOOK_SMTP_IMPLICIT_LISTEN', path: ['smtp', 'tls', 'implicit_listen'], description: 'smtp.tls.implicit_listen' },
+];
+
+/** Environment variable for a secret of an imap: mailbox: MAILHOOK_IMAP_<NAME>_<WHAT>, name upper-cased, other characters as "_". */
+export function mailboxSecretEnvName(mailbox: string, what: 'PASSWORD' | 'CLIENT_SECRET' | 'REFRESH_TOKEN'): string {
+  return `MAILHOOK_IMAP_${mailbox.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_${what}`;
+}
+
+/** The per-mailbox secrets the environment can set, and what each overrides (documented in the configuration reference). */
+export const MAILBOX_SECRET_ENV: ReadonlyArray<{ what: 'PASSWORD' | 'CLIENT_SECRET' | 'REFRESH_TOKEN'; description: string }> = [
+  { what: 'PASSWORD', description: '`imap[].password`' },
+  { what: 'CLIENT_SECRET', description: '`imap[].oauth2.client_secret` (`imap[].inbox_options.client_secret` for microsoft_graph)' },
+  { what: 'REFRESH_TOKEN', description: '`imap[].oauth2.refresh_token`' },
 ];
 
 /** Relative paths in the file (spool.path, *_file) resolve against cwd, as for any daemon's working directory. */
@@ -90,13 +103,17 @@ function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {
   for (const o of ENV_OVERRIDES) {
     const value = env[o.env];
     if (value === undefined || value === '') continue;
-    const [section, key] = o.path as [string, string];
-    const current = data[section];
-    const obj = typeof current === 'object' && current !== null && !Array.isArray(current) ? (current as Record<string, unknown>) : {};
-    obj[key] = value;
+    let obj = data;
+    for (const part of o.path.slice(0, -1)) {
+      const current = obj[part];
+      const next = typeof current === 'object' && current !== null && !Array.isArray(current) ? (current as Record<string, unknown>) : {};
+      obj[part] = next;
+      obj = next;
+    }
+    obj[o.path[o.path.length - 1]!] = value;
     if (o.clears) delete obj[o.clears];
-    data[section] = obj;
   }
+  applyMailboxSecretEnv(data, env);
   if (Array.isArray(data.routes)) {
     for (const route of data.routes as unknown[]) {
       if (typeof route !== 'object' || route === null) continue;
@@ -109,6 +126,29 @@ function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {
         w.secret = value;
       }
     }
+  }
+}
+
+/** A mailbox secret from the environment replaces the value or *_file the file gives for it. */
+function applyMailboxSecretEnv(data: Record<string, unknown>, env: Env): void {
+  if (!Array.isArray(data.imap)) return;
+  const objectAt = (o: Record<string, unknown>, key: string) => (typeof o[key] === 'object' && o[key] !== null && !Array.isArray(o[key]) ? (o[key] as Record<string, unknown>) : undefined);
+  const set = (o: Record<string, unknown>, key: string, value: string) => {
+    delete o[`${key}_file`];
+    o[key] = value;
+  };
+  for (const mailbox of data.imap as unknown[]) {
+    if (typeof mailbox !== 'object' || mailbox === null) continue;
+    const m = mailbox as Record<string, unknown>;
+    if (typeof m.name !== 'string') continue;
+    const password = env[mailboxSecretEnvName(m.name, 'PASSWORD')];
+    const clientSecret = env[mailboxSecretEnvName(m.name, 'CLIENT_SECRET')];
+    const refreshToken = env[mailboxSecretEnvName(m.name, 'REFRESH_TOKEN')];
+    const oauth2 = objectAt(m, 'oauth2');
+    const graph = objectAt(m, 'inbox_options');
+    if (password) set(m, 'password', password);
+    if (clientSecret && (oauth2 ?? graph)) set((oauth2 ?? graph)!, 'client_secret', clientSecret);
+    if (refreshToken && oauth2) set(oauth2, 'refresh_token', refreshToken);
   }
 }
 

@@ -1,7 +1,7 @@
 // Generates the configuration reference (docs/configuration.md) from the schema, so docs and validation never drift.
 import { z } from 'zod';
 import { configSchema } from './schema.js';
-import { ENV_OVERRIDES, routeSecretEnvName } from './load.js';
+import { ENV_OVERRIDES, MAILBOX_SECRET_ENV, mailboxSecretEnvName, routeSecretEnvName } from './load.js';
 
 interface JsonSchema {
   type?: string | string[];
@@ -84,7 +84,8 @@ export function configReferenceMarkdown(): string {
   out.push('', '## Environment variables', '', 'Each overrides the key named beside it; use them for secrets and for listen addresses in containers.', '');
   out.push('| variable | overrides |', '| --- | --- |');
   for (const o of ENV_OVERRIDES) out.push(`| \`${o.env}\` | \`${o.description}\` |`);
-  out.push(`| \`${routeSecretEnvName('<name>')}\` | \`routes[].webhook.secret\` of the route called \`<name>\` (upper-cased, other characters as \`_\`) |`);
+  out.push(`| \`${routeSecretEnvName('NAME').replace('NAME', '<NAME>')}\` | \`routes[].webhook.secret\` of the route called \`<name>\` (upper-cased, other characters as \`_\`) |`);
+  for (const m of MAILBOX_SECRET_ENV) out.push(`| \`${mailboxSecretEnvName('NAME', m.what).replace('NAME', '<NAME>')}\` | ${m.description} of the mailbox called \`<name>\` |`);
   out.push('');
   return out.join('\n');
 }

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# mailhook's container image: dependencies and the TypeScript build in throwaway stages, a slim non-root runtime.
+#   docker build -t mailhook .
+#   docker run -v ./mailhook.yaml:/etc/mailhook/mailhook.yaml:ro -v mailhook-spool:/var/lib/mailhook \
+#     -e MAILHOOK_ROUTE_<NAME>_SECRET=whsec_… -p 25:2525 mailhook
+# Configuration: a mounted file at /etc/mailhook/mailhook.yaml; secrets and listen addresses from MAILHOOK_* variables
+# (README.md, "Environment variables"). The spool (SQLite database and message files) lives on the volume.
+
+ARG NODE_IMAGE=node:24-bookworm-slim
+
+# Production dependencies. better-sqlite3 is native: a prebuilt binary when one matches, else compiled here.
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+COPY package.json package-lock.json ./
+# --ignore-scripts keeps the package's own "prepare" (a build, without sources here) from running;
+# better-sqlite3's install step is then run on its own.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm rebuild better-sqlite3
+
+# The TypeScript build: src/ → dist/.
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+RUN npm run build
+
+# Runtime: no compilers, no dev dependencies, not root.
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production \
+    MAILHOOK_SMTP_LISTEN=0.0.0.0:2525 \
+    MAILHOOK_HTTP_LISTEN=0.0.0.0:8025 \
+    MAILHOOK_SPOOL_PATH=/var/lib/mailhook/spool.db
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY package.json ./
+COPY bin ./bin
+# The embedded default (a local sink); mount your own file over it.
+COPY config/mailhook.yaml /etc/mailhook/mailhook.yaml
+# The node image's unprivileged user (uid 1000) owns the spool; port 2525 needs no capability.
+RUN mkdir -p /var/lib/mailhook && chown node:node /var/lib/mailhook
+USER node
+VOLUME ["/var/lib/mailhook"]
+EXPOSE 2525 8025
+# Liveness of the HTTP listener, on the port MAILHOOK_HTTP_LISTEN names.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+  CMD ["node", "-e", "const l=process.env.MAILHOOK_HTTP_LISTEN||'127.0.0.1:8025';fetch('http://127.0.0.1:'+l.slice(l.lastIndexOf(':')+1)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+# SIGTERM reaches node directly (exec form): SMTP stops taking mail, deliveries in flight finish, the spool closes.
+ENTRYPOINT ["node", "/app/bin/mailhook"]
+CMD ["serve", "--config", "/etc/mailhook/mailhook.yaml"]
