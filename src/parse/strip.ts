@@ -17,13 +17,30 @@ export interface StrippedText {
 export const STRIP_MAX_CHARS = 256 * 1024;
 
 /**
+ * The parser's regular expressions are quadratic in the length of a line (without RE2: 16 KB takes ~70 ms, 64 KB
+ * seconds), so text with a longer line is returned whole; a real paragraph that long is rare.
+ */
+export const STRIP_MAX_LINE_CHARS = 4096;
+
+function hasLongLine(text: string): boolean {
+  let start = 0;
+  for (;;) {
+    const nl = text.indexOf('\n', start);
+    const end = nl === -1 ? text.length : nl;
+    if (end - start > STRIP_MAX_LINE_CHARS) return true;
+    if (nl === -1) return false;
+    start = nl + 1;
+  }
+}
+
+/**
  * Strips quoted text and the signature from a plain-text reply with email-reply-parser (Crisp's maintained port of
  * GitHub's parser). When that would leave nothing visible (a message that is all quote, or a parser that takes a
  * real paragraph for a quote header), the full text is returned instead: losing content is worse than keeping a quote.
  */
 export function stripReply(text: string): StrippedText {
   const whole: StrippedText = { text, signature: '', stripped: false };
-  if (!text.trim() || text.length > STRIP_MAX_CHARS) return whole;
+  if (!text.trim() || text.length > STRIP_MAX_CHARS || hasLongLine(text)) return whole;
   let email;
   try {
     email = new EmailReplyParser().read(text);
@@ -41,67 +58,96 @@ export function stripReply(text: string): StrippedText {
   return { text: visible, signature, stripped: true };
 }
 
-/** Opening tags of elements that hold quoted text in the HTML that mail clients write. */
-const QUOTE_OPENERS: readonly RegExp[] = [
-  /^<blockquote\b/i, // most clients; Gmail adds class="gmail_quote", Apple Mail type="cite"
-  /^<div\b[^>]*\bclass\s*=\s*["']?[^"'>]*\b(?:gmail_quote|yahoo_quoted|moz-cite-prefix|protonmail_quote)\b/i,
-];
+/** Classes of the containers Gmail, Yahoo, Thunderbird and ProtonMail put quoted text in. */
+const QUOTE_CLASSES = /(?:^|\s)(?:gmail_quote|yahoo_quoted|moz-cite-prefix|protonmail_quote)(?:\s|$)/i;
 
 /** Outlook writes no container: the quote is everything from this marker (and the <hr> after it) to the end of the body. */
-const OUTLOOK_QUOTE_START = /<div\b[^>]*\bid\s*=\s*["']?(?:appendonsend|divRplyFwdMsg)\b/i;
+const OUTLOOK_MARKER = /\bid\s*=\s*["']?(?:appendonsend|divrplyfwdmsg)\b/;
 
 /**
  * Removes quoted elements (blockquotes and the quote containers Gmail, Yahoo, Thunderbird, ProtonMail and Outlook
  * write) from an HTML reply. Like stripReply, it never returns something with no visible text: then the whole HTML
- * is kept.
+ * is kept. Every scan here is linear: the HTML comes from strangers.
  */
 export function stripQuotedHtml(html: string): string {
   if (html.length > STRIP_MAX_CHARS * 4) return html;
-  let out = html;
-  for (const opener of QUOTE_OPENERS) out = removeElements(out, opener);
-  const outlook = OUTLOOK_QUOTE_START.exec(out);
-  if (outlook) {
-    const bodyEnd = out.search(/<\/body\s*>/i);
-    out = out.slice(0, outlook.index) + (bodyEnd > outlook.index ? out.slice(bodyEnd) : '');
+  let out = removeQuoteElements(html);
+  const lower = out.toLowerCase();
+  const marker = OUTLOOK_MARKER.exec(lower);
+  if (marker) {
+    const tagStart = lower.lastIndexOf('<', marker.index);
+    if (tagStart !== -1 && lower.startsWith('<div', tagStart) && !lower.slice(tagStart, marker.index).includes('>')) {
+      const bodyEnd = lower.indexOf('</body', marker.index);
+      out = out.slice(0, tagStart) + (bodyEnd === -1 ? '' : out.slice(bodyEnd));
+    }
   }
-  const visibleText = out
-    .replace(/<(script|style|head)\b[\s\S]*?<\/\1\s*>/gi, '')
-    .replace(/<[^>]*>/g, '')
-    .replace(/&nbsp;|&#160;|&#xa0;/gi, ' ')
-    .trim();
-  return visibleText ? out : html;
+  return hasVisibleText(out) ? out : html;
 }
 
-/** Removes each element whose opening tag matches, with everything inside it, counting nested tags of its name. */
-function removeElements(html: string, opener: RegExp): string {
+function hasVisibleText(html: string): boolean {
+  const lower = html.toLowerCase();
+  let text = '';
+  let i = 0;
+  // Drop <script>/<style>/<head> contents, then tags, then look for anything but white space.
+  for (;;) {
+    const m = /<(script|style|head)\b/g;
+    m.lastIndex = i;
+    const open = m.exec(lower);
+    if (!open) break;
+    text += html.slice(i, open.index);
+    const close = lower.indexOf(`</${open[1]}`, open.index);
+    if (close === -1) {
+      i = html.length;
+      break;
+    }
+    i = close + 2;
+  }
+  text += html.slice(i);
+  return /\S/.test(text.replace(/<[^<>]*>/g, '').replace(/&nbsp;|&#160;|&#xa0;/gi, ' '));
+}
+
+/** The element name when this opening tag starts a quote (a blockquote, or a div of a quote class). */
+function quoteElement(tag: string): string | undefined {
+  const name = /^<([a-z][a-z0-9]*)/i.exec(tag)?.[1]?.toLowerCase();
+  if (name === 'blockquote') return name;
+  if (name !== 'div') return undefined;
+  const cls = /\sclass\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))/i.exec(tag);
+  return cls && QUOTE_CLASSES.test(cls[1] ?? cls[2] ?? cls[3] ?? '') ? name : undefined;
+}
+
+/** Removes each quote element with everything inside it, counting nested tags of its name. */
+function removeQuoteElements(html: string): string {
   let out = '';
   let i = 0;
+  let gt = -2; // the first '>' at or after the current '<' (-1: none left), found again only once passed
   for (;;) {
     const lt = html.indexOf('<', i);
     if (lt === -1) break;
-    const rest = html.slice(lt, lt + 512);
-    if (!opener.test(rest)) {
+    if (gt !== -1 && gt < lt) gt = html.indexOf('>', lt);
+    const next = html.indexOf('<', lt + 1);
+    const tag = gt === -1 || (next !== -1 && next < gt) ? '' : html.slice(lt, gt + 1);
+    const name = tag ? quoteElement(tag) : undefined;
+    if (!name) {
       out += html.slice(i, lt + 1);
       i = lt + 1;
       continue;
     }
-    const name = (/^<([a-z0-9]+)/i.exec(rest)?.[1] ?? '').toLowerCase();
-    const end = matchingClose(html, lt, name);
     out += html.slice(i, lt);
+    const end = matchingClose(html, gt + 1, name);
     if (end === -1) return out; // unclosed: the quote runs to the end
     i = end;
   }
   return out + html.slice(i);
 }
 
-/** The index just after the close tag that matches the element opened at `start`, or -1. */
-function matchingClose(html: string, start: number, name: string): number {
-  const tag = new RegExp(`<(/?)${name}\\b[^>]*?(/?)>`, 'gi');
-  tag.lastIndex = start;
-  let depth = 0;
+/** The index just after the close tag that ends the element whose opening tag ends at `from`, or -1. */
+function matchingClose(html: string, from: number, name: string): number {
+  const tag = new RegExp(`<(/?)${name}\\b[^<>]*>`, 'gi');
+  tag.lastIndex = from;
+  let depth = 1;
   for (let m = tag.exec(html); m; m = tag.exec(html)) {
     if (m[1]) depth--;
-    else if (!m[2]) depth++;
+    else if (!m[0].endsWith('/>')) depth++;
     if (depth === 0) return m.index + m[0].length;
   }
   return -1;

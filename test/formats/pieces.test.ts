@@ -4,18 +4,19 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/delivery/formats/headers.js';
 import { chooseBoundary, encodeMultipart, encodeUrlForm, type FormField } from '../../src/delivery/formats/multipart.js';
-import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS } from '../../src/parse/strip.js';
+import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS, STRIP_MAX_LINE_CHARS } from '../../src/parse/strip.js';
 import { credentialsFromUrl, mailboxHash, formatAddress } from '../../src/delivery/formats/inbound.js';
-import { mailgunSignature, mailgunToken, classifyMailgun } from '../../src/delivery/formats/mailgun.js';
+import { mailgunSignature, mailgunToken, classifyMailgun, mailgunParsedFields } from '../../src/delivery/formats/mailgun.js';
 import { classifyActionMailbox, actionMailboxBody } from '../../src/delivery/formats/action_mailbox.js';
-import { classifyPostmark } from '../../src/delivery/formats/postmark.js';
+import { classifyPostmark, buildPostmarkPayload } from '../../src/delivery/formats/postmark.js';
+import { inboundView } from '../../src/delivery/formats/inbound.js';
 import { authenticationFields } from '../../src/delivery/formats/sendgrid.js';
 import { classifyStatus } from '../../src/delivery/classify.js';
 import { FORMATS } from '../../src/delivery/formats/index.js';
 import { WEBHOOK_FORMATS } from '../../src/config/schema.js';
 import { ConfigError } from '../../src/core/errors.js';
 import { parseTestConfig, tempDir } from '../helpers/app.js';
-import { counterBytes } from './support.js';
+import { counterBytes, fixture, formatContext } from './support.js';
 
 // ---------- RFC 2047 and header sections ----------
 
@@ -127,9 +128,24 @@ test('stripReply: never empty — a message that is all quote or all signature c
   assert.equal(stripReply('  \n').text, '  \n');
 });
 
-test('stripReply: very long text is returned whole without running the parser', () => {
-  const long = 'x'.repeat(STRIP_MAX_CHARS + 1);
+test('stripReply: very long text, or a very long line, is returned whole without running the parser', () => {
+  const long = 'Reply.\n\n' + '> quoted\n'.repeat(STRIP_MAX_CHARS / 9 + 1);
   assert.equal(stripReply(long).text, long);
+  // One line of "On … wrote:" headers costs the parser seconds at 64 KB; it is not run.
+  const unit = 'On Mon, Jan 1, 2024 at 10:00 AM Bob <bob@x.test> wrote: ';
+  const hostile = 'Reply.\n' + unit.repeat(Math.ceil((STRIP_MAX_LINE_CHARS + 1) / unit.length)) + '\n> q\n';
+  assert.equal(stripReply(hostile).text, hostile, 'not parsed: the parser would have cut it at the quote header');
+  const fine = 'Reply.\n\nOn Mon, Jan 1, 2024 at 10:00 AM Bob <bob@x.test> wrote:\n> ' + 'q'.repeat(STRIP_MAX_LINE_CHARS - 10) + '\n';
+  assert.equal(stripReply(fine).text, 'Reply.', 'a line just under the limit is still stripped');
+});
+
+test('stripQuotedHtml: linear on hostile HTML (a megabyte of "<", unclosed tags, giant attributes)', () => {
+  for (const html of ['<'.repeat(1_000_000), '<blockquote'.repeat(90_000), '<div ' + 'class='.repeat(150_000) + '>', '<script>'.repeat(120_000)]) {
+    const started = process.hrtime.bigint();
+    stripQuotedHtml(html);
+    // Linear takes well under a second here; the quadratic version took over a minute on the first input.
+    assert.ok(process.hrtime.bigint() - started < 5_000_000_000n, `${html.slice(0, 12)}… took too long`);
+  }
 });
 
 test('stripQuotedHtml: blockquotes and client quote containers go, nested ones too; never left empty', () => {
@@ -180,6 +196,23 @@ test('sendgrid SPF/dkim: taken from recorded results when present, otherwise "no
   assert.deepEqual(authenticationFields(null), { spf: 'none', dkim: '{}' });
   assert.deepEqual(authenticationFields({ authentication: { spf: { result: 'pass' }, dkim: [{ domain: 'x.test', result: 'pass' }, { signingDomain: 'y.test', result: 'fail' }] } }), { spf: 'pass', dkim: '{@x.test : pass, @y.test : fail}' });
   assert.deepEqual(authenticationFields({ authentication: { spf: 'softfail', dkim: 'garbage' } }), { spf: 'softfail', dkim: '{}' });
+  // The shape mailhook's own sender authentication (smtp.sender_auth) records.
+  const recorded = { authentication: { spf: { result: 'softfail', domain: 'x.test' }, dkim: { result: 'pass', signatures: [{ result: 'pass', domain: 'x.test', selector: 's1', aligned: true }] } } };
+  assert.deepEqual(authenticationFields(recorded), { spf: 'softfail', dkim: '{@x.test : pass}' });
+});
+
+test('recorded sender authentication shows as the topmost Authentication-Results header (Postmark Headers, Mailgun message-headers)', async () => {
+  const raw = fixture('iso-2022-jp.eml');
+  const ar = 'mx.test; spf=pass smtp.mailfrom=example.test; dkim=none';
+  const ctx = formatContext(raw, { recipients: [{ address: 'desk+T-7@in.test', key: 'T-7' }], meta: { authentication_results: ar } });
+  const view = await inboundView(raw);
+  assert.deepEqual(buildPostmarkPayload(ctx, view).Headers[0], { Name: 'Authentication-Results', Value: ar });
+  const fields = await mailgunParsedFields(ctx, view, { timestamp: '1', token: 't', signature: 's' });
+  const value = (name: string) => fields.find((f) => f.name === name && 'value' in f) as { value: string } | undefined;
+  assert.deepEqual((JSON.parse(value('message-headers')!.value) as string[][])[0], ['Authentication-Results', ar]);
+  assert.equal(value('Authentication-Results')?.value, ar);
+  const plain = formatContext(raw, { recipients: [{ address: 'desk+T-7@in.test', key: 'T-7' }] });
+  assert.equal(buildPostmarkPayload(plain, view).Headers[0]?.Name, 'From', 'nothing added when mailhook did not check');
 });
 
 // ---------- outcomes ----------

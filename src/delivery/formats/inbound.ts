@@ -102,6 +102,15 @@ function flatten(field: AddressObject | AddressObject[] | undefined): Address[] 
   return out;
 }
 
+/**
+ * The Authentication-Results mailhook recorded when it verified the sender (smtp.sender_auth), as the header a
+ * receiving MTA puts on top of the message (RFC 8601 §2.1): the services show their own checks among the headers.
+ */
+export function recordedAuthHeaders(meta: Record<string, unknown> | null): HeaderField[] {
+  const value = meta?.authentication_results;
+  return typeof value === 'string' && value ? [{ name: 'Authentication-Results', raw: value, value }] : [];
+}
+
 /** `"Name" <address>` or the bare address, as Postmark and the Rails mail gem write an address list. */
 export function formatAddress(a: Address): string {
   return a.name ? `"${a.name.replace(/(["\\])/g, '\\$1')}" <${a.address}>` : a.address;

@@ -2,7 +2,7 @@
 import { createHmac } from 'node:crypto';
 import { stripQuotedHtml, stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, inboundView, requireSecret, type InboundView } from './inbound.js';
+import { credentialsFromUrl, inboundView, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
 import { encodeUrlForm, multipartForm, type FormField, type RandomBytes } from './multipart.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
@@ -53,14 +53,15 @@ export async function mailgunParsedFields(ctx: FormatContext, view: InboundView,
   if (view.html !== null) {
     fields.push({ name: 'body-html', value: view.html }, { name: 'stripped-html', value: stripQuotedHtml(view.html) });
   }
-  fields.push({ name: 'message-headers', value: JSON.stringify(view.headers.map((h) => [h.name, h.value])) });
+  const headers = [...recordedAuthHeaders(ctx.message.meta), ...view.headers];
+  fields.push({ name: 'message-headers', value: JSON.stringify(headers.map((h) => [h.name, h.value])) });
   const cidMap: Record<string, string> = {};
   view.attachments.forEach((a, i) => {
     if (a.contentId) cidMap[`<${a.contentId}>`] = `attachment-${i + 1}`;
   });
   fields.push({ name: 'attachment-count', value: String(view.attachments.length) }, { name: 'content-id-map', value: JSON.stringify(cidMap) });
   const seen = new Set<string>();
-  for (const h of view.headers) {
+  for (const h of headers) {
     if (RESERVED.has(h.name) || seen.has(h.name)) continue;
     seen.add(h.name);
     fields.push({ name: h.name, value: h.value });

@@ -1,7 +1,7 @@
 // format: postmark — Postmark's inbound webhook JSON (the postmark package's InboundWebhook), Basic auth from the URL's userinfo.
 import { stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, formatAddress, inboundView, mailboxHash, type Address, type InboundView } from './inbound.js';
+import { credentialsFromUrl, formatAddress, inboundView, mailboxHash, recordedAuthHeaders, type Address, type InboundView } from './inbound.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
 export interface PostmarkRecipient {
@@ -71,7 +71,7 @@ export function buildPostmarkPayload(ctx: Pick<FormatContext, 'message' | 'deliv
     HtmlBody: view.html ?? '',
     StrippedTextReply: text ? stripReply(text).text : '',
     Tag: '',
-    Headers: view.headers.map((h) => ({ Name: h.name, Value: h.value })),
+    Headers: [...recordedAuthHeaders(ctx.message.meta), ...view.headers].map((h) => ({ Name: h.name, Value: h.value })),
     Attachments: view.attachments.map((a) => ({
       Name: a.filename,
       Content: a.content.toString('base64'),

@@ -15,7 +15,9 @@ export function authenticationFields(meta: Record<string, unknown> | null): { sp
     return undefined;
   };
   const spf = resultOf(auth?.spf) ?? 'none';
-  const dkimList = Array.isArray(auth?.dkim) ? (auth.dkim as unknown[]) : [];
+  // mailhook's sender authentication records dkim as { result, signatures: [{ domain, result, … }] }.
+  const dkimField = auth?.dkim as { signatures?: unknown } | unknown[] | undefined;
+  const dkimList = Array.isArray(dkimField) ? dkimField : Array.isArray(dkimField?.signatures) ? (dkimField.signatures as unknown[]) : [];
   const dkim = dkimList
     .map((d) => {
       const o = (d ?? {}) as { domain?: unknown; signingDomain?: unknown };
