@@ -44,8 +44,8 @@ function headersOf(i: number): Record<string, string> {
 
 test('the body is the message exactly as stored, with the envelope and key in headers, signed', async () => {
   const start = consumer.requests.length;
-  // 8-bit bytes and a bare LF in the body must come through untouched.
-  const message = Buffer.from('From: a@example.test\r\nTo: support+T-1234@in.test\r\nSubject: caf\xe9\r\n\r\nline one\nline two \xff\r\n', 'latin1');
+  // 8-bit bytes (not UTF-8) must come through untouched. (Bare LFs are the SMTP edge's business: smtp.bare_lf.)
+  const message = Buffer.from('From: a@example.test\r\nTo: support+T-1234@in.test\r\nSubject: caf\xe9\r\n\r\nline one\r\nline two \xff\r\n', 'latin1');
   // Sent as bytes (the helper's transaction() would normalise line ends and write UTF-8).
   const { smtp } = await RawSmtp.open(app.smtpPort);
   await smtp.cmd('EHLO client.test');
