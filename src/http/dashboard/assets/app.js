@@ -168,7 +168,7 @@ async function messageView(seq, id) {
     ])),
     s?.text_excerpt ? el('pre', { class: 'excerpt' }, s.text_excerpt) : null,
     el('h2', {}, 'Deliveries'),
-    deliveries,
+    ...deliveries,
   );
   if (m.deliveries.some((d) => d.status === 'pending' || d.status === 'delivering')) every(1500, () => render());
 }
@@ -223,7 +223,7 @@ async function routesView(seq) {
       el('td', { class: 'num' }, r.queue.pending),
       el('td', { class: 'num' }, r.queue.delivering),
       el('td', { class: 'num' }, r.queue.dead ? el('a', { href: '#/dead', onclick: () => (listState.deadRoute = r.route) }, r.queue.dead) : 0),
-      el('td', { class: 'num' }, rate(r.window.success_rate), el('div', { class: 'muted' }, `${r.window.attempts} attempts`)),
+      el('td', { class: 'num' }, rate(r.window.success_rate), el('div', { class: 'muted' }, `${r.window.attempts} attempt${r.window.attempts === 1 ? '' : 's'}`)),
       el('td', { class: 'num' }, `${ms(r.window.latency_ms.p50)} / ${ms(r.window.latency_ms.p95)}`),
       el('td', { class: 'wrap' }, r.last_failure ? [el('div', {}, `${ago(r.last_failure.at)}${r.last_failure.status_code ? ` · HTTP ${r.last_failure.status_code}` : ''}`), el('div', { class: 'muted' }, r.last_failure.error ?? '')] : '—'),
     ),

@@ -1,0 +1,147 @@
+// The dashboard end to end in real headless Chromium: log in, see mail that just came in over SMTP, replay a dead letter.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { Consumer } from '../helpers/consumer.js';
+import { sendMail } from '../helpers/smtp-client.js';
+import { SECRET, until, type TestApp } from '../helpers/app.js';
+import { ADMIN_TOKEN, startAdminApp } from '../admin/helpers.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+/** Where the last screenshot goes, for a person to look at. */
+export const SCREENSHOT_DIR = process.env.MAILHOOK_SCREENSHOT_DIR;
+
+const missing = !existsSync(CHROMIUM);
+if (missing && process.env.CI === 'true') {
+  test('chromium is installed', () => assert.fail(`${CHROMIUM} is missing; .ci/run installs the Debian chromium package`));
+}
+
+describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not installed (apt-get install chromium); the dashboard test needs it` : false }, () => {
+  let app: TestApp;
+  let context: BrowserContext;
+  let page: Page;
+  let profile: string;
+  const ok = new Consumer();
+  const flaky = new Consumer();
+  const pageErrors: string[] = [];
+
+  before(async () => {
+    await ok.start();
+    await flaky.start();
+    flaky.respond = () => ({ status: 410, body: 'gone for now' });
+    app = await startAdminApp({
+      routes: `
+  - name: tickets
+    addresses: ["support@in.test"]
+    webhook: { url: "${ok.url}", secret: "${SECRET}" }
+  - name: billing
+    addresses: ["billing@in.test"]
+    webhook: { url: "${flaky.url}", secret: "${SECRET}" }
+`,
+    });
+    profile = mkdtempSync(join(tmpdir(), 'mailhook-chromium-'));
+    context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1280, height: 800 } });
+    page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (err) => pageErrors.push(err.message));
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') pageErrors.push(msg.text());
+    });
+  });
+  after(async () => {
+    await context?.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
+    await app?.close();
+    await ok.stop();
+    await flaky.stop();
+  });
+
+  test('log in with the token; a wrong token is refused', async () => {
+    await page.goto(app.httpUrl);
+    await page.locator('#token').fill('not-the-right-token');
+    await page.locator('button[type=submit]').click();
+    await page.locator('#error').waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#error').textContent(), 'the admin token is wrong');
+    await page.locator('#token').fill(ADMIN_TOKEN);
+    await page.locator('button[type=submit]').click();
+    await page.locator('h1', { hasText: 'Messages' }).waitFor();
+    assert.equal(await page.title(), 'mailhook');
+  });
+
+  test('a message just sent over SMTP shows up with its delivery status and detail', async () => {
+    await sendMail(app.smtpPort, { from: 'Customer <customer@example.test>', to: 'support@in.test', subject: 'Printer on fire', text: 'Please help, the printer is on fire.' });
+    await ok.waitFor(1);
+    await until(() => app.spool.jobs.counts().delivered === 1, 5000, 'the delivery to be recorded');
+    await page.locator('#refresh').click();
+    const row = page.locator('tbody tr', { hasText: 'Printer on fire' });
+    await row.waitFor();
+    assert.match((await row.textContent()) ?? '', /customer@example\.test.*support@in\.test.*Printer on fire.*tickets: delivered/);
+    await row.click();
+    await page.locator('.delivery[data-route=tickets]').waitFor();
+    const detail = (await page.locator('main').textContent()) ?? '';
+    assert.match(detail, /Envelope fromcustomer@example\.test/);
+    assert.match(detail, /Header FromCustomer <customer@example\.test>/);
+    assert.match(detail, /Please help, the printer is on fire\./);
+    const attempt = page.locator('.delivery[data-route=tickets] tbody tr').first();
+    assert.match((await attempt.textContent()) ?? '', /^1.*200\d+ msdelivered$/);
+  });
+
+  test('a dead-lettered delivery is listed and replayed from the dead-letter page, then seen delivered', async () => {
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'billing@in.test', subject: 'Invoice 1234', text: 'Amount due: 10 EUR' });
+    await flaky.waitFor(1);
+    await until(() => app.spool.jobs.counts().dead === 1, 5000, 'the delivery to be dead-lettered');
+    await page.locator('nav a', { hasText: 'Dead letters' }).click();
+    const row = page.locator('tbody tr', { hasText: 'Invoice 1234' });
+    await row.waitFor();
+    assert.match((await row.textContent()) ?? '', /billing@in\.test.*billing.*410.*gone for now/);
+    assert.equal(await page.locator('#replay-all').textContent(), 'Replay all 1 dead-lettered');
+
+    flaky.respond = () => ({ status: 202 });
+    await row.locator('button.replay').click();
+    await page.locator('#toast', { hasText: 'Replayed 1 delivery' }).waitFor();
+    await flaky.waitFor(2);
+    await page.locator('.empty', { hasText: 'No dead-lettered deliveries' }).waitFor();
+
+    await page.locator('nav a', { hasText: 'Messages' }).click();
+    await page.locator('tbody tr', { hasText: 'Invoice 1234' }).click();
+    // The detail view refreshes itself while a delivery is pending; wait for the final state.
+    await page.locator('.delivery[data-route=billing] .delivery-head .chip[data-status=delivered]').waitFor();
+    const attempts = await page.locator('.delivery[data-route=billing] tbody tr').allTextContents();
+    assert.equal(attempts.length, 2);
+    assert.match(attempts[0]!, /410.*dead.*gone for now/);
+    assert.match(attempts[1]!, /202.*delivered/);
+    assert.match((await page.locator('.delivery[data-route=billing] .delivery-head').textContent()) ?? '', /1 attempt, replayed 1×/);
+  });
+
+  test('route health and the mailbox section render; the page looks sane', async () => {
+    await page.locator('nav a', { hasText: 'Routes' }).click();
+    const billing = page.locator('tr[data-route=billing]');
+    await billing.waitFor();
+    assert.match((await billing.textContent()) ?? '', /billingwebhook \(json\)http:\/\/127\.0\.0\.1:\d+\/hook000.*50\.0 %2 attempts/);
+    await page.locator('nav a', { hasText: 'Mailboxes' }).click();
+    await page.locator('.empty', { hasText: 'No IMAP bridge is configured.' }).waitFor();
+    await page.locator('nav a', { hasText: 'Messages' }).click();
+    await page.locator('tbody tr', { hasText: 'Invoice 1234' }).waitFor();
+    if (SCREENSHOT_DIR) {
+      await page.screenshot({ path: join(SCREENSHOT_DIR, 'messages.png'), fullPage: true });
+      await page.locator('tbody tr', { hasText: 'Invoice 1234' }).click();
+      await page.locator('.delivery[data-route=billing]').waitFor();
+      await page.screenshot({ path: join(SCREENSHOT_DIR, 'detail.png'), fullPage: true });
+      await page.locator('nav a', { hasText: 'Routes' }).click();
+      await page.locator('tr[data-route=billing]').waitFor();
+      await page.screenshot({ path: join(SCREENSHOT_DIR, 'routes.png'), fullPage: true });
+    }
+    // No script errors, and the CSP let everything load (a violation is a console error).
+    assert.deepEqual(pageErrors.filter((e) => !/401 \(Unauthorized\)/.test(e)), []);
+  });
+
+  test('logging out ends the session', async () => {
+    await page.locator('#logout').click();
+    await page.locator('#login').waitFor();
+    const res = await page.request.get(`${app.httpUrl}/api/messages`);
+    assert.equal(res.status(), 401);
+  });
+});
