@@ -1,0 +1,497 @@
+// The IMAP bridge for one mailbox: connect (password or XOAUTH2), claim new messages on the server, fetch them
+// in bounded batches oldest first, commit them to the spool, and only then flag, move or delete them; IDLE
+// (restarted every idle_timeout) or polling for news; every failure ends the session and reconnects with
+// capped, jittered backoff — nothing here throws out to the process.
+import { ImapFlow, type FetchMessageObject, type MailboxObject } from 'imapflow';
+import { isIP } from 'node:net';
+import { Readable } from 'node:stream';
+import type { Clock, Random } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
+import type { ImapMailboxSettings } from '../config/mailboxes.js';
+import { MailhookError } from '../core/errors.js';
+import { reconnectDelay } from './backoff.js';
+import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
+import { MailboxError, classify } from './errors.js';
+import { MAX_HEADER_BYTES, headerSection } from './headers.js';
+import { peekHeaders, type MailboxIngest, type Plan } from './ingest.js';
+import type { TokenProvider } from './oauth.js';
+import { MailboxStatus } from './status.js';
+import type { Metrics } from '../core/metrics.js';
+
+/** Messages up to this size are fetched together in one FETCH; larger ones are streamed one at a time. */
+const INLINE_FETCH_MAX = 1024 * 1024;
+/** Bytes of message sources held in memory at once when fetching small messages together. */
+const GROUP_FETCH_BYTES = 8 * 1024 * 1024;
+/** A command that gets no answer in this long means the connection is dead (IDLE can hide that). */
+const COMMAND_TIMEOUT_MS = 60_000;
+
+export interface ImapBridgeDeps {
+  settings: ImapMailboxSettings;
+  ingest: MailboxIngest;
+  log: Logger;
+  metrics: Metrics;
+  clock: Clock;
+  random: Random;
+  /** OAuth2 access tokens, when settings.auth is oauth2 */
+  tokens?: TokenProvider;
+  /** connection timeouts, shortened by tests */
+  timeouts?: { connectMs?: number; commandMs?: number };
+}
+
+type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone';
+
+export class ImapBridge {
+  readonly status: MailboxStatus;
+  private readonly s: ImapMailboxSettings;
+  private readonly log: Logger;
+  private stopping = false;
+  private loop: Promise<void> | undefined;
+  private client: ImapFlow | undefined;
+  private waiter: (() => void) | undefined;
+  private dirty = false;
+  private readonly claims: ClaimTracker;
+  /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
+  private readonly skipped = new Set<number>();
+  private skippedFor: bigint | undefined;
+  /** Message-IDs already spooled from this mailbox, loaded when the UIDVALIDITY changed (dedupe fallback) */
+  private knownIds: Set<string> | undefined;
+  private claimMode: 'keyword' | 'none' = 'none';
+  private spoolError: unknown;
+
+  constructor(private readonly deps: ImapBridgeDeps) {
+    this.s = deps.settings;
+    this.log = deps.log;
+    this.status = new MailboxStatus(this.s.name, 'imap', deps.metrics, deps.clock);
+    this.claims = new ClaimTracker(this.s.claimTimeoutMs);
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Ends the session: the batch in hand finishes (its messages are committed and marked) within graceMs, then the connection closes. */
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    this.wake();
+    if (!this.loop) {
+      this.status.set('stopped');
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<'timeout'>((r) => {
+      timer = setTimeout(() => r('timeout'), graceMs);
+    });
+    const result = await Promise.race([this.loop.then(() => 'done' as const), grace]);
+    clearTimeout(timer);
+    if (result === 'timeout') {
+      this.log.warn({ mailbox: this.s.name }, 'mailbox still busy at shutdown; closing its connection (unmarked messages are fetched again next start)');
+      this.client?.close();
+      await this.loop;
+    }
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+
+  /** Waits until woken (new message, closed connection, stop) or for ms. */
+  private async pause(ms: number, ready: () => boolean): Promise<void> {
+    if (ready()) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        resolve();
+      }, ms);
+      this.waiter = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopping) {
+      try {
+        await this.session();
+      } catch (err) {
+        if (this.stopping) break;
+        const e = classify(err);
+        this.status.failed(e);
+        if (e.code === 'MAILBOX_AUTH_FAILED') this.deps.tokens?.invalidate();
+        this.log[e.userFault ? 'error' : 'warn']({ mailbox: this.s.name, kind: e.kind, code: e.code, error: e.message, failures: this.status.consecutiveFailures }, 'mailbox session ended; reconnecting after a pause');
+      }
+      if (this.stopping) break;
+      const delay = reconnectDelay(this.s.reconnect, Math.max(1, this.status.consecutiveFailures), this.deps.random);
+      this.status.nextAttemptAt = this.deps.clock.now() + delay;
+      this.status.set('backoff');
+      await this.pause(delay, () => this.stopping);
+    }
+    this.status.set('stopped');
+  }
+
+  private async session(): Promise<void> {
+    const s = this.s;
+    this.status.set('connecting');
+    let closed = false;
+    let sessionError: unknown;
+    const auth = s.auth.kind === 'password' ? { user: s.user, pass: s.auth.password.reveal() } : { user: s.user, accessToken: await this.requireTokens().token() };
+    const waitMs = () => Math.min(s.idleTimeoutMs, s.pollIntervalMs);
+    const client = new ImapFlow({
+      host: s.host,
+      port: s.port,
+      secure: s.ssl,
+      // start_tls: true requires the upgrade (no silent plaintext when STARTTLS is stripped); false stays plain.
+      doSTARTTLS: s.ssl ? undefined : s.startTls,
+      servername: isIP(s.host) ? undefined : s.host,
+      auth,
+      logger: false,
+      disableAutoIdle: true,
+      clientInfo: { name: 'mailhook' },
+      connectionTimeout: this.deps.timeouts?.connectMs ?? 30_000,
+      greetingTimeout: this.deps.timeouts?.connectMs ?? 16_000,
+      // IDLE is broken every idle_timeout, so a silent socket longer than that plus a minute is dead.
+      socketTimeout: Math.max(s.idleTimeoutMs, waitMs()) + 60_000,
+    });
+    this.client = client;
+    client.on('error', (err: unknown) => {
+      sessionError ??= err;
+      this.wake();
+    });
+    client.on('close', () => {
+      closed = true;
+      this.wake();
+    });
+    client.on('exists', () => {
+      this.dirty = true;
+      this.wake();
+    });
+    const alive = () => {
+      if (closed || !client.usable) throw sessionError ?? new MailboxError('MAILBOX_NETWORK', 'the server closed the connection');
+    };
+    try {
+      await client.connect();
+      const caps = client.capabilities;
+      await this.ensureFolders(client);
+      const box = await client.mailboxOpen(s.mailbox);
+      this.onMailboxOpened(client, box);
+      this.status.details = {
+        host: s.host,
+        folder: box.path,
+        idle: caps.has('IDLE'),
+        condstore: client.enabled.has('CONDSTORE'),
+        move: caps.has('MOVE'),
+        uidplus: caps.has('UIDPLUS'),
+        claim: this.claimMode,
+        uid_validity: box.uidValidity.toString(),
+      };
+      this.status.recovered();
+      this.status.set('connected');
+      this.log.info({ mailbox: s.name, ...this.status.details }, 'mailbox connected');
+      await this.finishInterruptedDeletes(client, box);
+
+      while (!this.stopping) {
+        alive();
+        this.dirty = false;
+        this.status.set('connected');
+        await this.drain(client, box);
+        if (this.stopping) break;
+        alive();
+        if (this.dirty) continue;
+        // RFC 2177: IDLE is re-issued at least every 29 minutes; idle_timeout restarts it sooner, and
+        // each restart re-runs the search, so nothing depends on a notification arriving.
+        const stale = this.claims.nextExpiry();
+        const untilStale = stale === undefined ? Infinity : Math.max(50, stale - this.deps.clock.now());
+        if (caps.has('IDLE')) {
+          this.status.set('idle');
+          const idling = client.idle().catch(() => undefined);
+          await this.pause(Math.min(s.idleTimeoutMs, untilStale), () => this.dirty || this.stopping || closed);
+          // Any command ends IDLE (DONE); NOOP also proves the connection is alive, LOGOUT ends the session.
+          if (!closed && client.usable) await (this.stopping ? this.timed(client.logout(), 'LOGOUT', 5000).catch(() => undefined) : this.timed(client.noop(), 'NOOP after IDLE'));
+          await idling;
+        } else {
+          this.status.set('polling');
+          await this.pause(Math.min(s.pollIntervalMs, untilStale), () => this.dirty || this.stopping || closed);
+          if (!closed && client.usable && !this.stopping) await this.timed(client.noop(), 'NOOP');
+        }
+      }
+    } finally {
+      this.client = undefined;
+      if (this.stopping && !closed && client.usable) {
+        await this.timed(client.logout(), 'LOGOUT', 5000).catch(() => undefined);
+      }
+      client.close();
+    }
+  }
+
+  private requireTokens(): TokenProvider {
+    if (!this.deps.tokens) throw new MailboxError('OAUTH_TOKEN_FAILED', 'oauth2 is configured but no token provider was built');
+    return this.deps.tokens;
+  }
+
+  private timed<T>(p: Promise<T>, what: string, ms = this.deps.timeouts?.commandMs ?? COMMAND_TIMEOUT_MS): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new MailboxError('MAILBOX_NETWORK', `${what} got no answer within ${ms} ms`)), ms);
+    });
+    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /** Folders named by after_delivery and unmatched move:<folder> are created when missing. */
+  private async ensureFolders(client: ImapFlow): Promise<void> {
+    const folders = new Set<string>();
+    if (this.s.afterDelivery.kind === 'move') folders.add(this.s.afterDelivery.folder);
+    if (this.s.unmatched.kind === 'move') folders.add(this.s.unmatched.folder);
+    if (folders.size === 0) return;
+    const existing = new Set((await client.list()).map((l) => l.path));
+    for (const f of folders) if (!existing.has(f)) await client.mailboxCreate(f);
+  }
+
+  private onMailboxOpened(client: ImapFlow, box: MailboxObject): void {
+    const s = this.s;
+    const canKeyword = client.enabled.has('CONDSTORE') && !box.noModseq && (box.permanentFlags?.has('\\*') ?? false);
+    if (s.claim === 'keyword' && !canKeyword) {
+      throw new MailboxError('MAILBOX_SERVER', `claim: keyword needs CONDSTORE and custom keywords, which ${s.host} does not offer for ${s.mailbox}; run one instance with claim: none`, { userFault: true });
+    }
+    this.claimMode = s.claim === 'none' ? 'none' : canKeyword ? 'keyword' : 'none';
+    if (s.claim === 'auto' && !canKeyword) {
+      this.log.warn({ mailbox: s.name }, 'the server has no CONDSTORE (or no custom keywords): messages are not claimed; run a single instance on this mailbox');
+    }
+    if (this.skippedFor !== box.uidValidity) {
+      // RFC 3501 §2.3.1.1: a new UIDVALIDITY invalidates every UID we remember.
+      this.skipped.clear();
+      this.claims.clear();
+      this.skippedFor = box.uidValidity;
+    }
+    const prefix = `imap:${s.name}:`;
+    const current = `${prefix}${box.uidValidity}:`;
+    this.knownIds = this.ingest.hasOtherGeneration(prefix, current) ? this.ingest.knownMessageIds() : undefined;
+    if (this.knownIds) this.log.warn({ mailbox: s.name, uidValidity: box.uidValidity.toString() }, 'UIDVALIDITY changed since messages were last taken; deduplicating by Message-ID');
+  }
+
+  private get ingest(): MailboxIngest {
+    return this.deps.ingest;
+  }
+
+  private dedupeKey(box: MailboxObject, uid: number): string {
+    return `imap:${this.s.name}:${box.uidValidity}:${uid}`;
+  }
+
+  /**
+   * A session that ended between STORE \Deleted and UID EXPUNGE left committed messages flagged but present;
+   * expunge those (only messages the spool holds: other \Deleted messages are not ours to remove).
+   */
+  private async finishInterruptedDeletes(client: ImapFlow, box: MailboxObject): Promise<void> {
+    if (this.s.afterDelivery.kind !== 'delete') return;
+    const deleted = await this.timed(client.search({ deleted: true }, { uid: true }), 'SEARCH DELETED');
+    if (!Array.isArray(deleted) || deleted.length === 0) return;
+    const ours = deleted.filter((uid) => this.ingest.isCommitted(this.dedupeKey(box, uid)));
+    if (ours.length === 0) return;
+    this.log.info({ mailbox: this.s.name, count: ours.length }, 'expunging delivered messages an earlier session flagged \\Deleted but did not expunge');
+    if (!(await client.messageDelete(toSequenceSet(ours), { uid: true }))) throw new MailboxError('MAILBOX_SERVER', 'UID EXPUNGE of delivered messages failed');
+  }
+
+  /** Works through everything pending, batch by batch, oldest first; returns when only others' claims remain. */
+  private async drain(client: ImapFlow, box: MailboxObject): Promise<void> {
+    while (!this.stopping) {
+      const found = await this.timed(client.search({ seen: false, deleted: false, unKeyword: SKIP_KEYWORD }, { uid: true }), 'SEARCH');
+      if (!Array.isArray(found)) throw new MailboxError('MAILBOX_SERVER', `SEARCH in ${this.s.mailbox} failed`);
+      const uids = found.filter((u) => !this.skipped.has(u)).sort((a, b) => a - b);
+      this.claims.retain(new Set(uids));
+      if (uids.length === 0) return;
+      let progressed = false;
+      for (let i = 0; i < uids.length && !this.stopping; i += this.s.batchSize) {
+        if (await this.processBatch(client, box, uids.slice(i, i + this.s.batchSize))) progressed = true;
+        if (this.spoolError) {
+          const err = this.spoolError;
+          this.spoolError = undefined;
+          throw new MailboxError('MAILBOX_SPOOL', `the spool could not take messages: ${(err as Error).message}`, { cause: err });
+        }
+      }
+      if (!progressed) return;
+    }
+  }
+
+  /** One bounded batch: claim, fetch, commit, then mark. Returns true when any message was dealt with. */
+  private async processBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
+    const fetched: FetchMessageObject[] = [];
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) fetched.push(m);
+    fetched.sort((a, b) => a.uid - b.uid);
+    const now = this.deps.clock.now();
+    const finish: number[] = [];
+    const toClaim: FetchMessageObject[] = [];
+    const stale: FetchMessageObject[] = [];
+    for (const m of fetched) {
+      if (m.flags?.has('\\Seen') || m.flags?.has('\\Deleted')) continue; // changed since the search
+      if (this.ingest.isCommitted(this.dedupeKey(box, m.uid))) {
+        // Committed before a crash or a lost connection: only the marking is left.
+        finish.push(m.uid);
+        continue;
+      }
+      if (this.claimMode === 'keyword' && m.flags?.has(CLAIM_KEYWORD)) {
+        if (this.claims.isStale(m.uid, m.modseq ?? 0n, now)) stale.push(m);
+        continue;
+      }
+      toClaim.push(m);
+    }
+
+    let mine = toClaim;
+    if (this.claimMode === 'keyword' && toClaim.length > 0) {
+      // One conditional STORE for the batch: any change after our FETCH (another instance's claim) has a
+      // mod-sequence above every one we saw, so UNCHANGEDSINCE the batch's highest refuses exactly those.
+      const highest = toClaim.reduce((max, m) => ((m.modseq ?? 0n) > max ? (m.modseq ?? 0n) : max), 0n);
+      const refused = new Set(await this.timed(conditionalStore(client, toClaim.map((m) => m.uid), '+FLAGS', [CLAIM_KEYWORD], highest), 'STORE (claim)'));
+      mine = toClaim.filter((m) => !refused.has(m.uid));
+      if (refused.size > 0) this.log.debug({ mailbox: this.s.name, uids: [...refused] }, 'messages claimed by another instance');
+    }
+    for (const m of stale) {
+      // Take over a claim whose holder died: remove it only if nothing changed since we first saw it.
+      const refused = await this.timed(conditionalStore(client, [m.uid], '-FLAGS', [CLAIM_KEYWORD], this.claims.modseqOf(m.uid) ?? m.modseq ?? 0n), 'STORE (release stale claim)');
+      this.claims.forget(m.uid);
+      if (refused.length === 0) {
+        this.log.warn({ mailbox: this.s.name, uid: m.uid, timeoutS: this.s.claimTimeoutMs / 1000 }, 'took over a stale claim (its instance stopped before committing)');
+        this.dirty = true;
+      }
+    }
+
+    const outcomes = new Map<number, { outcome: Outcome; plan?: Plan }>();
+    const small: FetchMessageObject[] = [];
+    const large: FetchMessageObject[] = [];
+    for (const m of mine) {
+      if ((m.size ?? 0) > this.ingest.maxBytes) outcomes.set(m.uid, { outcome: 'too_large' });
+      else if ((m.size ?? 0) <= INLINE_FETCH_MAX) small.push(m);
+      else large.push(m);
+    }
+    for (const group of groupBySize(small, GROUP_FETCH_BYTES)) {
+      const sources = new Map<number, Buffer>();
+      for await (const m of client.fetch(toSequenceSet(group.map((g) => g.uid)), { uid: true, source: true }, { uid: true })) {
+        if (m.source) sources.set(m.uid, m.source);
+      }
+      // Accepted together, so the spool commits the group in one transaction (one fsync).
+      await Promise.all(
+        group.map(async (m) => {
+          const source = sources.get(m.uid);
+          if (!source) return outcomes.set(m.uid, { outcome: 'gone' });
+          outcomes.set(m.uid, await this.take(box, m.uid, headerSection(source), Readable.from([source])));
+        }),
+      );
+    }
+    for (const m of large) {
+      const dl = await client.download(String(m.uid), undefined, { uid: true, maxBytes: this.ingest.maxBytes + 1 });
+      if (!dl.content) {
+        outcomes.set(m.uid, { outcome: 'gone' });
+        continue;
+      }
+      const { header, body } = await peekHeaders(dl.content, MAX_HEADER_BYTES);
+      outcomes.set(m.uid, await this.take(box, m.uid, header, body));
+    }
+
+    const committed = [...finish];
+    const leave: number[] = [];
+    const release: number[] = [];
+    const moveTo = new Map<string, number[]>();
+    for (const [uid, { outcome, plan }] of outcomes) {
+      if (outcome === 'committed' || outcome === 'duplicate') committed.push(uid);
+      else if (outcome === 'too_large') leave.push(uid);
+      else if (outcome === 'unmatched' && plan?.kind === 'unmatched') {
+        if (plan.policy.kind === 'move') moveTo.set(plan.policy.folder, [...(moveTo.get(plan.policy.folder) ?? []), uid]);
+        else leave.push(uid);
+      } else if (outcome === 'failed') release.push(uid);
+    }
+
+    if (committed.length > 0) await this.afterDelivery(client, committed);
+    if (leave.length > 0) {
+      for (const uid of leave) this.skipped.add(uid);
+      await client.messageFlagsAdd(toSequenceSet(leave), [SKIP_KEYWORD], { uid: true });
+      if (this.claimMode === 'keyword') await client.messageFlagsRemove(toSequenceSet(leave), [CLAIM_KEYWORD], { uid: true });
+    }
+    for (const [folder, list] of moveTo) {
+      if (this.claimMode === 'keyword') await client.messageFlagsRemove(toSequenceSet(list), [CLAIM_KEYWORD], { uid: true });
+      const moved = await client.messageMove(toSequenceSet(list), folder, { uid: true });
+      if (!moved) throw new MailboxError('MAILBOX_SERVER', `could not move unmatched messages to ${folder}`);
+    }
+    if (release.length > 0 && this.claimMode === 'keyword') {
+      // Not taken: let the next pass (ours or another instance's) have them without waiting for the claim timeout.
+      await client.messageFlagsRemove(toSequenceSet(release), [CLAIM_KEYWORD], { uid: true });
+    }
+    return committed.length + leave.length + moveTo.size > 0 || stale.length > 0;
+  }
+
+  /** Plans and commits one message. Never throws for a message's own problems; spool failures end the session. */
+  private async take(box: MailboxObject, uid: number, header: Buffer, body: AsyncIterable<Buffer>): Promise<{ outcome: Outcome; plan?: Plan }> {
+    const plan = this.ingest.plan(header);
+    const log = { mailbox: this.s.name, uid, messageId: plan.messageId };
+    if (plan.kind === 'unmatched') {
+      await drain(body);
+      this.ingest.count('unmatched');
+      this.log.warn({ ...log, candidates: plan.candidates.slice(0, 5), policy: plan.policy.kind === 'move' ? `move:${plan.policy.folder}` : 'leave' }, 'no route accepts any recipient of this message');
+      return { outcome: 'unmatched', plan };
+    }
+    if (this.knownIds && plan.messageId && this.knownIds.has(plan.messageId)) {
+      await drain(body);
+      this.ingest.count('duplicate');
+      this.log.info(log, 'message already taken under an earlier UIDVALIDITY (same Message-ID); not stored again');
+      return { outcome: 'duplicate', plan };
+    }
+    try {
+      const result = await this.ingest.accept(plan, body, this.dedupeKey(box, uid), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
+      this.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, result.duplicate ? 'message was already in the spool' : 'message accepted');
+      return { outcome: result.duplicate ? 'duplicate' : 'committed', plan };
+    } catch (err) {
+      if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
+        this.ingest.count('too_large');
+        this.log.warn(log, `message exceeds ${this.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox, marked ${SKIP_KEYWORD}`);
+        return { outcome: 'too_large', plan };
+      }
+      this.spoolError ??= err;
+      this.log.error({ ...log, err }, 'message not stored');
+      return { outcome: 'failed', plan };
+    }
+  }
+
+  /** The after_delivery action, for messages the spool holds. */
+  private async afterDelivery(client: ImapFlow, uids: number[]): Promise<void> {
+    const set = toSequenceSet(uids);
+    const a = this.s.afterDelivery;
+    let ok: boolean;
+    if (a.kind === 'delete') {
+      // \Deleted then UID EXPUNGE (UIDPLUS) of just these messages.
+      ok = await client.messageDelete(set, { uid: true });
+    } else if (a.kind === 'flag') {
+      ok = await client.messageFlagsAdd(set, ['\\Seen'], { uid: true });
+      if (ok && this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
+    } else {
+      if (this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
+      ok = (await client.messageMove(set, a.folder, { uid: true })) !== false;
+    }
+    if (!ok) {
+      if (!client.usable) throw new MailboxError('MAILBOX_NETWORK', 'the connection was lost while marking delivered messages');
+      throw new MailboxError('MAILBOX_SERVER', `after_delivery ${a.kind === 'move' ? `move:${a.folder}` : a.kind} failed for ${uids.length} message(s); they are in the spool and are marked on the next pass`);
+    }
+  }
+}
+
+function groupBySize(list: FetchMessageObject[], maxBytes: number): FetchMessageObject[][] {
+  const groups: FetchMessageObject[][] = [];
+  let current: FetchMessageObject[] = [];
+  let bytes = 0;
+  for (const m of list) {
+    const size = m.size ?? 0;
+    if (current.length > 0 && bytes + size > maxBytes) {
+      groups.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(m);
+    bytes += size;
+  }
+  if (current.length > 0) groups.push(current);
+  return groups;
+}
+
+async function drain(body: AsyncIterable<Buffer>): Promise<void> {
+  for await (const _ of body) {
+    /* discard */
+  }
+}

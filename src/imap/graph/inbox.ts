@@ -1,0 +1,221 @@
+// The Microsoft Graph inbox for one mailbox: delta query over a mail folder (@odata.nextLink pages, then a
+// delta token) every poll_interval, raw MIME from /$value into the spool, and only after the commit: mark
+// read, delete or move. Failures end the pass and it is retried after a jittered backoff or Retry-After.
+import type { Dispatcher } from 'undici';
+import type { Clock, Random } from '../../core/clock.js';
+import type { Logger } from '../../core/logger.js';
+import type { Metrics } from '../../core/metrics.js';
+import { MailhookError } from '../../core/errors.js';
+import type { GraphMailboxSettings } from '../../config/mailboxes.js';
+import { reconnectDelay } from '../backoff.js';
+import { classify } from '../errors.js';
+import { MAX_HEADER_BYTES } from '../headers.js';
+import { peekHeaders, type MailboxIngest } from '../ingest.js';
+import type { TokenProvider } from '../oauth.js';
+import { MailboxStatus } from '../status.js';
+import { GraphClient } from './client.js';
+
+export interface GraphInboxDeps {
+  settings: GraphMailboxSettings;
+  ingest: MailboxIngest;
+  tokens: TokenProvider;
+  log: Logger;
+  metrics: Metrics;
+  clock: Clock;
+  random: Random;
+  dispatcher?: Dispatcher;
+  /** throttling limits inside one request (tests shorten them) */
+  throttle?: { maxRetries?: number; maxRetryAfterMs?: number; defaultRetryMs?: number };
+}
+
+interface DeltaItem {
+  id?: string;
+  isRead?: boolean;
+  '@removed'?: unknown;
+}
+interface DeltaPage {
+  value?: DeltaItem[];
+  '@odata.nextLink'?: string;
+  '@odata.deltaLink'?: string;
+}
+
+/** Messages per delta page (Prefer: odata.maxpagesize; Graph's own default is 10). */
+const PAGE_SIZE = 50;
+
+export class GraphInbox {
+  readonly status: MailboxStatus;
+  readonly graph: GraphClient;
+  private readonly s: GraphMailboxSettings;
+  private readonly abort = new AbortController();
+  private stopping = false;
+  private loop: Promise<void> | undefined;
+  private waiter: (() => void) | undefined;
+  /** the delta link of the last complete pass; a new process starts with a full pass (the spool deduplicates) */
+  private deltaLink: string | undefined;
+  /** messages left alone (unmatched with "leave", too large), not looked at again in this process */
+  private readonly skipped = new Set<string>();
+
+  constructor(private readonly deps: GraphInboxDeps) {
+    this.s = deps.settings;
+    this.status = new MailboxStatus(this.s.name, 'microsoft_graph', deps.metrics, deps.clock);
+    this.graph = new GraphClient({
+      tokens: deps.tokens,
+      clock: deps.clock,
+      dispatcher: deps.dispatcher,
+      signal: this.abort.signal,
+      maxThrottleRetries: deps.throttle?.maxRetries,
+      maxRetryAfterMs: deps.throttle?.maxRetryAfterMs,
+      defaultRetryMs: deps.throttle?.defaultRetryMs,
+    });
+    this.status.details = { graph_endpoint: this.s.graphEndpoint, user: this.s.user, folder: this.s.mailbox, poll_interval_s: this.s.pollIntervalMs / 1000 };
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    this.wake();
+    if (!this.loop) {
+      this.status.set('stopped');
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<'timeout'>((r) => {
+      timer = setTimeout(() => r('timeout'), graceMs);
+    });
+    const result = await Promise.race([this.loop.then(() => 'done' as const), grace]);
+    clearTimeout(timer);
+    if (result === 'timeout') this.abort.abort();
+    await this.loop;
+  }
+
+  /** Runs a pass now instead of at the next poll (tests; an operator nudge). */
+  poke(): void {
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+
+  private pause(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        resolve();
+      }, ms);
+      this.waiter = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private get base(): string {
+    return `${this.s.graphEndpoint}/v1.0/users/${encodeURIComponent(this.s.user)}`;
+  }
+
+  private async run(): Promise<void> {
+    this.status.set('connecting');
+    while (!this.stopping) {
+      try {
+        await this.pass();
+        if (this.stopping) break;
+        this.status.recovered();
+        this.status.set('polling');
+        await this.pause(this.s.pollIntervalMs);
+      } catch (err) {
+        if (this.stopping) break;
+        const e = classify(err);
+        this.status.failed(e);
+        if (e.code === 'MAILBOX_AUTH_FAILED') this.deps.tokens.invalidate();
+        const delay = Math.max(reconnectDelay(this.s.reconnect, this.status.consecutiveFailures, this.deps.random), e.retryAfterMs ?? 0);
+        this.deps.log[e.userFault ? 'error' : 'warn']({ mailbox: this.s.name, kind: e.kind, code: e.code, error: e.message, retryInMs: delay }, 'Graph pass failed; trying again after a pause');
+        this.status.nextAttemptAt = this.deps.clock.now() + delay;
+        this.status.set('backoff');
+        await this.pause(delay);
+      }
+    }
+    this.status.set('stopped');
+  }
+
+  /** One delta pass: every page until the delta link; each unread message is taken in page order. */
+  private async pass(): Promise<void> {
+    let url: string | undefined =
+      this.deltaLink ?? `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
+    while (url && !this.stopping) {
+      const { body }: { body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` } });
+      if (this.status.state !== 'connected') this.status.set('connected');
+      for (const item of body?.value ?? []) {
+        if (this.stopping) return;
+        if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
+        await this.take(item.id);
+      }
+      // The next link and the delta link are opaque: used exactly as given. Only a finished pass advances
+      // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
+      if (body?.['@odata.nextLink']) url = body['@odata.nextLink'];
+      else {
+        if (body?.['@odata.deltaLink']) this.deltaLink = body['@odata.deltaLink'];
+        url = undefined;
+      }
+    }
+  }
+
+  private async take(id: string): Promise<void> {
+    if (this.skipped.has(id)) return;
+    const key = `graph:${this.s.name}:${id}`;
+    const log = { mailbox: this.s.name, graphId: id };
+    if (this.deps.ingest.isCommitted(key)) {
+      await this.afterDelivery(id);
+      return;
+    }
+    const res = await this.graph.stream(`${this.base}/messages/${encodeURIComponent(id)}/$value`, { allow: [404] });
+    if (res.status === 404) {
+      await res.body.dump();
+      return; // deleted or moved meanwhile
+    }
+    const { header, body } = await peekHeaders(res.body as AsyncIterable<Buffer>, MAX_HEADER_BYTES);
+    const plan = this.deps.ingest.plan(header);
+    if (plan.kind === 'unmatched') {
+      for await (const _ of body) {
+        /* discard */
+      }
+      this.deps.ingest.count('unmatched');
+      this.deps.log.warn({ ...log, messageId: plan.messageId, candidates: plan.candidates.slice(0, 5) }, 'no route accepts any recipient of this message');
+      if (plan.policy.kind === 'move') await this.move(id, plan.policy.folder);
+      else this.skipped.add(id);
+      return;
+    }
+    try {
+      const result = await this.deps.ingest.accept(plan, body, key, { graphId: id });
+      this.deps.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, 'message accepted');
+    } catch (err) {
+      if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
+        this.skipped.add(id);
+        this.deps.ingest.count('too_large');
+        this.deps.log.warn(log, `message exceeds ${this.deps.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox`);
+        return;
+      }
+      throw err;
+    }
+    await this.afterDelivery(id);
+  }
+
+  private async afterDelivery(id: string): Promise<void> {
+    const a = this.s.afterDelivery;
+    const url = `${this.base}/messages/${encodeURIComponent(id)}`;
+    if (a.kind === 'flag') await this.graph.json('PATCH', url, { body: { isRead: true }, allow: [404] });
+    else if (a.kind === 'delete') await this.graph.json('DELETE', url, { allow: [404] });
+    else await this.move(id, a.folder);
+  }
+
+  private async move(id: string, folder: string): Promise<void> {
+    // destinationId takes a folder id or a well-known name (archive, deleteditems, …).
+    await this.graph.json('POST', `${this.base}/messages/${encodeURIComponent(id)}/move`, { body: { destinationId: folder }, allow: [404] });
+  }
+}

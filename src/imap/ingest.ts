@@ -1,0 +1,168 @@
+// From a mailbox message to spool.accept: the recipient from headers (routing decides route and key), the
+// unmatched policy, the envelope IMAP does not carry, and dedupe lookups. Shared by the IMAP and Graph bridges.
+import type { Metrics } from '../core/metrics.js';
+import type { ResolvedRoute } from '../config/load.js';
+import type { UnmatchedPolicy } from '../config/mailboxes.js';
+import type { RecipientHeader } from '../config/schema.js';
+import type { Router } from '../routing/router.js';
+import type { Spool } from '../spool/spool.js';
+import type { AcceptResult } from '../spool/accept.js';
+import type { Envelope, PlannedDelivery } from '../spool/types.js';
+import { envelopeSenderOf, headerEnd, messageIdOf, parseHeaderFields } from './headers.js';
+import { candidateRecipients, chooseRecipient } from './recipients.js';
+
+export type Plan =
+  | {
+      kind: 'deliver';
+      deliveries: PlannedDelivery[];
+      envelope: Envelope;
+      /** the header the recipient came from; null when the unmatched policy named the route */
+      header: RecipientHeader | null;
+      messageId: string | undefined;
+    }
+  | { kind: 'unmatched'; policy: Exclude<UnmatchedPolicy, { kind: 'route' }>; messageId: string | undefined; candidates: string[] };
+
+export interface IngestDeps {
+  router: Router;
+  routes: readonly ResolvedRoute[];
+  spool: Spool;
+  metrics: Metrics;
+  /** the same limit as SMTP (smtp.max_message_bytes) */
+  maxBytes: number;
+}
+
+export interface MailboxRef {
+  name: string;
+  recipientsFrom: readonly RecipientHeader[];
+  unmatched: UnmatchedPolicy;
+}
+
+export class MailboxIngest {
+  private readonly sinks: ReadonlySet<string>;
+  private readonly hasKey;
+  private readonly idsWithPrefix;
+  private readonly otherGeneration;
+
+  constructor(
+    private readonly deps: IngestDeps,
+    private readonly mailbox: MailboxRef,
+    private readonly source: 'imap' | 'graph',
+  ) {
+    this.sinks = new Set(deps.routes.filter((r) => r.sink).map((r) => r.name));
+    this.hasKey = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE dedupe_key = ?`).pluck();
+    // Range on the unique dedupe_key index: every key of one mailbox shares the prefix "<source>:<name>:".
+    this.otherGeneration = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE (dedupe_key >= ? AND dedupe_key < ?) OR (dedupe_key >= ? AND dedupe_key < ?) LIMIT 1`).pluck();
+    this.idsWithPrefix = deps.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND meta IS NOT NULL`).pluck();
+  }
+
+  get maxBytes(): number {
+    return this.deps.maxBytes;
+  }
+
+  /** Decides what happens to a message from its header section. */
+  plan(headerSection: Buffer): Plan {
+    const fields = parseHeaderFields(headerSection);
+    const messageId = messageIdOf(fields);
+    const envelopeBase = { mailFrom: envelopeSenderOf(fields), remoteAddress: null, helo: null, tls: null };
+    const chosen = chooseRecipient(fields, this.mailbox.recipientsFrom, (a) => this.deps.router.match(a));
+    if (chosen) {
+      return {
+        kind: 'deliver',
+        deliveries: [{ route: chosen.route, recipients: [{ address: chosen.address, key: chosen.key }], status: this.statusFor(chosen.route) }],
+        envelope: { ...envelopeBase, rcptTo: [chosen.address] },
+        header: chosen.header,
+        messageId,
+      };
+    }
+    const candidates = candidateRecipients(fields, this.mailbox.recipientsFrom).map((c) => c.address);
+    const policy = this.mailbox.unmatched;
+    if (policy.kind === 'route') {
+      const address = candidates[0] ?? '';
+      return {
+        kind: 'deliver',
+        deliveries: [{ route: policy.route, recipients: [{ address, key: null }], status: this.statusFor(policy.route) }],
+        envelope: { ...envelopeBase, rcptTo: address ? [address] : [] },
+        header: null,
+        messageId,
+      };
+    }
+    return { kind: 'unmatched', policy, messageId, candidates };
+  }
+
+  /** True when the spool already holds a message under this key (committed before a crash or by an earlier pass). */
+  isCommitted(dedupeKey: string): boolean {
+    return this.hasKey.get(dedupeKey) !== undefined;
+  }
+
+  /**
+   * True when the spool holds keys of this mailbox ("<prefix>") outside the current generation ("<current>",
+   * e.g. "imap:name:<uidvalidity>:"): the UIDs were renumbered and Message-IDs must guard against duplicates.
+   */
+  hasOtherGeneration(prefix: string, current: string): boolean {
+    const upper = (k: string) => `${k.slice(0, -1)};`; // ';' sorts right after ':'
+    return this.otherGeneration.get(prefix, current, upper(current), upper(prefix)) !== undefined;
+  }
+
+  /** Message-IDs of every message this mailbox has put in the spool (the fallback after a UIDVALIDITY change). */
+  knownMessageIds(): Set<string> {
+    const prefix = `${this.source}:${this.mailbox.name}:`;
+    const upper = `${this.source}:${this.mailbox.name};`; // ';' sorts right after ':'
+    return new Set((this.idsWithPrefix.all(prefix, upper) as Array<string | null>).filter((v): v is string => typeof v === 'string'));
+  }
+
+  /** Stores the message; resolves after the durable commit (or with duplicate: true when the key was known). */
+  async accept(plan: Extract<Plan, { kind: 'deliver' }>, body: AsyncIterable<Buffer>, dedupeKey: string, meta: Record<string, unknown>): Promise<AcceptResult> {
+    const result = await this.deps.spool.accept({
+      source: this.source,
+      envelope: plan.envelope,
+      deliveries: plan.deliveries,
+      body,
+      maxBytes: this.deps.maxBytes,
+      dedupeKey,
+      meta: { mailbox: this.mailbox.name, messageId: plan.messageId ?? null, recipientHeader: plan.header, ...meta },
+    });
+    if (!result.duplicate) this.deps.metrics.messagesAccepted.inc({ source: this.source });
+    this.deps.metrics.mailboxMessages.inc({ mailbox: this.mailbox.name, outcome: result.duplicate ? 'duplicate' : 'accepted' });
+    return result;
+  }
+
+  count(outcome: 'unmatched' | 'too_large' | 'duplicate'): void {
+    this.deps.metrics.mailboxMessages.inc({ mailbox: this.mailbox.name, outcome });
+  }
+
+  private statusFor(route: string): 'delivered' | 'pending' {
+    return this.sinks.has(route) ? 'delivered' : 'pending';
+  }
+}
+
+/** Splits a stream into its header section and the whole message (the header chunks replayed first). */
+export async function peekHeaders(stream: AsyncIterable<Buffer>, limit: number): Promise<{ header: Buffer; body: AsyncIterable<Buffer> }> {
+  const iterator = stream[Symbol.asyncIterator]();
+  const head: Buffer[] = [];
+  let size = 0;
+  let done = false;
+  while (size < limit) {
+    const next = await iterator.next();
+    if (next.done) {
+      done = true;
+      break;
+    }
+    const chunk = Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value as Uint8Array);
+    head.push(chunk);
+    size += chunk.length;
+    if (headerEnd(Buffer.concat(head)) >= 0) break;
+  }
+  const joined = Buffer.concat(head);
+  const end = headerEnd(joined);
+  const header = end >= 0 ? joined.subarray(0, end) : joined;
+  async function* body(): AsyncGenerator<Buffer> {
+    if (joined.length > 0) yield joined;
+    if (done) return;
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) return;
+      yield Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value as Uint8Array);
+    }
+  }
+  return { header, body: body() };
+}

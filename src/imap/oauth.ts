@@ -1,0 +1,98 @@
+// OAuth2 access tokens for XOAUTH2 (IMAP) and Graph: client credentials (Office 365, Graph) or a refresh token
+// (Gmail), cached and refreshed before they expire; one request in flight at a time.
+import { request, type Dispatcher } from 'undici';
+import type { Clock } from '../core/clock.js';
+import type { Secret } from '../config/secret.js';
+import { MailboxError } from './errors.js';
+
+export interface TokenProvider {
+  /** A token valid for a while yet (fetched or refreshed as needed). */
+  token(): Promise<string>;
+  /** Forget the cached token (the server refused it); the next token() fetches a new one. */
+  invalidate(): void;
+}
+
+export interface OAuthSettings {
+  grant: 'client_credentials' | 'refresh_token';
+  tokenUrl: string;
+  clientId: string;
+  clientSecret: Secret | undefined;
+  refreshToken: Secret | undefined;
+  scope: string | undefined;
+}
+
+/** Tokens are renewed this long before they expire: a quarter of their life, at most 5 minutes. */
+export function refreshMargin(lifetimeMs: number): number {
+  return Math.min(5 * 60_000, Math.floor(lifetimeMs / 4));
+}
+
+const REQUEST_TIMEOUT_MS = 30_000;
+
+export class OAuthTokenProvider implements TokenProvider {
+  private cached: { token: string; refreshAt: number; expiresAt: number } | undefined;
+  private inFlight: Promise<string> | undefined;
+  private refreshToken: string | undefined;
+
+  constructor(
+    private readonly settings: OAuthSettings,
+    private readonly deps: { clock: Clock; dispatcher?: Dispatcher },
+  ) {
+    this.refreshToken = settings.refreshToken?.reveal();
+  }
+
+  async token(): Promise<string> {
+    const now = this.deps.clock.now();
+    if (this.cached && now < this.cached.refreshAt) return this.cached.token;
+    this.inFlight ??= this.fetchToken().finally(() => {
+      this.inFlight = undefined;
+    });
+    return this.inFlight;
+  }
+
+  invalidate(): void {
+    this.cached = undefined;
+  }
+
+  private async fetchToken(): Promise<string> {
+    const s = this.settings;
+    const form = new URLSearchParams({ grant_type: s.grant, client_id: s.clientId });
+    if (s.clientSecret) form.set('client_secret', s.clientSecret.reveal());
+    if (s.grant === 'refresh_token') form.set('refresh_token', this.refreshToken ?? '');
+    if (s.scope) form.set('scope', s.scope);
+    const started = this.deps.clock.now();
+    let status: number;
+    let text: string;
+    try {
+      const res = await request(s.tokenUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
+        body: form.toString(),
+        dispatcher: this.deps.dispatcher,
+        headersTimeout: REQUEST_TIMEOUT_MS,
+        bodyTimeout: REQUEST_TIMEOUT_MS,
+      });
+      status = res.statusCode;
+      text = await res.body.text();
+    } catch (err) {
+      throw new MailboxError('OAUTH_TOKEN_FAILED', `cannot reach the token endpoint ${s.tokenUrl}: ${(err as Error).message}`, { cause: err, userFault: false });
+    }
+    let body: Record<string, unknown> = {};
+    try {
+      body = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      /* not JSON: reported below */
+    }
+    if (status !== 200 || typeof body.access_token !== 'string') {
+      // RFC 6749 §5.2 error response: error and error_description name the problem (never a secret).
+      const why = typeof body.error === 'string' ? `${body.error}${typeof body.error_description === 'string' ? `: ${body.error_description.split('\n')[0]}` : ''}` : `HTTP ${status}`;
+      throw new MailboxError('OAUTH_TOKEN_FAILED', `the token endpoint ${s.tokenUrl} refused the ${s.grant} grant (${why}); check client_id, the secret${s.grant === 'refresh_token' ? ', the refresh token' : ''} and the scope`, {
+        userFault: status >= 400 && status < 500,
+      });
+    }
+    if (typeof body.refresh_token === 'string' && body.refresh_token) this.refreshToken = body.refresh_token; // rotated (RFC 6749 §6)
+    const lifetimeMs = (typeof body.expires_in === 'number' ? body.expires_in : Number(body.expires_in ?? 3600) || 3600) * 1000;
+    const expiresAt = started + lifetimeMs;
+    this.cached = { token: body.access_token, expiresAt, refreshAt: expiresAt - refreshMargin(lifetimeMs) };
+    return body.access_token;
+  }
+}

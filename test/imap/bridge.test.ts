@@ -1,0 +1,260 @@
+// The IMAP bridge against a real Dovecot: IDLE latency, header order end to end, after_delivery variants,
+// unmatched policies, XOAUTH2 with both token grants, and failures that back off instead of crashing.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
+import { Consumer } from '../helpers/consumer.js';
+import { OAuthStandin } from '../helpers/oauth-standin.js';
+import { startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
+import type { ImapBridge } from '../../src/imap/bridge.js';
+import { count, crlf, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
+
+const skip = dovecotSkip();
+const fixture = (name: string) => crlf(readFileSync(fileURLToPath(new URL(`../fixtures/imap/${name}`, import.meta.url))));
+
+describe('IMAP bridge against Dovecot', { skip }, () => {
+  let dovecot: Dovecot;
+  let oauth: OAuthStandin;
+  before(async () => {
+    oauth = await new OAuthStandin().start();
+    dovecot = await startDovecot({
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big'],
+      introspectionUrl: oauth.introspectionUrl,
+    });
+  });
+  after(async () => {
+    await dovecot?.close();
+    await oauth?.stop();
+  });
+
+  const bridgeOf = (app: TestApp, i = 0) => app.mailboxes.bridges[i] as ImapBridge;
+
+  test('IDLE: a message appended to the mailbox reaches the spool and the webhook within 2 s', async (t) => {
+    const consumer = await new Consumer().start();
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'idle', { after_delivery: 'delete' })) });
+    try {
+      const bridge = bridgeOf(app);
+      await until(() => bridge.status.state === 'idle', 10_000, 'the bridge to idle');
+      const spoolMs: number[] = [];
+      const webhookMs: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        await until(() => bridge.status.state === 'idle', 10_000, 'the bridge to idle again');
+        const t0 = Date.now();
+        await dovecot.append([message(`idle-${i}`)], { user: 'idle' });
+        const reqs = await consumer.waitFor(i + 1, 5000);
+        const row = app.spool.db.prepare(`SELECT received_at FROM messages WHERE json_extract(meta, '$.messageId') = ?`).get(`idle-${i}@example.test`) as { received_at: number };
+        spoolMs.push(row.received_at - t0);
+        webhookMs.push(reqs[i]!.at - t0);
+      }
+      t.diagnostic(`APPEND → spool commit: ${spoolMs.join(', ')} ms; APPEND → webhook received: ${webhookMs.join(', ')} ms`);
+      for (const ms of webhookMs) assert.ok(ms < 2000, `a message took ${ms} ms to reach the webhook`);
+      const body = consumer.json<{ recipients: Array<{ address: string; key: string }>; envelope: { rcpt_to?: string[] } }>(0);
+      assert.deepEqual(body.recipients, [{ address: 'incoming+idle-0@in.test', key: 'idle-0' }]);
+      await until(() => bridge.status.state === 'idle', 5000, 'the bridge to finish the pass');
+      assert.deepEqual(await dovecot.list('INBOX', 'idle'), [], 'after_delivery delete expunges the delivered messages');
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('header order cases end to end: the first routed header in GitLab order names route and key', async () => {
+    const files = [
+      ['delivered-to-first-of-two.eml', 'alpha-42', 'delivered-to'],
+      ['envelope-to-with-display-address.eml', 'beta-7', 'envelope-to'],
+      ['x-envelope-to-angle.eml', 'gamma-9', 'x-envelope-to'],
+      ['received-for-folded.eml', 'delta-1', 'received'],
+      ['received-for-bare.eml', 'epsilon-5', 'received'],
+      ['cc-only.eml', 'zeta-3', 'cc'],
+      ['to-beats-delivered-to.eml', 'from-to', 'to'],
+      ['forwarded-x-forwarded-to.eml', 'eta-8', 'x-forwarded-to'],
+      ['leading-blank-line.eml', 'theta-2', 'delivered-to'],
+      ['glued-header.eml', 'iota-4', 'to'],
+    ] as const;
+    await dovecot.append([...files.map(([f]) => fixture(f)), fixture('unmatched.eml')], { user: 'order' });
+    const consumer = await new Consumer().start();
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'order')) });
+    try {
+      const reqs = await consumer.waitFor(files.length, 10_000);
+      const keys = reqs.map((r) => (JSON.parse(r.body.toString()) as { recipients: Array<{ key: string }> }).recipients[0]!.key).sort();
+      assert.deepEqual(keys, files.map(([, k]) => k).sort());
+      const meta = app.spool.db.prepare(`SELECT json_extract(meta, '$.recipientHeader') AS h, rcpt_to FROM messages ORDER BY rcpt_to`).all() as Array<{ h: string; rcpt_to: string }>;
+      const byKey = new Map(meta.map((m) => [(JSON.parse(m.rcpt_to) as string[])[0]!.replace(/^incoming\+|@in\.test$/g, ''), m.h]));
+      for (const [, key, header] of files) assert.equal(byKey.get(key), header, key);
+      // The unmatched one stays, unread, marked so it is not fetched again (policy "leave", the default).
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'the bridge to finish the pass');
+      const left = await dovecot.list('INBOX', 'order');
+      const unmatched = left.filter((m) => !m.flags.includes('\\Seen'));
+      assert.equal(unmatched.length, 1);
+      assert.deepEqual(unmatched[0]!.flags, [SKIP_KEYWORD]);
+      assert.equal(left.filter((m) => m.flags.includes('\\Seen')).length, files.length, 'after_delivery flag (the default) marks delivered messages read');
+      assert.ok(left.every((m) => !m.flags.includes(CLAIM_KEYWORD)), 'no claim keyword is left behind');
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('after_delivery: delete expunges, flag marks \\Seen, move:<folder> moves (created when missing)', async () => {
+    const consumer = await new Consumer().start();
+    for (const user of ['del', 'flag', 'move']) await dovecot.append([message('a', { to: 'desk@in.test', messageId: `${user}-a@x` }), message('b', { to: 'desk@in.test', messageId: `${user}-b@x` })], { user });
+    const app = await startTestApp({
+      routes: routesYaml(consumer.url),
+      extra: imapBlock(mailboxYaml(dovecot, 'del', { after_delivery: 'delete' }), mailboxYaml(dovecot, 'flag', { after_delivery: 'flag' }), mailboxYaml(dovecot, 'move', { after_delivery: 'move:Processed' })),
+    });
+    try {
+      await until(() => count(app.spool.db) === 6, 10_000, 'six messages in the spool');
+      await until(() => app.mailboxes.bridges.every((b) => b.status.state === 'idle'), 10_000, 'all bridges idle');
+      assert.deepEqual(await dovecot.list('INBOX', 'del'), []);
+      assert.deepEqual((await dovecot.list('INBOX', 'flag')).map((m) => m.flags), [['\\Seen'], ['\\Seen']]);
+      assert.deepEqual(await dovecot.list('INBOX', 'move'), []);
+      assert.deepEqual((await dovecot.list('Processed', 'move')).map((m) => m.flags), [[], []]);
+      // Dedupe keys: imap:<mailbox name>:<uidvalidity>:<uid>.
+      const keys = (app.spool.db.prepare(`SELECT dedupe_key FROM messages ORDER BY dedupe_key`).all() as Array<{ dedupe_key: string }>).map((r) => r.dedupe_key);
+      for (const k of keys) assert.match(k, /^imap:(del|flag|move):\d+:[12]$/);
+      const msg = app.spool.getMessage((app.spool.db.prepare(`SELECT id FROM messages LIMIT 1`).get() as { id: string }).id)!;
+      assert.equal(msg.source, 'imap');
+      assert.deepEqual(msg.envelope.rcptTo, ['desk@in.test']);
+      assert.equal(msg.envelope.mailFrom, 'sender@example.test');
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('unmatched policies: leave (marked, never refetched), move:<folder>, route:<name>; none is dropped', async () => {
+    const consumer = await new Consumer().start();
+    for (const user of ['leave', 'unmove', 'unroute']) await dovecot.append([fixture('unmatched.eml'), message(`${user}-ok`)], { user });
+    const yaml = imapBlock(
+      mailboxYaml(dovecot, 'leave', { unmatched: 'leave', after_delivery: 'delete' }),
+      mailboxYaml(dovecot, 'unmove', { unmatched: 'move:Unrouted', after_delivery: 'delete' }),
+      mailboxYaml(dovecot, 'unroute', { unmatched: 'route:catchall', after_delivery: 'delete' }),
+    );
+    const dir = tempDir();
+    let app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml, dir });
+    try {
+      await consumer.waitFor(3, 10_000);
+      await until(() => count(app.spool.db) === 4, 10_000, 'three routed messages and one for the catchall route');
+      await until(() => app.mailboxes.bridges.every((b) => b.status.state === 'idle'), 10_000, 'all bridges idle');
+      const left = await dovecot.list('INBOX', 'leave');
+      assert.equal(left.length, 1);
+      assert.deepEqual(left[0]!.flags, [SKIP_KEYWORD]);
+      assert.deepEqual(await dovecot.list('INBOX', 'unmove'), []);
+      assert.equal((await dovecot.list('Unrouted', 'unmove')).length, 1);
+      assert.deepEqual(await dovecot.list('INBOX', 'unroute'), []);
+      const catchall = app.spool.db.prepare(`SELECT d.route, d.recipients FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.route = 'catchall'`).all() as Array<{ route: string; recipients: string }>;
+      assert.equal(catchall.length, 1);
+      assert.deepEqual(JSON.parse(catchall[0]!.recipients), [{ address: 'newsletter@elsewhere.test', key: null }]);
+      assert.ok(app.logs.some((l) => l.includes('no route accepts any recipient')), 'unmatched messages are logged');
+    } finally {
+      await app.close();
+    }
+    // A restart does not take the left message again.
+    app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml, dir });
+    try {
+      await until(() => app.mailboxes.bridges.every((b) => b.status.state === 'idle'), 10_000, 'all bridges idle after restart');
+      assert.equal(count(app.spool.db), 4);
+      assert.equal((await dovecot.list('INBOX', 'leave')).length, 1);
+    } finally {
+      await app.close();
+      await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('XOAUTH2: client credentials (Office 365) and refresh token (Gmail); a refused token is replaced', async () => {
+    oauth.clients.push({ clientId: 'o365-app', clientSecret: 'o365-secret', username: 'o365' }, { clientId: 'gmail-app', clientSecret: 'gmail-secret', username: 'gmail' });
+    oauth.refreshTokens.set('rt-gmail-1', { clientId: 'gmail-app', username: 'gmail' });
+    oauth.rotateRefreshTokens = true;
+    const entry = (user: string, oauth2: string) => `
+  - name: ${user}
+    host: 127.0.0.1
+    port: ${dovecot.port}
+    ssl: false
+    user: ${user}
+    after_delivery: delete
+    reconnect_delay_ms: 100
+    reconnect_max_delay_ms: 500
+    oauth2:
+${oauth2}`;
+    const yaml = imapBlock(
+      entry('o365', `      grant: client_credentials\n      tenant_id: tenant-1\n      azure_ad_endpoint: ${oauth.url}\n      client_id: o365-app\n      client_secret: o365-secret\n`),
+      entry('gmail', `      grant: refresh_token\n      token_url: ${oauth.url}/token\n      client_id: gmail-app\n      client_secret: gmail-secret\n      refresh_token: rt-gmail-1\n`),
+    );
+    const consumer = await new Consumer().start();
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml });
+    try {
+      await until(() => app.mailboxes.bridges.every((b) => b.status.state === 'idle'), 10_000, 'both OAuth mailboxes idle');
+      await dovecot.append([message('o365-1')], { user: 'o365' });
+      await dovecot.append([message('gmail-1')], { user: 'gmail' });
+      await consumer.waitFor(2, 5000);
+      const cc = oauth.tokenRequests.find((r) => r.grant === 'client_credentials');
+      assert.equal(cc?.path, '/tenant-1/oauth2/v2.0/token');
+      assert.equal(cc?.scope, 'https://outlook.office365.com/.default');
+      assert.ok(oauth.tokenRequests.some((r) => r.grant === 'refresh_token' && r.clientId === 'gmail-app'));
+      assert.match(dovecot.log(), /user=<o365>, method=XOAUTH2/);
+      assert.match(dovecot.log(), /user=<gmail>, method=XOAUTH2/);
+
+      // Tokens revoked and connections dropped: the cached token is refused, dropped, and a new one obtained.
+      const before = oauth.tokenRequests.length;
+      oauth.revokeAll();
+      await dovecot.stop();
+      await until(() => app.mailboxes.bridges.every((b) => b.status.state === 'backoff' || b.status.state === 'connecting'), 5000, 'both mailboxes down');
+      await dovecot.start();
+      await until(() => app.mailboxes.bridges.every((b) => b.status.state === 'idle'), 15_000, 'both mailboxes back with new tokens');
+      assert.ok(oauth.tokenRequests.length >= before + 2, 'new tokens were fetched');
+      assert.ok(app.mailboxes.bridges.some((b) => b.status.lastError?.kind === 'auth'), 'the refused token shows as an auth error');
+      await dovecot.append([message('o365-2')], { user: 'o365' });
+      await dovecot.append([message('gmail-2')], { user: 'gmail' });
+      await consumer.waitFor(4, 5000);
+      const secrets = app.logs.join('\n');
+      assert.ok(!secrets.includes('o365-secret') && !secrets.includes('rt-gmail-1') && !/at-[0-9a-f]{32}/.test(secrets), 'no secret or token is logged');
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('network, TLS and authentication failures back off and show in /readyz and metrics; the process keeps serving', async () => {
+    const consumer = await new Consumer().start();
+    const closedPort = await (async () => {
+      const { createServer } = await import('node:net');
+      const s = createServer();
+      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+      const p = (s.address() as { port: number }).port;
+      await new Promise<void>((r) => s.close(() => r()));
+      return p;
+    })();
+    const yaml = imapBlock(
+      mailboxYaml(dovecot, 'big', { port: closedPort }, 'refused'),
+      mailboxYaml(dovecot, 'big', { ssl: true }, 'tls'),
+      mailboxYaml(dovecot, 'big', { password: 'wrong' }, 'badpass'),
+    );
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml });
+    try {
+      await until(() => app.mailboxes.bridges.every((b) => b.status.consecutiveFailures >= 2), 10_000, 'every mailbox to fail twice');
+      const kinds = Object.fromEntries(app.mailboxes.bridges.map((b) => [b.status.name, b.status.lastError?.kind]));
+      assert.deepEqual(kinds, { refused: 'network', tls: 'tls', badpass: 'auth' }, JSON.stringify(app.mailboxes.statuses()));
+      const ready = await fetch(`${app.httpUrl}/readyz`);
+      assert.equal(ready.status, 503);
+      const body = (await ready.json()) as { checks: Record<string, boolean>; mailboxes: Array<{ name: string; state: string; last_error: { kind: string } | null }> };
+      assert.equal(body.checks['mailbox:refused'], false);
+      assert.equal(body.checks.smtp_listening, true);
+      assert.deepEqual(body.mailboxes.map((m) => m.name), ['refused', 'tls', 'badpass']);
+      assert.ok(body.mailboxes.every((m) => m.last_error !== null && ['backoff', 'connecting'].includes(m.state)));
+      const metrics = await (await fetch(`${app.httpUrl}/metrics`)).text();
+      assert.match(metrics, /mailhook_mailbox_errors_total\{mailbox="badpass",kind="auth"\} [1-9]/);
+      assert.match(metrics, /mailhook_mailbox_state\{mailbox="refused",state="(backoff|connecting)"\} 1/);
+      // Backoff grows: with 100 ms initial and failures >= 2 the pause is at least 100 ms (jittered half of 200).
+      const b = app.mailboxes.bridges[0]!.status;
+      assert.ok(b.consecutiveFailures >= 2);
+      assert.ok(!app.logs.some((l) => l.includes('pw-big')), 'the password is never logged');
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+});
