@@ -12,6 +12,7 @@ import { Retention } from './spool/retention.js';
 import { createSmtpService, type SmtpService } from './smtp/server.js';
 import { DeliveryWorker } from './delivery/worker.js';
 import { buildHttpApp } from './http/server.js';
+import { createMailboxes, type Mailboxes } from './imap/index.js';
 
 export interface AppDeps {
   config: Config;
@@ -27,6 +28,8 @@ export interface App {
   smtp: SmtpService;
   http: FastifyInstance;
   worker: DeliveryWorker;
+  /** IMAP and Microsoft Graph mailbox bridges (none when the imap: list is empty) */
+  mailboxes: Mailboxes;
   metrics: Metrics;
   lifecycle: Lifecycle;
   addresses: { smtp: { host: string; port: number }; http: { host: string; port: number } };
@@ -63,7 +66,12 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const router = new Router(config.routes);
     const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics });
 
-    const http = buildHttpApp({ config, spool, log, metrics, clock, wakeDelivery: () => worker.wake(), readiness: () => ({ smtp_listening: smtp.isListening() }) });
+    // Mailbox bridges feed spool.accept as SMTP does; registered after delivery, so they stop before it and the spool.
+    const mailboxes = createMailboxes({ config, spool, router, log, metrics, clock, random, dispatcher });
+    mailboxes.start();
+    lifecycle.onStop('mailboxes', () => mailboxes.stop(SHUTDOWN_GRACE_MS));
+
+    const http = buildHttpApp({ config, spool, log, metrics, clock, wakeDelivery: () => worker.wake(), readiness: () => ({ smtp_listening: smtp.isListening(), ...mailboxes.readiness() }), mailboxes: config.imap.length > 0 ? () => mailboxes.statuses() : undefined });
     let httpAddress: { host: string; port: number };
     try {
       await http.listen({ host: config.http.listen.host, port: config.http.listen.port });
@@ -85,6 +93,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
       smtp,
       http,
       worker,
+      mailboxes,
       metrics,
       lifecycle,
       addresses: { smtp: smtpAddress, http: httpAddress },

@@ -8,6 +8,7 @@ import { ConfigError, type ConfigProblem, isErrnoException } from '../core/error
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
 import { configSchema, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
+import { resolveMailboxes, type MailboxSettings } from './mailboxes.js';
 
 export interface ResolvedWebhook {
   url: string;
@@ -37,6 +38,8 @@ export interface Config {
   delivery: RawConfig['delivery'];
   log: RawConfig['log'];
   routes: ResolvedRoute[];
+  /** IMAP and Microsoft Graph mailboxes (the imap: list), secrets resolved */
+  imap: MailboxSettings[];
   /** where the configuration came from, for messages */
   source: string;
 }
@@ -201,6 +204,8 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     else if (value !== undefined) adminToken = new Secret(value);
   }
 
+  const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, problems), problems);
+
   if (problems.length > 0) throw new ConfigError(opts.source, problems);
 
   return {
@@ -210,6 +215,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     delivery: raw.delivery,
     log: raw.log,
     routes,
+    imap,
     source: opts.source,
   };
 }

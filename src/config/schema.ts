@@ -132,6 +132,97 @@ const routeSchema = z
     }
   });
 
+/** Header names an IMAP or Graph mailbox may read the recipient from (GitLab's incoming_email order). */
+export const RECIPIENT_HEADERS = ['to', 'delivered-to', 'x-delivered-to', 'envelope-to', 'x-envelope-to', 'received', 'x-original-to', 'x-forwarded-to', 'cc'] as const;
+export type RecipientHeader = (typeof RECIPIENT_HEADERS)[number];
+
+const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' });
+
+const oauth2Schema = z.strictObject({
+  grant: z.enum(['client_credentials', 'refresh_token']).describe('client_credentials (Office 365: an app registration with IMAP.AccessAsApp) or refresh_token (Gmail: a stored refresh token)'),
+  token_url: httpUrl.optional().describe('token endpoint; defaults to Microsoft\'s for tenant_id (client_credentials) or Google\'s (refresh_token)'),
+  tenant_id: z.string().min(1).optional().describe('Microsoft Entra tenant, for the default client_credentials token_url'),
+  azure_ad_endpoint: httpUrl.default('https://login.microsoftonline.com').describe('Microsoft authority for national clouds (e.g. https://login.microsoftonline.us)'),
+  client_id: z.string().min(1).describe('OAuth client (application) id'),
+  client_secret: z.string().min(1).optional().describe('OAuth client secret (prefer client_secret_file)'),
+  client_secret_file: z.string().min(1).optional().describe('file holding the OAuth client secret'),
+  refresh_token: z.string().min(1).optional().describe('refresh_token grant: the refresh token (prefer refresh_token_file)'),
+  refresh_token_file: z.string().min(1).optional().describe('file holding the refresh token'),
+  scope: z.string().min(1).optional().describe('scope to ask for; client_credentials defaults to https://outlook.office365.com/.default'),
+});
+
+const graphOptionsSchema = z.strictObject({
+  tenant_id: z.string().min(1).describe('Microsoft Entra tenant id'),
+  client_id: z.string().min(1).describe('application (client) id with Mail.ReadWrite application permission'),
+  client_secret: z.string().min(1).optional().describe('client secret (prefer client_secret_file)'),
+  client_secret_file: z.string().min(1).optional().describe('file holding the client secret'),
+  poll_interval: z.number().int().min(1).max(3600).default(10).describe('seconds between delta queries'),
+  azure_ad_endpoint: httpUrl.default('https://login.microsoftonline.com').describe('token authority (national clouds: https://login.microsoftonline.us, …)'),
+  graph_endpoint: httpUrl.default('https://graph.microsoft.com').describe('Graph API root (national clouds: https://graph.microsoft.us, …)'),
+});
+
+const afterDeliverySchema = z.string().regex(/^(?:delete|flag|move:\S.*)$/, 'write delete, flag or move:<folder>');
+const unmatchedSchema = z.string().regex(/^(?:leave|move:\S.*|route:[A-Za-z0-9][A-Za-z0-9_.-]*)$/, 'write leave, move:<folder> or route:<route name>');
+
+const mailboxSchema = z
+  .strictObject({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'use letters, digits, "-", "_" and "."').describe('names the mailbox in logs, metrics, readiness and dedupe keys; keep it stable'),
+    inbox_method: z.enum(['imap', 'microsoft_graph']).default('imap').describe('imap, or microsoft_graph (Graph API with inbox_options)'),
+    host: z.string().min(1).optional().describe('IMAP server host name'),
+    port: z.number().int().min(1).max(65535).optional().describe('IMAP port; 993 with ssl, else 143'),
+    ssl: z.boolean().default(true).describe('implicit TLS (port 993)'),
+    start_tls: z.boolean().default(false).describe('upgrade a plain connection with STARTTLS (required, never skipped)'),
+    user: z.string().min(1).describe('IMAP login, or for microsoft_graph the mailbox (user principal name)'),
+    password: z.string().min(1).optional().describe('IMAP password (prefer password_file)'),
+    password_file: z.string().min(1).optional().describe('file holding the IMAP password'),
+    oauth2: oauth2Schema.optional().describe('XOAUTH2 instead of a password'),
+    mailbox: z.string().min(1).default('INBOX').describe('folder to read (Graph: a well-known name such as inbox, or a folder id)'),
+    idle_timeout: z.number().int().min(1).max(1740).default(60).describe('seconds between IDLE restarts (RFC 2177: under 29 minutes)'),
+    poll_interval: z.number().int().min(1).max(3600).optional().describe('IMAP: seconds between polls when the server has no IDLE (default 5)'),
+    after_delivery: afterDeliverySchema.default('flag').describe('once the spool holds the message: delete (and expunge it), flag (mark it \\Seen) or move:<folder>'),
+    recipients_from: z.array(z.enum(RECIPIENT_HEADERS)).min(1).default([...RECIPIENT_HEADERS]).describe('headers to read the recipient from, in order; the first address a route accepts wins'),
+    unmatched: unmatchedSchema.default('leave').describe('a message no route accepts: leave it (marked $MailhookSkipped), move:<folder>, or route:<name>'),
+    batch_size: z.number().int().min(1).max(1000).default(100).describe('messages fetched per FETCH when working through a backlog (oldest first)'),
+    claim: z.enum(['auto', 'keyword', 'none']).default('auto').describe('how instances sharing the mailbox take a message: keyword (CONDSTORE UNCHANGEDSINCE), none (one instance), auto (keyword when the server can)'),
+    claim_timeout: z.number().int().min(1).max(86_400).default(300).describe('seconds after which a claim left by a dead instance is taken over'),
+    reconnect_delay_ms: positiveInt.default(1000).describe('first reconnect delay; doubles per failure, with jitter'),
+    reconnect_max_delay_ms: positiveInt.default(60_000).describe('upper bound of the reconnect delay'),
+    inbox_options: graphOptionsSchema.optional().describe('microsoft_graph settings (GitLab\'s names)'),
+  })
+  .superRefine((m, ctx) => {
+    const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: path.split('.'), message });
+    if (m.inbox_method === 'imap') {
+      if (!m.host) issue('host', 'is required for inbox_method imap (the IMAP server, e.g. imap.example.com)');
+      if (m.inbox_options) issue('inbox_options', 'applies to inbox_method: microsoft_graph only');
+      const ways = [m.password !== undefined, m.password_file !== undefined, m.oauth2 !== undefined].filter(Boolean).length;
+      if (ways === 0) issue('password_file', 'set one of password, password_file or oauth2 to log in');
+      if (ways > 1) issue('password_file', 'set only one of password, password_file or oauth2');
+      if (m.ssl && m.start_tls) issue('start_tls', 'ssl: true is implicit TLS (port 993) and start_tls: true upgrades a plain connection (port 143); set ssl: false to use STARTTLS');
+      const o = m.oauth2;
+      if (o) {
+        if (o.client_secret && o.client_secret_file) issue('oauth2.client_secret_file', 'set either client_secret or client_secret_file, not both');
+        if (o.refresh_token && o.refresh_token_file) issue('oauth2.refresh_token_file', 'set either refresh_token or refresh_token_file, not both');
+        if (o.grant === 'client_credentials') {
+          if (!o.token_url && !o.tenant_id) issue('oauth2.tenant_id', 'client_credentials needs tenant_id (Microsoft) or token_url');
+          if (!o.client_secret && !o.client_secret_file) issue('oauth2.client_secret_file', 'client_credentials needs client_secret or client_secret_file');
+          if (o.refresh_token || o.refresh_token_file) issue('oauth2.refresh_token', 'applies to grant: refresh_token only');
+        } else if (!o.refresh_token && !o.refresh_token_file) {
+          issue('oauth2.refresh_token_file', 'grant refresh_token needs refresh_token or refresh_token_file');
+        }
+      }
+    } else {
+      if (!m.inbox_options) issue('inbox_options', 'is required for inbox_method: microsoft_graph (tenant_id, client_id, client_secret_file)');
+      for (const key of ['host', 'port', 'password', 'password_file', 'oauth2', 'poll_interval'] as const) {
+        if (m[key] !== undefined) issue(key, key === 'poll_interval' ? 'for microsoft_graph, set inbox_options.poll_interval' : 'applies to inbox_method: imap only; microsoft_graph uses inbox_options');
+      }
+      const g = m.inbox_options;
+      if (g && !g.client_secret && !g.client_secret_file) issue('inbox_options.client_secret_file', 'set client_secret or client_secret_file');
+      if (g && g.client_secret && g.client_secret_file) issue('inbox_options.client_secret_file', 'set either client_secret or client_secret_file, not both');
+    }
+    if (m.reconnect_max_delay_ms < m.reconnect_delay_ms) issue('reconnect_max_delay_ms', 'must be at least reconnect_delay_ms');
+  });
+export type MailboxConfig = z.output<typeof mailboxSchema>;
+
 const logSchema = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -143,6 +234,7 @@ export const configSchema = z.strictObject({
   delivery: deliverySchema.prefault({}),
   log: logSchema.prefault({}),
   routes: z.array(routeSchema).min(1, 'at least one route is needed, or mailhook refuses every recipient'),
+  imap: z.array(mailboxSchema).default([]).describe('mailboxes read over IMAP or Microsoft Graph and fed to the same routes (docs/imap.md)'),
 });
 
 /** The file as validated: secrets may still be file references. */

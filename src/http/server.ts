@@ -33,7 +33,9 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   app.get('/readyz', async (_req, reply) => {
     const checks = { spool_writable: spool.isWritable(), ...deps.readiness() };
     const ready = Object.values(checks).every(Boolean);
-    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks });
+    // Mailbox states (connected, idle, backoff, last error) say why a "mailbox:<name>" check is false.
+    const mailboxes = deps.mailboxes ? { mailboxes: await deps.mailboxes() } : {};
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks, ...mailboxes });
   });
 
   app.get('/metrics', async (_req, reply) => {
