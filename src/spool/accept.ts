@@ -1,9 +1,12 @@
 // The one ingest entry: stream a message into the spool and resolve only once it is durably committed.
+import { closeSync, fdatasync, fdatasyncSync, fstatSync, openSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { MailhookError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { Clock } from '../core/clock.js';
 import type { Db } from './db.js';
 import type { BlobStore, BlobWriter } from './blobs.js';
+import { Checkpointer, type CheckpointerOptions } from './checkpoint.js';
 import type { Envelope, PlannedDelivery } from './types.js';
 
 export interface AcceptInput {
@@ -24,6 +27,17 @@ export interface AcceptResult {
   /** true when dedupeKey matched an earlier message; id is then that message's */
   duplicate: boolean;
   deliveryIds: string[];
+}
+
+interface Committed {
+  p: PendingCommit;
+  result: AcceptResult;
+}
+
+interface InFlight {
+  done: Committed[];
+  /** close() may settle the batch itself (synchronously) before the threadpool's sync returns */
+  settled: boolean;
 }
 
 interface PendingCommit {
@@ -49,18 +63,58 @@ interface MessageRow {
   meta: string | null;
 }
 
+/** How the acceptor makes a commit durable; tests pass their own to observe the order of events. */
+export interface AcceptorOptions {
+  /**
+   * Makes everything committed so far durable: called after a batch was committed with synchronous=NORMAL, and
+   * the batch is acknowledged only when `done(null)` is called. Default: fdatasync(2) of the -wal file on libuv's
+   * threadpool. `null` forces the old path (each batch committed with synchronous=FULL on the event loop), which
+   * is also what a database that is not a WAL file gets.
+   */
+  syncWal?: ((done: (err: Error | null) => void) => void) | null;
+  /** observes each committed batch (size), for tests */
+  onBatch?: (messages: number) => void;
+  /** WAL syncs in flight at once (each covers every batch committed before it started); default 2 */
+  maxSyncsInFlight?: number;
+  /** checkpoints on a worker thread (default) or, with false, inside the main connection's commits */
+  checkpoint?: CheckpointerOptions | false;
+}
+
 /**
- * Group commit: every message whose bytes are ready in the same event-loop turn is committed in one
- * SQLite transaction, so concurrent sessions share one WAL fsync (synchronous=FULL).
+ * Group commit without stalling the event loop. Messages whose bytes are ready gather in a queue; at the end of
+ * the event-loop turn one SQLite transaction commits them together with synchronous=NORMAL (the frames are
+ * written to the WAL, nothing waits for the disk), then the WAL file is fdatasync'ed on libuv's threadpool while
+ * the event loop keeps serving every other session. Only when that sync has finished do the batch's accept()
+ * calls resolve (and SMTP answers 250). With `maxSyncsInFlight` syncs running, the next batch gathers until one
+ * finishes, so one fsync serves everything that arrived meanwhile. WAL checkpoints run on a worker thread
+ * (checkpoint.ts) instead of inside a commit on the event loop.
+ *
+ * Why this is as durable as synchronous=FULL: in WAL mode FULL differs from NORMAL only by the fsync of the WAL
+ * once the commit's frames are written; fdatasync on another descriptor of the same file flushes the same pages
+ * (fsync works on the file, not the descriptor), and a sync that starts after the commit covers its frames. A
+ * crash before the sync loses at most batches nobody was told about; SQLite's recovery drops a WAL tail whose
+ * checksums do not match. The WAL file is not replaced while this connection holds the database open (its
+ * inode is checked anyway, see walFd()). Readers (delivery) may see a batch's rows from its commit on, before
+ * the sync: a crash in that window can lose a message already delivered whose sender got no 250 and sends it
+ * again, the same at-least-once outcome as a crash between a FULL commit and the 250 reaching the sender.
  */
 export class Acceptor {
   private queue: PendingCommit[] = [];
   private scheduled = false;
+  private readonly inFlight = new Set<InFlight>();
+  private readonly maxInFlight: number;
+  readonly checkpointer: Checkpointer | undefined;
   private closed = false;
   private readonly insertMessage;
   private readonly insertDelivery;
   private readonly findDuplicate;
-  /** called after each commit with the ids of new deliveries, so delivery can wake up */
+  private readonly syncNormal;
+  private readonly syncFull;
+  private readonly walPath: string | undefined;
+  private wal: { fd: number; ino: number; checkedAt: number } | undefined;
+  private readonly syncWal: ((done: (err: Error | null) => void) => void) | null;
+  private readonly onBatch: (messages: number) => void;
+  /** called after each durable commit with the ids of new deliveries, so delivery can wake up */
   onCommitted: (deliveryIds: string[]) => void = () => {};
 
   constructor(
@@ -68,22 +122,52 @@ export class Acceptor {
     private readonly blobs: BlobStore,
     private readonly clock: Clock,
     private readonly inlineMaxBytes: number,
+    options: AcceptorOptions = {},
   ) {
     this.insertMessage = db.prepare(
       `INSERT INTO messages (id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw, raw_file, dedupe_key, meta)
        VALUES (@id, @received_at, @source, @mail_from, @rcpt_to, @remote_address, @helo, @tls, @size, @raw, @raw_file, @dedupe_key, @meta)`,
     );
+    // received_at is given here so the deliveries_received_at trigger (for rows written elsewhere) has nothing to do.
     this.insertDelivery = db.prepare(
-      `INSERT INTO deliveries (id, message_id, route, recipients, status, attempts, next_attempt_at, created_at, updated_at, finished_at)
-       VALUES (@id, @message_id, @route, @recipients, @status, 0, @now, @now, @now, @finished_at)`,
+      `INSERT INTO deliveries (id, message_id, route, recipients, status, attempts, next_attempt_at, created_at, updated_at, finished_at, received_at)
+       VALUES (@id, @message_id, @route, @recipients, @status, 0, @now, @now, @now, @finished_at, @received_at)`,
     );
     this.findDuplicate = db.prepare(`SELECT id, size FROM messages WHERE dedupe_key = ?`);
+    this.syncNormal = db.prepare('PRAGMA synchronous = NORMAL');
+    this.syncFull = db.prepare('PRAGMA synchronous = FULL');
+    const isWal = String(db.pragma('journal_mode', { simple: true })).toLowerCase() === 'wal' && !db.memory && db.name !== '';
+    this.walPath = isWal ? `${resolve(db.name)}-wal` : undefined;
+    this.syncWal = options.syncWal === null || !isWal ? null : (options.syncWal ?? ((done) => this.fdatasyncWal(done)));
+    this.onBatch = options.onBatch ?? (() => {});
+    this.maxInFlight = Math.max(1, options.maxSyncsInFlight ?? 2);
+    if (isWal && options.checkpoint !== false) this.checkpointer = new Checkpointer(db, options.checkpoint || {});
   }
 
-  /** Stops taking new messages; messages already queued for commit still commit. */
+  /**
+   * Stops taking new messages. Synchronous, so the spool can close right after: a batch waiting for its WAL sync
+   * is synced here on the spot, and messages still queued are committed with synchronous=FULL.
+   */
   close(): void {
     this.closed = true;
-    if (this.queue.length > 0) this.flush();
+    const waiting = [...this.inFlight].filter((f) => !f.settled);
+    if (waiting.length > 0) {
+      let error: unknown = null;
+      try {
+        if (this.wal) fdatasyncSync(this.wal.fd);
+      } catch (err) {
+        error = err;
+      }
+      for (const f of waiting) this.settle(f, error);
+    }
+    if (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      const done = this.commit(batch, true);
+      if (done) this.finishBatch(done, null);
+    }
+    if (this.inFlight.size === 0) this.closeWal();
+    this.checkpointer?.stop();
   }
 
   async accept(input: AcceptInput): Promise<AcceptResult> {
@@ -121,16 +205,24 @@ export class Acceptor {
     }));
     try {
       return await new Promise<AcceptResult>((resolve, reject) => {
+        if (this.closed) return reject(new MailhookError('SPOOL_CLOSED', 'the spool is shutting down'));
         this.queue.push({ row, deliveries, resolve, reject });
-        if (!this.scheduled) {
-          this.scheduled = true;
-          setImmediate(() => this.flush());
-        }
+        this.schedule();
       });
     } catch (err) {
       if (stored.file) await this.blobs.remove(stored.file);
       throw err;
     }
+  }
+
+  /** Commit at the end of this event-loop turn (so sessions ready together share it), unless a sync runs. */
+  private schedule(): void {
+    if (this.scheduled || this.inFlight.size >= this.maxInFlight || this.queue.length === 0) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.flush();
+    });
   }
 
   private async storeBody(id: string, body: AsyncIterable<Buffer>, maxBytes: number): Promise<{ size: number; inline: Buffer | null; file: string | null }> {
@@ -173,13 +265,39 @@ export class Acceptor {
   }
 
   private flush(): void {
-    this.scheduled = false;
+    if (this.inFlight.size >= this.maxInFlight || this.queue.length === 0) return;
     const batch = this.queue;
     this.queue = [];
-    if (batch.length === 0) return;
-    const results: Array<{ p: PendingCommit; result: AcceptResult | undefined; error?: unknown }> = [];
+    const durable = this.syncWal === null;
+    const done = this.commit(batch, durable);
+    if (!done) {
+      this.schedule();
+      return;
+    }
+    if (durable) {
+      this.finishBatch(done, null);
+      this.schedule();
+      return;
+    }
+    const inflight: InFlight = { done, settled: false };
+    this.inFlight.add(inflight);
+    (this.syncWal as (cb: (err: Error | null) => void) => void)((err) => {
+      this.inFlight.delete(inflight);
+      if (!inflight.settled) this.settle(inflight, err);
+      if (this.closed) {
+        if (this.inFlight.size === 0) this.closeWal();
+      } else this.schedule();
+    });
+  }
+
+  /**
+   * One transaction for the batch. With durable=false it runs with synchronous=NORMAL and the caller must sync
+   * the WAL before anyone is told. Returns undefined (and rejects the batch) when the commit failed.
+   */
+  private commit(batch: PendingCommit[], durable: boolean): Committed[] | undefined {
+    const results: Committed[] = [];
     const now = this.clock.now();
-    const commit = this.db.transaction(() => {
+    const run = this.db.transaction(() => {
       for (const p of batch) {
         // A dedupe key seen twice in one batch, or already committed: keep the first message.
         if (p.row.dedupe_key) {
@@ -191,26 +309,93 @@ export class Acceptor {
         }
         this.insertMessage.run(p.row);
         for (const d of p.deliveries) {
-          this.insertDelivery.run({ ...d, message_id: p.row.id, now, finished_at: d.status === 'delivered' ? now : null });
+          this.insertDelivery.run({ ...d, message_id: p.row.id, now, finished_at: d.status === 'delivered' ? now : null, received_at: p.row.received_at });
         }
         results.push({ p, result: { id: p.row.id, size: p.row.size, duplicate: false, deliveryIds: p.deliveries.map((d) => d.id) } });
       }
     });
     try {
-      commit();
+      if (!durable) this.syncNormal.run();
+      try {
+        run();
+      } finally {
+        if (!durable) this.syncFull.run();
+      }
     } catch (err) {
       const error = new MailhookError('SPOOL_UNAVAILABLE', `spool commit failed: ${(err as Error).message}`, { cause: err });
       for (const p of batch) p.reject(error);
+      return undefined;
+    }
+    this.onBatch(batch.length);
+    return results;
+  }
+
+  private settle(inflight: InFlight, err: unknown): void {
+    inflight.settled = true;
+    this.finishBatch(inflight.done, err);
+  }
+
+  /** Tell the batch's callers: resolved once durable, or rejected when the WAL sync failed. */
+  private finishBatch(done: Committed[], err: unknown): void {
+    if (err) {
+      // The rows are committed but not known to be on disk: the client gets 451 and sends again (at least once).
+      const error = new MailhookError('SPOOL_UNAVAILABLE', `spool sync failed: ${(err as Error).message}`, { cause: err });
+      for (const { p } of done) p.reject(error);
       return;
     }
     const newDeliveries: string[] = [];
-    for (const { p, result } of results) {
-      if (!result) continue;
+    for (const { p, result } of done) {
       if (result.duplicate && p.row.raw_file) this.blobs.removeSync(p.row.raw_file);
       newDeliveries.push(...result.deliveryIds);
       p.resolve(result);
     }
     if (newDeliveries.length > 0) this.onCommitted(newDeliveries);
+  }
+
+  private fdatasyncWal(done: (err: Error | null) => void): void {
+    let fd: number;
+    try {
+      fd = this.walFd();
+    } catch (err) {
+      done(err as Error);
+      return;
+    }
+    fdatasync(fd, (err) => done(err));
+  }
+
+  /**
+   * The -wal file, opened once. SQLite keeps that file (same inode) while any connection has the database open
+   * and only truncates or rewrites it in place; once a second the inode is compared in case something outside
+   * replaced it, and the descriptor is reopened if so.
+   */
+  private walFd(): number {
+    const now = Date.now();
+    if (this.wal && now - this.wal.checkedAt < 1000) return this.wal.fd;
+    const path = this.walPath as string;
+    if (this.wal) {
+      this.wal.checkedAt = now;
+      let current: number | undefined;
+      try {
+        current = statSync(path).ino;
+      } catch {
+        current = undefined;
+      }
+      if (current === this.wal.ino && fstatSync(this.wal.fd).nlink > 0) return this.wal.fd;
+      this.closeWal();
+    }
+    const fd = openSync(path, 'r+');
+    this.wal = { fd, ino: fstatSync(fd).ino, checkedAt: now };
+    return fd;
+  }
+
+  private closeWal(): void {
+    if (!this.wal) return;
+    try {
+      closeSync(this.wal.fd);
+    } catch {
+      /* already closed */
+    }
+    this.wal = undefined;
   }
 }
 

@@ -1,0 +1,121 @@
+// Bench command-line options and the plan they select (full matrix, --quick subset, or filters); pure.
+import { parseArgs } from 'node:util';
+import { SETUPS, type SetupName } from './setups.js';
+import type { Cell, MatrixPlan } from './throughput.js';
+
+export const SIZES = { '1k': 1024, '64k': 65536, '1m': 1 << 20 } as const;
+export type SizeKey = keyof typeof SIZES;
+export const PHASES = ['matrix', 'e2e', 'memory', 'reject'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface BenchOptions {
+  quick: boolean;
+  setups: SetupName[];
+  sizes: number[];
+  sessions: number[];
+  modes: Array<'new' | 'reuse'>;
+  phases: Phase[];
+  plan: MatrixPlan;
+  /** end-to-end: offered rates (msg/s) and seconds per rate */
+  e2eRates: number[];
+  e2eSeconds: number;
+  /** memory: idle connections, streamed messages × MB, messages delivered in total */
+  idleConnections: number;
+  streams: number;
+  streamMb: number;
+  flatMessages: number;
+  rejectAttempts: number;
+  build: boolean;
+  out: string | undefined;
+  help: boolean;
+}
+
+export const USAGE = `usage: npm run bench -- [options]
+  --quick               short subset: 1 KB and 1 MB at 20 sessions, 1 run per cell, short phases
+  --setups a,b          any of ${SETUPS.join(', ')}
+  --sizes 1k,64k,1m     message payload sizes
+  --sessions 1,20,100   parallel smtp-source sessions
+  --modes new,reuse     new connection per message, and/or connection reuse (-d)
+  --phases ${PHASES.join(',')}
+  --runs N              timed runs per cell (median of N; default 3, --quick 1)
+  --seconds S           target seconds per timed run (default 3, --quick 1)
+  --no-build            do not run \`npm run build\` first (mailhook runs from dist/)
+  --out FILE            results JSON (default bench/results/<timestamp>.json)`;
+
+const list = (v: string | undefined): string[] | undefined => (v === undefined ? undefined : v.split(',').map((s) => s.trim()).filter(Boolean));
+
+export function parseOptions(argv: string[]): BenchOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      setups: { type: 'string' },
+      sizes: { type: 'string' },
+      sessions: { type: 'string' },
+      modes: { type: 'string' },
+      phases: { type: 'string' },
+      runs: { type: 'string' },
+      seconds: { type: 'string' },
+      'no-build': { type: 'boolean', default: false },
+      out: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  const quick = values.quick === true;
+  const setups = (list(values.setups) ?? [...SETUPS]).map((s) => {
+    if (!(SETUPS as readonly string[]).includes(s)) throw new Error(`unknown setup "${s}"; use ${SETUPS.join(', ')}`);
+    return s as SetupName;
+  });
+  const sizes = (list(values.sizes) ?? (quick ? ['1k', '1m'] : Object.keys(SIZES))).map((s) => {
+    const v = SIZES[s.toLowerCase() as SizeKey];
+    if (v === undefined) throw new Error(`unknown size "${s}"; use ${Object.keys(SIZES).join(', ')}`);
+    return v;
+  });
+  const sessions = (list(values.sessions) ?? (quick ? ['20'] : ['1', '20', '100'])).map((s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 1 || n > 200) throw new Error(`--sessions: "${s}" is not 1..200`);
+    return n;
+  });
+  const modes = (list(values.modes) ?? ['new', 'reuse']).map((m) => {
+    if (m !== 'new' && m !== 'reuse') throw new Error(`--modes: "${m}" is not new or reuse`);
+    return m;
+  });
+  const phases = (list(values.phases) ?? [...PHASES]).map((p) => {
+    if (!(PHASES as readonly string[]).includes(p)) throw new Error(`--phases: "${p}"; use ${PHASES.join(', ')}`);
+    return p as Phase;
+  });
+  const runs = values.runs !== undefined ? Number(values.runs) : quick ? 1 : 3;
+  const seconds = values.seconds !== undefined ? Number(values.seconds) : quick ? 1 : 3;
+  if (!Number.isInteger(runs) || runs < 1 || runs > 20) throw new Error('--runs must be 1..20');
+  if (!(seconds > 0 && seconds <= 60)) throw new Error('--seconds must be in (0, 60]');
+  return {
+    quick,
+    setups,
+    sizes,
+    sessions,
+    modes,
+    phases,
+    plan: { runs, targetSeconds: seconds, maxMessages: 100_000, drainTimeoutMs: 300_000 },
+    e2eRates: [100, 500, 1000],
+    e2eSeconds: quick ? 3 : 10,
+    idleConnections: 1000,
+    streams: 20,
+    streamMb: 20,
+    flatMessages: quick ? 10_000 : 100_000,
+    rejectAttempts: quick ? 2000 : 10_000,
+    build: values['no-build'] !== true,
+    out: values.out,
+    help: values.help === true,
+  };
+}
+
+/** The cells of one setup, in run order; the greeting-delay variant only matters with a new connection per message. */
+export function cellsFor(setup: SetupName, o: Pick<BenchOptions, 'sizes' | 'sessions' | 'modes'>): Cell[] {
+  const cells: Cell[] = [];
+  for (const mode of o.modes) {
+    if (setup === 'mailhook-g100' && mode === 'reuse') continue;
+    for (const size of o.sizes) for (const sessions of o.sessions) cells.push({ setup, size, sessions, reuse: mode === 'reuse' });
+  }
+  return cells;
+}
