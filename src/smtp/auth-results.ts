@@ -1,6 +1,10 @@
 // Sender authentication at the end of DATA: SPF, DKIM, DMARC and ARC with mailauth, the DNS resolver passed in.
 import { PassThrough } from 'node:stream';
-import { authenticate, spf as checkSpf, type AuthenticateResult, type DNSResolver } from 'mailauth';
+import type { AuthenticateResult, DNSResolver } from 'mailauth';
+
+/** mailauth takes most of a second to load; only deployments that enable sender authentication pay for it. */
+let mailauth: Promise<typeof import('mailauth')> | undefined;
+const loadMailauth = () => (mailauth ??= import('mailauth'));
 import type { Logger } from '../core/logger.js';
 
 /** What the payload's `authentication` holds (results use RFC 8601 names: pass, fail, none, …). */
@@ -51,7 +55,9 @@ export interface AuthenticationRun {
 const DEFAULT_MAX_FROM = 16 * 1024;
 
 export class SenderAuthenticator {
-  constructor(private readonly opts: AuthenticatorOptions) {}
+  constructor(private readonly opts: AuthenticatorOptions) {
+    void loadMailauth().catch((err: unknown) => opts.log.error({ err }, 'cannot load mailauth; sender authentication will report temperror'));
+  }
 
   /**
    * Header bytes are held until the header section is complete (bounded by the header limit), so the From
@@ -97,6 +103,7 @@ export class SenderAuthenticator {
 
   private async run(input: PassThrough, facts: SessionFacts): Promise<AuthenticationOutcome> {
     try {
+      const { authenticate } = await loadMailauth();
       const r = await authenticate(input, {
         ip: facts.ip,
         helo: facts.helo ?? undefined,
@@ -116,6 +123,7 @@ export class SenderAuthenticator {
   private async spfOnly(facts: SessionFacts, reason: string): Promise<AuthenticationOutcome> {
     const base = errorOutcome(this.opts.mta, 'permerror', reason);
     try {
+      const { spf: checkSpf } = await loadMailauth();
       const r = await checkSpf({ ip: facts.ip, helo: facts.helo ?? undefined, sender: facts.sender || undefined, mta: this.opts.mta, ...(this.opts.resolver ? { resolver: this.opts.resolver } : {}) });
       base.authentication.spf = { result: r.status.result, domain: r.domain ?? null };
       base.authenticationResults = `${this.opts.mta}; ${unfold(r.info)}; dkim=permerror (${reason}); dmarc=permerror (${reason})`;

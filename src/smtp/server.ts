@@ -276,7 +276,6 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         maxBytes: smtp.max_message_bytes * 2,
         ...(run ? { meta } : {}),
       });
-      if (stream.sizeExceeded) throw new MailhookError('MESSAGE_TOO_LARGE', 'message exceeds the size limit', { userFault: true });
       metrics.messagesAccepted.inc({ source: 'smtp' });
       log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: session.envelope.rcptTo.length, routes: deliveries.map((d) => d.route), normalized: filter.stats.normalized }, 'message accepted');
       return result.id;

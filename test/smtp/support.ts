@@ -1,11 +1,16 @@
 // Shared pieces of the SMTP edge tests: apps with extra smtp settings, spool row counts, raw and TLS sessions.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { Writable } from 'node:stream';
 import { join } from 'node:path';
+import { createConnection, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket, type ConnectionOptions } from 'node:tls';
 import { RawSmtp, type SmtpReply } from '../helpers/smtp-client.js';
-import { configYaml, startTestApp, tempDir, type TestApp } from '../helpers/app.js';
+import { configYaml, parseTestConfig, startTestApp, tempDir, type TestApp } from '../helpers/app.js';
+import { startApp } from '../../src/app.js';
+import { createLogger } from '../../src/core/logger.js';
+import type { DNSResolver } from 'mailauth';
 
 export const SINK_ROUTES = `
   - name: sink
@@ -14,11 +19,33 @@ export const SINK_ROUTES = `
 `;
 
 /** An app whose smtp: section gets `smtpExtra` (YAML lines indented by two spaces) after the test defaults. */
-export async function startSmtpApp(opts: { smtp?: string; routes?: string; extra?: string; dir?: string } = {}): Promise<TestApp> {
+export async function startSmtpApp(opts: { smtp?: string; routes?: string; extra?: string; dir?: string; dnsResolver?: DNSResolver } = {}): Promise<TestApp> {
   const dir = opts.dir ?? tempDir();
   let yaml = configYaml({ dir, routes: opts.routes ?? SINK_ROUTES, ...(opts.extra ? { extra: opts.extra } : {}) });
-  if (opts.smtp) yaml = yaml.replace('  greeting_delay_ms: 0\n', `  greeting_delay_ms: 0\n${opts.smtp.replace(/^\n+/, '').replace(/\s+$/, '')}\n`);
-  return startTestApp({ routes: '', yaml, dir });
+  if (opts.smtp) {
+    const keep = /^\s*greeting_delay_ms:/m.test(opts.smtp) ? '' : '  greeting_delay_ms: 0\n';
+    yaml = yaml.replace('  greeting_delay_ms: 0\n', `${keep}${opts.smtp.replace(/^\n+/, '').replace(/\s+$/, '')}\n`);
+  }
+  if (!opts.dnsResolver) return startTestApp({ routes: '', yaml, dir });
+  // startTestApp with one more dependency: the in-process DNS for sender authentication.
+  const logs: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(chunk.toString('utf8'));
+      cb();
+    },
+  });
+  const app = await startApp({ config: parseTestConfig(yaml, dir), log: createLogger({ level: 'debug', destination }), clock: { now: () => Date.now() }, random: Math.random, dnsResolver: opts.dnsResolver });
+  return Object.assign(app, {
+    dir,
+    logs,
+    smtpPort: app.addresses.smtp.port,
+    httpUrl: `http://127.0.0.1:${app.addresses.http.port}`,
+    async close() {
+      await app.stop();
+      if (!opts.dir) rmSync(dir, { recursive: true, force: true });
+    },
+  });
 }
 
 export function countMessages(app: TestApp): number {
@@ -67,12 +94,18 @@ export function writeFlushed(smtp: RawSmtp, data: string | Buffer): Promise<void
   return new Promise((resolve, reject) => smtp.socket.write(data, (err) => (err ? reject(err) : resolve())));
 }
 
-/** Reads replies off a TLS socket (after STARTTLS or on the implicit-TLS port). */
-export class TlsLines {
+/** Reads replies off any socket: TLS (after STARTTLS or on the implicit-TLS port) or one bound to a chosen local address. */
+export class Lines {
   private buffer = '';
   private readonly queue: SmtpReply[] = [];
   private waiters: Array<(r: SmtpReply) => void> = [];
-  constructor(readonly socket: TLSSocket) {
+  private closedFlag = false;
+  private readonly closeWaiters: Array<() => void> = [];
+  constructor(readonly socket: TLSSocket | Socket) {
+    socket.on('close', () => {
+      this.closedFlag = true;
+      for (const w of this.closeWaiters) w();
+    });
     socket.setEncoding('latin1');
     socket.on('data', (d: string) => {
       this.buffer += d;
@@ -103,10 +136,31 @@ export class TlsLines {
     this.socket.write(`${line}\r\n`);
     return this.read();
   }
+  get closed(): boolean {
+    return this.closedFlag;
+  }
+  waitClosed(timeoutMs = 5000): Promise<void> {
+    if (this.closedFlag) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('connection still open')), timeoutMs);
+      this.closeWaiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+}
+
+/** A plain connection from a chosen loopback address (127.0.0.2, …), to act as another client IP. */
+export function connectFrom(port: number, localAddress: string): Promise<Lines> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection({ port, host: '127.0.0.1', localAddress }, () => resolve(new Lines(s)));
+    s.once('error', reject);
+  });
 }
 
 /** STARTTLS on a raw session (EHLO done); resolves once the handshake completed. */
-export async function startTls(smtp: RawSmtp, options: ConnectionOptions = {}): Promise<TlsLines> {
+export async function startTls(smtp: RawSmtp, options: ConnectionOptions = {}): Promise<Lines> {
   const r = await smtp.cmd('STARTTLS');
   assert.equal(r.raw, '220 2.0.0 Ready to start TLS\r\n');
   smtp.socket.removeAllListeners('data');
@@ -115,7 +169,7 @@ export async function startTls(smtp: RawSmtp, options: ConnectionOptions = {}): 
     socket.once('secureConnect', () => resolve());
     socket.once('error', reject);
   });
-  return new TlsLines(socket);
+  return new Lines(socket);
 }
 
 /** A self-signed certificate for CN (an EC key: quick to make), written to dir/<name>.key and .crt. */

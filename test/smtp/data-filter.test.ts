@@ -1,0 +1,169 @@
+// The DATA filter and the per-IP counters as pure units: chunking never changes the result.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { createDataFilter, parseContentType, type DataFilterOptions } from '../../src/smtp/data-filter.js';
+import { ClientLimits, parseCidr } from '../../src/smtp/limits.js';
+import { enhanceReply, parseProxyV2 } from '../../src/smtp/adapter.js';
+import { MessageRefused } from '../../src/smtp/replies.js';
+
+const OPTS: DataFilterOptions = { bareLf: 'normalize', maxBytes: 10_000_000, maxHeaderBytes: 1 << 20, maxReceived: 100, maxMimeParts: 1000, maxMimeDepth: 100 };
+
+async function run(input: Buffer, chunkSize: number, opts: Partial<DataFilterOptions> = {}): Promise<{ out: Buffer; err: unknown; filter: ReturnType<typeof createDataFilter> }> {
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < input.length; i += chunkSize) chunks.push(input.subarray(i, i + chunkSize));
+  const filter = createDataFilter({ ...OPTS, ...opts });
+  Readable.from(chunks).pipe(filter);
+  const out: Buffer[] = [];
+  try {
+    for await (const c of filter) out.push(c as Buffer);
+    return { out: Buffer.concat(out), err: undefined, filter };
+  } catch (err) {
+    return { out: Buffer.concat(out), err, filter };
+  }
+}
+
+test('normalize turns every lone CR and LF into CRLF, whatever the chunking', async () => {
+  const input = Buffer.from('a\nb\rc\r\nd\r\re\n\nf\r');
+  for (const size of [1, 2, 3, 5, 64]) {
+    const { out, err, filter } = await run(input, size);
+    assert.equal(err, undefined);
+    assert.equal(out.toString('latin1'), 'a\r\nb\r\nc\r\nd\r\n\r\ne\r\n\r\nf\r\n', `chunk size ${size}`);
+    assert.equal(filter.stats.normalized, 7);
+  }
+});
+
+test('clean input passes through unchanged (the same buffers, no copy)', async () => {
+  const input = Buffer.from('Subject: x\r\n\r\nline\r\n');
+  const { out, filter } = await run(input, 1000);
+  assert.deepEqual(out, input);
+  assert.equal(filter.stats.normalized, 0);
+});
+
+test('reject refuses a lone LF with 550 5.5.2 and passes nothing further', async () => {
+  const { err } = await run(Buffer.from('Subject: x\r\n\r\nline\nmore\r\n'), 4, { bareLf: 'reject' });
+  assert.ok(err instanceof MessageRefused);
+  assert.equal(err.reply.code, 550);
+  assert.equal(err.reply.enhanced, '5.5.2');
+});
+
+test('MIME structure: parts and depth are counted across chunk boundaries; boundaries of outer parts close inner ones', async () => {
+  const msg = [
+    'Content-Type: multipart/mixed;\r\n boundary="outer"',
+    '',
+    '--outer',
+    'Content-Type: multipart/alternative; boundary=inner',
+    '',
+    '--inner',
+    'Content-Type: text/plain',
+    '',
+    'a',
+    '--inner',
+    'Content-Type: message/rfc822',
+    '',
+    'Content-Type: multipart/mixed; boundary="deep"',
+    '',
+    '--deep  ',
+    '',
+    'x',
+    '--outer',
+    '',
+    'tail',
+    '--outer--',
+    '',
+  ].join('\r\n');
+  for (const size of [1, 7, 4096]) {
+    const { err, filter } = await run(Buffer.from(msg), size);
+    assert.equal(err, undefined);
+    assert.equal(filter.stats.mimeParts, 5, `chunk size ${size}`);
+    assert.equal(filter.stats.maxDepth, 4);
+  }
+  const deep = await run(Buffer.from(msg), 3, { maxMimeDepth: 3 });
+  assert.ok(deep.err instanceof MessageRefused);
+  assert.equal(deep.err.reply.text, 'Error: MIME nesting too deep');
+  const many = await run(Buffer.from(msg), 3, { maxMimeParts: 4 });
+  assert.ok(many.err instanceof MessageRefused);
+  assert.equal(many.err.reply.text, 'Error: too many MIME parts');
+});
+
+test('a boundary-like line of the body of a non-multipart message is content', async () => {
+  const { err, filter } = await run(Buffer.from('Subject: x\r\n\r\n--outer\r\n--outer--\r\n'), 2);
+  assert.equal(err, undefined);
+  assert.equal(filter.stats.mimeParts, 0);
+});
+
+test('Received headers count in the message header only; the From header size is measured', async () => {
+  const msg = 'Received: a\r\nreceived : b\r\nFrom: x@y.test,\r\n z@y.test\r\n\r\nReceived: not a header\r\n';
+  const { filter } = await run(Buffer.from(msg), 5);
+  assert.equal(filter.stats.received, 2);
+  assert.equal(filter.stats.fromHeaderBytes, 'From: x@y.test,\r\n z@y.test\r\n'.length);
+  const loop = await run(Buffer.from(msg), 5, { maxReceived: 1 });
+  assert.ok(loop.err instanceof MessageRefused);
+  assert.equal(loop.err.reply.enhanced, '5.4.6');
+});
+
+test('the header limit applies to each header section; the size limit to the bytes received', async () => {
+  const big = await run(Buffer.from(`Subject: ${'x'.repeat(200)}\r\n\r\nbody\r\n`), 16, { maxHeaderBytes: 100 });
+  assert.ok(big.err instanceof MessageRefused);
+  assert.equal(big.err.reply.text, 'Error: message header section exceeds size limit');
+  const large = await run(Buffer.from('Subject: x\r\n\r\n' + 'y'.repeat(200)), 16, { maxBytes: 100 });
+  assert.equal((large.err as { code?: string }).code, 'MESSAGE_TOO_LARGE');
+});
+
+test('parseContentType reads quoted and token boundaries', () => {
+  assert.deepEqual(parseContentType(' Multipart/Mixed; charset=x; BOUNDARY="a b\\"c"'), { type: 'multipart', subtype: 'mixed', boundary: 'a b"c' });
+  assert.deepEqual(parseContentType('multipart/related;boundary=abc;type=x'), { type: 'multipart', subtype: 'related', boundary: 'abc' });
+  assert.deepEqual(parseContentType('text/plain; boundary=abc'), { type: 'text', subtype: 'plain', boundary: undefined });
+});
+
+test('per-IP counters: connections, rates per window, exemptions by CIDR', () => {
+  let now = 0;
+  const limits = new ClientLimits({ maxConnectionsPerIp: 2, maxMessagesPerIp: 2, maxRecipientsPerIp: 3, windowMs: 1000, exempt: ['10.0.0.0/8', '2001:db8::/32'] }, { now: () => now });
+  assert.equal(limits.openConnection('192.0.2.1'), true);
+  assert.equal(limits.openConnection('192.0.2.1'), true);
+  assert.equal(limits.openConnection('192.0.2.1'), false);
+  assert.equal(limits.openConnection('10.1.2.3'), true);
+  assert.equal(limits.openConnection('10.1.2.3'), true);
+  assert.equal(limits.openConnection('10.1.2.3'), true, 'exempt');
+  limits.closeConnection('192.0.2.1');
+  assert.equal(limits.openConnection('192.0.2.1'), true);
+  assert.equal(limits.takeMessage('192.0.2.1'), true);
+  assert.equal(limits.takeMessage('192.0.2.1'), true);
+  assert.equal(limits.takeMessage('192.0.2.1'), false);
+  assert.equal(limits.takeMessage('2001:db8::5'), true);
+  now = 999;
+  assert.equal(limits.takeMessage('192.0.2.1'), false);
+  now = 1000;
+  assert.equal(limits.takeMessage('192.0.2.1'), true, 'a new window');
+  for (let i = 0; i < 3; i++) assert.equal(limits.takeRecipient('192.0.2.9'), true);
+  assert.equal(limits.takeRecipient('192.0.2.9'), false);
+  assert.deepEqual(parseCidr('10.0.0.0/8'), { address: '10.0.0.0', prefix: 8, family: 'ipv4' });
+  assert.equal(parseCidr('10.0.0.0/33'), undefined);
+  assert.equal(parseCidr('example.com'), undefined);
+});
+
+test('enhanced codes for library replies', () => {
+  assert.equal(enhanceReply(250, 'Accepted', 'MAIL_FROM_OK'), '2.1.0 Accepted');
+  assert.equal(enhanceReply(250, 'Accepted', 'RCPT_TO_OK'), '2.1.5 Accepted');
+  assert.equal(enhanceReply(220, 'mx.test ESMTP mailhook', false), 'mx.test ESMTP mailhook');
+  assert.equal(enhanceReply(354, 'End data with <CR><LF>.<CR><LF>', undefined), 'End data with <CR><LF>.<CR><LF>');
+  assert.equal(enhanceReply(550, '5.1.1 Recipient address rejected: User unknown', undefined), '5.1.1 Recipient address rejected: User unknown');
+  assert.equal(enhanceReply(421, 'mx.test You talk too soon', 'MAIL'), '4.7.0 mx.test You talk too soon');
+  assert.equal(enhanceReply(501, 'Error: syntax: EHLO hostname', false), '5.5.4 Error: syntax: EHLO hostname');
+});
+
+test('PROXY v2 headers: TCP4, TCP6, LOCAL, partial, garbage', () => {
+  const sig = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+  const v4 = Buffer.concat([sig, Buffer.from([0x21, 0x11, 0x00, 0x0c, 203, 0, 113, 7, 192, 0, 2, 1, 0xdc, 0x04, 0x00, 0x19])]);
+  assert.deepEqual(parseProxyV2(v4), { remoteAddress: '203.0.113.7', remotePort: 56324, length: 28 });
+  assert.equal(parseProxyV2(v4.subarray(0, 20)), 'more');
+  assert.equal(parseProxyV2(Buffer.from('PROXY TCP4 ')), 'v1');
+  const v6body = Buffer.alloc(36);
+  Buffer.from('20010db8000000000000000000000042', 'hex').copy(v6body, 0);
+  v6body.writeUInt16BE(4242, 32);
+  const v6 = Buffer.concat([sig, Buffer.from([0x21, 0x21, 0x00, 36]), v6body]);
+  assert.deepEqual(parseProxyV2(v6), { remoteAddress: '2001:db8:0:0:0:0:0:42', remotePort: 4242, length: 52 });
+  assert.deepEqual(parseProxyV2(Buffer.concat([sig, Buffer.from([0x20, 0x00, 0x00, 0x00])])), { length: 16 });
+  assert.ok(parseProxyV2(Buffer.concat([sig.subarray(0, 5), Buffer.from('xx')])) instanceof Error);
+  assert.ok(parseProxyV2(Buffer.concat([sig, Buffer.from([0x31, 0x11, 0x00, 0x0c])])) instanceof Error);
+});

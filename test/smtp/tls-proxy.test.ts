@@ -1,0 +1,271 @@
+// TLS (STARTTLS, minimum version, required TLS, implicit TLS, reload without dropping sessions) and the PROXY protocol.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { RawSmtp } from '../helpers/smtp-client.js';
+import { Consumer } from '../helpers/consumer.js';
+import { SECRET, tempDir, until, type TestApp } from '../helpers/app.js';
+import { Lines, countMessages, makeCert, opensslMissing, queuedId, session, startData, startSmtpApp, startTls } from './support.js';
+
+const skip = opensslMissing();
+
+function fingerprint(pemFile: string): string {
+  return new X509Certificate(readFileSync(pemFile)).fingerprint256;
+}
+
+/** Replaces a file the way renewal tools do: write beside it, then rename over it. */
+function replaceFile(from: string, to: string): void {
+  copyFileSync(from, `${to}.tmp`);
+  renameSync(`${to}.tmp`, to);
+}
+
+async function implicitSession(port: number, options: { maxVersion?: 'TLSv1.2' | 'TLSv1.3' } = {}): Promise<Lines> {
+  const socket = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false, servername: 'mx.test', ...options });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', () => resolve());
+    socket.once('error', reject);
+  });
+  return new Lines(socket);
+}
+
+describe('TLS', { skip }, () => {
+  let app: TestApp;
+  let strict: TestApp;
+  let consumer: Consumer;
+  let dir: string;
+  let a: { key: string; cert: string };
+  let b: { key: string; cert: string };
+  const live = () => ({ key: join(dir, 'live.key'), cert: join(dir, 'live.crt') });
+
+  before(async () => {
+    dir = tempDir();
+    a = makeCert(join(dir, 'certs'), 'a');
+    b = makeCert(join(dir, 'certs'), 'b');
+    copyFileSync(a.key, live().key);
+    copyFileSync(a.cert, live().cert);
+    consumer = await new Consumer().start();
+    app = await startSmtpApp({
+      dir,
+      smtp: `  tls:\n    key_file: live.key\n    cert_file: live.crt\n    implicit_listen: "127.0.0.1:0"\n    watch: false`,
+      routes: `
+  - name: hook
+    addresses: ["user@in.test"]
+    webhook:
+      url: ${consumer.url}
+      secret: ${SECRET}
+`,
+    });
+    strict = await startSmtpApp({ smtp: `  tls:\n    key_file: ${a.key}\n    cert_file: ${a.cert}\n    required: true\n    min_version: TLSv1.3` });
+  });
+  after(async () => {
+    await app.close();
+    await strict.close();
+    await consumer.stop();
+  });
+
+  test('STARTTLS: advertised, upgrades, and envelope.tls carries protocol and cipher into the payload', async () => {
+    const { smtp } = await RawSmtp.open(app.smtpPort);
+    const ehlo = await smtp.cmd('EHLO client.test');
+    assert.ok(ehlo.lines.includes('250-STARTTLS'), ehlo.raw);
+    const s = await startTls(smtp);
+    const ehlo2 = await s.cmd('EHLO client.test');
+    assert.ok(!ehlo2.lines.some((l) => l.includes('STARTTLS')), 'not offered twice');
+    assert.equal((await s.cmd('MAIL FROM:<a@client.test>')).raw, '250 2.1.0 Accepted\r\n');
+    assert.equal((await s.cmd('RCPT TO:<user@in.test>')).raw, '250 2.1.5 Accepted\r\n');
+    assert.equal((await s.cmd('DATA')).code, 354);
+    s.socket.write('Subject: over tls\r\n\r\nsecret\r\n.\r\n');
+    const id = queuedId(await s.read());
+    const cipher = (s.socket as TLSSocket).getCipher();
+    const protocol = (s.socket as TLSSocket).getProtocol();
+    assert.equal(protocol, 'TLSv1.3');
+    assert.deepEqual(app.spool.getMessage(id)?.envelope.tls, { protocol: 'TLSv1.3', cipher: cipher.name });
+    const [req] = await consumer.waitFor(1);
+    const payload = JSON.parse(req!.body.toString('utf8')) as { envelope: { tls: unknown } };
+    assert.deepEqual(payload.envelope.tls, { protocol: 'TLSv1.3', cipher: cipher.name });
+    s.socket.destroy();
+  });
+
+  test('minimum TLS 1.2: a TLS 1.1 client cannot complete the handshake; TLS 1.2 can', async () => {
+    const { smtp } = await RawSmtp.open(app.smtpPort);
+    await smtp.cmd('EHLO client.test');
+    // Refused for its version (a protocol_version alert), not for anything else about the handshake.
+    await assert.rejects(startTls(smtp, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }), (err: Error & { code?: string }) => /PROTOCOL_VERSION/.test(err.code ?? ''));
+    smtp.destroy();
+    const ok = await RawSmtp.open(app.smtpPort);
+    await ok.smtp.cmd('EHLO client.test');
+    const s = await startTls(ok.smtp, { maxVersion: 'TLSv1.2' });
+    assert.equal((s.socket as TLSSocket).getProtocol(), 'TLSv1.2');
+    assert.equal((await s.cmd('EHLO client.test')).code, 250);
+    s.socket.destroy();
+  });
+
+  test('implicit TLS listener: TLS from the first byte, then plain SMTP', async () => {
+    const port = app.smtp.implicitAddress?.port;
+    assert.ok(port);
+    const s = await implicitSession(port);
+    assert.match((await s.read()).raw, /^220 mx\.test ESMTP mailhook\r\n$/);
+    const ehlo = await s.cmd('EHLO client.test');
+    assert.ok(!ehlo.lines.some((l) => l.includes('STARTTLS')));
+    assert.equal((await s.cmd('STARTTLS')).raw, '503 5.5.1 Error: TLS already active\r\n');
+    assert.equal((await s.cmd('MAIL FROM:<a@client.test>')).code, 250);
+    assert.equal((await s.cmd('RCPT TO:<user@in.test>')).code, 250);
+    assert.equal((await s.cmd('DATA')).code, 354);
+    s.socket.write('Subject: implicit\r\n\r\nx\r\n.\r\n');
+    const id = queuedId(await s.read());
+    assert.equal(app.spool.getMessage(id)?.envelope.tls?.protocol, 'TLSv1.3');
+    s.socket.destroy();
+  });
+
+  test('smtp.tls.min_version: TLSv1.3 refuses a TLS 1.2 client', async () => {
+    const { smtp } = await RawSmtp.open(strict.smtpPort);
+    await smtp.cmd('EHLO client.test');
+    await assert.rejects(startTls(smtp, { maxVersion: 'TLSv1.2' }), (err: Error & { code?: string }) => /PROTOCOL_VERSION/.test(err.code ?? ''));
+    smtp.destroy();
+  });
+
+  test('smtp.tls.required: MAIL before STARTTLS gets 530 5.7.0; after STARTTLS it is accepted', async () => {
+    const smtp = await session(strict.smtpPort);
+    assert.equal((await smtp.cmd('MAIL FROM:<a@client.test>')).raw, '530 5.7.0 Must issue a STARTTLS command first\r\n');
+    const s = await startTls(smtp);
+    await s.cmd('EHLO client.test');
+    assert.equal((await s.cmd('MAIL FROM:<a@client.test>')).raw, '250 2.1.0 Accepted\r\n');
+    s.socket.destroy();
+  });
+
+  test('reload (SIGHUP path) swaps the certificate for new sessions without dropping the open one; a broken file keeps the old one', async () => {
+    const { smtp } = await RawSmtp.open(app.smtpPort);
+    await smtp.cmd('EHLO client.test');
+    const open = await startTls(smtp);
+    assert.equal((open.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(a.cert));
+
+    replaceFile(b.key, live().key);
+    replaceFile(b.cert, live().cert);
+    app.reload();
+
+    const fresh = await RawSmtp.open(app.smtpPort);
+    await fresh.smtp.cmd('EHLO client.test');
+    const s2 = await startTls(fresh.smtp);
+    assert.equal((s2.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+    s2.socket.destroy();
+    const implicit = await implicitSession(app.smtp.implicitAddress!.port);
+    assert.equal((implicit.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+    implicit.socket.destroy();
+
+    // The session opened before the reload still works.
+    await open.cmd('EHLO client.test');
+    assert.equal((await open.cmd('MAIL FROM:<a@client.test>')).code, 250);
+    assert.equal((await open.cmd('RCPT TO:<user@in.test>')).code, 250);
+    assert.equal((await open.cmd('DATA')).code, 354);
+    open.socket.write('Subject: survived\r\n\r\nx\r\n.\r\n');
+    queuedId(await open.read());
+    open.socket.destroy();
+
+    // A half-written renewal: the reload is refused and the identity in use stays.
+    writeFileSync(live().key, 'not a key');
+    assert.equal(app.smtp.reloadTls('test'), false);
+    const after = await RawSmtp.open(app.smtpPort);
+    await after.smtp.cmd('EHLO client.test');
+    const s3 = await startTls(after.smtp);
+    assert.equal((s3.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+    s3.socket.destroy();
+    copyFileSync(b.key, live().key);
+  });
+
+  test('reload on file change (smtp.tls.watch)', async () => {
+    const wdir = tempDir();
+    copyFileSync(a.key, join(wdir, 'w.key'));
+    copyFileSync(a.cert, join(wdir, 'w.crt'));
+    const watched = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(wdir, 'w.key')}\n    cert_file: ${join(wdir, 'w.crt')}` });
+    try {
+      replaceFile(b.key, join(wdir, 'w.key'));
+      replaceFile(b.cert, join(wdir, 'w.crt'));
+      await until(() => watched.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the file change');
+      const { smtp } = await RawSmtp.open(watched.smtpPort);
+      await smtp.cmd('EHLO client.test');
+      const s = await startTls(smtp);
+      assert.equal((s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+      s.socket.destroy();
+    } finally {
+      await watched.close();
+    }
+  });
+});
+
+describe('PROXY protocol', () => {
+  let app: TestApp;
+  before(async () => {
+    app = await startSmtpApp({ smtp: '  proxy_protocol: true\n  limits:\n    max_connections_per_ip: 1\n    exempt: []' });
+  });
+  after(() => app.close());
+
+  const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+  function v2v4(ip: number[], port: number): Buffer {
+    const body = Buffer.alloc(12);
+    Buffer.from(ip).copy(body, 0);
+    Buffer.from([127, 0, 0, 1]).copy(body, 4);
+    body.writeUInt16BE(port, 8);
+    body.writeUInt16BE(25, 10);
+    return Buffer.concat([SIG, Buffer.from([0x21, 0x11, 0x00, 12]), body]);
+  }
+  function v2v6(hex: string, port: number): Buffer {
+    const body = Buffer.alloc(36);
+    Buffer.from(hex, 'hex').copy(body, 0);
+    body.writeUInt16BE(port, 32);
+    body.writeUInt16BE(25, 34);
+    // A TLV after the addresses (PP2_TYPE_NOOP) must be skipped.
+    return Buffer.concat([SIG, Buffer.from([0x21, 0x21, 0x00, 36 + 3]), body, Buffer.from([0x04, 0x00, 0x00])]);
+  }
+
+  async function viaProxy(header: Buffer | string): Promise<{ smtp: RawSmtp; id: string }> {
+    const smtp = await RawSmtp.connect(app.smtpPort);
+    smtp.write(header);
+    assert.equal((await smtp.read()).code, 220);
+    await smtp.cmd('EHLO client.test');
+    await startData(smtp);
+    smtp.write('Subject: proxied\r\n\r\nx\r\n.\r\n');
+    return { smtp, id: queuedId(await smtp.read()) };
+  }
+
+  test('v1: remote_address is the client the balancer saw', async () => {
+    const { smtp, id } = await viaProxy('PROXY TCP4 203.0.113.7 192.0.2.1 56324 25\r\n');
+    assert.equal(app.spool.getMessage(id)?.envelope.remoteAddress, '203.0.113.7');
+    await smtp.quit();
+  });
+
+  test('v2 (binary), IPv4 and IPv6 with a TLV', async () => {
+    const four = await viaProxy(v2v4([198, 51, 100, 9], 40000));
+    assert.equal(app.spool.getMessage(four.id)?.envelope.remoteAddress, '198.51.100.9');
+    await four.smtp.quit();
+    const six = await viaProxy(v2v6('20010db8000000000000000000000042', 40001));
+    assert.equal(app.spool.getMessage(six.id)?.envelope.remoteAddress, '2001:db8::42');
+    await six.smtp.quit();
+  });
+
+  test('per-IP limits apply to the proxied address', async () => {
+    const first = await RawSmtp.connect(app.smtpPort);
+    first.write(v2v4([192, 0, 2, 55], 1000));
+    assert.equal((await first.read()).code, 220);
+    const second = await RawSmtp.connect(app.smtpPort);
+    second.write('PROXY TCP4 192.0.2.55 192.0.2.1 1001 25\r\n');
+    assert.equal((await second.read()).raw, '421 4.7.0 mx.test Error: too many connections from 192.0.2.55\r\n');
+    const other = await RawSmtp.connect(app.smtpPort);
+    other.write(v2v4([192, 0, 2, 56], 1002));
+    assert.equal((await other.read()).code, 220);
+    first.destroy();
+    other.destroy();
+  });
+
+  test('a broken header closes the connection; nothing reaches SMTP', async () => {
+    const before = countMessages(app);
+    const bad = await RawSmtp.connect(app.smtpPort);
+    bad.write(Buffer.concat([SIG.subarray(0, 6), Buffer.from('garbage\r\n')]));
+    await bad.waitClosed();
+    const bad2 = await RawSmtp.connect(app.smtpPort);
+    bad2.write('EHLO client.test\r\n');
+    await bad2.waitClosed();
+    assert.equal(countMessages(app), before);
+  });
+});
