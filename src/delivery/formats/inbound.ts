@@ -17,7 +17,6 @@ export interface InboundAttachment {
   content: Buffer;
   /** without angle brackets; null when the part has no Content-ID */
   contentId: string | null;
-  inline: boolean;
 }
 
 export interface InboundView {
@@ -79,7 +78,6 @@ export async function inboundView(raw: Buffer): Promise<InboundView> {
       contentType: a.contentType || 'application/octet-stream',
       content: a.content,
       contentId: a.contentId ? a.contentId.replace(/^<|>$/g, '') : null,
-      inline: a.contentDisposition === 'inline' || (a.related === true && !!a.contentId),
     })),
   };
 }
