@@ -10,6 +10,7 @@ import { Router } from './routing/router.js';
 import { Spool } from './spool/spool.js';
 import { Retention } from './spool/retention.js';
 import { createSmtpService, type SmtpService } from './smtp/server.js';
+import type { DNSResolver } from 'mailauth';
 import { DeliveryWorker } from './delivery/worker.js';
 import { buildHttpApp } from './http/server.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
@@ -20,6 +21,8 @@ export interface AppDeps {
   clock: Clock;
   random: Random;
   dispatcher?: Dispatcher;
+  /** DNS for sender authentication (SPF/DKIM/DMARC/ARC); the system resolver when absent */
+  dnsResolver?: DNSResolver;
 }
 
 export interface App {
@@ -34,6 +37,8 @@ export interface App {
   lifecycle: Lifecycle;
   addresses: { smtp: { host: string; port: number }; http: { host: string; port: number } };
   stop(): Promise<void>;
+  /** SIGHUP: reload what can change without a restart (the TLS key and certificate) */
+  reload(): void;
 }
 
 /** Grace for SMTP transactions and webhook requests in flight at shutdown. */
@@ -64,7 +69,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));
 
     const router = new Router(config.routes);
-    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics });
+    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, dispatcher, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}) });
 
     // Mailbox bridges feed spool.accept as SMTP does; registered after delivery, so they stop before it and the spool.
     const mailboxes = createMailboxes({ config, spool, router, log, metrics, clock, random, dispatcher });
@@ -98,6 +103,9 @@ export async function startApp(deps: AppDeps): Promise<App> {
       lifecycle,
       addresses: { smtp: smtpAddress, http: httpAddress },
       stop: () => lifecycle.stop(),
+      reload: () => {
+        smtp.reloadTls('SIGHUP');
+      },
     };
   } catch (err) {
     await lifecycle.stop();

@@ -8,6 +8,9 @@ const code = await runCli({
   stdout: (s) => process.stdout.write(s),
   stderr: (s) => process.stderr.write(s),
   stdoutBytes: (chunk) => new Promise<void>((resolve) => (process.stdout.write(chunk) ? resolve() : process.stdout.once('drain', resolve))),
+  onReload: (handler) => {
+    process.on('SIGHUP', () => handler());
+  },
   onSignal: (handler) => {
     let seen = false;
     for (const sig of ['SIGTERM', 'SIGINT'] as const) {

@@ -16,6 +16,8 @@ export interface CliIo {
   stdoutBytes?: (chunk: Uint8Array) => Promise<void>;
   /** resolves when the process is asked to stop (SIGTERM/SIGINT) */
   onSignal: (handler: (signal: string) => void) => void;
+  /** called on SIGHUP: reload the TLS key and certificate without a restart */
+  onReload?: (handler: () => void) => void;
 }
 
 function version(): string {

@@ -28,6 +28,10 @@ export async function runServe(io: CliIo & { configFile: string }): Promise<numb
     return err instanceof MailhookError && err.userFault ? 2 : 1;
   }
   const started = app;
+  io.onReload?.(() => {
+    log.info({ signal: 'SIGHUP' }, 'reloading');
+    started.reload();
+  });
   return new Promise<number>((resolve) => {
     io.onSignal((signal) => {
       log.info({ signal }, 'stopping');

@@ -29,6 +29,10 @@ export interface ResolvedRoute {
   /** finish deliveries of automatic messages as dropped instead of calling the webhook */
   dropAutomatic: boolean;
   webhook: ResolvedWebhook | undefined;
+  /** live recipient verification at RCPT (smtp/verify.ts) */
+  verify?: { url: string; timeoutMs: number; cacheTtlMs: number };
+  /** refuse messages whose DMARC check fails under p=reject */
+  dmarcReject?: boolean;
 }
 
 export interface Config {
@@ -204,12 +208,13 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     else if (value !== undefined) adminToken = new Secret(value);
   }
 
+  const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems);
   const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, problems), problems);
 
   if (problems.length > 0) throw new ConfigError(opts.source, problems);
 
   return {
-    smtp: { ...raw.smtp, hostname: raw.smtp.hostname ?? osHostname() },
+    smtp: { ...raw.smtp, hostname: raw.smtp.hostname ?? osHostname(), tls: smtpTls },
     http: { listen: raw.http.listen, adminToken },
     spool: { ...raw.spool, path: resolve(opts.baseDir, raw.spool.path) },
     delivery: raw.delivery,
@@ -221,7 +226,8 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 }
 
 function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string }, problems: ConfigProblem[]): ResolvedRoute {
-  const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined };
+  const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined, dmarcReject: route.dmarc_reject };
+  if (route.verify) out.verify = { url: route.verify.url, timeoutMs: route.verify.timeout_ms, cacheTtlMs: route.verify.cache_ttl_s * 1000 };
   const w = route.webhook;
   if (!w) return out;
   let secretText: string | undefined;
@@ -265,6 +271,27 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
     signingKeyBytes: keyBytes,
     options,
   };
+  return out;
+}
+
+/** smtp.tls file paths resolved against the working directory and readable; settings that need each other. */
+function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProblem[]): RawConfig['smtp']['tls'] {
+  raw.routes.forEach((route, i) => {
+    if (route.dmarc_reject && !raw.smtp.sender_auth.enabled) {
+      problems.push({ path: `routes[${i}].dmarc_reject`, message: 'needs DMARC results: set smtp.sender_auth.enabled: true (or remove dmarc_reject)' });
+    }
+  });
+  const tls = raw.smtp.tls;
+  if (!tls) return undefined;
+  const out = { ...tls, key_file: resolve(baseDir, tls.key_file), cert_file: resolve(baseDir, tls.cert_file) };
+  for (const key of ['key_file', 'cert_file'] as const) {
+    try {
+      readFileSync(out[key]);
+    } catch (err) {
+      const why = isErrnoException(err) ? err.code : String(err);
+      problems.push({ path: `smtp.tls.${key}`, message: `cannot read ${tls[key]} (${why}); check the path and that mailhook's user may read it` });
+    }
+  }
   return out;
 }
 

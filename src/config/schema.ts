@@ -1,4 +1,5 @@
 // The configuration schema: every key's type, default and meaning in one place (validated once at start-up).
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseAddressTemplate } from '../routing/template.js';
 
@@ -17,6 +18,44 @@ export type ListenAddress = z.output<typeof listenAddress>;
 const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().nonnegative();
 
+/** An IPv4 or IPv6 address, optionally with a /prefix (CIDR). */
+const ipOrCidr = z.string().refine((v) => {
+  const [ip = '', bits, extra] = v.trim().split('/');
+  const family = isIP(ip);
+  if (family === 0 || extra !== undefined) return false;
+  return bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128));
+}, 'must be an IP address or CIDR range, e.g. "192.0.2.10" or "10.0.0.0/8"');
+const ipAddress = z.string().refine((v) => isIP(v.trim()) !== 0, 'must be an IP address');
+
+const tlsSchema = z.strictObject({
+  key_file: z.string().min(1).describe('PEM private key; reloaded on SIGHUP or when the file changes'),
+  cert_file: z.string().min(1).describe('PEM certificate chain (leaf first); reloaded with the key'),
+  min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2').describe('oldest TLS version accepted'),
+  required: z.boolean().default(false).describe('refuse MAIL before STARTTLS (530 5.7.0); an MX facing the internet should leave this off (RFC 3207 §4)'),
+  implicit_listen: listenAddress.optional().describe('an extra listener speaking TLS from the first byte (port 465 style), host:port'),
+  watch: z.boolean().default(true).describe('reload the key and certificate when their files change (SIGHUP always reloads)'),
+});
+
+const limitsSchema = z.strictObject({
+  max_header_bytes: positiveInt.default(1_048_576).describe('bytes of a header section (the message\'s or a MIME part\'s); more gets 552 5.3.4'),
+  max_received_headers: positiveInt.default(100).describe('Received headers before a message is a loop: 554 5.4.6'),
+  max_mime_parts: positiveInt.default(1000).describe('MIME body parts in one message; more gets 554 5.6.0'),
+  max_mime_depth: positiveInt.default(100).describe('nesting of multiparts and attached messages; deeper gets 554 5.6.0'),
+  max_connections_per_ip: nonNegativeInt.default(50).describe('concurrent connections from one client IP, 0 for no limit; more get 421 4.7.0 (Postfix smtpd_client_connection_count_limit)'),
+  max_messages_per_ip: nonNegativeInt.default(0).describe('MAIL commands per rate_window_ms from one client IP, 0 for no limit; more get 450 4.7.1'),
+  max_recipients_per_ip: nonNegativeInt.default(0).describe('RCPT commands per rate_window_ms from one client IP, 0 for no limit; more get 450 4.7.1'),
+  rate_window_ms: positiveInt.default(60_000).describe('time unit of the per-IP rates (Postfix anvil_rate_time_unit)'),
+  exempt: z.array(ipOrCidr).default(['127.0.0.0/8', '::1']).describe('client addresses the per-IP limits do not apply to (Postfix smtpd_client_event_limit_exceptions)'),
+  max_errors: nonNegativeInt.default(20).describe('error replies in one session before 421 4.7.0 and disconnect, 0 for no limit (Postfix smtpd_hard_error_limit)'),
+  min_data_rate: nonNegativeInt.default(500).describe('bytes/s a DATA phase must average after its first socket_timeout_ms, 0 for no minimum; slower gets 421 4.4.2 (Postfix smtpd_min_data_rate)'),
+  min_free_disk_bytes: nonNegativeInt.default(104_857_600).describe('free space the spool file system must keep; below it MAIL gets 452 4.3.1 (Postfix queue_minfree)'),
+});
+
+const senderAuthSchema = z.strictObject({
+  enabled: z.boolean().default(false).describe('verify SPF, DKIM, DMARC and ARC at the end of DATA (DNS lookups per message) and add the results to the payload'),
+  max_from_header_bytes: positiveInt.default(16_384).describe('a From header larger than this is not parsed for DKIM/DMARC (permerror)'),
+});
+
 const smtpSchema = z.strictObject({
   listen: listenAddress.default({ host: '127.0.0.1', port: 2525 }).describe('SMTP listen address, host:port'),
   hostname: z.string().min(1).optional().describe('name used in the banner, EHLO reply and Received header; defaults to the machine hostname'),
@@ -26,6 +65,12 @@ const smtpSchema = z.strictObject({
   socket_timeout_ms: positiveInt.default(300_000).describe('idle time before a connection is closed (RFC 5321 §4.5.3.2.7: 5 minutes)'),
   greeting_delay_ms: nonNegativeInt.default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
   lmtp: z.boolean().default(false).describe('speak LMTP (RFC 2033) instead of SMTP, for an MTA in front (Postfix lmtp: transport); one reply per recipient after DATA'),
+  tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
+  proxy_protocol: z.union([z.boolean(), z.array(ipAddress)]).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
+  bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
+  ip_literals: z.record(ipAddress, z.string().min(1)).default({}).describe('IP-literal recipient domains accepted, each treated as the domain given (e.g. "192.0.2.10": example.com); others are refused'),
+  limits: limitsSchema.prefault({}),
+  sender_auth: senderAuthSchema.prefault({}),
 });
 
 const httpSchema = z.strictObject({
@@ -115,6 +160,12 @@ const addressPattern = z.string().superRefine((value, ctx) => {
   if (!result.ok) ctx.addIssue({ code: 'custom', message: result.error });
 });
 
+const verifySchema = z.strictObject({
+  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('POSTed {route, address, key} at RCPT, signed with the webhook secret; 200/204 = exists, 404/410 = unknown'),
+  timeout_ms: positiveInt.default(2000).describe('time allowed for an answer; slower gets 451 4.3.0'),
+  cache_ttl_s: nonNegativeInt.default(300).describe('seconds a yes or no is remembered; 0 asks every time'),
+});
+
 const routeSchema = z
   .strictObject({
     name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'use letters, digits, "-", "_" and "."'),
@@ -122,6 +173,8 @@ const routeSchema = z
     webhook: webhookSchema.optional(),
     sink: z.boolean().optional().describe('keep messages in the spool and list them at /sink/messages instead of calling a webhook'),
     drop_automatic: z.boolean().default(false).describe('finish deliveries of automatic messages (auto-replies, bulk, bounces, reports) as dropped instead of calling the webhook'),
+    verify: verifySchema.optional().describe('ask the application at RCPT whether the recipient exists (live recipient verification)'),
+    dmarc_reject: z.boolean().default(false).describe('refuse a message (550 5.7.1) whose DMARC check fails with p=reject; needs smtp.sender_auth.enabled'),
   })
   .superRefine((route, ctx) => {
     if (!route.webhook && !route.sink) ctx.addIssue({ code: 'custom', message: 'a route needs a webhook (or sink: true)' });

@@ -9,6 +9,7 @@ export function createMetrics() {
     messagesRejected: new Counter({ name: 'mailhook_messages_rejected_total', help: 'Messages refused at end of DATA', labelNames: ['reason'], registers: [registry] }),
     recipientsRejected: new Counter({ name: 'mailhook_recipients_rejected_total', help: 'Recipients refused at RCPT', labelNames: ['reason'], registers: [registry] }),
     smtpConnections: new Counter({ name: 'mailhook_smtp_connections_total', help: 'SMTP connections opened', registers: [registry] }),
+    smtpRefused: new Counter({ name: 'mailhook_smtp_refused_total', help: 'SMTP connections and MAIL commands refused by a limit', labelNames: ['reason'], registers: [registry] }),
     deliveries: new Counter({ name: 'mailhook_deliveries_total', help: 'Delivery attempts by outcome', labelNames: ['route', 'outcome'], registers: [registry] }),
     deliveryLatency: new Histogram({
       name: 'mailhook_delivery_duration_seconds',

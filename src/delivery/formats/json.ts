@@ -22,6 +22,10 @@ export function buildJsonPayload(ctx: FormatContext, message: Awaited<ReturnType
     recipients: ctx.delivery.recipients,
     /** sent by a machine (auto-reply, bulk, bounce, report): never answer it (RFC 3834) */
     automatic: automaticOf(m, ctx.raw).automatic,
+    /** SPF, DKIM, DMARC and ARC as checked at the SMTP edge (smtp.sender_auth); null when not checked */
+    authentication: m.meta?.authentication ?? null,
+    /** the same results as an Authentication-Results header value (RFC 8601) */
+    authentication_results: typeof m.meta?.authentication_results === 'string' ? m.meta.authentication_results : null,
     message,
     raw_base64: ctx.raw.toString('base64'),
   };
