@@ -68,7 +68,12 @@ const smtpSchema = z.strictObject({
   tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
   proxy_protocol: z.union([z.boolean(), z.array(ipAddress)]).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
   bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
-  ip_literals: z.record(ipAddress, z.string().min(1)).default({}).describe('IP-literal recipient domains accepted, each treated as the domain given (e.g. "192.0.2.10": example.com); others are refused'),
+  ip_literals: z
+    .record(z.string(), z.string().min(1))
+    .superRefine((rec, ctx) => {
+      for (const ip of Object.keys(rec)) if (isIP(ip.trim()) === 0) ctx.addIssue({ code: 'custom', path: [ip], message: 'the key must be an IP address, e.g. "192.0.2.10"' });
+    })
+    .default({}).describe('IP-literal recipient domains accepted, each treated as the domain given (e.g. "192.0.2.10": example.com); others are refused'),
   limits: limitsSchema.prefault({}),
   sender_auth: senderAuthSchema.prefault({}),
 });

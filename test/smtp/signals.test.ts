@@ -1,0 +1,72 @@
+// The real process: SIGHUP reloads the TLS certificate, SIGTERM mid-session answers 421 to new commands and 250 to the DATA in flight.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import { RawSmtp } from '../helpers/smtp-client.js';
+import { configYaml, tempDir } from '../helpers/app.js';
+import { spawnMailhook } from '../helpers/process.js';
+import { makeCert, opensslMissing, queuedId, session, startData, startTls, writeFlushed } from './support.js';
+
+const skip = opensslMissing();
+
+function fingerprintOf(file: string): string {
+  return new X509Certificate(readFileSync(file)).fingerprint256;
+}
+
+async function servedFingerprint(port: number): Promise<string | undefined> {
+  const { smtp } = await RawSmtp.open(port);
+  await smtp.cmd('EHLO client.test');
+  const s = await startTls(smtp);
+  const fp = (s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256;
+  s.socket.destroy();
+  return fp;
+}
+
+test('SIGHUP reloads the key and certificate; SIGTERM: 421 for new commands, 250 for the DATA in flight, exit 0', { skip }, async () => {
+  const dir = tempDir();
+  const a = makeCert(join(dir, 'certs'), 'a');
+  const b = makeCert(join(dir, 'certs'), 'b');
+  copyFileSync(a.key, join(dir, 'live.key'));
+  copyFileSync(a.cert, join(dir, 'live.crt'));
+  const cfg = join(dir, 'mailhook.yaml');
+  const yaml = configYaml({ dir, routes: '\n  - name: sink\n    addresses: ["user@in.test"]\n    sink: true\n' }).replace(
+    '  greeting_delay_ms: 0\n',
+    `  greeting_delay_ms: 0\n  tls:\n    key_file: ${join(dir, 'live.key')}\n    cert_file: ${join(dir, 'live.crt')}\n    watch: false\n`,
+  );
+  writeFileSync(cfg, yaml);
+  const proc = spawnMailhook(['serve', '--config', cfg]);
+  try {
+    await proc.started;
+    assert.equal(await servedFingerprint(proc.smtpPort), fingerprintOf(a.cert));
+
+    for (const [from, to] of [
+      [b.key, 'live.key'],
+      [b.cert, 'live.crt'],
+    ] as const) {
+      copyFileSync(from, join(dir, `${to}.tmp`));
+      renameSync(join(dir, `${to}.tmp`), join(dir, to));
+    }
+    proc.child.kill('SIGHUP');
+    await proc.waitForLog((l) => l.msg === 'TLS key and certificate reloaded');
+    assert.equal(await servedFingerprint(proc.smtpPort), fingerprintOf(b.cert));
+
+    const busy = await session(proc.smtpPort);
+    await startData(busy);
+    await writeFlushed(busy, 'Subject: in flight at SIGTERM\r\n\r\nfirst half\r\n');
+    const idle = await session(proc.smtpPort);
+    proc.child.kill('SIGTERM');
+    await proc.waitForLog((l) => l.msg === 'stopping');
+    assert.equal((await idle.cmd('NOOP')).raw, '421 4.3.2 Service shutting down, closing transmission channel\r\n');
+    busy.write('second half\r\n.\r\n');
+    queuedId(await busy.read());
+    assert.equal((await busy.cmd('QUIT')).raw, '421 4.3.2 Service shutting down, closing transmission channel\r\n');
+    const { code } = await proc.exit;
+    assert.equal(code, 0);
+  } finally {
+    if (proc.child.exitCode === null) proc.child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
