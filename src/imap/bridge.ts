@@ -318,6 +318,7 @@ export class ImapBridge {
     const fetched: FetchMessageObject[] = [];
     for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) fetched.push(m);
     fetched.sort((a, b) => a.uid - b.uid);
+    this.log.debug({ mailbox: this.s.name, count: fetched.length, first: fetched[0]?.uid, last: fetched.at(-1)?.uid }, 'batch fetched');
     const now = this.deps.clock.now();
     const finish: number[] = [];
     const toClaim: FetchMessageObject[] = [];
@@ -359,8 +360,12 @@ export class ImapBridge {
     const small: FetchMessageObject[] = [];
     const large: FetchMessageObject[] = [];
     for (const m of mine) {
-      if ((m.size ?? 0) > this.ingest.maxBytes) outcomes.set(m.uid, { outcome: 'too_large' });
-      else if ((m.size ?? 0) <= INLINE_FETCH_MAX) small.push(m);
+      if ((m.size ?? 0) > this.ingest.maxBytes) {
+        // RFC822.SIZE says it cannot be stored: not fetched at all.
+        outcomes.set(m.uid, { outcome: 'too_large' });
+        this.ingest.count('too_large');
+        this.log.warn({ mailbox: this.s.name, uid: m.uid, size: m.size }, `message exceeds ${this.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox, marked ${SKIP_KEYWORD}`);
+      } else if ((m.size ?? 0) <= INLINE_FETCH_MAX) small.push(m);
       else large.push(m);
     }
     for (const group of groupBySize(small, GROUP_FETCH_BYTES)) {

@@ -39,6 +39,8 @@ export interface DovecotOptions {
   users?: string[];
   /** enables XOAUTH2 (the mechanism Office 365 offers; imapflow would prefer OAUTHBEARER), validating tokens by POSTing them to this RFC 7662 introspection URL */
   introspectionUrl?: string;
+  /** the capability list advertised after login (e.g. without IDLE, to exercise polling) */
+  capability?: string;
 }
 
 export interface Dovecot {
@@ -134,7 +136,7 @@ first_valid_uid = 1
 first_valid_gid = 1
 # Notice new mail within a second even where inotify is unavailable (IDLE latency).
 mailbox_idle_check_interval = 1 secs
-service imap-login {
+${opts.capability ? `imap_capability = ${opts.capability}\n` : ''}service imap-login {
   chroot =
   inet_listener imap {
     port = ${port}

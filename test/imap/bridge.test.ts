@@ -7,7 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
-import { startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { createHash } from 'node:crypto';
 import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
 import type { ImapBridge } from '../../src/imap/bridge.js';
 import { count, crlf, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
@@ -21,7 +22,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -255,6 +256,123 @@ ${oauth2}`;
     } finally {
       await app.close();
       await consumer.stop();
+    }
+  });
+
+  test('a delete cut off between STORE \\Deleted and EXPUNGE is finished next session; \\Deleted mail not ours is left', async () => {
+    const dir = tempDir();
+    const consumer = await new Consumer().start();
+    await dovecot.append([message('i1', { to: 'desk@in.test', messageId: 'i1@x' })], { user: 'interrupted' });
+    // First run marks it read (flag), which leaves it in the mailbox with its spool entry.
+    let app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'interrupted', { after_delivery: 'flag' }, 'intr')), dir });
+    try {
+      await until(() => count(app.spool.db) === 1, 10_000, 'the message in the spool');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+    } finally {
+      await app.close();
+    }
+    // The state a crash between the two commands leaves: ours \Deleted (unread again), plus a stranger's \Deleted.
+    const c = await dovecot.client('interrupted');
+    await c.mailboxOpen('INBOX');
+    await c.messageFlagsRemove('1', ['\\Seen'], { uid: true });
+    await c.messageFlagsAdd('1', ['\\Deleted'], { uid: true });
+    await c.append('INBOX', message('stranger', { to: 'desk@in.test', messageId: 'stranger@x' }), ['\\Deleted']);
+    await c.logout();
+    app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'interrupted', { after_delivery: 'delete' }, 'intr')), dir });
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+      const left = await dovecot.list('INBOX', 'interrupted');
+      assert.deepEqual(left, [{ uid: 2, flags: ['\\Deleted'] }], 'ours expunged, the stranger\'s \\Deleted message left alone');
+      assert.equal(count(app.spool.db), 1);
+    } finally {
+      await app.close();
+      await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('UIDVALIDITY changes (folder recreated): known messages are recognised by Message-ID, new ones taken', async () => {
+    const dir = tempDir();
+    const consumer = await new Consumer().start();
+    const c = await dovecot.client('gen');
+    await c.mailboxCreate('Work');
+    await c.logout();
+    const msgs = [1, 2, 3].map((i) => message(`g${i}`, { to: 'desk@in.test', messageId: `gen-${i}@x` }));
+    await dovecot.append(msgs, { user: 'gen', folder: 'Work' });
+    const yaml = imapBlock(mailboxYaml(dovecot, 'gen', { mailbox: 'Work', after_delivery: 'flag' }));
+    let app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml, dir });
+    let firstGen: string;
+    try {
+      await until(() => count(app.spool.db) === 3, 10_000, 'three messages');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+      firstGen = String(bridgeOf(app).status.details.uid_validity);
+    } finally {
+      await app.close();
+    }
+    // Recreated with the same messages (a restore, a server move): UIDs start again under a new UIDVALIDITY.
+    const c2 = await dovecot.client('gen');
+    await c2.mailboxDelete('Work');
+    await c2.mailboxCreate('Work');
+    await c2.logout();
+    await dovecot.append([...msgs, message('g4', { to: 'desk@in.test', messageId: 'gen-4@x' })], { user: 'gen', folder: 'Work' });
+    app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml, dir });
+    try {
+      await until(() => count(app.spool.db) === 4, 10_000, 'the new message');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+      assert.notEqual(String(bridgeOf(app).status.details.uid_validity), firstGen);
+      assert.equal(count(app.spool.db), 4, 'the three known messages were not stored again');
+      assert.deepEqual((await dovecot.list('Work', 'gen')).map((m) => m.flags), [['\\Seen'], ['\\Seen'], ['\\Seen'], ['\\Seen']], 'all marked');
+      assert.ok(app.logs.some((l) => l.includes('deduplicating by Message-ID')));
+    } finally {
+      await app.close();
+      await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a message over 1 MiB is streamed byte for byte; one over smtp.max_message_bytes is left, marked', async () => {
+    const consumer = await new Consumer().start();
+    const line = 'y'.repeat(76) + '\r\n';
+    const big = message('big1', { to: 'desk@in.test', messageId: 'big1@x', body: line.repeat(Math.ceil(2_000_000 / line.length)) });
+    const huge = message('huge1', { to: 'desk@in.test', messageId: 'huge1@x', body: line.repeat(Math.ceil(4_000_000 / line.length)) });
+    await dovecot.append([big, huge], { user: 'large' });
+    const dir = tempDir();
+    const yaml = configYaml({ dir, routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'large', { after_delivery: 'delete' })) }).replace('greeting_delay_ms: 0', 'greeting_delay_ms: 0\n  max_message_bytes: 3000000');
+    const app = await startTestApp({ routes: '', yaml, dir });
+    try {
+      await until(() => count(app.spool.db) === 1, 10_000, 'the big message');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+      const id = (app.spool.db.prepare(`SELECT id FROM messages`).get() as { id: string }).id;
+      const raw = await app.spool.readRaw(id);
+      assert.equal(raw.length, Buffer.byteLength(big));
+      assert.equal(createHash('sha256').update(raw).digest('hex'), createHash('sha256').update(big).digest('hex'));
+      const left = await dovecot.list('INBOX', 'large');
+      assert.deepEqual(left.map((m) => m.flags), [[SKIP_KEYWORD]], 'the oversized message stays, marked, unread');
+      assert.ok(app.logs.some((l) => l.includes('exceeds 3000000 bytes')));
+    } finally {
+      await app.close();
+      await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a server without IDLE is polled every poll_interval', async () => {
+    const plain = await startDovecot({ users: ['poll'], capability: 'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE LITERAL+ NAMESPACE UIDPLUS CONDSTORE MOVE' });
+    const consumer = await new Consumer().start();
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(plain, 'poll', { poll_interval: 1, after_delivery: 'delete' })) });
+    try {
+      const bridge = bridgeOf(app);
+      await until(() => bridge.status.state === 'polling', 10_000, 'polling');
+      assert.equal(bridge.status.details.idle, false);
+      const t0 = Date.now();
+      await plain.append([message('polled')], { user: 'poll' });
+      await consumer.waitFor(1, 5000);
+      const ms = Date.now() - t0;
+      assert.ok(ms < 2500, `took ${ms} ms with poll_interval 1 s`);
+    } finally {
+      await app.close();
+      await consumer.stop();
+      await plain.close();
     }
   });
 });

@@ -1,0 +1,155 @@
+// The Microsoft Graph inbox against the local Graph stand-in: delta pages and tokens, raw MIME, mark read /
+// delete / move only after the spool commit, 429/503 Retry-After, token replacement, restarts without duplicates.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { GraphStandin } from '../helpers/graph-standin.js';
+import { startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import type { GraphInbox } from '../../src/imap/graph/inbox.js';
+import { count, message, routesYaml } from '../imap/setup.js';
+
+let g: GraphStandin;
+before(async () => {
+  g = await new GraphStandin().start();
+});
+after(() => g.stop());
+
+function graphYaml(name: string, opts: { folder?: string; after?: string; unmatched?: string; user?: string } = {}): string {
+  return `
+  - name: ${name}
+    inbox_method: microsoft_graph
+    user: ${opts.user ?? g.user}
+    mailbox: ${opts.folder ?? 'inbox'}
+    after_delivery: ${JSON.stringify(opts.after ?? 'flag')}
+    unmatched: ${JSON.stringify(opts.unmatched ?? 'leave')}
+    reconnect_delay_ms: 100
+    reconnect_max_delay_ms: 400
+    inbox_options:
+      tenant_id: tenant-1
+      client_id: graph-app
+      client_secret: graph-secret
+      poll_interval: 1
+      azure_ad_endpoint: ${g.url}
+      graph_endpoint: ${g.url}
+`;
+}
+
+async function start(entries: string[], dir = tempDir()): Promise<TestApp> {
+  return startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: `imap:${entries.join('')}`, dir });
+}
+const inbox = (app: TestApp, i = 0) => app.mailboxes.bridges[i] as GraphInbox;
+const deltaRequests = () => g.requests.filter((r) => r.path.endsWith('/messages/delta'));
+
+test('initial delta in @odata.nextLink pages, then the delta token; unread messages taken and marked read after commit', async () => {
+  const read = [0, 1, 2].map((i) => g.add(message(`old${i}`, { to: 'desk@in.test', messageId: `old${i}@x` }), { isRead: true }));
+  const ids = Array.from({ length: 120 }, (_, i) => g.add(message(`m${i}`, { to: 'desk@in.test', messageId: `m${i}@x` })));
+  const before = g.requests.length;
+  const dir = tempDir();
+  const app = await start([graphYaml('graph-a')], dir);
+  try {
+    await until(() => count(app.spool.db) === 120, 15_000, '120 messages in the spool');
+    await until(() => ids.every((id) => g.messages.get(id)?.isRead), 5000, 'every taken message marked read');
+    assert.ok(read.every((id) => g.messages.get(id)?.isRead), 'read messages are left as they were');
+    const first = deltaRequests().filter((r) => g.requests.indexOf(r) >= before);
+    assert.equal(first[0]!.query.get('$select'), 'id,isRead,internetMessageId,receivedDateTime');
+    assert.equal(first[0]!.prefer, 'odata.maxpagesize=50');
+    assert.deepEqual(first.slice(0, 3).map((r) => [r.query.has('$skiptoken'), r.query.has('$deltatoken')]), [[false, false], [true, false], [true, false]], '123 messages: three pages');
+    // Every taken message: its raw MIME fetched, then one PATCH isRead.
+    assert.equal(g.requests.filter((r) => r.method === 'PATCH').length, 120);
+    const key = (app.spool.db.prepare(`SELECT dedupe_key, source FROM messages LIMIT 1`).get() as { dedupe_key: string; source: string });
+    assert.equal(key.source, 'graph');
+    assert.match(key.dedupe_key, /^graph:graph-a:AAMkAD/);
+
+    // New mail arrives: the next poll (1 s) asks with the delta token and gets only the change.
+    await until(() => deltaRequests().some((r) => r.query.has('$deltatoken')), 5000, 'a poll with the delta token');
+    const t0 = Date.now();
+    g.add(message('late', { to: 'desk@in.test', messageId: 'late@x' }));
+    await until(() => count(app.spool.db) === 121, 5000, 'the new message');
+    const took = Date.now() - t0;
+    assert.ok(took < 2500, `took ${took} ms with poll_interval 1 s`);
+    assert.equal(inbox(app).status.state === 'polling' || inbox(app).status.state === 'connected', true);
+  } finally {
+    await app.close();
+  }
+  // A restart repeats the full delta (the token lived in memory): read messages are skipped; one committed but
+  // never marked (as after a crash between commit and PATCH) is marked now, not stored again.
+  g.messages.get(ids[7]!)!.isRead = false;
+  const again = await start([graphYaml('graph-a')], dir);
+  try {
+    await until(() => g.messages.get(ids[7]!)?.isRead === true, 5000, 'the committed message marked read');
+    await until(() => inbox(again).status.state === 'polling', 5000, 'a finished pass');
+    assert.equal(count(again.spool.db), 121);
+  } finally {
+    await again.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  for (const m of g.inFolder('inbox')) g.messages.delete(m.id);
+});
+
+test('after_delivery delete and move:<folder>; unmatched leave (untouched) and route:<name>', async () => {
+  const del = g.add(message('d1', { to: 'desk@in.test', messageId: 'd1@x' }));
+  const leftAlone = g.add(message('u1', { to: 'stranger@elsewhere.test', messageId: 'u1@x' }));
+  const mv = g.add(message('j1', { to: 'desk@in.test', messageId: 'j1@x' }), { folder: 'junkemail' });
+  const routed = g.add(message('j2', { to: 'stranger@elsewhere.test', messageId: 'j2@x' }), { folder: 'junkemail' });
+  const app = await start([graphYaml('g-del', { after: 'delete' }), graphYaml('g-move', { folder: 'junkemail', after: 'move:archive', unmatched: 'route:catchall' })]);
+  try {
+    await until(() => count(app.spool.db) === 3, 10_000, 'three messages');
+    await until(() => !g.messages.has(del) && !g.messages.has(mv) && !g.messages.has(routed), 5000, 'deleted and moved');
+    assert.equal(g.inFolder('archive').length, 2);
+    assert.equal(g.messages.get(leftAlone)?.isRead, false, 'an unmatched message with policy leave is not touched');
+    const catchall = app.spool.db.prepare(`SELECT recipients FROM deliveries WHERE route = 'catchall'`).all() as Array<{ recipients: string }>;
+    assert.deepEqual(catchall.map((r) => JSON.parse(r.recipients)), [[{ address: 'stranger@elsewhere.test', key: null }]]);
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('429 and 503 are retried after Retry-After; a failed PATCH leaves the message for the next pass, stored once', async () => {
+  const app = await start([graphYaml('g-throttle')]);
+  try {
+    await until(() => inbox(app).status.state === 'polling', 5000, 'the first pass');
+    g.throttle(1, 429, '1', (m, p) => m === 'GET' && p.endsWith('/$value'));
+    g.throttle(1, 503, '1', (m, p) => m === 'GET' && p.endsWith('/$value'));
+    const id = g.add(message('t1', { to: 'desk@in.test', messageId: 't1@x' }));
+    await until(() => count(app.spool.db) === 1, 10_000, 'the throttled message');
+    const raw = g.requests.filter((r) => r.path.endsWith('/$value') && r.path.includes(encodeURIComponent(id)));
+    assert.deepEqual(raw.map((r) => r.status), [429, 503, 200]);
+    assert.ok(raw[1]!.at - raw[0]!.at >= 990 && raw[2]!.at - raw[1]!.at >= 990, `retries waited ${raw[1]!.at - raw[0]!.at} and ${raw[2]!.at - raw[1]!.at} ms`);
+    assert.equal(inbox(app).graph.throttled, 2);
+    await until(() => g.messages.get(id)?.isRead === true, 5000, 'marked read');
+
+    // Marking fails: the message is already committed; the pass is repeated and only the marking is redone.
+    g.fail(1, 500, (m) => m === 'PATCH');
+    const id2 = g.add(message('t2', { to: 'desk@in.test', messageId: 't2@x' }));
+    await until(() => g.messages.get(id2)?.isRead === true, 10_000, 'marked read on the next pass');
+    assert.equal(count(app.spool.db), 2);
+    assert.equal(inbox(app).status.lastError?.kind, 'server');
+    assert.equal(g.requests.filter((r) => r.method === 'GET' && r.path.includes(encodeURIComponent(id2))).length, 1, 'the raw message was fetched once');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('client credentials for the Graph scope; a revoked token is replaced; a wrong user shows as not_found', async () => {
+  const app = await start([graphYaml('g-token'), graphYaml('g-nouser', { user: 'nobody@corp.test' })]);
+  try {
+    await until(() => inbox(app).status.state === 'polling', 5000, 'the first pass');
+    const req = g.oauth.tokenRequests.find((r) => r.grant === 'client_credentials');
+    assert.equal(req?.path, '/tenant-1/oauth2/v2.0/token');
+    assert.equal(req?.scope, `${g.url}/.default`);
+    g.oauth.revokeAll();
+    const id = g.add(message('r1', { to: 'desk@in.test', messageId: 'r1@x' }));
+    await until(() => count(app.spool.db) === 1, 5000, 'the message after a new token');
+    assert.ok(g.requests.some((r) => r.status === 401), 'the revoked token was refused once');
+    await until(() => g.messages.get(id)?.isRead === true, 5000, 'marked read');
+    await until(() => inbox(app, 1).status.lastError !== null, 5000, 'the wrong user to fail');
+    assert.equal(inbox(app, 1).status.lastError?.kind, 'not_found');
+    assert.match(inbox(app, 1).status.lastError?.message ?? '', /404: ErrorInvalidUser/);
+    assert.equal(inbox(app, 1).status.state, 'backoff');
+    assert.ok(!app.logs.join('').includes('graph-secret'), 'the client secret is never logged');
+  } finally {
+    await app.close();
+  }
+});

@@ -1,0 +1,229 @@
+// A local stand-in for the parts of Microsoft Graph the mailbox bridge uses, behaving as Microsoft documents them:
+// messages delta (@odata.nextLink pages, then an @odata.deltaLink whose $deltatoken returns only changes and
+// "@removed" entries), Prefer: odata.maxpagesize, raw MIME at /$value, PATCH isRead, DELETE, POST move,
+// bearer tokens from the same server's token endpoint (client credentials), and throttling (429/503 Retry-After).
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { OAuthStandin, json, readBody } from './oauth-standin.js';
+
+export interface GraphMessage {
+  id: string;
+  folder: string;
+  raw: Buffer;
+  isRead: boolean;
+  receivedDateTime: string;
+  internetMessageId: string;
+}
+
+export interface GraphRequest {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  status: number;
+  at: number;
+  prefer: string | undefined;
+}
+
+interface Change {
+  seq: number;
+  id: string;
+}
+
+const WELL_KNOWN = ['inbox', 'archive', 'deleteditems', 'drafts', 'sentitems', 'junkemail'];
+
+export class GraphStandin {
+  readonly oauth = new OAuthStandin();
+  readonly messages = new Map<string, GraphMessage>();
+  readonly requests: GraphRequest[] = [];
+  /** the mailbox (user principal name) this tenant holds */
+  user = 'support@corp.test';
+  private seq = 0;
+  private readonly changes: Change[] = [];
+  /** where each id was when last changed (for @removed after a move or delete) */
+  private readonly lastFolder = new Map<string, string>();
+  private readonly snapshots = new Map<string, { ids: string[]; endSeq: number }>();
+  private throttles: Array<{ status: number; retryAfter: string | undefined; match: (method: string, path: string) => boolean }> = [];
+  private failures: Array<{ status: number; match: (method: string, path: string) => boolean }> = [];
+  private server: Server | undefined;
+  port = 0;
+
+  constructor() {
+    this.oauth.clients.push({ clientId: 'graph-app', clientSecret: 'graph-secret', username: 'graph-app' });
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<this> {
+    this.server = createServer((req, res) => void this.handle(req, res));
+    this.server.keepAliveTimeout = 100;
+    this.server.listen(0, '127.0.0.1');
+    await once(this.server, 'listening');
+    this.port = (this.server.address() as { port: number }).port;
+    this.oauth.port = this.port;
+    return this;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.server) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server!.close(() => r()));
+  }
+
+  /** Delivers a message to a folder (as Exchange would); returns its Graph id. */
+  add(raw: string | Buffer, opts: { folder?: string; isRead?: boolean } = {}): string {
+    // Real ids are long base64 strings with "/", "+" and "=": clients must encode them in URLs.
+    const id = `AAMkAD${randomBytes(24).toString('base64')}`;
+    const text = raw.toString();
+    const mid = /^Message-ID:\s*(<[^>]+>)/im.exec(text)?.[1] ?? `<${id}@standin>`;
+    this.messages.set(id, { id, folder: (opts.folder ?? 'inbox').toLowerCase(), raw: Buffer.from(raw), isRead: opts.isRead ?? false, receivedDateTime: new Date().toISOString(), internetMessageId: mid });
+    this.changed(id);
+    return id;
+  }
+
+  inFolder(folder: string): GraphMessage[] {
+    return [...this.messages.values()].filter((m) => m.folder === folder.toLowerCase());
+  }
+
+  /** The next `count` Graph requests (not token requests) matching `match` are answered with `status` and Retry-After. */
+  throttle(count: number, status: 429 | 503, retryAfter: string | undefined, match: (method: string, path: string) => boolean = () => true): void {
+    for (let i = 0; i < count; i++) this.throttles.push({ status, retryAfter, match });
+  }
+
+  /** The next `count` matching requests fail with `status` (no Retry-After). */
+  fail(count: number, status: number, match: (method: string, path: string) => boolean): void {
+    for (let i = 0; i < count; i++) this.failures.push({ status, match });
+  }
+
+  private changed(id: string): void {
+    this.changes.push({ seq: ++this.seq, id });
+  }
+
+  private item(m: GraphMessage) {
+    return { '@odata.type': '#microsoft.graph.message', '@odata.etag': `W/"${m.id.slice(-6)}${this.seq}"`, id: m.id, isRead: m.isRead, receivedDateTime: m.receivedDateTime, internetMessageId: m.internetMessageId };
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readBody(req);
+    if (await this.oauth.handleToken(req, res, body)) return;
+    const url = new URL(req.url ?? '/', this.url);
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    const record = (status: number) => this.requests.push({ method, path, query: url.searchParams, status, at: Date.now(), prefer: req.headers.prefer as string | undefined });
+    const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+    if (!this.oauth.isValid(auth)) {
+      record(401);
+      return json(res, 401, { error: { code: 'InvalidAuthenticationToken', message: 'Access token has expired or is not yet valid.' } }, { 'www-authenticate': 'Bearer' });
+    }
+    const t = this.throttles.findIndex((x) => x.match(method, path));
+    if (t >= 0) {
+      const [x] = this.throttles.splice(t, 1);
+      record(x!.status);
+      const code = x!.status === 429 ? 'TooManyRequests' : 'ServiceNotAvailable';
+      return json(res, x!.status, { error: { code, message: 'Application is over its MailboxConcurrency limit.' } }, x!.retryAfter ? { 'retry-after': x!.retryAfter } : {});
+    }
+    const f = this.failures.findIndex((x) => x.match(method, path));
+    if (f >= 0) {
+      const [x] = this.failures.splice(f, 1);
+      record(x!.status);
+      return json(res, x!.status, { error: { code: 'InternalServerError', message: 'injected failure' } });
+    }
+    const userPrefix = `/v1.0/users/${encodeURIComponent(this.user)}`;
+    const route = path.startsWith(userPrefix) ? path.slice(userPrefix.length) : undefined;
+    if (route === undefined) {
+      record(404);
+      return json(res, 404, { error: { code: 'ErrorInvalidUser', message: `The requested user '${decodeURIComponent(path.split('/')[3] ?? '')}' is invalid.` } });
+    }
+    let m: RegExpExecArray | null;
+    if (method === 'GET' && (m = /^\/mailFolders\/([^/]+)\/messages\/delta$/.exec(route))) {
+      const folder = decodeURIComponent(m[1]!).toLowerCase();
+      if (!WELL_KNOWN.includes(folder)) {
+        record(404);
+        return json(res, 404, { error: { code: 'ErrorInvalidIdMalformed', message: 'Id is malformed.' } });
+      }
+      record(200);
+      return this.delta(req, res, url, folder);
+    }
+    if ((m = /^\/messages\/([^/]+)(\/\$value|\/move)?$/.exec(route))) {
+      const id = decodeURIComponent(m[1]!);
+      const msg = this.messages.get(id);
+      if (!msg) {
+        record(404);
+        return json(res, 404, { error: { code: 'ErrorItemNotFound', message: 'The specified object was not found in the store.' } });
+      }
+      if (method === 'GET' && m[2] === '/$value') {
+        record(200);
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        return void res.end(msg.raw);
+      }
+      if (method === 'PATCH' && !m[2]) {
+        const patch = JSON.parse(body || '{}') as { isRead?: boolean };
+        if (typeof patch.isRead === 'boolean') msg.isRead = patch.isRead;
+        this.changed(id);
+        record(200);
+        return json(res, 200, this.item(msg));
+      }
+      if (method === 'DELETE' && !m[2]) {
+        this.lastFolder.set(id, msg.folder);
+        this.messages.delete(id);
+        this.changed(id);
+        record(204);
+        res.writeHead(204);
+        return void res.end();
+      }
+      if (method === 'POST' && m[2] === '/move') {
+        const dest = String((JSON.parse(body || '{}') as { destinationId?: string }).destinationId ?? '').toLowerCase();
+        this.lastFolder.set(id, msg.folder);
+        this.messages.delete(id);
+        this.changed(id);
+        // A moved message gets a new id in its new folder.
+        const newId = `AAMkAD${randomBytes(24).toString('base64')}`;
+        this.messages.set(newId, { ...msg, id: newId, folder: dest });
+        this.changed(newId);
+        record(201);
+        return json(res, 201, this.item(this.messages.get(newId)!));
+      }
+    }
+    record(400);
+    json(res, 400, { error: { code: 'BadRequest', message: `unsupported: ${method} ${path}` } });
+  }
+
+  /** Delta query: the initial round lists the folder, later rounds (with $deltatoken) only changes since. */
+  private delta(req: IncomingMessage, res: ServerResponse, url: URL, folder: string): void {
+    const prefer = /odata\.maxpagesize=(\d+)/.exec(String(req.headers.prefer ?? ''));
+    const pageSize = prefer ? Math.min(Number(prefer[1]), 1000) : 10;
+    const skip = url.searchParams.get('$skiptoken');
+    const deltaToken = url.searchParams.get('$deltatoken');
+    let snapshotKey: string;
+    let offset = 0;
+    if (skip) {
+      const [key, off] = Buffer.from(skip, 'base64url').toString().split(':');
+      snapshotKey = key!;
+      offset = Number(off);
+    } else {
+      const since = deltaToken ? Number(Buffer.from(deltaToken, 'base64url').toString()) : -1;
+      let ids: string[];
+      if (since < 0) {
+        ids = this.inFolder(folder).map((m) => m.id);
+      } else {
+        const touched = [...new Set(this.changes.filter((c) => c.seq > since).map((c) => c.id))];
+        ids = touched.filter((id) => this.messages.get(id)?.folder === folder || this.lastFolder.get(id) === folder);
+      }
+      snapshotKey = randomBytes(6).toString('hex');
+      this.snapshots.set(snapshotKey, { ids, endSeq: this.seq });
+    }
+    const snap = this.snapshots.get(snapshotKey);
+    if (!snap) return json(res, 410, { error: { code: 'SyncStateNotFound', message: 'The sync state is not found.' } });
+    const page = snap.ids.slice(offset, offset + pageSize).map((id) => {
+      const m = this.messages.get(id);
+      return m && m.folder === folder ? this.item(m) : { '@odata.type': '#microsoft.graph.message', id, '@removed': { reason: 'deleted' } };
+    });
+    const base = `${this.url}${url.pathname}`;
+    const out: Record<string, unknown> = { '@odata.context': `${this.url}/v1.0/$metadata#Collection(message)`, value: page };
+    if (offset + pageSize < snap.ids.length) out['@odata.nextLink'] = `${base}?$skiptoken=${Buffer.from(`${snapshotKey}:${offset + pageSize}`).toString('base64url')}`;
+    else out['@odata.deltaLink'] = `${base}?$deltatoken=${Buffer.from(String(snap.endSeq)).toString('base64url')}`;
+    json(res, 200, out, prefer ? { 'preference-applied': `odata.maxpagesize=${pageSize}` } : {});
+  }
+}

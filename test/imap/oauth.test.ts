@@ -1,0 +1,75 @@
+// OAuth2 token providers against the local stand-in token endpoint: caching, refresh before expiry, single
+// flight, refresh-token rotation, and errors that name the problem but never the secret.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { OAuthTokenProvider, refreshMargin } from '../../src/imap/oauth.js';
+import { MailboxError } from '../../src/imap/errors.js';
+import { Secret } from '../../src/config/secret.js';
+import { OAuthStandin } from '../helpers/oauth-standin.js';
+
+let as: OAuthStandin;
+before(async () => {
+  as = await new OAuthStandin().start();
+  as.clients.push({ clientId: 'app', clientSecret: 'app-secret', username: 'box' }, { clientId: 'gmail', clientSecret: 'gmail-secret', username: 'me' });
+});
+after(() => as.stop());
+
+function clockAt(t: number) {
+  const c = { t, now: () => c.t };
+  return c;
+}
+
+test('refresh margin: a quarter of the lifetime, at most five minutes', () => {
+  assert.equal(refreshMargin(3_600_000), 300_000);
+  assert.equal(refreshMargin(600_000), 150_000);
+  assert.equal(refreshMargin(4000), 1000);
+});
+
+test('client credentials: cached, then refreshed before it expires; concurrent callers share one request', async () => {
+  as.expiresIn = 3600;
+  const clock = clockAt(Date.now());
+  const p = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: as.tokenUrl('t-9'), clientId: 'app', clientSecret: new Secret('app-secret'), refreshToken: undefined, scope: 'https://outlook.office365.com/.default' }, { clock });
+  const start = as.tokenRequests.length;
+  const [a, b, c] = await Promise.all([p.token(), p.token(), p.token()]);
+  assert.equal(as.tokenRequests.length, start + 1, 'one request for three concurrent callers');
+  assert.ok(a === b && b === c && as.isValid(a));
+  assert.deepEqual(as.tokenRequests.at(-1), { path: '/t-9/oauth2/v2.0/token', grant: 'client_credentials', clientId: 'app', scope: 'https://outlook.office365.com/.default', at: as.tokenRequests.at(-1)!.at });
+  clock.t += 3_299_000; // 55 min: still well inside its life
+  assert.equal(await p.token(), a);
+  clock.t += 2000; // past expires - 5 min: renewed although not expired yet
+  const renewed = await p.token();
+  assert.notEqual(renewed, a);
+  assert.equal(as.tokenRequests.length, start + 2);
+  p.invalidate();
+  assert.notEqual(await p.token(), renewed, 'an invalidated token is replaced');
+});
+
+test('refresh token: the rotated refresh token is used next time', async () => {
+  as.rotateRefreshTokens = true;
+  as.refreshTokens.set('rt-1', { clientId: 'gmail', username: 'me' });
+  const clock = clockAt(Date.now());
+  const p = new OAuthTokenProvider({ grant: 'refresh_token', tokenUrl: `${as.url}/token`, clientId: 'gmail', clientSecret: new Secret('gmail-secret'), refreshToken: new Secret('rt-1'), scope: undefined }, { clock });
+  const first = await p.token();
+  assert.ok(!as.refreshTokens.has('rt-1'), 'the stand-in rotated it');
+  p.invalidate();
+  const second = await p.token(); // would fail with invalid_grant if rt-1 were sent again
+  assert.ok(as.isValid(first) && as.isValid(second) && first !== second);
+  as.rotateRefreshTokens = false;
+});
+
+test('refusals and unreachable endpoints become OAUTH_TOKEN_FAILED without the secret', async () => {
+  const clock = clockAt(Date.now());
+  const bad = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: as.tokenUrl(), clientId: 'app', clientSecret: new Secret('not-the-secret'), refreshToken: undefined, scope: undefined }, { clock });
+  await assert.rejects(bad.token(), (err: unknown) => {
+    assert.ok(err instanceof MailboxError);
+    assert.equal(err.code, 'OAUTH_TOKEN_FAILED');
+    assert.equal(err.userFault, true);
+    assert.match(err.message, /refused the client_credentials grant \(invalid_client: AADSTS7000215/);
+    assert.ok(!err.message.includes('not-the-secret'));
+    return true;
+  });
+  const revoked = new OAuthTokenProvider({ grant: 'refresh_token', tokenUrl: `${as.url}/token`, clientId: 'gmail', clientSecret: new Secret('gmail-secret'), refreshToken: new Secret('rt-unknown'), scope: undefined }, { clock });
+  await assert.rejects(revoked.token(), /invalid_grant: Token has been expired or revoked/);
+  const down = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: 'http://127.0.0.1:9/token', clientId: 'app', clientSecret: new Secret('x'), refreshToken: undefined, scope: undefined }, { clock });
+  await assert.rejects(down.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED' && !err.userFault && /cannot reach the token endpoint/.test(err.message));
+});
