@@ -22,7 +22,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -373,6 +373,25 @@ ${oauth2}`;
       await app.close();
       await consumer.stop();
       await plain.close();
+    }
+  });
+
+  test('mail_room lost mail when delivery failed after marking: here the spool holds it and the webhook is retried', async () => {
+    const consumer = await new Consumer().start();
+    consumer.respond = (_req, i) => (i < 2 ? { status: 503, body: 'down' } : { status: 200, body: 'ok' });
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'retry', { after_delivery: 'delete' })) });
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
+      await dovecot.append([message('retry-1')], { user: 'retry' });
+      const reqs = await consumer.waitFor(3, 10_000);
+      assert.deepEqual(reqs.map((r) => r.headers['webhook-id']), Array(3).fill(reqs[0]!.headers['webhook-id']), 'one delivery, retried');
+      assert.deepEqual(await dovecot.list('INBOX', 'retry'), [], 'deleted from the mailbox once committed, whatever the webhook said');
+      const d = app.spool.db.prepare(`SELECT status, attempts FROM deliveries`).get() as { status: string; attempts: number };
+      await until(() => (app.spool.db.prepare(`SELECT status FROM deliveries`).get() as { status: string }).status === 'delivered', 5000, 'delivered');
+      assert.ok(d.attempts >= 2);
+    } finally {
+      await app.close();
+      await consumer.stop();
     }
   });
 });
