@@ -247,38 +247,42 @@ const mailboxSchema = z
     reconnect_max_delay_ms: positiveInt.default(60_000).describe('upper bound of the reconnect delay'),
     inbox_options: graphOptionsSchema.optional().describe('microsoft_graph settings (GitLab\'s names)'),
   })
-  .superRefine((m, ctx) => {
-    const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: path.split('.'), message });
-    if (m.inbox_method === 'imap') {
-      if (!m.host) issue('host', 'is required for inbox_method imap (the IMAP server, e.g. imap.example.com)');
-      if (m.inbox_options) issue('inbox_options', 'applies to inbox_method: microsoft_graph only');
-      const ways = [m.password !== undefined, m.password_file !== undefined, m.oauth2 !== undefined].filter(Boolean).length;
-      if (ways === 0) issue('password_file', 'set one of password, password_file or oauth2 to log in');
-      if (ways > 1) issue('password_file', 'set only one of password, password_file or oauth2');
-      if (m.ssl && m.start_tls) issue('start_tls', 'ssl: true is implicit TLS (port 993) and start_tls: true upgrades a plain connection (port 143); set ssl: false to use STARTTLS');
-      const o = m.oauth2;
-      if (o) {
-        if (o.client_secret && o.client_secret_file) issue('oauth2.client_secret_file', 'set either client_secret or client_secret_file, not both');
-        if (o.refresh_token && o.refresh_token_file) issue('oauth2.refresh_token_file', 'set either refresh_token or refresh_token_file, not both');
-        if (o.grant === 'client_credentials') {
-          if (!o.token_url && !o.tenant_id) issue('oauth2.tenant_id', 'client_credentials needs tenant_id (Microsoft) or token_url');
-          if (!o.client_secret && !o.client_secret_file) issue('oauth2.client_secret_file', 'client_credentials needs client_secret or client_secret_file');
-          if (o.refresh_token || o.refresh_token_file) issue('oauth2.refresh_token', 'applies to grant: refresh_token only');
-        } else if (!o.refresh_token && !o.refresh_token_file) {
-          issue('oauth2.refresh_token_file', 'grant refresh_token needs refresh_token or refresh_token_file');
+  .superRefine(
+    (m, ctx) => {
+      // Runs even when a field failed (so every problem is reported at once): values may have the wrong type.
+      const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: path.split('.'), message });
+      if (m.inbox_method !== 'microsoft_graph') {
+        if (!m.host) issue('host', 'is required for inbox_method imap (the IMAP server, e.g. imap.example.com)');
+        if (m.inbox_options) issue('inbox_options', 'applies to inbox_method: microsoft_graph only');
+        const ways = [m.password !== undefined, m.password_file !== undefined, m.oauth2 !== undefined].filter(Boolean).length;
+        if (ways === 0) issue('password_file', 'set one of password, password_file or oauth2 to log in');
+        if (ways > 1) issue('password_file', 'set only one of password, password_file or oauth2');
+        if (m.ssl === true && m.start_tls === true) issue('start_tls', 'ssl: true is implicit TLS (port 993) and start_tls: true upgrades a plain connection (port 143); set ssl: false to use STARTTLS');
+        const o = typeof m.oauth2 === 'object' && m.oauth2 !== null ? m.oauth2 : undefined;
+        if (o) {
+          if (o.client_secret && o.client_secret_file) issue('oauth2.client_secret_file', 'set either client_secret or client_secret_file, not both');
+          if (o.refresh_token && o.refresh_token_file) issue('oauth2.refresh_token_file', 'set either refresh_token or refresh_token_file, not both');
+          if (o.grant === 'client_credentials') {
+            if (!o.token_url && !o.tenant_id) issue('oauth2.tenant_id', 'client_credentials needs tenant_id (Microsoft) or token_url');
+            if (!o.client_secret && !o.client_secret_file) issue('oauth2.client_secret_file', 'client_credentials needs client_secret or client_secret_file');
+            if (o.refresh_token || o.refresh_token_file) issue('oauth2.refresh_token', 'applies to grant: refresh_token only');
+          } else if (!o.refresh_token && !o.refresh_token_file) {
+            issue('oauth2.refresh_token_file', 'grant refresh_token needs refresh_token or refresh_token_file');
+          }
         }
+      } else {
+        if (!m.inbox_options) issue('inbox_options', 'is required for inbox_method: microsoft_graph (tenant_id, client_id, client_secret_file)');
+        for (const key of ['host', 'port', 'password', 'password_file', 'oauth2', 'poll_interval'] as const) {
+          if (m[key] !== undefined) issue(key, key === 'poll_interval' ? 'for microsoft_graph, set inbox_options.poll_interval' : 'applies to inbox_method: imap only; microsoft_graph uses inbox_options');
+        }
+        const g = typeof m.inbox_options === 'object' && m.inbox_options !== null ? m.inbox_options : undefined;
+        if (g && !g.client_secret && !g.client_secret_file) issue('inbox_options.client_secret_file', 'set client_secret or client_secret_file');
+        if (g && g.client_secret && g.client_secret_file) issue('inbox_options.client_secret_file', 'set either client_secret or client_secret_file, not both');
       }
-    } else {
-      if (!m.inbox_options) issue('inbox_options', 'is required for inbox_method: microsoft_graph (tenant_id, client_id, client_secret_file)');
-      for (const key of ['host', 'port', 'password', 'password_file', 'oauth2', 'poll_interval'] as const) {
-        if (m[key] !== undefined) issue(key, key === 'poll_interval' ? 'for microsoft_graph, set inbox_options.poll_interval' : 'applies to inbox_method: imap only; microsoft_graph uses inbox_options');
-      }
-      const g = m.inbox_options;
-      if (g && !g.client_secret && !g.client_secret_file) issue('inbox_options.client_secret_file', 'set client_secret or client_secret_file');
-      if (g && g.client_secret && g.client_secret_file) issue('inbox_options.client_secret_file', 'set either client_secret or client_secret_file, not both');
-    }
-    if (m.reconnect_max_delay_ms < m.reconnect_delay_ms) issue('reconnect_max_delay_ms', 'must be at least reconnect_delay_ms');
-  });
+      if (m.reconnect_max_delay_ms < m.reconnect_delay_ms) issue('reconnect_max_delay_ms', 'must be at least reconnect_delay_ms');
+    },
+    { when: (payload) => typeof payload.value === 'object' && payload.value !== null },
+  );
 export type MailboxConfig = z.output<typeof mailboxSchema>;
 
 const logSchema = z.strictObject({
