@@ -69,7 +69,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));
 
     const router = new Router(config.routes);
-    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, dispatcher, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}) });
+    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}) });
 
     // Mailbox bridges feed spool.accept as SMTP does; registered after delivery, so they stop before it and the spool.
     const mailboxes = createMailboxes({ config, spool, router, log, metrics, clock, random, dispatcher });

@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import { dirname } from 'node:path';
 import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { DNSResolver } from 'mailauth';
-import type { Dispatcher } from 'undici';
+import { Agent, type Dispatcher } from 'undici';
 import { normalizeIPv6 } from 'smtp-server/lib/ipv6-normalize.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
@@ -30,8 +30,11 @@ export interface SmtpDeps {
   log: Logger;
   metrics: Metrics;
   clock?: Clock;
-  /** HTTP client for live recipient verification (the app's agent) */
-  dispatcher?: Dispatcher;
+  /**
+   * HTTP client for live recipient verification; by default its own agent, so a backlog of webhook deliveries to
+   * the same application never holds up RCPT answers.
+   */
+  verifyDispatcher?: Dispatcher;
   /** DNS for SPF/DKIM/DMARC/ARC; dns.promises.resolve when absent (tests answer in-process) */
   dnsResolver?: DNSResolver;
 }
@@ -80,7 +83,9 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     },
     clock,
   );
-  const verifier = new RecipientVerifier({ clock, log, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });
+  const verifyAgent = !deps.verifyDispatcher && config.routes.some((r) => r.verify) ? new Agent({ keepAliveTimeout: 10_000 }) : undefined;
+  const verifyDispatcher = deps.verifyDispatcher ?? verifyAgent;
+  const verifier = new RecipientVerifier({ clock, log, ...(verifyDispatcher ? { dispatcher: verifyDispatcher } : {}) });
   const authenticator = smtp.sender_auth.enabled
     ? new SenderAuthenticator({ mta: smtp.hostname, log, maxFromHeaderBytes: smtp.sender_auth.max_from_header_bytes, ...(deps.dnsResolver ? { resolver: deps.dnsResolver } : {}) })
     : undefined;
@@ -380,6 +385,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         ),
       );
       listening = false;
+      await verifyAgent?.close();
     },
   };
 }
