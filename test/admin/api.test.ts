@@ -351,3 +351,35 @@ describe('admin API', () => {
     assert.deepEqual(doc.components.securitySchemes.bearerAuth, { type: 'http', scheme: 'bearer', description: 'http.admin_token_file or MAILHOOK_ADMIN_TOKEN' });
   });
 });
+
+describe('mailbox states', () => {
+  test('come from the provider passed to the HTTP app, as the bridge reports them', async () => {
+    const { buildHttpApp } = await import('../../src/http/server.js');
+    const { Spool } = await import('../../src/spool/spool.js');
+    const { createMetrics } = await import('../../src/core/metrics.js');
+    const { createLogger } = await import('../../src/core/logger.js');
+    const { parseTestConfig, tempDir } = await import('../helpers/app.js');
+    const { adminYaml } = await import('./helpers.js');
+    const { rmSync } = await import('node:fs');
+    const dir = tempDir();
+    const config = parseTestConfig(adminYaml({ dir, routes: '\n  - name: sink\n    addresses: ["*@in.test"]\n    sink: true\n' }), dir);
+    const spool = new Spool({ path: config.spool.path, inlineMaxBytes: 1000, clock: { now: () => Date.now() } });
+    const http = buildHttpApp({
+      config,
+      spool,
+      log: createLogger({ level: 'silent' }),
+      metrics: createMetrics(),
+      readiness: () => ({}),
+      mailboxes: async () => [{ name: 'support', state: 'idle', last_error: null, uid_next: 42 }],
+    });
+    try {
+      const r = await http.inject({ method: 'GET', url: '/api/mailboxes', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      assert.equal(r.statusCode, 200);
+      assert.deepEqual(r.json(), { enabled: true, mailboxes: [{ name: 'support', state: 'idle', last_error: null, uid_next: 42 }] });
+    } finally {
+      await http.close();
+      spool.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

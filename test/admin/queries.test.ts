@@ -5,6 +5,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Spool } from '../../src/spool/spool.js';
 import { buildListQuery, decodeCursor, encodeCursor, headerSubject, type MessageFilter } from '../../src/spool/queries.js';
+import { expiredMessagesQuery } from '../../src/spool/retention.js';
 import { tempDir } from '../helpers/app.js';
 
 const BASE = 1_700_000_000_000;
@@ -96,6 +97,9 @@ describe('list query on 100,000 messages', () => {
   test('the retention and health queries use indexes too', () => {
     const health = plan(spool, `SELECT d.route FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE a.started_at >= ?`, [BASE]);
     assert.match(health[0]!, /SEARCH a USING INDEX attempts_started/);
+    const expired = plan(spool, expiredMessagesQuery(), [{ deliveredCut: BASE, deadCut: BASE, limit: 500 }] as unknown[]);
+    assert.ok(expired.some((l) => /deliveries_finished/.test(l)), expired.join(' | '));
+    for (const line of expired) assert.doesNotMatch(line, /^SCAN \w+$/, expired.join(' | '));
   });
 });
 
