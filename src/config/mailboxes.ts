@@ -50,6 +50,10 @@ export type MailboxSettings = ImapMailboxSettings | GraphMailboxSettings;
 const GOOGLE_TOKEN_URL = 'https://oauth2.googleapis.com/token';
 const OFFICE365_IMAP_SCOPE = 'https://outlook.office365.com/.default';
 
+/** Graph's well-known folder names (written in lower case in its documentation); anything else is a folder id. */
+const GRAPH_WELL_KNOWN = new Set(['inbox', 'archive', 'deleteditems', 'junkemail', 'drafts', 'sentitems', 'outbox', 'clutter', 'conversationhistory', 'recoverableitemsdeletions']);
+const graphFolder = (name: string) => (GRAPH_WELL_KNOWN.has(name.toLowerCase()) ? name.toLowerCase() : name);
+
 function trimSlash(url: string): string {
   return url.replace(/\/+$/, '');
 }
@@ -105,6 +109,9 @@ export function resolveMailboxes(
       if (!clientSecret) return;
       out.push({
         ...common,
+        mailbox: graphFolder(m.mailbox), // the default INBOX is Graph's "inbox"
+        afterDelivery: afterDelivery.kind === 'move' ? { kind: 'move', folder: graphFolder(afterDelivery.folder) } : afterDelivery,
+        unmatched: unmatched.kind === 'move' ? { kind: 'move', folder: graphFolder(unmatched.folder) } : unmatched,
         method: 'microsoft_graph',
         tenantId: g.tenant_id,
         clientId: g.client_id,

@@ -88,6 +88,12 @@ test('microsoft_graph: inbox_options with national-cloud endpoints and a secret 
   assert.equal(g.graphEndpoint, 'https://graph.microsoft.us');
   assert.equal(g.pollIntervalMs, 5000);
   assert.equal(g.clientSecret.reveal(), 'graph-secret-value');
+  const d = load(`  - name: g\n    inbox_method: microsoft_graph\n    user: u@corp.test\n    after_delivery: move:Archive\n    inbox_options: { tenant_id: t, client_id: c, client_secret: s }\n`).imap[0] as GraphMailboxSettings;
+  assert.equal(d.mailbox, 'inbox', 'the default INBOX is Graph\'s well-known "inbox"');
+  assert.deepEqual(d.afterDelivery, { kind: 'move', folder: 'archive' });
+  assert.equal(d.pollIntervalMs, 10_000);
+  assert.equal(d.tokenUrl, 'https://login.microsoftonline.com/t/oauth2/v2.0/token');
+  assert.equal(d.graphEndpoint, 'https://graph.microsoft.com');
 });
 
 test('every problem is reported at once, named by its key path, with the fix', () => {
