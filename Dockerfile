@@ -40,6 +40,7 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
+COPY src/http/dashboard/assets ./src/http/dashboard/assets
 # The embedded default (a local sink); mount your own file over it.
 COPY config/mailhook.yaml /etc/mailhook/mailhook.yaml
 # The node image's unprivileged user (uid 1000) owns the spool; port 2525 needs no capability.
