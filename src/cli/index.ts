@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { loadConfigFile, type Env } from '../config/load.js';
 import { ConfigError } from '../core/errors.js';
 import { runServe } from './serve.js';
+import { configReferenceMarkdown } from '../config/reference.js';
 import { registerAdminCommands } from './admin-commands.js';
 
 export interface CliIo {
@@ -41,6 +42,13 @@ export async function runCli(io: CliIo): Promise<number> {
     .requiredOption('-c, --config <file>', 'configuration file (YAML)')
     .action(async (opts: { config: string }) => {
       exitCode = await runServe({ ...io, configFile: opts.config });
+    });
+
+  program
+    .command('config-reference')
+    .description('print the configuration reference (Markdown) generated from the schema')
+    .action(() => {
+      io.stdout(configReferenceMarkdown());
     });
 
   program

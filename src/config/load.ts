@@ -6,7 +6,7 @@ import { parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
-import { configSchema, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
+import { configSchema, routeSchema, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
 import { resolveMailboxes, type MailboxSettings } from './mailboxes.js';
 
@@ -102,7 +102,16 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   }
   applyEnvOverrides(data as Record<string, unknown>, env);
   const parsed = configSchema.safeParse(data);
-  if (!parsed.success) throw new ConfigError(opts.source, zodProblems(parsed.error));
+  if (!parsed.success) {
+    // Report every problem at once: also check the routes that are well-formed on their own.
+    const problems = zodProblems(parsed.error);
+    const routes = Array.isArray((data as { routes?: unknown }).routes) ? ((data as { routes: unknown[] }).routes) : [];
+    routes.forEach((r, i) => {
+      const route = routeSchema.safeParse(r);
+      if (route.success) resolveRoute(route.data, `routes[${i}]`, 30_000, { baseDir: opts.baseDir }, problems);
+    });
+    throw new ConfigError(opts.source, problems);
+  }
   return resolveConfig(parsed.data, { ...opts, env });
 }
 

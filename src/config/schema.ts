@@ -171,7 +171,7 @@ const verifySchema = z.strictObject({
   cache_ttl_s: nonNegativeInt.default(300).describe('seconds a yes or no is remembered; 0 asks every time'),
 });
 
-const routeSchema = z
+export const routeSchema = z
   .strictObject({
     name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'use letters, digits, "-", "_" and "."'),
     addresses: z.array(addressPattern).min(1, 'a route needs at least one address'),
