@@ -7,8 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { BenchConsumer } from './lib/consumer.js';
 import { cellsFor, parseOptions, USAGE, type BenchOptions } from './lib/options.js';
 import { missingPrograms } from './lib/source.js';
-import { ensureHaraka, harakaVersion, startSetup, SETUP_LABELS, type SetupName } from './lib/setups.js';
-import { label, runCell, warmUp, type CellResult } from './lib/throughput.js';
+import { ensureHaraka, harakaVersion, startSetup, SETUP_LABELS, type RunningServer, type SetupContext, type SetupName } from './lib/setups.js';
+import { describeRun, label, probe, runOnce, summarize, warmUp, type Cell, type CellResult, type RunResult } from './lib/throughput.js';
 import { runE2e, runMemory, runReject, type E2eResult, type MemoryResult, type RejectResult } from './lib/scenarios.js';
 import { renderReport } from './lib/report.js';
 
@@ -25,6 +25,8 @@ export interface BenchResults {
   reject?: RejectResult;
   errors: string[];
 }
+
+const isMailhook = (s: SetupName) => s === 'mailhook' || s === 'mailhook-g100' || s === 'baseline'; // webhook deliveries to wait for
 
 function log(s: string): void {
   process.stderr.write(`${s}\n`);
@@ -49,6 +51,62 @@ function machine(): Record<string, unknown> {
     commit: sh('git', ['rev-parse', '--short', 'HEAD']),
     dirty: sh('git', ['status', '--porcelain', '--untracked-files=no']) !== '',
   };
+}
+
+/**
+ * Every server runs at once (idle while another is measured); each cell is measured on every setup in turn and
+ * the timed runs alternate between setups, so a change in background load spreads over all of them instead of
+ * landing on one. mailhook's webhook backlog is drained after each of its runs.
+ */
+async function runMatrix(opts: BenchOptions, ctx: SetupContext, consumer: BenchConsumer, results: BenchResults, save: () => void): Promise<void> {
+  const servers = new Map<SetupName, RunningServer>();
+  try {
+    for (const setup of opts.setups) {
+      if (cellsFor(setup, opts).length === 0) continue;
+      try {
+        const server = await startSetup(setup, ctx);
+        servers.set(setup, server);
+        log(`== ${SETUP_LABELS[setup]} on port ${server.port}, warming up`);
+        await warmUp(server, isMailhook(setup) ? consumer : undefined, opts.quick ? 1000 : 3000);
+      } catch (err) {
+        results.errors.push(`${setup}: ${(err as Error).message}`);
+        log(`!! ${(err as Error).message}`);
+      }
+    }
+    const keys = new Map<string, Omit<Cell, 'setup'>>();
+    for (const setup of servers.keys()) for (const c of cellsFor(setup, opts)) keys.set(`${c.reuse}/${c.size}/${c.sessions}`, { size: c.size, sessions: c.sessions, reuse: c.reuse });
+    for (const key of keys.values()) {
+      const cells = [...servers.keys()].filter((s) => cellsFor(s, opts).some((c) => c.reuse === key.reuse && c.size === key.size && c.sessions === key.sessions)).map((setup) => ({ ...key, setup }));
+      log(`-- ${label({ ...key, setup: 'smtp-sink' }).replace(/^smtp-sink /, '')}`);
+      const counts = new Map<SetupName, number>();
+      const runs = new Map<SetupName, RunResult[]>();
+      for (const c of cells) {
+        try {
+          counts.set(c.setup, await probe(c, servers.get(c.setup)!, opts.plan, isMailhook(c.setup) ? consumer : undefined));
+          runs.set(c.setup, []);
+        } catch (err) {
+          results.errors.push(`${label(c)}: ${(err as Error).message}`);
+        }
+      }
+      for (let i = 1; i <= opts.plan.runs; i++) {
+        for (const c of cells) {
+          const n = counts.get(c.setup);
+          if (n === undefined) continue;
+          try {
+            const r = await runOnce(c, servers.get(c.setup)!, n, opts.plan, isMailhook(c.setup) ? consumer : undefined);
+            runs.get(c.setup)!.push(r);
+            log(describeRun(c, i, opts.plan.runs, r));
+          } catch (err) {
+            results.errors.push(`${label(c)}: ${(err as Error).message}`);
+          }
+        }
+      }
+      for (const c of cells) if (runs.get(c.setup)?.length) results.matrix.push(summarize(c, runs.get(c.setup)!));
+      save();
+    }
+  } finally {
+    for (const s of servers.values()) await s.stop();
+  }
 }
 
 async function main(): Promise<number> {
@@ -78,6 +136,10 @@ async function main(): Promise<number> {
   const runDir = join(repo, 'bench', 'results', `run-${stamp}`);
   mkdirSync(runDir, { recursive: true });
   const out = opts.out ?? join(repo, 'bench', 'results', `${stamp}.json`);
+  if (opts.setups.includes('baseline') && !opts.baseline) {
+    log('bench: the baseline setup needs --baseline DIR (a built mailhook checkout)');
+    return 64;
+  }
   const { help: _h, out: _o, build: _b, ...recorded } = opts;
   const results: BenchResults = { startedAt: new Date().toISOString(), options: recorded, machine: machine(), matrix: [], errors: [] };
   const save = () => {
@@ -86,37 +148,9 @@ async function main(): Promise<number> {
   };
 
   const consumer = await new BenchConsumer().start();
-  const ctx = { repo, runDir, webhookUrl: consumer.url };
+  const ctx = { repo, runDir, webhookUrl: consumer.url, baselineRepo: opts.baseline ? resolve(opts.baseline) : undefined };
   try {
-    if (opts.phases.includes('matrix')) {
-      for (const setup of opts.setups) {
-        const cells = cellsFor(setup, opts);
-        if (cells.length === 0) continue;
-        log(`== ${SETUP_LABELS[setup]}`);
-        let server;
-        try {
-          server = await startSetup(setup, ctx);
-        } catch (err) {
-          results.errors.push(`${setup}: ${(err as Error).message}`);
-          log(`!! ${(err as Error).message}`);
-          continue;
-        }
-        try {
-          await warmUp(server, setup.startsWith('mailhook') ? consumer : undefined, opts.quick ? 1000 : 3000);
-          for (const cell of cells) {
-            try {
-              results.matrix.push(await runCell(cell, server, opts.plan, setup.startsWith('mailhook') ? consumer : undefined, log));
-            } catch (err) {
-              results.errors.push(`${label(cell)}: ${(err as Error).message}`);
-              log(`!! ${label(cell)}: ${(err as Error).message}`);
-            }
-            save();
-          }
-        } finally {
-          await server.stop();
-        }
-      }
-    }
+    if (opts.phases.includes('matrix')) await runMatrix(opts, ctx, consumer, results, save);
     const mailhookPhase = async <T>(name: string, fn: (s: Awaited<ReturnType<typeof startSetup>>) => Promise<T>, setup: SetupName = 'mailhook'): Promise<T | undefined> => {
       log(`== ${name}`);
       const server = await startSetup(setup, { ...ctx, runDir: join(runDir, name) });

@@ -26,6 +26,8 @@ export interface BenchOptions {
   flatMessages: number;
   rejectAttempts: number;
   build: boolean;
+  /** a built mailhook checkout measured as the 'baseline' setup (before/after comparisons) */
+  baseline: string | undefined;
   out: string | undefined;
   help: boolean;
 }
@@ -39,6 +41,12 @@ export const USAGE = `usage: npm run bench -- [options]
   --phases ${PHASES.join(',')}
   --runs N              timed runs per cell (median of N; default 3, --quick 1)
   --seconds S           target seconds per timed run (default 3, --quick 1)
+  --e2e-seconds S       seconds per offered rate in the end-to-end phase (default 10, --quick 3)
+  --idle N              idle connections in the memory phase (default 1000)
+  --streams NxMB        concurrent streamed messages × size in MB (default 20x20)
+  --flat-messages N     messages delivered in the long run (default 100000, --quick 10000)
+  --reject-attempts N   connections in the rejection flood (default 10000, --quick 2000)
+  --baseline DIR        also measure the mailhook built in DIR (another checkout) as setup "baseline"
   --no-build            do not run \`npm run build\` first (mailhook runs from dist/)
   --out FILE            results JSON (default bench/results/<timestamp>.json)`;
 
@@ -56,14 +64,20 @@ export function parseOptions(argv: string[]): BenchOptions {
       phases: { type: 'string' },
       runs: { type: 'string' },
       seconds: { type: 'string' },
+      'e2e-seconds': { type: 'string' },
+      idle: { type: 'string' },
+      streams: { type: 'string' },
+      'flat-messages': { type: 'string' },
+      'reject-attempts': { type: 'string' },
       'no-build': { type: 'boolean', default: false },
+      baseline: { type: 'string' },
       out: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
   });
   const quick = values.quick === true;
-  const setups = (list(values.setups) ?? [...SETUPS]).map((s) => {
+  const setups = (list(values.setups) ?? SETUPS.filter((s) => s !== 'baseline' || values.baseline !== undefined)).map((s) => {
     if (!(SETUPS as readonly string[]).includes(s)) throw new Error(`unknown setup "${s}"; use ${SETUPS.join(', ')}`);
     return s as SetupName;
   });
@@ -89,6 +103,14 @@ export function parseOptions(argv: string[]): BenchOptions {
   const seconds = values.seconds !== undefined ? Number(values.seconds) : quick ? 1 : 3;
   if (!Number.isInteger(runs) || runs < 1 || runs > 20) throw new Error('--runs must be 1..20');
   if (!(seconds > 0 && seconds <= 60)) throw new Error('--seconds must be in (0, 60]');
+  const int = (name: string, v: string | undefined, dflt: number, min: number, max: number): number => {
+    if (v === undefined) return dflt;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
+    return n;
+  };
+  const streamsMatch = /^(\d+)x(\d+)$/.exec(values.streams ?? '20x20');
+  if (!streamsMatch) throw new Error('--streams must look like 20x20 (sessions x MB)');
   return {
     quick,
     setups,
@@ -98,13 +120,14 @@ export function parseOptions(argv: string[]): BenchOptions {
     phases,
     plan: { runs, targetSeconds: seconds, maxMessages: 100_000, drainTimeoutMs: 300_000 },
     e2eRates: [100, 500, 1000],
-    e2eSeconds: quick ? 3 : 10,
-    idleConnections: 1000,
-    streams: 20,
-    streamMb: 20,
-    flatMessages: quick ? 10_000 : 100_000,
-    rejectAttempts: quick ? 2000 : 10_000,
+    e2eSeconds: int('e2e-seconds', values['e2e-seconds'], quick ? 3 : 10, 1, 120),
+    idleConnections: int('idle', values.idle, 1000, 1, 5000),
+    streams: int('streams', streamsMatch[1], 20, 1, 100),
+    streamMb: int('streams', streamsMatch[2], 20, 1, 100),
+    flatMessages: int('flat-messages', values['flat-messages'], quick ? 10_000 : 100_000, 100, 1_000_000),
+    rejectAttempts: int('reject-attempts', values['reject-attempts'], quick ? 2000 : 10_000, 100, 1_000_000),
     build: values['no-build'] !== true,
+    baseline: values.baseline,
     out: values.out,
     help: values.help === true,
   };

@@ -180,7 +180,7 @@ export interface MemoryResult {
   baselineRssMb: number;
   idle: { connections: number; opened: number; rssMb: number; peakRssMb: number };
   streaming: { sessions: number; mb: number; accepted: number; peakRssMbIngest: number; peakRssMbDelivery: number; delivered: boolean; ingestSeconds: number };
-  flat: { messages: number; curve: Array<{ delivered: number; rssMb: number }>; growthMb: number };
+  flat: { messages: number; chunk: number; curve: Array<{ delivered: number; rssMb: number }>; growthMb: number };
 }
 
 const mb = (kb: number) => Math.round((kb / 1024) * 10) / 10;
@@ -253,7 +253,7 @@ export async function runMemory(server: RunningServer, consumer: BenchConsumer, 
     baselineRssMb,
     idle: { connections: opts.idleConnections, opened, rssMb: idleRss, peakRssMb: idlePeak },
     streaming: { sessions: opts.streams, mb: opts.streamMb, accepted, peakRssMbIngest: mb(ingest.peakRssKb), peakRssMbDelivery: mb(delivery.peakRssKb), delivered, ingestSeconds: Math.round(ingestSeconds * 10) / 10 },
-    flat: { messages: sent, curve, growthMb },
+    flat: { messages: sent, chunk, curve, growthMb },
   };
 }
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { freePort, groupPids, spawnLogged, waitForPort, type Spawned } from './proc.js';
 import { SMTP_SINK } from './source.js';
 
-export const SETUPS = ['smtp-sink', 'haraka', 'bare', 'mailhook', 'mailhook-g100'] as const;
+export const SETUPS = ['smtp-sink', 'haraka', 'bare', 'mailhook', 'mailhook-g100', 'mailhook-accept', 'baseline'] as const;
 export type SetupName = (typeof SETUPS)[number];
 
 export const SETUP_LABELS: Record<SetupName, string> = {
@@ -14,6 +14,8 @@ export const SETUP_LABELS: Record<SetupName, string> = {
   bare: 'bare smtp-server (discard)',
   mailhook: 'mailhook (fsync before 250, webhook delivery; greeting 0 ms)',
   'mailhook-g100': 'mailhook, greeting delay 100 ms (internet-facing default)',
+  'mailhook-accept': 'mailhook with a sink route: the same durable accept (fsync before 250), no webhook delivery (diagnostic)',
+  baseline: 'mailhook from another checkout (--baseline DIR), same configuration as mailhook',
 };
 
 /** The domain every setup accepts; mailhook's route is one address in it so any other local part is unknown. */
@@ -29,6 +31,8 @@ export interface SetupContext {
   runDir: string;
   /** where mailhook delivers (required for the mailhook setups) */
   webhookUrl?: string;
+  /** another mailhook checkout (built) to compare against, for the 'baseline' setup */
+  baselineRepo?: string;
 }
 
 export interface RunningServer {
@@ -84,12 +88,16 @@ export async function startSetup(name: SetupName, ctx: SetupContext, opts: { gre
       proc = spawnLogged(process.execPath, [join(ctx.repo, 'bench', 'servers', 'bare-smtp.mjs'), String(port), String(opts.greetingDelayMs ?? 0)], { logFile, cwd: ctx.repo });
       break;
     case 'mailhook':
-    case 'mailhook-g100': {
+    case 'mailhook-g100':
+    case 'mailhook-accept':
+    case 'baseline': {
       if (!ctx.webhookUrl) throw new Error('mailhook needs a webhook consumer');
       httpPort = await freePort();
       const cfg = join(dir, 'mailhook.yaml');
-      writeFileSync(cfg, mailhookConfig({ port, httpPort, spool: join(dir, 'spool', 'spool.db'), webhookUrl: ctx.webhookUrl, greetingDelayMs: opts.greetingDelayMs ?? (name === 'mailhook' ? 0 : 100) }));
-      proc = spawnLogged(process.execPath, [join(ctx.repo, 'bin', 'mailhook'), 'serve', '--config', cfg], { logFile, cwd: dir });
+      writeFileSync(cfg, mailhookConfig({ port, httpPort, spool: join(dir, 'spool', 'spool.db'), webhookUrl: ctx.webhookUrl, greetingDelayMs: opts.greetingDelayMs ?? (name === 'mailhook-g100' ? 100 : 0), sink: name === 'mailhook-accept' }));
+      const from = name === 'baseline' ? ctx.baselineRepo : ctx.repo;
+      if (!from) throw new Error('the baseline setup needs --baseline DIR');
+      proc = spawnLogged(process.execPath, [join(from, 'bin', 'mailhook'), 'serve', '--config', cfg], { logFile, cwd: dir });
       break;
     }
   }

@@ -55,49 +55,49 @@ export function measuredCount(rate: number, c: Cell, plan: MatrixPlan): number {
   return Math.min(Math.max(want, c.sessions * 5, 20), plan.maxMessages);
 }
 
-export async function runCell(
-  c: Cell,
-  server: RunningServer,
-  plan: MatrixPlan,
-  consumer: BenchConsumer | undefined,
-  log: (s: string) => void,
-): Promise<CellResult> {
-  const once = async (messages: number): Promise<RunResult> => {
-    const before = consumer?.count ?? 0;
-    const meter = new PhaseMeter(server.pid);
-    const res = await runSource({ port: server.port, sessions: c.sessions, messages, size: c.size, reuse: c.reuse, from: FROM, to: RCPT, timeoutMs: Math.min(600_000, Math.max(60_000, messages * 50)) });
-    const m = meter.stop();
-    const r: RunResult = {
-      messages,
-      wallMs: res.wallMs,
-      msgsPerSec: (messages * 1000) / res.wallMs,
-      cpuMs: m.cpuMs,
-      cpuMsPerMsg: m.cpuMs / messages,
-      peakRssKb: m.peakRssKb,
-      ok: res.ok,
-      ...(res.ok ? {} : { error: res.timedOut ? 'smtp-source timed out' : `smtp-source exited ${res.code}: ${res.stderr.slice(0, 300)}` }),
-    };
-    if (consumer) {
-      const dm = new PhaseMeter(server.pid);
-      const drained = await consumer.waitForCount(before + messages, plan.drainTimeoutMs);
-      const d = dm.stop();
-      r.drainMs = d.wallMs;
-      r.drainCpuMs = d.cpuMs;
-      r.drained = drained;
-      r.peakRssKb = Math.max(r.peakRssKb, d.peakRssKb);
-      if (!drained) r.error = `${(r.error ? r.error + '; ' : '')}webhooks: ${consumer.count - before} of ${messages} within ${plan.drainTimeoutMs} ms`;
-    }
-    return r;
+/** One timed smtp-source run against one server; for mailhook, then waits for every webhook of the run. */
+export async function runOnce(c: Cell, server: RunningServer, messages: number, plan: MatrixPlan, consumer: BenchConsumer | undefined): Promise<RunResult> {
+  const before = consumer?.count ?? 0;
+  const meter = new PhaseMeter(server.pid);
+  const res = await runSource({ port: server.port, sessions: c.sessions, messages, size: c.size, reuse: c.reuse, from: FROM, to: RCPT, timeoutMs: Math.min(600_000, Math.max(60_000, messages * 50)) });
+  const m = meter.stop();
+  const r: RunResult = {
+    messages,
+    wallMs: res.wallMs,
+    msgsPerSec: (messages * 1000) / res.wallMs,
+    cpuMs: m.cpuMs,
+    cpuMsPerMsg: m.cpuMs / messages,
+    peakRssKb: m.peakRssKb,
+    ok: res.ok,
+    ...(res.ok ? {} : { error: res.timedOut ? 'smtp-source timed out' : `smtp-source exited ${res.code}: ${res.stderr.slice(0, 300)}` }),
   };
-
-  const probe = await once(probeCount(c));
-  const count = measuredCount(probe.ok ? probe.msgsPerSec : 10, c, plan);
-  const runs: RunResult[] = [];
-  for (let i = 0; i < plan.runs; i++) {
-    const r = await once(count);
-    runs.push(r);
-    log(`  ${label(c)} run ${i + 1}/${plan.runs}: ${r.messages} msgs ${r.msgsPerSec.toFixed(0)} msg/s cpu ${r.cpuMsPerMsg.toFixed(3)} ms/msg rss ${(r.peakRssKb / 1024).toFixed(0)} MB${r.drainMs !== undefined ? ` drain ${(r.drainMs / 1000).toFixed(1)} s` : ''}${r.ok ? '' : ` FAILED ${r.error}`}`);
+  if (consumer) {
+    const dm = new PhaseMeter(server.pid);
+    const drained = await consumer.waitForCount(before + messages, plan.drainTimeoutMs);
+    const d = dm.stop();
+    r.drainMs = d.wallMs;
+    r.drainCpuMs = d.cpuMs;
+    r.drained = drained;
+    r.peakRssKb = Math.max(r.peakRssKb, d.peakRssKb);
+    if (!drained) {
+      r.ok = false;
+      r.error = `${r.error ? r.error + '; ' : ''}webhooks: ${consumer.count - before} of ${messages} within ${plan.drainTimeoutMs} ms`;
+    }
   }
+  return r;
+}
+
+/** The probe run's rate decides how many messages a timed run sends. */
+export async function probe(c: Cell, server: RunningServer, plan: MatrixPlan, consumer: BenchConsumer | undefined): Promise<number> {
+  const r = await runOnce(c, server, probeCount(c), plan, consumer);
+  return measuredCount(r.ok ? r.msgsPerSec : 10, c, plan);
+}
+
+export function describeRun(c: Cell, i: number, n: number, r: RunResult): string {
+  return `  ${label(c)} run ${i}/${n}: ${r.messages} msgs ${r.msgsPerSec.toFixed(0)} msg/s cpu ${r.cpuMsPerMsg.toFixed(3)} ms/msg rss ${(r.peakRssKb / 1024).toFixed(0)} MB${r.drainMs !== undefined ? ` drain ${(r.drainMs / 1000).toFixed(1)} s` : ''}${r.ok ? '' : ` FAILED ${r.error}`}`;
+}
+
+export function summarize(c: Cell, runs: RunResult[]): CellResult {
   const good = runs.filter((r) => r.ok);
   return {
     ...c,

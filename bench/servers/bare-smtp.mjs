@@ -6,6 +6,8 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 
 const port = Number(process.argv[2]);
 const greetingDelayMs = Number(process.argv[3] ?? 0);
+// argv[4] "no-reverse-lookup": a diagnostic, to see what smtp-server's reverse DNS lookup per connection costs.
+const disableReverseLookup = process.argv[4] === 'no-reverse-lookup';
 
 class Connection extends SMTPConnection {
   init() {
@@ -35,6 +37,7 @@ const server = new Server({
   authOptional: true,
   disabledCommands: ['AUTH', 'STARTTLS'],
   logger: false,
+  disableReverseLookup,
   onData(stream, _session, callback) {
     stream.on('data', () => {});
     stream.on('end', () => callback(null, 'discarded'));
