@@ -41,10 +41,10 @@ export function toPayloadMessage(p: ParsedMail): PayloadMessage {
   return {
     message_id: p.messageId ?? null,
     subject: p.subject ?? null,
-    from: flatten(p.from)[0] ?? null,
-    to: flatten(p.to),
-    cc: flatten(p.cc),
-    reply_to: flatten(p.replyTo),
+    from: flattenAddresses(p.from)[0] ?? null,
+    to: flattenAddresses(p.to),
+    cc: flattenAddresses(p.cc),
+    reply_to: flattenAddresses(p.replyTo),
     date: p.date && !Number.isNaN(p.date.getTime()) ? p.date.toISOString() : null,
     in_reply_to: p.inReplyTo ?? null,
     references: typeof p.references === 'string' ? [p.references] : (p.references ?? []),
@@ -62,7 +62,8 @@ export function toPayloadMessage(p: ParsedMail): PayloadMessage {
   };
 }
 
-function flatten(field: AddressObject | AddressObject[] | undefined): PayloadAddress[] {
+/** Every mailbox of an address header, groups flattened, in order. */
+export function flattenAddresses(field: AddressObject | AddressObject[] | undefined): PayloadAddress[] {
   if (!field) return [];
   const out: PayloadAddress[] = [];
   const visit = (list: EmailAddress[]) => {

@@ -1,7 +1,7 @@
 // What the hosted-service formats (Mailgun, Postmark, SendGrid) share: one parsed view of the message, recipients' keys, URL credentials.
-import { simpleParser, type AddressObject, type EmailAddress } from 'mailparser';
+import { simpleParser } from 'mailparser';
 import { MailhookError } from '../../core/errors.js';
-import { parseMessage } from '../../parse/message.js';
+import { flattenAddresses, parseMessage } from '../../parse/message.js';
 import type { Recipient } from '../../spool/types.js';
 import { headerValue, parseHeaderSection, type HeaderField } from './headers.js';
 
@@ -55,11 +55,11 @@ export async function inboundView(raw: Buffer): Promise<InboundView> {
     headers: section.fields,
     headerBlock: section.block,
     subject: p.subject ?? '',
-    from: flatten(p.from)[0] ?? null,
-    to: flatten(p.to),
-    cc: flatten(p.cc),
-    bcc: flatten(p.bcc),
-    replyTo: flatten(p.replyTo),
+    from: flattenAddresses(p.from)[0] ?? null,
+    to: flattenAddresses(p.to),
+    cc: flattenAddresses(p.cc),
+    bcc: flattenAddresses(p.bcc),
+    replyTo: flattenAddresses(p.replyTo),
     fromHeader: h('from'),
     toHeader: h('to'),
     ccHeader: h('cc'),
@@ -85,19 +85,6 @@ export async function inboundView(raw: Buffer): Promise<InboundView> {
 function defaultFilename(i: number, contentType: string): string {
   const ext = /^message\/rfc822$/i.test(contentType) ? '.eml' : '';
   return `attachment-${i + 1}${ext}`;
-}
-
-function flatten(field: AddressObject | AddressObject[] | undefined): Address[] {
-  if (!field) return [];
-  const out: Address[] = [];
-  const visit = (list: EmailAddress[]) => {
-    for (const a of list) {
-      if (a.group) visit(a.group);
-      else if (a.address) out.push({ address: a.address, name: a.name ?? '' });
-    }
-  };
-  for (const obj of Array.isArray(field) ? field : [field]) visit(obj.value);
-  return out;
 }
 
 /**
