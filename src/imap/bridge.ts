@@ -306,6 +306,8 @@ export class ImapBridge {
         if (this.spoolError) {
           const err = this.spoolError;
           this.spoolError = undefined;
+          // A body stream cut by a lost connection fails inside accept too: that is the network's fault.
+          if (!client.usable) throw new MailboxError('MAILBOX_NETWORK', `the connection was lost while fetching messages: ${(err as Error).message}`, { cause: err });
           throw new MailboxError('MAILBOX_SPOOL', `the spool could not take messages: ${(err as Error).message}`, { cause: err });
         }
       }

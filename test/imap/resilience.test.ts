@@ -18,6 +18,8 @@ import { Spool } from '../../src/spool/spool.js';
 import { Router } from '../../src/routing/router.js';
 import { createMetrics } from '../../src/core/metrics.js';
 import { createLogger } from '../../src/core/logger.js';
+import { MailhookError } from '../../src/core/errors.js';
+import { CLAIM_KEYWORD } from '../../src/imap/claim.js';
 import type { ImapMailboxSettings } from '../../src/config/mailboxes.js';
 import { count, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
 
@@ -63,7 +65,7 @@ async function silentableProxy(port: number): Promise<{ port: number; silence():
 describe('IMAP bridge resilience against Dovecot', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: ['restart', 'silent', 'shared', 'killed'] });
+    dovecot = await startDovecot({ users: ['restart', 'silent', 'shared', 'killed', 'spoolfail'] });
   });
   after(async () => {
     await dovecot?.close();
@@ -127,6 +129,45 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
       await bridge.stop(2000);
       spool.close();
       await proxy.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a spool that cannot commit: nothing is marked on the server, the claim is released, the bridge backs off and retries', async () => {
+    const dir = tempDir();
+    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'spoolfail', { after_delivery: 'delete' })) });
+    const config = parseTestConfig(yaml, dir);
+    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
+    const metrics = createMetrics();
+    const log = createLogger({ level: 'silent' });
+    const settings = config.imap[0] as ImapMailboxSettings;
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    let failing = true;
+    const accept = ingest.accept.bind(ingest);
+    ingest.accept = async (plan, body, key, meta) => {
+      if (!failing) return accept(plan, body, key, meta);
+      for await (const _ of body) {
+        /* the disk is full */
+      }
+      throw new MailhookError('SPOOL_UNAVAILABLE', 'cannot store the message: ENOSPC');
+    };
+    await dovecot.append([message('sf1', { to: 'desk@in.test' }), message('sf2', { to: 'desk@in.test' })], { user: 'spoolfail' });
+    const bridge = new ImapBridge({ settings, ingest, log, metrics, clock: { now: () => Date.now() }, random: Math.random });
+    bridge.start();
+    try {
+      await until(() => bridge.status.lastError?.kind === 'spool', 10_000, 'the spool failure');
+      assert.match(bridge.status.lastError?.message ?? '', /the spool could not take messages: cannot store the message: ENOSPC/);
+      const left = await dovecot.list('INBOX', 'spoolfail');
+      assert.deepEqual(left.map((m) => m.flags), [[], []], 'not deleted, not read, and the claim released');
+      assert.ok(left.every((m) => !m.flags.includes(CLAIM_KEYWORD)));
+      assert.equal(count(spool.db), 0);
+      failing = false;
+      await until(() => count(spool.db) === 2, 10_000, 'both messages once the spool works again');
+      await until(() => bridge.status.state === 'idle', 5000, 'idle');
+      assert.deepEqual(await dovecot.list('INBOX', 'spoolfail'), []);
+    } finally {
+      await bridge.stop(2000);
+      spool.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
