@@ -344,6 +344,7 @@ export class ImapBridge {
       // One conditional STORE for the batch: any change after our FETCH (another instance's claim) has a
       // mod-sequence above every one we saw, so UNCHANGEDSINCE the batch's highest refuses exactly those.
       const highest = toClaim.reduce((max, m) => ((m.modseq ?? 0n) > max ? (m.modseq ?? 0n) : max), 0n);
+      if (highest === 0n) throw new MailboxError('MAILBOX_PROTOCOL', 'the server enabled CONDSTORE but sent no MODSEQ with FETCH; set claim: none for this mailbox');
       const refused = new Set(await this.timed(conditionalStore(client, toClaim.map((m) => m.uid), '+FLAGS', [CLAIM_KEYWORD], highest), 'STORE (claim)'));
       mine = toClaim.filter((m) => !refused.has(m.uid));
       if (refused.size > 0) this.log.debug({ mailbox: this.s.name, uids: [...refused] }, 'messages claimed by another instance');
