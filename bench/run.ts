@@ -1,6 +1,6 @@
 // `npm run bench`: starts each server in turn, loads it with smtp-source, and prints/writes the comparison (see bench/README.md).
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,13 +17,15 @@ const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export interface BenchResults {
   startedAt: string;
   finishedAt?: string;
-  options: Omit<BenchOptions, 'help' | 'out' | 'build'>;
+  options: Omit<BenchOptions, 'help' | 'out' | 'build' | 'report'>;
   machine: Record<string, unknown>;
   matrix: CellResult[];
   e2e?: E2eResult;
   memory?: MemoryResult;
   reject?: RejectResult;
   errors: string[];
+  /** load average (1 min) when each phase started and ended: the machine may be shared */
+  phaseLoad: Record<string, { start: number; end?: number }>;
 }
 
 const isMailhook = (s: SetupName) => s === 'mailhook' || s === 'mailhook-g100' || s === 'baseline'; // webhook deliveries to wait for
@@ -121,6 +123,10 @@ async function main(): Promise<number> {
     log(USAGE);
     return 0;
   }
+  if (opts.report) {
+    process.stdout.write(renderReport(JSON.parse(readFileSync(opts.report, 'utf8')) as BenchResults));
+    return 0;
+  }
   const missing = missingPrograms();
   if (missing.length > 0) {
     log(`bench: needs Postfix's load tools, missing ${missing.join(', ')}; install the Debian "postfix" package (apt-get install postfix, choose "No configuration")`);
@@ -136,12 +142,20 @@ async function main(): Promise<number> {
   const runDir = join(repo, 'bench', 'results', `run-${stamp}`);
   mkdirSync(runDir, { recursive: true });
   const out = opts.out ?? join(repo, 'bench', 'results', `${stamp}.json`);
-  if (opts.setups.includes('baseline') && !opts.baseline) {
+  if (opts.setups.some((s) => s.startsWith('baseline')) && !opts.baseline) {
     log('bench: the baseline setup needs --baseline DIR (a built mailhook checkout)');
     return 64;
   }
-  const { help: _h, out: _o, build: _b, ...recorded } = opts;
-  const results: BenchResults = { startedAt: new Date().toISOString(), options: recorded, machine: machine(), matrix: [], errors: [] };
+  const { help: _h, out: _o, build: _b, report: _r, ...recorded } = opts;
+  const results: BenchResults = { startedAt: new Date().toISOString(), options: recorded, machine: machine(), matrix: [], errors: [], phaseLoad: {} };
+  const phase = async (name: string, fn: () => Promise<void>) => {
+    results.phaseLoad[name] = { start: loadavg()[0] as number };
+    try {
+      await fn();
+    } finally {
+      (results.phaseLoad[name] as { end?: number }).end = loadavg()[0] as number;
+    }
+  };
   const save = () => {
     mkdirSync(dirname(out), { recursive: true });
     writeFileSync(out, JSON.stringify(results, null, 2));
@@ -150,7 +164,7 @@ async function main(): Promise<number> {
   const consumer = await new BenchConsumer().start();
   const ctx = { repo, runDir, webhookUrl: consumer.url, baselineRepo: opts.baseline ? resolve(opts.baseline) : undefined };
   try {
-    if (opts.phases.includes('matrix')) await runMatrix(opts, ctx, consumer, results, save);
+    if (opts.phases.includes('matrix')) await phase('matrix', () => runMatrix(opts, ctx, consumer, results, save));
     const mailhookPhase = async <T>(name: string, fn: (s: Awaited<ReturnType<typeof startSetup>>) => Promise<T>, setup: SetupName = 'mailhook'): Promise<T | undefined> => {
       log(`== ${name}`);
       const server = await startSetup(setup, { ...ctx, runDir: join(runDir, name) });
@@ -165,15 +179,21 @@ async function main(): Promise<number> {
       }
     };
     if (opts.phases.includes('e2e')) {
-      results.e2e = await mailhookPhase('e2e', (s) => runE2e(s, consumer, opts, log));
+      await phase('e2e', async () => {
+        results.e2e = await mailhookPhase('e2e', (s) => runE2e(s, consumer, opts, log));
+      });
       save();
     }
     if (opts.phases.includes('memory')) {
-      results.memory = await mailhookPhase('memory', (s) => runMemory(s, consumer, opts, log));
+      await phase('memory', async () => {
+        results.memory = await mailhookPhase('memory', (s) => runMemory(s, consumer, opts, log));
+      });
       save();
     }
     if (opts.phases.includes('reject')) {
-      results.reject = await runReject(ctx, opts, log);
+      await phase('reject', async () => {
+        results.reject = await runReject(ctx, opts, log);
+      });
       save();
     }
   } finally {

@@ -29,6 +29,8 @@ export interface BenchOptions {
   /** a built mailhook checkout measured as the 'baseline' setup (before/after comparisons) */
   baseline: string | undefined;
   out: string | undefined;
+  /** render a saved results JSON as Markdown and exit */
+  report: string | undefined;
   help: boolean;
 }
 
@@ -48,7 +50,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --reject-attempts N   connections in the rejection flood (default 10000, --quick 2000)
   --baseline DIR        also measure the mailhook built in DIR (another checkout) as setup "baseline"
   --no-build            do not run \`npm run build\` first (mailhook runs from dist/)
-  --out FILE            results JSON (default bench/results/<timestamp>.json)`;
+  --out FILE            results JSON (default bench/results/<timestamp>.json)
+  --report FILE         print the Markdown report of a saved results JSON and exit`;
 
 const list = (v: string | undefined): string[] | undefined => (v === undefined ? undefined : v.split(',').map((s) => s.trim()).filter(Boolean));
 
@@ -72,12 +75,13 @@ export function parseOptions(argv: string[]): BenchOptions {
       'no-build': { type: 'boolean', default: false },
       baseline: { type: 'string' },
       out: { type: 'string' },
+      report: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
   });
   const quick = values.quick === true;
-  const setups = (list(values.setups) ?? SETUPS.filter((s) => s !== 'baseline' || values.baseline !== undefined)).map((s) => {
+  const setups = (list(values.setups) ?? SETUPS.filter((s) => !s.startsWith('baseline') || values.baseline !== undefined)).map((s) => {
     if (!(SETUPS as readonly string[]).includes(s)) throw new Error(`unknown setup "${s}"; use ${SETUPS.join(', ')}`);
     return s as SetupName;
   });
@@ -129,6 +133,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     build: values['no-build'] !== true,
     baseline: values.baseline,
     out: values.out,
+    report: values.report,
     help: values.help === true,
   };
 }

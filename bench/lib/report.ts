@@ -61,7 +61,9 @@ export function renderReport(r: BenchResults): string {
   const mach = r.machine as { cpus?: number; cpuModel?: string; node?: string; postfix?: string; haraka?: string; commit?: string; dirty?: boolean; loadavg?: number[]; loadavgAtEnd?: number[] };
   L.push(`# mailhook bench ${r.startedAt}`, '');
   L.push(`${mach.cpus} CPUs (${mach.cpuModel}), Node ${mach.node}, Postfix ${mach.postfix}, Haraka ${mach.haraka}, mailhook ${mach.commit}${mach.dirty ? ' (uncommitted changes)' : ''}; load average at start ${mach.loadavg?.map((x) => x.toFixed(2)).join(' ')}, at end ${mach.loadavgAtEnd?.map((x) => x.toFixed(2)).join(' ') ?? '–'}`);
-  L.push(`runs per cell: ${r.options.plan.runs} (median, min–max), ~${r.options.plan.targetSeconds} s each after a probe run`, '');
+  L.push(`runs per cell: ${r.options.plan.runs} (median, min–max), ~${r.options.plan.targetSeconds} s each after a probe run`);
+  if (r.phaseLoad && Object.keys(r.phaseLoad).length > 0) L.push(`load average (1 min) at start → end of each phase: ${Object.entries(r.phaseLoad).map(([k, v]) => `${k} ${v.start.toFixed(1)} → ${v.end?.toFixed(1) ?? '?'}`).join(', ')}`);
+  L.push('');
 
   if (r.matrix.length > 0) {
     for (const reuse of [false, true]) {
@@ -77,7 +79,7 @@ export function renderReport(r: BenchResults): string {
         }
       }
       L.push('');
-      const mh = cells.filter((c) => c.setup.startsWith('mailhook') || c.setup === 'baseline');
+      const mh = cells.filter((c) => c.setup.startsWith('mailhook') || c.setup.startsWith('baseline'));
       if (mh.length > 0) {
         L.push(`### Ratios (${reuse ? 'reuse' : 'new connection'}): mailhook ÷ other setup, medians of this run`, '');
         L.push('| size | sessions | setup | msg/s | ÷ smtp-sink | ÷ Haraka | ÷ bare smtp-server |', '|---|---:|---|---:|---:|---:|---:|');

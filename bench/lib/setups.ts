@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { freePort, groupPids, spawnLogged, waitForPort, type Spawned } from './proc.js';
 import { SMTP_SINK } from './source.js';
 
-export const SETUPS = ['smtp-sink', 'haraka', 'bare', 'mailhook', 'mailhook-g100', 'mailhook-accept', 'baseline'] as const;
+export const SETUPS = ['smtp-sink', 'haraka', 'bare', 'mailhook', 'mailhook-g100', 'mailhook-accept', 'baseline', 'baseline-accept'] as const;
 export type SetupName = (typeof SETUPS)[number];
 
 export const SETUP_LABELS: Record<SetupName, string> = {
@@ -16,6 +16,7 @@ export const SETUP_LABELS: Record<SetupName, string> = {
   'mailhook-g100': 'mailhook, greeting delay 100 ms (internet-facing default)',
   'mailhook-accept': 'mailhook with a sink route: the same durable accept (fsync before 250), no webhook delivery (diagnostic)',
   baseline: 'mailhook from another checkout (--baseline DIR), same configuration as mailhook',
+  'baseline-accept': 'mailhook from another checkout (--baseline DIR), same configuration as mailhook-accept',
 };
 
 /** The domain every setup accepts; mailhook's route is one address in it so any other local part is unknown. */
@@ -90,12 +91,13 @@ export async function startSetup(name: SetupName, ctx: SetupContext, opts: { gre
     case 'mailhook':
     case 'mailhook-g100':
     case 'mailhook-accept':
-    case 'baseline': {
+    case 'baseline':
+    case 'baseline-accept': {
       if (!ctx.webhookUrl) throw new Error('mailhook needs a webhook consumer');
       httpPort = await freePort();
       const cfg = join(dir, 'mailhook.yaml');
-      writeFileSync(cfg, mailhookConfig({ port, httpPort, spool: join(dir, 'spool', 'spool.db'), webhookUrl: ctx.webhookUrl, greetingDelayMs: opts.greetingDelayMs ?? (name === 'mailhook-g100' ? 100 : 0), sink: name === 'mailhook-accept' }));
-      const from = name === 'baseline' ? ctx.baselineRepo : ctx.repo;
+      writeFileSync(cfg, mailhookConfig({ port, httpPort, spool: join(dir, 'spool', 'spool.db'), webhookUrl: ctx.webhookUrl, greetingDelayMs: opts.greetingDelayMs ?? (name === 'mailhook-g100' ? 100 : 0), sink: name.endsWith('-accept') }));
+      const from = name.startsWith('baseline') ? ctx.baselineRepo : ctx.repo;
       if (!from) throw new Error('the baseline setup needs --baseline DIR');
       proc = spawnLogged(process.execPath, [join(from, 'bin', 'mailhook'), 'serve', '--config', cfg], { logFile, cwd: dir });
       break;
