@@ -98,6 +98,10 @@ export class Checkpointer {
     const w = this.worker;
     this.worker = undefined;
     if (!w) return;
+    // Keep the process alive until the worker has closed its connection: a worker torn down with its
+    // better-sqlite3 statements still open aborts the whole process on Node 24 (a native assertion in
+    // Statement's destructor), so it must never be left to die with the process.
+    w.ref();
     w.postMessage('stop');
   }
 }
