@@ -20,10 +20,10 @@ export function createMetrics() {
     }),
     queueDepth: new Gauge({ name: 'mailhook_queue_depth', help: 'Deliveries by status', labelNames: ['status'], registers: [registry] }),
     spoolBytes: new Gauge({ name: 'mailhook_spool_bytes', help: 'Spool size on disk (database, WAL and message files)', registers: [registry] }),
+    spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),
     mailboxState: new Gauge({ name: 'mailhook_mailbox_state', help: 'IMAP/Graph mailbox state: 1 for the current state (connecting, connected, idle, polling, backoff, stopped), 0 for the others', labelNames: ['mailbox', 'state'], registers: [registry] }),
     mailboxErrors: new Counter({ name: 'mailhook_mailbox_errors_total', help: 'IMAP/Graph mailbox session failures by kind (network, tls, auth, server, token, …)', labelNames: ['mailbox', 'kind'], registers: [registry] }),
     mailboxMessages: new Counter({ name: 'mailhook_mailbox_messages_total', help: 'Messages taken from IMAP/Graph mailboxes by outcome (accepted, duplicate, unmatched, too_large)', labelNames: ['mailbox', 'outcome'], registers: [registry] }),
-    spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),
   };
 }
 
