@@ -34,6 +34,7 @@ export class DeliveryWorker {
   private running = false;
   private ticking = false;
   private tickAgain = false;
+  private lastReclaim = 0;
 
   constructor(private readonly deps: WorkerDeps) {
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
@@ -90,7 +91,11 @@ export class DeliveryWorker {
     try {
       const { config, spool, clock } = this.deps;
       const now = clock.now();
-      spool.jobs.reclaimExpired(now);
+      // Expired leases are rare (a request stuck past twice its timeout): look once a second, not on every tick.
+      if (now - this.lastReclaim >= 1000) {
+        this.lastReclaim = now;
+        spool.jobs.reclaimExpired(now);
+      }
       const free = config.delivery.concurrency - this.inFlight.size;
       if (free > 0) {
         const leaseMs = config.delivery.timeout_ms * 2 + 10_000;

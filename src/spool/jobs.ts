@@ -1,6 +1,7 @@
 // Delivery jobs: leased by compare-and-swap with a token and expiry, attempts counted before the call.
 import { randomUUID } from 'node:crypto';
 import type { Db } from './db.js';
+import type Database from 'better-sqlite3';
 import type { DeliveryRow, DeliveryStatus, Recipient } from './types.js';
 
 export interface Lease {
@@ -151,10 +152,13 @@ export class JobQueue {
 
   /** Reclaims leases that expired while this process runs (a stuck request past its deadline). */
   reclaimExpired(now: number): number {
-    return this.db
-      .prepare(`UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE status = 'delivering' AND lease_expires_at < ?`)
-      .run(now, now).changes;
+    // Prepared once: the delivery loop calls this on every tick.
+    this.expired ??= this.db.prepare<[number, number]>(
+      `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE status = 'delivering' AND lease_expires_at < ?`,
+    );
+    return this.expired.run(now, now).changes;
   }
+  private expired: Database.Statement<[number, number]> | undefined;
 
   nextDueAt(): number | null {
     const row = this.nextDue.get() as { at: number | null };
