@@ -16,9 +16,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 # --ignore-scripts keeps the package's own "prepare" (a build, without sources here) from running;
-# better-sqlite3's install step is then run on its own.
+# better-sqlite3 is then compiled here, never taken prebuilt: on Node 24 it must be built against an ObjectWrap
+# header without per-object cleanup hooks, or it can abort the process (README, "Known issue"; the script says why).
+COPY scripts/objectwrap-compat.sh /tmp/objectwrap-compat.sh
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
- && npm rebuild better-sqlite3
+ && node -e 'process.stdout.write(JSON.stringify(process.config, null, 2))' > /usr/local/include/node/config.gypi \
+ && bash /tmp/objectwrap-compat.sh /usr/local \
+ && npm rebuild better-sqlite3 --build-from-source --nodedir=/usr/local
 
 # The TypeScript build: src/ → dist/.
 FROM ${NODE_IMAGE} AS build
