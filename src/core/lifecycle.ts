@@ -30,3 +30,16 @@ export class Lifecycle {
     return this.stopping;
   }
 }
+
+/** Waits for `work` at most `graceMs`; says which came first. The timer never outlives the wait. */
+export async function waitWithGrace(work: Promise<unknown>, graceMs: number): Promise<'done' | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const grace = new Promise<'timeout'>((r) => {
+    timer = setTimeout(() => r('timeout'), graceMs);
+  });
+  try {
+    return await Promise.race([work.then(() => 'done' as const), grace]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,4 +1,5 @@
 // The delivery loop: lease due deliveries, call the route's webhook, record the outcome, schedule retries.
+import { waitWithGrace } from '../core/lifecycle.js';
 import type { Dispatcher } from 'undici';
 import type { Clock, Random } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
@@ -62,8 +63,7 @@ export class DeliveryWorker {
     this.running = false;
     if (this.timer) clearTimeout(this.timer);
     const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
-    const timedOut = await Promise.race([all().then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
-    if (timedOut) {
+    if ((await waitWithGrace(all(), graceMs)) === 'timeout') {
       for (const f of this.inFlight.values()) f.abort.abort(new Error('mailhook is shutting down'));
       await all();
     }

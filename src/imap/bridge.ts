@@ -2,6 +2,7 @@
 // in bounded batches oldest first, commit them to the spool, and only then flag, move or delete them; IDLE
 // (restarted every idle_timeout) or polling for news; every failure ends the session and reconnects with
 // capped, jittered backoff — nothing here throws out to the process.
+import { waitWithGrace } from '../core/lifecycle.js';
 import { ImapFlow, type FetchMessageObject, type MailboxObject } from 'imapflow';
 import { isIP } from 'node:net';
 import { Readable } from 'node:stream';
@@ -77,12 +78,7 @@ export class ImapBridge {
       this.status.set('stopped');
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<'timeout'>((r) => {
-      timer = setTimeout(() => r('timeout'), graceMs);
-    });
-    const result = await Promise.race([this.loop.then(() => 'done' as const), grace]);
-    clearTimeout(timer);
+    const result = await waitWithGrace(this.loop, graceMs);
     if (result === 'timeout') {
       this.log.warn({ mailbox: this.s.name }, 'mailbox still busy at shutdown; closing its connection (unmarked messages are fetched again next start)');
       this.client?.close();

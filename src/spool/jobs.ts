@@ -18,7 +18,8 @@ export interface AttemptRecord {
   error: string | null;
 }
 
-interface DeliveryDbRow {
+/** A deliveries row as SQLite returns it (JSON columns still text). */
+export interface DeliveryDbRow {
   id: string;
   message_id: string;
   route: string;

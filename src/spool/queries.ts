@@ -6,6 +6,7 @@ import type Database from 'better-sqlite3';
 import type { Db } from './db.js';
 import type { BlobStore } from './blobs.js';
 import type { DeliveryStatus, Recipient } from './types.js';
+import type { DeliveryDbRow } from './jobs.js';
 
 export const DELIVERY_STATUSES = ['pending', 'delivering', 'delivered', 'dead', 'dropped'] as const satisfies readonly DeliveryStatus[];
 
@@ -206,20 +207,8 @@ interface MessageRowLite {
   raw_file: string | null;
 }
 
-interface DeliveryDb {
-  id: string;
-  message_id: string;
-  route: string;
-  recipients: string;
-  status: DeliveryStatus;
-  attempts: number;
+interface DeliveryDb extends Omit<DeliveryDbRow, 'lease_token'> {
   replays: number;
-  next_attempt_at: number;
-  last_status_code: number | null;
-  last_error: string | null;
-  created_at: number;
-  updated_at: number;
-  finished_at: number | null;
 }
 
 export class SpoolQueries {

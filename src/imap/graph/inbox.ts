@@ -1,6 +1,7 @@
 // The Microsoft Graph inbox for one mailbox: delta query over a mail folder (@odata.nextLink pages, then a
 // delta token) every poll_interval, raw MIME from /$value into the spool, and only after the commit: mark
 // read, delete or move. Failures end the pass and it is retried after a jittered backoff or Retry-After.
+import { waitWithGrace } from '../../core/lifecycle.js';
 import type { Dispatcher } from 'undici';
 import type { Clock, Random } from '../../core/clock.js';
 import type { Logger } from '../../core/logger.js';
@@ -81,12 +82,7 @@ export class GraphInbox {
       this.status.set('stopped');
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<'timeout'>((r) => {
-      timer = setTimeout(() => r('timeout'), graceMs);
-    });
-    const result = await Promise.race([this.loop.then(() => 'done' as const), grace]);
-    clearTimeout(timer);
+    const result = await waitWithGrace(this.loop, graceMs);
     if (result === 'timeout') this.abort.abort();
     await this.loop;
   }
