@@ -74,32 +74,75 @@ const ADDR_SPEC = /[^\s<>(),;:"[\]\\]+@[^\s<>(),;:"[\]\\]+/g;
 /**
  * The addresses in an address-list field (To, Cc, Delivered-To, Envelope-To, …), in order.
  * Handles display names (quoted or not, even when they look like addresses), angle addresses with an
- * obsolete source route, comments, groups, and values glued to the next header by a missing line break.
- * Quoted local parts ("john doe"@example.com) are not recognised.
+ * obsolete source route, comments, groups, values glued to the next header by a missing line break, and
+ * quoted local parts ("john doe"@example.com; "a+b"@example.com is written a+b@example.com, RFC 5321 §4.1.2).
  */
 export function addressesIn(value: string): string[] {
   const out: string[] = [];
-  for (const piece of splitTopLevel(value)) {
+  const quoted: string[] = [];
+  for (const piece of splitTopLevel(value, quoted)) {
     const angle = /<([^<>]*)>/.exec(piece.text);
     if (angle && piece.angles > 0) {
       // RFC 5322 §4.4 obs-route: "<@relay1,@relay2:user@host>" — the address follows the last colon.
       const inner = (angle[1] ?? '').split(':').pop()!.trim();
       const m = inner.match(ADDR_SPEC);
-      if (m && m[0] === inner) out.push(cleanAddress(inner));
+      if (m && m[0] === inner) out.push(cleanAddress(inner, quoted));
       continue;
     }
-    for (const m of piece.text.match(ADDR_SPEC) ?? []) out.push(cleanAddress(m));
+    for (const m of piece.text.match(ADDR_SPEC) ?? []) out.push(cleanAddress(m, quoted));
   }
   return out.filter((a) => a.length > 0);
 }
 
-function cleanAddress(addr: string): string {
-  // A trailing dot closes a sentence, never an address ("… for user@example.com.").
-  return addr.replace(/\.+$/, '');
+/** Stands for the n-th quoted local part while the value is split (no header text contains U+0001). */
+const QUOTED_MARK = '\u0001';
+const QUOTED_TOKEN = /\u0001(\d+)\u0001/g;
+// RFC 5322 §3.2.3 dot-atom: a quoted local part made only of these needs no quotes.
+const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;
+
+/**
+ * The local part as RFC 5321 §4.1.2 writes it: without quotes when the content is a dot-atom
+ * ("a+b" → a+b), else quoted with only '"' and '\' escaped ("first last" stays "first last").
+ */
+export function canonicalQuotedLocal(content: string): string {
+  if (DOT_ATOM.test(content)) return content;
+  return `"${content.replace(/(["\\])/g, '\\$1')}"`;
 }
 
-/** Splits at commas and semicolons outside quotes, comments and angle brackets; drops quoted text and comments. */
-function splitTopLevel(value: string): Array<{ text: string; angles: number }> {
+function cleanAddress(addr: string, quoted: readonly string[] = []): string {
+  // A trailing dot closes a sentence, never an address ("… for user@example.com.").
+  return addr.replace(/\.+$/, '').replace(QUOTED_TOKEN, (_, n: string) => quoted[Number(n)] ?? '');
+}
+
+/**
+ * Reads the quoted string that opens at value[start] ('"'); returns its unescaped content and the index of
+ * the closing quote (value.length when it is never closed).
+ */
+function readQuoted(value: string, start: number): { content: string; end: number } {
+  let content = '';
+  let i = start + 1;
+  for (; i < value.length; i++) {
+    const c = value[i] as string;
+    if (c === '\\' && i + 1 < value.length) content += value[++i];
+    else if (c === '"') break;
+    else content += c;
+  }
+  return { content, end: i };
+}
+
+/** A quoted string directly followed by "@" is a local part (RFC 5322 §3.4.1), not a display name. */
+function quotedLocalAt(value: string, start: number, quoted: string[]): { token: string; end: number } | undefined {
+  const q = readQuoted(value, start);
+  if (q.end >= value.length || value[q.end + 1] !== '@' || q.content === '') return undefined;
+  quoted.push(canonicalQuotedLocal(q.content));
+  return { token: `${QUOTED_MARK}${quoted.length - 1}${QUOTED_MARK}`, end: q.end };
+}
+
+/**
+ * Splits at commas and semicolons outside quotes, comments and angle brackets; drops quoted text and comments.
+ * A quoted local part is kept as a token (its canonical form pushed to `quoted`) so it parses as an address.
+ */
+function splitTopLevel(value: string, quoted: string[]): Array<{ text: string; angles: number }> {
   const pieces: Array<{ text: string; angles: number }> = [];
   let text = '';
   let angles = 0;
@@ -120,11 +163,25 @@ function splitTopLevel(value: string): Array<{ text: string; angles: number }> {
       continue;
     }
     if (inAngle) {
+      if (c === '"') {
+        const local = quotedLocalAt(value, i, quoted);
+        if (local) {
+          text += local.token;
+          i = local.end;
+          continue;
+        }
+      }
       text += c;
       if (c === '>') inAngle = false;
       continue;
     }
     if (c === '"') {
+      const local = quotedLocalAt(value, i, quoted);
+      if (local) {
+        text += local.token;
+        i = local.end;
+        continue;
+      }
       inQuote = true;
       text += ' ';
     } else if (c === '(') {
@@ -152,6 +209,8 @@ function splitTopLevel(value: string): Array<{ text: string; angles: number }> {
  */
 export function receivedFor(value: string): string | undefined {
   const noComments = stripComments(value);
+  const q = /(?:^|\s)for\s+<?\s*"((?:[^"\\]|\\.)+)"@([^\s<>;()"]+?)\s*>?(?=[\s;]|$)/i.exec(noComments);
+  if (q) return cleanAddress(`${canonicalQuotedLocal((q[1] as string).replace(/\\(.)/g, '$1'))}@${q[2]}`);
   const m = /(?:^|\s)for\s+<?\s*([^\s<>;()"]+@[^\s<>;()"]+?)\s*>?(?=[\s;]|$)/i.exec(noComments);
   return m ? cleanAddress(m[1] as string) : undefined;
 }

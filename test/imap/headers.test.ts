@@ -93,3 +93,21 @@ test('an exact route beats nothing; the first routed candidate wins even when a 
   const raw = 'To: desk@in.test\r\nCc: incoming+k@in.test\r\n\r\n';
   assert.deepEqual(pick(raw), { header: 'to', address: 'desk@in.test', route: 'desk', key: null });
 });
+
+test('quoted local parts: kept quoted when they need it, unquoted when they are a dot-atom (RFC 5321 §4.1.2)', () => {
+  assert.deepEqual(addressesIn('"first last"@example.com'), ['"first last"@example.com']);
+  assert.deepEqual(addressesIn('"a+b"@example.com'), ['a+b@example.com']);
+  assert.deepEqual(addressesIn('First Last <"first last"@example.com>, other@example.com'), ['"first last"@example.com', 'other@example.com']);
+  assert.deepEqual(addressesIn('"Doe, Jo" <"a+b"@example.com>'), ['a+b@example.com']);
+  assert.deepEqual(addressesIn('"x, y"@example.com, z@example.com'), ['"x, y"@example.com', 'z@example.com'], 'a comma inside the quotes does not split');
+  assert.deepEqual(addressesIn('"say \\"hi\\""@example.com'), ['"say \\"hi\\""@example.com'], 'escapes kept for quote and backslash');
+  assert.deepEqual(addressesIn('"a>b"@example.com'), ['"a>b"@example.com']);
+  assert.deepEqual(addressesIn('"help@corp.test" <real@a.test>'), ['real@a.test'], 'a quoted display name is still not an address');
+  assert.equal(receivedFor('from a by b id 5 for <"first last"@in.test>; Mon, 3 Mar 2025'), '"first last"@in.test');
+  assert.equal(receivedFor('from a by b id 6 for "incoming+q-1"@in.test; Mon, 3 Mar 2025'), 'incoming+q-1@in.test');
+  // Routing sees the canonical form: a quoted key address routes like the unquoted one.
+  assert.deepEqual(pick('To: "incoming+q-2"@in.test\r\n\r\n'), { header: 'to', address: 'incoming+q-2@in.test', route: 'tracker', key: 'q-2' });
+  assert.deepEqual(pick('To: Desk <"desk"@in.test>\r\n\r\n'), { header: 'to', address: 'desk@in.test', route: 'desk', key: null });
+  const spaced = new Router([{ name: 'all', addresses: ['*@in.test'] }]);
+  assert.deepEqual(chooseRecipient(fieldsOf('To: "first last"@in.test\r\n\r\n'), DEFAULT_RECIPIENTS_FROM, (a) => spaced.match(a)), { header: 'to', address: '"first last"@in.test', route: 'all', key: null });
+});
