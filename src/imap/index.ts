@@ -11,6 +11,7 @@ import { ImapBridge } from './bridge.js';
 import { GraphInbox } from './graph/inbox.js';
 import { MailboxIngest } from './ingest.js';
 import { OAuthTokenProvider } from './oauth.js';
+import { MailboxState } from './state.js';
 import type { MailboxStatus, MailboxStatusView } from './status.js';
 
 export interface MailboxesDeps {
@@ -51,7 +52,8 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
         { grant: 'client_credentials', tokenUrl: settings.tokenUrl, clientId: settings.clientId, clientSecret: settings.clientSecret, refreshToken: undefined, scope: `${settings.graphEndpoint}/.default` },
         { clock: deps.clock, dispatcher: deps.dispatcher },
       );
-      return new GraphInbox({ settings, ingest: new MailboxIngest(ingestDeps, settings, 'graph'), tokens, log, metrics: deps.metrics, clock: deps.clock, random: deps.random, dispatcher: deps.dispatcher });
+      const state = new MailboxState(deps.spool.db, settings.name, deps.clock);
+      return new GraphInbox({ settings, ingest: new MailboxIngest(ingestDeps, settings, 'graph'), tokens, state, log, metrics: deps.metrics, clock: deps.clock, random: deps.random, dispatcher: deps.dispatcher });
     }
     const tokens =
       settings.auth.kind === 'oauth2'

@@ -100,6 +100,16 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX deliveries_finished ON deliveries(status, finished_at);
   CREATE INDEX attempts_started ON attempts(started_at);
   `,
+  // 3: small per-mailbox state that must survive a restart (the Graph delta link), see src/imap/state.ts.
+  `
+  CREATE TABLE mailbox_state (
+    name        TEXT NOT NULL,               -- the mailbox name from imap[].name
+    key         TEXT NOT NULL,               -- e.g. delta_link
+    value       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,            -- ms since epoch
+    PRIMARY KEY (name, key)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export function openDatabase(path: string): Db {

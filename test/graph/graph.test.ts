@@ -71,16 +71,42 @@ test('initial delta in @odata.nextLink pages, then the delta token; unread messa
   } finally {
     await app.close();
   }
-  // A restart repeats the full delta (the token lived in memory): read messages are skipped; one committed but
-  // never marked (as after a crash between commit and PATCH) is marked now, not stored again.
-  g.messages.get(ids[7]!)!.isRead = false;
+  // A restart continues from the delta link saved in the spool: no full pass; mail that arrived while it was
+  // down is taken from the changes.
+  const whileDown = g.add(message('down', { to: 'desk@in.test', messageId: 'down@x' }));
+  const beforeRestart = g.requests.length;
   const again = await start([graphYaml('graph-a')], dir);
   try {
-    await until(() => g.messages.get(ids[7]!)?.isRead === true, 5000, 'the committed message marked read');
+    assert.equal(inbox(again).status.details.delta_link_restored, true);
+    await until(() => g.messages.get(whileDown)?.isRead === true, 5000, 'the message that arrived while stopped');
     await until(() => inbox(again).status.state === 'polling', 5000, 'a finished pass');
-    assert.equal(count(again.spool.db), 121);
+    const after = deltaRequests().filter((r) => g.requests.indexOf(r) >= beforeRestart);
+    assert.ok(after.length > 0 && after.every((r) => r.query.has('$deltatoken')), `every delta request after the restart used the saved token: ${after.map((r) => [...r.query.keys()].join('+')).join(', ')}`);
+    assert.equal(count(again.spool.db), 122);
   } finally {
     await again.close();
+  }
+  // The saved token expires (410 Gone, SyncStateNotFound): a full pass, without loss or a second copy. A message
+  // committed but never marked (as after a crash between commit and PATCH) is marked now, not stored again.
+  g.expireDeltaTokens();
+  g.messages.get(ids[7]!)!.isRead = false;
+  const expired = g.add(message('expired', { to: 'desk@in.test', messageId: 'expired@x' }));
+  const beforeExpiry = g.requests.length;
+  const third = await start([graphYaml('graph-a')], dir);
+  try {
+    await until(() => g.messages.get(expired)?.isRead === true && g.messages.get(ids[7]!)?.isRead === true, 5000, 'the full pass after the expired token');
+    await until(() => inbox(third).status.state === 'polling', 5000, 'a finished pass');
+    const after = deltaRequests().filter((r) => g.requests.indexOf(r) >= beforeExpiry);
+    assert.equal(after[0]!.status, 410, 'the saved token was tried first');
+    assert.ok(after[0]!.query.has('$deltatoken'));
+    assert.ok(!after[1]!.query.has('$deltatoken') && !after[1]!.query.has('$skiptoken'), 'then a full pass from the start');
+    assert.equal(count(third.spool.db), 123);
+    assert.ok(third.logs.some((l) => l.includes('delta token is no longer valid')));
+    // The new delta link is saved again: the next restart is incremental.
+    const saved = third.spool.db.prepare(`SELECT value FROM mailbox_state WHERE name = 'graph-a' AND key = 'graph_delta_link'`).pluck().get() as string;
+    assert.match(JSON.parse(saved).link, /\$deltatoken=/);
+  } finally {
+    await third.close();
     rmSync(dir, { recursive: true, force: true });
   }
   for (const m of g.inFolder('inbox')) g.messages.delete(m.id);

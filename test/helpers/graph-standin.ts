@@ -43,6 +43,8 @@ export class GraphStandin {
   /** where each id was when last changed (for @removed after a move or delete) */
   private readonly lastFolder = new Map<string, string>();
   private readonly snapshots = new Map<string, { ids: string[]; endSeq: number }>();
+  /** delta tokens up to this change sequence answer 410 Gone (their sync state was dropped) */
+  private expiredThrough = -1;
   private throttles: Array<{ status: number; retryAfter: string | undefined; match: (method: string, path: string) => boolean }> = [];
   private failures: Array<{ status: number; match: (method: string, path: string) => boolean }> = [];
   private server: Server | undefined;
@@ -97,6 +99,14 @@ export class GraphStandin {
     for (let i = 0; i < count; i++) this.failures.push({ status, match });
   }
 
+  /**
+   * Drops the sync state of every delta token issued so far, as Exchange does when its delta token cache
+   * overflows: using one answers 410 Gone with SyncStateNotFound and the client must start a full sync.
+   */
+  expireDeltaTokens(): void {
+    this.expiredThrough = this.seq;
+  }
+
   private changed(id: string): void {
     this.changes.push({ seq: ++this.seq, id });
   }
@@ -143,8 +153,7 @@ export class GraphStandin {
         record(404);
         return json(res, 404, { error: { code: 'ErrorInvalidIdMalformed', message: 'Id is malformed.' } });
       }
-      record(200);
-      return this.delta(req, res, url, folder);
+      return this.delta(req, res, url, folder, record);
     }
     if ((m = /^\/messages\/([^/]+)(\/\$value|\/move)?$/.exec(route))) {
       const id = decodeURIComponent(m[1]!);
@@ -191,7 +200,7 @@ export class GraphStandin {
   }
 
   /** Delta query: the initial round lists the folder, later rounds (with $deltatoken) only changes since. */
-  private delta(req: IncomingMessage, res: ServerResponse, url: URL, folder: string): void {
+  private delta(req: IncomingMessage, res: ServerResponse, url: URL, folder: string, record: (status: number) => void): void {
     const prefer = /odata\.maxpagesize=(\d+)/.exec(String(req.headers.prefer ?? ''));
     const pageSize = prefer ? Math.min(Number(prefer[1]), 1000) : 10;
     const skip = url.searchParams.get('$skiptoken');
@@ -204,6 +213,10 @@ export class GraphStandin {
       offset = Number(off);
     } else {
       const since = deltaToken ? Number(Buffer.from(deltaToken, 'base64url').toString()) : -1;
+      if (deltaToken && since <= this.expiredThrough) {
+        record(410);
+        return json(res, 410, { error: { code: 'SyncStateNotFound', message: 'The sync state generation is not found. The delta token is expired and data must be synchronized again.' } });
+      }
       let ids: string[];
       if (since < 0) {
         ids = this.inFolder(folder).map((m) => m.id);
@@ -215,6 +228,7 @@ export class GraphStandin {
       this.snapshots.set(snapshotKey, { ids, endSeq: this.seq });
     }
     const snap = this.snapshots.get(snapshotKey);
+    record(snap ? 200 : 410);
     if (!snap) return json(res, 410, { error: { code: 'SyncStateNotFound', message: 'The sync state is not found.' } });
     const page = snap.ids.slice(offset, offset + pageSize).map((id) => {
       const m = this.messages.get(id);

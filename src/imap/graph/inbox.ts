@@ -9,11 +9,12 @@ import type { Metrics } from '../../core/metrics.js';
 import { MailhookError } from '../../core/errors.js';
 import type { GraphMailboxSettings } from '../../config/mailboxes.js';
 import { reconnectDelay } from '../backoff.js';
-import { classify } from '../errors.js';
+import { MailboxError, classify } from '../errors.js';
 import { MAX_HEADER_BYTES } from '../headers.js';
 import { peekHeaders, type MailboxIngest } from '../ingest.js';
 import type { TokenProvider } from '../oauth.js';
 import { MailboxStatus } from '../status.js';
+import type { MailboxState } from '../state.js';
 import { GraphClient } from './client.js';
 
 export interface GraphInboxDeps {
@@ -25,6 +26,8 @@ export interface GraphInboxDeps {
   clock: Clock;
   random: Random;
   dispatcher?: Dispatcher;
+  /** where the delta link is kept across restarts (the spool's mailbox_state); without it, memory only */
+  state?: MailboxState;
   /** throttling limits inside one request (tests shorten them) */
   throttle?: { maxRetries?: number; maxRetryAfterMs?: number; defaultRetryMs?: number };
 }
@@ -42,6 +45,8 @@ interface DeltaPage {
 
 /** Messages per delta page (Prefer: odata.maxpagesize; Graph's own default is 10). */
 const PAGE_SIZE = 50;
+/** mailbox_state key of the saved delta link */
+const DELTA_KEY = 'graph_delta_link';
 
 export class GraphInbox {
   readonly status: MailboxStatus;
@@ -51,7 +56,7 @@ export class GraphInbox {
   private stopping = false;
   private loop: Promise<void> | undefined;
   private waiter: (() => void) | undefined;
-  /** the delta link of the last complete pass; a new process starts with a full pass (the spool deduplicates) */
+  /** the delta link of the last complete pass, saved in the spool so a restart continues from it */
   private deltaLink: string | undefined;
   /** messages left alone (unmatched with "leave", too large), not looked at again in this process */
   private readonly skipped = new Set<string>();
@@ -69,6 +74,32 @@ export class GraphInbox {
       defaultRetryMs: deps.throttle?.defaultRetryMs,
     });
     this.status.details = { graph_endpoint: this.s.graphEndpoint, user: this.s.user, folder: this.s.mailbox, poll_interval_s: this.s.pollIntervalMs / 1000 };
+    this.deltaLink = this.loadDeltaLink();
+    this.status.details.delta_link_restored = this.deltaLink !== undefined;
+  }
+
+  /** What a saved delta link belongs to: a link for another endpoint, user or folder is not used. */
+  private get deltaScope(): string {
+    return `${this.s.graphEndpoint} ${this.s.user} ${this.s.mailbox}`;
+  }
+
+  private loadDeltaLink(): string | undefined {
+    const raw = this.deps.state?.get(DELTA_KEY);
+    if (!raw) return undefined;
+    try {
+      const saved = JSON.parse(raw) as { scope?: string; link?: string };
+      if (saved.scope === this.deltaScope && typeof saved.link === 'string') return saved.link;
+      this.deps.log.info({ mailbox: this.s.name }, 'the saved Graph delta link is for another endpoint, user or folder; starting with a full pass');
+    } catch {
+      /* unreadable: a full pass */
+    }
+    return undefined;
+  }
+
+  private saveDeltaLink(link: string | undefined): void {
+    this.deltaLink = link;
+    if (link === undefined) this.deps.state?.delete(DELTA_KEY);
+    else this.deps.state?.set(DELTA_KEY, JSON.stringify({ scope: this.deltaScope, link }));
   }
 
   start(): void {
@@ -142,10 +173,22 @@ export class GraphInbox {
 
   /** One delta pass: every page until the delta link; each unread message is taken in page order. */
   private async pass(): Promise<void> {
-    let url: string | undefined =
-      this.deltaLink ?? `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
+    const fullPass = `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
+    let url: string | undefined = this.deltaLink ?? fullPass;
     while (url && !this.stopping) {
-      const { body }: { body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` } });
+      const fromDelta: boolean = url === this.deltaLink;
+      const res: { status: number; body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` }, allow: fromDelta ? [400, 410] : [] });
+      if (res.status >= 400) {
+        // The delta token expired or its sync state is gone (410 Gone, or 400 syncStateNotFound): Graph asks
+        // for a full synchronisation. Read messages are skipped and committed ones only marked, so nothing is lost.
+        const code = ((res.body as { error?: { code?: string } } | undefined)?.error?.code ?? '').toLowerCase();
+        if (res.status === 400 && !code.startsWith('syncstate')) throw new MailboxError('MAILBOX_SERVER', `Graph GET messages/delta answered 400: ${code}`);
+        this.deps.log.warn({ mailbox: this.s.name, status: res.status, code }, 'the Graph delta token is no longer valid; starting a full pass');
+        this.saveDeltaLink(undefined);
+        url = fullPass;
+        continue;
+      }
+      const body = res.body;
       if (this.status.state !== 'connected') this.status.set('connected');
       for (const item of body?.value ?? []) {
         if (this.stopping) return;
@@ -156,7 +199,7 @@ export class GraphInbox {
       // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
       if (body?.['@odata.nextLink']) url = body['@odata.nextLink'];
       else {
-        if (body?.['@odata.deltaLink']) this.deltaLink = body['@odata.deltaLink'];
+        if (body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
         url = undefined;
       }
     }
