@@ -15,6 +15,9 @@ interface MailboxCommon {
   recipientsFrom: RecipientHeader[];
   unmatched: UnmatchedPolicy;
   reconnect: { initialDelayMs: number; maxDelayMs: number };
+  /** claim: move — where a claimed message waits until it is in the spool */
+  claimFolder: string;
+  claimTimeoutMs: number;
 }
 
 export type ImapAuth =
@@ -31,8 +34,7 @@ export interface ImapMailboxSettings extends MailboxCommon {
   idleTimeoutMs: number;
   pollIntervalMs: number;
   batchSize: number;
-  claim: 'auto' | 'keyword' | 'none';
-  claimTimeoutMs: number;
+  claim: 'auto' | 'keyword' | 'move' | 'none';
 }
 
 export interface GraphMailboxSettings extends MailboxCommon {
@@ -43,6 +45,8 @@ export interface GraphMailboxSettings extends MailboxCommon {
   tokenUrl: string;
   graphEndpoint: string;
   pollIntervalMs: number;
+  /** auto and move: move each message to claimFolder before taking it (several instances); none: one instance */
+  claim: 'move' | 'none';
 }
 
 export type MailboxSettings = ImapMailboxSettings | GraphMailboxSettings;
@@ -92,6 +96,8 @@ export function resolveMailboxes(
       recipientsFrom: m.recipients_from,
       unmatched,
       reconnect: { initialDelayMs: m.reconnect_delay_ms, maxDelayMs: m.reconnect_max_delay_ms },
+      claimFolder: m.claim_folder,
+      claimTimeoutMs: m.claim_timeout * 1000,
     };
     const secret = (value: string | undefined, file: string | undefined, path: string): Secret | undefined => {
       if (value !== undefined) return new Secret(value);
@@ -119,6 +125,7 @@ export function resolveMailboxes(
         tokenUrl: `${trimSlash(g.azure_ad_endpoint)}/${encodeURIComponent(g.tenant_id)}/oauth2/v2.0/token`,
         graphEndpoint: trimSlash(g.graph_endpoint),
         pollIntervalMs: g.poll_interval * 1000,
+        claim: m.claim === 'none' ? 'none' : 'move',
       });
       return;
     }
@@ -147,7 +154,6 @@ export function resolveMailboxes(
       pollIntervalMs: (m.poll_interval ?? 5) * 1000,
       batchSize: m.batch_size,
       claim: m.claim,
-      claimTimeoutMs: m.claim_timeout * 1000,
     });
   });
   return out;

@@ -241,7 +241,8 @@ const mailboxSchema = z
     recipients_from: z.array(z.enum(RECIPIENT_HEADERS)).min(1).default([...RECIPIENT_HEADERS]).describe('headers to read the recipient from, in order; the first address a route accepts wins'),
     unmatched: unmatchedSchema.default('leave').describe('a message no route accepts: leave it (marked $MailhookSkipped), move:<folder>, or route:<name>'),
     batch_size: z.number().int().min(1).max(1000).default(100).describe('messages fetched per FETCH when working through a backlog (oldest first)'),
-    claim: z.enum(['auto', 'keyword', 'none']).default('auto').describe('how instances sharing the mailbox take a message: keyword (CONDSTORE UNCHANGEDSINCE), none (one instance), auto (keyword when the server can)'),
+    claim: z.enum(['auto', 'keyword', 'move', 'none']).default('auto').describe('how instances sharing the mailbox take a message: keyword (CONDSTORE UNCHANGEDSINCE), move (to claim_folder; IMAP MOVE+UIDPLUS, or Graph), none (one instance), auto (IMAP: keyword, else move, else none; Graph: move)'),
+    claim_folder: z.string().min(1).default('mailhook-processing').describe('claim: move — folder a claimed message is moved to until it is in the spool (created when missing)'),
     claim_timeout: z.number().int().min(1).max(86_400).default(300).describe('seconds after which a claim left by a dead instance is taken over'),
     reconnect_delay_ms: positiveInt.default(1000).describe('first reconnect delay; doubles per failure, with jitter'),
     reconnect_max_delay_ms: positiveInt.default(60_000).describe('upper bound of the reconnect delay'),
@@ -278,6 +279,7 @@ const mailboxSchema = z
         const g = typeof m.inbox_options === 'object' && m.inbox_options !== null ? m.inbox_options : undefined;
         if (g && !g.client_secret && !g.client_secret_file) issue('inbox_options.client_secret_file', 'set client_secret or client_secret_file');
         if (g && g.client_secret && g.client_secret_file) issue('inbox_options.client_secret_file', 'set either client_secret or client_secret_file, not both');
+        if (m.claim === 'keyword') issue('claim', 'microsoft_graph has no keywords to claim with; use auto or move (move to claim_folder) or none (one instance)');
       }
       if (m.reconnect_max_delay_ms < m.reconnect_delay_ms) issue('reconnect_max_delay_ms', 'must be at least reconnect_delay_ms');
     },

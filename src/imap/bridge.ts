@@ -1,5 +1,6 @@
-// The IMAP bridge for one mailbox: connect (password or XOAUTH2), claim new messages on the server, fetch them
-// in bounded batches oldest first, commit them to the spool, and only then flag, move or delete them; IDLE
+// The IMAP bridge for one mailbox: connect (password or XOAUTH2), claim new messages on the server (a keyword
+// with UNCHANGEDSINCE, or MOVE to a processing folder), fetch them in bounded batches oldest first, commit them
+// to the spool, and only then flag, move or delete them; IDLE
 // (restarted every idle_timeout) or polling for news; every failure ends the session and reconnects with
 // capped, jittered backoff — nothing here throws out to the process.
 import { waitWithGrace } from '../core/lifecycle.js';
@@ -13,7 +14,7 @@ import { MailhookError } from '../core/errors.js';
 import { reconnectDelay } from './backoff.js';
 import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
 import { MailboxError, classify } from './errors.js';
-import { MAX_HEADER_BYTES, headerSection } from './headers.js';
+import { MAX_HEADER_BYTES, headerSection, messageIdOf, parseHeaderFields } from './headers.js';
 import { peekHeaders, type MailboxIngest, type Plan } from './ingest.js';
 import type { TokenProvider } from './oauth.js';
 import { MailboxStatus } from './status.js';
@@ -51,12 +52,16 @@ export class ImapBridge {
   private waiter: (() => void) | undefined;
   private dirty = false;
   private readonly claims: ClaimTracker;
+  /** move claims: delivered copies marked \Deleted in the processing folder, expunged after claim_timeout */
+  private readonly expungeWatch: ClaimTracker;
   /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
   private readonly skipped = new Set<number>();
   private skippedFor: bigint | undefined;
   /** Message-IDs already spooled from this mailbox, loaded when the UIDVALIDITY changed (dedupe fallback) */
   private knownIds: Set<string> | undefined;
-  private claimMode: 'keyword' | 'none' = 'none';
+  private claimMode: 'keyword' | 'move' | 'none' = 'none';
+  /** move claims: when the processing folder is next looked at for claims left by dead instances */
+  private nextClaimScanAt = 0;
   private spoolError: unknown;
 
   constructor(private readonly deps: ImapBridgeDeps) {
@@ -64,6 +69,7 @@ export class ImapBridge {
     this.log = deps.log;
     this.status = new MailboxStatus(this.s.name, 'imap', deps.metrics, deps.clock);
     this.claims = new ClaimTracker(this.s.claimTimeoutMs);
+    this.expungeWatch = new ClaimTracker(this.s.claimTimeoutMs);
   }
 
   start(): void {
@@ -170,8 +176,12 @@ export class ImapBridge {
       await client.connect();
       const caps = client.capabilities;
       await this.ensureFolders(client);
-      const box = await client.mailboxOpen(s.mailbox);
+      let box = await client.mailboxOpen(s.mailbox);
       this.onMailboxOpened(client, box);
+      if (this.claimMode === 'move') {
+        await this.ensureFolder(client, s.claimFolder);
+        this.nextClaimScanAt = 0; // at every connect: finish or watch what a dead session left there
+      }
       this.status.details = {
         host: s.host,
         folder: box.path,
@@ -180,6 +190,8 @@ export class ImapBridge {
         move: caps.has('MOVE'),
         uidplus: caps.has('UIDPLUS'),
         claim: this.claimMode,
+        ...(this.claimMode === 'move' ? { claim_folder: s.claimFolder } : {}),
+        ...(this.claimMode === 'none' && s.claim === 'auto' ? { single_instance_only: true } : {}),
         uid_validity: box.uidValidity.toString(),
       };
       this.status.recovered();
@@ -191,13 +203,14 @@ export class ImapBridge {
         alive();
         this.dirty = false;
         this.status.set('connected');
+        if (this.claimMode === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) box = await this.scanClaimFolder(client, box);
         await this.drain(client, box);
         if (this.stopping) break;
         alive();
         if (this.dirty) continue;
         // RFC 2177: IDLE is re-issued at least every 29 minutes; idle_timeout restarts it sooner, and
         // each restart re-runs the search, so nothing depends on a notification arriving.
-        const stale = this.claims.nextExpiry();
+        const stale = this.claimMode === 'move' ? this.nextClaimScanAt : this.claims.nextExpiry();
         const untilStale = stale === undefined ? Infinity : Math.max(50, stale - this.deps.clock.now());
         if (caps.has('IDLE')) {
           this.status.set('idle');
@@ -244,15 +257,36 @@ export class ImapBridge {
     for (const f of folders) if (!existing.has(f)) await client.mailboxCreate(f);
   }
 
+  /** Creates one folder when missing (another instance may create it at the same moment: that is fine). */
+  private async ensureFolder(client: ImapFlow, folder: string): Promise<void> {
+    const existing = new Set((await client.list()).map((l) => l.path));
+    if (existing.has(folder)) return;
+    try {
+      await client.mailboxCreate(folder);
+    } catch (err) {
+      if (!new Set((await client.list()).map((l) => l.path)).has(folder)) throw err;
+    }
+  }
+
   private onMailboxOpened(client: ImapFlow, box: MailboxObject): void {
     const s = this.s;
     const canKeyword = client.enabled.has('CONDSTORE') && !box.noModseq && (box.permanentFlags?.has('\\*') ?? false);
+    // RFC 6851 MOVE, with RFC 4315 UIDPLUS for the COPYUID that names the claimed message's new UID.
+    const canMove = client.capabilities.has('MOVE') && client.capabilities.has('UIDPLUS');
     if (s.claim === 'keyword' && !canKeyword) {
-      throw new MailboxError('MAILBOX_SERVER', `claim: keyword needs CONDSTORE and custom keywords, which ${s.host} does not offer for ${s.mailbox}; run one instance with claim: none`, { userFault: true });
+      throw new MailboxError('MAILBOX_SERVER', `claim: keyword needs CONDSTORE and custom keywords, which ${s.host} does not offer for ${s.mailbox}; use claim: move (needs MOVE and UIDPLUS) or run one instance with claim: none`, { userFault: true });
     }
-    this.claimMode = s.claim === 'none' ? 'none' : canKeyword ? 'keyword' : 'none';
-    if (s.claim === 'auto' && !canKeyword) {
-      this.log.warn({ mailbox: s.name }, 'the server has no CONDSTORE (or no custom keywords): messages are not claimed; run a single instance on this mailbox');
+    if (s.claim === 'move' && !canMove) {
+      throw new MailboxError('MAILBOX_SERVER', `claim: move needs the MOVE and UIDPLUS extensions, which ${s.host} does not offer; run one instance with claim: none`, { userFault: true });
+    }
+    if (s.claim === 'none') this.claimMode = 'none';
+    else if (s.claim === 'move') this.claimMode = 'move';
+    else this.claimMode = canKeyword ? 'keyword' : canMove ? 'move' : 'none';
+    if (s.claim === 'auto' && this.claimMode === 'none') {
+      this.log.warn({ mailbox: s.name, folder: s.mailbox, host: s.host }, `the server offers neither CONDSTORE with custom keywords nor MOVE with UIDPLUS: messages in mailbox ${s.name} (${s.mailbox}) are not claimed; run a single instance on it`);
+    }
+    if (s.claim === 'auto' && this.claimMode === 'move') {
+      this.log.info({ mailbox: s.name, claimFolder: s.claimFolder }, 'the server has no CONDSTORE: messages are claimed by MOVE to the processing folder');
     }
     if (this.skippedFor !== box.uidValidity) {
       // RFC 3501 §2.3.1.1: a new UIDVALIDITY invalidates every UID we remember.
@@ -262,7 +296,8 @@ export class ImapBridge {
     }
     const prefix = `imap:${s.name}:`;
     const current = `${prefix}${box.uidValidity}:`;
-    this.knownIds = this.ingest.hasOtherGeneration(prefix, current) ? this.ingest.knownMessageIds() : undefined;
+    // Move claims key messages by Message-ID (their UIDs change on every MOVE): no UID generation to guard.
+    this.knownIds = this.claimMode !== 'move' && this.ingest.hasOtherGeneration(prefix, current) ? this.ingest.knownMessageIds() : undefined;
     if (this.knownIds) this.log.warn({ mailbox: s.name, uidValidity: box.uidValidity.toString() }, 'UIDVALIDITY changed since messages were last taken; deduplicating by Message-ID');
   }
 
@@ -275,6 +310,16 @@ export class ImapBridge {
   }
 
   /**
+   * The spool's dedupe key. A move claim changes the UID (and the folder) of a message, so there the key is
+   * its Message-ID within this mailbox: a message taken over after a crash, or a second copy, is not stored
+   * twice. A message without a Message-ID is keyed by its UID in the processing folder.
+   */
+  private keyOf(box: MailboxObject, uid: number, messageId: string | undefined): string {
+    if (this.claimMode === 'move') return messageId ? `imap:${this.s.name}:mid:${messageId}` : `imap:${this.s.name}:p${box.uidValidity}:${uid}`;
+    return this.dedupeKey(box, uid);
+  }
+
+  /**
    * A session that ended between STORE \Deleted and UID EXPUNGE left committed messages flagged but present;
    * expunge those (only messages the spool holds: other \Deleted messages are not ours to remove).
    */
@@ -282,7 +327,10 @@ export class ImapBridge {
     if (this.s.afterDelivery.kind !== 'delete') return;
     const deleted = await this.timed(client.search({ deleted: true }, { uid: true }), 'SEARCH DELETED');
     if (!Array.isArray(deleted) || deleted.length === 0) return;
-    const ours = deleted.filter((uid) => this.ingest.isCommitted(this.dedupeKey(box, uid)));
+    const ours =
+      this.claimMode === 'move' && box.path === this.s.claimFolder
+        ? (await this.fetchClaimed(client, deleted)).filter((m) => this.ingest.isCommitted(this.keyOf(box, m.uid, m.messageId))).map((m) => m.uid)
+        : deleted.filter((uid) => this.ingest.isCommitted(this.dedupeKey(box, uid)));
     if (ours.length === 0) return;
     this.log.info({ mailbox: this.s.name, count: ours.length }, 'expunging delivered messages an earlier session flagged \\Deleted but did not expunge');
     if (!(await client.messageDelete(toSequenceSet(ours), { uid: true }))) throw new MailboxError('MAILBOX_SERVER', 'UID EXPUNGE of delivered messages failed');
@@ -294,11 +342,12 @@ export class ImapBridge {
       const found = await this.timed(client.search({ seen: false, deleted: false, unKeyword: SKIP_KEYWORD }, { uid: true }), 'SEARCH');
       if (!Array.isArray(found)) throw new MailboxError('MAILBOX_SERVER', `SEARCH in ${this.s.mailbox} failed`);
       const uids = found.filter((u) => !this.skipped.has(u)).sort((a, b) => a - b);
-      this.claims.retain(new Set(uids));
+      if (this.claimMode !== 'move') this.claims.retain(new Set(uids));
       if (uids.length === 0) return;
       let progressed = false;
       for (let i = 0; i < uids.length && !this.stopping; i += this.s.batchSize) {
-        if (await this.processBatch(client, box, uids.slice(i, i + this.s.batchSize))) progressed = true;
+        const batch = uids.slice(i, i + this.s.batchSize);
+        if (await (this.claimMode === 'move' ? this.processMoveBatch(client, box, batch) : this.processBatch(client, box, batch))) progressed = true;
         if (this.spoolError) {
           const err = this.spoolError;
           this.spoolError = undefined;
@@ -355,6 +404,16 @@ export class ImapBridge {
       }
     }
 
+    const worked = await this.work(client, box, mine, finish);
+    return worked || stale.length > 0;
+  }
+
+  /**
+   * Fetches the messages this instance holds (claimed, or the only instance), commits them, then marks them:
+   * after_delivery for those in the spool (and `finish`, committed earlier), the unmatched policy, and a
+   * release of those the spool could not take. Returns true when any message was dealt with.
+   */
+  private async work(client: ImapFlow, box: MailboxObject, mine: FetchMessageObject[], finish: number[]): Promise<boolean> {
     const outcomes = new Map<number, { outcome: Outcome; plan?: Plan }>();
     const small: FetchMessageObject[] = [];
     const large: FetchMessageObject[] = [];
@@ -405,7 +464,11 @@ export class ImapBridge {
     }
 
     if (committed.length > 0) await this.afterDelivery(client, committed);
-    if (leave.length > 0) {
+    if (leave.length > 0 && this.claimMode === 'move') {
+      // Left alone: back where it was found, marked so no instance claims it again.
+      if (box.permanentFlags?.has('\\*')) await client.messageFlagsAdd(toSequenceSet(leave), [SKIP_KEYWORD], { uid: true });
+      for (const uid of (await this.moveBack(client, leave)).values()) this.skipped.add(uid);
+    } else if (leave.length > 0) {
       for (const uid of leave) this.skipped.add(uid);
       await client.messageFlagsAdd(toSequenceSet(leave), [SKIP_KEYWORD], { uid: true });
       if (this.claimMode === 'keyword') await client.messageFlagsRemove(toSequenceSet(leave), [CLAIM_KEYWORD], { uid: true });
@@ -419,7 +482,183 @@ export class ImapBridge {
       // Not taken: let the next pass (ours or another instance's) have them without waiting for the claim timeout.
       await client.messageFlagsRemove(toSequenceSet(release), [CLAIM_KEYWORD], { uid: true });
     }
-    return committed.length + leave.length + moveTo.size > 0 || stale.length > 0;
+    if (release.length > 0 && this.claimMode === 'move' && client.usable) await this.moveBack(client, release);
+    return committed.length + leave.length + moveTo.size > 0;
+  }
+
+  /**
+   * Claims by RFC 6851 UID MOVE into the processing folder: a message moves once, so only the instance whose
+   * MOVE took it (COPYUID, RFC 4315) holds it. Returns source UID → UID in the processing folder.
+   * Dovecot refuses a whole set when another instance moved part of it first (NO [EXPUNGEISSUED]): the rest
+   * is then tried one message at a time.
+   */
+  private async claimByMove(client: ImapFlow, uids: number[]): Promise<Map<number, number>> {
+    const folder = this.s.claimFolder;
+    const won = new Map<number, number>();
+    const first = await this.timed(client.messageMove(toSequenceSet(uids), folder, { uid: true }), 'UID MOVE (claim)');
+    if (first && first.uidMap) for (const [from, to] of first.uidMap) won.set(from, to);
+    const left = uids.filter((u) => !won.has(u));
+    if (left.length > 0) {
+      for (const uid of left) {
+        if (!client.usable) break;
+        const one = await this.timed(client.messageMove(String(uid), folder, { uid: true }), 'UID MOVE (claim)');
+        const to = one ? one.uidMap?.get(uid) : undefined;
+        if (to !== undefined) won.set(uid, to);
+      }
+      const lost = left.filter((u) => !won.has(u));
+      if (lost.length > 0) this.log.debug({ mailbox: this.s.name, uids: lost }, 'messages claimed by another instance');
+    }
+    return won;
+  }
+
+  /** Moves messages from the processing folder (selected) back to the mailbox; returns their new UIDs there. */
+  private async moveBack(client: ImapFlow, uids: number[]): Promise<Map<number, number>> {
+    const moved = await this.timed(client.messageMove(toSequenceSet(uids), this.s.mailbox, { uid: true }), 'UID MOVE (release)');
+    if (!moved) throw new MailboxError('MAILBOX_SERVER', `could not move ${uids.length} message(s) from ${this.s.claimFolder} back to ${this.s.mailbox}`);
+    return moved.uidMap ?? new Map();
+  }
+
+  /** Selects the mailbox again after work in the processing folder; a changed UIDVALIDITY restarts the session. */
+  private async reopen(client: ImapFlow, box: MailboxObject): Promise<MailboxObject> {
+    const again = await this.timed(client.mailboxOpen(this.s.mailbox), 'SELECT');
+    if (again.uidValidity !== box.uidValidity) throw new MailboxError('MAILBOX_SERVER', `the UIDVALIDITY of ${this.s.mailbox} changed during the session; reconnecting`);
+    return again;
+  }
+
+  /** Reads the claimed messages in the (selected) processing folder: flags, size and Message-ID. */
+  private async fetchClaimed(client: ImapFlow, uids: number[]): Promise<Array<FetchMessageObject & { messageId: string | undefined }>> {
+    const out: Array<FetchMessageObject & { messageId: string | undefined }> = [];
+    const asked = new Set(uids);
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, headers: ['message-id'] }, { uid: true })) {
+      // Another instance working in the same folder makes the server send unsolicited FETCH (FLAGS) updates.
+      if (!asked.has(m.uid)) continue;
+      out.push({ ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined });
+    }
+    return out.sort((a, b) => a.uid - b.uid);
+  }
+
+  /**
+   * One batch with move claims: claim by MOVE, then in the processing folder fetch, commit and apply
+   * after_delivery there (a message already in the spool, by Message-ID, is only marked).
+   */
+  private async processMoveBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
+    const candidates: number[] = [];
+    const asked = new Set(uids);
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true }, { uid: true })) {
+      if (!asked.has(m.uid)) continue; // an unsolicited update
+      if (!m.flags?.has('\\Seen') && !m.flags?.has('\\Deleted')) candidates.push(m.uid); // changed since the search
+    }
+    if (candidates.length === 0) return false;
+    const won = await this.claimByMove(client, candidates.sort((a, b) => a - b));
+    if (won.size === 0) return false;
+    this.log.debug({ mailbox: this.s.name, count: won.size, folder: this.s.claimFolder }, 'messages claimed by MOVE');
+    const proc = await this.timed(client.mailboxOpen(this.s.claimFolder), 'SELECT (processing folder)');
+    try {
+      const claimed = await this.fetchClaimed(client, [...won.values()]);
+      const lost = await this.arbitrate(client, claimed);
+      if (lost.size > 0) {
+        // Our copy of a message another instance's MOVE copied first: removed, the other instance takes it.
+        this.log.debug({ mailbox: this.s.name, count: lost.size }, 'messages claimed by another instance (a concurrent MOVE copied them first)');
+        if (!(await client.messageDelete(toSequenceSet([...lost]), { uid: true }))) throw new MailboxError('MAILBOX_SERVER', `could not remove duplicate copies from ${this.s.claimFolder}`);
+      }
+      await this.workClaimed(client, proc, claimed.filter((m) => !lost.has(m.uid)));
+    } finally {
+      if (client.usable) await this.reopen(client, box);
+    }
+    return true;
+  }
+
+  /**
+   * Two instances moving the same message at the same moment can both succeed: Dovecot implements MOVE as
+   * copy + expunge, and the copies land in the processing folder twice (each with its own COPYUID). UIDs are
+   * given out in order, so the copy with the lowest UID is the claim: for each message we moved, any other
+   * copy (same Message-ID) with a lower UID means another instance holds it. Delivered copies stay in the
+   * folder (\Seen, or \Deleted until the deferred expunge) for claim_timeout, so a slower competitor still sees
+   * them. Returns our UIDs that lost. (Servers that move atomically, as Exchange does, never have copies.)
+   */
+  private async arbitrate(client: ImapFlow, claimed: Array<{ uid: number; messageId: string | undefined }>): Promise<Set<number>> {
+    const lost = new Set<number>();
+    const ours = new Set(claimed.map((m) => m.uid));
+    const withId = claimed.filter((m): m is { uid: number; messageId: string } => m.messageId !== undefined);
+    for (let i = 0; i < withId.length; i += 50) {
+      const chunk = withId.slice(i, i + 50);
+      const found = await this.timed(client.search({ or: chunk.map((m) => ({ header: { 'message-id': m.messageId } })) }, { uid: true }), 'SEARCH (copies)');
+      const others = (Array.isArray(found) ? found : []).filter((u) => !ours.has(u));
+      if (others.length === 0) continue;
+      const lowest = new Map<string, number>();
+      for (const o of await this.fetchClaimed(client, others)) {
+        if (o.messageId !== undefined && o.uid < (lowest.get(o.messageId) ?? Infinity)) lowest.set(o.messageId, o.uid);
+      }
+      for (const m of chunk) if ((lowest.get(m.messageId) ?? Infinity) < m.uid) lost.add(m.uid);
+    }
+    return lost;
+  }
+
+  /** In the selected processing folder: messages the spool holds are only marked, the others are taken. */
+  private async workClaimed(client: ImapFlow, proc: MailboxObject, claimed: Array<FetchMessageObject & { messageId: string | undefined }>): Promise<void> {
+    const finish: number[] = [];
+    const mine: FetchMessageObject[] = [];
+    for (const m of claimed) {
+      if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
+      else mine.push(m);
+    }
+    await this.work(client, proc, mine, finish);
+  }
+
+  /**
+   * Move claims left by a dead instance: messages still unread in the processing folder. Each is watched
+   * from the first time it is seen (the server keeps no claim time); one still there after claim_timeout is
+   * moved back to the mailbox — only one instance's MOVE succeeds — and claimed afresh. One the spool already
+   * holds (our own crash between commit and marking) is only marked. Returns the reselected mailbox.
+   */
+  private async scanClaimFolder(client: ImapFlow, box: MailboxObject): Promise<MailboxObject> {
+    const now = this.deps.clock.now();
+    const proc = await this.timed(client.mailboxOpen(this.s.claimFolder), 'SELECT (processing folder)');
+    try {
+      await this.expungeDelivered(client, now);
+      const found = await this.timed(client.search({ seen: false, deleted: false }, { uid: true }), 'SEARCH (processing folder)');
+      const uids = Array.isArray(found) ? found.sort((a, b) => a - b) : [];
+      this.claims.retain(new Set(uids));
+      const stale: number[] = [];
+      const finish: number[] = [];
+      for (let i = 0; i < uids.length; i += this.s.batchSize) {
+        for (const m of await this.fetchClaimed(client, uids.slice(i, i + this.s.batchSize))) {
+          if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
+          else if (this.claims.isStale(m.uid, 0n, now)) stale.push(m.uid);
+        }
+      }
+      if (finish.length > 0) {
+        this.log.info({ mailbox: this.s.name, count: finish.length }, 'marking messages an earlier session committed but did not mark');
+        await this.afterDelivery(client, finish);
+        for (const uid of finish) this.claims.forget(uid);
+      }
+      if (stale.length > 0) {
+        const back = await this.moveBack(client, stale);
+        for (const uid of stale) this.claims.forget(uid);
+        if (back.size > 0) {
+          this.log.warn({ mailbox: this.s.name, count: back.size, timeoutS: this.s.claimTimeoutMs / 1000 }, 'took over stale move claims (their instance stopped before committing): moved back to the mailbox');
+          this.dirty = true;
+        }
+      }
+    } finally {
+      this.nextClaimScanAt = Math.min(now + this.s.claimTimeoutMs, this.claims.nextExpiry() ?? Infinity, this.expungeWatch.nextExpiry() ?? Infinity);
+      if (client.usable) box = await this.reopen(client, box);
+    }
+    return box;
+  }
+
+  /**
+   * The deferred expunge in the (selected) processing folder: a delivered copy marked \\Deleted is expunged once
+   * it has been seen so for claim_timeout, long enough for a competing instance to have compared UIDs.
+   */
+  private async expungeDelivered(client: ImapFlow, now: number): Promise<void> {
+    const deleted = await this.timed(client.search({ deleted: true }, { uid: true }), 'SEARCH DELETED (processing folder)');
+    const uids = Array.isArray(deleted) ? deleted : [];
+    this.expungeWatch.retain(new Set(uids));
+    const due = uids.filter((uid) => this.expungeWatch.isStale(uid, 0n, now));
+    if (due.length === 0) return;
+    if (!(await client.messageDelete(toSequenceSet(due), { uid: true }))) throw new MailboxError('MAILBOX_SERVER', `UID EXPUNGE in ${this.s.claimFolder} failed`);
+    for (const uid of due) this.expungeWatch.forget(uid);
   }
 
   /** Plans and commits one message. Never throws for a message's own problems; spool failures end the session. */
@@ -439,7 +678,7 @@ export class ImapBridge {
       return { outcome: 'duplicate', plan };
     }
     try {
-      const result = await this.ingest.accept(plan, body, this.dedupeKey(box, uid), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
+      const result = await this.ingest.accept(plan, body, this.keyOf(box, uid, plan.messageId), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
       this.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, result.duplicate ? 'message was already in the spool' : 'message accepted');
       return { outcome: result.duplicate ? 'duplicate' : 'committed', plan };
     } catch (err) {
@@ -459,7 +698,12 @@ export class ImapBridge {
     const set = toSequenceSet(uids);
     const a = this.s.afterDelivery;
     let ok: boolean;
-    if (a.kind === 'delete') {
+    if (this.claimMode === 'move' && a.kind !== 'flag') {
+      // In the processing folder a delivered copy stays, \Deleted, until the deferred expunge (see arbitrate()).
+      if (a.kind === 'move') ok = (await client.messageCopy(set, a.folder, { uid: true })) !== false;
+      else ok = true;
+      if (ok) ok = await client.messageFlagsAdd(set, ['\\Seen', '\\Deleted'], { uid: true });
+    } else if (a.kind === 'delete') {
       // \Deleted then UID EXPUNGE (UIDPLUS) of just these messages.
       ok = await client.messageDelete(set, { uid: true });
     } else if (a.kind === 'flag') {

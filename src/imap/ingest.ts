@@ -95,12 +95,14 @@ export class MailboxIngest {
   }
 
   /**
-   * True when the spool holds keys of this mailbox ("<prefix>") outside the current generation ("<current>",
-   * e.g. "imap:name:<uidvalidity>:"): the UIDs were renumbered and Message-IDs must guard against duplicates.
+   * True when the spool holds UID keys of this mailbox ("<prefix><uidvalidity>:<uid>") outside the current
+   * generation ("<current>", e.g. "imap:name:<uidvalidity>:"): the UIDs were renumbered and Message-IDs must
+   * guard against duplicates. Keys that are not UID keys (the move claim's "<prefix>mid:…") do not count.
    */
   hasOtherGeneration(prefix: string, current: string): boolean {
     const upper = (k: string) => `${k.slice(0, -1)};`; // ';' sorts right after ':'
-    return this.otherGeneration.get(prefix, current, upper(current), upper(prefix)) !== undefined;
+    // UID keys continue the prefix with a digit: [prefix"0", prefix":") holds exactly those (':' follows '9').
+    return this.otherGeneration.get(`${prefix}0`, current, upper(current), `${prefix}:`) !== undefined;
   }
 
   /** Message-IDs of every message this mailbox has put in the spool (the fallback after a UIDVALIDITY change). */

@@ -41,6 +41,8 @@ export interface DovecotOptions {
   introspectionUrl?: string;
   /** the capability list advertised after login (e.g. without IDLE, to exercise polling) */
   capability?: string;
+  /** mail storage format (default maildir; deliverToMaildir needs maildir) */
+  mailFormat?: 'maildir' | 'sdbox' | 'mdbox';
 }
 
 export interface Dovecot {
@@ -129,7 +131,7 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login${opts.introspectionUrl ? ' xoauth2' : ''}
 auth_failure_delay = 0
-mail_location = maildir:~/Maildir
+mail_location = ${opts.mailFormat && opts.mailFormat !== 'maildir' ? `${opts.mailFormat}:~/${opts.mailFormat}` : 'maildir:~/Maildir'}
 # Throwaway data: no fsync (APPEND and flag changes are ~10x faster on this disk).
 mail_fsync = never
 first_valid_uid = 1
