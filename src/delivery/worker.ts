@@ -6,7 +6,7 @@ import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import type { Spool } from '../spool/spool.js';
-import type { Lease } from '../spool/jobs.js';
+import type { Completion, Lease } from '../spool/jobs.js';
 import { nextAttemptAt, parseRetryAfter } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook } from './client.js';
@@ -29,13 +29,17 @@ const IDLE_POLL_MS = 30_000;
 export class DeliveryWorker {
   private readonly routes: Map<string, ResolvedRoute>;
   private readonly inFlight = new Map<string, { route: string; done: Promise<void>; abort: AbortController }>();
+  /** attempts that finished and wait for the next tick to record them (one transaction for all, plus leasing) */
+  private finished: Finished[] = [];
   private readonly perRoute = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private timerAt = Infinity;
   private running = false;
   private ticking = false;
   private tickAgain = false;
   private lastReclaim = 0;
+  private lastWideLook = 0;
 
   constructor(private readonly deps: WorkerDeps) {
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
@@ -62,14 +66,28 @@ export class DeliveryWorker {
   async stop(graceMs: number): Promise<void> {
     this.running = false;
     if (this.timer) clearTimeout(this.timer);
+    if (this.immediate) clearImmediate(this.immediate);
     const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
     if ((await waitWithGrace(all(), graceMs)) === 'timeout') {
       for (const f of this.inFlight.values()) f.abort.abort(new Error('mailhook is shutting down'));
       await all();
     }
+    try {
+      this.settle(null);
+    } catch {
+      /* logged by settle(); the leases expire and those deliveries run again after a restart */
+    }
   }
 
   private schedule(delayMs: number): void {
+    if (delayMs <= 0) {
+      // Next turn of the event loop, after the I/O callbacks already due: a timer would wait at least 1 ms.
+      this.immediate ??= setImmediate(() => {
+        this.immediate = undefined;
+        this.tick();
+      });
+      return;
+    }
     const at = this.deps.clock.now() + delayMs;
     if (this.timer && at >= this.timerAt) return;
     if (this.timer) clearTimeout(this.timer);
@@ -96,18 +114,8 @@ export class DeliveryWorker {
         this.lastReclaim = now;
         spool.jobs.reclaimExpired(now);
       }
-      const free = config.delivery.concurrency - this.inFlight.size;
-      if (free > 0) {
-        const leaseMs = config.delivery.timeout_ms * 2 + 10_000;
-        const taken = new Map<string, number>();
-        const leases = spool.jobs.leaseDue(now, free, leaseMs, (route) => {
-          const n = (this.perRoute.get(route) ?? 0) + (taken.get(route) ?? 0);
-          if (n >= config.delivery.per_route_concurrency) return false;
-          taken.set(route, (taken.get(route) ?? 0) + 1);
-          return true;
-        });
-        for (const lease of leases) this.begin(lease);
-      }
+      const leases = this.settle({ now, leaseMs: config.delivery.timeout_ms * 2 + 10_000 });
+      for (const lease of leases) this.begin(lease);
       const next = spool.jobs.nextDueAt();
       const wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
       // When every slot is busy, a finishing attempt wakes the loop; no need to spin.
@@ -124,21 +132,73 @@ export class DeliveryWorker {
     }
   }
 
+  /**
+   * Records every finished attempt and, unless `lease` is null (shutdown), leases into the slots they and any
+   * others left free, in one transaction. The slots of finished attempts are free only once this succeeded.
+   */
+  private settle(lease: { now: number; leaseMs: number } | null): Lease[] {
+    const { config, spool } = this.deps;
+    const cap = config.delivery.per_route_concurrency;
+    const finished = this.finished;
+    const busy = new Map(this.perRoute);
+    for (const f of finished) busy.set(f.route, (busy.get(f.route) ?? 1) - 1);
+    const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap);
+    const openSlots = openRoutes.reduce((n, route) => n + cap - (busy.get(route) ?? 0), 0);
+    let limit = lease ? config.delivery.concurrency - (this.inFlight.size - finished.length) : 0;
+    // Deliveries of a route removed from the configuration take no slot of a configured route: look for them once
+    // a second; otherwise lease only what the open routes can take.
+    if (lease && lease.now - this.lastWideLook >= 1000) this.lastWideLook = lease.now;
+    else limit = Math.min(limit, openSlots);
+    if (finished.length === 0 && limit <= 0) return [];
+    let result;
+    try {
+      result = spool.jobs.settleAndLease(
+        finished.map((f) => f.completion),
+        lease && {
+          now: lease.now,
+          limit,
+          leaseMs: lease.leaseMs,
+          openRoutes,
+          canTake: (route) => {
+            const n = busy.get(route) ?? 0;
+            if (n >= cap) return false;
+            busy.set(route, n + 1);
+            return true;
+          },
+        },
+      );
+    } catch (err) {
+      if (!lease) this.deps.log.error({ err, deliveries: finished.length }, 'cannot record delivery outcomes at shutdown; they will be attempted again');
+      throw err;
+    }
+    this.finished = [];
+    finished.forEach((f, i) => {
+      this.inFlight.delete(f.id);
+      this.perRoute.set(f.route, (this.perRoute.get(f.route) ?? 1) - 1);
+      f.report(result.kept[i] === true);
+    });
+    return result.leases;
+  }
+
   private begin(lease: Lease): void {
     const route = lease.delivery.route;
     this.perRoute.set(route, (this.perRoute.get(route) ?? 0) + 1);
     const abort = new AbortController();
     const done = this.attempt(lease, abort.signal)
-      .catch((err: unknown) => this.deps.log.error({ err, deliveryId: lease.delivery.id }, 'delivery attempt failed unexpectedly'))
-      .finally(() => {
+      .then((f) => {
+        this.finished.push(f);
+      })
+      .catch((err: unknown) => {
+        // Not recorded: the lease stays until it expires, then the delivery runs again.
+        this.deps.log.error({ err, deliveryId: lease.delivery.id }, 'delivery attempt failed unexpectedly');
         this.inFlight.delete(lease.delivery.id);
         this.perRoute.set(route, (this.perRoute.get(route) ?? 1) - 1);
-        this.wake();
-      });
+      })
+      .finally(() => this.wake());
     this.inFlight.set(lease.delivery.id, { route, done, abort });
   }
 
-  private async attempt(lease: Lease, signal: AbortSignal): Promise<void> {
+  private async attempt(lease: Lease, signal: AbortSignal): Promise<Finished> {
     const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
     const d = lease.delivery;
     const startedAt = clock.now();
@@ -193,20 +253,31 @@ export class DeliveryWorker {
           : outcome.kind === 'dropped'
             ? ({ status: 'dropped' } as const)
             : ({ status: 'pending', at: nextAttemptAt(config.delivery.retry, d.attempts, finishedAt, random, retryAfterMs) } as const);
-    const kept = spool.jobs.complete(lease, { attempt: d.attempts, startedAt, durationMs, statusCode, outcome: outcome.kind, error }, next, finishedAt);
-    if (!kept) {
-      dlog.warn('lease lost before the outcome was recorded; the delivery will be attempted again');
-      return;
-    }
-    metrics.deliveries.inc({ route: d.route, outcome: outcome.kind });
-    if (statusCode !== null) metrics.deliveryLatency.observe({ route: d.route }, durationMs / 1000);
-    const fields = { status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
-    if (outcome.kind === 'delivered') dlog.info(fields, 'delivered');
-    else if (outcome.kind === 'dropped') dlog.info({ ...fields, reason: error }, 'delivery dropped: automatic message');
-    else if (outcome.kind === 'retry') dlog.warn({ ...fields, error }, 'delivery failed; will retry');
-    else if (outcome.loud) dlog.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
-    else dlog.warn({ ...fields, error }, 'delivery dead-lettered');
+    const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode, outcome: outcome.kind, error }, next, now: finishedAt };
+    const report = (kept: boolean): void => {
+      if (!kept) {
+        dlog.warn('lease lost before the outcome was recorded; the delivery will be attempted again');
+        return;
+      }
+      metrics.deliveries.inc({ route: d.route, outcome: outcome.kind });
+      if (statusCode !== null) metrics.deliveryLatency.observe({ route: d.route }, durationMs / 1000);
+      const fields = { status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
+      if (outcome.kind === 'delivered') dlog.info(fields, 'delivered');
+      else if (outcome.kind === 'dropped') dlog.info({ ...fields, reason: error }, 'delivery dropped: automatic message');
+      else if (outcome.kind === 'retry') dlog.warn({ ...fields, error }, 'delivery failed; will retry');
+      else if (outcome.loud) dlog.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
+      else dlog.warn({ ...fields, error }, 'delivery dead-lettered');
+    };
+    return { id: d.id, route: d.route, completion, report };
   }
+}
+
+/** A finished attempt waiting to be recorded; `report` logs and counts it once recorded. */
+interface Finished {
+  id: string;
+  route: string;
+  completion: Completion;
+  report: (kept: boolean) => void;
 }
 
 function oneLine(s: string): string {

@@ -1,4 +1,11 @@
 // Delivery jobs: leased by compare-and-swap with a token and expiry, attempts counted before the call.
+//
+// Bookkeeping runs with synchronous=NORMAL: a lease or an outcome is in the WAL when its transaction returns, so
+// it survives the process being killed, and it reaches the disk with the next WAL sync (the accept path syncs
+// after every batch, the checkpointer on its own). Only a power loss or kernel crash can lose the last few
+// milliseconds of it, and both ways are safe for at-least-once: a lost outcome makes the delivery run again
+// (same webhook-id), a lost lease leaves the attempt uncounted. Accepting a message is what promises durability
+// to a sender; that path (accept.ts) syncs before anyone is told.
 import { randomUUID } from 'node:crypto';
 import type { Db } from './db.js';
 import type Database from 'better-sqlite3';
@@ -53,8 +60,17 @@ export function toDeliveryRow(r: DeliveryDbRow): DeliveryRow {
   };
 }
 
+/** What happened to a leased delivery, recorded by completeMany(). */
+export interface Completion {
+  lease: Lease;
+  attempt: AttemptRecord;
+  next: { status: 'delivered' | 'dead' | 'dropped' } | { status: 'pending'; at: number };
+  now: number;
+}
+
 export class JobQueue {
   private readonly selectDue;
+  private readonly selectDueOf;
   private readonly claim;
   private readonly finish;
   private readonly reschedule;
@@ -62,15 +78,26 @@ export class JobQueue {
   private readonly release;
   private readonly nextDue;
   private readonly countByStatus;
+  private readonly syncNormal;
+  private readonly syncFull;
 
   constructor(private readonly db: Db) {
-    this.selectDue = db.prepare(
-      `SELECT * FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
+    // Only id and route to choose from (an index range plus one row lookup each); the claimed rows come back whole
+    // from the UPDATE itself. selectDue is the queue in due order; selectDueOf serves a route whose rows the first
+    // window did not reach (every row in it belonged to routes without a free slot), oldest received first.
+    this.selectDue = db.prepare<[number, number], { id: string; route: string }>(
+      `SELECT id, route FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
+    );
+    this.selectDueOf = db.prepare<[string, number, number], { id: string; route: string }>(
+      `SELECT id, route FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? LIMIT ?`,
     );
     this.claim = db.prepare(
       `UPDATE deliveries SET status = 'delivering', lease_token = @token, lease_expires_at = @expires, attempts = attempts + 1, updated_at = @now
-       WHERE id = @id AND status = 'pending'`,
+       WHERE id = @id AND status = 'pending'
+       RETURNING id, message_id, route, recipients, status, attempts, next_attempt_at, lease_token, last_status_code, last_error, created_at, updated_at, finished_at`,
     );
+    this.syncNormal = db.prepare('PRAGMA synchronous = NORMAL');
+    this.syncFull = db.prepare('PRAGMA synchronous = FULL');
     this.finish = db.prepare(
       `UPDATE deliveries SET status = @status, lease_token = NULL, lease_expires_at = NULL, last_status_code = @code, last_error = @error,
          updated_at = @now, finished_at = @now
@@ -94,46 +121,73 @@ export class JobQueue {
   }
 
   /**
-   * Leases up to `limit` due deliveries, skipping routes for which `canTake` says no. The attempt is
-   * counted here, before the HTTP call, so a crash mid-call still uses up an attempt.
+   * Records finished attempts, then leases up to `limit` due deliveries skipping routes for which `canTake`
+   * says no, all in one transaction (see the header on durability). The attempt is counted by the lease, before
+   * the HTTP call, so a killed process still uses up an attempt. Returns, per completion, whether its lease was
+   * still held (false: it expired and was reclaimed; the delivery runs again).
    */
-  leaseDue(now: number, limit: number, leaseMs: number, canTake: (route: string) => boolean): Lease[] {
+  settleAndLease(
+    completions: readonly Completion[],
+    lease: { now: number; limit: number; leaseMs: number; openRoutes?: readonly string[]; canTake: (route: string) => boolean } | null,
+  ): { kept: boolean[]; leases: Lease[] } {
+    const kept: boolean[] = [];
     const leases: Lease[] = [];
-    this.db.transaction(() => {
-      const rows = this.selectDue.all(now, Math.max(limit * 4, 32)) as DeliveryDbRow[];
-      for (const row of rows) {
-        if (leases.length >= limit) break;
-        if (!canTake(row.route)) continue;
-        const token = randomUUID();
-        const changed = this.claim.run({ id: row.id, token, expires: now + leaseMs, now }).changes;
-        if (changed === 1) {
-          leases.push({ token, delivery: toDeliveryRow({ ...row, status: 'delivering', attempts: row.attempts + 1, lease_token: token }) });
+    const run = this.db.transaction(() => {
+      for (const c of completions) kept.push(this.completeOne(c));
+      if (!lease || lease.limit <= 0) return;
+      const { now, limit, leaseMs, canTake } = lease;
+      const take = (rows: Array<{ id: string; route: string }>): void => {
+        for (const row of rows) {
+          if (leases.length >= limit) return;
+          if (!canTake(row.route)) continue;
+          const token = randomUUID();
+          const claimed = this.claim.get({ id: row.id, token, expires: now + leaseMs, now }) as DeliveryDbRow | undefined;
+          if (claimed) leases.push({ token, delivery: toDeliveryRow(claimed) });
         }
+      };
+      const window = limit * 2;
+      const rows = this.selectDue.all(now, window);
+      take(rows);
+      // A full window that left slots free was taken up by routes at their limit: look at the others directly.
+      if (rows.length < window) return;
+      for (const route of lease.openRoutes ?? []) {
+        if (leases.length >= limit) return;
+        take(this.selectDueOf.all(route, now, limit - leases.length));
       }
-    })();
-    return leases;
+    });
+    this.syncNormal.run();
+    try {
+      run();
+    } finally {
+      this.syncFull.run();
+    }
+    return { kept, leases };
+  }
+
+  /** Leases up to `limit` due deliveries (settleAndLease without completions). */
+  leaseDue(now: number, limit: number, leaseMs: number, canTake: (route: string) => boolean = () => true): Lease[] {
+    return this.settleAndLease([], { now, limit, leaseMs, canTake }).leases;
   }
 
   /** Records the attempt and the delivery's new state together. Returns false if the lease was lost. */
-  complete(lease: Lease, attempt: AttemptRecord, next: { status: 'delivered' | 'dead' | 'dropped' } | { status: 'pending'; at: number }, now: number): boolean {
-    let ok = false;
-    this.db.transaction(() => {
-      const common = { id: lease.delivery.id, token: lease.token, code: attempt.statusCode, error: attempt.error, now };
-      const changes = next.status === 'pending' ? this.reschedule.run({ ...common, at: next.at }).changes : this.finish.run({ ...common, status: next.status }).changes;
-      ok = changes === 1;
-      if (ok) {
-        this.insertAttempt.run({
-          delivery_id: lease.delivery.id,
-          attempt: attempt.attempt,
-          started_at: attempt.startedAt,
-          duration_ms: attempt.durationMs,
-          status_code: attempt.statusCode,
-          outcome: attempt.outcome,
-          error: attempt.error,
-        });
-      }
-    })();
-    return ok;
+  complete(lease: Lease, attempt: AttemptRecord, next: Completion['next'], now: number): boolean {
+    return this.settleAndLease([{ lease, attempt, next, now }], null).kept[0] as boolean;
+  }
+
+  private completeOne({ lease, attempt, next, now }: Completion): boolean {
+    const common = { id: lease.delivery.id, token: lease.token, code: attempt.statusCode, error: attempt.error, now };
+    const changes = next.status === 'pending' ? this.reschedule.run({ ...common, at: next.at }).changes : this.finish.run({ ...common, status: next.status }).changes;
+    if (changes !== 1) return false;
+    this.insertAttempt.run({
+      delivery_id: lease.delivery.id,
+      attempt: attempt.attempt,
+      started_at: attempt.startedAt,
+      duration_ms: attempt.durationMs,
+      status_code: attempt.statusCode,
+      outcome: attempt.outcome,
+      error: attempt.error,
+    });
+    return true;
   }
 
   /** Gives a lease back without counting the attempt (shutdown before the request was sent). */

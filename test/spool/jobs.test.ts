@@ -1,0 +1,75 @@
+// The job queue's leasing: outcomes and new leases in one transaction, due order, and routes at their limit.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { Spool } from '../../src/spool/spool.js';
+import { tempDir } from '../helpers/app.js';
+
+const NOW = 1_700_000_000_000;
+
+async function spoolWith(routes: string[]): Promise<{ spool: Spool; dir: string; close(): void }> {
+  const dir = tempDir('mailhook-jobs-');
+  let t = NOW - 100_000;
+  const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => t++ } });
+  for (const route of routes) {
+    await spool.accept({
+      source: 'smtp',
+      envelope: { mailFrom: 'a@example.org', rcptTo: [`x@${route}.test`], remoteAddress: null, helo: null, tls: null },
+      deliveries: [{ route, recipients: [{ address: `x@${route}.test`, key: null }] }],
+      body: [Buffer.from('Subject: x\r\n\r\nhi\r\n')],
+      maxBytes: 1 << 20,
+    });
+  }
+  return { spool, dir, close: () => (spool.close(), rmSync(dir, { recursive: true, force: true })) };
+}
+
+test('leases come in due order and count the attempt; an outcome and the next leases commit together', async () => {
+  const { spool, dir, close } = await spoolWith(['a', 'a', 'a']);
+  try {
+    const first = spool.jobs.leaseDue(NOW, 2, 60_000);
+    assert.equal(first.length, 2);
+    assert.deepEqual(first.map((l) => [l.delivery.status, l.delivery.attempts]), [['delivering', 1], ['delivering', 1]]);
+    assert.ok(first[0]!.delivery.createdAt < first[1]!.delivery.createdAt, 'oldest first');
+
+    const { kept, leases } = spool.jobs.settleAndLease(
+      [{ lease: first[0]!, attempt: { attempt: 1, startedAt: NOW, durationMs: 3, statusCode: 200, outcome: 'delivered', error: null }, next: { status: 'delivered' }, now: NOW }],
+      { now: NOW, limit: 4, leaseMs: 60_000, canTake: () => true },
+    );
+    assert.deepEqual(kept, [true]);
+    assert.equal(leases.length, 1, 'only the third delivery was still due');
+
+    // Another connection (as after a kill) sees the outcome, the attempt row and the new lease.
+    const other = new Database(join(dir, 'spool.db'), { readonly: true });
+    try {
+      const rows = other.prepare(`SELECT id, status, attempts FROM deliveries ORDER BY created_at`).all() as Array<{ id: string; status: string; attempts: number }>;
+      assert.deepEqual(rows.map((r) => r.status), ['delivered', 'delivering', 'delivering']);
+      assert.equal((other.prepare(`SELECT COUNT(*) AS n FROM attempts WHERE delivery_id = ?`).get(first[0]!.delivery.id) as { n: number }).n, 1);
+    } finally {
+      other.close();
+    }
+
+    // A lease that is no longer held (expired and reclaimed) records nothing.
+    spool.jobs.reclaimExpired(NOW + 120_000);
+    const lost = spool.jobs.complete(first[1]!, { attempt: 1, startedAt: NOW, durationMs: 1, statusCode: 200, outcome: 'delivered', error: null }, { status: 'delivered' }, NOW);
+    assert.equal(lost, false);
+    assert.equal(spool.getDelivery(first[1]!.delivery.id)?.status, 'pending');
+  } finally {
+    close();
+  }
+});
+
+test('a route at its limit with a long backlog does not hide another route’s deliveries', async () => {
+  // 40 deliveries of "busy" come first in due order, then 2 of "idle".
+  const { spool, close } = await spoolWith([...Array.from({ length: 40 }, () => 'busy'), 'idle', 'idle']);
+  try {
+    const canTake = (route: string) => route !== 'busy';
+    const blind = spool.jobs.settleAndLease([], { now: NOW, limit: 2, leaseMs: 60_000, canTake });
+    assert.equal(blind.leases.length, 0, 'without openRoutes only the due-order window is read (the test can fail)');
+    const { leases } = spool.jobs.settleAndLease([], { now: NOW, limit: 2, leaseMs: 60_000, openRoutes: ['idle'], canTake });
+    assert.deepEqual(leases.map((l) => l.delivery.route), ['idle', 'idle']);
+  } finally {
+    close();
+  }
+});
