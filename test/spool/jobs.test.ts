@@ -18,7 +18,9 @@ async function spoolWith(routes: string[]): Promise<{ spool: Spool; dir: string;
       source: 'smtp',
       envelope: { mailFrom: 'a@example.org', rcptTo: [`x@${route}.test`], remoteAddress: null, helo: null, tls: null },
       deliveries: [{ route, recipients: [{ address: `x@${route}.test`, key: null }] }],
-      body: [Buffer.from('Subject: x\r\n\r\nhi\r\n')],
+      body: (async function* () {
+        yield Buffer.from('Subject: x\r\n\r\nhi\r\n');
+      })(),
       maxBytes: 1 << 20,
     });
   }
