@@ -14,10 +14,13 @@ before(async () => {
 });
 after(() => g.stop());
 
-function graphYaml(name: string, opts: { folder?: string; after?: string; unmatched?: string; user?: string } = {}): string {
+/** claim defaults to none here (ids stay put, so tests can follow them); the move-claim tests pass 'auto'. */
+function graphYaml(name: string, opts: { folder?: string; after?: string; unmatched?: string; user?: string; claim?: string; claimTimeout?: number } = {}): string {
   return `
   - name: ${name}
     inbox_method: microsoft_graph
+    claim: ${opts.claim ?? 'none'}
+    claim_timeout: ${opts.claimTimeout ?? 300}
     user: ${opts.user ?? g.user}
     mailbox: ${opts.folder ?? 'inbox'}
     after_delivery: ${JSON.stringify(opts.after ?? 'flag')}
@@ -177,5 +180,67 @@ test('client credentials for the Graph scope; a revoked token is replaced; a wro
     assert.ok(!app.logs.join('').includes('graph-secret'), 'the client secret is never logged');
   } finally {
     await app.close();
+  }
+});
+
+test('move claims: two Graph inboxes (separate spools) on one mailbox take each message once', async (t) => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id); // what earlier tests left
+  const N = 100;
+  for (let i = 0; i < N; i++) g.add(message(`c${i}`, { to: 'desk@in.test', messageId: `claim-${i}@x` }));
+  const before = g.requests.length;
+  const apps = await Promise.all([0, 1].map(() => start([graphYaml('g-claim', { claim: 'auto' })])));
+  try {
+    const total = () => apps.reduce((n, a) => n + count(a.spool.db), 0);
+    await until(() => total() >= N, 20_000, `${N} messages across both spools`);
+    await Promise.all(apps.map((a) => until(() => inbox(a).status.state === 'polling', 5000, 'a finished pass')));
+    const ids = apps.map((a) => a.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') FROM messages`).pluck().all() as string[]);
+    t.diagnostic(`instance A took ${ids[0]!.length}, B took ${ids[1]!.length}`);
+    assert.equal(ids[0]!.length + ids[1]!.length, N, 'no message in the spools twice');
+    assert.equal(new Set([...ids[0]!, ...ids[1]!]).size, N);
+    assert.equal(inbox(apps[0]!).status.details.claim, 'move');
+    const moves = g.requests.slice(before).filter((r) => r.method === 'POST' && r.path.endsWith('/move'));
+    const lost = moves.filter((r) => r.status === 404).length;
+    t.diagnostic(`${moves.length} claim moves, ${lost} answered 404 (the other instance had it)`);
+    assert.ok(lost > 0, 'the instances competed for messages');
+    // One processing folder, created once (the second instance found it, or got 409 and looked again).
+    const created = [...g.folders].filter(([, name]) => name === 'mailhook-processing');
+    assert.equal(created.length, 1);
+    // after_delivery flag: read, in the processing folder; the inbox holds none of them.
+    const processing = g.inFolder(created[0]![0]);
+    assert.equal(processing.length, N);
+    assert.ok(processing.every((m) => m.isRead));
+    assert.equal(g.inFolder('inbox').length, 0);
+    const keys = apps.flatMap((a) => a.spool.db.prepare(`SELECT dedupe_key FROM messages`).pluck().all() as string[]);
+    assert.ok(keys.every((k) => k.startsWith('graph:g-claim:mid:claim-')), 'keyed by Message-ID (the id changes on every move)');
+  } finally {
+    await Promise.all(apps.map((a) => a.close()));
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('move claims: a claim whose holder died is taken over after claim_timeout; delete in the processing folder', async () => {
+  const app0 = await start([graphYaml('g-stale', { claim: 'auto', after: 'delete', claimTimeout: 1 })]);
+  let folder: string;
+  try {
+    await until(() => inbox(app0).status.state === 'polling', 5000, 'the first pass');
+    folder = [...g.folders].find(([, name]) => name === 'mailhook-processing')![0];
+  } finally {
+    await app0.close();
+  }
+  // As a dead instance leaves it: moved to the processing folder, unread, never committed.
+  g.add(message('orphan', { to: 'desk@in.test', messageId: 'gorphan@x' }), { folder });
+  const t0 = Date.now();
+  const apps = await Promise.all([0, 1].map(() => start([graphYaml('g-stale', { claim: 'auto', after: 'delete', claimTimeout: 1 })])));
+  try {
+    const total = () => apps.reduce((n, a) => n + count(a.spool.db), 0);
+    await until(() => total() === 1, 10_000, 'the orphan taken over');
+    const took = Date.now() - t0;
+    assert.ok(took >= 900, `taken over after ${took} ms, not before claim_timeout (1 s)`);
+    await until(() => g.inFolder(folder).length === 0 && g.inFolder('inbox').length === 0, 5000, 'deleted after delivery');
+    await Promise.all(apps.map((a) => until(() => inbox(a).status.state === 'polling', 5000, 'a finished pass')));
+    assert.equal(total(), 1, 'delivered once');
+    assert.ok(apps.some((a) => a.logs.some((l) => l.includes('took over stale move claims'))));
+  } finally {
+    await Promise.all(apps.map((a) => a.close()));
   }
 });

@@ -1,7 +1,10 @@
 // A local stand-in for the parts of Microsoft Graph the mailbox bridge uses, behaving as Microsoft documents them:
 // messages delta (@odata.nextLink pages, then an @odata.deltaLink whose $deltatoken returns only changes and
-// "@removed" entries), Prefer: odata.maxpagesize, raw MIME at /$value, PATCH isRead, DELETE, POST move,
-// bearer tokens from the same server's token endpoint (client credentials), and throttling (429/503 Retry-After).
+// "@removed" entries; an expired token answers 410 SyncStateNotFound), Prefer: odata.maxpagesize, raw MIME at
+// /$value, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
+// 404 ErrorItemNotFound), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
+// a folder's messages (paged by $top/$skip), bearer tokens from the same server's token endpoint (client
+// credentials), and throttling (429/503 Retry-After).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -47,6 +50,8 @@ export class GraphStandin {
   private expiredThrough = -1;
   private throttles: Array<{ status: number; retryAfter: string | undefined; match: (method: string, path: string) => boolean }> = [];
   private failures: Array<{ status: number; match: (method: string, path: string) => boolean }> = [];
+  /** folders created through POST mailFolders: id → displayName */
+  readonly folders = new Map<string, string>();
   private server: Server | undefined;
   port = 0;
 
@@ -147,6 +152,44 @@ export class GraphStandin {
       return json(res, 404, { error: { code: 'ErrorInvalidUser', message: `The requested user '${decodeURIComponent(path.split('/')[3] ?? '')}' is invalid.` } });
     }
     let m: RegExpExecArray | null;
+    if (route === '/mailFolders' && method === 'GET') {
+      // Top-level folders; $filter supports what clients use here: displayName eq '<name>' ('' doubles a quote).
+      const filter = /^displayName eq '((?:[^']|'')*)'$/.exec(url.searchParams.get('$filter') ?? '');
+      const all = [...WELL_KNOWN.map((w) => ({ id: w, displayName: w })), ...[...this.folders].map(([id, displayName]) => ({ id, displayName }))];
+      const value = filter ? all.filter((f) => f.displayName === filter[1]!.replace(/''/g, "'")) : all;
+      record(200);
+      return json(res, 200, { '@odata.context': `${this.url}/v1.0/$metadata#users('${this.user}')/mailFolders`, value: value.map((f) => ({ ...f, parentFolderId: 'msgfolderroot', childFolderCount: 0, unreadItemCount: this.inFolder(f.id).filter((x) => !x.isRead).length, totalItemCount: this.inFolder(f.id).length, isHidden: false })) });
+    }
+    if (route === '/mailFolders' && method === 'POST') {
+      const name = String((JSON.parse(body || '{}') as { displayName?: string }).displayName ?? '');
+      if ([...this.folders.values()].includes(name) || WELL_KNOWN.includes(name.toLowerCase())) {
+        record(409);
+        return json(res, 409, { error: { code: 'ErrorFolderExists', message: 'A folder with the specified name already exists.' } });
+      }
+      // Lower-case so the stand-in's case-insensitive folder matching keeps working; real ids are opaque.
+      const id = `aamkfolder${randomBytes(8).toString('hex')}`;
+      this.folders.set(id, name);
+      record(201);
+      return json(res, 201, { id, displayName: name, parentFolderId: 'msgfolderroot', childFolderCount: 0, unreadItemCount: 0, totalItemCount: 0, isHidden: false });
+    }
+    if (method === 'GET' && (m = /^\/mailFolders\/([^/]+)\/messages$/.exec(route))) {
+      const folder = decodeURIComponent(m[1]!).toLowerCase();
+      if (!WELL_KNOWN.includes(folder) && !this.folders.has(folder)) {
+        record(404);
+        return json(res, 404, { error: { code: 'ErrorItemNotFound', message: 'The specified object was not found in the store.' } });
+      }
+      const top = Math.min(Number(url.searchParams.get('$top') ?? 10), 1000);
+      const skip = Number(url.searchParams.get('$skip') ?? 0);
+      const list = this.inFolder(folder);
+      const out: Record<string, unknown> = { value: list.slice(skip, skip + top).map((x) => this.item(x)) };
+      if (skip + top < list.length) {
+        const next = new URL(url.toString());
+        next.searchParams.set('$skip', String(skip + top));
+        out['@odata.nextLink'] = next.toString();
+      }
+      record(200);
+      return json(res, 200, out);
+    }
     if (method === 'GET' && (m = /^\/mailFolders\/([^/]+)\/messages\/delta$/.exec(route))) {
       const folder = decodeURIComponent(m[1]!).toLowerCase();
       if (!WELL_KNOWN.includes(folder)) {
@@ -184,6 +227,10 @@ export class GraphStandin {
       }
       if (method === 'POST' && m[2] === '/move') {
         const dest = String((JSON.parse(body || '{}') as { destinationId?: string }).destinationId ?? '').toLowerCase();
+        if (!WELL_KNOWN.includes(dest) && !this.folders.has(dest)) {
+          record(400);
+          return json(res, 400, { error: { code: 'ErrorInvalidIdMalformed', message: 'Id is malformed.' } });
+        }
         this.lastFolder.set(id, msg.folder);
         this.messages.delete(id);
         this.changed(id);

@@ -1,6 +1,7 @@
 // The Microsoft Graph inbox for one mailbox: delta query over a mail folder (@odata.nextLink pages, then a
-// delta token) every poll_interval, raw MIME from /$value into the spool, and only after the commit: mark
-// read, delete or move. Failures end the pass and it is retried after a jittered backoff or Retry-After.
+// delta token saved in the spool) every poll_interval; each new message claimed by moving it to the processing
+// folder (only one instance's move succeeds), raw MIME from /$value into the spool, and only after the commit:
+// mark read, delete or move. Failures end the pass and it is retried after a jittered backoff or Retry-After.
 import { waitWithGrace } from '../../core/lifecycle.js';
 import type { Dispatcher } from 'undici';
 import type { Clock, Random } from '../../core/clock.js';
@@ -35,7 +36,12 @@ export interface GraphInboxDeps {
 interface DeltaItem {
   id?: string;
   isRead?: boolean;
+  internetMessageId?: string;
   '@removed'?: unknown;
+}
+interface ListPage {
+  value?: DeltaItem[];
+  '@odata.nextLink'?: string;
 }
 interface DeltaPage {
   value?: DeltaItem[];
@@ -58,8 +64,13 @@ export class GraphInbox {
   private waiter: (() => void) | undefined;
   /** the delta link of the last complete pass, saved in the spool so a restart continues from it */
   private deltaLink: string | undefined;
-  /** messages left alone (unmatched with "leave", too large), not looked at again in this process */
+  /** messages left alone (unmatched with "leave", too large), not looked at again in this process (by id and Message-ID) */
   private readonly skipped = new Set<string>();
+  /** claim: move — the processing folder's id, once found or created */
+  private claimFolderId: string | undefined;
+  /** claim: move — messages seen unread in the processing folder (id → first seen), for the stale-claim takeover */
+  private readonly claimSeen = new Map<string, number>();
+  private nextClaimScanAt = 0;
 
   constructor(private readonly deps: GraphInboxDeps) {
     this.s = deps.settings;
@@ -73,7 +84,7 @@ export class GraphInbox {
       maxRetryAfterMs: deps.throttle?.maxRetryAfterMs,
       defaultRetryMs: deps.throttle?.defaultRetryMs,
     });
-    this.status.details = { graph_endpoint: this.s.graphEndpoint, user: this.s.user, folder: this.s.mailbox, poll_interval_s: this.s.pollIntervalMs / 1000 };
+    this.status.details = { graph_endpoint: this.s.graphEndpoint, user: this.s.user, folder: this.s.mailbox, poll_interval_s: this.s.pollIntervalMs / 1000, claim: this.s.claim, ...(this.s.claim === 'move' ? { claim_folder: this.s.claimFolder } : {}) };
     this.deltaLink = this.loadDeltaLink();
     this.status.details.delta_link_restored = this.deltaLink !== undefined;
   }
@@ -175,6 +186,7 @@ export class GraphInbox {
   private async pass(): Promise<void> {
     const fullPass = `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
     let url: string | undefined = this.deltaLink ?? fullPass;
+    if (this.s.claim === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) await this.scanClaimFolder();
     while (url && !this.stopping) {
       const fromDelta: boolean = url === this.deltaLink;
       const res: { status: number; body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` }, allow: fromDelta ? [400, 410] : [] });
@@ -193,7 +205,7 @@ export class GraphInbox {
       for (const item of body?.value ?? []) {
         if (this.stopping) return;
         if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
-        await this.take(item.id);
+        await this.take(item.id, item.internetMessageId);
       }
       // The next link and the delta link are opaque: used exactly as given. Only a finished pass advances
       // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
@@ -205,9 +217,43 @@ export class GraphInbox {
     }
   }
 
-  private async take(id: string): Promise<void> {
-    if (this.skipped.has(id)) return;
-    const key = `graph:${this.s.name}:${id}`;
+  /**
+   * The dedupe key. With move claims a message's id changes on every move, so it is keyed by its Message-ID
+   * (internetMessageId) within this mailbox; without, by its id as before.
+   */
+  private keyOf(id: string, internetMessageId: string | undefined): string {
+    const mid = internetMessageId?.replace(/^<|>$/g, '');
+    return this.s.claim === 'move' && mid ? `graph:${this.s.name}:mid:${mid}` : `graph:${this.s.name}:${id}`;
+  }
+
+  private async take(sourceId: string, internetMessageId: string | undefined): Promise<void> {
+    if (this.skipped.has(sourceId) || (internetMessageId && this.skipped.has(internetMessageId))) return;
+    let id = sourceId;
+    if (this.deps.ingest.isCommitted(this.keyOf(id, internetMessageId))) {
+      await this.afterDelivery(id);
+      return;
+    }
+    if (this.s.claim === 'move') {
+      // The claim: POST …/move answers 201 with the moved message (a new id) to exactly one instance; the
+      // others get 404 ErrorItemNotFound, the id being gone from this folder.
+      const moved = await this.claimMove(id, await this.claimFolder());
+      if (moved === undefined) {
+        this.deps.log.debug({ mailbox: this.s.name, graphId: id }, 'message claimed by another instance');
+        return;
+      }
+      id = moved;
+    }
+    try {
+      await this.takeClaimed(id, internetMessageId);
+    } catch (err) {
+      // Not taken: give it back to the folder so the next pass (ours or another instance's) takes it now.
+      if (this.s.claim === 'move' && !this.stopping) await this.claimMove(id, this.s.mailbox).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async takeClaimed(id: string, internetMessageId: string | undefined): Promise<void> {
+    const key = this.keyOf(id, internetMessageId);
     const log = { mailbox: this.s.name, graphId: id };
     if (this.deps.ingest.isCommitted(key)) {
       await this.afterDelivery(id);
@@ -227,7 +273,7 @@ export class GraphInbox {
       this.deps.ingest.count('unmatched');
       this.deps.log.warn({ ...log, messageId: plan.messageId, candidates: plan.candidates.slice(0, 5) }, 'no route accepts any recipient of this message');
       if (plan.policy.kind === 'move') await this.move(id, plan.policy.folder);
-      else this.skipped.add(id);
+      else await this.leave(id, internetMessageId);
       return;
     }
     try {
@@ -235,7 +281,7 @@ export class GraphInbox {
       this.deps.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, 'message accepted');
     } catch (err) {
       if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
-        this.skipped.add(id);
+        await this.leave(id, internetMessageId);
         this.deps.ingest.count('too_large');
         this.deps.log.warn(log, `message exceeds ${this.deps.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox`);
         return;
@@ -243,6 +289,81 @@ export class GraphInbox {
       throw err;
     }
     await this.afterDelivery(id);
+  }
+
+  /** Leaves a message alone for this process; a claimed one goes back to the folder it came from first. */
+  private async leave(id: string, internetMessageId: string | undefined): Promise<void> {
+    if (this.s.claim === 'move') {
+      const back = await this.claimMove(id, this.s.mailbox);
+      if (back) this.skipped.add(back);
+      if (internetMessageId) this.skipped.add(internetMessageId);
+    } else this.skipped.add(id);
+  }
+
+  /** POST …/move; the moved message's new id, or undefined when the id is gone (404: another instance moved it). */
+  private async claimMove(id: string, destinationId: string): Promise<string | undefined> {
+    const res = await this.graph.json<{ id?: string }>('POST', `${this.base}/messages/${encodeURIComponent(id)}/move`, { body: { destinationId }, allow: [404] });
+    if (res.status === 404) return undefined;
+    if (!res.body?.id) throw new MailboxError('MAILBOX_PROTOCOL', 'Graph answered a move without the moved message');
+    return res.body.id;
+  }
+
+  /** The processing folder's id: found by its display name among the top-level folders, else created. */
+  private async claimFolder(): Promise<string> {
+    if (this.claimFolderId) return this.claimFolderId;
+    const name = this.s.claimFolder;
+    const find = async () => {
+      const filter = encodeURIComponent(`displayName eq '${name.replace(/'/g, "''")}'`);
+      const res = await this.graph.json<{ value?: Array<{ id?: string; displayName?: string }> }>('GET', `${this.base}/mailFolders?$filter=${filter}&$select=id,displayName`);
+      return res.body?.value?.find((f) => f.displayName === name)?.id;
+    };
+    let id = await find();
+    if (!id) {
+      // Two instances may create it at once: the second gets 409 ErrorFolderExists and looks it up again.
+      const created = await this.graph.json<{ id?: string }>('POST', `${this.base}/mailFolders`, { body: { displayName: name }, allow: [409] });
+      id = created.status === 409 ? await find() : created.body?.id;
+      if (id) this.deps.log.info({ mailbox: this.s.name, folder: name }, 'created the processing folder for move claims');
+    }
+    if (!id) throw new MailboxError('MAILBOX_SERVER', `could not find or create the processing folder ${name}`);
+    this.claimFolderId = id;
+    return id;
+  }
+
+  /**
+   * Claims left by a dead instance: unread messages in the processing folder. Each is watched from the first
+   * time it is seen; one still there after claim_timeout is moved back to the folder (one instance's move
+   * succeeds) and taken afresh by the delta pass that follows. One the spool already holds (our own crash
+   * between commit and marking) is only marked.
+   */
+  private async scanClaimFolder(): Promise<void> {
+    const now = this.deps.clock.now();
+    const folder = await this.claimFolder();
+    const present = new Set<string>();
+    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$select=id,isRead,internetMessageId&$top=50`;
+    let takenOver = 0;
+    while (url && !this.stopping) {
+      const { body }: { body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url);
+      for (const m of body?.value ?? []) {
+        if (!m.id || m.isRead === true) continue;
+        present.add(m.id);
+        if (this.deps.ingest.isCommitted(this.keyOf(m.id, m.internetMessageId))) {
+          await this.afterDelivery(m.id);
+          continue;
+        }
+        const since = this.claimSeen.get(m.id);
+        if (since === undefined) this.claimSeen.set(m.id, now);
+        else if (now - since >= this.s.claimTimeoutMs) {
+          this.claimSeen.delete(m.id);
+          if (await this.claimMove(m.id, this.s.mailbox)) takenOver++;
+        }
+      }
+      url = body?.['@odata.nextLink'];
+    }
+    for (const id of this.claimSeen.keys()) if (!present.has(id)) this.claimSeen.delete(id);
+    if (takenOver > 0) this.deps.log.warn({ mailbox: this.s.name, count: takenOver, timeoutS: this.s.claimTimeoutMs / 1000 }, 'took over stale move claims (their instance stopped before committing): moved back to the folder');
+    let next = now + this.s.claimTimeoutMs;
+    for (const since of this.claimSeen.values()) next = Math.min(next, since + this.s.claimTimeoutMs);
+    this.nextClaimScanAt = next;
   }
 
   private async afterDelivery(id: string): Promise<void> {
