@@ -130,3 +130,18 @@ test('no imap: list means no mailboxes', () => {
   const c = loadConfigText(routes, { source: 't', baseDir: tempDir(), env: {} });
   assert.deepEqual(c.imap, []);
 });
+
+test('claims: claim_folder and claim_timeout for both methods; Graph claims by move (auto), keyword is refused there', () => {
+  const c = load(`  - name: a\n    host: h\n    user: u\n    password: p\n    claim: move\n    claim_folder: Work/claimed\n    claim_timeout: 60\n  - name: g\n    inbox_method: microsoft_graph\n    user: u@corp.test\n    inbox_options: { tenant_id: t, client_id: c, client_secret: s }\n  - name: g1\n    inbox_method: microsoft_graph\n    user: u@corp.test\n    claim: none\n    inbox_options: { tenant_id: t, client_id: c, client_secret: s }\n`);
+  const [a, g, g1] = c.imap as [ImapMailboxSettings, GraphMailboxSettings, GraphMailboxSettings];
+  assert.equal(a.claim, 'move');
+  assert.equal(a.claimFolder, 'Work/claimed');
+  assert.equal(a.claimTimeoutMs, 60_000);
+  assert.equal(g.claim, 'move');
+  assert.equal(g.claimFolder, 'mailhook-processing');
+  assert.equal(g.claimTimeoutMs, 300_000);
+  assert.equal(g1.claim, 'none');
+  assert.deepEqual(problems(`  - name: g\n    inbox_method: microsoft_graph\n    user: u\n    claim: keyword\n    inbox_options: { tenant_id: t, client_id: c, client_secret: s }\n`), [
+    'imap[0].claim: microsoft_graph has no keywords to claim with; use auto or move (move to claim_folder) or none (one instance)',
+  ]);
+});
