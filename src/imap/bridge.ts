@@ -54,6 +54,9 @@ export class ImapBridge {
   private readonly claims: ClaimTracker;
   /** move claims: delivered copies marked \Deleted in the processing folder, expunged after claim_timeout */
   private readonly expungeWatch: ClaimTracker;
+  /** move claims: processing-folder UIDs this process moved and has not finished (a session died meanwhile) */
+  private readonly held = new Set<number>();
+  private heldValidity: bigint | undefined;
   /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
   private readonly skipped = new Set<number>();
   private skippedFor: bigint | undefined;
@@ -550,9 +553,19 @@ export class ImapBridge {
     }
     if (candidates.length === 0) return false;
     const won = await this.claimByMove(client, candidates.sort((a, b) => a - b));
-    if (won.size === 0) return false;
+    if (won.size === 0) {
+      // Lost every one, or the MOVE failed outright (e.g. someone deleted the processing folder: recreate it).
+      await this.ensureFolder(client, this.s.claimFolder);
+      return false;
+    }
     this.log.debug({ mailbox: this.s.name, count: won.size, folder: this.s.claimFolder }, 'messages claimed by MOVE');
+    for (const uid of won.values()) this.held.add(uid);
     const proc = await this.timed(client.mailboxOpen(this.s.claimFolder), 'SELECT (processing folder)');
+    if (this.heldValidity !== proc.uidValidity) {
+      if (this.heldValidity !== undefined) this.held.clear();
+      this.heldValidity = proc.uidValidity;
+      for (const uid of won.values()) this.held.add(uid);
+    }
     try {
       const claimed = await this.fetchClaimed(client, [...won.values()]);
       const lost = await this.arbitrate(client, claimed);
@@ -562,6 +575,8 @@ export class ImapBridge {
         if (!(await client.messageDelete(toSequenceSet([...lost]), { uid: true }))) throw new MailboxError('MAILBOX_SERVER', `could not remove duplicate copies from ${this.s.claimFolder}`);
       }
       await this.workClaimed(client, proc, claimed.filter((m) => !lost.has(m.uid)));
+      // Kept when the spool failed: given back at the next scan if the release below could not be sent.
+      if (!this.spoolError) for (const uid of won.values()) this.held.delete(uid);
     } finally {
       if (client.usable) await this.reopen(client, box);
     }
@@ -614,6 +629,7 @@ export class ImapBridge {
   private async scanClaimFolder(client: ImapFlow, box: MailboxObject): Promise<MailboxObject> {
     const now = this.deps.clock.now();
     const proc = await this.timed(client.mailboxOpen(this.s.claimFolder), 'SELECT (processing folder)');
+    if (this.heldValidity !== proc.uidValidity) this.held.clear();
     try {
       await this.expungeDelivered(client, now);
       const found = await this.timed(client.search({ seen: false, deleted: false }, { uid: true }), 'SEARCH (processing folder)');
@@ -624,17 +640,24 @@ export class ImapBridge {
       for (let i = 0; i < uids.length; i += this.s.batchSize) {
         for (const m of await this.fetchClaimed(client, uids.slice(i, i + this.s.batchSize))) {
           if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
-          else if (this.claims.isStale(m.uid, 0n, now)) stale.push(m.uid);
+          // Ours from a session that died (still held by this process): given back now, no timeout to wait.
+          else if (this.held.has(m.uid) || this.claims.isStale(m.uid, 0n, now)) stale.push(m.uid);
         }
       }
       if (finish.length > 0) {
         this.log.info({ mailbox: this.s.name, count: finish.length }, 'marking messages an earlier session committed but did not mark');
         await this.afterDelivery(client, finish);
-        for (const uid of finish) this.claims.forget(uid);
+        for (const uid of finish) {
+          this.claims.forget(uid);
+          this.held.delete(uid);
+        }
       }
       if (stale.length > 0) {
         const back = await this.moveBack(client, stale);
-        for (const uid of stale) this.claims.forget(uid);
+        for (const uid of stale) {
+          this.claims.forget(uid);
+          this.held.delete(uid);
+        }
         if (back.size > 0) {
           this.log.warn({ mailbox: this.s.name, count: back.size, timeoutS: this.s.claimTimeoutMs / 1000 }, 'took over stale move claims (their instance stopped before committing): moved back to the mailbox');
           this.dirty = true;

@@ -37,7 +37,7 @@ const messageIds = (app: TestApp) => (app.spool.db.prepare(`SELECT json_extract(
 describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'race', 'flag', 'del', 'move'], capability: NO_CONDSTORE });
+    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move'], capability: NO_CONDSTORE });
   });
   after(async () => {
     await dovecot?.close();
@@ -146,6 +146,40 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       await untilAsync(async () => (await dovecot.list('INBOX', 'crash')).length === 0, 10_000, 'the copy taken');
       await until(() => bridge!.status.state === 'idle', 10_000, 'idle');
       assert.equal((await dovecot.list(PROCESSING, 'crash')).length, 1, 'only the delivered copy, waiting for its expunge');
+      assert.equal(count(spool.db), 1);
+    } finally {
+      await bridge.stop(2000);
+      spool.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a connection lost after the MOVE, before the commit: the message is given back at reconnect, not after claim_timeout', async () => {
+    const dir = tempDir();
+    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'cut', { after_delivery: 'delete', claim_timeout: 3600 })) });
+    const config = parseTestConfig(yaml, dir);
+    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
+    const metrics = createMetrics();
+    const settings = config.imap[0] as ImapMailboxSettings;
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    let bridge: ImapBridge | undefined;
+    let cuts = 1;
+    const accept = ingest.accept.bind(ingest);
+    ingest.accept = async (plan, body, key, meta) => {
+      if (cuts-- > 0) {
+        (bridge as unknown as { client?: { close(): void } }).client?.close();
+        throw new Error('connection lost while reading the message');
+      }
+      return accept(plan, body, key, meta);
+    };
+    await dovecot.append([message('cut1', { to: 'desk@in.test', messageId: 'cut1@x' })], { user: 'cut' });
+    bridge = new ImapBridge({ settings, ingest, log: createLogger({ level: 'silent' }), metrics, clock: { now: () => Date.now() }, random: Math.random });
+    bridge.start();
+    try {
+      await until(() => bridge!.status.lastError?.kind === 'network', 10_000, 'the session cut before the commit');
+      await until(() => count(spool.db) === 1, 10_000, 'the message taken after the reconnect (claim_timeout is an hour)');
+      await untilAsync(async () => (await dovecot.list('INBOX', 'cut')).length === 0, 5000, 'the mailbox emptied');
+      await until(() => bridge!.status.state === 'idle', 10_000, 'idle');
       assert.equal(count(spool.db), 1);
     } finally {
       await bridge.stop(2000);
