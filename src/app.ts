@@ -12,6 +12,7 @@ import { Retention } from './spool/retention.js';
 import { createSmtpService, type SmtpService } from './smtp/server.js';
 import type { DNSResolver } from 'mailauth';
 import { DeliveryWorker } from './delivery/worker.js';
+import { ParsePool } from './parse/pool.js';
 import { buildHttpApp } from './http/server.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
 
@@ -63,7 +64,12 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const dispatcher = deps.dispatcher ?? new Agent({ connections: config.delivery.concurrency, keepAliveTimeout: 10_000 });
     if (!deps.dispatcher) lifecycle.onStop('http client', () => dispatcher.close());
 
-    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher });
+    // Registered before delivery, so it stops after it. Threads only when a route's format parses messages.
+    const parsing = config.routes.some((r) => r.webhook?.format === 'json');
+    const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, log: log.child({ part: 'parse' }) });
+    lifecycle.onStop('parse threads', () => parsePool.stop());
+
+    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: (raw) => parsePool.parse(raw) });
     spool.acceptor.onCommitted = () => worker.wake();
     worker.start();
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));

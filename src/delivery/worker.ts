@@ -12,6 +12,7 @@ import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook } from './client.js';
 import { FORMATS } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
+import type { PayloadMessage } from '../parse/message.js';
 
 export interface WorkerDeps {
   config: Config;
@@ -21,6 +22,8 @@ export interface WorkerDeps {
   clock: Clock;
   random: Random;
   dispatcher: Dispatcher;
+  /** parses messages for parsed formats off the event loop (the parse pool); on this thread when absent */
+  parse?: (raw: Buffer) => Promise<PayloadMessage>;
 }
 
 /** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
@@ -117,9 +120,11 @@ export class DeliveryWorker {
       const leases = this.settle({ now, leaseMs: config.delivery.timeout_ms * 2 + 10_000 });
       for (const lease of leases) this.begin(lease);
       const next = spool.jobs.nextDueAt();
-      const wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
-      // When every slot is busy, a finishing attempt wakes the loop; no need to spin.
-      if (this.inFlight.size < config.delivery.concurrency || wait > 0) this.schedule(wait);
+      let wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
+      // Due work that could not be leased belongs to routes (or the whole loop) at their limit: a finishing
+      // attempt wakes the loop, so do not spin; look again in a second (routes removed from the configuration).
+      if (wait === 0 && leases.length === 0) wait = 1000;
+      this.schedule(wait);
     } catch (err) {
       this.deps.log.error({ err }, 'delivery loop error; retrying in 1 s');
       this.schedule(1000);
@@ -223,7 +228,7 @@ export class DeliveryWorker {
         if (automatic?.automatic) {
           outcome = { kind: 'dropped', reason: `dropped: automatic message (${automatic.reasons.join(', ')}); route has drop_automatic` };
         } else {
-          const req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname });
+          const req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
           try {
             const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
             statusCode = res.status;

@@ -116,7 +116,9 @@ export class JobQueue {
       `INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, outcome, error)
        VALUES (@delivery_id, @attempt, @started_at, @duration_ms, @status_code, @outcome, @error)`,
     );
-    this.nextDue = db.prepare(`SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE status = 'pending'`);
+    // ORDER BY … LIMIT 1 walks the deliveries_due index to its first entry; MIN() with this WHERE read every
+    // pending entry (SQLite's min/max shortcut does not apply), so each tick cost O(backlog).
+    this.nextDue = db.prepare(`SELECT next_attempt_at AS at FROM deliveries WHERE status = 'pending' ORDER BY next_attempt_at LIMIT 1`);
     this.countByStatus = db.prepare(`SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status`);
   }
 
@@ -216,8 +218,8 @@ export class JobQueue {
   private expired: Database.Statement<[number, number]> | undefined;
 
   nextDueAt(): number | null {
-    const row = this.nextDue.get() as { at: number | null };
-    return row.at;
+    const row = this.nextDue.get() as { at: number } | undefined;
+    return row?.at ?? null;
   }
 
   counts(): Record<DeliveryStatus, number> {

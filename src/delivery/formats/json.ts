@@ -1,10 +1,10 @@
 // format: json — the parsed message, envelope and raw bytes as JSON, signed per Standard Webhooks.
 import { automaticOf } from '../../parse/automatic.js';
-import { parseMessage } from '../../parse/message.js';
+import { parseMessage, type PayloadMessage } from '../../parse/message.js';
 import { standardWebhookHeaders } from '../sign.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
-export function buildJsonPayload(ctx: FormatContext, message: Awaited<ReturnType<typeof parseMessage>>['message']) {
+export function buildJsonPayload(ctx: FormatContext, message: PayloadMessage) {
   const m = ctx.message;
   return {
     id: ctx.delivery.id,
@@ -34,7 +34,7 @@ export function buildJsonPayload(ctx: FormatContext, message: Awaited<ReturnType
 export const jsonFormat: PayloadFormat = {
   name: 'json',
   async encode(ctx) {
-    const { message } = await parseMessage(ctx.raw);
+    const message = ctx.parse ? await ctx.parse(ctx.raw) : (await parseMessage(ctx.raw)).message;
     const body = JSON.stringify(buildJsonPayload(ctx, message));
     return {
       headers: {

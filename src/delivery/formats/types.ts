@@ -2,6 +2,7 @@
 import type { ResolvedRoute, ResolvedWebhook } from '../../config/load.js';
 import type { DeliveryRow, StoredMessage } from '../../spool/types.js';
 import type { Outcome } from '../classify.js';
+import type { PayloadMessage } from '../../parse/message.js';
 
 export interface FormatContext {
   message: StoredMessage;
@@ -14,6 +15,8 @@ export interface FormatContext {
   nowSeconds: number;
   /** the SMTP hostname, for trace headers */
   hostname: string;
+  /** parses `raw` into the payload's message (the parse pool); parseMessage on this thread when absent */
+  parse?: (raw: Buffer) => Promise<PayloadMessage>;
 }
 
 export interface EncodedRequest {

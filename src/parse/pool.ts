@@ -1,0 +1,107 @@
+// Parse pool: worker threads that turn MIME into the payload's "message" so delivery does not parse on the event loop.
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '../core/logger.js';
+import { parseMessage, type PayloadMessage } from './message.js';
+
+export interface ParsePoolOptions {
+  /** worker threads; 0 parses on the calling thread */
+  threads: number;
+  log: Logger;
+}
+
+interface Pending {
+  raw: Buffer;
+  resolve: (m: PayloadMessage) => void;
+  reject: (err: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  pending: Map<number, Pending>;
+}
+
+/** Runs where the sources run: the compiled .js in production, the .ts through tsx's loader (tests, bench). */
+const FROM_SOURCE = import.meta.url.endsWith('.ts');
+const WORKER_URL = new URL(FROM_SOURCE ? './worker.ts' : './worker.js', import.meta.url);
+
+function startWorker(): Worker {
+  if (!FROM_SOURCE) return new Worker(WORKER_URL);
+  // A worker's entry is loaded before its --import hooks; register tsx first, then load the .ts entry.
+  const tsx = import.meta.resolve('tsx/esm/api');
+  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => m.register()).then(() => import(${JSON.stringify(WORKER_URL.href)}))`, { eval: true });
+}
+
+/**
+ * Requests go to the thread with the fewest waiting. A parse error comes back as a rejection (the message is
+ * bad); a thread that dies is replaced and its requests are parsed here, on the calling thread, so a crash in a
+ * thread never fails a delivery.
+ */
+export class ParsePool {
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+  private stopped = false;
+  /** threads that died in a row before answering anything; after three the pool parses on the main thread */
+  private failures = 0;
+
+  constructor(private readonly options: ParsePoolOptions) {
+    for (let i = 0; i < options.threads; i++) this.slots.push(this.spawn());
+  }
+
+  parse(raw: Buffer): Promise<PayloadMessage> {
+    if (this.stopped || this.slots.length === 0) return parseMessage(raw).then((r) => r.message);
+    const slot = this.slots.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+    const id = this.nextId++;
+    return new Promise<PayloadMessage>((resolve, reject) => {
+      slot.pending.set(id, { raw, resolve, reject });
+      if (slot.pending.size === 1) slot.worker.ref();
+      // A copy of just these bytes: posting the Buffer would clone the whole ArrayBuffer it may share with others.
+      const bytes = new Uint8Array(raw);
+      slot.worker.postMessage({ id, raw: bytes }, [bytes.buffer]);
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const slots = this.slots.splice(0);
+    await Promise.all(
+      slots.map(async (slot) => {
+        slot.worker.removeAllListeners('exit');
+        await slot.worker.terminate();
+        this.runHere(slot);
+      }),
+    );
+  }
+
+  private spawn(): Slot {
+    const worker = startWorker();
+    const slot: Slot = { worker, pending: new Map() };
+    worker.unref(); // referenced only while it has work, so an idle pool never keeps the process alive
+    worker.on('message', (m: { id: number; message?: PayloadMessage; error?: string }) => {
+      const p = slot.pending.get(m.id);
+      if (!p) return;
+      slot.pending.delete(m.id);
+      this.failures = 0;
+      if (slot.pending.size === 0) worker.unref();
+      if (m.message) p.resolve(m.message);
+      else p.reject(new Error(m.error ?? 'the message could not be parsed'));
+    });
+    worker.on('error', (err) => this.options.log.error({ err }, 'a parse thread failed; its messages are parsed on the main thread'));
+    worker.on('exit', () => {
+      const i = this.slots.indexOf(slot);
+      if (i >= 0) this.slots.splice(i, 1);
+      this.runHere(slot);
+      if (this.stopped) return;
+      if (++this.failures >= 3) {
+        this.options.log.error('parse threads keep failing; parsing on the main thread from now on');
+        return;
+      }
+      this.slots.push(this.spawn());
+    });
+    return slot;
+  }
+
+  private runHere(slot: Slot): void {
+    for (const p of slot.pending.values()) parseMessage(p.raw).then((r) => p.resolve(r.message), p.reject);
+    slot.pending.clear();
+  }
+}

@@ -1,0 +1,18 @@
+// Worker-thread entry of the parse pool: parses messages with mailparser off the event loop that serves SMTP.
+import { parentPort } from 'node:worker_threads';
+import { parseMessage } from './message.js';
+
+interface Request {
+  id: number;
+  raw: Uint8Array;
+}
+
+const port = parentPort;
+if (!port) throw new Error('src/parse/worker is a worker-thread entry point');
+port.on('message', (req: Request) => {
+  const raw = Buffer.from(req.raw.buffer, req.raw.byteOffset, req.raw.byteLength);
+  parseMessage(raw).then(
+    ({ message }) => port.postMessage({ id: req.id, message }),
+    (err: unknown) => port.postMessage({ id: req.id, error: err instanceof Error ? err.message : String(err) }),
+  );
+});

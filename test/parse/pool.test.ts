@@ -1,0 +1,56 @@
+// The parse pool: the same result as parsing on the main thread, and a thread that dies costs no request.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { threadId } from 'node:worker_threads';
+import { Writable } from 'node:stream';
+import { ParsePool } from '../../src/parse/pool.js';
+import { parseMessage } from '../../src/parse/message.js';
+import { createLogger } from '../../src/core/logger.js';
+
+const RAW = Buffer.from(
+  'From: "Zoë" <zoe@sender.test>\r\nTo: incoming+abc@gitlab.test\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\nMessage-ID: <p1@sender.test>\r\n' +
+    'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n' +
+    'Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n--b\r\nContent-Type: application/octet-stream; name=a.bin\r\n' +
+    'Content-Transfer-Encoding: base64\r\n\r\nAAECAwQ=\r\n--b--\r\n',
+);
+
+function pool(threads: number): { pool: ParsePool; logs: string[] } {
+  const logs: string[] = [];
+  const destination = new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) });
+  return { pool: new ParsePool({ threads, log: createLogger({ level: 'debug', destination }) }), logs };
+}
+
+test('a thread parses exactly what the main thread would, off the main thread', async () => {
+  const { pool: p, logs } = pool(2);
+  try {
+    const results = await Promise.all(Array.from({ length: 6 }, () => p.parse(RAW)));
+    const here = (await parseMessage(RAW)).message;
+    for (const r of results) assert.deepEqual(r, here);
+    assert.equal(here.subject, 'Héllo');
+    assert.equal(here.attachments[0]?.content_base64, 'AAECAwQ=');
+    assert.deepEqual(logs, [], 'no thread failed (a failure falls back to the main thread and logs)');
+    const threads = (p as unknown as { slots: Array<{ worker: { threadId: number } }> }).slots.map((s) => s.worker.threadId);
+    assert.equal(threads.length, 2);
+    assert.ok(threads.every((id) => id !== threadId));
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a thread that dies with requests waiting: they are parsed on the main thread and the thread is replaced', async () => {
+  const { pool: p, logs } = pool(1);
+  try {
+    const slots = (p as unknown as { slots: Array<{ worker: { threadId: number; terminate(): Promise<number> } }> }).slots;
+    const first = slots[0]!.worker;
+    const waiting = Promise.all(Array.from({ length: 3 }, () => p.parse(RAW)));
+    await first.terminate();
+    const results = await waiting;
+    for (const r of results) assert.equal(r.subject, 'Héllo');
+    assert.equal(slots.length, 1);
+    assert.notEqual(slots[0]!.worker.threadId, first.threadId, 'replaced');
+    assert.equal((await p.parse(RAW)).subject, 'Héllo');
+    assert.deepEqual(logs, []);
+  } finally {
+    await p.stop();
+  }
+});
