@@ -116,8 +116,7 @@ export class JobQueue {
       `INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, outcome, error)
        VALUES (@delivery_id, @attempt, @started_at, @duration_ms, @status_code, @outcome, @error)`,
     );
-    // ORDER BY … LIMIT 1 walks the deliveries_due index to its first entry; MIN() with this WHERE read every
-    // pending entry (SQLite's min/max shortcut does not apply), so each tick cost O(backlog).
+    // The head of the deliveries_due index (a covering index search that stops at the first entry).
     this.nextDue = db.prepare(`SELECT next_attempt_at AS at FROM deliveries WHERE status = 'pending' ORDER BY next_attempt_at LIMIT 1`);
     this.countByStatus = db.prepare(`SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status`);
   }
