@@ -42,7 +42,7 @@ interface InFlight {
 
 interface PendingCommit {
   row: MessageRow;
-  deliveries: Array<{ id: string; route: string; recipients: string; status: string }>;
+  deliveries: Array<{ id: string; route: string; recipients: string; status: string; addresses: Array<{ address: string; key: string | null }> }>;
   resolve: (r: AcceptResult) => void;
   reject: (err: unknown) => void;
 }
@@ -107,6 +107,7 @@ export class Acceptor {
   private closed = false;
   private readonly insertMessage;
   private readonly insertDelivery;
+  private readonly insertRecipient;
   private readonly findDuplicate;
   private readonly syncNormal;
   private readonly syncFull;
@@ -132,6 +133,9 @@ export class Acceptor {
     this.insertDelivery = db.prepare(
       `INSERT INTO deliveries (id, message_id, route, recipients, status, attempts, next_attempt_at, created_at, updated_at, finished_at, received_at)
        VALUES (@id, @message_id, @route, @recipients, @status, 0, @now, @now, @now, @finished_at, @received_at)`,
+    );
+    this.insertRecipient = db.prepare(
+      `INSERT INTO delivery_recipients (delivery_id, message_id, received_at, address, key) VALUES (@delivery_id, @message_id, @received_at, @address, @key)`,
     );
     this.findDuplicate = db.prepare(`SELECT id, size FROM messages WHERE dedupe_key = ?`);
     this.syncNormal = db.prepare('PRAGMA synchronous = NORMAL');
@@ -202,6 +206,8 @@ export class Acceptor {
       route: d.route,
       recipients: JSON.stringify(d.recipients),
       status: d.status ?? 'pending',
+      // lower-cased for case-insensitive search (the admin API lower-cases the address it looks for)
+      addresses: d.recipients.map((r) => ({ address: r.address.toLowerCase(), key: r.key })),
     }));
     try {
       return await new Promise<AcceptResult>((resolve, reject) => {
@@ -309,7 +315,8 @@ export class Acceptor {
         }
         this.insertMessage.run(p.row);
         for (const d of p.deliveries) {
-          this.insertDelivery.run({ ...d, message_id: p.row.id, now, finished_at: d.status === 'delivered' ? now : null, received_at: p.row.received_at });
+          this.insertDelivery.run({ id: d.id, route: d.route, recipients: d.recipients, status: d.status, message_id: p.row.id, now, finished_at: d.status === 'delivered' ? now : null, received_at: p.row.received_at });
+          for (const r of d.addresses) this.insertRecipient.run({ delivery_id: d.id, message_id: p.row.id, received_at: p.row.received_at, address: r.address, key: r.key });
         }
         results.push({ p, result: { id: p.row.id, size: p.row.size, duplicate: false, deliveryIds: p.deliveries.map((d) => d.id) } });
       }
