@@ -20,6 +20,12 @@ interface Slot {
   pending: Map<number, Pending>;
 }
 
+/**
+ * Larger messages are parsed on the calling thread: a thread would need its own copy of the bytes and hand back a
+ * copy of the parsed result (base64 attachments), several times the message in memory at once.
+ */
+export const THREAD_MAX_BYTES = 1024 * 1024;
+
 /** Runs where the sources run: the compiled .js in production, the .ts through tsx's loader (tests, bench). */
 const FROM_SOURCE = import.meta.url.endsWith('.ts');
 const WORKER_URL = new URL(FROM_SOURCE ? './worker.ts' : './worker.js', import.meta.url);
@@ -48,7 +54,7 @@ export class ParsePool {
   }
 
   parse(raw: Buffer): Promise<PayloadMessage> {
-    if (this.stopped || this.slots.length === 0) return parseMessage(raw).then((r) => r.message);
+    if (this.stopped || this.slots.length === 0 || raw.length > THREAD_MAX_BYTES) return parseMessage(raw).then((r) => r.message);
     const slot = this.slots.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
     const id = this.nextId++;
     return new Promise<PayloadMessage>((resolve, reject) => {
