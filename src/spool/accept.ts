@@ -115,7 +115,7 @@ export class Acceptor {
   private wal: { fd: number; ino: number; checkedAt: number } | undefined;
   private readonly syncWal: ((done: (err: Error | null) => void) => void) | null;
   private readonly onBatch: (messages: number) => void;
-  /** called after each durable commit with the ids of new deliveries, so delivery can wake up */
+  /** called after each durable commit with the ids of new pending deliveries (not sinks), so delivery can wake up */
   onCommitted: (deliveryIds: string[]) => void = () => {};
 
   constructor(
@@ -353,7 +353,7 @@ export class Acceptor {
     const newDeliveries: string[] = [];
     for (const { p, result } of done) {
       if (result.duplicate && p.row.raw_file) this.blobs.removeSync(p.row.raw_file);
-      newDeliveries.push(...result.deliveryIds);
+      if (!result.duplicate) for (const d of p.deliveries) if (d.status === 'pending') newDeliveries.push(d.id);
       p.resolve(result);
     }
     if (newDeliveries.length > 0) this.onCommitted(newDeliveries);
