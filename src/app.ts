@@ -66,7 +66,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
 
     // Registered before delivery, so it stops after it. Threads only when a route's format parses messages.
     const parsing = config.routes.some((r) => r.webhook?.format === 'json');
-    const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, log: log.child({ part: 'parse' }) });
+    const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, timeoutMs: config.delivery.timeout_ms, log: log.child({ part: 'parse' }) });
     lifecycle.onStop('parse threads', () => parsePool.stop());
 
     const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: (raw) => parsePool.parse(raw) });

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'ROUTE_NOT_FOUND'
   | 'WEBHOOK_BAD_SECRET'
   | 'SHUTTING_DOWN'
+  | 'PARSE_TIMEOUT'
   | 'INVALID_INPUT';
 
 export class MailhookError extends Error {

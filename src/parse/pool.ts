@@ -1,5 +1,6 @@
 // Parse pool: worker threads that turn MIME into the payload's "message" so delivery does not parse on the event loop.
 import { Worker } from 'node:worker_threads';
+import { MailhookError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { parseMessage, type PayloadMessage } from './message.js';
 
@@ -7,12 +8,18 @@ export interface ParsePoolOptions {
   /** worker threads; 0 parses on the calling thread */
   threads: number;
   log: Logger;
+  /**
+   * A parse that takes longer is abandoned (rejected with PARSE_TIMEOUT) and its thread replaced, so one
+   * pathological message cannot hold up every other; default 30 s.
+   */
+  timeoutMs?: number;
 }
 
 interface Pending {
   raw: Buffer;
   resolve: (m: PayloadMessage) => void;
   reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
 }
 
 interface Slot {
@@ -39,8 +46,9 @@ function startWorker(): Worker {
 
 /**
  * Requests go to the thread with the fewest waiting. A parse error comes back as a rejection (the message is
- * bad); a thread that dies is replaced and its requests are parsed here, on the calling thread, so a crash in a
- * thread never fails a delivery.
+ * bad); a thread that dies is replaced and its requests go to the others (or are parsed here when no thread is
+ * left), so a crash in a thread never fails a delivery; a parse past the timeout is rejected and its thread
+ * replaced.
  */
 export class ParsePool {
   private readonly slots: Slot[] = [];
@@ -58,7 +66,9 @@ export class ParsePool {
     const slot = this.slots.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
     const id = this.nextId++;
     return new Promise<PayloadMessage>((resolve, reject) => {
-      slot.pending.set(id, { raw, resolve, reject });
+      const timer = setTimeout(() => this.abandon(slot, id), this.options.timeoutMs ?? 30_000);
+      timer.unref();
+      slot.pending.set(id, { raw, resolve, reject, timer });
       if (slot.pending.size === 1) slot.worker.ref();
       // A copy of just these bytes: posting the Buffer would clone the whole ArrayBuffer it may share with others.
       const bytes = new Uint8Array(raw);
@@ -86,6 +96,7 @@ export class ParsePool {
       const p = slot.pending.get(m.id);
       if (!p) return;
       slot.pending.delete(m.id);
+      clearTimeout(p.timer);
       this.failures = 0;
       if (slot.pending.size === 0) worker.unref();
       if (m.message) p.resolve(m.message);
@@ -94,20 +105,44 @@ export class ParsePool {
     worker.on('error', (err) => this.options.log.error({ err }, 'a parse thread failed; its messages are parsed on the main thread'));
     worker.on('exit', () => {
       const i = this.slots.indexOf(slot);
-      if (i >= 0) this.slots.splice(i, 1);
-      this.runHere(slot);
-      if (this.stopped) return;
-      if (++this.failures >= 3) {
-        this.options.log.error('parse threads keep failing; parsing on the main thread from now on');
-        return;
-      }
-      this.slots.push(this.spawn());
+      if (i < 0) return; // abandoned (already replaced) or stopped
+      this.slots.splice(i, 1);
+      if (++this.failures >= 3) this.options.log.error('parse threads keep failing; parsing on the main thread from now on');
+      else this.slots.push(this.spawn());
+      this.redispatch(slot);
     });
     return slot;
   }
 
+  /** The parse `id` ran past the timeout: reject it and replace its thread; what waited there goes to the others. */
+  private abandon(slot: Slot, id: number): void {
+    const p = slot.pending.get(id);
+    if (!p) return;
+    slot.pending.delete(id);
+    const ms = this.options.timeoutMs ?? 30_000;
+    p.reject(new MailhookError('PARSE_TIMEOUT', `parsing the message took longer than ${ms} ms and was abandoned`));
+    this.options.log.warn({ bytes: p.raw.length, timeoutMs: ms }, 'a message took too long to parse; its parse thread is replaced');
+    const i = this.slots.indexOf(slot);
+    if (i >= 0) this.slots.splice(i, 1, this.spawn());
+    this.redispatch(slot);
+    void slot.worker.terminate();
+  }
+
+  /** Sends what waited on a thread that is gone to the others (or parses it here when none is left). */
+  private redispatch(slot: Slot): void {
+    const orphans = [...slot.pending.values()];
+    slot.pending.clear();
+    for (const p of orphans) {
+      clearTimeout(p.timer);
+      this.parse(p.raw).then(p.resolve, p.reject);
+    }
+  }
+
   private runHere(slot: Slot): void {
-    for (const p of slot.pending.values()) parseMessage(p.raw).then((r) => p.resolve(r.message), p.reject);
+    for (const p of slot.pending.values()) {
+      clearTimeout(p.timer);
+      parseMessage(p.raw).then((r) => p.resolve(r.message), p.reject);
+    }
     slot.pending.clear();
   }
 }

@@ -6,6 +6,7 @@ import { Writable } from 'node:stream';
 import { ParsePool, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
 import { parseMessage } from '../../src/parse/message.js';
 import { createLogger } from '../../src/core/logger.js';
+import { MailhookError } from '../../src/core/errors.js';
 
 const RAW = Buffer.from(
   'From: "Zoë" <zoe@sender.test>\r\nTo: incoming+abc@gitlab.test\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\nMessage-ID: <p1@sender.test>\r\n' +
@@ -14,10 +15,10 @@ const RAW = Buffer.from(
     'Content-Transfer-Encoding: base64\r\n\r\nAAECAwQ=\r\n--b--\r\n',
 );
 
-function pool(threads: number): { pool: ParsePool; logs: string[] } {
+function pool(threads: number, timeoutMs?: number): { pool: ParsePool; logs: string[] } {
   const logs: string[] = [];
   const destination = new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) });
-  return { pool: new ParsePool({ threads, log: createLogger({ level: 'debug', destination }) }), logs };
+  return { pool: new ParsePool({ threads, log: createLogger({ level: 'debug', destination }), ...(timeoutMs ? { timeoutMs } : {}) }), logs };
 }
 
 test('a thread parses exactly what the main thread would, off the main thread', async () => {
@@ -70,6 +71,25 @@ test('a message over THREAD_MAX_BYTES is parsed on the calling thread (no copies
     assert.equal(posted, 0);
     assert.equal((await p.parse(RAW)).subject, 'Héllo');
     assert.equal(posted, 1);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a parse that never answers is rejected with PARSE_TIMEOUT; the thread is replaced and what waited behind it is parsed', async () => {
+  const { pool: p, logs } = pool(1, 3000); // well above a thread's start-up under tsx
+  try {
+    const slots = (p as unknown as { slots: Array<{ worker: { threadId: number; postMessage: (...a: unknown[]) => void } }> }).slots;
+    const stuck = slots[0]!.worker;
+    // The thread never sees these requests: to the pool it is a thread stuck in a pathological parse.
+    stuck.postMessage = () => {};
+    const first = p.parse(RAW);
+    const behind = p.parse(RAW);
+    await assert.rejects(first, (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_TIMEOUT');
+    assert.equal((await behind).subject, 'Héllo', 'the request queued behind the stuck one was re-sent and answered');
+    assert.notEqual(slots[0]!.worker.threadId, stuck.threadId, 'replaced');
+    assert.equal((await p.parse(RAW)).subject, 'Héllo');
+    assert.ok(logs.some((l) => /took too long to parse/.test(l)));
   } finally {
     await p.stop();
   }
