@@ -32,6 +32,27 @@ async function untilAsync(fn: () => Promise<boolean>, timeoutMs: number, what: s
   }
 }
 
+/** A spool and the ingest of one mailbox (no app around them), so a test can interpose on ingest.accept. */
+function ingestRig(dovecot: Dovecot, user: string, opts: Record<string, string | number>) {
+  const dir = tempDir();
+  const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, user, opts)) });
+  const config = parseTestConfig(yaml, dir);
+  const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
+  const metrics = createMetrics();
+  const settings = config.imap[0] as ImapMailboxSettings;
+  const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+  return {
+    spool,
+    metrics,
+    settings,
+    ingest,
+    close(): void {
+      spool.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 const messageIds = (app: TestApp) => (app.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') AS id FROM messages`).all() as Array<{ id: string }>).map((r) => r.id);
 
 describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
@@ -115,13 +136,7 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
   });
 
   test('a crash between commit and marking: the message in the processing folder is only marked; a copy returning later is not stored again', async () => {
-    const dir = tempDir();
-    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'crash', { after_delivery: 'delete', claim_timeout: 3600 })) });
-    const config = parseTestConfig(yaml, dir);
-    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
-    const metrics = createMetrics();
-    const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    const { spool, metrics, settings, ingest, close } = ingestRig(dovecot, 'crash', { after_delivery: 'delete', claim_timeout: 3600 });
     let bridge: ImapBridge | undefined;
     let crashes = 1;
     const accept = ingest.accept.bind(ingest);
@@ -149,19 +164,12 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       assert.equal(count(spool.db), 1);
     } finally {
       await bridge.stop(2000);
-      spool.close();
-      rmSync(dir, { recursive: true, force: true });
+      close();
     }
   });
 
   test('a connection lost after the MOVE, before the commit: the message is given back at reconnect, not after claim_timeout', async () => {
-    const dir = tempDir();
-    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'cut', { after_delivery: 'delete', claim_timeout: 3600 })) });
-    const config = parseTestConfig(yaml, dir);
-    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
-    const metrics = createMetrics();
-    const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    const { spool, metrics, settings, ingest, close } = ingestRig(dovecot, 'cut', { after_delivery: 'delete', claim_timeout: 3600 });
     let bridge: ImapBridge | undefined;
     let cuts = 1;
     const accept = ingest.accept.bind(ingest);
@@ -183,20 +191,13 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       assert.equal(count(spool.db), 1);
     } finally {
       await bridge.stop(2000);
-      spool.close();
-      rmSync(dir, { recursive: true, force: true });
+      close();
     }
   });
 
   test('two MOVEs of one message that both succeed (Dovecot copies, then expunges): the lower UID holds the claim', async () => {
-    const dir = tempDir();
-    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'race', { after_delivery: 'delete', claim_timeout: 1 })) });
-    const config = parseTestConfig(yaml, dir);
-    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
-    const metrics = createMetrics();
+    const { spool, metrics, settings, ingest, close } = ingestRig(dovecot, 'race', { after_delivery: 'delete', claim_timeout: 1 });
     const logs: string[] = [];
-    const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
     const c = await dovecot.client('race');
     await c.mailboxCreate(PROCESSING);
     await dovecot.append([message('r1', { to: 'desk@in.test', messageId: 'race1@x' }), message('r2', { to: 'desk@in.test', messageId: 'race2@x' })], { user: 'race' });
@@ -226,8 +227,7 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
     } finally {
       await c.logout();
       await bridge.stop(2000);
-      spool.close();
-      rmSync(dir, { recursive: true, force: true });
+      close();
     }
   });
 
