@@ -207,7 +207,6 @@ export class DeliveryWorker {
     const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
     const d = lease.delivery;
     const startedAt = clock.now();
-    const dlog = log.child({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts });
     let outcome: Outcome;
     let statusCode: number | null = null;
     let retryAfterMs: number | undefined;
@@ -261,17 +260,18 @@ export class DeliveryWorker {
     const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode, outcome: outcome.kind, error }, next, now: finishedAt };
     const report = (kept: boolean): void => {
       if (!kept) {
-        dlog.warn('lease lost before the outcome was recorded; the delivery will be attempted again');
+        log.warn({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts }, 'lease lost before the outcome was recorded; the delivery will be attempted again');
         return;
       }
       metrics.deliveries.inc({ route: d.route, outcome: outcome.kind });
       if (statusCode !== null) metrics.deliveryLatency.observe({ route: d.route }, durationMs / 1000);
-      const fields = { status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
-      if (outcome.kind === 'delivered') dlog.info(fields, 'delivered');
-      else if (outcome.kind === 'dropped') dlog.info({ ...fields, reason: error }, 'delivery dropped: automatic message');
-      else if (outcome.kind === 'retry') dlog.warn({ ...fields, error }, 'delivery failed; will retry');
-      else if (outcome.loud) dlog.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
-      else dlog.warn({ ...fields, error }, 'delivery dead-lettered');
+      // One object per line rather than a child logger per attempt (a child serialises its bindings when made).
+      const fields = { msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
+      if (outcome.kind === 'delivered') log.info(fields, 'delivered');
+      else if (outcome.kind === 'dropped') log.info({ ...fields, reason: error }, 'delivery dropped: automatic message');
+      else if (outcome.kind === 'retry') log.warn({ ...fields, error }, 'delivery failed; will retry');
+      else if (outcome.loud) log.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
+      else log.warn({ ...fields, error }, 'delivery dead-lettered');
     };
     return { id: d.id, route: d.route, completion, report };
   }

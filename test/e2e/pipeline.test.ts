@@ -2,6 +2,9 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Webhook } from 'standardwebhooks';
+import { createServer } from 'node:http';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
@@ -162,6 +165,74 @@ describe('delivery to a webhook', () => {
     assert.equal(pm.message_id, po.message_id, 'same stored message');
     assert.notEqual(pm.id, po.id, 'separate deliveries');
     assert.equal(pm.envelope.rcpt_to.length, 3);
+  });
+});
+
+describe('webhook deadline (route timeout_ms)', () => {
+  // A consumer that never answers, and one that sends its headers and then stalls the body: both are bounded by
+  // the route's timeout_ms, recorded as a retry with the reason, and the next attempt is delivered.
+  let app: TestApp;
+  let stallBody = true;
+  const hang: Array<() => void> = [];
+  const consumer = new Consumer();
+  const stalling = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      if (!stallBody) return void res.end('ok');
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('partial');
+      hang.push(() => res.destroy());
+    });
+  });
+  before(async () => {
+    await consumer.start();
+    stalling.listen(0, '127.0.0.1');
+    await once(stalling, 'listening');
+    const port = (stalling.address() as AddressInfo).port;
+    app = await startTestApp({
+      routes: `
+  - name: silent
+    addresses: ["silent@t.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}", timeout_ms: 300 }
+  - name: stalled
+    addresses: ["stalled@t.test"]
+    webhook: { url: "http://127.0.0.1:${port}/hook", secret: "${SECRET}", timeout_ms: 300 }
+`,
+    });
+  });
+  after(async () => {
+    await app.close();
+    for (const h of hang) h();
+    stalling.close();
+    await consumer.stop();
+  });
+
+  const attemptsOf = (route: string) =>
+    app.spool.db
+      .prepare('SELECT a.attempt, a.outcome, a.error, a.duration_ms FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.route = ? ORDER BY a.attempt')
+      .all(route) as Array<{ attempt: number; outcome: string; error: string | null; duration_ms: number }>;
+
+  test('no response at all: the attempt ends at timeout_ms as a retry, the next one is delivered', async () => {
+    const start = consumer.requests.length;
+    consumer.respond = (_r, i) => (i === start ? new Promise(() => {}) : { status: 200 });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'silent@t.test', subject: 'silent', text: 'x' });
+    await consumer.waitFor(start + 2);
+    const attempts = await until(() => (attemptsOf('silent').length === 2 ? attemptsOf('silent') : undefined), 5000, 'two attempts recorded');
+    assert.equal(attempts[0]!.outcome, 'retry');
+    assert.equal(attempts[0]!.error, 'TIMEOUT: no complete response within 300 ms');
+    assert.ok(attempts[0]!.duration_ms >= 290 && attempts[0]!.duration_ms < 3000, `first attempt took ${attempts[0]!.duration_ms} ms`);
+    assert.equal(attempts[1]!.outcome, 'delivered');
+    consumer.respond = () => ({ status: 200 });
+  });
+
+  test('headers sent, body stalled: the same deadline covers reading the response', async () => {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'stalled@t.test', subject: 'stalled', text: 'x' });
+    const first = await until(() => attemptsOf('stalled')[0], 5000, 'first attempt recorded');
+    assert.equal(first.outcome, 'retry');
+    assert.equal(first.error, 'TIMEOUT: no complete response within 300 ms');
+    stallBody = false;
+    const second = await until(() => attemptsOf('stalled').find((a) => a.outcome === 'delivered'), 5000, 'a later attempt delivered');
+    assert.ok(second.attempt >= 2);
   });
 });
 
