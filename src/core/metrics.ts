@@ -18,6 +18,12 @@ export function createMetrics() {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [registry],
     }),
+    deliveriesWaiting: new Gauge({
+      name: 'mailhook_deliveries_waiting',
+      help: 'Deliveries waiting for one of their route\'s request slots (per_route_concurrency); prepared="true": payload built ahead, "false": a large message read only once a slot is free',
+      labelNames: ['route', 'prepared'],
+      registers: [registry],
+    }),
     queueDepth: new Gauge({ name: 'mailhook_queue_depth', help: 'Deliveries by status', labelNames: ['status'], registers: [registry] }),
     spoolBytes: new Gauge({ name: 'mailhook_spool_bytes', help: 'Spool size on disk (database, WAL and message files)', registers: [registry] }),
     spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),

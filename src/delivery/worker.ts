@@ -10,6 +10,8 @@ import type { Completion, Lease } from '../spool/jobs.js';
 import { nextAttemptAt, parseRetryAfter } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook } from './client.js';
+import { Slots } from './slots.js';
+import type { EncodedRequest } from './formats/types.js';
 import { FORMATS } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
 import type { PayloadMessage } from '../parse/message.js';
@@ -26,6 +28,12 @@ export interface WorkerDeps {
   parse?: (raw: Buffer) => Promise<PayloadMessage>;
 }
 
+/**
+ * Messages up to this size are prepared (read, parsed, encoded, signed) while their route's request slots are
+ * busy; larger ones only once a slot is free, so payloads waiting for a slot stay small in memory.
+ */
+export const PREPARE_AHEAD_MAX_BYTES = 1024 * 1024;
+
 /** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
 const IDLE_POLL_MS = 30_000;
 
@@ -34,7 +42,10 @@ export class DeliveryWorker {
   private readonly inFlight = new Map<string, { route: string; done: Promise<void>; abort: AbortController }>();
   /** attempts that finished and wait for the next tick to record them (one transaction for all, plus leasing) */
   private finished: Finished[] = [];
+  /** leases per route: up to twice per_route_concurrency, half of them prepared ahead while the others are sent */
   private readonly perRoute = new Map<string, number>();
+  /** request slots per route: per_route_concurrency webhook requests at once */
+  private readonly slots = new Map<string, Slots>();
   private timer: NodeJS.Timeout | undefined;
   private immediate: NodeJS.Immediate | undefined;
   private timerAt = Infinity;
@@ -143,7 +154,9 @@ export class DeliveryWorker {
    */
   private settle(lease: { now: number; leaseMs: number } | null): Lease[] {
     const { config, spool } = this.deps;
-    const cap = config.delivery.per_route_concurrency;
+    // A route may hold twice its request slots in leases: while per_route_concurrency requests run, as many more
+    // deliveries are read, parsed and signed, so a slot that frees up starts its next request at once.
+    const cap = config.delivery.per_route_concurrency * 2;
     const finished = this.finished;
     const busy = new Map(this.perRoute);
     for (const f of finished) busy.set(f.route, (busy.get(f.route) ?? 1) - 1);
@@ -203,10 +216,29 @@ export class DeliveryWorker {
     this.inFlight.set(lease.delivery.id, { route, done, abort });
   }
 
+  private slotsOf(route: string): Slots {
+    let slots = this.slots.get(route);
+    if (!slots) this.slots.set(route, (slots = new Slots(this.deps.config.delivery.per_route_concurrency)));
+    return slots;
+  }
+
+  /** Takes one of the route's request slots, counted in the waiting gauge while it waits; true once held. */
+  private async waitForSlot(slots: Slots, route: string, prepared: 'true' | 'false', signal: AbortSignal): Promise<true> {
+    if (slots.tryAcquire()) return true;
+    const gauge = this.deps.metrics.deliveriesWaiting;
+    gauge.inc({ route, prepared });
+    try {
+      await slots.acquire(signal);
+    } finally {
+      gauge.dec({ route, prepared });
+    }
+    return true;
+  }
+
   private async attempt(lease: Lease, signal: AbortSignal): Promise<Finished> {
     const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
     const d = lease.delivery;
-    const startedAt = clock.now();
+    let startedAt = clock.now();
     let outcome: Outcome;
     let statusCode: number | null = null;
     let retryAfterMs: number | undefined;
@@ -219,28 +251,43 @@ export class DeliveryWorker {
     } else {
       const webhook = route.webhook;
       const format = FORMATS[webhook.format];
+      const slots = this.slotsOf(d.route);
+      let held = false;
+      let req: EncodedRequest | undefined;
+      outcome = { kind: 'retry', reason: 'not attempted' };
       try {
         const message = spool.getMessage(d.messageId);
         if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
+        // A large message is read and encoded only once its request can start (see PREPARE_AHEAD_MAX_BYTES).
+        if (message.size > PREPARE_AHEAD_MAX_BYTES) held = await this.waitForSlot(slots, d.route, 'false', signal);
         const raw = await spool.readRaw(d.messageId);
         const automatic = route.dropAutomatic ? automaticOf(message, raw) : undefined;
         if (automatic?.automatic) {
           outcome = { kind: 'dropped', reason: `dropped: automatic message (${automatic.reasons.join(', ')}); route has drop_automatic` };
         } else {
-          const req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
-          try {
-            const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
-            statusCode = res.status;
-            outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
-            if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
-            retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
-          } catch (err) {
-            outcome = classifyError(err);
-          }
+          req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
         }
       } catch (err) {
-        outcome = { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
+        if (held) slots.release();
+        held = false;
+        req = undefined;
+        outcome = signal.aborted ? classifyError(signal.reason) : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
       }
+      if (req) {
+        try {
+          if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
+          startedAt = clock.now();
+          const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
+          statusCode = res.status;
+          outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
+          if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
+          retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
+        } catch (err) {
+          outcome = classifyError(err);
+        } finally {
+          if (held) slots.release();
+        }
+      } else if (held) slots.release();
     }
 
     const finishedAt = clock.now();

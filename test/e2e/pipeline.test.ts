@@ -236,6 +236,78 @@ describe('webhook deadline (route timeout_ms)', () => {
   });
 });
 
+describe('request slots: deliveries are prepared while the route\'s requests run', () => {
+  // per_route_concurrency (default 4) bounds the requests a consumer sees; as many more deliveries of the route
+  // are read, parsed and signed meanwhile. A message over 1 MiB is read only once a slot is free.
+  let app: TestApp;
+  const consumer = new Consumer();
+  let held: Array<() => void> = [];
+  before(async () => {
+    await consumer.start();
+    consumer.respond = () => new Promise((resolve) => held.push(() => resolve({ status: 200 })));
+    app = await startTestApp({ routes: `
+  - name: slow
+    addresses: ["slow-%{key}@t.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+` });
+  });
+  after(async () => {
+    for (const h of held) h();
+    await app.close();
+    await consumer.stop();
+  });
+  const waiting = async (prepared: 'true' | 'false') => {
+    const text = await (await fetch(`${app.httpUrl}/metrics`)).text();
+    const m = new RegExp(`^mailhook_deliveries_waiting\\{route="slow",prepared="${prepared}"\\} (\\d+)$`, 'm').exec(text);
+    return m ? Number(m[1]) : 0;
+  };
+  const waitingReaches = async (prepared: 'true' | 'false', n: number) => {
+    const start = Date.now();
+    let last = -1;
+    while ((last = await waiting(prepared)) !== n) {
+      if (Date.now() - start > 5000) throw new Error(`mailhook_deliveries_waiting{prepared="${prepared}"} is ${last}, expected ${n}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  const release = () => {
+    const h = held;
+    held = [];
+    for (const f of h) f();
+  };
+
+  test('four requests at once; four more prepared and waiting; then each is delivered once', async () => {
+    for (let i = 0; i < 8; i++) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-k${i}@t.test`, subject: `s${i}`, text: 'x' });
+    await consumer.received(4);
+    await waitingReaches('true', 4);
+    assert.equal(consumer.requests.length, 4, 'per_route_concurrency bounds the requests');
+    release();
+    await consumer.received(8);
+    release();
+    await until(() => (app.spool.jobs.counts().delivered === 8 ? true : undefined), 5000, 'all eight delivered');
+    const keys = consumer.requests.map((r) => JSON.parse(r.body.toString('utf8')).recipients[0].key).sort();
+    assert.deepEqual(keys, ['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7']);
+    // A prepared request is signed before it waits; its signature still verifies.
+    const wh = new Webhook(SECRET);
+    for (const r of consumer.requests) wh.verify(r.body.toString('utf8'), { 'webhook-id': String(r.headers['webhook-id']), 'webhook-timestamp': String(r.headers['webhook-timestamp']), 'webhook-signature': String(r.headers['webhook-signature']) });
+  });
+
+  test('a message over 1 MiB waits for its slot before it is read', async () => {
+    const start = consumer.requests.length;
+    for (let i = 0; i < 4; i++) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-small${i}@t.test`, subject: 'small', text: 'x' });
+    await consumer.received(start + 4);
+    const big = 'y'.repeat(76) + '\r\n';
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'slow-big@t.test', subject: 'big', text: big.repeat(15_000) });
+    await waitingReaches('false', 1);
+    assert.equal(await waiting('true'), 0);
+    release();
+    await consumer.received(start + 5);
+    release();
+    const bigReq = consumer.requests.slice(start).find((r) => JSON.parse(r.body.toString('utf8')).recipients[0].key === 'big');
+    assert.ok(bigReq && bigReq.body.length > 1024 * 1024);
+    await until(() => (app.spool.jobs.counts().delivered === 13 ? true : undefined), 5000, 'all delivered');
+  });
+});
+
 describe('retries and dead letters', () => {
   let app: TestApp;
   const consumer = new Consumer();
