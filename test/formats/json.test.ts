@@ -1,0 +1,24 @@
+// format: json — the bytes sent are exactly JSON.stringify of the payload object, for every message in the fixtures.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { buildJsonPayload, encodeJsonPayload } from '../../src/delivery/formats/json.js';
+import { parseMessage } from '../../src/parse/message.js';
+import { FIXTURES, fixture, formatContext } from './support.js';
+
+const EMLS = readdirSync(FIXTURES).filter((f) => f.endsWith('.eml'));
+
+test('encodeJsonPayload equals the UTF-8 of JSON.stringify(buildJsonPayload) (fixtures, non-UTF-8 charsets included)', async () => {
+  assert.ok(EMLS.length >= 4);
+  const cases: Array<[string, Buffer]> = EMLS.map((f) => [f, fixture(f)]);
+  // Sizes whose base64 ends in "=", "==" and no padding, an empty body, quotes and a U+2028 in a header.
+  for (const n of [0, 1, 2, 3]) cases.push([`pad${n}`, Buffer.from(`Subject: "q" \u2028 ${'x'.repeat(n)}\r\n\r\nbody${'y'.repeat(n)}\r\n`, 'utf8')]);
+  for (const [name, raw] of cases) {
+    const ctx = formatContext(raw, { recipients: [{ address: 'incoming+k@in.test', key: 'k' }], meta: { authentication_results: 'mx; spf=pass' } });
+    const { message } = await parseMessage(raw);
+    const fast = encodeJsonPayload(ctx, message);
+    const plain = Buffer.from(JSON.stringify(buildJsonPayload(ctx, message)), 'utf8');
+    assert.ok(fast.equals(plain), `${name}: bytes differ`);
+    assert.ok(Buffer.from(JSON.parse(fast.toString('utf8')).raw_base64, 'base64').equals(raw), `${name}: raw_base64 round trip`);
+  }
+});
