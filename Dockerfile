@@ -35,7 +35,10 @@ RUN npm run build
 
 # Runtime: no compilers, no dev dependencies, not root.
 FROM ${NODE_IMAGE} AS runtime
+# MALLOC_MMAP_THRESHOLD_: glibc otherwise keeps the memory of large messages in its heap after they are freed
+# (its mmap threshold grows to the largest block freed); bench/README.md, "Memory", has the measurement.
 ENV NODE_ENV=production \
+    MALLOC_MMAP_THRESHOLD_=131072 \
     MAILHOOK_SMTP_LISTEN=0.0.0.0:2525 \
     MAILHOOK_HTTP_LISTEN=0.0.0.0:8025 \
     MAILHOOK_SPOOL_PATH=/var/lib/mailhook/spool.db
