@@ -34,6 +34,18 @@ export interface WorkerDeps {
  */
 export const PREPARE_AHEAD_MAX_BYTES = 1024 * 1024;
 
+/**
+ * How long a lease holds before another turn of the loop may take the delivery again: longer than the slowest
+ * attempt can run. An attempt parses (bounded by delivery.timeout_ms), may wait for one of its route's request
+ * slots (each held by a request that ends within the route's timeout, and at most per_route_concurrency others
+ * wait ahead of it, one per slot), then makes its request (the route's timeout): with the largest route timeout,
+ * plus 10 s of slack for a busy event loop.
+ */
+export function leaseDurationMs(config: Config): number {
+  const request = Math.max(config.delivery.timeout_ms, ...config.routes.map((r) => r.webhook?.timeoutMs ?? 0));
+  return config.delivery.timeout_ms + 2 * request + 10_000;
+}
+
 /** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
 const IDLE_POLL_MS = 30_000;
 
@@ -55,8 +67,11 @@ export class DeliveryWorker {
   private lastReclaim = 0;
   private lastWideLook = 0;
 
+  private readonly leaseMs: number;
+
   constructor(private readonly deps: WorkerDeps) {
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
+    this.leaseMs = leaseDurationMs(deps.config);
   }
 
   start(): void {
@@ -128,7 +143,7 @@ export class DeliveryWorker {
         this.lastReclaim = now;
         spool.jobs.reclaimExpired(now);
       }
-      const leases = this.settle({ now, leaseMs: config.delivery.timeout_ms * 2 + 10_000 });
+      const leases = this.settle({ now, leaseMs: this.leaseMs });
       for (const lease of leases) this.begin(lease);
       const next = spool.jobs.nextDueAt();
       let wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
