@@ -37,8 +37,4 @@ export class Slots {
     const next = this.waiters.shift();
     if (next) next();
   }
-
-  get held(): number {
-    return this.active;
-  }
 }

@@ -269,7 +269,7 @@ export class DeliveryWorker {
       const slots = this.slotsOf(d.route);
       let held = false;
       let req: EncodedRequest | undefined;
-      outcome = { kind: 'retry', reason: 'not attempted' };
+      outcome = { kind: 'retry', reason: 'not attempted' }; // replaced below: dropped, failed to build, or the request's result
       try {
         const message = spool.getMessage(d.messageId);
         if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
