@@ -13,6 +13,7 @@ import { createSmtpService, type SmtpService } from './smtp/server.js';
 import type { DNSResolver } from 'mailauth';
 import { DeliveryWorker } from './delivery/worker.js';
 import { ParsePool } from './parse/pool.js';
+import type { PayloadMessage } from './parse/message.js';
 import { buildHttpApp } from './http/server.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
 
@@ -24,6 +25,8 @@ export interface AppDeps {
   dispatcher?: Dispatcher;
   /** DNS for sender authentication (SPF/DKIM/DMARC/ARC); the system resolver when absent */
   dnsResolver?: DNSResolver;
+  /** parses messages for the json format; the parse pool (delivery.parse_threads) when absent */
+  parse?: (raw: Buffer) => Promise<PayloadMessage>;
 }
 
 export interface App {
@@ -69,7 +72,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, timeoutMs: config.delivery.timeout_ms, log: log.child({ part: 'parse' }) });
     lifecycle.onStop('parse threads', () => parsePool.stop());
 
-    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: (raw) => parsePool.parse(raw) });
+    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: deps.parse ?? ((raw) => parsePool.parse(raw)) });
     spool.acceptor.onCommitted = () => worker.wake();
     worker.start();
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));

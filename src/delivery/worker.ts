@@ -11,6 +11,7 @@ import { nextAttemptAt, parseRetryAfter } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook } from './client.js';
 import { Slots } from './slots.js';
+import { MailhookError } from '../core/errors.js';
 import type { EncodedRequest } from './formats/types.js';
 import { FORMATS } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
@@ -286,7 +287,12 @@ export class DeliveryWorker {
         if (held) slots.release();
         held = false;
         req = undefined;
-        outcome = signal.aborted ? classifyError(signal.reason) : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
+        // A parse that ran out of time may be the machine, not the message: retried (dead after max_attempts).
+        outcome = signal.aborted
+          ? classifyError(signal.reason)
+          : err instanceof MailhookError && err.code === 'PARSE_TIMEOUT'
+            ? { kind: 'retry', reason: err.message }
+            : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
       }
       if (req) {
         try {

@@ -5,6 +5,8 @@ import { Webhook } from 'standardwebhooks';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
+import { MailhookError } from '../../src/core/errors.js';
+import { parseMessage } from '../../src/parse/message.js';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
@@ -400,5 +402,46 @@ describe('retries and dead letters', () => {
     consumer.respond = () => ({ status: 200 });
     for (const h of hung) h();
     await consumer.waitFor(start + 6);
+  });
+});
+
+describe('a parse that runs out of time', () => {
+  // PARSE_TIMEOUT may come from a loaded machine rather than the message: the attempt is retried, not dead-lettered.
+  let app: TestApp;
+  const consumer = new Consumer();
+  let calls = 0;
+  before(async () => {
+    await consumer.start();
+    app = await startTestApp({
+      routes: `
+  - name: slowparse
+    addresses: ["slowparse@t.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`,
+      deps: {
+        parse: async (raw) => {
+          if (++calls === 1) throw new MailhookError('PARSE_TIMEOUT', 'parsing the message took longer than 5000 ms and was abandoned');
+          return (await parseMessage(raw)).message;
+        },
+      },
+    });
+  });
+  after(async () => {
+    await app.close();
+    await consumer.stop();
+  });
+
+  test('is retried and then delivered', async () => {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'slowparse@t.test', subject: 'slow parse', text: 'x' });
+    const [req] = await consumer.waitFor(1);
+    const id = String(req!.headers['webhook-id']);
+    const attempts = await until(() => {
+      const rows = app.spool.db.prepare('SELECT attempt, outcome, error FROM attempts WHERE delivery_id = ? ORDER BY attempt').all(id) as Array<{ attempt: number; outcome: string; error: string | null }>;
+      return rows.length === 2 ? rows : undefined;
+    }, 5000, 'two attempts recorded');
+    assert.deepEqual(attempts, [
+      { attempt: 1, outcome: 'retry', error: 'parsing the message took longer than 5000 ms and was abandoned' },
+      { attempt: 2, outcome: 'delivered', error: null },
+    ]);
   });
 });

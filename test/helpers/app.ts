@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { startApp, type App } from '../../src/app.js';
+import { startApp, type App, type AppDeps } from '../../src/app.js';
 import { loadConfigText, type Config } from '../../src/config/load.js';
 import { createLogger } from '../../src/core/logger.js';
 
@@ -50,7 +50,7 @@ export function parseTestConfig(yaml: string, dir: string, env: Record<string, s
   return loadConfigText(yaml, { source: 'test.yaml', baseDir: dir, env });
 }
 
-export async function startTestApp(opts: { routes: string; extra?: string; dir?: string; yaml?: string }): Promise<TestApp> {
+export async function startTestApp(opts: { routes: string; extra?: string; dir?: string; yaml?: string; deps?: Partial<AppDeps> }): Promise<TestApp> {
   const dir = opts.dir ?? tempDir();
   const config = parseTestConfig(opts.yaml ?? configYaml({ routes: opts.routes, dir, extra: opts.extra }), dir);
   const logs: string[] = [];
@@ -60,7 +60,7 @@ export async function startTestApp(opts: { routes: string; extra?: string; dir?:
       cb();
     },
   });
-  const app = await startApp({ config, log: createLogger({ level: 'debug', destination }), clock: { now: () => Date.now() }, random: Math.random });
+  const app = await startApp({ config, log: createLogger({ level: 'debug', destination }), clock: { now: () => Date.now() }, random: Math.random, ...opts.deps });
   return Object.assign(app, {
     dir,
     logs,
