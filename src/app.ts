@@ -67,8 +67,9 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const dispatcher = deps.dispatcher ?? new Agent({ connections: config.delivery.concurrency, keepAliveTimeout: 10_000 });
     if (!deps.dispatcher) lifecycle.onStop('http client', () => dispatcher.close());
 
-    // Registered before delivery, so it stops after it. Threads only when a route's format parses messages.
-    const parsing = config.routes.some((r) => r.webhook?.format === 'json');
+    // Registered before delivery, so it stops after it. Threads only when a route's format parses messages and
+    // no parser was passed in.
+    const parsing = !deps.parse && config.routes.some((r) => r.webhook?.format === 'json');
     const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, timeoutMs: config.delivery.timeout_ms, log: log.child({ part: 'parse' }) });
     lifecycle.onStop('parse threads', () => parsePool.stop());
 
