@@ -27,12 +27,6 @@ interface Slot {
   pending: Map<number, Pending>;
 }
 
-/**
- * Larger messages are parsed on the calling thread: a thread would need its own copy of the bytes and hand back a
- * copy of the parsed result (base64 attachments), several times the message in memory at once.
- */
-export const THREAD_MAX_BYTES = 1024 * 1024;
-
 /** Runs where the sources run: the compiled .js in production, the .ts through tsx's loader (tests, bench). */
 const FROM_SOURCE = import.meta.url.endsWith('.ts');
 const WORKER_URL = new URL(FROM_SOURCE ? './worker.ts' : './worker.js', import.meta.url);
@@ -62,7 +56,10 @@ export class ParsePool {
   }
 
   parse(raw: Buffer): Promise<PayloadMessage> {
-    if (this.stopped || this.slots.length === 0 || raw.length > THREAD_MAX_BYTES) return parseMessage(raw).then((r) => r.message);
+    // Large messages too: a parse costs ~10 ms per MB, which on the event loop holds up every SMTP session. The
+    // price is memory, a copy of the bytes in the thread and the result cloned back (text, base64 attachments),
+    // while it runs; a route reads at most per_route_concurrency large messages at once (delivery/worker.ts).
+    if (this.stopped || this.slots.length === 0) return parseMessage(raw).then((r) => r.message);
     const slot = this.slots.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
     const id = this.nextId++;
     return new Promise<PayloadMessage>((resolve, reject) => {

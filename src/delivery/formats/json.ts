@@ -17,15 +17,19 @@ export function buildJsonPayload(ctx: FormatContext, message: PayloadMessage) {
  */
 export function encodeJsonPayload(ctx: FormatContext, message: PayloadMessage): Buffer {
   const head = JSON.stringify(payloadFields(ctx, message));
-  const prefix = `${head.slice(0, -1)},"raw_base64":"`;
   const b64 = ctx.raw.toString('base64');
-  const prefixBytes = Buffer.byteLength(prefix);
-  const out = Buffer.allocUnsafe(prefixBytes + b64.length + 2);
-  out.write(prefix, 0, 'utf8');
-  out.write(b64, prefixBytes, 'latin1');
-  out.write('"}', prefixBytes + b64.length, 'latin1');
+  // head ends with its closing brace (one byte): its bytes without it, then the raw field, then the brace. Writing
+  // head as it is, not a slice of it joined to more text, spares a copy of the whole string (a 1 MB text body).
+  const headBytes = Buffer.byteLength(head) - 1;
+  const out = Buffer.allocUnsafe(headBytes + RAW_FIELD.length + b64.length + 2);
+  out.write(head, 0, headBytes, 'utf8');
+  let at = headBytes + out.write(RAW_FIELD, headBytes, 'latin1');
+  at += out.write(b64, at, 'latin1');
+  out.write('"}', at, 'latin1');
   return out;
 }
+
+const RAW_FIELD = ',"raw_base64":"';
 
 function payloadFields(ctx: FormatContext, message: PayloadMessage) {
   const m = ctx.message;
