@@ -97,9 +97,10 @@ export class Spool {
 
   /** The message bytes as one buffer, for formats that need them whole (bounded by smtp.max_message_bytes). */
   async readRaw(id: string): Promise<Buffer> {
-    const chunks: Buffer[] = [];
-    for await (const chunk of this.openRaw(id)) chunks.push(chunk as Buffer);
-    return Buffer.concat(chunks);
+    const r = this.getInlineRaw.get(id) as { raw: Buffer | null; raw_file: string | null } | undefined;
+    if (!r) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool`, { userFault: true });
+    if (r.raw_file) return this.blobs.readWhole(r.raw_file);
+    return r.raw ?? Buffer.alloc(0);
   }
 
   /** Database plus WAL plus message files, in bytes. */
