@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { threadId } from 'node:worker_threads';
 import { Writable } from 'node:stream';
-import { ParsePool } from '../../src/parse/pool.js';
+import { ParsePool, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
 import { parseMessage } from '../../src/parse/message.js';
 import { createLogger } from '../../src/core/logger.js';
 import { MailhookError } from '../../src/core/errors.js';
@@ -56,7 +56,7 @@ test('a thread that dies with requests waiting: they are parsed on the main thre
   }
 });
 
-test('a large message is parsed on a thread too, with the same result (its parse would hold up the event loop)', async () => {
+test('a message of a few MiB is parsed on a thread too, with the same result (its parse would hold up the event loop)', async () => {
   const { pool: p } = pool(1);
   try {
     const worker = (p as unknown as { slots: Array<{ worker: { postMessage: (...a: unknown[]) => void } }> }).slots[0]!.worker;
@@ -80,6 +80,27 @@ test('a large message is parsed on a thread too, with the same result (its parse
     assert.equal(posted, 1, 'sent to the thread');
     assert.deepEqual(there, (await parseMessage(big)).message);
     assert.equal(there.attachments[0]?.size, 1024 * 1024);
+    assert.ok(big.length < THREAD_MAX_BYTES);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a message over THREAD_MAX_BYTES is parsed on the calling thread (no copies to and from a thread)', async () => {
+  const { pool: p } = pool(1);
+  try {
+    const worker = (p as unknown as { slots: Array<{ worker: { postMessage: (...a: unknown[]) => void } }> }).slots[0]!.worker;
+    let posted = 0;
+    const post = worker.postMessage.bind(worker);
+    worker.postMessage = (...a: unknown[]) => {
+      posted++;
+      post(...a);
+    };
+    const big = Buffer.concat([Buffer.from('Subject: big\r\n\r\n'), Buffer.alloc(THREAD_MAX_BYTES, 'a')]);
+    assert.equal((await p.parse(big)).subject, 'big');
+    assert.equal(posted, 0);
+    assert.equal((await p.parse(RAW)).subject, 'Héllo');
+    assert.equal(posted, 1);
   } finally {
     await p.stop();
   }
