@@ -5,6 +5,11 @@ export class Slots {
 
   constructor(private readonly limit: number) {}
 
+  /** Attempts waiting for a slot (prepared ahead, or large messages not yet read). */
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
   /** Takes a slot if one is free and nobody waits for it. */
   tryAcquire(): boolean {
     if (this.active >= this.limit || this.waiters.length > 0) return false;
