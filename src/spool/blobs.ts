@@ -1,6 +1,6 @@
 // Message files for messages too large to keep inside the database: write, fsync, and read back.
 import { createReadStream, mkdirSync, readdirSync, rmSync, type ReadStream } from 'node:fs';
-import { open, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CoalescedSync } from './fsync.js';
 
@@ -28,11 +28,6 @@ export class BlobStore {
 
   openRead(name: string): ReadStream {
     return createReadStream(this.pathOf(name));
-  }
-
-  /** The whole file in one buffer (its size is bounded by the message size limit it was accepted under). */
-  readWhole(name: string): Promise<Buffer> {
-    return readFile(this.pathOf(name));
   }
 
   async remove(name: string): Promise<void> {
