@@ -15,6 +15,7 @@ import { MailhookError } from '../core/errors.js';
 import type { EncodedRequest } from './formats/types.js';
 import { FORMATS } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
+import { THREAD_MAX_BYTES } from '../parse/pool.js';
 import type { PayloadMessage } from '../parse/message.js';
 
 export interface WorkerDeps {
@@ -34,6 +35,13 @@ export interface WorkerDeps {
  * busy; larger ones only once a slot is free, so payloads waiting for a slot stay small in memory.
  */
 export const PREPARE_AHEAD_MAX_BYTES = 1024 * 1024;
+
+/**
+ * A route delivers one message over this size at a time (decided when leasing, so no lease waits for it). A
+ * delivery holds several times its message in memory (the bytes, the parse, the body with base64): four 20 MB
+ * messages of one route at once took RSS to ~700 MB. Same bound as the parse threads' (parse/pool.ts).
+ */
+export const LARGE_MESSAGE_BYTES = THREAD_MAX_BYTES;
 
 /**
  * How long a lease holds before another turn of the loop may take the delivery again: longer than the slowest
@@ -66,7 +74,7 @@ export function settleDelayMs(o: { waitingForSlot: number; finished: number; per
 
 export class DeliveryWorker {
   private readonly routes: Map<string, ResolvedRoute>;
-  private readonly inFlight = new Map<string, { route: string; done: Promise<void>; abort: AbortController }>();
+  private readonly inFlight = new Map<string, { route: string; large: boolean; done: Promise<void>; abort: AbortController }>();
   /** attempts that finished and wait for the next tick to record them (one transaction for all, plus leasing) */
   private finished: Finished[] = [];
   /** leases per route: up to twice per_route_concurrency, half of them prepared ahead while the others are sent */
@@ -191,6 +199,8 @@ export class DeliveryWorker {
     const finished = this.finished;
     const busy = new Map(this.perRoute);
     for (const f of finished) busy.set(f.route, (busy.get(f.route) ?? 1) - 1);
+    const large = new Set([...this.inFlight.values()].filter((f) => f.large).map((f) => f.route));
+    for (const f of finished) if (this.inFlight.get(f.id)?.large) large.delete(f.route);
     const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap);
     const openSlots = openRoutes.reduce((n, route) => n + cap - (busy.get(route) ?? 0), 0);
     let limit = lease ? config.delivery.concurrency - (this.inFlight.size - finished.length) : 0;
@@ -208,9 +218,13 @@ export class DeliveryWorker {
           limit,
           leaseMs: lease.leaseMs,
           openRoutes,
-          canTake: (route) => {
+          canTake: (route, sizeOf) => {
             const n = busy.get(route) ?? 0;
             if (n >= cap) return false;
+            if (sizeOf() > LARGE_MESSAGE_BYTES) {
+              if (large.has(route)) return false;
+              large.add(route);
+            }
             busy.set(route, n + 1);
             return true;
           },
@@ -248,7 +262,7 @@ export class DeliveryWorker {
         const waitingForSlot = this.slots.get(route)?.waiting ?? 0;
         this.schedule(settleDelayMs({ waitingForSlot, finished: this.finished.length, perRouteConcurrency: this.deps.config.delivery.per_route_concurrency }));
       });
-    this.inFlight.set(lease.delivery.id, { route, done, abort });
+    this.inFlight.set(lease.delivery.id, { route, large: (lease.messageSize ?? 0) > LARGE_MESSAGE_BYTES, done, abort });
   }
 
   private slotsOf(route: string): Slots {

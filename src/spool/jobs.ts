@@ -14,7 +14,21 @@ import type { DeliveryRow, DeliveryStatus, Recipient } from './types.js';
 export interface Lease {
   delivery: DeliveryRow;
   token: string;
+  /** the message's size in bytes, when the lease asked for it (canTake's sizeOf) */
+  messageSize?: number;
 }
+
+interface DueRow {
+  id: string;
+  route: string;
+  message_id: string;
+}
+
+/**
+ * Whether the loop takes a due delivery of `route`; `sizeOf()` looks up its message's size (one indexed read,
+ * made only when called). A true answer is a promise to run the lease, so the caller counts it then.
+ */
+export type CanTake = (route: string, sizeOf: () => number) => boolean;
 
 export interface AttemptRecord {
   attempt: number;
@@ -71,6 +85,7 @@ export interface Completion {
 export class JobQueue {
   private readonly selectDue;
   private readonly selectDueOf;
+  private readonly messageSize;
   private readonly claim;
   private readonly finish;
   private readonly reschedule;
@@ -82,15 +97,17 @@ export class JobQueue {
   private readonly syncFull;
 
   constructor(private readonly db: Db) {
-    // Only id and route to choose from (an index range plus one row lookup each); the claimed rows come back whole
+    // Only id, route and message_id to choose from (an index range plus one row lookup each; the message's size
+    // only when canTake asks for it); the claimed rows come back whole
     // from the UPDATE itself. selectDue is the queue in due order; selectDueOf serves a route whose rows the first
     // window did not reach (every row in it belonged to routes without a free slot), oldest received first.
-    this.selectDue = db.prepare<[number, number], { id: string; route: string }>(
-      `SELECT id, route FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
+    this.selectDue = db.prepare<[number, number], DueRow>(
+      `SELECT id, route, message_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
     );
-    this.selectDueOf = db.prepare<[string, number, number], { id: string; route: string }>(
-      `SELECT id, route FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? LIMIT ?`,
+    this.selectDueOf = db.prepare<[string, number, number], DueRow>(
+      `SELECT id, route, message_id FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? LIMIT ?`,
     );
+    this.messageSize = db.prepare<[string], number>(`SELECT size FROM messages WHERE id = ?`).pluck();
     this.claim = db.prepare(
       `UPDATE deliveries SET status = 'delivering', lease_token = @token, lease_expires_at = @expires, attempts = attempts + 1, updated_at = @now
        WHERE id = @id AND status = 'pending'
@@ -129,7 +146,7 @@ export class JobQueue {
    */
   settleAndLease(
     completions: readonly Completion[],
-    lease: { now: number; limit: number; leaseMs: number; openRoutes?: readonly string[]; canTake: (route: string) => boolean } | null,
+    lease: { now: number; limit: number; leaseMs: number; openRoutes?: readonly string[]; canTake: CanTake } | null,
   ): { kept: boolean[]; leases: Lease[] } {
     const kept: boolean[] = [];
     const leases: Lease[] = [];
@@ -137,13 +154,15 @@ export class JobQueue {
       for (const c of completions) kept.push(this.completeOne(c));
       if (!lease || lease.limit <= 0) return;
       const { now, limit, leaseMs, canTake } = lease;
-      const take = (rows: Array<{ id: string; route: string }>): void => {
+      const take = (rows: DueRow[]): void => {
         for (const row of rows) {
           if (leases.length >= limit) return;
-          if (!canTake(row.route)) continue;
+          let size: number | undefined;
+          const sizeOf = (): number => (size ??= this.messageSize.get(row.message_id) ?? 0);
+          if (!canTake(row.route, sizeOf)) continue;
           const token = randomUUID();
           const claimed = this.claim.get({ id: row.id, token, expires: now + leaseMs, now }) as DeliveryDbRow | undefined;
-          if (claimed) leases.push({ token, delivery: toDeliveryRow(claimed) });
+          if (claimed) leases.push({ token, delivery: toDeliveryRow(claimed), ...(size === undefined ? {} : { messageSize: size }) });
         }
       };
       const window = limit * 2;
@@ -166,7 +185,7 @@ export class JobQueue {
   }
 
   /** Leases up to `limit` due deliveries (settleAndLease without completions). */
-  leaseDue(now: number, limit: number, leaseMs: number, canTake: (route: string) => boolean = () => true): Lease[] {
+  leaseDue(now: number, limit: number, leaseMs: number, canTake: CanTake = () => true): Lease[] {
     return this.settleAndLease([], { now, limit, leaseMs, canTake }).leases;
   }
 

@@ -6,6 +6,7 @@ import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { MailhookError } from '../../src/core/errors.js';
+import { LARGE_MESSAGE_BYTES } from '../../src/delivery/worker.js';
 import { parseMessage } from '../../src/parse/message.js';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
@@ -307,6 +308,27 @@ describe('request slots: deliveries are prepared while the route\'s requests run
     const bigReq = consumer.requests.slice(start).find((r) => JSON.parse(r.body.toString('utf8')).recipients[0].key === 'big');
     assert.ok(bigReq && bigReq.body.length > 1024 * 1024);
     await until(() => (app.spool.jobs.counts().delivered === 13 ? true : undefined), 5000, 'all delivered');
+  });
+
+  test(`messages over LARGE_MESSAGE_BYTES go one at a time per route; small ones pass beside them`, async () => {
+    const start = consumer.requests.length;
+    const line = 'z'.repeat(76) + '\r\n';
+    const text = line.repeat(Math.ceil((LARGE_MESSAGE_BYTES + 65536) / line.length));
+    for (const key of ['huge0', 'huge1']) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-${key}@t.test`, subject: key, text });
+    for (const key of ['tiny0', 'tiny1']) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-${key}@t.test`, subject: key, text: 'x' });
+    await consumer.received(start + 3);
+    const keysSince = (from: number) => consumer.requests.slice(from).map((r) => JSON.parse(r.body.toString('utf8')).recipients[0].key as string);
+    const first = keysSince(start).sort();
+    assert.deepEqual(first.filter((k) => k.startsWith('tiny')), ['tiny0', 'tiny1'], 'small ones are not held up');
+    assert.equal(first.filter((k) => k.startsWith('huge')).length, 1, 'one large message of the route at a time');
+    // The other is not even leased (so no lease of it can run out while it waits): still pending, waiting for nothing.
+    assert.equal(app.spool.jobs.counts().pending, 1);
+    assert.equal(await waiting('false'), 0);
+    release();
+    await consumer.received(start + 4);
+    assert.equal(keysSince(start).filter((k) => k.startsWith('huge')).length, 2);
+    release();
+    await until(() => (app.spool.jobs.counts().delivered === 17 ? true : undefined), 5000, 'all delivered');
   });
 });
 

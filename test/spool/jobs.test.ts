@@ -75,3 +75,27 @@ test('a route at its limit with a long backlog does not hide another route’s d
     close();
   }
 });
+
+test('canTake can ask for the message size; the lease then carries it, and a refusal leaves the delivery pending', async () => {
+  const { spool, close } = await spoolWith(['a', 'b']);
+  try {
+    const asked: string[] = [];
+    const { leases } = spool.jobs.settleAndLease([], {
+      now: NOW,
+      limit: 4,
+      leaseMs: 60_000,
+      canTake: (route, sizeOf) => {
+        if (route === 'b') return true; // never asks
+        asked.push(route);
+        return sizeOf() < 10; // the message is 18 bytes: refused
+      },
+    });
+    assert.deepEqual(asked, ['a']);
+    assert.deepEqual(leases.map((l) => [l.delivery.route, l.messageSize]), [['b', undefined]]);
+    assert.equal(spool.jobs.counts().pending, 1);
+    const again = spool.jobs.leaseDue(NOW, 4, 60_000, (_route, sizeOf) => sizeOf() === 18);
+    assert.deepEqual(again.map((l) => [l.delivery.route, l.messageSize]), [['a', 18]]);
+  } finally {
+    close();
+  }
+});
