@@ -116,7 +116,7 @@ const retrySchema = z.strictObject({
 
 const deliverySchema = z.strictObject({
   concurrency: positiveInt.default(16).describe('webhook requests in flight at once, all routes together'),
-  per_route_concurrency: positiveInt.default(4).describe('webhook requests in flight at once for one route; as many more of its deliveries (up to 1 MiB each) are read, parsed and signed meanwhile'),
+  per_route_concurrency: positiveInt.default(4).describe('webhook requests in flight at once for one route; as many more of its deliveries (up to 1 MiB each) are read, parsed and signed meanwhile; a message over 4 MiB is delivered one at a time per route (memory)'),
   timeout_ms: positiveInt.default(30_000).describe('time allowed for one webhook request'),
   parse_threads: nonNegativeInt.max(16).default(1).describe('worker threads that parse messages for the json format, so parsing never holds up SMTP sessions; 0 parses on the main thread'),
   retry: retrySchema.prefault({}),
