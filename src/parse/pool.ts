@@ -30,9 +30,8 @@ interface Slot {
 /**
  * Messages up to this size are parsed on a thread: a parse costs ~10 ms per MB (mailparser), which on the event
  * loop holds up every SMTP session. Larger ones are parsed on the calling thread, because a thread needs its own
- * copy of the bytes and hands back a copy of the result (text, base64 attachments): with four 20 MB messages in
- * delivery at once that was ~60 MB more at the peak while 20 × 20 MB were still streaming in (258 MB against the
- * 250 MB target, measured), and 1 GB instead of 675 MB while delivering them.
+ * copy of the bytes and hands back a copy of the result (text, base64 attachments): delivering 20 × 20 MB with
+ * every size on the thread peaked at 1 GB of RSS against ~700 MB (bench memory phase, one run each).
  */
 export const THREAD_MAX_BYTES = 4 * 1024 * 1024;
 
