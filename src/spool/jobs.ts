@@ -98,9 +98,9 @@ export class JobQueue {
 
   constructor(private readonly db: Db) {
     // Only id, route and message_id to choose from (an index range plus one row lookup each; the message's size
-    // only when canTake asks for it); the claimed rows come back whole
-    // from the UPDATE itself. selectDue is the queue in due order; selectDueOf serves a route whose rows the first
-    // window did not reach (every row in it belonged to routes without a free slot), oldest received first.
+    // only when canTake asks for it); the claimed rows come back whole from the UPDATE itself. selectDue is the
+    // queue in due order; selectDueOf serves a route whose rows the first window did not reach (every row in it
+    // belonged to routes without a free slot), oldest received first.
     this.selectDue = db.prepare<[number, number], DueRow>(
       `SELECT id, route, message_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
     );
