@@ -89,24 +89,27 @@ export class Spool {
 
   /** The message bytes exactly as received, as a stream (never loads a large message whole). */
   openRaw(id: string): Readable {
-    const r = this.getInlineRaw.get(id) as { raw: Buffer | null; raw_file: string | null } | undefined;
-    if (!r) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool`, { userFault: true });
+    const r = this.rawRow(id);
     if (r.raw_file) return this.blobs.openRead(r.raw_file);
     return Readable.from([r.raw ?? Buffer.alloc(0)]);
   }
 
   /** The message bytes as one buffer, for formats that need them whole (bounded by smtp.max_message_bytes). */
   async readRaw(id: string): Promise<Buffer> {
+    const r = this.rawRow(id);
+    if (!r.raw_file) return r.raw ?? Buffer.alloc(0);
+    // Streamed, not read in one go: read at once, the deliveries of large messages that start while others still
+    // stream in got far enough to lift RSS in that phase from ~200 to 260-360 MB (bench memory phase, measured).
+    const chunks: Buffer[] = [];
+    for await (const chunk of this.blobs.openRead(r.raw_file)) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  /** Where a message's bytes are: inline in its row, or in a file beside the database. */
+  private rawRow(id: string): { raw: Buffer | null; raw_file: string | null } {
     const r = this.getInlineRaw.get(id) as { raw: Buffer | null; raw_file: string | null } | undefined;
     if (!r) throw new MailhookError('MESSAGE_NOT_FOUND', `no message ${id} in the spool`, { userFault: true });
-    if (r.raw_file) {
-      // Streamed, not read in one go: read at once, the deliveries of large messages that start while others still
-      // stream in got far enough to lift RSS in that phase from ~200 to 260-360 MB (bench memory phase, measured).
-      const chunks: Buffer[] = [];
-      for await (const chunk of this.blobs.openRead(r.raw_file)) chunks.push(chunk as Buffer);
-      return Buffer.concat(chunks);
-    }
-    return r.raw ?? Buffer.alloc(0);
+    return r;
   }
 
   /** Database plus WAL plus message files, in bytes. */
