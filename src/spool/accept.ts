@@ -150,9 +150,10 @@ export class Acceptor {
 
   /**
    * Stops taking new messages. Synchronous, so the spool can close right after: a batch waiting for its WAL sync
-   * is synced here on the spot, and messages still queued are committed with synchronous=FULL.
+   * is synced here on the spot, and messages still queued are committed with synchronous=FULL. The promise
+   * resolves once the checkpoint thread has closed its own connection.
    */
-  close(): void {
+  close(): Promise<void> {
     this.closed = true;
     const waiting = [...this.inFlight].filter((f) => !f.settled);
     if (waiting.length > 0) {
@@ -171,7 +172,7 @@ export class Acceptor {
       if (done) this.finishBatch(done, null);
     }
     if (this.inFlight.size === 0) this.closeWal();
-    this.checkpointer?.stop();
+    return this.checkpointer?.stop() ?? Promise.resolve();
   }
 
   async accept(input: AcceptInput): Promise<AcceptResult> {

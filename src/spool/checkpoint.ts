@@ -93,15 +93,21 @@ export class Checkpointer {
     this.worker.on('exit', fallBack);
   }
 
-  /** Stops the worker; its connection closes (a checkpoint in progress finishes first). */
-  stop(): void {
+  /**
+   * Stops the worker; its connection closes (a checkpoint in progress finishes first). Resolves once the thread
+   * has exited: until then its connection may still write the database's files (the last connection to close
+   * checkpoints the WAL and removes it), so whoever removes or copies them waits for this.
+   */
+  stop(): Promise<void> {
     const w = this.worker;
     this.worker = undefined;
-    if (!w) return;
+    if (!w) return Promise.resolve();
     // Keep the process alive until the worker has closed its connection: a worker torn down with its
     // better-sqlite3 statements still open aborts the whole process on Node 24 (a native assertion in
     // Statement's destructor), so it must never be left to die with the process.
     w.ref();
+    const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     w.postMessage('stop');
+    return exited;
   }
 }

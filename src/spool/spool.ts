@@ -43,6 +43,7 @@ export class Spool {
   private readonly getInlineRaw;
   private readonly getDeliveryRow;
   private closed = false;
+  private closing: Promise<void> | undefined;
 
   constructor(readonly options: SpoolOptions) {
     this.db = openDatabase(options.path);
@@ -144,11 +145,16 @@ export class Spool {
     }
   }
 
-  close(): void {
-    if (this.closed) return;
-    this.acceptor.close();
+  /**
+   * Closes the spool at once (no message is accepted after this returns); the promise resolves when the
+   * checkpoint thread has closed its connection too, after which the database's files are no longer touched.
+   */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closing = this.acceptor.close();
     this.closed = true;
     this.db.close();
+    return this.closing;
   }
 
   /** Files left by a crash between write and commit have no row: remove them. */

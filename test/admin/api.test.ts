@@ -378,7 +378,7 @@ describe('mailbox states', () => {
       assert.deepEqual(r.json(), { enabled: true, mailboxes: [{ name: 'support', state: 'idle', last_error: null, uid_next: 42 }] });
     } finally {
       await http.close();
-      spool.close();
+      await spool.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -55,8 +55,8 @@ describe('list query on 100,000 messages', () => {
       indexRecipients(spool);
     })();
   });
-  after(() => {
-    spool.close();
+  after(async () => {
+    await spool.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -148,8 +148,8 @@ describe('keyset pagination agrees with a plain filter', () => {
       indexRecipients(spool);
     })();
   });
-  after(() => {
-    spool.close();
+  after(async () => {
+    await spool.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

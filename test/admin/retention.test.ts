@@ -37,8 +37,8 @@ function setup(inlineMaxBytes = 4096) {
       spool.db.prepare(`UPDATE deliveries SET status = ?, finished_at = ? WHERE id = ?`).run(status, at, deliveryId);
     },
     exists: (id: string) => spool.getMessage(id) !== undefined,
-    close() {
-      spool.close();
+    async close() {
+      await spool.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -81,7 +81,7 @@ test('delivered messages go after spool.retention.delivered, dead ones after .de
     assert.ok(s.exists(mixed.id), 'a message with a pending delivery is never removed');
     assert.deepEqual(s.removed, [2, 3]);
   } finally {
-    s.close();
+    await s.close();
   }
 });
 
@@ -133,7 +133,7 @@ test('disk use goes back down after a burst and stays flat under steady traffic'
     const settled = sizes.slice(-4);
     assert.ok(Math.max(...settled) <= Math.min(...settled) * 1.1, `flat: ${sizes.join(', ')}`);
   } finally {
-    s.close();
+    await s.close();
   }
 });
 
@@ -159,7 +159,7 @@ test('a spool from before this version gets the new indexes filled in and auto-v
       assert.deepEqual(spool.queries.listMessages({ key: 'k9' }, { limit: 10 }).messages.map((m) => m.id), ['m1']);
       assert.equal((spool.db.prepare(`SELECT received_at FROM deliveries WHERE id = 'd1'`).get() as { received_at: number }).received_at, T0);
     } finally {
-      spool.close();
+      await spool.close();
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -178,6 +178,6 @@ test('the timer runs at start and stop waits for it', async () => {
     assert.equal(s.exists(m.id), false);
     await s.retention.stop();
   } finally {
-    s.close();
+    await s.close();
   }
 });

@@ -46,8 +46,8 @@ function ingestRig(dovecot: Dovecot, user: string, opts: Record<string, string |
     metrics,
     settings,
     ingest,
-    close(): void {
-      spool.close();
+    async close(): Promise<void> {
+      await spool.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -164,7 +164,7 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       assert.equal(count(spool.db), 1);
     } finally {
       await bridge.stop(2000);
-      close();
+      await close();
     }
   });
 
@@ -191,7 +191,7 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       assert.equal(count(spool.db), 1);
     } finally {
       await bridge.stop(2000);
-      close();
+      await close();
     }
   });
 
@@ -227,7 +227,7 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
     } finally {
       await c.logout();
       await bridge.stop(2000);
-      close();
+      await close();
     }
   });
 

@@ -127,7 +127,7 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
       assert.ok(detectedMs < 3000, `detected after ${detectedMs} ms`);
     } finally {
       await bridge.stop(2000);
-      spool.close();
+      await spool.close();
       await proxy.close();
       rmSync(dir, { recursive: true, force: true });
     }
@@ -167,7 +167,7 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
       assert.deepEqual(await dovecot.list('INBOX', 'spoolfail'), []);
     } finally {
       await bridge.stop(2000);
-      spool.close();
+      await spool.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -9,6 +9,7 @@ import { BlobStore, dropWritten } from '../../src/spool/blobs.js';
 import { openDatabase, type Db } from '../../src/spool/db.js';
 import { CoalescedSync } from '../../src/spool/fsync.js';
 import { MailhookError } from '../../src/core/errors.js';
+import { Spool } from '../../src/spool/spool.js';
 import { tempDir, until } from '../helpers/app.js';
 
 interface Rig {
@@ -18,7 +19,7 @@ interface Rig {
   acceptor: Acceptor;
   /** a second connection, as another process would see the file */
   peek(sql: string, ...args: unknown[]): unknown;
-  close(): void;
+  close(): Promise<void>;
 }
 
 function rig(options: AcceptorOptions = {}, inlineMaxBytes = 4096): Rig {
@@ -34,8 +35,8 @@ function rig(options: AcceptorOptions = {}, inlineMaxBytes = 4096): Rig {
     blobs,
     acceptor,
     peek: (sql, ...args) => other.prepare(sql).get(...args),
-    close() {
-      acceptor.close();
+    async close() {
+      await acceptor.close();
       other.close();
       db.close();
       rmSync(dir, { recursive: true, force: true });
@@ -78,7 +79,7 @@ test('concurrent accepts ready in the same turn share one transaction and one WA
     const d = r.peek('SELECT COUNT(*) AS n FROM deliveries WHERE received_at IS NOT NULL') as { n: number };
     assert.equal(d.n, 20, 'deliveries carry the message received_at');
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -111,7 +112,7 @@ test('accept resolves only after the WAL sync that follows the commit, and deliv
     assert.deepEqual(events, ['sync-start rows=1', 'sync-done', 'committed 1', 'resolved']);
     assert.ok(r.peek('SELECT id FROM messages WHERE id = ?', res.id));
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -138,7 +139,7 @@ test('with one sync in flight the next messages gather and commit together once 
     pending.shift()!();
     assert.equal((await Promise.all(more)).length, 5);
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -151,7 +152,7 @@ test('a failed WAL sync answers every message of the batch with SPOOL_UNAVAILABL
       assert.ok(x.status === 'rejected' && x.reason instanceof MailhookError && x.reason.code === 'SPOOL_UNAVAILABLE');
     }
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -171,7 +172,7 @@ test('close() settles a batch whose sync is in flight and commits queued message
     pending.shift()!(); // the late threadpool callback changes nothing
     await assert.rejects(r.acceptor.accept(input('Subject: late\r\n\r\nx\r\n')), (e: unknown) => e instanceof MailhookError && e.code === 'SPOOL_CLOSED');
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -214,7 +215,7 @@ test('a large message is a file, fdatasynced and its folder synced, before the c
     });
     assert.ok(stored.equals(Buffer.concat(chunks)), 'the file holds exactly the bytes received');
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -225,7 +226,7 @@ test('the default path fdatasyncs the real WAL file and the rows are there for a
     for (const x of res) assert.ok(r.peek('SELECT id FROM messages WHERE id = ?', x.id));
     assert.equal(r.db.pragma('synchronous', { simple: true }), 2);
   } finally {
-    r.close();
+    await r.close();
   }
 });
 
@@ -247,7 +248,26 @@ test('checkpoints run on the worker thread: the main connection does none, the W
       check.close();
     }
   } finally {
-    r.close();
+    await r.close();
+  }
+});
+
+test('Spool.close() resolves once the checkpoint thread has closed its connection: the files are left alone after it', async () => {
+  const dir = tempDir('mailhook-close-');
+  try {
+    const path = join(dir, 'spool.db');
+    const spool = new Spool({ path, inlineMaxBytes: 4096, clock: { now: () => Date.now() } });
+    await spool.accept(input('Subject: x\r\n\r\nhi\r\n'));
+    assert.ok(existsSync(`${path}-wal`), 'the accepted message is in the WAL');
+    // The thread has its connection open once it has looked at the database (its first look counts as a run).
+    await until(() => spool.acceptor.checkpointer!.runs > 0, 10_000, 'the checkpoint thread connected');
+    await spool.close();
+    // The checkpoint thread's connection is the last to close: SQLite checkpoints the WAL and removes it then.
+    // Had close() resolved before that, the file would still be there (and a clean-up could race the thread).
+    assert.equal(existsSync(`${path}-wal`), false, 'the WAL is removed by the last connection, before close() resolves');
+    assert.equal(spool.close(), spool.close(), 'closing again returns the same promise');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

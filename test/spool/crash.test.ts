@@ -61,7 +61,7 @@ test('acknowledged messages (inline and files) survive SIGKILL of the process at
       }
       assert.ok(files > 0, 'some acknowledged messages were files');
     } finally {
-      spool.close();
+      await spool.close();
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -9,7 +9,7 @@ import { tempDir } from '../helpers/app.js';
 
 const NOW = 1_700_000_000_000;
 
-async function spoolWith(routes: string[]): Promise<{ spool: Spool; dir: string; close(): void }> {
+async function spoolWith(routes: string[]): Promise<{ spool: Spool; dir: string; close(): Promise<void> }> {
   const dir = tempDir('mailhook-jobs-');
   let t = NOW - 100_000;
   const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => t++ } });
@@ -24,7 +24,10 @@ async function spoolWith(routes: string[]): Promise<{ spool: Spool; dir: string;
       maxBytes: 1 << 20,
     });
   }
-  return { spool, dir, close: () => (spool.close(), rmSync(dir, { recursive: true, force: true })) };
+  return { spool, dir, close: async () => {
+    await spool.close();
+    rmSync(dir, { recursive: true, force: true });
+  } };
 }
 
 test('leases come in due order and count the attempt; an outcome and the next leases commit together', async () => {
@@ -58,7 +61,7 @@ test('leases come in due order and count the attempt; an outcome and the next le
     assert.equal(lost, false);
     assert.equal(spool.getDelivery(first[1]!.delivery.id)?.status, 'pending');
   } finally {
-    close();
+    await close();
   }
 });
 
@@ -72,7 +75,7 @@ test('a route at its limit with a long backlog does not hide another route’s d
     const { leases } = spool.jobs.settleAndLease([], { now: NOW, limit: 2, leaseMs: 60_000, openRoutes: ['idle'], canTake });
     assert.deepEqual(leases.map((l) => l.delivery.route), ['idle', 'idle']);
   } finally {
-    close();
+    await close();
   }
 });
 
@@ -96,6 +99,6 @@ test('canTake can ask for the message size; the lease then carries it, and a ref
     const again = spool.jobs.leaseDue(NOW, 4, 60_000, (_route, sizeOf) => sizeOf() === 18);
     assert.deepEqual(again.map((l) => [l.delivery.route, l.messageSize]), [['a', 18]]);
   } finally {
-    close();
+    await close();
   }
 });
