@@ -27,6 +27,8 @@ export interface AppDeps {
   dnsResolver?: DNSResolver;
   /** parses messages for the json format; the parse pool (delivery.parse_threads) when absent */
   parse?: (raw: Buffer) => Promise<PayloadMessage>;
+  /** the delivery loop's settle window (DeliveryWorker); its default when absent */
+  settleCoalesceMs?: number;
 }
 
 export interface App {
@@ -73,7 +75,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, timeoutMs: config.delivery.timeout_ms, log: log.child({ part: 'parse' }) });
     lifecycle.onStop('parse threads', () => parsePool.stop());
 
-    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: deps.parse ?? ((raw) => parsePool.parse(raw)) });
+    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: deps.parse ?? ((raw) => parsePool.parse(raw)), settleCoalesceMs: deps.settleCoalesceMs });
     spool.acceptor.onCommitted = () => worker.wake();
     worker.start();
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));

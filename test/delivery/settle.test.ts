@@ -11,6 +11,7 @@ test('while prepared attempts wait for the freed slot, recording waits briefly t
   assert.ok(SETTLE_COALESCE_MS > 0 && SETTLE_COALESCE_MS <= 5, 'short against a webhook round trip');
   assert.equal(settleDelayMs({ waitingForSlot: 3, finished: 1, perRouteConcurrency: 4 }), SETTLE_COALESCE_MS);
   assert.equal(settleDelayMs({ waitingForSlot: 1, finished: 3, perRouteConcurrency: 4 }), SETTLE_COALESCE_MS);
+  assert.equal(settleDelayMs({ waitingForSlot: 1, finished: 3, perRouteConcurrency: 4, coalesceMs: 300 }), 300, 'the window passed in');
 });
 
 test('once as many attempts finished as a route has slots, they are recorded at once', () => {

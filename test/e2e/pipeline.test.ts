@@ -332,6 +332,56 @@ describe('request slots: deliveries are prepared while the route\'s requests run
   });
 });
 
+describe('settling: outcomes that finish while prepared deliveries wait are recorded together', () => {
+  // When a request finishes and a prepared delivery of its route already took the freed slot, nothing idles:
+  // the loop waits (settleDelayMs) for more outcomes and records them in one transaction. A long window here
+  // (300 ms, SETTLE_COALESCE_MS in production) lets the test space the four answers 30 ms apart.
+  test('four answers 30 ms apart, four prepared waiting: one transaction records all four', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    let held: Array<() => void> = [];
+    consumer.respond = () => new Promise((resolve) => held.push(() => resolve({ status: 200 })));
+    const app = await startTestApp({
+      routes: `
+  - name: slow
+    addresses: ["slow-%{key}@t.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`,
+      deps: { settleCoalesceMs: 300 },
+    });
+    try {
+      const jobs = app.spool.jobs;
+      const settle = jobs.settleAndLease;
+      const recorded: number[] = [];
+      jobs.settleAndLease = function (completions, lease) {
+        if (completions.length > 0) recorded.push(completions.length);
+        return settle.call(this, completions, lease);
+      };
+      for (let i = 0; i < 8; i++) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-k${i}@t.test`, subject: `s${i}`, text: 'x' });
+      await consumer.received(4);
+      // The other four are leased and prepared, waiting for a request slot.
+      await until(() => (jobs.counts().delivering === 8 ? true : undefined), 5000, 'eight leased');
+      const first = held;
+      held = [];
+      for (const answer of first) {
+        answer();
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      await consumer.received(8);
+      await until(() => (recorded.length > 0 ? true : undefined), 5000, 'the first four recorded');
+      assert.deepEqual(recorded, [4], 'one transaction for the four outcomes');
+      const rest = held;
+      held = [];
+      for (const answer of rest) answer();
+      await until(() => (jobs.counts().delivered === 8 ? true : undefined), 5000, 'all eight delivered');
+    } finally {
+      for (const h of held) h();
+      await app.close();
+      await consumer.stop();
+    }
+  });
+});
+
 describe('retries and dead letters', () => {
   let app: TestApp;
   const consumer = new Consumer();
