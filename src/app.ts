@@ -13,7 +13,7 @@ import { createSmtpService, type SmtpService } from './smtp/server.js';
 import type { DNSResolver } from 'mailauth';
 import { DeliveryWorker } from './delivery/worker.js';
 import { ParsePool } from './parse/pool.js';
-import type { PayloadMessage } from './parse/message.js';
+import type { PayloadMessageJson } from './parse/message.js';
 import { buildHttpApp } from './http/server.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
 
@@ -26,7 +26,7 @@ export interface AppDeps {
   /** DNS for sender authentication (SPF/DKIM/DMARC/ARC); the system resolver when absent */
   dnsResolver?: DNSResolver;
   /** parses messages for the json format; the parse pool (delivery.parse_threads) when absent */
-  parse?: (raw: Buffer) => Promise<PayloadMessage>;
+  parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
   /** the delivery loop's settle window (DeliveryWorker); its default when absent */
   settleCoalesceMs?: number;
 }

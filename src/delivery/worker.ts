@@ -16,7 +16,7 @@ import type { EncodedRequest } from './formats/types.js';
 import { FORMATS } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
 import { THREAD_MAX_BYTES } from '../parse/pool.js';
-import type { PayloadMessage } from '../parse/message.js';
+import type { PayloadMessageJson } from '../parse/message.js';
 
 export interface WorkerDeps {
   config: Config;
@@ -27,7 +27,7 @@ export interface WorkerDeps {
   random: Random;
   dispatcher: Dispatcher;
   /** parses messages for parsed formats off the event loop (the parse pool); on this thread when absent */
-  parse?: (raw: Buffer) => Promise<PayloadMessage>;
+  parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
   /** how long finished attempts may wait to be recorded together (settleDelayMs); SETTLE_COALESCE_MS when absent */
   settleCoalesceMs?: number;
 }

@@ -2,7 +2,7 @@
 import { Worker } from 'node:worker_threads';
 import { MailhookError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { parseMessage, type PayloadMessage } from './message.js';
+import { parseMessageJson, type PayloadMessageJson } from './message.js';
 
 export interface ParsePoolOptions {
   /** worker threads; 0 parses on the calling thread */
@@ -17,7 +17,7 @@ export interface ParsePoolOptions {
 
 interface Pending {
   raw: Buffer;
-  resolve: (m: PayloadMessage) => void;
+  resolve: (json: PayloadMessageJson) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
 }
@@ -63,11 +63,12 @@ export class ParsePool {
     for (let i = 0; i < options.threads; i++) this.slots.push(this.spawn());
   }
 
-  parse(raw: Buffer): Promise<PayloadMessage> {
-    if (this.stopped || this.slots.length === 0 || raw.length > THREAD_MAX_BYTES) return parseMessage(raw).then((r) => r.message);
+  /** The payload's message as JSON text (PayloadMessageJson). */
+  parse(raw: Buffer): Promise<PayloadMessageJson> {
+    if (this.stopped || this.slots.length === 0 || raw.length > THREAD_MAX_BYTES) return parseMessageJson(raw);
     const slot = this.slots.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
     const id = this.nextId++;
-    return new Promise<PayloadMessage>((resolve, reject) => {
+    return new Promise<PayloadMessageJson>((resolve, reject) => {
       const timer = setTimeout(() => this.abandon(slot, id), this.options.timeoutMs ?? 30_000);
       timer.unref();
       slot.pending.set(id, { raw, resolve, reject, timer });
@@ -94,14 +95,14 @@ export class ParsePool {
     const worker = startWorker();
     const slot: Slot = { worker, pending: new Map() };
     worker.unref(); // referenced only while it has work, so an idle pool never keeps the process alive
-    worker.on('message', (m: { id: number; message?: PayloadMessage; error?: string }) => {
+    worker.on('message', (m: { id: number; json?: PayloadMessageJson; error?: string }) => {
       const p = slot.pending.get(m.id);
       if (!p) return;
       slot.pending.delete(m.id);
       clearTimeout(p.timer);
       this.failures = 0;
       if (slot.pending.size === 0) worker.unref();
-      if (m.message) p.resolve(m.message);
+      if (m.json !== undefined) p.resolve(m.json);
       else p.reject(new Error(m.error ?? 'the message could not be parsed'));
     });
     worker.on('error', (err) => this.options.log.error({ err }, 'a parse thread failed; its messages are parsed on the main thread'));
@@ -143,7 +144,7 @@ export class ParsePool {
   private runHere(slot: Slot): void {
     for (const p of slot.pending.values()) {
       clearTimeout(p.timer);
-      parseMessage(p.raw).then((r) => p.resolve(r.message), p.reject);
+      parseMessageJson(p.raw).then(p.resolve, p.reject);
     }
     slot.pending.clear();
   }

@@ -1,6 +1,6 @@
-// Worker-thread entry of the parse pool: parses messages with mailparser off the event loop that serves SMTP.
+// Worker-thread entry of the parse pool: parses messages with mailparser (to JSON text) off the event loop that serves SMTP.
 import { parentPort } from 'node:worker_threads';
-import { parseMessage } from './message.js';
+import { parseMessageJson } from './message.js';
 
 interface Request {
   id: number;
@@ -11,8 +11,8 @@ const port = parentPort;
 if (!port) throw new Error('src/parse/worker is a worker-thread entry point');
 port.on('message', (req: Request) => {
   const raw = Buffer.from(req.raw.buffer, req.raw.byteOffset, req.raw.byteLength);
-  parseMessage(raw).then(
-    ({ message }) => port.postMessage({ id: req.id, message }),
+  parseMessageJson(raw).then(
+    (json) => port.postMessage({ id: req.id, json }),
     (err: unknown) => port.postMessage({ id: req.id, error: err instanceof Error ? err.message : String(err) }),
   );
 });

@@ -493,7 +493,7 @@ describe('a parse that runs out of time', () => {
       deps: {
         parse: async (raw) => {
           if (++calls === 1) throw new MailhookError('PARSE_TIMEOUT', 'parsing the message took longer than 5000 ms and was abandoned');
-          return (await parseMessage(raw)).message;
+          return JSON.stringify((await parseMessage(raw)).message);
         },
       },
     });

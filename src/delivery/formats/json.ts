@@ -1,37 +1,42 @@
 // format: json — the parsed message, envelope and raw bytes as JSON, signed per Standard Webhooks.
 import { automaticOf } from '../../parse/automatic.js';
-import { parseMessage, type PayloadMessage } from '../../parse/message.js';
+import { parseMessageJson, type PayloadMessage, type PayloadMessageJson } from '../../parse/message.js';
 import { standardWebhookHeaders } from '../sign.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
 /** The payload as an object (what a consumer gets after JSON.parse). */
 export function buildJsonPayload(ctx: FormatContext, message: PayloadMessage) {
-  return { ...payloadFields(ctx, message), raw_base64: ctx.raw.toString('base64') };
+  return { ...payloadFields(ctx), message, raw_base64: ctx.raw.toString('base64') };
 }
 
 /**
  * The payload as the bytes sent, equal to JSON.stringify(buildJsonPayload(…)) encoded as UTF-8 (a test holds it
- * to that). raw_base64 is a third larger than the message and base64 needs no JSON escaping, so it is copied in
- * after the rest is stringified rather than scanned by JSON.stringify; the bytes are made once and serve both the
- * signature and the socket (a string body would be encoded to UTF-8 twice).
+ * to that). The message comes as JSON text already (stringified on the parse thread) and raw_base64, a third
+ * larger than the message and free of anything JSON escapes, is copied in rather than scanned by JSON.stringify;
+ * the bytes are made once and serve both the signature and the socket (a string body would be encoded twice).
  */
-export function encodeJsonPayload(ctx: FormatContext, message: PayloadMessage): Buffer {
-  const head = JSON.stringify(payloadFields(ctx, message));
+export function encodeJsonPayload(ctx: FormatContext, messageJson: PayloadMessageJson): Buffer {
+  // head ends with its closing brace (one byte): its bytes without it, then the message and the raw field, then
+  // the brace. The parts are written where they go, never joined into one string first (a 1 MB text body).
+  const head = JSON.stringify(payloadFields(ctx));
   const b64 = ctx.raw.toString('base64');
-  // head ends with its closing brace (one byte): its bytes without it, then the raw field, then the brace. Writing
-  // head as it is, not a slice of it joined to more text, spares a copy of the whole string (a 1 MB text body).
   const headBytes = Buffer.byteLength(head) - 1;
-  const out = Buffer.allocUnsafe(headBytes + RAW_FIELD.length + b64.length + 2);
-  out.write(head, 0, headBytes, 'utf8');
-  let at = headBytes + out.write(RAW_FIELD, headBytes, 'latin1');
+  const messageBytes = Buffer.byteLength(messageJson);
+  const out = Buffer.allocUnsafe(headBytes + MESSAGE_FIELD.length + messageBytes + RAW_FIELD.length + b64.length + 2);
+  let at = out.write(head, 0, headBytes, 'utf8');
+  at += out.write(MESSAGE_FIELD, at, 'latin1');
+  at += out.write(messageJson, at, messageBytes, 'utf8');
+  at += out.write(RAW_FIELD, at, 'latin1');
   at += out.write(b64, at, 'latin1');
   out.write('"}', at, 'latin1');
   return out;
 }
 
+const MESSAGE_FIELD = ',"message":';
 const RAW_FIELD = ',"raw_base64":"';
 
-function payloadFields(ctx: FormatContext, message: PayloadMessage) {
+/** Every field but message and raw_base64, which encodeJsonPayload appends in this order. */
+function payloadFields(ctx: FormatContext) {
   const m = ctx.message;
   return {
     id: ctx.delivery.id,
@@ -53,15 +58,14 @@ function payloadFields(ctx: FormatContext, message: PayloadMessage) {
     authentication: m.meta?.authentication ?? null,
     /** the same results as an Authentication-Results header value (RFC 8601) */
     authentication_results: typeof m.meta?.authentication_results === 'string' ? m.meta.authentication_results : null,
-    message,
   };
 }
 
 export const jsonFormat: PayloadFormat = {
   name: 'json',
   async encode(ctx) {
-    const message = ctx.parse ? await ctx.parse(ctx.raw) : (await parseMessage(ctx.raw)).message;
-    const body = encodeJsonPayload(ctx, message);
+    const messageJson = ctx.parse ? await ctx.parse(ctx.raw) : await parseMessageJson(ctx.raw);
+    const body = encodeJsonPayload(ctx, messageJson);
     return {
       headers: {
         'content-type': 'application/json',

@@ -2,7 +2,7 @@
 import type { ResolvedRoute, ResolvedWebhook } from '../../config/load.js';
 import type { DeliveryRow, StoredMessage } from '../../spool/types.js';
 import type { Outcome } from '../classify.js';
-import type { PayloadMessage } from '../../parse/message.js';
+import type { PayloadMessageJson } from '../../parse/message.js';
 
 export interface FormatContext {
   message: StoredMessage;
@@ -15,8 +15,8 @@ export interface FormatContext {
   nowSeconds: number;
   /** the SMTP hostname, for trace headers */
   hostname: string;
-  /** parses `raw` into the payload's message (the parse pool); parseMessage on this thread when absent */
-  parse?: (raw: Buffer) => Promise<PayloadMessage>;
+  /** parses `raw` into the payload's message as JSON text (the parse pool); parseMessageJson here when absent */
+  parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
 }
 
 export interface EncodedRequest {
