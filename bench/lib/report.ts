@@ -41,7 +41,7 @@ export function checkTargets(r: BenchResults): TargetCheck[] {
   ratioTarget('(accept only) 1 KB ×20 reuse: mailhook-accept / smtp-sink', med('mailhook-accept', K, 20, true), med('smtp-sink', K, 20, true), 0.3);
   ratioTarget('(accept only) 1 KB ×20 new connection: mailhook-accept / Haraka', med('mailhook-accept', K, 20, false), med('haraka', K, 20, false), 2.0);
   ratioTarget('(accept only) 1 MB ×20 reuse: mailhook-accept / Haraka', med('mailhook-accept', M, 20, true), med('haraka', M, 20, true), 2.0);
-  const e500 = r.e2e?.rows.find((x) => x.offeredPerSec === 500);
+  const e500 = r.e2e?.rows.find((x) => x.offeredPerSec === 500 && !x.cold);
   out.push({ target: 'end-to-end p99 < 50 ms at 500 msg/s', measured: e500 ? `${f2(e500.e2eMs.p99 ?? NaN)} ms` : 'not measured', met: e500 ? (e500.e2eMs.p99 ?? Infinity) < 50 && e500.lost === 0 : undefined });
   const sat = r.e2e?.rows.find((x) => x.offeredPerSec === 'saturation');
   out.push({ target: 'sustained end-to-end ≥ 2,000 msg/s (1 KB)', measured: sat?.deliveredPerSec !== undefined ? `${f0(sat.deliveredPerSec)} msg/s` : 'not measured', met: sat?.deliveredPerSec !== undefined ? sat.deliveredPerSec >= 2000 : undefined });
@@ -113,8 +113,8 @@ export function renderReport(r: BenchResults): string {
     L.push('## End to end: final dot → webhook received (1 KB, 20 sessions with reuse)', '');
     L.push('| offered msg/s | achieved msg/s | e2e p50 / p90 / p99 ms | 250 reply p50 / p99 ms | lost | notes |', '|---|---:|---:|---:|---:|---|');
     for (const x of r.e2e.rows) {
-      const notes = x.offeredPerSec === 'saturation' ? `smtp-source ${f0(x.backgroundMessages ?? NaN)} msgs at ${f0(x.ingestPerSec ?? NaN)}/s; webhooks ${f0(x.deliveredDuringIngestPerSec ?? NaN)}/s during the load, ${f0(x.deliveredPerSec ?? NaN)}/s load start → last webhook; latency from 50/s tagged probes` : x.failed > 0 ? `${x.failed} failed` : '';
-      L.push(`| ${x.offeredPerSec} | ${f0(x.achievedPerSec)} | ${f2(x.e2eMs.p50 ?? NaN)} / ${f2(x.e2eMs.p90 ?? NaN)} / ${f2(x.e2eMs.p99 ?? NaN)} | ${f2(x.replyMs.p50 ?? NaN)} / ${f2(x.replyMs.p99 ?? NaN)} | ${x.lost} | ${notes} |`);
+      const notes = x.cold ? 'mailhook as started, after 200 messages: a restart under load (its JIT warms up meanwhile); not judged' : x.offeredPerSec === 'saturation' ? `smtp-source ${f0(x.backgroundMessages ?? NaN)} msgs at ${f0(x.ingestPerSec ?? NaN)}/s; webhooks ${f0(x.deliveredDuringIngestPerSec ?? NaN)}/s during the load, ${f0(x.deliveredPerSec ?? NaN)}/s load start → last webhook; latency from 50/s tagged probes` : x.failed > 0 ? `${x.failed} failed` : '';
+      L.push(`| ${x.offeredPerSec}${x.cold ? ' (cold start)' : ''} | ${f0(x.achievedPerSec)} | ${f2(x.e2eMs.p50 ?? NaN)} / ${f2(x.e2eMs.p90 ?? NaN)} / ${f2(x.e2eMs.p99 ?? NaN)} | ${f2(x.replyMs.p50 ?? NaN)} / ${f2(x.replyMs.p99 ?? NaN)} | ${x.lost} | ${notes} |`);
     }
     L.push('');
   }
