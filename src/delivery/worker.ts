@@ -9,7 +9,7 @@ import type { Spool } from '../spool/spool.js';
 import type { Completion, Lease } from '../spool/jobs.js';
 import { nextAttemptAt, parseRetryAfter } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
-import { sendWebhook } from './client.js';
+import { sendWebhook, WebhookTargets } from './client.js';
 import { Slots } from './slots.js';
 import { MailhookError } from '../core/errors.js';
 import type { EncodedRequest } from './formats/types.js';
@@ -93,6 +93,8 @@ export class DeliveryWorker {
   private lastWideLook = 0;
 
   private readonly leaseMs: number;
+  /** the webhook URLs in use, parsed once each */
+  private readonly targets = new WebhookTargets();
 
   constructor(private readonly deps: WorkerDeps) {
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
@@ -334,7 +336,7 @@ export class DeliveryWorker {
         try {
           if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
           startedAt = clock.now();
-          const res = await sendWebhook(dispatcher, webhook.url, req, webhook.timeoutMs, signal);
+          const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
           statusCode = res.status;
           outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
           if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };

@@ -181,6 +181,13 @@ describe('webhook deadline (route timeout_ms)', () => {
   const stalling = createServer((req, res) => {
     req.resume();
     req.on('end', () => {
+      if (req.url === '/chatty') {
+        // An answer whose body goes on and on (and never ends): its status and first bytes are what counts.
+        res.writeHead(503, { 'content-type': 'text/plain' });
+        res.write(`busy: come back later ${'x'.repeat(100 * 1024)}`);
+        hang.push(() => res.destroy());
+        return;
+      }
       if (!stallBody) return void res.end('ok');
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('partial');
@@ -200,6 +207,9 @@ describe('webhook deadline (route timeout_ms)', () => {
   - name: stalled
     addresses: ["stalled@t.test"]
     webhook: { url: "http://127.0.0.1:${port}/hook", secret: "${SECRET}", timeout_ms: 300 }
+  - name: chatty
+    addresses: ["chatty@t.test"]
+    webhook: { url: "http://127.0.0.1:${port}/chatty", secret: "${SECRET}", timeout_ms: 3000 }
 `,
     });
   });
@@ -236,6 +246,16 @@ describe('webhook deadline (route timeout_ms)', () => {
     stallBody = false;
     const second = await until(() => attemptsOf('stalled').find((a) => a.outcome === 'delivered'), 5000, 'a later attempt delivered');
     assert.ok(second.attempt >= 2);
+  });
+
+  test('a response body that goes on past 64 KiB is not read to its end: the status and its first bytes decide', async () => {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'chatty@t.test', subject: 'chatty', text: 'x' });
+    const first = await until(() => attemptsOf('chatty')[0], 5000, 'first attempt recorded');
+    assert.equal(first.outcome, 'retry');
+    assert.match(first.error ?? '', /503/);
+    assert.match(first.error ?? '', /busy: come back later x/, 'the start of the body is in the attempt log');
+    assert.ok((first.error ?? '').length < 1000, 'only a snippet of the body');
+    assert.doesNotMatch(first.error ?? '', /TIMEOUT/, 'the body was not waited for until the deadline');
   });
 });
 
