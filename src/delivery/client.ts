@@ -58,9 +58,12 @@ export function sendWebhook(dispatcher: Dispatcher, target: WebhookTarget, req: 
     let retryAfter: string | undefined;
     let snippet = '';
     let read = 0;
+    // Before undici starts the request (it may wait for a connection), the deadline still ends the attempt at
+    // once; the request is aborted when it starts.
     const abort = (err: Error): void => {
-      if (controller) controller.abort(err);
-      else abortWith ??= err;
+      if (controller) return controller.abort(err);
+      abortWith ??= err;
+      finish(err);
     };
     const timer = setTimeout(() => abort(new WebhookTimeoutError(timeoutMs)), timeoutMs);
     const onAbort = (): void => abort((signal as AbortSignal).reason as Error);
