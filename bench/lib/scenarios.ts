@@ -106,10 +106,15 @@ async function latencyRow(server: RunningServer, consumer: BenchConsumer, rate: 
   const r = await offer(conns, rate, Math.round(rate * seconds));
   await waitTags(consumer, r.dots, 120_000);
   for (const c of conns) c.quit();
+  const row: LatencyRow = { offeredPerSec: rate, ...(cold ? { cold } : {}), ...measured(r, consumer) };
+  log(`  e2e ${rate}/s${cold ? ' (cold start)' : ''}: sent ${row.sent} (${row.achievedPerSec.toFixed(0)}/s) e2e p50/p90/p99 ${row.e2eMs.p50}/${row.e2eMs.p90}/${row.e2eMs.p99} ms, 250 after ${row.replyMs.p50}/${row.replyMs.p99} ms, lost ${row.lost}`);
+  return row;
+}
+
+/** What every latency row reports of an offer(): counts, rate, and the percentiles of its tagged messages. */
+function measured(r: Awaited<ReturnType<typeof offer>>, consumer: BenchConsumer): Pick<LatencyRow, 'sent' | 'failed' | 'achievedPerSec' | 'e2eMs' | 'replyMs' | 'lost'> {
   const { e2e, lost } = latencies(r.dots, consumer);
-  const row: LatencyRow = {
-    offeredPerSec: rate,
-    ...(cold ? { cold } : {}),
+  return {
     sent: r.dots.size,
     failed: r.failed,
     achievedPerSec: (r.dots.size * 1000) / r.wallMs,
@@ -117,8 +122,6 @@ async function latencyRow(server: RunningServer, consumer: BenchConsumer, rate: 
     replyMs: round(percentiles(r.replies)),
     lost,
   };
-  log(`  e2e ${rate}/s${cold ? ' (cold start)' : ''}: sent ${row.sent} (${row.achievedPerSec.toFixed(0)}/s) e2e p50/p90/p99 ${row.e2eMs.p50}/${row.e2eMs.p90}/${row.e2eMs.p99} ms, 250 after ${row.replyMs.p50}/${row.replyMs.p99} ms, lost ${lost}`);
-  return row;
 }
 
 export async function runE2e(server: RunningServer, consumer: BenchConsumer, opts: BenchOptions, log: (s: string) => void): Promise<E2eResult> {
@@ -161,15 +164,9 @@ export async function runE2e(server: RunningServer, consumer: BenchConsumer, opt
       const drained = await consumer.waitForCount(target, 600_000);
       const allMs = performance.now() - t0;
       await waitTags(consumer, r.dots, 10_000);
-      const { e2e, lost } = latencies(r.dots, consumer);
       const row: LatencyRow = {
         offeredPerSec: 'saturation',
-        sent: r.dots.size,
-        failed: r.failed,
-        achievedPerSec: (r.dots.size * 1000) / r.wallMs,
-        e2eMs: round(percentiles(e2e)),
-        replyMs: round(percentiles(r.replies)),
-        lost,
+        ...measured(r, consumer),
         ingestPerSec: (bgMessages * 1000) / bg.wallMs,
         deliveredPerSec: ((consumer.count - countAt0) * 1000) / allMs,
         deliveredDuringIngestPerSec: (deliveredDuringIngest * 1000) / bg.wallMs,
