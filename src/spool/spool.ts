@@ -42,7 +42,7 @@ export class Spool {
   private readonly getMessageRow;
   private readonly getInlineRaw;
   private readonly getDeliveryRow;
-  private closed = false;
+  /** set by close(): resolves once the checkpoint thread has closed its connection */
   private closing: Promise<void> | undefined;
 
   constructor(readonly options: SpoolOptions) {
@@ -135,7 +135,7 @@ export class Spool {
 
   /** A quick write probe for readiness: the database answers and accepts a write transaction. */
   isWritable(): boolean {
-    if (this.closed) return false;
+    if (this.closing) return false;
     try {
       this.db.prepare('BEGIN IMMEDIATE').run();
       this.db.prepare('ROLLBACK').run();
@@ -152,7 +152,6 @@ export class Spool {
   close(): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = this.acceptor.close();
-    this.closed = true;
     this.db.close();
     return this.closing;
   }
