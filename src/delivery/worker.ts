@@ -76,6 +76,10 @@ export function settleDelayMs(o: { waitingForSlot: number; finished: number; per
 
 export class DeliveryWorker {
   private readonly routes: Map<string, ResolvedRoute>;
+  /**
+   * Attempts running, by lease token: a delivery whose lease expired (a clock jump past the lease, see
+   * leaseDurationMs) can be leased again while its first attempt still runs, and each attempt is tracked on its own.
+   */
   private readonly inFlight = new Map<string, { route: string; large: boolean; done: Promise<void>; abort: AbortController }>();
   /** attempts that finished and wait for the next tick to record them (one transaction for all, plus leasing) */
   private finished: Finished[] = [];
@@ -204,7 +208,7 @@ export class DeliveryWorker {
     const busy = new Map(this.perRoute);
     for (const f of finished) busy.set(f.route, (busy.get(f.route) ?? 1) - 1);
     const large = new Set([...this.inFlight.values()].filter((f) => f.large).map((f) => f.route));
-    for (const f of finished) if (this.inFlight.get(f.id)?.large) large.delete(f.route);
+    for (const f of finished) if (this.inFlight.get(f.token)?.large) large.delete(f.route);
     const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap);
     const openSlots = openRoutes.reduce((n, route) => n + cap - (busy.get(route) ?? 0), 0);
     let limit = lease ? config.delivery.concurrency - (this.inFlight.size - finished.length) : 0;
@@ -240,7 +244,7 @@ export class DeliveryWorker {
     }
     this.finished = [];
     finished.forEach((f, i) => {
-      this.inFlight.delete(f.id);
+      this.inFlight.delete(f.token);
       this.perRoute.set(f.route, (this.perRoute.get(f.route) ?? 1) - 1);
       f.report(result.kept[i] === true);
     });
@@ -258,7 +262,7 @@ export class DeliveryWorker {
       .catch((err: unknown) => {
         // Not recorded: the lease stays until it expires, then the delivery runs again.
         this.deps.log.error({ err, deliveryId: lease.delivery.id }, 'delivery attempt failed unexpectedly');
-        this.inFlight.delete(lease.delivery.id);
+        this.inFlight.delete(lease.token);
         this.perRoute.set(route, (this.perRoute.get(route) ?? 1) - 1);
       })
       .finally(() => {
@@ -267,7 +271,7 @@ export class DeliveryWorker {
         const { config, settleCoalesceMs } = this.deps;
         this.schedule(settleDelayMs({ waitingForSlot, finished: this.finished.length, perRouteConcurrency: config.delivery.per_route_concurrency, coalesceMs: settleCoalesceMs }));
       });
-    this.inFlight.set(lease.delivery.id, { route, large: (lease.messageSize ?? 0) > LARGE_MESSAGE_BYTES, done, abort });
+    this.inFlight.set(lease.token, { route, large: (lease.messageSize ?? 0) > LARGE_MESSAGE_BYTES, done, abort });
   }
 
   private slotsOf(route: string): Slots {
@@ -296,6 +300,8 @@ export class DeliveryWorker {
     let outcome: Outcome;
     let statusCode: number | null = null;
     let retryAfterMs: number | undefined;
+    /** whether the request went out (from then on the attempt counts, whatever happens) */
+    let sent = false;
 
     const route = this.routes.get(d.route);
     if (!route) {
@@ -336,6 +342,7 @@ export class DeliveryWorker {
         try {
           if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
           startedAt = clock.now();
+          sent = true;
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
           statusCode = res.status;
           outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
@@ -351,6 +358,15 @@ export class DeliveryWorker {
 
     const finishedAt = clock.now();
     const durationMs = finishedAt - startedAt;
+    // Shutdown stopped the attempt before its request went out (it was being prepared or waited for a request
+    // slot): the lease is given back uncounted, so restarts do not use up max_attempts of deliveries never tried.
+    if (signal.aborted && !sent && route?.webhook) {
+      const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode: null, outcome: 'retry', error: null }, next: { status: 'given-back' }, now: finishedAt };
+      const report = (kept: boolean): void => {
+        if (kept) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery not attempted before shutdown; given back uncounted');
+      };
+      return { token: lease.token, route: d.route, completion, report };
+    }
     if (outcome.kind === 'retry' && d.attempts >= config.delivery.retry.max_attempts) {
       outcome = { kind: 'dead', reason: `gave up after ${d.attempts} attempts; last error: ${outcome.reason}` };
     }
@@ -379,13 +395,14 @@ export class DeliveryWorker {
       else if (outcome.loud) log.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
       else log.warn({ ...fields, error }, 'delivery dead-lettered');
     };
-    return { id: d.id, route: d.route, completion, report };
+    return { token: lease.token, route: d.route, completion, report };
   }
 }
 
 /** A finished attempt waiting to be recorded; `report` logs and counts it once recorded. */
 interface Finished {
-  id: string;
+  /** the lease's token (the key in inFlight) */
+  token: string;
   route: string;
   completion: Completion;
   report: (kept: boolean) => void;

@@ -74,11 +74,14 @@ export function toDeliveryRow(r: DeliveryDbRow): DeliveryRow {
   };
 }
 
-/** What happened to a leased delivery, recorded by completeMany(). */
+/**
+ * What happened to a leased delivery, recorded by settleAndLease(). `given-back`: no request was sent (shutdown
+ * came first); the delivery is due again as it was, its attempt not counted and no attempt row written.
+ */
 export interface Completion {
   lease: Lease;
   attempt: AttemptRecord;
-  next: { status: 'delivered' | 'dead' | 'dropped' } | { status: 'pending'; at: number };
+  next: { status: 'delivered' | 'dead' | 'dropped' } | { status: 'pending'; at: number } | { status: 'given-back' };
   now: number;
 }
 
@@ -195,6 +198,7 @@ export class JobQueue {
   }
 
   private completeOne({ lease, attempt, next, now }: Completion): boolean {
+    if (next.status === 'given-back') return this.release.run({ id: lease.delivery.id, token: lease.token, now }).changes === 1;
     const common = { id: lease.delivery.id, token: lease.token, code: attempt.statusCode, error: attempt.error, now };
     const changes = next.status === 'pending' ? this.reschedule.run({ ...common, at: next.at }).changes : this.finish.run({ ...common, status: next.status }).changes;
     if (changes !== 1) return false;
@@ -208,11 +212,6 @@ export class JobQueue {
       error: attempt.error,
     });
     return true;
-  }
-
-  /** Gives a lease back without counting the attempt (shutdown before the request was sent). */
-  giveBack(lease: Lease, now: number): void {
-    this.release.run({ id: lease.delivery.id, token: lease.token, now });
   }
 
   /**

@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { MailhookError } from '../../src/core/errors.js';
-import { LARGE_MESSAGE_BYTES } from '../../src/delivery/worker.js';
+import { LARGE_MESSAGE_BYTES, leaseDurationMs } from '../../src/delivery/worker.js';
 import { parseMessage } from '../../src/parse/message.js';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
@@ -395,6 +395,71 @@ describe('settling: outcomes that finish while prepared deliveries wait are reco
       held = [];
       for (const answer of rest) answer();
       await until(() => (jobs.counts().delivered === 8 ? true : undefined), 5000, 'all eight delivered');
+    } finally {
+      for (const h of held) h();
+      await app.close();
+      await consumer.stop();
+    }
+  });
+});
+
+describe('attempts that shutdown or a clock jump interrupt', () => {
+  const slowRoute = (url: string) => `
+  - name: slow
+    addresses: ["slow-%{key}@t.test"]
+    webhook: { url: "${url}", secret: "${SECRET}" }
+`;
+
+  test('shutdown counts the attempts whose requests went out; those still waiting for a slot are given back uncounted', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    const held: Array<() => void> = [];
+    consumer.respond = () => new Promise((resolve) => held.push(() => resolve({ status: 200 })));
+    const app = await startTestApp({ routes: slowRoute(consumer.url) });
+    try {
+      for (let i = 0; i < 8; i++) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-k${i}@t.test`, subject: `s${i}`, text: 'x' });
+      await consumer.received(4);
+      // Four requests out, four more leased, prepared and waiting for a request slot.
+      await until(() => (app.spool.jobs.counts().delivering === 8 ? true : undefined), 5000, 'eight leased');
+      await app.worker.stop(50); // the grace runs out: everything in flight is aborted
+      const rows = app.spool.db.prepare('SELECT id, status, attempts FROM deliveries').all() as Array<{ id: string; status: string; attempts: number }>;
+      assert.deepEqual(rows.map((r) => r.status), Array(8).fill('pending'), 'all eight due again');
+      const sent = new Set(consumer.requests.map((r) => String(r.headers['webhook-id'])));
+      assert.equal(sent.size, 4);
+      for (const r of rows) assert.equal(r.attempts, sent.has(r.id) ? 1 : 0, `attempts of ${sent.has(r.id) ? 'a sent' : 'an unsent'} delivery`);
+      const logged = app.spool.db.prepare('SELECT delivery_id FROM attempts').all() as Array<{ delivery_id: string }>;
+      assert.deepEqual(logged.map((a) => a.delivery_id).sort(), [...sent].sort(), 'an attempt row only for the requests sent');
+      assert.equal(app.logs.filter((l) => l.includes('given back uncounted')).length, 4);
+    } finally {
+      for (const h of held) h();
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('a lease that expired in a clock jump is taken again; both attempts are tracked until each ends', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    const held: Array<() => void> = [];
+    consumer.respond = () => new Promise((resolve) => held.push(() => resolve({ status: 200 })));
+    let offset = 0;
+    const app = await startTestApp({ routes: slowRoute(consumer.url), deps: { clock: { now: () => Date.now() + offset } } });
+    try {
+      await sendMail(app.smtpPort, { from: 'a@s.test', to: 'slow-a@t.test', subject: 'a', text: 'x' });
+      await consumer.received(1);
+      offset = leaseDurationMs(app.config) + 60_000; // e.g. a VM suspended and resumed: the lease has run out
+      // The next commit wakes the loop: it reclaims the expired lease and leases that delivery again, beside b.
+      await sendMail(app.smtpPort, { from: 'a@s.test', to: 'slow-b@t.test', subject: 'b', text: 'x' });
+      await consumer.received(3);
+      const ids = consumer.requests.map((r) => String(r.headers['webhook-id']));
+      assert.equal(ids.filter((id) => id === ids[0]).length, 2, 'a is requested twice, with the same webhook-id');
+      assert.equal(app.worker.activeCount, 3, 'three attempts run');
+      held[0]!(); // the first attempt of a ends: its lease is gone, so its outcome is not recorded
+      await until(() => (app.logs.some((l) => l.includes('lease lost before the outcome was recorded')) ? true : undefined), 5000, 'the lost lease reported');
+      assert.equal(app.worker.activeCount, 2, 'the second attempt of a is still tracked (and would be awaited at shutdown)');
+      for (const h of held.slice(1)) h();
+      await until(() => (app.spool.jobs.counts().delivered === 2 ? true : undefined), 5000, 'both delivered');
+      assert.equal(app.worker.activeCount, 0);
     } finally {
       for (const h of held) h();
       await app.close();
