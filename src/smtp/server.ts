@@ -10,6 +10,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { MailhookError } from '../core/errors.js';
+import { waitWithGrace } from '../core/lifecycle.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
 import type { Router, RouteMatch } from '../routing/router.js';
@@ -375,8 +376,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     async shutdown(graceMs: number) {
       draining = true;
       reloader?.close();
-      const deadline = new Promise((r) => setTimeout(r, graceMs).unref());
-      await Promise.race([Promise.allSettled([...inFlight]), deadline]);
+      await waitWithGrace(Promise.allSettled([...inFlight]), graceMs);
       // smtp-server answers 421 to every further command and closes idle sessions.
       await Promise.all(
         servers.map(
