@@ -80,7 +80,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     worker.start();
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));
 
-    const router = new Router(config.routes);
+    const router = new Router(config.routes, { postmasterRoute: config.smtp.postmaster_route });
     const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}) });
 
     // Mailbox bridges feed spool.accept as SMTP does; registered after delivery, so they stop before it and the spool.

@@ -217,6 +217,11 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     else if (value !== undefined) adminToken = new Secret(value);
   }
 
+  const postmaster = raw.smtp.postmaster_route;
+  if (postmaster !== undefined && !names.has(postmaster)) {
+    problems.push({ path: 'smtp.postmaster_route', message: `no route is named "${postmaster}"; name one of ${[...names.keys()].map((n) => `"${n}"`).join(', ')}` });
+  }
+
   const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems);
   const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, problems), problems);
 

@@ -68,6 +68,11 @@ const smtpSchema = z.strictObject({
   tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
   proxy_protocol: z.union([z.boolean(), z.array(ipAddress)]).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
   bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
+  postmaster_route: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('route that takes mail to postmaster@ every domain the routes serve and to the bare <postmaster> (RFC 5321 §4.5.1 requires both), unless a route lists postmaster@ a domain itself; unset: postmaster is refused like any unknown recipient'),
   ip_literals: z
     .record(z.string(), z.string().min(1))
     .superRefine((rec, ctx) => {

@@ -18,10 +18,20 @@ interface Entry {
 // Specificity: a dedicated address beats a %{key} template, which beats a catch-all.
 const RANK: Record<AddressTemplate['kind'], number> = { exact: 0, key: 1, any: 2 };
 
+export interface RouterOptions {
+  /**
+   * The route that takes postmaster@ each domain the routes serve and the bare <postmaster> (RFC 5321 §4.5.1),
+   * unless a route lists postmaster@ that domain as a dedicated address. Unset: postmaster is a local part like any.
+   */
+  postmasterRoute?: string;
+}
+
 export class Router {
   private readonly byDomain = new Map<string, Entry[]>();
+  private readonly postmasterRoute: string | undefined;
 
-  constructor(routes: readonly RouteLike[]) {
+  constructor(routes: readonly RouteLike[], opts: RouterOptions = {}) {
+    this.postmasterRoute = opts.postmasterRoute;
     for (const route of routes) {
       for (const source of route.addresses) {
         const parsed = parseAddressTemplate(source);
@@ -46,18 +56,25 @@ export class Router {
   }
 
   match(address: string): RouteMatch {
+    const postmaster = this.postmasterRoute;
+    // RFC 5321 §4.1.1.3: RCPT TO:<Postmaster> without a domain names this server's postmaster.
+    if (address.toLowerCase() === 'postmaster') return postmaster === undefined ? { ok: false, reason: 'unknown_recipient' } : { ok: true, route: postmaster, key: null, address };
     const at = address.lastIndexOf('@');
     if (at <= 0 || at === address.length - 1) return { ok: false, reason: 'bad_address' };
     const local = address.slice(0, at);
     const domain = address.slice(at + 1).toLowerCase().replace(/\.$/, '');
     const entries = this.byDomain.get(domain);
     if (!entries) return { ok: false, reason: 'unknown_domain' };
+    const isPostmaster = postmaster !== undefined && local.toLowerCase() === 'postmaster';
     for (const entry of entries) {
+      // Dedicated addresses come first (RANK): past them, postmaster goes to its route, not to a template.
+      if (isPostmaster && entry.template.kind !== 'exact') break;
       const key = matchLocalPart(entry.template, local);
       if (key !== undefined) {
         return { ok: true, route: entry.route, key: entry.template.kind === 'key' ? key : null, address: `${local}@${domain}` };
       }
     }
+    if (isPostmaster) return { ok: true, route: postmaster, key: null, address: `${local}@${domain}` };
     return { ok: false, reason: 'unknown_recipient' };
   }
 }

@@ -60,3 +60,29 @@ test('template parsing rejects what it cannot mean', () => {
     assert.equal(parseAddressTemplate(bad).ok, false, bad);
   }
 });
+
+test('postmaster (RFC 5321 §4.5.1): with postmasterRoute, postmaster@ every served domain and the bare <postmaster> go to it', () => {
+  const r = new Router(
+    [
+      { name: 'app', addresses: ['incoming+%{key}@a.test'] },
+      { name: 'all', addresses: ['*@b.test'] },
+      { name: 'own', addresses: ['postmaster@c.test', 'x@c.test'] },
+      { name: 'ops', addresses: ['ops@ops.test'] },
+    ],
+    { postmasterRoute: 'ops' },
+  );
+  assert.deepEqual(r.match('postmaster@a.test'), { ok: true, route: 'ops', key: null, address: 'postmaster@a.test' });
+  assert.deepEqual(r.match('PostMaster@A.Test.'), { ok: true, route: 'ops', key: null, address: 'PostMaster@a.test' }, 'case-insensitive, trailing dot');
+  assert.equal((r.match('postmaster@b.test') as { route: string }).route, 'ops', 'over a catch-all of the domain');
+  assert.equal((r.match('other@b.test') as { route: string }).route, 'all');
+  assert.equal((r.match('postmaster@c.test') as { route: string }).route, 'own', 'a route listing postmaster@ its domain keeps it');
+  assert.deepEqual(r.match('Postmaster'), { ok: true, route: 'ops', key: null, address: 'Postmaster' });
+  assert.deepEqual(r.match('postmaster@elsewhere.test'), { ok: false, reason: 'unknown_domain' }, 'never a relay');
+  assert.deepEqual(r.match('postmaster2@a.test'), { ok: false, reason: 'unknown_recipient' });
+});
+
+test('postmaster without postmasterRoute: a local part like any other; the bare <postmaster> is an unknown recipient', () => {
+  assert.deepEqual(router.match('postmaster@gitlab.example.com'), { ok: false, reason: 'unknown_recipient' });
+  assert.equal((router.match('postmaster@catchall.example.com') as { route: string }).route, 'catch');
+  assert.deepEqual(router.match('postmaster'), { ok: false, reason: 'unknown_recipient' });
+});

@@ -44,7 +44,7 @@ test('every other library reply carries the enhanced code its meaning calls for'
     ['MAIL FROM:<a@client.test> SIZE', '501 5.5.4 Error: SIZE parameter requires a value'],
     ['MAIL FROM:<a@client.test> REQUIRETLS', '530 5.7.0 REQUIRETLS not permitted on non-TLS connections'],
     ['MAIL FROM:<a@client.test> BODY=8BITMIME SMTPUTF8', '250 2.1.0 Accepted'],
-    ['RCPT TO:<postmaster>', '501 5.1.3 Bad recipient address syntax'],
+    ['RCPT TO:<postmaster>', '550 5.1.1 Recipient address rejected: User unknown'], // smtp.postmaster_route unset
     ['RCPT TO:<user@in.test>', '250 2.1.5 Accepted'],
   ];
   for (const [command, reply] of cases) {
