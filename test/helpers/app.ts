@@ -50,9 +50,11 @@ export function parseTestConfig(yaml: string, dir: string, env: Record<string, s
   return loadConfigText(yaml, { source: 'test.yaml', baseDir: dir, env });
 }
 
-export async function startTestApp(opts: { routes: string; extra?: string; dir?: string; yaml?: string; deps?: Partial<AppDeps> }): Promise<TestApp> {
+/** `yaml` replaces the generated config: its text, or a function of the app's directory (a temp dir unless `dir`). */
+export async function startTestApp(opts: { routes: string; extra?: string; dir?: string; yaml?: string | ((dir: string) => string); deps?: Partial<AppDeps> }): Promise<TestApp> {
   const dir = opts.dir ?? tempDir();
-  const config = parseTestConfig(opts.yaml ?? configYaml({ routes: opts.routes, dir, extra: opts.extra }), dir);
+  const yaml = typeof opts.yaml === 'function' ? opts.yaml(dir) : opts.yaml;
+  const config = parseTestConfig(yaml ?? configYaml({ routes: opts.routes, dir, extra: opts.extra }), dir);
   const logs: string[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _enc, cb) {

@@ -2,14 +2,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
-import { Writable } from 'node:stream';
 import { join } from 'node:path';
 import { createConnection, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket, type ConnectionOptions } from 'node:tls';
 import { RawSmtp, type SmtpReply } from '../helpers/smtp-client.js';
-import { configYaml, parseTestConfig, startTestApp, tempDir, type TestApp } from '../helpers/app.js';
-import { startApp } from '../../src/app.js';
-import { createLogger } from '../../src/core/logger.js';
+import { configYaml, startTestApp, type TestApp } from '../helpers/app.js';
 import type { DNSResolver } from 'mailauth';
 
 export const SINK_ROUTES = `
@@ -20,32 +17,13 @@ export const SINK_ROUTES = `
 
 /** An app whose smtp: section gets `smtpExtra` (YAML lines indented by two spaces) after the test defaults. */
 export async function startSmtpApp(opts: { smtp?: string; routes?: string; extra?: string; dir?: string; dnsResolver?: DNSResolver } = {}): Promise<TestApp> {
-  const dir = opts.dir ?? tempDir();
-  let yaml = configYaml({ dir, routes: opts.routes ?? SINK_ROUTES, ...(opts.extra ? { extra: opts.extra } : {}) });
-  if (opts.smtp) {
+  const yaml = (dir: string): string => {
+    const text = configYaml({ dir, routes: opts.routes ?? SINK_ROUTES, ...(opts.extra ? { extra: opts.extra } : {}) });
+    if (!opts.smtp) return text;
     const keep = /^\s*greeting_delay_ms:/m.test(opts.smtp) ? '' : '  greeting_delay_ms: 0\n';
-    yaml = yaml.replace('  greeting_delay_ms: 0\n', `${keep}${opts.smtp.replace(/^\n+/, '').replace(/\s+$/, '')}\n`);
-  }
-  if (!opts.dnsResolver) return startTestApp({ routes: '', yaml, dir });
-  // startTestApp with one more dependency: the in-process DNS for sender authentication.
-  const logs: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      logs.push(chunk.toString('utf8'));
-      cb();
-    },
-  });
-  const app = await startApp({ config: parseTestConfig(yaml, dir), log: createLogger({ level: 'debug', destination }), clock: { now: () => Date.now() }, random: Math.random, dnsResolver: opts.dnsResolver });
-  return Object.assign(app, {
-    dir,
-    logs,
-    smtpPort: app.addresses.smtp.port,
-    httpUrl: `http://127.0.0.1:${app.addresses.http.port}`,
-    async close() {
-      await app.stop();
-      if (!opts.dir) rmSync(dir, { recursive: true, force: true });
-    },
-  });
+    return text.replace('  greeting_delay_ms: 0\n', `${keep}${opts.smtp.replace(/^\n+/, '').replace(/\s+$/, '')}\n`);
+  };
+  return startTestApp({ routes: '', yaml, ...(opts.dir ? { dir: opts.dir } : {}), ...(opts.dnsResolver ? { deps: { dnsResolver: opts.dnsResolver } } : {}) });
 }
 
 export function countMessages(app: TestApp): number {
