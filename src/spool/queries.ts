@@ -250,20 +250,12 @@ export class SpoolQueries {
     }
     const ds = deliveries.map((d) => ({ ...toSummary(d), created_at: d.created_at, updated_at: d.updated_at, attempt_log: byDelivery.get(d.id) ?? [] }));
     return {
-      id: r.id,
-      received_at: r.received_at,
-      source: r.source,
-      mail_from: r.mail_from,
-      rcpt_to: JSON.parse(r.rcpt_to) as string[],
-      size: r.size,
-      subject: headerSubject(this.head(r)),
-      status: overallStatus(ds),
+      ...this.summaryOf(r, ds),
       remote_address: r.remote_address,
       helo: r.helo,
       tls: r.tls ? (JSON.parse(r.tls) as { protocol: string; cipher: string }) : null,
       dedupe_key: r.dedupe_key,
       meta: r.meta ? (JSON.parse(r.meta) as Record<string, unknown>) : null,
-      deliveries: ds,
     };
   }
 
@@ -394,20 +386,24 @@ export class SpoolQueries {
     for (const id of ids) {
       const r = byId.get(id);
       if (!r) continue; // removed between the two reads
-      const ds = byMessage.get(id) ?? [];
-      out.push({
-        id: r.id,
-        received_at: r.received_at,
-        source: r.source,
-        mail_from: r.mail_from,
-        rcpt_to: JSON.parse(r.rcpt_to) as string[],
-        size: r.size,
-        subject: headerSubject(this.head(r)),
-        status: overallStatus(ds),
-        deliveries: ds,
-      });
+      out.push(this.summaryOf(r, byMessage.get(id) ?? []));
     }
     return out;
+  }
+
+  /** A message row and its deliveries as the API lists them. */
+  private summaryOf<D extends DeliverySummary>(r: MessageRowLite, ds: D[]): MessageSummary & { deliveries: D[] } {
+    return {
+      id: r.id,
+      received_at: r.received_at,
+      source: r.source,
+      mail_from: r.mail_from,
+      rcpt_to: JSON.parse(r.rcpt_to) as string[],
+      size: r.size,
+      subject: headerSubject(this.head(r)),
+      status: overallStatus(ds),
+      deliveries: ds,
+    };
   }
 
   /** The first bytes of the message (headers), from the row or the start of its file. */
