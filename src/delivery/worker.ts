@@ -11,7 +11,7 @@ import { nextAttemptAt, parseRetryAfter } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook, WebhookTargets } from './client.js';
 import { Slots } from './slots.js';
-import { MailhookError } from '../core/errors.js';
+import { isErrnoException, MailhookError } from '../core/errors.js';
 import type { EncodedRequest } from './formats/types.js';
 import { FORMATS } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
@@ -315,12 +315,15 @@ export class DeliveryWorker {
       let held = false;
       let req: EncodedRequest | undefined;
       outcome = { kind: 'retry', reason: 'not attempted' }; // replaced below: dropped, failed to build, or the request's result
+      /** whether the message's bytes were read: an I/O error before that is the machine's, not the message's */
+      let read = false;
       try {
         const message = spool.getMessage(d.messageId);
         if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
         // A large message is read and encoded only once its request can start (see PREPARE_AHEAD_MAX_BYTES).
         if (message.size > PREPARE_AHEAD_MAX_BYTES) held = await this.waitForSlot(slots, d.route, 'false', signal);
         const raw = await spool.readRaw(d.messageId);
+        read = true;
         const automatic = route.dropAutomatic ? automaticOf(message, raw) : undefined;
         if (automatic?.automatic) {
           outcome = { kind: 'dropped', reason: `dropped: automatic message (${automatic.reasons.join(', ')}); route has drop_automatic` };
@@ -331,16 +334,21 @@ export class DeliveryWorker {
         if (held) slots.release();
         held = false;
         req = undefined;
-        // A parse that ran out of time may be the machine, not the message: retried (dead after max_attempts).
+        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach) or a parse ran out of time: that may be
+        // the machine, not the message, so it is retried (dead after max_attempts). Anything else is the message.
         outcome = signal.aborted
           ? classifyError(signal.reason)
-          : err instanceof MailhookError && err.code === 'PARSE_TIMEOUT'
-            ? { kind: 'retry', reason: err.message }
-            : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
+          : !read && !(err instanceof MailhookError) && isErrnoException(err)
+            ? { kind: 'retry', reason: `cannot read the message from the spool: ${err.message}` }
+            : err instanceof MailhookError && err.code === 'PARSE_TIMEOUT'
+              ? { kind: 'retry', reason: err.message }
+              : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
       }
       if (req) {
         try {
           if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
+          // A slot free at once does not look at the signal: shutdown may have come while this attempt was parsing.
+          signal.throwIfAborted();
           startedAt = clock.now();
           sent = true;
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);

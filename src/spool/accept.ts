@@ -45,6 +45,8 @@ interface PendingCommit {
   deliveries: Array<{ id: string; route: string; recipients: string; status: string; addresses: Array<{ address: string; key: string | null }> }>;
   resolve: (r: AcceptResult) => void;
   reject: (err: unknown) => void;
+  /** set once the row is in a committed transaction: from then on its file belongs to the spool, even if the WAL sync fails */
+  committed?: boolean;
 }
 
 interface MessageRow {
@@ -210,14 +212,16 @@ export class Acceptor {
       // lower-cased for case-insensitive search (the admin API lower-cases the address it looks for)
       addresses: d.recipients.map((r) => ({ address: r.address.toLowerCase(), key: r.key })),
     }));
+    let pending: PendingCommit | undefined;
     try {
       return await new Promise<AcceptResult>((resolve, reject) => {
         if (this.closed) return reject(new MailhookError('SPOOL_CLOSED', 'the spool is shutting down'));
-        this.queue.push({ row, deliveries, resolve, reject });
+        this.queue.push((pending = { row, deliveries, resolve, reject }));
         this.schedule();
       });
     } catch (err) {
-      if (stored.file) await this.blobs.remove(stored.file);
+      // A failed WAL sync rejects rows that are committed (and will be delivered): their files stay.
+      if (stored.file && !pending?.committed) await this.blobs.remove(stored.file);
       throw err;
     }
   }
@@ -329,6 +333,7 @@ export class Acceptor {
       } finally {
         if (!durable) this.syncFull.run();
       }
+      for (const { p, result } of results) if (!result.duplicate) p.committed = true;
     } catch (err) {
       const error = new MailhookError('SPOOL_UNAVAILABLE', `spool commit failed: ${(err as Error).message}`, { cause: err });
       for (const p of batch) p.reject(error);

@@ -4,13 +4,14 @@ import assert from 'node:assert/strict';
 import { Webhook } from 'standardwebhooks';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
+import { renameSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { MailhookError } from '../../src/core/errors.js';
 import { LARGE_MESSAGE_BYTES, leaseDurationMs } from '../../src/delivery/worker.js';
-import { parseMessage } from '../../src/parse/message.js';
+import { parseMessage, parseMessageJson } from '../../src/parse/message.js';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
-import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
+import { SECRET, configYaml, startTestApp, until, type TestApp } from '../helpers/app.js';
 
 interface Payload {
   id: string;
@@ -403,7 +404,7 @@ describe('settling: outcomes that finish while prepared deliveries wait are reco
   });
 });
 
-describe('attempts that shutdown or a clock jump interrupt', () => {
+describe('attempts that shutdown, a clock jump or the spool interrupt', () => {
   const slowRoute = (url: string) => `
   - name: slow
     addresses: ["slow-%{key}@t.test"]
@@ -432,6 +433,66 @@ describe('attempts that shutdown or a clock jump interrupt', () => {
       assert.equal(app.logs.filter((l) => l.includes('given back uncounted')).length, 4);
     } finally {
       for (const h of held) h();
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('shutdown while a payload is still being parsed: given back uncounted, no request sent', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    let finishParse: (() => void) | undefined;
+    const parsing = new Promise<void>((r) => (finishParse = r));
+    let parseStarted: () => void = () => {};
+    const started = new Promise<void>((r) => (parseStarted = r));
+    const parse = async (raw: Buffer) => {
+      parseStarted();
+      await parsing; // a parse that outlasts the shutdown grace
+      return parseMessageJson(raw);
+    };
+    const app = await startTestApp({ routes: slowRoute(consumer.url), deps: { parse } });
+    try {
+      await sendMail(app.smtpPort, { from: 'a@s.test', to: 'slow-p@t.test', subject: 'p', text: 'x' });
+      await started;
+      const stopping = app.worker.stop(0);
+      // stop()'s grace timer was set first, so it has fired and the abort (its microtasks) has run before this one.
+      await new Promise((r) => setTimeout(r, 0));
+      finishParse!(); // the parse ends after the abort; a request slot is free at once
+      await stopping;
+      const row = app.spool.db.prepare('SELECT status, attempts FROM deliveries').get() as { status: string; attempts: number };
+      assert.deepEqual(row, { status: 'pending', attempts: 0 });
+      assert.equal(consumer.requests.length, 0);
+      assert.equal((app.spool.db.prepare('SELECT COUNT(*) AS n FROM attempts').get() as { n: number }).n, 0);
+    } finally {
+      finishParse!();
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('a message file out of reach for a while (an I/O error reading the spool) is retried, then delivered', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    let gate: (() => void) | undefined;
+    consumer.respond = (_req, i) => (i === 0 ? new Promise((resolve) => (gate = () => resolve({ status: 503 }))) : { status: 200 });
+    const yaml = (dir: string) =>
+      configYaml({ dir, routes: slowRoute(consumer.url) }).replace('spool:\n', 'spool:\n  inline_max_bytes: 64\n').replace('max_attempts: 5', 'max_attempts: 100');
+    const app = await startTestApp({ routes: '', yaml });
+    try {
+      await sendMail(app.smtpPort, { from: 'a@s.test', to: 'slow-f@t.test', subject: 'file', text: 'x'.repeat(500) });
+      await consumer.received(1); // attempt 1 has read the file and waits for its answer
+      const { raw_file } = app.spool.db.prepare('SELECT raw_file FROM messages').get() as { raw_file: string };
+      const path = app.spool.blobs.pathOf(raw_file);
+      renameSync(path, `${path}.away`);
+      gate!(); // 503: retried; the next attempt cannot open the file
+      await until(() => (app.spool.db.prepare(`SELECT 1 FROM attempts WHERE error LIKE '%ENOENT%'`).get() ? true : undefined), 5000, 'an attempt that could not read the file');
+      assert.equal(app.spool.jobs.counts().pending + app.spool.jobs.counts().delivering, 1, 'still to be delivered, not dead');
+      renameSync(`${path}.away`, path);
+      await until(() => (app.spool.jobs.counts().delivered === 1 ? true : undefined), 5000, 'delivered once the file is back');
+      const errors = (app.spool.db.prepare('SELECT outcome, error FROM attempts ORDER BY id').all() as Array<{ outcome: string; error: string | null }>).filter((a) => a.outcome === 'retry' && a.error?.includes('ENOENT'));
+      assert.match(errors[0]!.error!, /^cannot read the message from the spool: ENOENT/);
+    } finally {
+      gate?.();
       await app.close();
       await consumer.stop();
     }

@@ -1,7 +1,7 @@
 // The accept path's durability order and group commit: commit, then WAL sync, then resolve; concurrent messages share both.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Acceptor, type AcceptInput, type AcceptorOptions } from '../../src/spool/accept.js';
@@ -42,6 +42,12 @@ function rig(options: AcceptorOptions = {}, inlineMaxBytes = 4096): Rig {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Every file below dir (none when it does not exist). */
+function listFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => statSync(join(dir, f)).isFile());
 }
 
 function input(body: string | Buffer, extra: Partial<AcceptInput> = {}): AcceptInput {
@@ -153,6 +159,34 @@ test('a failed WAL sync answers every message of the batch with SPOOL_UNAVAILABL
     }
   } finally {
     await r.close();
+  }
+});
+
+test('a failed WAL sync keeps the file of a committed file-backed message (its delivery runs); a message never committed leaves no file', async () => {
+  const r = rig({ syncWal: (done) => setImmediate(() => done(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }))) }, 16);
+  try {
+    const big = 'Subject: big\r\n\r\n' + 'x'.repeat(100) + '\r\n';
+    const failed = await Promise.allSettled([r.acceptor.accept(input(big))]);
+    assert.ok(failed[0]!.status === 'rejected' && failed[0]!.reason instanceof MailhookError && failed[0]!.reason.code === 'SPOOL_UNAVAILABLE', '451 to the client');
+    // The row is committed (only its durability is unknown), so the delivery will run: its file must be there.
+    const row = r.db.prepare('SELECT raw_file FROM messages').get() as { raw_file: string | null };
+    assert.ok(row.raw_file, 'file-backed');
+    assert.ok(existsSync(r.blobs.pathOf(row.raw_file)), 'the committed message keeps its file');
+    const d = r.db.prepare('SELECT status FROM deliveries').get() as { status: string };
+    assert.equal(d.status, 'pending');
+  } finally {
+    await r.close();
+  }
+  // Never committed (the spool closed first): the file goes.
+  const c = rig({}, 16);
+  try {
+    const accepting = c.acceptor.accept(input('Subject: late\r\n\r\n' + 'y'.repeat(100) + '\r\n'));
+    void c.acceptor.close();
+    await assert.rejects(accepting, (e: unknown) => e instanceof MailhookError && e.code === 'SPOOL_CLOSED');
+    assert.equal((c.db.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number }).n, 0);
+    assert.deepEqual(listFiles(join(c.dir, 'blobs')), [], 'no file left behind');
+  } finally {
+    await c.close();
   }
 });
 
