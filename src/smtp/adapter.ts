@@ -30,6 +30,11 @@ export interface AdapterOptions extends SMTPServerOptions {
 
 const ENHANCED_RE = /^\d\.\d{1,3}\.\d{1,3} /;
 
+/** The text of the 452 4.5.3 sent for recipients over smtp.max_recipients (server.ts), as send() sees it. */
+const TOO_MANY_RECIPIENTS = formatReply(Reply.TooManyRecipients);
+/** Recipients over the limit a session may send before each further one counts as an error (Postfix smtpd_recipient_overshoot_limit). */
+export const RECIPIENT_OVERSHOOT_LIMIT = 1000;
+
 /** The text of a library reply with the enhanced code its meaning calls for (RFC 2034 §4, RFC 3463). */
 export function enhanceReply(code: number, data: string, context: string | false | undefined): string {
   // 3xx replies carry none (RFC 2034 §4); the greeting and the EHLO/HELO replies are sent with context false.
@@ -89,6 +94,8 @@ class MailhookStream extends SMTPStream {
 /** Per-connection state kept outside the instance: SMTPConnection's constructor runs overridden methods before subclass fields exist. */
 interface ConnState {
   errors: number;
+  /** RCPTs refused for smtp.max_recipients since the last delivered message */
+  overshoot: number;
   held354: { code: number; data: string | string[] | null | undefined; context: string | false | undefined } | null;
   dataTimer: NodeJS.Timeout | null;
 }
@@ -99,7 +106,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
   const stateOf = (c: SMTPConnection): ConnState => {
     let s = states.get(c);
     if (!s) {
-      s = { errors: 0, held354: null, dataTimer: null };
+      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null };
       states.set(c, s);
     }
     return s;
@@ -150,11 +157,15 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         text = [...data.slice(0, 2), 'ENHANCEDSTATUSCODES', ...data.slice(2)];
       }
       super.send(code, text, context);
-      if (code >= 400 && code !== 421 && hooks.maxErrors > 0 && !this._closing) {
+      // Recipients over smtp.max_recipients are not errors (the client sends the rest in another transaction, and
+      // the accepted ones are delivered), until RECIPIENT_OVERSHOOT_LIMIT of them in one session (as Postfix).
+      const overshoot = code === Reply.TooManyRecipients.code && data === TOO_MANY_RECIPIENTS && ++state.overshoot <= RECIPIENT_OVERSHOOT_LIMIT;
+      if (code >= 400 && code !== 421 && !overshoot && hooks.maxErrors > 0 && !this._closing) {
         state.errors++;
         if (state.errors >= hooks.maxErrors) super.send(421, formatReply(Reply.TooManyErrors(this.name)));
       } else if (code === 250 && context === 'DATA_OK') {
         state.errors = 0; // a delivered message clears the slate, as Postfix does
+        state.overshoot = 0;
       }
     }
 

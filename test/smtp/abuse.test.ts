@@ -4,6 +4,7 @@ import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import { until, type TestApp } from '../helpers/app.js';
+import { RECIPIENT_OVERSHOOT_LIMIT } from '../../src/smtp/adapter.js';
 import { connectFrom, countDeliveries, countMessages, queuedId, sendOne, session, startData, startSmtpApp, writeFlushed } from './support.js';
 
 describe('connection limits', () => {
@@ -83,6 +84,31 @@ describe('rates and errors', () => {
     await s.waitClosed();
     await sendOne(app.smtpPort);
   });
+});
+
+test('recipients over max_recipients get 452 4.5.3 without counting as errors (up to the overshoot limit); the accepted ones are delivered', async () => {
+  const app = await startSmtpApp({ smtp: '  max_recipients: 2\n  limits:\n    max_errors: 3' });
+  try {
+    const { smtp } = await RawSmtp.open(app.smtpPort);
+    await smtp.cmd('EHLO client.test');
+    await smtp.cmd('MAIL FROM:<a@client.test>');
+    for (const i of [1, 2]) assert.equal((await smtp.cmd(`RCPT TO:<incoming+${i}@in.test>`)).raw, '250 2.1.5 Accepted\r\n');
+    // Five more than the limit, with max_errors 3: a client sending a long list must not be cut off before DATA.
+    for (const i of [3, 4, 5, 6, 7]) assert.equal((await smtp.cmd(`RCPT TO:<incoming+${i}@in.test>`)).raw, '452 4.5.3 Error: too many recipients\r\n');
+    assert.equal((await smtp.cmd('DATA')).code, 354);
+    const id = queuedId(await smtp.cmd('Subject: many\r\n\r\nx\r\n.'));
+    assert.deepEqual(app.spool.getMessage(id)?.envelope.rcptTo, ['incoming+1@in.test', 'incoming+2@in.test']);
+    // The overshoot is bounded: past RECIPIENT_OVERSHOOT_LIMIT in one session each one counts, and max_errors ends it.
+    await smtp.cmd('MAIL FROM:<a@client.test>');
+    for (const i of [1, 2]) await smtp.cmd(`RCPT TO:<incoming+${i}@in.test>`);
+    for (let i = 0; i < RECIPIENT_OVERSHOOT_LIMIT; i++) assert.equal((await smtp.cmd(`RCPT TO:<incoming+x${i}@in.test>`)).code, 452);
+    for (const i of [1, 2]) assert.equal((await smtp.cmd(`RCPT TO:<incoming+y${i}@in.test>`)).code, 452);
+    assert.equal((await smtp.cmd('RCPT TO:<incoming+y3@in.test>')).code, 452);
+    assert.equal((await smtp.read()).raw, '421 4.7.0 mx.test Error: too many errors\r\n');
+    await smtp.waitClosed();
+  } finally {
+    await app.close();
+  }
 });
 
 describe('timeouts and early talkers', () => {
