@@ -53,7 +53,8 @@ const limitsSchema = z.strictObject({
 
 const senderAuthSchema = z.strictObject({
   enabled: z.boolean().default(false).describe('verify SPF, DKIM, DMARC and ARC at the end of DATA (DNS lookups per message) and add the results to the payload'),
-  max_from_header_bytes: positiveInt.default(16_384).describe('a From header larger than this is not parsed for DKIM/DMARC (permerror)'),
+  max_from_header_bytes: positiveInt.default(16_384).describe('a From header larger than this is not parsed for DKIM/DMARC (permerror; refused with 550 5.7.1 on a dmarc_reject route)'),
+  max_header_lines: positiveInt.default(2000).describe('a header section of more lines than this is not parsed for DKIM/DMARC (permerror; refused with 550 5.7.1 on a dmarc_reject route)'),
 });
 
 const smtpSchema = z.strictObject({

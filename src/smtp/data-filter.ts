@@ -16,8 +16,11 @@ export interface DataFilterOptions {
   maxReceived: number;
   maxMimeParts: number;
   maxMimeDepth: number;
-  /** sees the bytes as stored (sender authentication reads the message alongside the spool) */
-  tap?: { write(chunk: Buffer): void; end(): void };
+  /**
+   * Sees the bytes as stored (sender authentication reads the message alongside the spool). end() gets the
+   * stats and whether the message broke a limit (it is refused: nothing needs its bytes any more).
+   */
+  tap?: { write(chunk: Buffer): void; end(stats: DataFilterStats, refused: boolean): void };
   /** called once the message's own header section is complete, before its last bytes reach the tap */
   onHeaderEnd?: (stats: DataFilterStats) => void;
   /** runs after the last byte and before the stream ends; may throw (e.g. a MessageRefused for DMARC) */
@@ -34,6 +37,8 @@ export interface DataFilterStats {
   maxDepth: number;
   /** size of the message's From header(s): sender authentication refuses to parse huge ones */
   fromHeaderBytes: number;
+  /** lines of the message's own header section, folded continuations included (the same, for line counts) */
+  headerLines: number;
 }
 
 const CR = 0x0d;
@@ -49,7 +54,7 @@ type Frame = { kind: 'multipart'; delimiter: string } | { kind: 'message' };
 type HeaderKind = 'content-type' | 'cte' | 'from' | 'other';
 
 export class DataFilter extends Transform {
-  readonly stats: DataFilterStats = { bytesIn: 0, bytesOut: 0, normalized: 0, received: 0, mimeParts: 0, maxDepth: 0, fromHeaderBytes: 0 };
+  readonly stats: DataFilterStats = { bytesIn: 0, bytesOut: 0, normalized: 0, received: 0, mimeParts: 0, maxDepth: 0, fromHeaderBytes: 0, headerLines: 0 };
   /** the first limit the message broke; once set nothing more is passed on */
   violation: MailhookError | undefined;
 
@@ -98,7 +103,7 @@ export class DataFilter extends Transform {
         this.push(LF_BUF);
       }
     }
-    this.opts.tap?.end();
+    this.opts.tap?.end(this.stats, this.violation !== undefined);
     if (this.violation) return cb(this.violation);
     if (!this.opts.beforeEnd) return cb();
     this.opts.beforeEnd().then(
@@ -198,6 +203,10 @@ export class DataFilter extends Transform {
       this.headLen += take;
     }
     this.lineLen += n;
+    // A header line that does not end yet counts already: a line without a line break cannot outgrow the limit.
+    if (this.inHeader && this.headerBytes + this.lineLen > this.opts.maxHeaderBytes) {
+      this.fail(new MessageRefused(Reply.HeaderTooLarge, `header section over ${this.opts.maxHeaderBytes} bytes`));
+    }
   }
 
   private lineEnd(): void {
@@ -223,6 +232,7 @@ export class DataFilter extends Transform {
       this.endOfHeader();
       return;
     }
+    if (this.topLevel) this.stats.headerLines++;
     const first = this.head[0];
     if (first === 0x20 || first === 0x09) {
       // RFC 5322 §2.2.3: a folded continuation of the previous field.

@@ -41,6 +41,8 @@ export const Reply = {
   // RFC 3207 §4: the server may require TLS before accepting mail
   TlsRequired: reply(530, '5.7.0', 'Must issue a STARTTLS command first'),
   DmarcReject: (domain: string) => reply(550, '5.7.1', `Error: message rejected per DMARC policy of ${domain}`),
+  // A header too big to check (sender_auth size bounds) on a route that enforces DMARC: not let through unchecked.
+  DmarcUnevaluated: reply(550, '5.7.1', 'Error: header section too large for a DMARC check'),
   // Live recipient verification: never 250 for a recipient that could not be checked
   VerifyUnavailable: reply(451, '4.3.0', 'Error: recipient verification unavailable, try again later'),
 } as const;

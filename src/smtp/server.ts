@@ -88,7 +88,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   const verifyDispatcher = deps.verifyDispatcher ?? verifyAgent;
   const verifier = new RecipientVerifier({ clock, log, ...(verifyDispatcher ? { dispatcher: verifyDispatcher } : {}) });
   const authenticator = smtp.sender_auth.enabled
-    ? new SenderAuthenticator({ mta: smtp.hostname, log, maxFromHeaderBytes: smtp.sender_auth.max_from_header_bytes, ...(deps.dnsResolver ? { resolver: deps.dnsResolver } : {}) })
+    ? new SenderAuthenticator({ mta: smtp.hostname, log, maxFromHeaderBytes: smtp.sender_auth.max_from_header_bytes, maxHeaderLines: smtp.sender_auth.max_header_lines, ...(deps.dnsResolver ? { resolver: deps.dnsResolver } : {}) })
     : undefined;
 
   const tls = smtp.tls ? { files: { keyFile: smtp.tls.key_file, certFile: smtp.tls.cert_file }, settings: smtp.tls } : undefined;
@@ -253,7 +253,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       ...(run
         ? {
             tap: run,
-            onHeaderEnd: (stats) => run.headerEnd(stats.fromHeaderBytes),
+            onHeaderEnd: (stats) => run.headerEnd(stats),
             // Authentication finishes before the last byte is handed over, so the results go into this
             // message's meta and a DMARC refusal happens before anything is committed.
             beforeEnd: async () => {
@@ -262,6 +262,9 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
               meta.authentication_results = o.authenticationResults;
               if (o.dmarcRejectDomain && deliveries.some((d) => dmarcRejectRoutes.has(d.route))) {
                 throw new MessageRefused(Reply.DmarcReject(o.dmarcRejectDomain), 'DMARC policy reject');
+              }
+              if (o.unevaluated && deliveries.some((d) => dmarcRejectRoutes.has(d.route))) {
+                throw new MessageRefused(Reply.DmarcUnevaluated, 'header too large for a DMARC check');
               }
             },
           }

@@ -97,6 +97,7 @@ test('Received headers count in the message header only; the From header size is
   const { filter } = await run(Buffer.from(msg), 5);
   assert.equal(filter.stats.received, 2);
   assert.equal(filter.stats.fromHeaderBytes, 'From: x@y.test,\r\n z@y.test\r\n'.length);
+  assert.equal(filter.stats.headerLines, 4, 'header lines of the message itself, continuations included');
   const loop = await run(Buffer.from(msg), 5, { maxReceived: 1 });
   assert.ok(loop.err instanceof MessageRefused);
   assert.equal(loop.err.reply.enhanced, '5.4.6');
@@ -106,6 +107,17 @@ test('the header limit applies to each header section; the size limit to the byt
   const big = await run(Buffer.from(`Subject: ${'x'.repeat(200)}\r\n\r\nbody\r\n`), 16, { maxHeaderBytes: 100 });
   assert.ok(big.err instanceof MessageRefused);
   assert.equal(big.err.reply.text, 'Error: message header section exceeds size limit');
+  // A header line that never ends is refused as soon as it passes the limit, not when (if ever) it ends: what a
+  // tap (sender authentication) holds of the header stays within the limit.
+  const tapped: Buffer[] = [];
+  const open = createDataFilter({ ...OPTS, maxHeaderBytes: 100, tap: { write: (c) => tapped.push(c), end: () => {} } });
+  open.write(Buffer.from('Subject: ' + 'x'.repeat(80)));
+  open.write(Buffer.from('x'.repeat(80)));
+  assert.ok(open.violation instanceof MessageRefused, 'refused before the line ends');
+  assert.equal(open.violation.reply.enhanced, '5.3.4');
+  open.write(Buffer.from('x'.repeat(10_000)));
+  assert.ok(Buffer.concat(tapped).length <= 89, `the tap got ${Buffer.concat(tapped).length} bytes`);
+  open.destroy();
   const large = await run(Buffer.from('Subject: x\r\n\r\n' + 'y'.repeat(200)), 16, { maxBytes: 100 });
   assert.equal((large.err as { code?: string }).code, 'MESSAGE_TOO_LARGE');
 });

@@ -171,3 +171,26 @@ test('a huge From header (quadratic for the address parser under mailauth) is no
   assert.equal(meta.authentication.dmarc.result, 'permerror');
   assert.match(meta.authentication_results, /^mx\.test; spf=pass .*dkim=permerror/);
 });
+
+test('a header section of more lines than max_header_lines is not parsed (quadratic in mailauth): permerror, SPF still checked', async () => {
+  const pad = 'X-Pad: a0@d0.test,\r\n' + Array.from({ length: 3000 }, (_, i) => ` a${i}@d${i}.test,\r\n`).join('');
+  const raw = message('Alice <alice@sender.test>', 'many lines').replace('Subject:', `${pad}Subject:`);
+  const { id } = await deliver(raw, 'alice@sender.test', 'user@in.test');
+  assert.ok(id);
+  const meta = app.spool.getMessage(id)?.meta as { authentication: NonNullable<Payload['authentication']>; authentication_results: string };
+  assert.equal(meta.authentication.spf.result, 'pass');
+  assert.equal(meta.authentication.dmarc.result, 'permerror');
+  assert.match(meta.authentication_results, /dkim=permerror \(header section over 2000 lines\)/);
+});
+
+test('a dmarc_reject route refuses what it cannot check: a spoofed From padded past max_from_header_bytes, or a header past max_header_lines', async () => {
+  const before = countMessages(app);
+  const padded = message(`"${'A'.repeat(17_000)}" <ceo@spoofed.test>`, 'padded');
+  assert.equal((await deliver(padded, 'ceo@spoofed.test', 'strict@in.test')).reply, '550 5.7.1 Error: header section too large for a DMARC check\r\n');
+  const pad = 'X-Pad: x\r\n'.repeat(2500);
+  const long = message('CEO <ceo@spoofed.test>', 'long').replace('Subject:', `${pad}Subject:`);
+  assert.equal((await deliver(long, 'ceo@spoofed.test', 'strict@in.test')).reply, '550 5.7.1 Error: header section too large for a DMARC check\r\n');
+  assert.equal(countMessages(app), before);
+  // A route without dmarc_reject takes it, recorded as not checked.
+  assert.ok((await deliver(padded, 'ceo@spoofed.test', 'user@in.test')).id);
+});
