@@ -73,8 +73,12 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
         })),
       };
     });
+    // Only messages of sink routes: a webhook route's messages are not the sink's to show (their ids reach
+    // consumers, logs and senders, and loopback needs no token).
+    const isSinkMessage = spool.db.prepare(`SELECT 1 FROM deliveries WHERE message_id = ? AND route IN (${sinkRoutes.map(() => '?').join(',')}) LIMIT 1`).pluck();
     app.get('/sink/messages/:id/raw', { preHandler: guard, schema: { params: { type: 'object', properties: { id: { type: 'string', pattern: '^[a-z0-9]{1,64}$' } }, required: ['id'] } } }, async (req, reply) => {
       const { id } = req.params as { id: string };
+      if (isSinkMessage.get(id, ...sinkRoutes) === undefined) return reply.code(404).send({ error: 'not_found', message: `no message ${id} in the sink` });
       try {
         return reply.type('message/rfc822').send(spool.openRaw(id));
       } catch (err) {

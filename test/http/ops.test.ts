@@ -67,3 +67,29 @@ test('logs carry connection and message ids, never the secret or the body', asyn
   assert.equal(all.includes(SECRET.slice(6)), false);
   assert.equal(all.includes('TOP-SECRET-BODY-TEXT'), false);
 });
+
+test('the sink reader shows sink routes\' messages only: another route\'s message is 404 even from loopback', async () => {
+  const other = await startTestApp({ routes: `
+  - name: hooks
+    addresses: ["in+%{key}@ops.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+  - name: keep
+    addresses: ["*@sink.test"]
+    sink: true
+` });
+  try {
+    const kept = await sendMail(other.smtpPort, { from: 'a@s.test', to: 'x@sink.test', subject: 'kept', text: 'sink body' });
+    const hooked = await sendMail(other.smtpPort, { from: 'a@s.test', to: 'in+k@ops.test', subject: 'hooked', text: 'webhook body' });
+    const idOf = (r: string) => /queued as (\S+)/.exec(r)![1]!;
+    const list = (await (await fetch(`${other.httpUrl}/sink/messages`)).json()) as { messages: Array<{ id: string }> };
+    assert.deepEqual(list.messages.map((m) => m.id), [idOf(kept.response)]);
+    const ok = await fetch(`${other.httpUrl}/sink/messages/${idOf(kept.response)}/raw`);
+    assert.equal(ok.status, 200);
+    assert.match(await ok.text(), /sink body/);
+    const refused = await fetch(`${other.httpUrl}/sink/messages/${idOf(hooked.response)}/raw`);
+    assert.equal(refused.status, 404);
+    assert.doesNotMatch(await refused.text(), /webhook body/);
+  } finally {
+    await other.close();
+  }
+});
