@@ -99,9 +99,10 @@ export async function startApp(deps: AppDeps): Promise<App> {
     }
     lifecycle.onStop('http', () => http.close());
 
-    // SMTP starts last and stops first: nothing is accepted that the rest cannot take.
-    const smtpAddress = await smtp.listen();
+    // SMTP starts last and stops first: nothing is accepted that the rest cannot take. Registered before it
+    // listens: when the implicit-TLS listener cannot bind, the main one (already bound) must close too.
     lifecycle.onStop('smtp', () => smtp.shutdown(SHUTDOWN_GRACE_MS));
+    const smtpAddress = await smtp.listen();
 
     log.info({ smtp: smtpAddress, http: httpAddress, routes: config.routes.map((r) => r.name), spool: config.spool.path }, 'mailhook started');
     return {

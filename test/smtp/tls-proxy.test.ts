@@ -5,10 +5,13 @@ import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { freePort } from '../helpers/process.js';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import { Consumer } from '../helpers/consumer.js';
-import { SECRET, tempDir, until, type TestApp } from '../helpers/app.js';
-import { Lines, countMessages, makeCert, opensslMissing, queuedId, session, startData, startSmtpApp, startTls } from './support.js';
+import { SECRET, configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { Lines, SINK_ROUTES, countMessages, makeCert, opensslMissing, queuedId, session, startData, startSmtpApp, startTls } from './support.js';
 
 const skip = opensslMissing();
 
@@ -117,6 +120,31 @@ describe('TLS', { skip }, () => {
     const id = queuedId(await s.read());
     assert.equal(app.spool.getMessage(id)?.envelope.tls?.protocol, 'TLSv1.3');
     s.socket.destroy();
+  });
+
+  test('an implicit-TLS port that cannot be bound fails the start, and the SMTP port bound before it is closed again', async () => {
+    const taken = createServer().listen(0, '127.0.0.1');
+    await once(taken, 'listening');
+    const port = await freePort();
+    try {
+      const takenPort = (taken.address() as AddressInfo).port;
+      const yaml = (d: string) =>
+        configYaml({ dir: d, routes: SINK_ROUTES }).replace(
+          'smtp:\n  listen: "127.0.0.1:0"\n',
+          `smtp:\n  listen: "127.0.0.1:${port}"\n  tls:\n    key_file: ${a.key}\n    cert_file: ${a.cert}\n    implicit_listen: "127.0.0.1:${takenPort}"\n    watch: false\n`,
+        );
+      await assert.rejects(startTestApp({ routes: '', yaml }), /EADDRINUSE|smtp\.tls\.implicit_listen/);
+      // Nothing may be left taking mail that the (closed) spool cannot hold.
+      const probe = createConnection(port, '127.0.0.1');
+      const outcome = await new Promise<string>((resolve) => {
+        probe.once('connect', () => resolve('connected'));
+        probe.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+      });
+      probe.destroy();
+      assert.equal(outcome, 'ECONNREFUSED');
+    } finally {
+      taken.close();
+    }
   });
 
   test('smtp.tls.min_version: TLSv1.3 refuses a TLS 1.2 client', async () => {
