@@ -166,6 +166,14 @@ describe('admin API', () => {
     const body = await call(app, 'POST', '/api/deliveries/replay', { body: { route: 'desk', limt: 5 } });
     assert.equal(body.status, 400);
     assert.match(body.body.message, /unknown body field "limt"/);
+    // Refused before anything is replayed: a time past what a Date holds, more ids than the limit.
+    const far = await call(app, 'POST', '/api/deliveries/replay', { body: { all: true, as_of: '9999999999999999' } });
+    assert.equal(far.status, 400);
+    assert.match(far.body.message, /as_of: "9999999999999999" is past the latest time there is/);
+    const tooMany = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: ['aaaaaaaa', 'bbbbbbbb', 'cccccccc'], limit: 2 } });
+    assert.equal(tooMany.status, 400);
+    assert.match(tooMany.body.message, /ids: 3 ids but limit is 2/);
+    assert.equal((app.spool.db.prepare(`SELECT COUNT(*) AS n FROM deliveries WHERE replays > 0`).get() as { n: number }).n, 0, 'nothing replayed');
     const nf = await call(app, 'GET', '/api/nothing-here');
     assert.equal(nf.status, 404);
     assert.equal(nf.body.error, 'not_found');

@@ -227,6 +227,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
     const hasFilter = Object.keys(filter).length > 0;
     if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
+    if (b.ids && b.ids.length > b.limit) throw problem(400, `ids: ${b.ids.length} ids but limit is ${b.limit}; raise limit or send fewer ids`);
     if (!b.ids && !hasFilter && b.all !== true) {
       throw problem(400, `name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to replay every ${b.status === 'dead' ? 'dead-lettered' : 'delivered'} delivery`);
     }
@@ -336,11 +337,15 @@ function rejectUnknown(what: string, value: unknown, properties: object | undefi
 /** ISO 8601 or milliseconds since the epoch. */
 export function parseTime(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
-  if (/^\d{1,16}$/.test(value)) return Number(value);
-  const t = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN;
+  const t = /^\d{1,16}$/.test(value) ? Number(value) : /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN;
   if (Number.isNaN(t)) throw problem(400, `${name}: "${value}" is not a time; write ISO 8601 (2024-05-01T12:00:00Z) or milliseconds since the epoch`);
+  // Checked before anything is done with it: a replay committed and then failed to print such an as_of.
+  if (t > MAX_TIME_MS) throw problem(400, `${name}: "${value}" is past the latest time there is (${MAX_TIME_MS} ms, year 275760)`);
   return t;
 }
+
+/** The largest time a JavaScript Date holds (ECMA-262 §21.4.1.1). */
+const MAX_TIME_MS = 8.64e15;
 
 function windowMs(window: string): number {
   const m = /^(\d+)(m|h|d)$/.exec(window)!;
