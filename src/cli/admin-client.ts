@@ -63,7 +63,7 @@ export function resolveConnection(opts: ConnectionOptions, env: Env, cwd: string
       throw new CliError(`cannot read the token file ${opts.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
     }
   }
-  token ??= env.MAILHOOK_ADMIN_TOKEN || fromConfig?.token;
+  token ??= env.MAILHOOK_ADMIN_TOKEN?.trim() || fromConfig?.token;
   const url = (opts.url ?? env.MAILHOOK_URL ?? fromConfig?.url ?? 'http://127.0.0.1:8025').replace(/\/+$/, '');
   if (!/^https?:\/\/[^/]+$/.test(url)) throw new CliError(`--url must be the listener's base URL, like http://127.0.0.1:8025 (got "${url}")`, 2);
   return { url, token, smtp: fromConfig?.smtp };

@@ -214,6 +214,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
   } else if (raw.http.admin_token_file) {
     const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', problems);
     if (value !== undefined && value.length < 16) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be at least 16 characters' });
+    else if (value !== undefined && /\s/.test(value)) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be one word, no spaces: it is sent as "Authorization: Bearer <token>"' });
     else if (value !== undefined) adminToken = new Secret(value);
   }
 

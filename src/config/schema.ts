@@ -86,7 +86,12 @@ const smtpSchema = z.strictObject({
 
 const httpSchema = z.strictObject({
   listen: listenAddress.default({ host: '127.0.0.1', port: 8025 }).describe('HTTP listen address for health, metrics and the admin API'),
-  admin_token: z.string().min(16, 'must be at least 16 characters').optional().describe('bearer token for the admin API (prefer admin_token_file or MAILHOOK_ADMIN_TOKEN)'),
+  admin_token: z
+    .string()
+    .trim()
+    .min(16, 'must be at least 16 characters')
+    .regex(/^\S+$/, 'must be one word, no spaces: it is sent as "Authorization: Bearer <token>"')
+    .optional().describe('bearer token for the admin API (prefer admin_token_file or MAILHOOK_ADMIN_TOKEN)'),
   admin_token_file: z.string().min(1).optional().describe('file holding the admin API bearer token'),
 });
 

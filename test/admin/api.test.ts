@@ -321,6 +321,11 @@ describe('admin API', () => {
     assert.equal(withCsrf.status, 200);
     const forged = await call(app, 'GET', '/api/messages', { token: null, headers: { cookie: `mailhook_session=${'9'.repeat(15)}.${'A'.repeat(43)}` } });
     assert.equal(forged.status, 401);
+    // Behind a proxy with HTTP Basic auth the browser sends "Authorization: Basic" on every request: not ours, the cookie counts.
+    const basic = { authorization: `Basic ${Buffer.from('ops:proxy-password').toString('base64')}` };
+    assert.equal((await call(app, 'GET', '/api/messages', { token: null, headers: { ...basic, cookie } })).status, 200);
+    assert.equal((await call(app, 'GET', '/api/messages', { token: null, headers: basic })).status, 401);
+    assert.match((await fetch(`${app.httpUrl}/`, { headers: { ...basic, cookie } }).then((r) => r.text())), /src="\/assets\/app.js"/);
     const page = await fetch(`${app.httpUrl}/`, { headers: { cookie } });
     assert.match(await page.text(), /<script type="module" src="\/assets\/app.js">/);
     const login = await fetch(`${app.httpUrl}/`);

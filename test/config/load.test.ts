@@ -112,6 +112,17 @@ test('secret_file is read; environment overrides secrets and listen addresses', 
   assert.equal(fromEnv.routes[0]?.webhook?.signingKey?.reveal(), SECRET);
 });
 
+test('the admin token: trimmed (a secret file or variable often ends in a newline), one word, 16 characters at least', () => {
+  const dir = tempDir();
+  const token = 'k'.repeat(24);
+  const c = loadConfigText(route(), { source: 't', baseDir: dir, env: { MAILHOOK_ADMIN_TOKEN: `${token}\n` } });
+  assert.equal(c.http.adminToken?.reveal(), token);
+  assert.deepEqual(problems(`http:\n  admin_token: "correct horse battery staple"\n${route()}`), ['http.admin_token: must be one word, no spaces: it is sent as "Authorization: Bearer <token>"']);
+  writeFileSync(join(dir, 'token'), 'two words here, sixteen plus\n');
+  const f = problems(`http:\n  admin_token_file: ${join(dir, 'token')}\n${route()}`);
+  assert.deepEqual(f, ['http.admin_token_file: the token in the file must be one word, no spaces: it is sent as "Authorization: Bearer <token>"']);
+});
+
 test('YAML syntax errors and a missing file are reported, not thrown raw', () => {
   assert.match(problems('routes: [\n')[0]!, /YAML syntax/);
   assert.throws(() => loadConfigFile('/nonexistent/mailhook.yaml', {}, '/'), (err: unknown) => err instanceof ConfigError && /no such file/.test(err.message));

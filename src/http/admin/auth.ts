@@ -46,7 +46,8 @@ export function sessionCookie(value: string, maxAgeSeconds: number): string {
 /** Checks a request: "Authorization: Bearer <token>", or the session cookie (plus the CSRF header on writes). */
 export function authenticate(req: FastifyRequest, token: string, now: number): AuthResult {
   const auth = req.headers.authorization;
-  if (auth !== undefined) {
+  // Another scheme (Basic from a proxy in front) is not for mailhook: the session cookie may still be there.
+  if (auth !== undefined && /^Bearer(\s|$)/i.test(auth)) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) return { ok: false, reason: 'the Authorization header must be "Bearer <admin token>"' };
     return constantTimeEqual(m[1] as string, token) ? { ok: true, via: 'bearer' } : { ok: false, reason: 'the admin token is wrong' };
