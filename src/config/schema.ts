@@ -17,6 +17,11 @@ export type ListenAddress = z.output<typeof listenAddress>;
 
 const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().nonnegative();
+/** The longest delay a Node.js timer takes; a longer one fires after 1 ms (and warns). */
+export const MAX_TIMER_MS = 2_147_483_647;
+const TIMER_MESSAGE = `must be at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest timer Node.js can set`;
+/** Milliseconds that end up in a timer. */
+const timerMs = positiveInt.max(MAX_TIMER_MS, TIMER_MESSAGE);
 
 /** An IPv4 or IPv6 address, optionally with a /prefix (CIDR). */
 const ipOrCidr = z.string().refine((v) => {
@@ -63,8 +68,8 @@ const smtpSchema = z.strictObject({
   max_message_bytes: positiveInt.default(26_214_400).describe('advertised as SIZE; larger messages get 552 5.3.4'),
   max_recipients: positiveInt.default(100).describe('recipients per message; more get 452 4.5.3'),
   max_clients: positiveInt.default(1000).describe('concurrent SMTP connections; more get 421'),
-  socket_timeout_ms: positiveInt.default(300_000).describe('idle time before a connection is closed (RFC 5321 §4.5.3.2.7: 5 minutes)'),
-  greeting_delay_ms: nonNegativeInt.default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
+  socket_timeout_ms: timerMs.default(300_000).describe('idle time before a connection is closed (RFC 5321 §4.5.3.2.7: 5 minutes)'),
+  greeting_delay_ms: nonNegativeInt.max(MAX_TIMER_MS, TIMER_MESSAGE).default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
   lmtp: z.boolean().default(false).describe('speak LMTP (RFC 2033) instead of SMTP, for an MTA in front (Postfix lmtp: transport); one reply per recipient after DATA'),
   tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
   proxy_protocol: z.union([z.boolean(), z.array(ipAddress)]).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
@@ -110,7 +115,7 @@ export const duration = z.string().transform((value, ctx) => {
 const retentionSchema = z.strictObject({
   delivered: duration.prefault('7d').describe('how long a message stays in the spool once all its deliveries succeeded'),
   dead: duration.prefault('30d').describe('how long a message with a dead-lettered delivery stays in the spool (counted from the dead-lettering)'),
-  interval: duration.prefault('10m').describe('how often expired messages are removed and their space given back'),
+  interval: duration.refine((ms) => ms <= MAX_TIMER_MS, TIMER_MESSAGE).prefault('10m').describe('how often expired messages are removed and their space given back'),
 });
 
 const spoolSchema = z.strictObject({
@@ -128,7 +133,7 @@ const retrySchema = z.strictObject({
 const deliverySchema = z.strictObject({
   concurrency: positiveInt.default(16).describe('webhook requests in flight at once, all routes together'),
   per_route_concurrency: positiveInt.default(4).describe('webhook requests in flight at once for one route; as many more of its deliveries (up to 1 MiB each) are read, parsed and signed meanwhile; a message over 4 MiB is delivered one at a time per route (memory)'),
-  timeout_ms: positiveInt.default(30_000).describe('time allowed for one webhook request'),
+  timeout_ms: timerMs.default(30_000).describe('time allowed for one webhook request'),
   parse_threads: nonNegativeInt.max(16).default(1).describe('worker threads that parse messages for the json format, so parsing never holds up SMTP sessions; 0 parses on the main thread'),
   retry: retrySchema.prefault({}),
 });
@@ -162,7 +167,7 @@ const webhookSchema = z.strictObject({
   secret: z.string().min(1).optional().describe('signing secret (whsec_… for Standard Webhooks)'),
   secret_file: z.string().min(1).optional().describe('file holding the signing secret'),
   format: z.enum(WEBHOOK_FORMATS).default('json').describe('payload format'),
-  timeout_ms: positiveInt.optional().describe('overrides delivery.timeout_ms for this route'),
+  timeout_ms: timerMs.optional().describe('overrides delivery.timeout_ms for this route'),
   mime: z.boolean().optional().describe("format mailgun: post the raw message as body-mime (Mailgun's \"/mime\" URLs, what Action Mailbox's Mailgun ingress reads) instead of parsed fields"),
   raw_email: z.boolean().optional().describe("format postmark: include the raw message as RawEmail (Postmark's \"Include raw email content\"; Action Mailbox's Postmark ingress needs it)"),
   send_raw: z.boolean().optional().describe("format sendgrid: post the whole message in the email field (SendGrid's \"POST the raw, full MIME message\"; Action Mailbox's SendGrid ingress needs it)"),
@@ -179,7 +184,7 @@ const addressPattern = z.string().superRefine((value, ctx) => {
 
 const verifySchema = z.strictObject({
   url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('POSTed {route, address, key} at RCPT, signed with the webhook secret; 200/204 = exists, 404/410 = unknown'),
-  timeout_ms: positiveInt.default(2000).describe('time allowed for an answer; slower gets 451 4.3.0'),
+  timeout_ms: timerMs.default(2000).describe('time allowed for an answer; slower gets 451 4.3.0'),
   cache_ttl_s: nonNegativeInt.default(300).describe('seconds a yes or no is remembered; 0 asks every time'),
 });
 
@@ -197,7 +202,7 @@ export const routeSchema = z
     if (!route.webhook && !route.sink) ctx.addIssue({ code: 'custom', message: 'a route needs a webhook (or sink: true)' });
     if (route.webhook && route.sink) ctx.addIssue({ code: 'custom', message: 'a route has either a webhook or sink: true, not both' });
     // GitLab's endpoint is POST …/api/v4/internal/mail_room/<mailbox type>, the type being the gitlab.rb section.
-    if (route.webhook?.format === 'gitlab' && !/\/api\/v4\/internal\/mail_room\/(incoming_email|service_desk_email)$/.test(new URL(route.webhook.url).pathname)) {
+    if (route.webhook?.format === 'gitlab' && URL.canParse(route.webhook.url) && !/\/api\/v4\/internal\/mail_room\/(incoming_email|service_desk_email)$/.test(new URL(route.webhook.url).pathname)) {
       ctx.addIssue({ code: 'custom', path: ['webhook', 'url'], message: 'format gitlab posts to GitLab\'s mail_room endpoint: https://<gitlab>/api/v4/internal/mail_room/incoming_email (or …/service_desk_email)' });
     }
   });
@@ -256,8 +261,8 @@ const mailboxSchema = z
     claim: z.enum(['auto', 'keyword', 'move', 'none']).default('auto').describe('how instances sharing the mailbox take a message: keyword (CONDSTORE UNCHANGEDSINCE), move (to claim_folder; IMAP MOVE+UIDPLUS, or Graph), none (one instance), auto (IMAP: keyword, else move, else none; Graph: move)'),
     claim_folder: z.string().min(1).default('mailhook-processing').describe('claim: move — folder a claimed message is moved to until it is in the spool (created when missing)'),
     claim_timeout: z.number().int().min(1).max(86_400).default(300).describe('seconds after which a claim left by a dead instance is taken over'),
-    reconnect_delay_ms: positiveInt.default(1000).describe('first reconnect delay; doubles per failure, with jitter'),
-    reconnect_max_delay_ms: positiveInt.default(60_000).describe('upper bound of the reconnect delay'),
+    reconnect_delay_ms: timerMs.default(1000).describe('first reconnect delay; doubles per failure, with jitter'),
+    reconnect_max_delay_ms: timerMs.default(60_000).describe('upper bound of the reconnect delay'),
     inbox_options: graphOptionsSchema.optional().describe('microsoft_graph settings (GitLab\'s names)'),
   })
   .superRefine(

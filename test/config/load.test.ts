@@ -123,6 +123,20 @@ test('the admin token: trimmed (a secret file or variable often ends in a newlin
   assert.deepEqual(f, ['http.admin_token_file: the token in the file must be one word, no spaces: it is sent as "Authorization: Bearer <token>"']);
 });
 
+test('durations and timeouts longer than a Node.js timer can wait are refused, naming the key (they would fire after 1 ms)', () => {
+  const tooLong = 'must be at most 2147483647 ms (about 24.8 days), the longest timer Node.js can set';
+  assert.deepEqual(problems(`spool:\n  retention:\n    interval: 4w\n${route()}`), [`spool.retention.interval: ${tooLong}`]);
+  assert.deepEqual(problems(`delivery:\n  timeout_ms: 3000000000\n${route()}`), [`delivery.timeout_ms: ${tooLong}`]);
+  // The longest that works is accepted.
+  assert.equal(loadConfigText(`spool:\n  retention:\n    interval: 3w\n${route()}`, { source: 't', baseDir: tempDir(), env: {} }).spool.retention.interval, 3 * 604_800_000);
+});
+
+test('format gitlab with a URL that is not one: a problem naming the key, not a crash', () => {
+  const p = problems(`routes:\n  - name: gl\n    addresses: ["incoming+%{key}@x.test"]\n    webhook: { url: "not a url", format: gitlab, secret: "${'s'.repeat(32)}" }\n`);
+  assert.equal(p.length, 1, p.join('\n'));
+  assert.match(p[0]!, /^routes\[0\]\.webhook\.url: /);
+});
+
 test('YAML syntax errors and a missing file are reported, not thrown raw', () => {
   assert.match(problems('routes: [\n')[0]!, /YAML syntax/);
   assert.throws(() => loadConfigFile('/nonexistent/mailhook.yaml', {}, '/'), (err: unknown) => err instanceof ConfigError && /no such file/.test(err.message));
