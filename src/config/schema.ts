@@ -50,6 +50,7 @@ const limitsSchema = z.strictObject({
   max_messages_per_ip: nonNegativeInt.default(0).describe('MAIL commands per rate_window_ms from one client IP, 0 for no limit; more get 450 4.7.1'),
   max_recipients_per_ip: nonNegativeInt.default(0).describe('RCPT commands per rate_window_ms from one client IP, 0 for no limit; more get 450 4.7.1'),
   rate_window_ms: positiveInt.default(60_000).describe('time unit of the per-IP rates (Postfix anvil_rate_time_unit)'),
+  ipv6_prefix_length: z.number().int().min(0).max(128).default(84).describe('IPv6 clients are counted per prefix of this length for the per-IP limits, not per address (one host often holds a /64); 128 counts each address (Postfix smtpd_client_ipv6_prefix_length)'),
   exempt: z.array(ipOrCidr).default(['127.0.0.0/8', '::1']).describe('client addresses the per-IP limits do not apply to (Postfix smtpd_client_event_limit_exceptions)'),
   max_errors: nonNegativeInt.default(20).describe('error replies in one session before 421 4.7.0 and disconnect, 0 for no limit (Postfix smtpd_hard_error_limit)'),
   min_data_rate: nonNegativeInt.default(500).describe('bytes/s a DATA phase must average after its first socket_timeout_ms, 0 for no minimum; slower gets 421 4.4.2 (Postfix smtpd_min_data_rate)'),

@@ -81,6 +81,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       maxRecipientsPerIp: smtp.limits.max_recipients_per_ip,
       windowMs: smtp.limits.rate_window_ms,
       exempt: smtp.limits.exempt,
+      ipv6PrefixLength: smtp.limits.ipv6_prefix_length,
     },
     clock,
   );

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { createDataFilter, parseContentType, type DataFilterOptions } from '../../src/smtp/data-filter.js';
-import { ClientLimits, parseCidr } from '../../src/smtp/limits.js';
+import { ClientLimits, clientKey, parseCidr } from '../../src/smtp/limits.js';
 import { enhanceReply, parseProxyV2 } from '../../src/smtp/adapter.js';
 import { MessageRefused } from '../../src/smtp/replies.js';
 
@@ -152,6 +152,37 @@ test('per-IP counters: connections, rates per window, exemptions by CIDR', () =>
   assert.deepEqual(parseCidr('10.0.0.0/8'), { address: '10.0.0.0', prefix: 8, family: 'ipv4' });
   assert.equal(parseCidr('10.0.0.0/33'), undefined);
   assert.equal(parseCidr('example.com'), undefined);
+});
+
+test('per-IP counters count IPv6 clients by prefix (84 bits by default, as Postfix), IPv4-mapped ones as IPv4', () => {
+  const limits = new ClientLimits({ maxConnectionsPerIp: 50, maxMessagesPerIp: 0, maxRecipientsPerIp: 0, windowMs: 1000, exempt: [] }, { now: () => 0 });
+  // Sixty addresses of one /64 (the host's own block) are one client.
+  const opened = Array.from({ length: 60 }, (_, i) => limits.openConnection(`2001:db8:1:2::${(i + 1).toString(16)}`));
+  assert.equal(opened.filter(Boolean).length, 50);
+  assert.equal(limits.connectionsFrom('2001:db8:1:2:0:ff:abcd:1'), 50, 'same first 84 bits');
+  assert.equal(limits.openConnection('2001:db8:1:2:1000::1'), true, 'another /84');
+  // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d: still one IPv4 client each, not one IPv6 block.
+  assert.equal(limits.openConnection('::ffff:192.0.2.1'), true);
+  assert.equal(limits.connectionsFrom('192.0.2.1'), 1);
+  assert.equal(limits.connectionsFrom('::ffff:192.0.2.2'), 0);
+  assert.equal(clientKey('2001:DB8:1:2:3:4:5:6', 64), clientKey('2001:db8:1:2::', 64));
+  assert.notEqual(clientKey('2001:db8:1:2:3:4:5:6', 128), clientKey('2001:db8:1:2:3:4:5:7', 128));
+  assert.equal(clientKey('::1', 128), clientKey('0:0:0:0:0:0:0:1', 128));
+  const perAddress = new ClientLimits({ maxConnectionsPerIp: 1, maxMessagesPerIp: 0, maxRecipientsPerIp: 0, windowMs: 1000, exempt: [], ipv6PrefixLength: 128 }, { now: () => 0 });
+  assert.equal(perAddress.openConnection('2001:db8::1'), true);
+  assert.equal(perAddress.openConnection('2001:db8::2'), true);
+  assert.equal(perAddress.openConnection('2001:db8::2'), false);
+});
+
+test('the rate table is swept of expired windows once it is large, so it stays bounded', () => {
+  let now = 0;
+  const limits = new ClientLimits({ maxConnectionsPerIp: 0, maxMessagesPerIp: 5, maxRecipientsPerIp: 0, windowMs: 1000, exempt: [] }, { now: () => now });
+  const ip = (i: number) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+  for (let i = 0; i < 50_000; i++) limits.takeMessage(ip(i));
+  assert.equal(limits.trackedIps, 50_000);
+  now = 1000; // every window has ended
+  limits.takeMessage('192.0.2.1');
+  assert.equal(limits.trackedIps, 1);
 });
 
 test('enhanced codes for library replies', () => {
