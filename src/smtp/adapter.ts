@@ -20,6 +20,8 @@ export interface ConnectionHooks {
   onPipeliningViolation?(remoteAddress: string): void;
   /** a DATA phase was cut off for being too slow */
   onDataTimeout?(remoteAddress: string): void;
+  /** connections open on every listener (STARTTLS and implicit TLS): maxClients bounds them together */
+  connectionCount?(): number;
 }
 
 export interface AdapterOptions extends SMTPServerOptions {
@@ -116,7 +118,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
     override init(): void {
       this._setListeners(() => {
         const max = this._server.options.maxClients;
-        if (max && this._server.connections.size > max) {
+        if (max && (hooks.connectionCount?.() ?? this._server.connections.size) > max) {
           this.send(421, `${this.name} Too many connected clients, try again in a moment`, false);
           return;
         }

@@ -219,6 +219,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
 
   const hooks = {
     isDraining: () => draining,
+    connectionCount: () => servers.reduce((n, s) => n + s.connections.size, 0),
     maxErrors: smtp.limits.max_errors,
     minDataRate: smtp.limits.min_data_rate,
     onPipeliningViolation(remote: string) {

@@ -122,6 +122,28 @@ describe('TLS', { skip }, () => {
     s.socket.destroy();
   });
 
+  test('smtp.max_clients bounds the STARTTLS and the implicit-TLS listener together', async () => {
+    const capped = await startSmtpApp({ smtp: `  max_clients: 2\n  tls:\n    key_file: ${a.key}\n    cert_file: ${a.cert}\n    implicit_listen: "127.0.0.1:0"\n    watch: false` });
+    const open: Array<{ socket: { destroy(): void } }> = [];
+    try {
+      const implicitPort = capped.smtp.implicitAddress!.port;
+      const first = await implicitSession(implicitPort);
+      open.push(first);
+      assert.equal((await first.read()).code, 220);
+      const second = await session(capped.smtpPort);
+      open.push(second);
+      const third = await RawSmtp.open(capped.smtpPort);
+      open.push(third.smtp);
+      assert.equal(third.banner.raw, '421 4.7.0 mx.test Too many connected clients, try again in a moment\r\n');
+      const fourth = await implicitSession(implicitPort);
+      open.push(fourth);
+      assert.equal((await fourth.read()).raw, '421 4.7.0 mx.test Too many connected clients, try again in a moment\r\n');
+    } finally {
+      for (const s of open) s.socket.destroy();
+      await capped.close();
+    }
+  });
+
   test('an implicit-TLS port that cannot be bound fails the start, and the SMTP port bound before it is closed again', async () => {
     const taken = createServer().listen(0, '127.0.0.1');
     await once(taken, 'listening');
