@@ -381,8 +381,14 @@ describe('settling: outcomes that finish while prepared deliveries wait are reco
       };
       for (let i = 0; i < 8; i++) await sendMail(app.smtpPort, { from: 'a@s.test', to: `slow-k${i}@t.test`, subject: `s${i}`, text: 'x' });
       await consumer.received(4);
-      // The other four are leased and prepared, waiting for a request slot.
+      // The other four are leased and prepared, waiting for a request slot (leased is not enough: on a loaded
+      // machine a parse can still be running when the first answer comes, and nothing waits for that slot yet).
       await until(() => (jobs.counts().delivering === 8 ? true : undefined), 5000, 'eight leased');
+      const waiting = async () => /^mailhook_deliveries_waiting\{route="slow",prepared="true"\} 4$/m.test(await (await fetch(`${app.httpUrl}/metrics`)).text());
+      for (const start = Date.now(); !(await waiting()); ) {
+        if (Date.now() - start > 10_000) throw new Error('four prepared deliveries never waited for a slot');
+        await new Promise((r) => setTimeout(r, 20));
+      }
       const first = held;
       held = [];
       for (const answer of first) {

@@ -35,6 +35,7 @@ test('defaults: Postfix-like limits, bare LF normalized, no TLS, no PROXY, sende
     max_recipients_per_ip: 0,
     rate_window_ms: 60_000,
     exempt: ['127.0.0.0/8', '::1'],
+    ipv6_prefix_length: 84,
     max_errors: 20,
     min_data_rate: 500,
     min_free_disk_bytes: 104_857_600,
