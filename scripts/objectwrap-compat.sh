@@ -9,5 +9,7 @@
 set -euo pipefail
 h="$1/include/node/node_object_wrap.h"
 grep -q 'mailhook: no per-object cleanup hooks' "$h" && exit 0
+# Node 20's header registers no cleanup hooks: nothing to patch (the Dockerfile's NODE_IMAGE may be Node 20).
+grep -q 'void AddCleanupHook' "$h" || exit 0
 perl -0pi -e 's/  void AddCleanupHook\(\) \{.*?\n  \}\n\n  void RemoveCleanupHook\(\) \{.*?\n  \}\n/  \/\/ mailhook: no per-object cleanup hooks (see scripts\/objectwrap-compat.sh)\n  void AddCleanupHook() {}\n  void RemoveCleanupHook() {}\n/s' "$h"
 grep -q 'mailhook: no per-object cleanup hooks' "$h" || { echo "objectwrap-compat: $h has an unexpected shape; not patched" >&2; exit 1; }

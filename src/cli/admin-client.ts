@@ -14,8 +14,8 @@ export interface Connection {
   /** base URL of the HTTP listener, no trailing slash */
   url: string;
   token: string | undefined;
-  /** SMTP listen address from the config file, when one was given */
-  smtp?: { host: string; port: number };
+  /** SMTP listen address from the config file, when one was given (lmtp: it speaks LMTP, smtp.lmtp) */
+  smtp?: { host: string; port: number; lmtp: boolean };
 }
 
 /** Thrown for problems the operator fixes (wrong URL, token, flags): printed as one line, exit 1. */
@@ -44,11 +44,12 @@ export function resolveConnection(opts: ConnectionOptions, env: Env, cwd: string
   let fromConfig: Connection | undefined;
   if (opts.config) {
     try {
-      const config = loadConfigFile(resolve(cwd, opts.config), env, cwd);
+      // Only where to connect is read: route secrets may live in the service's environment, not in this shell's.
+      const config = loadConfigFile(resolve(cwd, opts.config), env, cwd, { secretsOptional: true });
       fromConfig = {
         url: `http://${hostForUrl(connectHost(config.http.listen.host))}:${config.http.listen.port}`,
         token: config.http.adminToken?.reveal(),
-        smtp: { host: connectHost(config.smtp.listen.host), port: config.smtp.listen.port },
+        smtp: { host: connectHost(config.smtp.listen.host), port: config.smtp.listen.port, lmtp: config.smtp.lmtp },
       };
     } catch (err) {
       if (err instanceof ConfigError) throw new CliError(err.message, 2);

@@ -116,7 +116,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
       ].join('\r\n');
       let id: string;
       try {
-        const reply = await smtpSend({ host: smtp.host, port: smtp.port, from: o.from, to: [o.to], data, timeoutMs: Math.min(timeoutMs, 30_000) });
+        const reply = await smtpSend({ host: smtp.host, port: smtp.port, from: o.from, to: [o.to], data, timeoutMs: Math.min(timeoutMs, 30_000), lmtp: conn.smtp?.lmtp ?? false });
         const m = /queued as ([a-z0-9]+)/i.exec(reply.text);
         if (!m) throw new CliError(`the server accepted the message but did not say its id: "${reply.code} ${reply.text}"`);
         id = m[1] as string;

@@ -1,4 +1,4 @@
-// A minimal SMTP client for send-test: one message over plain SMTP to the running mailhook, returning every reply.
+// A minimal SMTP (or LMTP) client for send-test: one message over plain SMTP to the running mailhook.
 import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 
@@ -16,8 +16,11 @@ export class SmtpSendError extends Error {
   }
 }
 
-/** Sends `data` (CRLF lines, no final dot) from `from` to `to`; resolves with the reply to the end of DATA. */
-export async function smtpSend(opts: { host: string; port: number; from: string; to: string[]; data: string; timeoutMs: number }): Promise<SmtpReply> {
+/**
+ * Sends `data` (CRLF lines, no final dot) from `from` to `to`; resolves with the reply to the end of DATA (with
+ * `lmtp`, RFC 2033: LHLO, and one reply per recipient after the data, the first returned once all are 250).
+ */
+export async function smtpSend(opts: { host: string; port: number; from: string; to: string[]; data: string; timeoutMs: number; lmtp?: boolean }): Promise<SmtpReply> {
   const socket = await new Promise<Socket>((resolve, reject) => {
     const s = createConnection({ host: opts.host, port: opts.port }, () => resolve(s));
     s.once('error', (err) => reject(new SmtpSendError(`cannot connect to SMTP at ${opts.host}:${opts.port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
@@ -31,8 +34,9 @@ export async function smtpSend(opts: { host: string; port: number; from: string;
   };
   try {
     await expect('the greeting', (c) => c === 220);
-    socket.write(`EHLO ${hostname() || 'localhost'}\r\n`);
-    await expect('EHLO', (c) => c === 250);
+    const hello = opts.lmtp ? 'LHLO' : 'EHLO';
+    socket.write(`${hello} ${hostname() || 'localhost'}\r\n`);
+    await expect(hello, (c) => c === 250);
     socket.write(`MAIL FROM:<${opts.from}>\r\n`);
     await expect('MAIL FROM', (c) => c === 250);
     for (const rcpt of opts.to) {
@@ -44,6 +48,7 @@ export async function smtpSend(opts: { host: string; port: number; from: string;
     // RFC 5321 §4.5.2: a line starting with "." gets another one.
     socket.write(`${opts.data.replace(/^\./gm, '..')}\r\n.\r\n`);
     const end = await expect('the message', (c) => c === 250);
+    if (opts.lmtp) for (const rcpt of opts.to.slice(1)) await expect(`the message for ${rcpt}`, (c) => c === 250);
     socket.write('QUIT\r\n');
     await replies.next().catch(() => undefined);
     return end;

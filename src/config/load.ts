@@ -78,8 +78,16 @@ export const MAILBOX_SECRET_ENV: ReadonlyArray<{ what: 'PASSWORD' | 'CLIENT_SECR
   { what: 'REFRESH_TOKEN', description: '`imap[].oauth2.refresh_token`' },
 ];
 
+/**
+ * How a caller uses the configuration. secretsOptional: it does not serve (the admin CLI reading where to
+ * connect), so a route secret that is not set here (it lives in the service's environment) is no problem.
+ */
+export interface LoadOptions {
+  secretsOptional?: boolean;
+}
+
 /** Relative paths in the file (spool.path, *_file) resolve against cwd, as for any daemon's working directory. */
-export function loadConfigFile(file: string, env: Env, cwd: string): Config {
+export function loadConfigFile(file: string, env: Env, cwd: string, load: LoadOptions = {}): Config {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -87,10 +95,10 @@ export function loadConfigFile(file: string, env: Env, cwd: string): Config {
     const why = isErrnoException(err) && err.code === 'ENOENT' ? 'no such file' : String((err as Error).message);
     throw new ConfigError(file, [{ path: '', message: `cannot read the configuration file: ${why}` }]);
   }
-  return loadConfigText(text, { source: file, baseDir: cwd, env });
+  return loadConfigText(text, { source: file, baseDir: cwd, env, ...load });
 }
 
-export function loadConfigText(text: string, opts: { source: string; baseDir: string; env?: Env }): Config {
+export function loadConfigText(text: string, opts: { source: string; baseDir: string; env?: Env } & LoadOptions): Config {
   const env = opts.env ?? {};
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
@@ -108,7 +116,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     const routes = Array.isArray((data as { routes?: unknown }).routes) ? ((data as { routes: unknown[] }).routes) : [];
     routes.forEach((r, i) => {
       const route = routeSchema.safeParse(r);
-      if (route.success) resolveRoute(route.data, `routes[${i}]`, 30_000, { baseDir: opts.baseDir }, problems);
+      if (route.success) resolveRoute(route.data, `routes[${i}]`, 30_000, opts, problems);
     });
     throw new ConfigError(opts.source, problems);
   }
@@ -181,7 +189,7 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
   });
 }
 
-function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; env: Env }): Config {
+function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; env: Env } & LoadOptions): Config {
   const problems: ConfigProblem[] = [];
   const names = new Map<string, number>();
   const claimed = new Map<string, string>();
@@ -240,7 +248,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
   };
 }
 
-function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string }, problems: ConfigProblem[]): ResolvedRoute {
+function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string } & LoadOptions, problems: ConfigProblem[]): ResolvedRoute {
   const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined, dmarcReject: route.dmarc_reject };
   if (route.verify) out.verify = { url: route.verify.url, timeoutMs: route.verify.timeout_ms, cacheTtlMs: route.verify.cache_ttl_s * 1000 };
   const w = route.webhook;
@@ -257,7 +265,7 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
   const secretPath = `${at}.webhook.${w.secret_file ? 'secret_file' : 'secret'}`;
   let keyBytes: Buffer | undefined;
   if (secretText === undefined) {
-    if (!w.secret_file && rule.required) {
+    if (!w.secret_file && rule.required && !opts.secretsOptional) {
       problems.push({ path: `${at}.webhook.secret`, message: `missing: format ${w.format} needs ${describeSecret(rule.kind)}; set secret, secret_file, or ${routeSecretEnvName(route.name)}` });
     }
   } else if (rule.kind === 'none') {

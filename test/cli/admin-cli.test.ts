@@ -8,8 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { Consumer } from '../helpers/consumer.js';
-import { SECRET, until, tempDir, type TestApp } from '../helpers/app.js';
-import { ADMIN_TOKEN, startAdminApp } from '../admin/helpers.js';
+import { SECRET, startTestApp, until, tempDir, type TestApp } from '../helpers/app.js';
+import { ADMIN_TOKEN, adminYaml, startAdminApp } from '../admin/helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/mailhook', import.meta.url));
 const BUILT = fileURLToPath(new URL('../../dist/cli/admin-commands.js', import.meta.url));
@@ -165,5 +165,34 @@ describe('mailhook CLI against a running server', () => {
     writeFileSync(join(dir, 'token'), `${ADMIN_TOKEN}\n`);
     const viaFile = await mailhook(['messages', 'list', '--json', '--token-file', join(dir, 'token'), ...conn]);
     assert.equal(viaFile.code, 0, viaFile.err);
+  });
+});
+
+describe('mailhook CLI with --config, as an operator runs it beside the service', () => {
+  test('send-test -c against an LMTP listener; route secrets absent from the shell (they live in the service\'s environment)', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    const routes = `
+  - name: app
+    addresses: ["app@in.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`;
+    const app = await startTestApp({ routes: '', yaml: (dir) => adminYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  lmtp: true\n') });
+    try {
+      const dir = tempDir();
+      const cfg = join(dir, 'mailhook.yaml');
+      // The operator's copy: the same listeners, the route's secret left to MAILHOOK_ROUTE_APP_SECRET (not set here).
+      writeFileSync(cfg, `smtp:\n  listen: "127.0.0.1:${app.smtpPort}"\n  lmtp: true\nhttp:\n  listen: "${app.httpUrl.replace('http://', '')}"\nroutes:\n  - name: app\n    addresses: ["app@in.test"]\n    webhook: { url: "${consumer.url}" }\n`);
+      const r = await mailhook(['send-test', '--to', 'app@in.test', '-c', cfg], { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN });
+      assert.equal(r.code, 0, r.err);
+      await consumer.waitFor(1);
+      // check-config stays strict: serving needs the secret.
+      const check = await mailhook(['check-config', '--config', cfg]);
+      assert.equal(check.code, 2);
+      assert.match(check.err, /routes\[0\]\.webhook\.secret: missing/);
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
   });
 });
