@@ -1,5 +1,6 @@
 // MIME → the "message" part of the JSON payload: decoded headers, addresses, bodies and attachments.
 import { simpleParser, type AddressObject, type EmailAddress, type ParsedMail } from 'mailparser';
+import { bytesToText } from './text.js';
 
 export interface PayloadAddress {
   address: string;
@@ -93,8 +94,12 @@ function headerName(line: string, key: string): string {
   return i > 0 ? line.slice(0, i).trim() : key;
 }
 
-/** The header's value unfolded (RFC 5322 §2.2.3), still encoded as on the wire. */
+/**
+ * The header's value unfolded (RFC 5322 §2.2.3: only the line breaks go), encoded words as on the wire. mailparser
+ * keeps header lines as Latin-1 text of the bytes; 8-bit values are read as UTF-8 when they are (RFC 6532).
+ */
 function headerValue(line: string): string {
   const i = line.indexOf(':');
-  return (i >= 0 ? line.slice(i + 1) : line).replace(/\r?\n[ \t]/g, ' ').trim();
+  const value = (i >= 0 ? line.slice(i + 1) : line).replace(/\r?\n(?=[ \t])/g, '').trim();
+  return /[\x80-\xff]/.test(value) && !/[^\x00-\xff]/.test(value) ? bytesToText(Buffer.from(value, 'latin1')) : value;
 }

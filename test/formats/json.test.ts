@@ -22,3 +22,18 @@ test('encodeJsonPayload equals the UTF-8 of JSON.stringify(buildJsonPayload) (fi
     assert.ok(Buffer.from(JSON.parse(fast.toString('utf8')).raw_base64, 'base64').equals(raw), `${name}: raw_base64 round trip`);
   }
 });
+
+test('header values: 8-bit UTF-8 (RFC 6532) read as UTF-8, other 8-bit bytes as Latin-1, folds unfolded keeping the white space', async () => {
+  const raw = Buffer.concat([
+    Buffer.from('Subject: Grüße\r\nFrom: Jörg <j@x.test>\r\nX-Fold: a\r\n\tb\r\n', 'utf8'),
+    Buffer.from('X-Latin: caf\xe9\r\n\r\nhi\r\n', 'latin1'),
+  ]);
+  const { message } = await parseMessage(raw);
+  assert.deepEqual(message.headers, [
+    { name: 'Subject', value: 'Grüße' },
+    { name: 'From', value: 'Jörg <j@x.test>' },
+    { name: 'X-Fold', value: 'a\tb' },
+    { name: 'X-Latin', value: 'café' },
+  ]);
+  assert.equal(message.subject, 'Grüße', 'the same as the decoded field');
+});

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/delivery/formats/headers.js';
 import { chooseBoundary, encodeMultipart, encodeUrlForm, type FormField } from '../../src/delivery/formats/multipart.js';
-import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS, STRIP_MAX_LINE_CHARS } from '../../src/parse/strip.js';
+import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS, STRIP_MAX_LINE_CHARS, STRIP_MAX_LINES } from '../../src/parse/strip.js';
 import { credentialsFromUrl, mailboxHash, formatAddress } from '../../src/delivery/formats/inbound.js';
 import { mailgunSignature, mailgunToken, classifyMailgun, mailgunParsedFields } from '../../src/delivery/formats/mailgun.js';
 import { classifyActionMailbox, actionMailboxBody } from '../../src/delivery/formats/action_mailbox.js';
@@ -128,9 +128,17 @@ test('stripReply: never empty — a message that is all quote or all signature c
   assert.equal(stripReply('  \n').text, '  \n');
 });
 
-test('stripReply: very long text, or a very long line, is returned whole without running the parser', () => {
-  const long = 'Reply.\n\n' + '> quoted\n'.repeat(STRIP_MAX_CHARS / 9 + 1);
+test('stripReply: very long text, a very long line, or very many lines, is returned whole without running the parser', () => {
+  // Long: few lines, each under the line limit, together over STRIP_MAX_CHARS.
+  const long = 'Reply.\n\n' + `> ${'q'.repeat(STRIP_MAX_LINE_CHARS - 100)}\n`.repeat(Math.ceil(STRIP_MAX_CHARS / (STRIP_MAX_LINE_CHARS - 100)) + 1);
+  assert.ok(long.split('\n').length < STRIP_MAX_LINES);
   assert.equal(stripReply(long).text, long);
+  // Many short lines (blank lines cost the parser the square of their number).
+  const many = 'Reply.\n' + '\n'.repeat(STRIP_MAX_LINES) + 'On Mon, Jan 1, 2024 at 10:00 AM Bob <bob@x.test> wrote:\n> q\n';
+  assert.ok(many.length < STRIP_MAX_CHARS);
+  assert.equal(stripReply(many).text, many);
+  const fewer = 'Reply.\n' + '   \n'.repeat(STRIP_MAX_LINES - 10) + 'On Mon, Jan 1, 2024 at 10:00 AM Bob <bob@x.test> wrote:\n> q\n';
+  assert.equal(stripReply(fewer).text, 'Reply.', 'under the line limit it is stripped (lines of spaces read as empty)');
   // One line of "On … wrote:" headers costs the parser seconds at 64 KB; it is not run.
   const unit = 'On Mon, Jan 1, 2024 at 10:00 AM Bob <bob@x.test> wrote: ';
   const hostile = 'Reply.\n' + unit.repeat(Math.ceil((STRIP_MAX_LINE_CHARS + 1) / unit.length)) + '\n> q\n';
@@ -166,6 +174,8 @@ test('credentialsFromUrl: userinfo becomes Basic auth and leaves the URL', () =>
   assert.equal(r.authorization, `Basic ${Buffer.from('actionmailbox:p@ss:w0rd').toString('base64')}`);
   assert.deepEqual(credentialsFromUrl('http://app.test/hook'), { url: 'http://app.test/hook', authorization: undefined });
   assert.equal(credentialsFromUrl('http://user@app.test/').authorization, `Basic ${Buffer.from('user:').toString('base64')}`);
+  // A "%" that starts no escape (the config accepts such a URL) is kept as written, not a URIError at every delivery.
+  assert.equal(credentialsFromUrl('https://user:p%ss@app.test/').authorization, `Basic ${Buffer.from('user:p%ss').toString('base64')}`);
 });
 
 test('mailboxHash: the route key for our recipients, the plus part (Postmark) for others', () => {
@@ -285,4 +295,18 @@ test('config: a format option on another format is refused, naming the key and t
   assert.ok(p.includes('routes[0].webhook.mime: applies only to format mailgun; remove it or set format: mailgun'), p.join('\n'));
   assert.match(problems(configFor('      url: https://app.test/j\n      secret: whsec_' + Buffer.alloc(32, 1).toString('base64') + '\n      send_raw: true')).join('\n'), /webhook\.send_raw: applies only to format sendgrid/);
   assert.match(problems(configFor('      url: https://app.test/j\n      format: postmark\n      raw_email: "yes"')).join('\n'), /raw_email/);
+});
+
+test('mailgun mime and sendgrid send_raw forward what a full parse refuses (1,100 MIME parts): only the header is read', async () => {
+  const parts = Array.from({ length: 1100 }, (_, i) => `--b\r\nContent-Type: text/plain\r\n\r\npart ${i}\r\n`).join('');
+  const raw = Buffer.from(`From: A <a@x.test>\r\nTo: b@in.test\r\nSubject: =?UTF-8?Q?gr=C3=BC=C3=9Fe?=\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n${parts}--b--\r\n`);
+  await assert.rejects(inboundView(raw), 'a full parse refuses it');
+  const recipients = [{ address: 'b@in.test', key: null }];
+  const mailgun = await FORMATS.mailgun.encode(formatContext(raw, { recipients, webhook: { format: 'mailgun', signingKeyBytes: Buffer.from('key-abc'), options: { mime: true, raw_email: false, send_raw: false } } }));
+  const sendgrid = await FORMATS.sendgrid.encode(formatContext(raw, { recipients, webhook: { format: 'sendgrid', options: { mime: false, raw_email: false, send_raw: true } } }));
+  for (const req of [mailgun, sendgrid]) {
+    const body = Buffer.from(req.body as Uint8Array);
+    assert.ok(body.includes(raw), 'the message byte for byte');
+    assert.ok(body.includes(Buffer.from('grüße')), 'the subject decoded');
+  }
 });

@@ -14,16 +14,9 @@ export interface HeaderSection {
   fields: HeaderField[];
 }
 
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+import { bytesToText } from '../../parse/text.js';
 
-/** Bytes as text: UTF-8 when they are valid UTF-8 (RFC 6532 headers), otherwise Latin-1 so that no byte is lost. */
-export function bytesToText(bytes: Uint8Array): string {
-  try {
-    return strictUtf8.decode(bytes);
-  } catch {
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-  }
-}
+export { bytesToText };
 
 /** Where the header section ends: the index of the blank line's first byte, and where the body starts. */
 export function headerEnd(raw: Buffer): { end: number; bodyStart: number } {
@@ -85,7 +78,6 @@ const CHARSET_ALIASES: Record<string, string> = {
   cp936: 'gbk',
   'iso-2022-jp-2': 'iso-2022-jp',
   'iso-2022-jp-ms': 'iso-2022-jp',
-  'cp-850': 'ibm866',
   ansi_x3_4_1968: 'windows-1252',
   ascii: 'windows-1252',
 };

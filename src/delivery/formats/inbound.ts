@@ -44,6 +44,17 @@ export interface InboundView {
 
 const PARSE_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipImageLinks: true, keepCidLinks: true } as const;
 
+/**
+ * The header fields alone, for the modes that forward the message byte for byte (Mailgun mime, SendGrid send_raw):
+ * no body, no attachments, and no full parse, which refuses what mailparser refuses (over 1,000 MIME parts, a
+ * header over 1 MB) although these modes never read the body.
+ */
+export function headerOnlyView(raw: Buffer): Pick<InboundView, 'subject' | 'fromHeader' | 'toHeader' | 'ccHeader'> {
+  const section = parseHeaderSection(raw);
+  const h = (name: string) => headerValue(section.fields, name)?.value ?? '';
+  return { subject: h('subject'), fromHeader: h('from'), toHeader: h('to'), ccHeader: h('cc') };
+}
+
 /** Parses a stored message for the service formats: charsets decoded to Unicode in every field, attachments as bytes. */
 export async function inboundView(raw: Buffer): Promise<InboundView> {
   const p = await simpleParser(raw, PARSE_OPTIONS);
@@ -118,11 +129,20 @@ export function mailboxHash(address: string, recipients: readonly Recipient[]): 
  * Hosted services take HTTP Basic credentials from the webhook URL's userinfo (https://user:pass@host/…) and send
  * them as an Authorization header; the request itself goes to the URL without them.
  */
+/** Percent-decoding that keeps a malformed sequence ("p%ss") as written instead of throwing. */
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
 export function credentialsFromUrl(url: string): { url: string; authorization: string | undefined } {
   const u = new URL(url);
   if (!u.username && !u.password) return { url, authorization: undefined };
-  const user = decodeURIComponent(u.username);
-  const password = decodeURIComponent(u.password);
+  const user = safeDecode(u.username);
+  const password = safeDecode(u.password);
   u.username = '';
   u.password = '';
   return { url: u.toString(), authorization: basicAuthorization(user, password) };

@@ -46,7 +46,9 @@ function payloadFields(ctx: FormatContext) {
     source: m.source,
     envelope: {
       mail_from: m.envelope.mailFrom,
-      rcpt_to: m.envelope.rcptTo,
+      // This delivery's recipients only: another route's (a Bcc, say) are not this consumer's to see, as an MTA
+      // delivering to several mailboxes gives each only its own envelope recipient.
+      rcpt_to: ctx.delivery.recipients.map((r) => r.address),
       remote_address: m.envelope.remoteAddress,
       helo: m.envelope.helo,
       tls: m.envelope.tls,

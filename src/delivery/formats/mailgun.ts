@@ -2,7 +2,7 @@
 import { createHmac } from 'node:crypto';
 import { stripQuotedHtml, stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, inboundView, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
+import { credentialsFromUrl, headerOnlyView, inboundView, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
 import { encodeUrlForm, multipartForm, type FormField, type RandomBytes } from './multipart.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
@@ -87,13 +87,12 @@ export function createMailgunFormat(deps: { randomBytes: RandomBytes }): Payload
       const timestamp = String(ctx.nowSeconds);
       const token = mailgunToken(deps.randomBytes);
       const signature = { timestamp, token, signature: mailgunSignature(key, timestamp, token) };
-      const view = await inboundView(ctx.raw);
       let form;
       if (ctx.webhook.options.mime) {
         // Mailgun's "/mime" post (what Action Mailbox's Mailgun ingress reads): the message byte for byte in body-mime.
-        form = multipartForm([...baseFields(ctx, view, signature), { name: 'body-mime', value: ctx.raw }], deps.randomBytes);
+        form = multipartForm([...baseFields(ctx, headerOnlyView(ctx.raw), signature), { name: 'body-mime', value: ctx.raw }], deps.randomBytes);
       } else {
-        const fields = await mailgunParsedFields(ctx, view, signature);
+        const fields = await mailgunParsedFields(ctx, await inboundView(ctx.raw), signature);
         // Mailgun posts multipart/form-data when there are attachments, urlencoded otherwise.
         const hasFiles = fields.some((f) => 'filename' in f);
         form = hasFiles ? multipartForm(fields, deps.randomBytes) : encodeUrlForm(fields as Array<{ name: string; value: string }>);

@@ -1,6 +1,6 @@
 // format: sendgrid — SendGrid Inbound Parse's multipart/form-data post, parsed fields or (send_raw) the whole message in `email`.
 import type { FormatContext, PayloadFormat } from './types.js';
-import { credentialsFromUrl, inboundView, type InboundView } from './inbound.js';
+import { credentialsFromUrl, headerOnlyView, inboundView, type InboundView } from './inbound.js';
 import { multipartForm, type FormField, type RandomBytes } from './multipart.js';
 
 /**
@@ -34,7 +34,10 @@ function charsets(names: readonly string[]): string {
   return JSON.stringify(Object.fromEntries(names.map((n) => [n, 'UTF-8'])));
 }
 
-export function sendgridFields(ctx: Pick<FormatContext, 'message' | 'delivery' | 'webhook' | 'raw'>, view: InboundView): FormField[] {
+type HeaderView = Pick<InboundView, 'subject' | 'fromHeader' | 'toHeader' | 'ccHeader'>;
+
+/** The fields both posts share: the decoded header values, the client, the envelope and the authentication results. */
+function commonFields(ctx: Pick<FormatContext, 'message' | 'delivery'>, view: HeaderView): { common: FormField[]; decoded: string[] } {
   const { spf, dkim } = authenticationFields(ctx.message.meta);
   const envelope = JSON.stringify({ to: ctx.delivery.recipients.map((r) => r.address), from: ctx.message.envelope.mailFrom });
   const common: FormField[] = [
@@ -47,10 +50,17 @@ export function sendgridFields(ctx: Pick<FormatContext, 'message' | 'delivery' |
     { name: 'SPF', value: spf },
     { name: 'dkim', value: dkim },
   ];
-  const decoded = ['to', 'from', ...(view.ccHeader ? ['cc'] : []), 'subject'];
-  if (ctx.webhook.options.send_raw) {
-    return [...common, { name: 'charsets', value: charsets(decoded) }, { name: 'email', value: ctx.raw }];
-  }
+  return { common, decoded: ['to', 'from', ...(view.ccHeader ? ['cc'] : []), 'subject'] };
+}
+
+/** send_raw: the message byte for byte in "email" (what Action Mailbox's SendGrid ingress reads). */
+export function sendgridRawFields(ctx: Pick<FormatContext, 'message' | 'delivery' | 'raw'>, view: HeaderView): FormField[] {
+  const { common, decoded } = commonFields(ctx, view);
+  return [...common, { name: 'charsets', value: charsets(decoded) }, { name: 'email', value: ctx.raw }];
+}
+
+export function sendgridFields(ctx: Pick<FormatContext, 'message' | 'delivery' | 'webhook' | 'raw'>, view: InboundView): FormField[] {
+  const { common, decoded } = commonFields(ctx, view);
   const fields: FormField[] = [{ name: 'headers', value: view.headerBlock }, ...common];
   // "text: If not set, email did not have a text body" — likewise html.
   if (view.text !== null) fields.push({ name: 'text', value: view.text });
@@ -76,8 +86,7 @@ export function createSendgridFormat(deps: { randomBytes: RandomBytes }): Payloa
   return {
     name: 'sendgrid',
     async encode(ctx) {
-      const view = await inboundView(ctx.raw);
-      const form = multipartForm(sendgridFields(ctx, view), deps.randomBytes);
+      const form = multipartForm(ctx.webhook.options.send_raw ? sendgridRawFields(ctx, headerOnlyView(ctx.raw)) : sendgridFields(ctx, await inboundView(ctx.raw)), deps.randomBytes);
       const { url, authorization } = credentialsFromUrl(ctx.webhook.url);
       return { url, headers: { 'content-type': form.contentType, ...(authorization ? { authorization } : {}) }, body: form.body };
     },
