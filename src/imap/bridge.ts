@@ -197,7 +197,6 @@ export class ImapBridge {
         ...(this.claimMode === 'none' && s.claim === 'auto' ? { single_instance_only: true } : {}),
         uid_validity: box.uidValidity.toString(),
       };
-      this.status.recovered();
       this.status.set('connected');
       this.log.info({ mailbox: s.name, ...this.status.details }, 'mailbox connected');
       await this.finishInterruptedDeletes(client, box);
@@ -208,6 +207,9 @@ export class ImapBridge {
         this.status.set('connected');
         if (this.claimMode === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) box = await this.scanClaimFolder(client, box);
         await this.drain(client, box);
+        // Recovered once a pass has gone through, not at login: a session that fails after SELECT (a spool that
+        // cannot write, a refused MOVE) would otherwise be failure #1 every time and never back off.
+        this.status.recovered();
         if (this.stopping) break;
         alive();
         if (this.dirty) continue;
@@ -733,8 +735,12 @@ export class ImapBridge {
       ok = await client.messageFlagsAdd(set, ['\\Seen'], { uid: true });
       if (ok && this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
     } else {
+      // The claim keyword goes first, so the moved copy does not carry it. A MOVE the server refuses (the folder
+      // gone, over quota) puts the claim back: unclaimed and unread in the folder, a message our spool holds
+      // would be taken again by another instance. It is moved on the next pass.
       if (this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
       ok = (await client.messageMove(set, a.folder, { uid: true })) !== false;
+      if (!ok && this.claimMode === 'keyword' && client.usable) await client.messageFlagsAdd(set, [CLAIM_KEYWORD], { uid: true }).catch(() => undefined);
     }
     if (!ok) {
       if (!client.usable) throw new MailboxError('MAILBOX_NETWORK', 'the connection was lost while marking delivered messages');

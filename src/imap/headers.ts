@@ -236,13 +236,16 @@ function stripComments(value: string): string {
   return out;
 }
 
-/** The Message-ID without angle brackets, or undefined. */
+/**
+ * The Message-ID without angle brackets, or undefined when there is none that names one message: "<>", "< >",
+ * "(none)" and the like are not ids (several messages would share one dedupe key, and all but the first be lost).
+ */
 export function messageIdOf(fields: readonly HeaderField[]): string | undefined {
-  const v = fieldValues(fields, 'message-id')[0];
+  const v = fieldValues(fields, 'message-id')[0]?.trim();
   if (!v) return undefined;
   const m = /<([^<>\s]+)>/.exec(v);
-  const id = (m ? m[1] : v.split(/\s+/)[0])?.trim();
-  return id ? id : undefined;
+  if (m) return m[1];
+  return /^[^<>\s()]+@[^<>\s()]+$/.test(v) ? v : undefined;
 }
 
 /**

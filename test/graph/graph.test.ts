@@ -244,3 +244,40 @@ test('move claims: a claim whose holder died is taken over after claim_timeout; 
     await Promise.all(apps.map((a) => a.close()));
   }
 });
+
+test('move claims: marking fails after the commit: the message stays claimed (not handed to another instance) and is marked on a later pass', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  g.fail(1, 500, (method) => method === 'PATCH');
+  g.add(message('once', { to: 'desk@in.test', messageId: 'once@x' }));
+  const a = await start([graphYaml('g-mark', { claim: 'auto' })]);
+  let b: TestApp | undefined;
+  try {
+    await until(() => count(a.spool.db) === 1, 10_000, 'A committed');
+    // The failed PATCH did not move it back to the inbox, where another instance would take it again.
+    const processing = () => [...g.folders].find(([, name]) => name === 'mailhook-processing')?.[0];
+    await until(() => (processing() && g.inFolder(processing()!).some((m) => m.isRead) ? true : undefined), 10_000, 'marked read on a later pass');
+    assert.equal(g.inFolder('inbox').length, 0);
+    b = await start([graphYaml('g-mark', { claim: 'auto' })]);
+    await until(() => (inbox(b!).status.state === 'polling' ? true : undefined), 10_000, 'B finished a pass');
+    assert.equal(count(b.spool.db), 0, 'B found nothing to take');
+    assert.equal(count(a.spool.db), 1);
+  } finally {
+    await a.close();
+    await b?.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));
+  const id = g.add(message('late', { to: 'desk@in.test', messageId: 'late@x' }));
+  const app = await start([graphYaml('g-404')]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'taken on a later pass');
+    await until(() => (g.messages.get(id)?.isRead ? true : undefined), 5000, 'marked read');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});

@@ -22,7 +22,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -122,6 +122,30 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       assert.equal(msg.envelope.mailFrom, 'sender@example.test');
     } finally {
       await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('keyword claims, after_delivery move: a MOVE the server refuses puts the claim back; no other instance takes the message', async () => {
+    const consumer = await new Consumer().start();
+    const entry = (delay: number) => imapBlock(mailboxYaml(dovecot, 'kwmove', { after_delivery: 'move:Archive', claim: 'keyword', reconnect_delay_ms: delay, reconnect_max_delay_ms: delay }));
+    const a = await startTestApp({ routes: routesYaml(consumer.url), extra: entry(60_000) });
+    let b: TestApp | undefined;
+    try {
+      await until(() => bridgeOf(a).status.state === 'idle', 10_000, 'A idle (Archive created)');
+      const c = await dovecot.client('kwmove');
+      await c.mailboxDelete('Archive');
+      await c.logout();
+      await dovecot.append([message('k1', { to: 'desk@in.test', messageId: 'kwmove-1@x' })], { user: 'kwmove' });
+      await until(() => bridgeOf(a).status.state === 'backoff', 10_000, 'the MOVE refused');
+      assert.equal(count(a.spool.db), 1, 'in A\'s spool');
+      assert.deepEqual((await dovecot.list('INBOX', 'kwmove')).map((m) => m.flags), [[CLAIM_KEYWORD]], 'still claimed');
+      b = await startTestApp({ routes: routesYaml(consumer.url), extra: entry(100) });
+      await until(() => bridgeOf(b!).status.state === 'idle', 10_000, 'B finished a pass');
+      assert.equal(count(b.spool.db), 0, 'B left it to its claimant');
+    } finally {
+      await a.close();
+      await b?.close();
       await consumer.stop();
     }
   });

@@ -52,6 +52,10 @@ test('header section: CRLF or LF, leading blank lines skipped, no body', () => {
 test('Message-ID and the envelope sender (Return-Path, else From; <> is the null sender)', () => {
   assert.equal(messageIdOf(fieldsOf('Message-ID: <a@b>\r\n\r\n')), 'a@b');
   assert.equal(messageIdOf(fieldsOf('Subject: x\r\n\r\n')), undefined);
+  // Not ids: several messages would share one dedupe key (move claims key by Message-ID) and all but one be lost.
+  for (const bad of ['<>', '< >', '<a b@x>', '(none)', 'two words@x', '']) assert.equal(messageIdOf(fieldsOf(`Message-ID: ${bad}\r\n\r\n`)), undefined, JSON.stringify(bad));
+  assert.equal(messageIdOf(fieldsOf('Message-ID: bare@x.test\r\n\r\n')), 'bare@x.test', 'a bare id without brackets');
+  assert.equal(messageIdOf(fieldsOf('Message-ID: (comment) <c@x.test>\r\n\r\n')), 'c@x.test');
   assert.equal(envelopeSenderOf(fieldsOf('Return-Path: <bounce@a.test>\r\nFrom: x@b.test\r\n\r\n')), 'bounce@a.test');
   assert.equal(envelopeSenderOf(fieldsOf('Return-Path: <>\r\nFrom: x@b.test\r\n\r\n')), '');
   assert.equal(envelopeSenderOf(fieldsOf('From: "X" <x@b.test>\r\n\r\n')), 'x@b.test');

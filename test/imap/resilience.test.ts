@@ -161,6 +161,9 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
       assert.deepEqual(left.map((m) => m.flags), [[], []], 'not deleted, not read, and the claim released');
       assert.ok(left.every((m) => !m.flags.includes(CLAIM_KEYWORD)));
       assert.equal(count(spool.db), 0);
+      // Each session logs in and fails after SELECT: the failures add up, so the pause grows (it does not restart
+      // at reconnect_delay_ms every time because the login worked).
+      await until(() => bridge.status.consecutiveFailures >= 3, 10_000, 'three failures in a row, counted as such');
       failing = false;
       await until(() => count(spool.db) === 2, 10_000, 'both messages once the spool works again');
       await until(() => bridge.status.state === 'idle', 5000, 'idle');

@@ -246,8 +246,12 @@ export class GraphInbox {
     try {
       await this.takeClaimed(id, internetMessageId);
     } catch (err) {
-      // Not taken: give it back to the folder so the next pass (ours or another instance's) takes it now.
-      if (this.s.claim === 'move' && !this.stopping) await this.claimMove(id, this.s.mailbox).catch(() => undefined);
+      if (this.s.claim === 'move' && !this.stopping) {
+        // In our spool already (marking it failed): it stays claimed, in the processing folder, and the next
+        // pass only marks it. Not taken: give it back so the next pass (ours or another instance's) takes it now.
+        if (this.deps.ingest.isCommitted(this.keyOf(id, internetMessageId))) this.nextClaimScanAt = 0;
+        else await this.claimMove(id, this.s.mailbox).catch(() => undefined);
+      }
       throw err;
     }
   }
@@ -262,7 +266,10 @@ export class GraphInbox {
     const res = await this.graph.stream(`${this.base}/messages/${encodeURIComponent(id)}/$value`, { allow: [404] });
     if (res.status === 404) {
       await res.body.dump();
-      return; // deleted or moved meanwhile
+      // Without claims the delta link would move past it and no later pass would list it again: end this pass,
+      // so the next one repeats from the last delta link (a message really deleted then shows as @removed).
+      if (this.s.claim !== 'move') throw new MailboxError('MAILBOX_SERVER', `message ${id} was listed but could not be read (404); the pass is repeated`);
+      return; // our claimed copy, deleted meanwhile
     }
     const { header, body } = await peekHeaders(res.body as AsyncIterable<Buffer>, MAX_HEADER_BYTES);
     const plan = this.deps.ingest.plan(header);
