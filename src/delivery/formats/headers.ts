@@ -1,4 +1,7 @@
 // Header-section helpers for the service formats: split the header block from the raw bytes, unfold, decode RFC 2047 words. Pure.
+import { bytesToText } from '../../parse/text.js';
+
+export { bytesToText };
 
 export interface HeaderField {
   name: string;
@@ -13,10 +16,6 @@ export interface HeaderSection {
   block: string;
   fields: HeaderField[];
 }
-
-import { bytesToText } from '../../parse/text.js';
-
-export { bytesToText };
 
 /** Where the header section ends: the index of the blank line's first byte, and where the body starts. */
 export function headerEnd(raw: Buffer): { end: number; bodyStart: number } {

@@ -125,10 +125,6 @@ export function mailboxHash(address: string, recipients: readonly Recipient[]): 
   return plus === -1 ? '' : local.slice(plus + 1);
 }
 
-/**
- * Hosted services take HTTP Basic credentials from the webhook URL's userinfo (https://user:pass@host/…) and send
- * them as an Authorization header; the request itself goes to the URL without them.
- */
 /** Percent-decoding that keeps a malformed sequence ("p%ss") as written instead of throwing. */
 function safeDecode(s: string): string {
   try {
@@ -138,6 +134,10 @@ function safeDecode(s: string): string {
   }
 }
 
+/**
+ * Hosted services take HTTP Basic credentials from the webhook URL's userinfo (https://user:pass@host/…) and send
+ * them as an Authorization header; the request itself goes to the URL without them.
+ */
 export function credentialsFromUrl(url: string): { url: string; authorization: string | undefined } {
   const u = new URL(url);
   if (!u.username && !u.password) return { url, authorization: undefined };
