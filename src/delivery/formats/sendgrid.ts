@@ -59,7 +59,7 @@ export function sendgridRawFields(ctx: Pick<FormatContext, 'message' | 'delivery
   return [...common, { name: 'charsets', value: charsets(decoded) }, { name: 'email', value: ctx.raw }];
 }
 
-export function sendgridFields(ctx: Pick<FormatContext, 'message' | 'delivery' | 'webhook' | 'raw'>, view: InboundView): FormField[] {
+export function sendgridFields(ctx: Pick<FormatContext, 'message' | 'delivery'>, view: InboundView): FormField[] {
   const { common, decoded } = commonFields(ctx, view);
   const fields: FormField[] = [{ name: 'headers', value: view.headerBlock }, ...common];
   // "text: If not set, email did not have a text body" — likewise html.
