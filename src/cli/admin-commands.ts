@@ -93,8 +93,9 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
       .option('--subject <text>', 'subject line', 'mailhook send-test')
       .option('--smtp <host:port>', 'SMTP address (default: the config file\'s smtp.listen, or 127.0.0.1:2525)')
       .option('--timeout <seconds>', 'how long to wait for the outcome', '60')
+      .option('--no-starttls', 'stay in plain text even when the server offers STARTTLS (used by default, unverified)')
       .option('--json', 'print the outcome as JSON'),
-  ).action((o: ConnectionOptions & { to: string; from: string; subject: string; smtp?: string; timeout: string; json?: boolean }) =>
+  ).action((o: ConnectionOptions & { to: string; from: string; subject: string; smtp?: string; timeout: string; starttls: boolean; json?: boolean }) =>
     run(async () => {
       const conn = resolveConnection(o, io.env, io.cwd);
       const api = new AdminClient(conn);
@@ -115,8 +116,10 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         `This is a test message sent by "mailhook send-test" (${token}).`,
       ].join('\r\n');
       let id: string;
+      let tls: string | null;
       try {
-        const reply = await smtpSend({ host: smtp.host, port: smtp.port, from: o.from, to: [o.to], data, timeoutMs: Math.min(timeoutMs, 30_000), lmtp: conn.smtp?.lmtp ?? false });
+        const reply = await smtpSend({ host: smtp.host, port: smtp.port, from: o.from, to: [o.to], data, timeoutMs: Math.min(timeoutMs, 30_000), lmtp: conn.smtp?.lmtp ?? false, starttls: o.starttls ? 'auto' : 'never' });
+        tls = reply.tls;
         const m = /queued as ([a-z0-9]+)/i.exec(reply.text);
         if (!m) throw new CliError(`the server accepted the message but did not say its id: "${reply.code} ${reply.text}"`);
         id = m[1] as string;
@@ -124,7 +127,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         if (err instanceof SmtpSendError) throw new CliError(err.message, err.reply ? EXIT.failed : EXIT.unavailable);
         throw err;
       }
-      if (!o.json) io.stderr(`sent to ${o.to} via ${smtp.host}:${smtp.port}: message ${id}; waiting for delivery…\n`);
+      if (!o.json) io.stderr(`sent to ${o.to} via ${smtp.host}:${smtp.port}${tls ? ` (STARTTLS, ${tls})` : ''}: message ${id}; waiting for delivery…\n`);
       const deadline = Date.now() + timeoutMs;
       let m: MessageDetail;
       for (;;) {

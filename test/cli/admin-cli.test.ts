@@ -10,6 +10,7 @@ import { once } from 'node:events';
 import { Consumer } from '../helpers/consumer.js';
 import { SECRET, startTestApp, until, tempDir, type TestApp } from '../helpers/app.js';
 import { ADMIN_TOKEN, adminYaml, startAdminApp } from '../admin/helpers.js';
+import { makeCert, opensslMissing } from '../smtp/support.js';
 
 const BIN = fileURLToPath(new URL('../../bin/mailhook', import.meta.url));
 const BUILT = fileURLToPath(new URL('../../dist/cli/admin-commands.js', import.meta.url));
@@ -190,6 +191,35 @@ describe('mailhook CLI with --config, as an operator runs it beside the service'
       const check = await mailhook(['check-config', '--config', cfg]);
       assert.equal(check.code, 2);
       assert.match(check.err, /routes\[0\]\.webhook\.secret: missing/);
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+
+  test('send-test upgrades with STARTTLS when offered (smtp.tls.required); --no-starttls gets the 530', { skip: opensslMissing() }, async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    const routes = `
+  - name: app
+    addresses: ["app@in.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`;
+    const certs = makeCert(tempDir(), 'mx');
+    const tls = `  tls:\n    key_file: ${certs.key}\n    cert_file: ${certs.cert}\n    required: true\n    watch: false\n`;
+    const app = await startTestApp({ routes: '', yaml: (dir) => adminYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', `  greeting_delay_ms: 0\n${tls}`) });
+    try {
+      const args = ['send-test', '--to', 'app@in.test', '--smtp', `127.0.0.1:${app.smtpPort}`, '--url', app.httpUrl];
+      const r = await mailhook(args, { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN });
+      assert.equal(r.code, 0, r.err + r.out);
+      assert.match(r.err, /via 127\.0\.0\.1:\d+ \(STARTTLS, TLSv1\.[23]\): message [a-z0-9]+;/);
+      await consumer.waitFor(1);
+      const payload = consumer.json<{ envelope: { tls: { protocol: string } | null } }>(0);
+      assert.match(payload.envelope.tls?.protocol ?? 'none', /^TLSv1\.[23]$/);
+      const plain = await mailhook([...args, '--no-starttls'], { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN });
+      assert.equal(plain.code, 1, plain.err);
+      assert.match(plain.err, /^mailhook: MAIL FROM refused: 530 5\.7\.0 /m);
+      assert.equal(consumer.requests.length, 1);
     } finally {
       await app.close();
       await consumer.stop();
