@@ -70,7 +70,10 @@ test('systemd unit: sandboxed, binds port 25 without root, writes only the spool
 
 test('systemd unit: systemd-analyze verify finds nothing to complain about', async (t) => {
   const analyze = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => existsSync(p));
-  if (!analyze) return t.skip('systemd-analyze is not installed; the static checks above still ran');
+  if (!analyze) {
+    if (process.env.CI === 'true') assert.fail('systemd-analyze is required under CI (Debian package systemd, installed by .ci/run)');
+    return t.skip('systemd-analyze is not installed; the static checks above still ran');
+  }
   const dir = mkdtempSync(join(tmpdir(), 'mailhook-unit-'));
   try {
     // Verify checks that ExecStart's program exists: point it at this node.
