@@ -117,6 +117,8 @@ export class Acceptor {
   private wal: { fd: number; ino: number; checkedAt: number } | undefined;
   private readonly syncWal: ((done: (err: Error | null) => void) => void) | null;
   private readonly onBatch: (messages: number) => void;
+  /** fdatasyncs of the WAL that succeeded (the default syncWal; tests check that each batch had its own) */
+  walSyncs = 0;
   /** called after each durable commit with the ids of new pending deliveries (not sinks), so delivery can wake up */
   onCommitted: (deliveryIds: string[]) => void = () => {};
 
@@ -373,7 +375,10 @@ export class Acceptor {
       done(err as Error);
       return;
     }
-    fdatasync(fd, (err) => done(err));
+    fdatasync(fd, (err) => {
+      if (!err) this.walSyncs++;
+      done(err);
+    });
   }
 
   /**

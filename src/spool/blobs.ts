@@ -10,6 +10,8 @@ const WRITE_BUFFER_BYTES = 256 * 1024;
 export class BlobStore {
   /** Folder fsyncs, shared by files finished at the same time (one fsync covers every entry created before it). */
   readonly dirSync: CoalescedSync;
+  /** message files fdatasynced so far (tests check that a file-backed message was synced before its commit) */
+  fileSyncs = 0;
 
   constructor(readonly dir: string) {
     mkdirSync(dir, { recursive: true });
@@ -90,6 +92,7 @@ export class BlobWriter {
     try {
       await this.flushPending();
       await this.handle.datasync();
+      this.store.fileSyncs++;
     } finally {
       await this.handle.close();
     }

@@ -229,6 +229,7 @@ test('a large message is a file, fdatasynced and its folder synced, before the c
     return w;
   };
   const dirSyncsBefore = r.blobs.dirSync.count;
+  const fileSyncsBefore = r.blobs.fileSyncs;
   try {
     const chunks = Array.from({ length: 40 }, (_, i) => Buffer.from(`${String(i).padStart(4, '0')}${'z'.repeat(8186)}\r\n`));
     const res = await r.acceptor.accept({
@@ -239,6 +240,7 @@ test('a large message is a file, fdatasynced and its folder synced, before the c
     });
     assert.deepEqual(events, ['file-synced rows=0', 'wal-sync']);
     assert.equal(r.blobs.dirSync.count, dirSyncsBefore + 1);
+    assert.equal(r.blobs.fileSyncs, fileSyncsBefore + 1, 'the message file was fdatasynced');
     const row = r.peek('SELECT raw, raw_file, size FROM messages WHERE id = ?', res.id) as { raw: Buffer | null; raw_file: string; size: number };
     assert.equal(row.raw, null);
     assert.equal(row.size, 40 * 8192);
@@ -254,10 +256,15 @@ test('a large message is a file, fdatasynced and its folder synced, before the c
 });
 
 test('the default path fdatasyncs the real WAL file and the rows are there for another connection', async () => {
-  const r = rig({ checkpoint: false });
+  let batches = 0;
+  const r = rig({ checkpoint: false, onBatch: () => batches++ });
   try {
     const res = await Promise.all(Array.from({ length: 5 }, (_, i) => r.acceptor.accept(input(`Subject: ${i}\r\n\r\nx\r\n`))));
     for (const x of res) assert.ok(r.peek('SELECT id FROM messages WHERE id = ?', x.id));
+    assert.ok(batches >= 1);
+    assert.equal(r.acceptor.walSyncs, batches, 'one fdatasync of the WAL per committed batch, each finished before its accepts resolved');
+    await r.acceptor.accept(input('Subject: alone\r\n\r\nx\r\n'));
+    assert.equal(r.acceptor.walSyncs, batches);
     assert.equal(r.db.pragma('synchronous', { simple: true }), 2);
   } finally {
     await r.close();
