@@ -9,7 +9,7 @@ import { Spool } from '../../src/spool/spool.js';
 import { MIGRATIONS } from '../../src/spool/db.js';
 import { Retention } from '../../src/spool/retention.js';
 import { createLogger } from '../../src/core/logger.js';
-import { tempDir } from '../helpers/app.js';
+import { tempDir, until } from '../helpers/app.js';
 
 const DAY = 86_400_000;
 const T0 = 1_700_000_000_000;
@@ -166,18 +166,38 @@ test('a spool from before this version gets the new indexes filled in and auto-v
   }
 });
 
-test('the timer runs at start and stop waits for it', async () => {
+test('the timer runs a pass at start on its own', async () => {
   const s = setup();
   try {
     const m = await s.accept(['delivered']);
     s.clock.t = T0 + 8 * DAY;
     s.retention.start();
-    // start() schedules the first run on the next turn; runOnce joins it rather than starting a second pass.
-    await new Promise((r) => setImmediate(r));
-    await s.retention.runOnce();
-    assert.equal(s.exists(m.id), false);
+    await until(() => !s.exists(m.id), 5000, 'the pass start() schedules');
+    assert.deepEqual(s.removed, [1]);
     await s.retention.stop();
   } finally {
     await s.close();
   }
 });
+
+test('stop() during a pass ends it between batches and resolves once it has settled', async () => {
+  const s = setup();
+  try {
+    for (let i = 0; i < 120; i++) await s.accept(['delivered']);
+    s.clock.t = T0 + 8 * DAY;
+    s.retention.start();
+    // start()'s timer was set first, so it fires first: when this one fires the pass has done its first batch of 50
+    // and waits for the next turn.
+    await new Promise((r) => setTimeout(r, 0));
+    assert.equal(count(s), 70);
+    await s.retention.stop();
+    assert.deepEqual(s.removed, [50], 'the pass had finished (and reported) when stop() resolved');
+    assert.equal(count(s), 70, 'no batch after stop()');
+  } finally {
+    await s.close();
+  }
+});
+
+function count(s: ReturnType<typeof setup>): number {
+  return (s.spool.db.prepare('SELECT count(*) AS n FROM messages').get() as { n: number }).n;
+}
