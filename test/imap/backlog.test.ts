@@ -25,7 +25,6 @@ test(`a ${N}-message backlog is taken in bounded batches, oldest first, each mes
     await until(() => bridge.status.state === 'idle', 10_000, 'idle after the backlog');
     const ms = Date.now() - t0;
     t.diagnostic(`${N} messages taken and expunged in ${ms} ms (${Math.round(N / (ms / 1000))}/s)`);
-    assert.ok(ms < 50_000, `took ${ms} ms`);
     const rows = app.spool.db.prepare(`SELECT json_extract(meta, '$.uid') AS uid, json_extract(meta, '$.messageId') AS mid FROM messages ORDER BY rowid`).all() as Array<{ uid: number; mid: string }>;
     assert.equal(new Set(rows.map((r) => r.mid)).size, N, 'each message once');
     // Oldest first: the first batch holds UIDs 1..100, the last the 100 highest.
