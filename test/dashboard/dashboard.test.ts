@@ -87,6 +87,12 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     assert.match(detail, /Please help, the printer is on fire\./);
     const attempt = page.locator('.delivery[data-route=tickets] tbody tr').first();
     assert.match((await attempt.textContent()) ?? '', /^1.*200\d+ msdelivered$/);
+
+    // A delivered delivery can be sent again from here.
+    await page.locator('.delivery[data-route=tickets] .delivery-head button', { hasText: 'Send again' }).click();
+    await page.locator('#toast', { hasText: 'Replayed 1 delivery' }).waitFor();
+    await ok.waitFor(2);
+    await page.locator('.delivery[data-route=tickets] .delivery-head', { hasText: 'replayed 1×' }).waitFor();
   });
 
   test('a dead-lettered delivery is listed and replayed from the dead-letter page, then seen delivered', async () => {

@@ -141,7 +141,7 @@ async function messageView(seq, id) {
         d.status === 'pending' ? el('span', { class: 'muted' }, `next try ${when(d.next_attempt_at)}`) : null,
         el('span', { class: 'spacer' }),
         d.status === 'dead' || d.status === 'delivered'
-          ? el('button', { class: d.status === 'dead' ? '' : 'quiet', onclick: () => replayIds([d.id]) }, d.status === 'dead' ? 'Replay' : 'Send again')
+          ? el('button', { class: d.status === 'dead' ? '' : 'quiet', onclick: () => replayIds([d.id], d.status) }, d.status === 'dead' ? 'Replay' : 'Send again')
           : null,
       ),
       el('div', { class: 'muted mono' }, `delivery ${d.id} → ${d.recipients.map((r) => r.address + (r.key ? ` (key ${r.key})` : '')).join(', ')}`),
@@ -254,9 +254,10 @@ async function mailboxesView(seq) {
 
 // ---- actions -------------------------------------------------------------------------------------------------
 
-async function replayIds(ids) {
+/** status: the deliveries' own, dead or delivered (the API replays only deliveries in the status it is given). */
+async function replayIds(ids, status = 'dead') {
   try {
-    const r = await api('/api/deliveries/replay', { method: 'POST', body: { ids } });
+    const r = await api('/api/deliveries/replay', { method: 'POST', body: { ids, status } });
     toast(r.replayed ? `Replayed ${r.replayed} deliver${r.replayed === 1 ? 'y' : 'ies'}` : 'Nothing to replay (its state changed meanwhile)');
   } catch (err) {
     toast(err.message, true);
