@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { AdminClient, CliError, resolveConnection, type ConnectionOptions } from './admin-client.js';
-import { formatTable, shortTime } from './table.js';
+import { formatTable, oneLine, shortTime } from './table.js';
 import { smtpSend, SmtpSendError } from './smtp-send.js';
 import type { CliIo } from './index.js';
 
@@ -200,10 +200,10 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         if (m.summary?.attachments.length) facts.push(['attachments', m.summary.attachments.map((a) => `${a.filename ?? '(unnamed)'} ${a.content_type} ${a.size} B`).join('; ')]);
         if (m.parse_error) facts.push(['parse error', m.parse_error]);
         const w = Math.max(...facts.map(([k]) => k.length));
-        io.stdout(facts.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n');
+        io.stdout(facts.map(([k, v]) => `${k.padEnd(w)}  ${oneLine(v)}`).join('\n') + '\n');
         for (const d of m.deliveries) {
           io.stdout(`\ndelivery ${d.id}  route ${d.route}  ${d.status}  ${d.attempts} attempt(s)${d.replays ? `, replayed ${d.replays}x` : ''}\n`);
-          io.stdout(`  to ${d.recipients.map((r) => r.address + (r.key ? ` (key ${r.key})` : '')).join(', ')}\n`);
+          io.stdout(`  to ${oneLine(d.recipients.map((r) => r.address + (r.key ? ` (key ${r.key})` : '')).join(', '))}\n`);
           if (d.status === 'pending') io.stdout(`  next attempt ${shortTime(d.next_attempt_at)}\n`);
           if (d.attempt_log.length > 0) {
             io.stdout(formatTable(['#', 'STARTED (UTC)', 'HTTP', 'LATENCY', 'OUTCOME', 'ERROR'], d.attempt_log.map((a) => [a.attempt, shortTime(a.started_at), a.status_code, `${a.latency_ms} ms`, a.outcome, a.error]), 80).replace(/^/gm, '  '));

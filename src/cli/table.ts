@@ -12,8 +12,18 @@ export function formatTable(headers: string[], rows: Array<Array<string | number
 }
 
 function cut(s: string, max: number): string {
-  const one = s.replace(/\s+/g, ' ');
+  const one = oneLine(s);
   return one.length > max ? `${one.slice(0, max - 1)}…` : one;
+}
+
+/**
+ * Text from mail (subjects, addresses, a consumer's error body) made safe for a terminal: white space runs become
+ * one space, and control characters (C0, DEL, C1: escape sequences that retitle the terminal or move the cursor
+ * over earlier rows) and bidirectional overrides (which reorder what is shown) become U+FFFD.
+ */
+export function oneLine(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/\s+/g, ' ').replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, '\ufffd');
 }
 
 /** "2024-05-01 12:00:03" in UTC: sortable and unambiguous in a terminal. */

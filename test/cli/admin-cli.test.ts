@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { Consumer } from '../helpers/consumer.js';
+import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, startTestApp, until, tempDir, type TestApp } from '../helpers/app.js';
 import { ADMIN_TOKEN, adminYaml, startAdminApp } from '../admin/helpers.js';
 import { makeCert, opensslMissing } from '../smtp/support.js';
@@ -220,6 +221,38 @@ describe('mailhook CLI with --config, as an operator runs it beside the service'
       assert.equal(plain.code, 1, plain.err);
       assert.match(plain.err, /^mailhook: MAIL FROM refused: 530 5\.7\.0 /m);
       assert.equal(consumer.requests.length, 1);
+    } finally {
+      await app.close();
+      await consumer.stop();
+    }
+  });
+});
+
+describe('mailhook CLI output is safe for a terminal', () => {
+  test('control characters and bidi overrides from mail are shown as U+FFFD in messages list and show', async () => {
+    const consumer = new Consumer();
+    await consumer.start();
+    const app = await startAdminApp({ routes: `\n  - name: app\n    addresses: ["app@in.test"]\n    webhook: { url: "${consumer.url}", secret: "${SECRET}" }\n` });
+    try {
+      // Sets the terminal's title, erases the line and moves the cursor up over the row before; then reverses text.
+      const subject = 'invoice \u001b]0;owned\u0007\u001b[2K\u001b[1A paid \u202egnp.exe';
+      await sendMail(app.smtpPort, { from: 'a@x.test', to: 'app@in.test', subject, text: 'x' });
+      await consumer.waitFor(1);
+      const conn = ['--url', app.httpUrl];
+      const env = { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN };
+      const list = await mailhook(['messages', 'list', ...conn], env);
+      assert.equal(list.code, 0, list.err);
+      const shown = 'invoice \ufffd]0;owned\ufffd\ufffd[2K\ufffd[1A paid \ufffdgnp.exe';
+      assert.ok(list.out.includes(shown), list.out);
+      const id = /^([a-z0-9]+) /m.exec(list.out.split('\n')[1] ?? '')?.[1];
+      assert.ok(id, list.out);
+      const show = await mailhook(['messages', 'show', id, ...conn], env);
+      assert.equal(show.code, 0, show.err);
+      assert.match(show.out, new RegExp(`^subject +${shown.replace(/[[\]]/g, '\\$&')}$`, 'm'));
+      for (const out of [list.out, show.out]) assert.doesNotMatch(out, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e]/);
+      // --json keeps the subject as it is (JSON escapes it).
+      const json = JSON.parse((await mailhook(['messages', 'list', '--json', ...conn], env)).out) as { messages: Array<{ subject: string }> };
+      assert.equal(json.messages[0]!.subject, subject);
     } finally {
       await app.close();
       await consumer.stop();
