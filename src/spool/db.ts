@@ -115,6 +115,14 @@ export const MIGRATIONS: readonly string[] = [
   `
   DROP TRIGGER deliveries_recipients;
   `,
+  // 5: route health (admin API, dashboard) counts and ranks a window of attempts by route: each attempt names its
+  // route, and one covering index serves the whole window without a lookup into deliveries per attempt.
+  `
+  ALTER TABLE attempts ADD COLUMN route TEXT;
+  UPDATE attempts SET route = (SELECT route FROM deliveries WHERE deliveries.id = attempts.delivery_id);
+  DROP INDEX attempts_started;
+  CREATE INDEX attempts_window ON attempts(started_at, route, outcome, duration_ms);
+  `,
 ];
 
 export function openDatabase(path: string): Db {

@@ -133,8 +133,8 @@ export class JobQueue {
        WHERE id = @id AND lease_token = @token`,
     );
     this.insertAttempt = db.prepare(
-      `INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, outcome, error)
-       VALUES (@delivery_id, @attempt, @started_at, @duration_ms, @status_code, @outcome, @error)`,
+      `INSERT INTO attempts (delivery_id, route, attempt, started_at, duration_ms, status_code, outcome, error)
+       VALUES (@delivery_id, @route, @attempt, @started_at, @duration_ms, @status_code, @outcome, @error)`,
     );
     // The head of the deliveries_due index (a covering index search that stops at the first entry).
     this.nextDue = db.prepare(`SELECT next_attempt_at AS at FROM deliveries WHERE status = 'pending' ORDER BY next_attempt_at LIMIT 1`);
@@ -204,6 +204,7 @@ export class JobQueue {
     if (changes !== 1) return false;
     this.insertAttempt.run({
       delivery_id: lease.delivery.id,
+      route: lease.delivery.route,
       attempt: attempt.attempt,
       started_at: attempt.startedAt,
       duration_ms: attempt.durationMs,

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Spool } from '../../src/spool/spool.js';
-import { buildListQuery, decodeCursor, encodeCursor, headerSubject, type MessageFilter } from '../../src/spool/queries.js';
+import { ROUTE_HEALTH_SQL, buildListQuery, decodeCursor, encodeCursor, headerSubject, latencyOf, type MessageFilter } from '../../src/spool/queries.js';
 import { expiredMessagesQuery } from '../../src/spool/retention.js';
 import { tempDir } from '../helpers/app.js';
 
@@ -105,8 +105,8 @@ describe('list query on 100,000 messages', () => {
   });
 
   test('the retention and health queries use indexes too', () => {
-    const health = plan(spool, `SELECT d.route FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE a.started_at >= ?`, [BASE]);
-    assert.match(health[0]!, /SEARCH a USING INDEX attempts_started/);
+    const health = plan(spool, ROUTE_HEALTH_SQL, [BASE]);
+    assert.match(health[0]!, /^SEARCH attempts USING COVERING INDEX attempts_window \(started_at>\?\)$/, health.join(' | '));
     const expired = plan(spool, expiredMessagesQuery(), [{ deliveredCut: BASE, deadCut: BASE, limit: 500 }] as unknown[]);
     assert.ok(expired.some((l) => /deliveries_finished/.test(l)), expired.join(' | '));
     for (const line of expired) assert.doesNotMatch(line, /^SCAN \w+$/, expired.join(' | '));
@@ -212,4 +212,66 @@ test('subject from the head: folded, RFC 2047 B and Q words, raw UTF-8, absent',
   assert.equal(headerSubject(Buffer.from('Subject: =?ISO-8859-1?Q?gr=FC=DFe?=\n\n')), 'grüße');
   assert.equal(headerSubject(Buffer.from('Subject: naïve\r\n\r\n', 'utf8')), 'naïve');
   assert.equal(headerSubject(Buffer.from('From: a\r\n\r\nSubject: in the body')), null);
+});
+
+test('route health counts and ranks in SQL what a sort of every attempt in the window gives', async () => {
+  const dir = tempDir();
+  const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 4096, clock: { now: () => BASE } });
+  try {
+    const db = spool.db;
+    const insertMessage = db.prepare(`INSERT INTO messages (id, received_at, source, mail_from, rcpt_to, size, raw) VALUES (?, ?, 'smtp', 'a@x.test', '[]', 1, x'00')`);
+    const insertDelivery = db.prepare(`INSERT INTO deliveries (id, message_id, route, recipients, status, attempts, next_attempt_at, created_at, updated_at, received_at) VALUES (?, ?, ?, '[]', 'delivered', 1, 0, 0, 0, ?)`);
+    const insertAttempt = db.prepare(`INSERT INTO attempts (delivery_id, route, attempt, started_at, duration_ms, status_code, outcome, error) VALUES (?, ?, 1, ?, ?, ?, ?, ?)`);
+    const since = BASE - 3_600_000;
+    const expected = new Map<string, { outcomes: string[]; ms: number[]; lastDelivered: number | null; lastFailure: { at: number; code: number | null; error: string | null } | null }>();
+    let seed = 7;
+    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
+    db.transaction(() => {
+      for (let i = 0; i < 3000; i++) {
+        const route = ['a', 'b', 'c'][rand(3)]!;
+        const at = since - 600_000 + rand(4_200_000); // some before the window
+        const outcome = ['delivered', 'delivered', 'delivered', 'retry', 'dead'][rand(5)]!;
+        const ms = rand(5) === 0 ? rand(30_000) : 20 + rand(40); // a few slow ones among many alike
+        const code = outcome === 'delivered' ? 200 : outcome === 'dead' ? 400 : null;
+        const error = outcome === 'delivered' ? null : `e${i}`;
+        insertMessage.run(`m${i}`, at);
+        insertDelivery.run(`d${i}`, `m${i}`, route, at);
+        insertAttempt.run(`d${i}`, route, at, ms, code, outcome, error);
+        if (at < since) continue;
+        const e = expected.get(route) ?? { outcomes: [], ms: [], lastDelivered: null, lastFailure: null };
+        e.outcomes.push(outcome);
+        e.ms.push(ms);
+        if (outcome === 'delivered') e.lastDelivered = Math.max(e.lastDelivered ?? 0, at);
+        else if (!e.lastFailure || at >= e.lastFailure.at) e.lastFailure = { at, code, error };
+        expected.set(route, e);
+      }
+    })();
+    const health = spool.queries.routeHealth(['a', 'b', 'c', 'idle'], since);
+    assert.deepEqual(health.map((h) => h.route), ['a', 'b', 'c', 'idle']);
+    for (const h of health) {
+      const e = expected.get(h.route);
+      if (!e) {
+        assert.equal(h.window.attempts, 0);
+        assert.deepEqual(h.window.latency_ms, { avg: null, p50: null, p95: null, max: null });
+        continue;
+      }
+      const sorted = [...e.ms].sort((x, y) => x - y);
+      const pick = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+      const delivered = e.outcomes.filter((o) => o === 'delivered').length;
+      assert.deepEqual(h.window, {
+        attempts: e.outcomes.length,
+        delivered,
+        retried: e.outcomes.filter((o) => o === 'retry').length,
+        dead: e.outcomes.filter((o) => o === 'dead').length,
+        success_rate: delivered / e.outcomes.length,
+        latency_ms: { avg: Math.round(sorted.reduce((s, v) => s + v, 0) / sorted.length), p50: pick(0.5), p95: pick(0.95), max: sorted[sorted.length - 1] },
+      }, h.route);
+      assert.equal(h.last_delivered_at, e.lastDelivered);
+      assert.deepEqual(h.last_failure, e.lastFailure && { at: e.lastFailure.at, status_code: e.lastFailure.code, error: e.lastFailure.error });
+    }
+    assert.deepEqual(latencyOf(new Map(), 0), { avg: null, p50: null, p95: null, max: null });
+  } finally {
+    await spool.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -147,6 +147,7 @@ test('a spool from before this version gets the new indexes filled in and auto-v
     old.pragma('user_version = 1');
     old.prepare(`INSERT INTO messages (id, received_at, source, mail_from, rcpt_to, size, raw) VALUES ('m1', ?, 'smtp', 'a@x.test', '["U@In.test"]', 5, X'4869')`).run(T0);
     old.prepare(`INSERT INTO deliveries (id, message_id, route, recipients, status, next_attempt_at, created_at, updated_at, finished_at) VALUES ('d1', 'm1', 'r', '[{"address":"U@In.test","key":"k9"}]', 'dead', 0, 0, 0, ?)`).run(T0);
+    old.prepare(`INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, outcome, error) VALUES ('d1', 1, ?, 12, 410, 'dead', 'gone')`).run(T0);
     assert.equal(old.pragma('auto_vacuum', { simple: true }), 0);
     old.close();
 
@@ -158,6 +159,9 @@ test('a spool from before this version gets the new indexes filled in and auto-v
       assert.deepEqual(byRecipient.messages.map((m) => m.id), ['m1']);
       assert.deepEqual(spool.queries.listMessages({ key: 'k9' }, { limit: 10 }).messages.map((m) => m.id), ['m1']);
       assert.equal((spool.db.prepare(`SELECT received_at FROM deliveries WHERE id = 'd1'`).get() as { received_at: number }).received_at, T0);
+      // Attempts name their route (migration 5), so route health counts the old ones too.
+      const [health] = spool.queries.routeHealth(['r'], T0 - 1);
+      assert.deepEqual({ attempts: health!.window.attempts, dead: health!.window.dead, max: health!.window.latency_ms.max, error: health!.last_failure?.error }, { attempts: 1, dead: 1, max: 12, error: 'gone' });
     } finally {
       await spool.close();
     }
