@@ -342,8 +342,10 @@ export class SpoolQueries {
   /** How many deliveries a replay selection matches (a dry run). */
   countReplayable(sel: Omit<ReplaySelection, 'limit'>): number {
     if (sel.ids) {
+      // The same rows replay() would change: named, in one of the statuses, not on an excluded (sink) route.
       const ph = sel.ids.map(() => '?').join(',');
-      return (this.db.prepare(`SELECT COUNT(*) AS n FROM deliveries WHERE id IN (${ph}) AND status IN (${sel.statuses.map((s) => `'${s}'`).join(',')})`).get(...sel.ids) as { n: number }).n;
+      const excluded = sel.excludeRoutes.length > 0 ? ` AND route NOT IN (${sel.excludeRoutes.map(() => '?').join(',')})` : '';
+      return (this.db.prepare(`SELECT COUNT(*) AS n FROM deliveries WHERE id IN (${ph}) AND status IN (${sel.statuses.map((s) => `'${s}'`).join(',')})${excluded}`).get(...sel.ids, ...sel.excludeRoutes) as { n: number }).n;
     }
     const q = replayQuery(sel, 'COUNT(*) AS n', undefined);
     return (this.prepared(q.sql).get(...q.params) as { n: number }).n;

@@ -263,6 +263,13 @@ describe('admin API', () => {
     const sink = await call(app, 'POST', `/api/messages/${ids.fourth}/redeliver`, { body: {} });
     assert.equal(sink.status, 409);
     assert.match(sink.body.message, /archive: sink route/);
+    // Replay by id skips a sink route's delivery too, and its dry run counts what the replay would do.
+    const sinkDelivery = (app.spool.db.prepare(`SELECT id FROM deliveries WHERE message_id = ?`).get(ids.fourth) as { id: string }).id;
+    const dry = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [sinkDelivery], status: 'delivered', dry_run: true } });
+    assert.equal(dry.status, 200);
+    assert.equal(dry.body.remaining, 0);
+    const real = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [sinkDelivery], status: 'delivered' } });
+    assert.deepEqual([real.body.replayed, real.body.remaining], [0, 0]);
     const wrong = await call(app, 'POST', `/api/messages/${ids.third}/redeliver`, { body: { route: 'nope' } });
     assert.equal(wrong.status, 404);
     assert.match(wrong.body.message, /no delivery to route "nope"; its routes: desk, gitlab/);
