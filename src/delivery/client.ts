@@ -5,6 +5,8 @@ import type { EncodedRequest } from './formats/types.js';
 export interface HttpResult {
   status: number;
   retryAfter: string | undefined;
+  /** the Location header of a 3xx answer (redirects are not followed) */
+  location?: string | undefined;
   /** the first bytes of the response body, for the attempt log */
   bodySnippet: string;
 }
@@ -56,6 +58,7 @@ export function sendWebhook(dispatcher: Dispatcher, target: WebhookTarget, req: 
     let settled = false;
     let status = 0;
     let retryAfter: string | undefined;
+    let location: string | undefined;
     let snippet = '';
     let read = 0;
     // Before undici starts the request (it may wait for a connection), the deadline still ends the attempt at
@@ -74,7 +77,7 @@ export function sendWebhook(dispatcher: Dispatcher, target: WebhookTarget, req: 
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
       if (err) reject(err);
-      else resolve({ status, retryAfter, bodySnippet: snippet });
+      else resolve({ status, retryAfter, location, bodySnippet: snippet });
     };
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
@@ -86,6 +89,10 @@ export function sendWebhook(dispatcher: Dispatcher, target: WebhookTarget, req: 
         status = statusCode;
         const ra = headers['retry-after'];
         retryAfter = Array.isArray(ra) ? ra[0] : ra;
+        if (statusCode < 400) {
+          const loc = headers.location;
+          location = Array.isArray(loc) ? loc[0] : loc;
+        }
       },
       onResponseData(c, chunk) {
         if (read < SNIPPET_BYTES) snippet += chunk.subarray(0, SNIPPET_BYTES - read).toString('utf8');

@@ -353,7 +353,7 @@ export class DeliveryWorker {
           sent = true;
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
           statusCode = res.status;
-          outcome = format.classify?.(res.status) ?? classifyStatus(res.status);
+          outcome = format.classify?.(res.status) ?? classifyStatus(res.status, res.location);
           if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
           retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
         } catch (err) {

@@ -33,4 +33,6 @@ test('status classification', () => {
   for (const s of [500, 502, 503, 408, 429]) assert.equal(classifyStatus(s).kind, 'retry', String(s));
   for (const s of [400, 404, 410, 413, 422]) assert.equal(classifyStatus(s).kind, 'dead', String(s));
   assert.equal(classifyStatus(401).kind, 'dead');
+  for (const s of [301, 302, 303, 307, 308]) assert.deepEqual(classifyStatus(s, 'https://new.example/hook'), { kind: 'dead', loud: true, reason: `HTTP ${s}: the consumer redirects to https://new.example/hook; redirects are not followed: set the route's webhook.url to the new address` });
+  assert.match((classifyStatus(302) as { reason: string }).reason, /redirects \(no Location header\)/);
 });

@@ -603,6 +603,29 @@ describe('retries and dead letters', () => {
     consumer.respond = () => ({ status: 200 });
   });
 
+  test('a redirect is not followed: dead-lettered at once as a configuration problem naming the Location', async () => {
+    const start = consumer.requests.length;
+    const elsewhere = new Consumer();
+    await elsewhere.start();
+    try {
+      consumer.respond = () => ({ status: 308, headers: { location: `http://user:pw@127.0.0.1:${new URL(elsewhere.url).port}/moved` } });
+      await sendMail(app.smtpPort, { from: 'a@s.test', to: 'incoming+moved@gitlab.test', subject: 'moved', text: 'x' });
+      const [req] = (await consumer.waitFor(start + 1)).slice(start);
+      const id = String(req!.headers['webhook-id']);
+      const d = await until(() => (deliveryOf(id).status === 'dead' ? deliveryOf(id) : undefined), 5000, 'dead');
+      assert.equal(d.attempts, 1);
+      assert.equal(d.lastStatusCode, 308);
+      assert.match(d.lastError ?? '', /^HTTP 308: the consumer redirects to http:\/\/\*\*\*@127\.0\.0\.1:\d+\/moved; redirects are not followed: set the route's webhook\.url to the new address$/);
+      const line = await until(() => app.logs.find((l) => l.includes('configuration problem') && l.includes(id)), 5000, 'the error log line');
+      assert.equal(JSON.parse(line).level, 50);
+      assert.ok(!app.logs.some((l) => l.includes('user:pw')), 'credentials in the Location are not logged');
+      assert.equal(elsewhere.requests.length, 0, 'the signed request was not sent on');
+    } finally {
+      consumer.respond = () => ({ status: 200 });
+      await elsewhere.stop();
+    }
+  });
+
   test('after max_attempts failures the delivery is dead-lettered', async () => {
     const start = consumer.requests.length;
     consumer.respond = () => ({ status: 503 });
