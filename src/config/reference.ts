@@ -1,6 +1,6 @@
 // Generates the configuration reference (docs/configuration.md) from the schema, so docs and validation never drift.
 import { z } from 'zod';
-import { configSchema } from './schema.js';
+import { configSchema, listenAddress, type ListenAddress } from './schema.js';
 import { ENV_OVERRIDES, MAILBOX_SECRET_ENV, mailboxSecretEnvName, routeSecretEnvName } from './load.js';
 
 interface JsonSchema {
@@ -61,8 +61,19 @@ function walk(s: JsonSchema, path: string, required: boolean, rows: Row[]): void
   }
 }
 
+/**
+ * A listen address's default is the parsed {host, port}, which the input JSON Schema leaves out (the transform makes
+ * input and output differ): put it back as the host:port text the file takes.
+ */
+function listenDefault(ctx: { zodSchema: unknown; jsonSchema: { default?: unknown } }): void {
+  const s = ctx.zodSchema;
+  if (!(s instanceof z.ZodDefault) || s.unwrap() !== listenAddress || ctx.jsonSchema.default !== undefined) return;
+  const { host, port } = s.def.defaultValue as ListenAddress;
+  ctx.jsonSchema.default = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
 export function configReferenceMarkdown(): string {
-  const schema = z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
+  const schema = z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any', override: listenDefault }) as JsonSchema;
   const rows: Row[] = [];
   walk(schema, '', true, rows);
   const out: string[] = [

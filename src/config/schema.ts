@@ -65,7 +65,7 @@ const senderAuthSchema = z.strictObject({
 
 const smtpSchema = z.strictObject({
   listen: listenAddress.default({ host: '127.0.0.1', port: 2525 }).describe('SMTP listen address, host:port'),
-  hostname: z.string().min(1).optional().describe('name used in the banner, EHLO reply and Received header; defaults to the machine hostname'),
+  hostname: z.string().min(1).optional().describe('name used in the SMTP banner and EHLO reply, as the authserv-id of Authentication-Results (smtp.sender_auth), and in the Received: line the gitlab format adds to the message it posts (mailhook adds none to the stored message or to other formats); defaults to the machine hostname'),
   max_message_bytes: positiveInt.default(26_214_400).describe('advertised as SIZE; larger messages get 552 5.3.4'),
   max_recipients: positiveInt.default(100).describe('recipients per message; more get 452 4.5.3'),
   max_clients: positiveInt.default(1000).describe('concurrent SMTP connections; more get 421'),
@@ -135,7 +135,7 @@ const deliverySchema = z.strictObject({
   concurrency: positiveInt.default(16).describe('webhook requests in flight at once, all routes together'),
   per_route_concurrency: positiveInt.default(4).describe('webhook requests in flight at once for one route; as many more of its deliveries (up to 1 MiB each) are read, parsed and signed meanwhile; a message over 4 MiB is delivered one at a time per route (memory)'),
   timeout_ms: timerMs.default(30_000).describe('time allowed for one webhook request'),
-  parse_threads: nonNegativeInt.max(16).default(1).describe('worker threads that parse messages for the json format, so parsing never holds up SMTP sessions; 0 parses on the main thread'),
+  parse_threads: nonNegativeInt.max(16).default(1).describe('worker threads that parse messages of up to 4 MiB for the json format, off the main thread that serves SMTP sessions; a parse there that runs past delivery.timeout_ms is abandoned and retried. 0 parses on the main thread. Larger messages and the mailgun, postmark and sendgrid formats (but for mime and send_raw, which parse only the header section) are always parsed on the main thread, with no parse timeout'),
   retry: retrySchema.prefault({}),
 });
 
@@ -184,7 +184,7 @@ const addressPattern = z.string().superRefine((value, ctx) => {
 });
 
 const verifySchema = z.strictObject({
-  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('POSTed {route, address, key} at RCPT, signed with the webhook secret; 200/204 = exists, 404/410 = unknown'),
+  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('POSTed {type, route, address, key} at RCPT; 200/204 = exists, 404/410 = unknown, anything else 451 4.3.0. Signed with Standard Webhooks headers only when the route\'s webhook has a secret, keyed as its format reads it (json, raw: the whsec_ key; gitlab: GitLab\'s 32 bytes; action_mailbox, mailgun: the secret\'s UTF-8 bytes); unsigned for sink, postmark and sendgrid routes'),
   timeout_ms: timerMs.default(2000).describe('time allowed for an answer; slower gets 451 4.3.0'),
   cache_ttl_s: nonNegativeInt.default(300).describe('seconds a yes or no is remembered; 0 asks every time'),
 });
