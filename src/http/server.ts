@@ -49,7 +49,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   if (sinkRoutes.length > 0) {
     const guard = async (req: FastifyRequest) => {
       if (!mayReadSink(req, config)) {
-        throw Object.assign(new Error('the sink is readable from loopback, or with the admin token'), { statusCode: 403 });
+        throw Object.assign(new Error('the sink is readable from loopback (asked for as localhost, 127.0.0.1 or [::1]), or with the admin token'), { statusCode: 403 });
       }
     };
     app.get('/sink/messages', { preHandler: guard, schema: { querystring: { type: 'object', properties: { limit: { type: 'integer', minimum: 1, maximum: 500, default: 50 } }, additionalProperties: false } } }, async (req) => {
@@ -107,7 +107,20 @@ function mayReadSink(req: FastifyRequest, config: Config): boolean {
   const auth = req.headers.authorization;
   if (token && auth?.startsWith('Bearer ')) return constantTimeEqual(auth.slice(7), token.reveal());
   const ip = req.socket.remoteAddress ?? '';
-  return ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1';
+  return (ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1') && isLoopbackName(req.headers.host);
+}
+
+/**
+ * A request from loopback must also have asked for a loopback name: a web page whose own host name an attacker
+ * has re-pointed at 127.0.0.1 (DNS rebinding) reaches the listener from the browser on this machine, but its
+ * Host header still names the attacker's host. *.localhost never leaves the machine (RFC 6761). A client that
+ * sends no Host (HTTP/1.0) is no browser.
+ */
+function isLoopbackName(host: string | undefined): boolean {
+  if (host === undefined) return true;
+  const h = host.toLowerCase();
+  const name = h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d*$/, '');
+  return name === 'localhost' || name.endsWith('.localhost') || name === '127.0.0.1' || name === '[::1]';
 }
 
 export function constantTimeEqual(a: string, b: string): boolean {

@@ -70,6 +70,25 @@ test('the sink refuses a client off loopback (127.0.0.2) without the admin token
   });
 });
 
+test('from loopback, a request for another host name is refused (DNS rebinding: a web page re-pointed at 127.0.0.1)', async () => {
+  await withApp(ADMIN_TOKEN, async (app, id) => {
+    const port = app.addresses.http.port;
+    for (const path of ['/sink/messages', `/sink/messages/${id}/raw`]) {
+      const rebound = await get(app, path, '127.0.0.1', { host: `attacker.example:${port}` });
+      assert.equal(rebound.status, 403, `${path} asked for as attacker.example`);
+      assert.doesNotMatch(rebound.body, /SINK-BODY-TEXT|x@sink\.test/);
+      for (const host of [`localhost:${port}`, `LOCALHOST:${port}`, `mailhook.localhost:${port}`, `127.0.0.1:${port}`, '127.0.0.1', `[::1]:${port}`]) {
+        assert.equal((await get(app, path, '127.0.0.1', { host })).status, 200, `${path} asked for as ${host}`);
+      }
+      // The admin token still opens it whatever the name.
+      assert.equal((await get(app, path, '127.0.0.1', { host: 'attacker.example', authorization: `Bearer ${ADMIN_TOKEN}` })).status, 200);
+    }
+    for (const host of ['localhost.attacker.example', '127.0.0.1.attacker.example', `[::2]:${port}`]) {
+      assert.equal((await get(app, '/sink/messages', '127.0.0.1', { host })).status, 403, host);
+    }
+  });
+});
+
 test('without an admin token configured, a client off loopback cannot read the sink at all', async () => {
   await withApp(null, async (app, id) => {
     assert.equal((await get(app, '/sink/messages', '127.0.0.1')).status, 200);
