@@ -32,6 +32,9 @@ interface MessageDbRow {
   meta: string | null;
 }
 
+/** How long the readiness probe waits for the spool's write lock. */
+const READY_PROBE_BUSY_MS = 250;
+
 export class Spool {
   readonly db: Db;
   readonly blobs: BlobStore;
@@ -133,15 +136,23 @@ export class Spool {
     return total;
   }
 
-  /** A quick write probe for readiness: the database answers and accepts a write transaction. */
+  /**
+   * A quick write probe for readiness: the database answers and accepts a write transaction. It waits for a lock
+   * held elsewhere (another process on the spool file) at most READY_PROBE_BUSY_MS, not the connection's 5 s: the
+   * wait blocks the event loop, and a readiness probe gives up after a second (Kubernetes' default).
+   */
   isWritable(): boolean {
     if (this.closing) return false;
+    const busy = this.db.pragma('busy_timeout', { simple: true }) as number;
     try {
+      this.db.pragma(`busy_timeout = ${READY_PROBE_BUSY_MS}`);
       this.db.prepare('BEGIN IMMEDIATE').run();
       this.db.prepare('ROLLBACK').run();
       return true;
     } catch {
       return false;
+    } finally {
+      this.db.pragma(`busy_timeout = ${busy}`);
     }
   }
 

@@ -1,8 +1,8 @@
 // /readyz answers 503 while the spool cannot be written (README "Operations"). The tests run as root, so chmod
 // cannot make the file unwritable and no small full file system is at hand; what does make it unwritable, for
 // real, is another SQLite connection holding the database's write lock (BEGIN IMMEDIATE; a second writer, or a
-// stuck sqlite3 shell on the spool, in production): mailhook's own write transaction then fails after its
-// busy_timeout (5 s, src/spool/db.ts), as an accept would.
+// stuck sqlite3 shell on the spool, in production): mailhook's write probe then fails after its short wait for
+// the lock (src/spool/spool.ts isWritable), as an accept would after the connection's busy_timeout.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -34,6 +34,8 @@ test('readyz is 503 with spool_writable false while another connection holds the
     // Liveness is not readiness.
     assert.equal((await fetch(`${app.httpUrl}/healthz`)).status, 200);
 
+    // The probe left the connection's own wait for a lock as it was.
+    assert.equal(app.spool.db.pragma('busy_timeout', { simple: true }), 5000);
     other.exec('ROLLBACK');
     const after = await fetch(`${app.httpUrl}/readyz`);
     assert.equal(after.status, 200);
