@@ -33,6 +33,7 @@ export interface DataFilterStats {
   /** lone CRs and LFs turned into CRLF */
   normalized: number;
   received: number;
+  /** MIME parts so far, the message itself counted (as mailparser counts them) */
   mimeParts: number;
   maxDepth: number;
   /** size of the message's From header(s): sender authentication refuses to parse huge ones */
@@ -54,7 +55,8 @@ type Frame = { kind: 'multipart'; delimiter: string } | { kind: 'message' };
 type HeaderKind = 'content-type' | 'cte' | 'from' | 'other';
 
 export class DataFilter extends Transform {
-  readonly stats: DataFilterStats = { bytesIn: 0, bytesOut: 0, normalized: 0, received: 0, mimeParts: 0, maxDepth: 0, fromHeaderBytes: 0, headerLines: 0 };
+  // The message itself is the first MIME part: mailparser counts it too, so what passes here can be parsed.
+  readonly stats: DataFilterStats = { bytesIn: 0, bytesOut: 0, normalized: 0, received: 0, mimeParts: 1, maxDepth: 0, fromHeaderBytes: 0, headerLines: 0 };
   /** the first limit the message broke; once set nothing more is passed on */
   violation: MailhookError | undefined;
 

@@ -75,13 +75,14 @@ test('MIME structure: parts and depth are counted across chunk boundaries; bound
   for (const size of [1, 7, 4096]) {
     const { err, filter } = await run(Buffer.from(msg), size);
     assert.equal(err, undefined);
-    assert.equal(filter.stats.mimeParts, 5, `chunk size ${size}`);
+    assert.equal(filter.stats.mimeParts, 6, `chunk size ${size}: the message and its five parts`);
     assert.equal(filter.stats.maxDepth, 4);
   }
   const deep = await run(Buffer.from(msg), 3, { maxMimeDepth: 3 });
   assert.ok(deep.err instanceof MessageRefused);
   assert.equal(deep.err.reply.text, 'Error: MIME nesting too deep');
-  const many = await run(Buffer.from(msg), 3, { maxMimeParts: 4 });
+  assert.equal((await run(Buffer.from(msg), 3, { maxMimeParts: 6 })).err, undefined);
+  const many = await run(Buffer.from(msg), 3, { maxMimeParts: 5 });
   assert.ok(many.err instanceof MessageRefused);
   assert.equal(many.err.reply.text, 'Error: too many MIME parts');
 });
@@ -89,7 +90,7 @@ test('MIME structure: parts and depth are counted across chunk boundaries; bound
 test('a boundary-like line of the body of a non-multipart message is content', async () => {
   const { err, filter } = await run(Buffer.from('Subject: x\r\n\r\n--outer\r\n--outer--\r\n'), 2);
   assert.equal(err, undefined);
-  assert.equal(filter.stats.mimeParts, 0);
+  assert.equal(filter.stats.mimeParts, 1, 'the message alone');
 });
 
 test('Received headers count in the message header only; the From header size is measured', async () => {

@@ -46,8 +46,8 @@ const PARSE_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipImageLin
 
 /**
  * The header fields alone, for the modes that forward the message byte for byte (Mailgun mime, SendGrid send_raw):
- * no body, no attachments, and no full parse, which refuses what mailparser refuses (over 1,000 MIME parts, a
- * header over 1 MB) although these modes never read the body.
+ * no body, no attachments, and no full parse, which refuses what mailparser refuses (more than 1,000 MIME parts, the
+ * message itself counted; a header over 1 MB) although these modes never read the body.
  */
 export function headerOnlyView(raw: Buffer): Pick<InboundView, 'subject' | 'fromHeader' | 'toHeader' | 'ccHeader'> {
   const section = parseHeaderSection(raw);
