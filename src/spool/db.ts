@@ -123,6 +123,11 @@ export const MIGRATIONS: readonly string[] = [
   DROP INDEX attempts_started;
   CREATE INDEX attempts_window ON attempts(started_at, route, outcome, duration_ms);
   `,
+  // 6: the bytes of the message files, summed for the spool-size metric from this index instead of a stat() of
+  // every file on each scrape.
+  `
+  CREATE INDEX messages_file_size ON messages(size, raw_file) WHERE raw_file IS NOT NULL;
+  `,
 ];
 
 export function openDatabase(path: string): Db {

@@ -44,6 +44,7 @@ export class Spool {
   readonly queries: SpoolQueries;
   private readonly getMessageRow;
   private readonly getInlineRaw;
+  private readonly fileBytes;
   private readonly getDeliveryRow;
   /** set by close(): resolves once the checkpoint thread has closed its connection */
   private closing: Promise<void> | undefined;
@@ -58,6 +59,7 @@ export class Spool {
       `SELECT id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw_file, dedupe_key, meta FROM messages WHERE id = ?`,
     );
     this.getInlineRaw = this.db.prepare(`SELECT raw, raw_file FROM messages WHERE id = ?`);
+    this.fileBytes = this.db.prepare(`SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_file_size WHERE raw_file IS NOT NULL`).pluck();
     this.getDeliveryRow = this.db.prepare(`SELECT * FROM deliveries WHERE id = ?`);
     this.removeOrphanFiles();
   }
@@ -116,7 +118,11 @@ export class Spool {
     return r;
   }
 
-  /** Database plus WAL plus message files, in bytes. */
+  /**
+   * Database plus WAL plus message files, in bytes. The files are counted by the sizes their rows record (an index
+   * holds them): a stat() of each file on every metrics scrape took ~300 ms of the event loop at 50,000 files, and
+   * /metrics needs no token.
+   */
   diskUsage(): number {
     let total = 0;
     for (const f of [this.options.path, `${this.options.path}-wal`, `${this.options.path}-shm`]) {
@@ -126,14 +132,7 @@ export class Spool {
         /* absent */
       }
     }
-    for (const name of this.blobs.list()) {
-      try {
-        total += statSync(this.blobs.pathOf(name)).size;
-      } catch {
-        /* removed meanwhile */
-      }
-    }
-    return total;
+    return total + (this.fileBytes.get() as number);
   }
 
   /**

@@ -205,3 +205,24 @@ test('stop() during a pass ends it between batches and resolves once it has sett
 function count(s: ReturnType<typeof setup>): number {
   return (s.spool.db.prepare('SELECT count(*) AS n FROM messages').get() as { n: number }).n;
 }
+
+test('the spool size counts message files by their recorded sizes, from an index (no stat of each file per scrape)', async () => {
+  const s = setup(1024);
+  const path = join(s.dir, 'spool.db');
+  const dbFiles = () => [path, `${path}-wal`, `${path}-shm`].reduce((n, f) => n + (existsSync(f) ? statSync(f).size : 0), 0);
+  try {
+    assert.equal(s.spool.diskUsage() - dbFiles(), 0, 'no message files yet');
+    await s.accept(['delivered'], 'Subject: small\r\n\r\nx');
+    const m = await s.accept(['delivered'], 'Subject: big\r\n\r\n' + 'x'.repeat(50_000));
+    const file = (s.spool.db.prepare('SELECT raw_file FROM messages WHERE id = ?').get(m.id) as { raw_file: string | null }).raw_file;
+    assert.ok(file, 'stored as a file');
+    assert.equal(statSync(s.spool.blobs.pathOf(file)).size, m.size);
+    assert.equal(s.spool.diskUsage() - dbFiles(), m.size, 'the database files plus the message file');
+    const plan = (s.spool.db.prepare('EXPLAIN QUERY PLAN SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_file_size WHERE raw_file IS NOT NULL').all() as Array<{ detail: string }>).map((r) => r.detail);
+    assert.deepEqual(plan, ['SCAN messages USING COVERING INDEX messages_file_size']);
+    s.spool.queries.deleteMessage(m.id, true);
+    assert.equal(s.spool.diskUsage() - dbFiles(), 0, 'the file is gone');
+  } finally {
+    await s.close();
+  }
+});
