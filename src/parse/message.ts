@@ -44,9 +44,13 @@ export async function parseMessageJson(raw: Buffer): Promise<PayloadMessageJson>
   return JSON.stringify((await parseMessage(raw)).message);
 }
 
-/** Parses a stored message; character sets are decoded to UTF-8, the raw bytes are left to the caller. */
-export async function parseMessage(raw: Buffer): Promise<{ parsed: ParsedMail; message: PayloadMessage }> {
-  const parsed = await simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: false, keepCidLinks: true });
+/**
+ * Parses a stored message; character sets are decoded to UTF-8, the raw bytes are left to the caller. With
+ * `htmlToText: false` an HTML-only message gets no text rendering (text null): that rendering is most of the time
+ * a large HTML body takes (seconds for 10 MB), and a summary does not need it.
+ */
+export async function parseMessage(raw: Buffer, options: { htmlToText?: boolean } = {}): Promise<{ parsed: ParsedMail; message: PayloadMessage }> {
+  const parsed = await simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: options.htmlToText === false, keepCidLinks: true });
   return { parsed, message: toPayloadMessage(parsed) };
 }
 

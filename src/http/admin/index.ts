@@ -9,6 +9,7 @@ import type { Spool } from '../../spool/spool.js';
 import { decodeCursor, type MessageFilter, type DeliverySummary, type MessageSummary, type AttemptEntry } from '../../spool/queries.js';
 import type { DeliveryStatus } from '../../spool/types.js';
 import { parseMessage } from '../../parse/message.js';
+import { htmlExcerpt } from '../../parse/excerpt.js';
 import { authenticate, issueSession, sessionCookie, SESSION_COOKIE } from './auth.js';
 import { buildOpenApi, type RouteDoc } from './openapi.js';
 import * as S from './schemas.js';
@@ -140,7 +141,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       parseError = `the message is ${m.size} bytes; not parsed here, download it from raw_url`;
     } else {
       try {
-        const { message } = await parseMessage(await spool.readRaw(id));
+        const { message } = await parseMessage(await spool.readRaw(id), { htmlToText: false });
         summary = {
           message_id: message.message_id,
           subject: message.subject,
@@ -148,7 +149,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
           to: message.to.map(formatAddress),
           cc: message.cc.map(formatAddress),
           date: message.date,
-          text_excerpt: message.text ? message.text.slice(0, 2000) : null,
+          text_excerpt: message.text ? message.text.slice(0, 2000) : message.html ? htmlExcerpt(message.html, 2000) : null,
           attachments: message.attachments.map((a) => ({ filename: a.filename, content_type: a.content_type, size: a.size })),
         };
       } catch (err) {

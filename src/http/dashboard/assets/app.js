@@ -170,7 +170,7 @@ async function messageView(seq, id) {
     el('h2', {}, 'Deliveries'),
     ...deliveries,
   );
-  if (m.deliveries.some((d) => d.status === 'pending' || d.status === 'delivering')) every(1500, () => render());
+  if (m.deliveries.some((d) => d.status === 'pending' || d.status === 'delivering')) every(1500, () => { if (!document.hidden) render(); });
 }
 
 async function deadView(seq) {
