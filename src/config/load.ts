@@ -114,7 +114,10 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     // Report every problem at once: also check the routes that are well-formed on their own.
     const problems = zodProblems(parsed.error);
     const routes = Array.isArray((data as { routes?: unknown }).routes) ? ((data as { routes: unknown[] }).routes) : [];
+    const names = new Map<string, number>();
     routes.forEach((r, i) => {
+      const name = (r as { name?: unknown } | null)?.name;
+      if (typeof name === 'string') uniqueName(names, name, i, problems);
       const route = routeSchema.safeParse(r);
       if (route.success) resolveRoute(route.data, `routes[${i}]`, 30_000, opts, problems);
     });
@@ -189,6 +192,12 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
   });
 }
 
+function uniqueName(names: Map<string, number>, name: string, i: number, problems: ConfigProblem[]): void {
+  const seen = names.get(name);
+  if (seen !== undefined) problems.push({ path: `routes[${i}].name`, message: `"${name}" is already the name of routes[${seen}]; route names must be unique` });
+  else names.set(name, i);
+}
+
 function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; env: Env } & LoadOptions): Config {
   const problems: ConfigProblem[] = [];
   const names = new Map<string, number>();
@@ -197,9 +206,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 
   raw.routes.forEach((route, i) => {
     const at = `routes[${i}]`;
-    const seen = names.get(route.name);
-    if (seen !== undefined) problems.push({ path: `${at}.name`, message: `"${route.name}" is already the name of routes[${seen}]; route names must be unique` });
-    names.set(route.name, i);
+    uniqueName(names, route.name, i, problems);
     route.addresses.forEach((address, j) => {
       const parsed = parseAddressTemplate(address);
       if (!parsed.ok) return;

@@ -118,17 +118,21 @@ export class ImapBridge {
 
   private async run(): Promise<void> {
     while (!this.stopping) {
+      let failure: ReturnType<typeof classify> | undefined;
       try {
         await this.session();
       } catch (err) {
         if (this.stopping) break;
-        const e = classify(err);
-        this.status.failed(e);
-        if (e.code === 'MAILBOX_AUTH_FAILED') this.deps.tokens?.invalidate();
-        this.log[e.userFault ? 'error' : 'warn']({ mailbox: this.s.name, kind: e.kind, code: e.code, error: e.message, failures: this.status.consecutiveFailures }, 'mailbox session ended; reconnecting after a pause');
+        failure = classify(err);
+        this.status.failed(failure);
+        if (failure.code === 'MAILBOX_AUTH_FAILED') this.deps.tokens?.invalidate();
       }
       if (this.stopping) break;
       const delay = reconnectDelay(this.s.reconnect, Math.max(1, this.status.consecutiveFailures), this.deps.random);
+      if (failure) {
+        const e = failure;
+        this.log[e.userFault ? 'error' : 'warn']({ mailbox: this.s.name, kind: e.kind, code: e.code, error: e.message, failures: this.status.consecutiveFailures, pauseMs: delay }, 'mailbox session ended; reconnecting after a pause');
+      }
       this.status.nextAttemptAt = this.deps.clock.now() + delay;
       this.status.set('backoff');
       await this.pause(delay, () => this.stopping);

@@ -79,6 +79,7 @@ routes:
   assert.match(text, /http\.listen: "127\.0\.0\.1:99999" is not a listen address/);
   assert.match(text, /routes\[0\]\.addresses\[0\]: "not-an-address" is not an address pattern/);
   assert.match(text, /routes\[0\]\.webhook\.url: must be an http/);
+  assert.match(text, /routes\[1\]\.name: "a" is already the name of routes\[0\]/);
 });
 
 test('duplicate route names', () => {

@@ -260,7 +260,7 @@ ${oauth2}`;
     );
     const app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml });
     try {
-      await until(() => app.mailboxes.bridges.every((b) => b.status.consecutiveFailures >= 2), 10_000, 'every mailbox to fail twice');
+      await until(() => app.mailboxes.bridges.every((b) => b.status.consecutiveFailures >= 3), 10_000, 'every mailbox to fail three times');
       const kinds = Object.fromEntries(app.mailboxes.bridges.map((b) => [b.status.name, b.status.lastError?.kind]));
       assert.deepEqual(kinds, { refused: 'network', tls: 'tls', badpass: 'auth' }, JSON.stringify(app.mailboxes.statuses()));
       const ready = await fetch(`${app.httpUrl}/readyz`);
@@ -273,9 +273,14 @@ ${oauth2}`;
       const metrics = await (await fetch(`${app.httpUrl}/metrics`)).text();
       assert.match(metrics, /mailhook_mailbox_errors_total\{mailbox="badpass",kind="auth"\} [1-9]/);
       assert.match(metrics, /mailhook_mailbox_state\{mailbox="refused",state="(backoff|connecting)"\} 1/);
-      // Backoff grows: with 100 ms initial and failures >= 2 the pause is at least 100 ms (jittered half of 200).
-      const b = app.mailboxes.bridges[0]!.status;
-      assert.ok(b.consecutiveFailures >= 2);
+      // Backoff grows: reconnect_delay_ms 100, the step doubles per failure and the pause is jittered within
+      // [half, all] of it, so the first three pauses fall in [50, 100], [100, 200] and [200, 400] ms.
+      const pauses = app.logs
+        .map((l) => JSON.parse(l) as { msg?: string; mailbox?: string; failures?: number; pauseMs?: number })
+        .filter((l) => l.msg === 'mailbox session ended; reconnecting after a pause' && l.mailbox === 'refused')
+        .slice(0, 3);
+      assert.deepEqual(pauses.map((p) => p.failures), [1, 2, 3]);
+      pauses.forEach((p, i) => assert.ok(p.pauseMs! >= 50 * 2 ** i && p.pauseMs! <= 100 * 2 ** i, `pause ${i + 1}: ${p.pauseMs} ms`));
       assert.ok(!app.logs.some((l) => l.includes('pw-big')), 'the password is never logged');
     } finally {
       await app.close();

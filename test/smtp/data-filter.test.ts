@@ -1,6 +1,7 @@
 // The DATA filter and the per-IP counters as pure units: chunking never changes the result.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { createDataFilter, parseContentType, type DataFilterOptions } from '../../src/smtp/data-filter.js';
 import { ClientLimits, clientKey, parseCidr } from '../../src/smtp/limits.js';
@@ -38,6 +39,15 @@ test('clean input passes through unchanged (the same buffers, no copy)', async (
   const { out, filter } = await run(input, 1000);
   assert.deepEqual(out, input);
   assert.equal(filter.stats.normalized, 0);
+  const chunks = [Buffer.from('Subject: y\r\n\r\n'), Buffer.from('body line\r\n'), Buffer.from('last\r\n')];
+  const passed = createDataFilter(OPTS);
+  Readable.from(chunks).pipe(passed);
+  // 'data' events hand on each pushed buffer as it is (reading with an iterator would join them).
+  const seen: Buffer[] = [];
+  passed.on('data', (c: Buffer) => seen.push(c));
+  await once(passed, 'end');
+  assert.equal(seen.length, chunks.length);
+  seen.forEach((c, i) => assert.equal(c, chunks[i], `chunk ${i} is the buffer that came in`));
 });
 
 test('reject refuses a lone LF with 550 5.5.2 and passes nothing further', async () => {
