@@ -1,29 +1,56 @@
 // Whole-process behaviour of bin/mailhook: durability across SIGKILL, clean SIGTERM, config errors, restarts.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile, spawnSync } from 'node:child_process';
 import { Webhook } from 'standardwebhooks';
 import { Consumer } from '../helpers/consumer.js';
 import { RawSmtp, sendMail } from '../helpers/smtp-client.js';
 import { SECRET, configYaml, tempDir } from '../helpers/app.js';
-import { BIN, freePort, spawnMailhook } from '../helpers/process.js';
+import { BIN, holdPort, spawnMailhook, type RunningProcess } from '../helpers/process.js';
+
+/** What a test starts here ends with it, passed or failed: its mailhook processes are killed, its folders removed. */
+function owned(t: TestContext): { dir(): string; proc<P extends RunningProcess>(p: P): P } {
+  const procs: RunningProcess[] = [];
+  const dirs: string[] = [];
+  t.after(async () => {
+    for (const p of procs) {
+      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      await p.exit;
+    }
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+  return {
+    dir: () => {
+      const d = tempDir();
+      dirs.push(d);
+      return d;
+    },
+    proc: (p) => {
+      procs.push(p);
+      return p;
+    },
+  };
+}
 
 function haveSwaks(): boolean {
   return spawnSync('swaks', ['--version'], { stdio: 'ignore' }).status === 0;
 }
 
 test('kill -9 after 250 while the consumer is down loses nothing: the delivery arrives after restart', async (t) => {
-  const dir = tempDir();
-  const port = await freePort(); // nothing listens here yet: the consumer is down
+  const own = owned(t);
+  const dir = own.dir();
+  const down = await holdPort(); // the consumer is down: every connection is reset
+  t.after(() => down.release());
+  const port = down.port;
   const cfg = join(dir, 'mailhook.yaml');
   writeFileSync(cfg, configYaml({ dir, routes: `
   - name: app
     addresses: ["incoming+%{key}@app.test"]
     webhook: { url: "http://127.0.0.1:${port}/hook", secret: "${SECRET}" }
 ` }).replace('max_attempts: 5', 'max_attempts: 1000'));
-  const first = spawnMailhook(['serve', '--config', cfg]);
+  const first = own.proc(spawnMailhook(['serve', '--config', cfg]));
   await first.started;
   // Send with swaks (a second real client) when present, else nodemailer.
   let reply: string;
@@ -41,8 +68,9 @@ test('kill -9 after 250 while the consumer is down loses nothing: the delivery a
   first.child.kill('SIGKILL'); // right after 250: no chance to flush anything more
   assert.equal((await first.exit).signal, 'SIGKILL');
 
+  await down.release();
   const consumer = await new Consumer().start(port);
-  const second = spawnMailhook(['serve', '--config', cfg]);
+  const second = own.proc(spawnMailhook(['serve', '--config', cfg]));
   try {
     await second.started;
     const [req] = await consumer.waitFor(1);
@@ -62,8 +90,9 @@ test('kill -9 after 250 while the consumer is down loses nothing: the delivery a
   }
 });
 
-test('SIGKILL mid-delivery: the abandoned lease is resumed at start and the webhook arrives', async () => {
-  const dir = tempDir();
+test('SIGKILL mid-delivery: the abandoned lease is resumed at start and the webhook arrives', async (t) => {
+  const own = owned(t);
+  const dir = own.dir();
   const consumer = await new Consumer().start();
   // The consumer never answers the first request: the process dies while the delivery is leased.
   let hold = true;
@@ -75,7 +104,7 @@ test('SIGKILL mid-delivery: the abandoned lease is resumed at start and the webh
     addresses: ["*@app.test"]
     webhook: { url: "${consumer.url}", secret: "${SECRET}" }
 ` }));
-  const first = spawnMailhook(['serve', '--config', cfg]);
+  const first = own.proc(spawnMailhook(['serve', '--config', cfg]));
   await first.started;
   const info = await sendMail(first.smtpPort, { from: 'a@sender.test', to: 'x@app.test', subject: 'lease', text: 'body' });
   assert.match(info.response, /^250 /);
@@ -85,7 +114,7 @@ test('SIGKILL mid-delivery: the abandoned lease is resumed at start and the webh
   hold = false;
   for (const h of held) h();
 
-  const second = spawnMailhook(['serve', '--config', cfg]);
+  const second = own.proc(spawnMailhook(['serve', '--config', cfg]));
   try {
     await second.started;
     const reqs = await consumer.waitFor(2);
@@ -105,9 +134,12 @@ test('SIGKILL mid-delivery: the abandoned lease is resumed at start and the webh
   }
 });
 
-test('a backlog follows the route as now configured: fixed URL delivers, removed route dead-letters', async () => {
-  const dir = tempDir();
-  const port = await freePort();
+test('a backlog follows the route as now configured: fixed URL delivers, removed route dead-letters', async (t) => {
+  const own = owned(t);
+  const dir = own.dir();
+  const down = await holdPort();
+  t.after(() => down.release());
+  const port = down.port;
   const cfg = join(dir, 'mailhook.yaml');
   const write = (routes: string) => writeFileSync(cfg, configYaml({ dir, routes }));
   write(`
@@ -118,7 +150,7 @@ test('a backlog follows the route as now configured: fixed URL delivers, removed
     addresses: ["*@old.test"]
     webhook: { url: "http://127.0.0.1:${port}/old", secret: "${SECRET}" }
 `);
-  const first = spawnMailhook(['serve', '--config', cfg]);
+  const first = own.proc(spawnMailhook(['serve', '--config', cfg]));
   await first.started;
   await sendMail(first.smtpPort, { from: 'a@s.test', to: ['x@app.test', 'y@old.test'], subject: 'backlog', text: 'x' });
   await first.waitForLog((l) => l.msg === 'delivery failed; will retry' && l.route === 'old');
@@ -131,7 +163,7 @@ test('a backlog follows the route as now configured: fixed URL delivers, removed
     addresses: ["*@app.test"]
     webhook: { url: "${consumer.url}", secret: "${SECRET}" }
 `);
-  const second = spawnMailhook(['serve', '--config', cfg]);
+  const second = own.proc(spawnMailhook(['serve', '--config', cfg]));
   try {
     await second.started;
     const [req] = await consumer.waitFor(1);
@@ -147,30 +179,35 @@ test('a backlog follows the route as now configured: fixed URL delivers, removed
   }
 });
 
-test('SIGTERM: SMTP stops taking mail, the process closes the spool and exits 0', async () => {
-  const dir = tempDir();
+test('SIGTERM: SMTP stops taking mail, the process closes the spool and exits 0', async (t) => {
+  const own = owned(t);
+  const dir = own.dir();
   const cfg = join(dir, 'mailhook.yaml');
   writeFileSync(cfg, configYaml({ dir, routes: `
   - name: sink
     addresses: ["*@app.test"]
     sink: true
 ` }));
-  const p = spawnMailhook(['serve', '--config', cfg]);
+  const p = own.proc(spawnMailhook(['serve', '--config', cfg]));
   await p.started;
   const { smtp } = await RawSmtp.open(p.smtpPort);
+  t.after(() => smtp.destroy());
   await smtp.cmd('EHLO c');
   p.child.kill('SIGTERM');
   await p.waitForLog((l) => l.msg === 'stopping');
-  // A session that was open gets 421 for its next command (or is closed).
-  const r = await smtp.cmd('MAIL FROM:<a@b.test>').catch(() => undefined);
+  // A session that was open gets 421 for its next command, or has been closed (no answer, and the socket closed).
+  const r = await smtp.cmd('MAIL FROM:<a@b.test>').catch((err: unknown) => {
+    assert.ok(smtp.closed, `no reply, and the session is still open: ${String(err)}`);
+    return undefined;
+  });
   if (r) assert.equal(r.code, 421);
   assert.equal((await p.exit).code, 0);
   assert.ok(p.lines.some((l) => l.msg === 'stopped'));
   smtp.destroy();
 });
 
-test('a bad config exits non-zero before listening, with one line per problem', () => {
-  const dir = tempDir();
+test('a bad config exits non-zero before listening, with one line per problem', (t) => {
+  const dir = owned(t).dir();
   const cfg = join(dir, 'bad.yaml');
   writeFileSync(cfg, `smtp:\n  listen: nope\n  colour: blue\nroutes:\n  - name: a\n    addresses: ["x@y.test"]\n    webhook: { url: "http://h/x" }\n`);
   const r = spawnSync(process.execPath, [BIN, 'serve', '--config', cfg], { encoding: 'utf8' });
@@ -185,8 +222,8 @@ test('a bad config exits non-zero before listening, with one line per problem', 
   assert.match(check.stderr, /smtp\.listen/);
 });
 
-test('a port already in use is a clear start-up error', async () => {
-  const dir = tempDir();
+test('a port already in use is a clear start-up error', async (t) => {
+  const dir = owned(t).dir();
   const cfg = join(dir, 'mailhook.yaml');
   const { createServer } = await import('node:net');
   const blocker = createServer().listen(0, '127.0.0.1');
@@ -203,13 +240,14 @@ test('a port already in use is a clear start-up error', async () => {
   assert.match(r.stderr, new RegExp(`cannot listen for SMTP on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE.*check smtp\\.listen`));
 });
 
-test('the shipped default config starts, accepts mail for *@localhost and lists it in the sink', async () => {
-  const dir = tempDir();
-  const p = spawnMailhook(['serve', '--config', new URL('../../config/mailhook.yaml', import.meta.url).pathname], {
+test('the shipped default config starts, accepts mail for *@localhost and lists it in the sink', async (t) => {
+  const own = owned(t);
+  const dir = own.dir();
+  const p = own.proc(spawnMailhook(['serve', '--config', new URL('../../config/mailhook.yaml', import.meta.url).pathname], {
     MAILHOOK_SMTP_LISTEN: '127.0.0.1:0',
     MAILHOOK_HTTP_LISTEN: '127.0.0.1:0',
     MAILHOOK_SPOOL_PATH: join(dir, 'spool.db'),
-  });
+  }));
   try {
     await p.started;
     const info = await sendMail(p.smtpPort, { from: 'me@example.test', to: 'you@localhost', subject: 'hello sink', text: 'hi' });

@@ -79,6 +79,21 @@ export function spawnMailhook(args: string[], env: Record<string, string> = {}, 
 }
 
 /** A port that was free a moment ago (for a consumer that must be down first and up later at the same URL). */
+/**
+ * A port kept taken by a server that resets every connection: a consumer that is down, which no other test (the
+ * files run in parallel) can be handed for its own port 0 meanwhile. release() frees it, e.g. to start the
+ * consumer there at last.
+ */
+export async function holdPort(): Promise<{ port: number; release(): Promise<void> }> {
+  const s = createServer((socket) => socket.resetAndDestroy());
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  return {
+    port: (s.address() as { port: number }).port,
+    release: () => new Promise<void>((r) => s.close(() => r())),
+  };
+}
+
 export async function freePort(): Promise<number> {
   const s = createServer();
   s.listen(0, '127.0.0.1');

@@ -13,15 +13,17 @@ const CHILD = fileURLToPath(new URL('./crash-child.ts', import.meta.url));
 test('acknowledged messages (inline and files) survive SIGKILL of the process at a random point', async () => {
   const dir = tempDir('mailhook-crash-');
   const path = join(dir, 'spool.db');
+  let child: ReturnType<typeof spawn> | undefined;
   try {
-    const child = spawn(process.execPath, ['--import', 'tsx', CHILD, path], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = spawn(process.execPath, ['--import', 'tsx', CHILD, path], { stdio: ['ignore', 'pipe', 'inherit'] });
     const acked = new Map<string, number>();
     let buf = '';
-    const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
-    const drained = new Promise((resolve) => child.stdout.on('close', resolve));
+    const proc = child;
+    const exited = new Promise<NodeJS.Signals | null>((resolve) => proc.on('exit', (_code, signal) => resolve(signal)));
+    const drained = new Promise((resolve) => proc.stdout!.on('close', resolve));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`only ${acked.size} acks within 60 s`)), 60_000);
-      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
         buf += d;
         let i;
         while ((i = buf.indexOf('\n')) >= 0) {
@@ -30,9 +32,9 @@ test('acknowledged messages (inline and files) survive SIGKILL of the process at
           acked.set(id as string, Number(size));
         }
         // Kill while sessions are mid-flight: commits and WAL syncs are in progress at this moment.
-        if (acked.size >= 300 && child.exitCode === null && !child.killed) {
+        if (acked.size >= 300 && proc.exitCode === null && !proc.killed) {
           clearTimeout(timer);
-          child.kill('SIGKILL');
+          proc.kill('SIGKILL');
           resolve();
         }
       });
@@ -64,6 +66,8 @@ test('acknowledged messages (inline and files) survive SIGKILL of the process at
       await spool.close();
     }
   } finally {
+    // A failure before the kill (no acks in time) must not leave the child writing forever.
+    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
 });
