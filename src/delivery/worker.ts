@@ -390,6 +390,12 @@ export class DeliveryWorker {
     const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode, outcome: outcome.kind, error }, next, now: finishedAt };
     const report = (kept: boolean): void => {
       if (!kept) {
+        if (spool.getDelivery(d.id) === undefined) {
+          // Deleted through the admin API (force) while its request ran: nothing is left to record or to retry.
+          if (sent) metrics.deliveries.inc({ route: d.route, outcome: outcome.kind });
+          log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, status: statusCode, outcome: outcome.kind }, 'delivery ended: its message was deleted meanwhile');
+          return;
+        }
         log.warn({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts }, 'lease lost before the outcome was recorded; the delivery will be attempted again');
         return;
       }
