@@ -287,9 +287,10 @@ describe('size and structure limits', () => {
     await accepted(`${received(100)}Subject: long path\r\n\r\nx\r\n`);
   });
 
-  test('more than 1000 MIME parts: 554 5.6.0; exactly 1000 passes', async () => {
-    await refused(multipart(1001), '554 5.6.0 Error: too many MIME parts\r\n');
-    await accepted(multipart(1000));
+  test('more than 1000 MIME parts, the message itself counted: 554 5.6.0; exactly 1000 (999 body parts) passes', async () => {
+    // mailparser counts the message as a part too: 1000 body parts could be accepted but never parsed.
+    await refused(multipart(1000), '554 5.6.0 Error: too many MIME parts\r\n');
+    await accepted(multipart(999));
   });
 
   test('MIME nesting over 100: 554 5.6.0; exactly 100 passes', async () => {
