@@ -44,7 +44,7 @@ const tlsSchema = z.strictObject({
 const limitsSchema = z.strictObject({
   max_header_bytes: positiveInt.default(1_048_576).describe('bytes of a header section (the message\'s or a MIME part\'s); more gets 552 5.3.4'),
   max_received_headers: positiveInt.default(100).describe('Received headers before a message is a loop: 554 5.4.6'),
-  max_mime_parts: positiveInt.max(1000, 'at most 1000: mailparser refuses a message of more MIME parts, so it could never be parsed').default(1000).describe('MIME parts in one message, the message itself counted; more gets 554 5.6.0. At most 1,000, what the parser takes (a message with more could be stored but never parsed for the json and service formats)'),
+  max_mime_parts: positiveInt.max(1000, 'at most 1000: mailparser refuses a message of more MIME parts, so it could never be parsed').default(1000).describe('MIME parts in one message, the message itself and each attached message counted (as mailparser counts them); more gets 554 5.6.0. At most 1,000, what the parser takes (a message with more could be stored but never parsed for the json and service formats)'),
   max_mime_depth: positiveInt.default(100).describe('nesting of multiparts and attached messages; deeper gets 554 5.6.0'),
   max_connections_per_ip: nonNegativeInt.default(50).describe('concurrent connections from one client IP, 0 for no limit; more get 421 4.7.0 (Postfix smtpd_client_connection_count_limit)'),
   max_messages_per_ip: nonNegativeInt.default(0).describe('MAIL commands per rate_window_ms from one client IP, 0 for no limit; more get 450 4.7.1'),

@@ -288,9 +288,12 @@ export class DataFilter extends Transform {
     if (ct.type === 'multipart' && ct.boundary) {
       this.enter({ kind: 'multipart', delimiter: `--${ct.boundary}` });
     } else if (ct.type === 'message' && (ct.subtype === 'rfc822' || ct.subtype === 'global') && (cte === '' || cte === '7bit' || cte === '8bit' || cte === 'binary')) {
-      // An attached message: its own header section starts right away.
+      // An attached message: its own header section starts right away. mailparser counts it as one more part (an
+      // inline one at least), so it is counted here too.
       this.enter({ kind: 'message' });
       this.inHeader = true;
+      this.stats.mimeParts++;
+      if (this.stats.mimeParts > this.opts.maxMimeParts) this.fail(new MessageRefused(Reply.TooManyMimeParts, `more than ${this.opts.maxMimeParts} MIME parts`));
     }
   }
 

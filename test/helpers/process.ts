@@ -78,7 +78,6 @@ export function spawnMailhook(args: string[], env: Record<string, string> = {}, 
   return Object.assign(proc, { started });
 }
 
-/** A port that was free a moment ago (for a consumer that must be down first and up later at the same URL). */
 /**
  * A port kept taken by a server that resets every connection: a consumer that is down, which no other test (the
  * files run in parallel) can be handed for its own port 0 meanwhile. release() frees it, e.g. to start the
@@ -94,6 +93,7 @@ export async function holdPort(): Promise<{ port: number; release(): Promise<voi
   };
 }
 
+/** A port that was free a moment ago (another test may take it meanwhile: prefer holdPort for a consumer that is down). */
 export async function freePort(): Promise<number> {
   const s = createServer();
   s.listen(0, '127.0.0.1');

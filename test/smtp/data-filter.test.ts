@@ -7,6 +7,7 @@ import { createDataFilter, parseContentType, type DataFilterOptions } from '../.
 import { ClientLimits, clientKey, parseCidr } from '../../src/smtp/limits.js';
 import { enhanceReply, parseProxyV2 } from '../../src/smtp/adapter.js';
 import { MessageRefused } from '../../src/smtp/replies.js';
+import { parseMessage } from '../../src/parse/message.js';
 
 const OPTS: DataFilterOptions = { bareLf: 'normalize', maxBytes: 10_000_000, maxHeaderBytes: 1 << 20, maxReceived: 100, maxMimeParts: 1000, maxMimeDepth: 100 };
 
@@ -85,14 +86,14 @@ test('MIME structure: parts and depth are counted across chunk boundaries; bound
   for (const size of [1, 7, 4096]) {
     const { err, filter } = await run(Buffer.from(msg), size);
     assert.equal(err, undefined);
-    assert.equal(filter.stats.mimeParts, 6, `chunk size ${size}: the message and its five parts`);
+    assert.equal(filter.stats.mimeParts, 7, `chunk size ${size}: the message, its five parts and the attached message`);
     assert.equal(filter.stats.maxDepth, 4);
   }
   const deep = await run(Buffer.from(msg), 3, { maxMimeDepth: 3 });
   assert.ok(deep.err instanceof MessageRefused);
   assert.equal(deep.err.reply.text, 'Error: MIME nesting too deep');
-  assert.equal((await run(Buffer.from(msg), 3, { maxMimeParts: 6 })).err, undefined);
-  const many = await run(Buffer.from(msg), 3, { maxMimeParts: 5 });
+  assert.equal((await run(Buffer.from(msg), 3, { maxMimeParts: 7 })).err, undefined);
+  const many = await run(Buffer.from(msg), 3, { maxMimeParts: 6 });
   assert.ok(many.err instanceof MessageRefused);
   assert.equal(many.err.reply.text, 'Error: too many MIME parts');
 });
@@ -220,4 +221,29 @@ test('PROXY v2 headers: TCP4, TCP6, LOCAL, partial, garbage', () => {
   assert.deepEqual(parseProxyV2(Buffer.concat([sig, Buffer.from([0x20, 0x00, 0x00, 0x00])])), { length: 16 });
   assert.ok(parseProxyV2(Buffer.concat([sig.subarray(0, 5), Buffer.from('xx')])) instanceof Error);
   assert.ok(parseProxyV2(Buffer.concat([sig, Buffer.from([0x31, 0x11, 0x00, 0x0c])])) instanceof Error);
+});
+
+test('what the MIME-part limit lets through mailparser can parse: attached messages, inline or not, nested parts', async () => {
+  const message = (text: number, attached: number, disposition: string, innerParts: number): Buffer => {
+    let s = 'Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n';
+    for (let i = 0; i < text; i++) s += `--b\r\nContent-Type: text/plain\r\n\r\npart ${i}\r\n`;
+    const inner = innerParts > 0 ? `Content-Type: multipart/mixed; boundary="i"\r\n\r\n${'--i\r\n\r\nin\r\n'.repeat(innerParts)}--i--\r\n` : 'Subject: inner\r\n\r\nbody\r\n';
+    for (let i = 0; i < attached; i++) s += `--b\r\nContent-Type: message/rfc822\r\n${disposition}\r\n${inner}`;
+    return Buffer.from(s + '--b--\r\n');
+  };
+  let accepted = 0;
+  for (const disposition of ['Content-Disposition: inline\r\n', 'Content-Disposition: attachment\r\n', '']) {
+    for (const attached of [1, 3]) {
+      for (const innerParts of [0, 2]) {
+        for (let text = 990; text <= 1000; text++) {
+          const raw = message(text, attached, disposition, innerParts);
+          const { err } = await run(raw, 65536);
+          if (err) continue;
+          accepted++;
+          await assert.doesNotReject(parseMessage(raw), `${text} text parts, ${attached} attached (${JSON.stringify(disposition)}, ${innerParts} inner parts) passed the limit`);
+        }
+      }
+    }
+  }
+  assert.ok(accepted > 0, 'some of them are under the limit');
 });
