@@ -5,7 +5,7 @@ import type { EncodedRequest } from './formats/types.js';
 export interface HttpResult {
   status: number;
   retryAfter: string | undefined;
-  /** the Location header of a 3xx answer (redirects are not followed) */
+  /** the Location header of a 3xx answer, resolved against the request's URL (redirects are not followed) */
   location?: string | undefined;
   /** the first bytes of the response body, for the attempt log */
   bodySnippet: string;
@@ -91,7 +91,10 @@ export function sendWebhook(dispatcher: Dispatcher, target: WebhookTarget, req: 
         retryAfter = Array.isArray(ra) ? ra[0] : ra;
         if (statusCode < 400) {
           const loc = headers.location;
-          location = Array.isArray(loc) ? loc[0] : loc;
+          const raw = Array.isArray(loc) ? loc[0] : loc;
+          // A relative Location ("/hooks/v2") is resolved against the request's URL, so it can go in webhook.url.
+          const base = `${target.origin}${target.path}`;
+          location = raw !== undefined && URL.canParse(raw, base) ? new URL(raw, base).href : raw;
         }
       },
       onResponseData(c, chunk) {

@@ -620,6 +620,13 @@ describe('retries and dead letters', () => {
       assert.equal(JSON.parse(line).level, 50);
       assert.ok(!app.logs.some((l) => l.includes('user:pw')), 'credentials in the Location are not logged');
       assert.equal(elsewhere.requests.length, 0, 'the signed request was not sent on');
+      // A relative Location is resolved against the webhook's URL: what to put in webhook.url.
+      consumer.respond = () => ({ status: 301, headers: { location: '/v2/hook?x=1' } });
+      await sendMail(app.smtpPort, { from: 'a@s.test', to: 'incoming+moved2@gitlab.test', subject: 'moved', text: 'x' });
+      const [req2] = (await consumer.waitFor(start + 2)).slice(start + 1);
+      const id2 = String(req2!.headers['webhook-id']);
+      const d2 = await until(() => (deliveryOf(id2).status === 'dead' ? deliveryOf(id2) : undefined), 5000, 'dead');
+      assert.match(d2.lastError ?? '', new RegExp(`^HTTP 301: the consumer redirects to ${consumer.url.replace(/\/[^/]*$/, '').replace(/[.]/g, '\\.')}/v2/hook\\?x=1;`));
     } finally {
       consumer.respond = () => ({ status: 200 });
       await elsewhere.stop();
