@@ -3,9 +3,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { htmlExcerpt } from '../../src/parse/excerpt.js';
 
-test('tags dropped, script and style contents skipped, common entities decoded, white space collapsed', () => {
-  const html = '<html><head><style>p { color: red }</style><script>var x = "<b>";</script></head>\n<body><h1>Order&nbsp;#42</h1>\n\n<p>Fish &amp; chips &lt;3 &#39;now&#39; &unknown; <a href="http://x.test/">track it</a></p></body></html>';
+test('tags dropped, head, title, script and style contents skipped, common entities decoded, white space collapsed', () => {
+  const html = '<html><head><title>ACME Newsletter</title><style>p { color: red }</style><script>var x = "<b>";</script></head>\n<body><h1>Order&nbsp;#42</h1>\n\n<p>Fish &amp; chips &lt;3 &#39;now&#39; &unknown; <a href="http://x.test/">track it</a></p></body></html>';
   assert.equal(htmlExcerpt(html, 2000), "Order #42 Fish & chips <3 'now' &unknown; track it");
+});
+
+test('inline elements run on inside a word; block elements and br separate words', () => {
+  assert.equal(htmlExcerpt('H<b>e</b>llo wor<span>ld</span><br>next<div>line</div><td>a</td><td>b</td>', 100), 'Hello world next line a b');
 });
 
 test('bounded: at most max characters, and an unclosed tag or a lone ampersand ends nothing', () => {

@@ -128,7 +128,7 @@ export const detailResponse = {
         to: { type: 'array', items: { type: 'string' } },
         cc: { type: 'array', items: { type: 'string' } },
         date: { type: ['string', 'null'] },
-        text_excerpt: { type: ['string', 'null'], description: 'the first 2000 characters of the text part' },
+        text_excerpt: { type: ['string', 'null'], description: 'the first 2000 characters of the text part, or for an HTML-only message of the text in its HTML (tags dropped)' },
         attachments: {
           type: 'array',
           items: { type: 'object', properties: { filename: { type: ['string', 'null'] }, content_type: { type: 'string' }, size: { type: 'integer' } }, required: ['filename', 'content_type', 'size'] },
