@@ -41,6 +41,9 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
   - name: billing
     addresses: ["billing@in.test"]
     webhook: { url: "${flaky.url}", secret: "${SECRET}" }
+  - name: archive
+    addresses: ["*@archive.test"]
+    sink: true
 `,
     });
     profile = mkdtempSync(join(tmpdir(), 'mailhook-chromium-'));
@@ -93,6 +96,14 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     await page.locator('#toast', { hasText: 'Replayed 1 delivery' }).waitFor();
     await ok.waitFor(2);
     await page.locator('.delivery[data-route=tickets] .delivery-head', { hasText: 'replayed 1×' }).waitFor();
+
+    // A sink route's delivery has nothing to be sent again to: no button.
+    await sendMail(app.smtpPort, { from: 'a@example.test', to: 'keep@archive.test', subject: 'Kept only', text: 'x' });
+    await page.locator('nav a', { hasText: 'Messages' }).click();
+    await page.locator('#refresh').click();
+    await page.locator('tbody tr', { hasText: 'Kept only' }).click();
+    await page.locator('.delivery[data-route=archive] .delivery-head .chip[data-status=delivered]').waitFor();
+    assert.equal(await page.locator('.delivery[data-route=archive] .delivery-head button').count(), 0);
   });
 
   test('a dead-lettered delivery is listed and replayed from the dead-letter page, then seen delivered', async () => {

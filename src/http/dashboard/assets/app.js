@@ -140,7 +140,8 @@ async function messageView(seq, id) {
         el('span', { class: 'muted' }, `${d.attempts} attempt${d.attempts === 1 ? '' : 's'}${d.replays ? `, replayed ${d.replays}×` : ''}`),
         d.status === 'pending' ? el('span', { class: 'muted' }, `next try ${when(d.next_attempt_at)}`) : null,
         el('span', { class: 'spacer' }),
-        d.status === 'dead' || d.status === 'delivered'
+        // A sink route's delivery is delivered without an attempt, and there is nothing to send it to.
+        d.status === 'dead' || (d.status === 'delivered' && d.attempts > 0)
           ? el('button', { class: d.status === 'dead' ? '' : 'quiet', onclick: () => replayIds([d.id], d.status) }, d.status === 'dead' ? 'Replay' : 'Send again')
           : null,
       ),
