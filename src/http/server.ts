@@ -107,8 +107,11 @@ function mayReadSink(req: FastifyRequest, config: Config): boolean {
   const auth = req.headers.authorization;
   if (token && auth?.startsWith('Bearer ')) return constantTimeEqual(auth.slice(7), token.reveal());
   const ip = req.socket.remoteAddress ?? '';
-  return (ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1') && isLoopbackName(req.headers.host);
+  return (ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1') && isLoopbackName(req.headers.host) && !PROXY_HEADERS.some((h) => h in req.headers);
 }
+
+/** Headers a reverse proxy adds: a request that passed one came from wherever the proxy's clients are, not loopback. */
+const PROXY_HEADERS = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-real-ip', 'via'];
 
 /**
  * A request from loopback must also have asked for a loopback name: a web page whose own host name an attacker

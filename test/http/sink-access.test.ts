@@ -86,6 +86,10 @@ test('from loopback, a request for another host name is refused (DNS rebinding: 
     for (const host of ['localhost.attacker.example', '127.0.0.1.attacker.example', `[::2]:${port}`]) {
       assert.equal((await get(app, '/sink/messages', '127.0.0.1', { host })).status, 403, host);
     }
+    // Through a reverse proxy on the same machine every client comes from loopback: its headers give it away.
+    for (const header of [{ 'x-forwarded-for': '203.0.113.9' }, { forwarded: 'for=203.0.113.9' }, { 'x-real-ip': '203.0.113.9' }, { via: '1.1 nginx' }]) {
+      assert.equal((await get(app, '/sink/messages', '127.0.0.1', { host: `localhost:${port}`, ...header })).status, 403, JSON.stringify(header));
+    }
   });
 });
 
