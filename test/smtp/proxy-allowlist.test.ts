@@ -4,18 +4,8 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import type { TestApp } from '../helpers/app.js';
-import { connectFrom, queuedId, startData, startSmtpApp, type Lines } from './support.js';
+import { connectFrom, proxyV2v4 as v2v4, queuedId, startData, startSmtpApp, type Lines } from './support.js';
 
-const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
-/** A PROXY v2 header (PROXY command, TCP over IPv4) naming `ip` as the client. */
-function v2v4(ip: number[], port: number): Buffer {
-  const body = Buffer.alloc(12);
-  Buffer.from(ip).copy(body, 0);
-  Buffer.from([127, 0, 0, 1]).copy(body, 4);
-  body.writeUInt16BE(port, 8);
-  body.writeUInt16BE(25, 10);
-  return Buffer.concat([SIG, Buffer.from([0x21, 0x11, 0x00, 12]), body]);
-}
 
 /** MAIL, RCPT, DATA and a body on a Lines session; the final reply. */
 async function sendOn(s: Lines, subject: string): Promise<string> {

@@ -165,3 +165,16 @@ export function opensslMissing(): string | false {
   if (process.env.CI === 'true') throw new Error('openssl is required for the TLS tests and is not installed');
   return 'openssl is not installed; TLS tests skipped';
 }
+
+/** The PROXY protocol v2 signature (12 bytes). */
+export const PROXY_V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+
+/** A PROXY v2 header (PROXY command, TCP over IPv4) naming `ip`:`port` as the client. */
+export function proxyV2v4(ip: number[], port: number): Buffer {
+  const body = Buffer.alloc(12);
+  Buffer.from(ip).copy(body, 0);
+  Buffer.from([127, 0, 0, 1]).copy(body, 4);
+  body.writeUInt16BE(port, 8);
+  body.writeUInt16BE(25, 10);
+  return Buffer.concat([PROXY_V2_SIG, Buffer.from([0x21, 0x11, 0x00, 12]), body]);
+}

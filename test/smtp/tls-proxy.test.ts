@@ -11,7 +11,7 @@ import { freePort } from '../helpers/process.js';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import { Consumer } from '../helpers/consumer.js';
 import { SECRET, configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
-import { Lines, SINK_ROUTES, countMessages, makeCert, opensslMissing, queuedId, session, startData, startSmtpApp, startTls } from './support.js';
+import { Lines, PROXY_V2_SIG, SINK_ROUTES, countMessages, makeCert, opensslMissing, proxyV2v4 as v2v4, queuedId, session, startData, startSmtpApp, startTls } from './support.js';
 
 const skip = opensslMissing();
 
@@ -251,22 +251,13 @@ describe('PROXY protocol', () => {
   });
   after(() => app.close());
 
-  const SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
-  function v2v4(ip: number[], port: number): Buffer {
-    const body = Buffer.alloc(12);
-    Buffer.from(ip).copy(body, 0);
-    Buffer.from([127, 0, 0, 1]).copy(body, 4);
-    body.writeUInt16BE(port, 8);
-    body.writeUInt16BE(25, 10);
-    return Buffer.concat([SIG, Buffer.from([0x21, 0x11, 0x00, 12]), body]);
-  }
   function v2v6(hex: string, port: number): Buffer {
     const body = Buffer.alloc(36);
     Buffer.from(hex, 'hex').copy(body, 0);
     body.writeUInt16BE(port, 32);
     body.writeUInt16BE(25, 34);
     // A TLV after the addresses (PP2_TYPE_NOOP) must be skipped.
-    return Buffer.concat([SIG, Buffer.from([0x21, 0x21, 0x00, 36 + 3]), body, Buffer.from([0x04, 0x00, 0x00])]);
+    return Buffer.concat([PROXY_V2_SIG, Buffer.from([0x21, 0x21, 0x00, 36 + 3]), body, Buffer.from([0x04, 0x00, 0x00])]);
   }
 
   async function viaProxy(header: Buffer | string): Promise<{ smtp: RawSmtp; id: string }> {
@@ -311,7 +302,7 @@ describe('PROXY protocol', () => {
   test('a broken header closes the connection; nothing reaches SMTP', async () => {
     const before = countMessages(app);
     const bad = await RawSmtp.connect(app.smtpPort);
-    bad.write(Buffer.concat([SIG.subarray(0, 6), Buffer.from('garbage\r\n')]));
+    bad.write(Buffer.concat([PROXY_V2_SIG.subarray(0, 6), Buffer.from('garbage\r\n')]));
     await bad.waitClosed();
     const bad2 = await RawSmtp.connect(app.smtpPort);
     bad2.write('EHLO client.test\r\n');
