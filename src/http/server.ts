@@ -49,7 +49,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   if (sinkRoutes.length > 0) {
     const guard = async (req: FastifyRequest) => {
       if (!mayReadSink(req, config)) {
-        throw Object.assign(new Error('the sink is readable from loopback (asked for as localhost, 127.0.0.1 or [::1]), or with the admin token'), { statusCode: 403 });
+        throw Object.assign(new Error('the sink is readable from loopback (asked for as localhost, 127.0.0.1 or [::1], not through a proxy), or with the admin token'), { statusCode: 403 });
       }
     };
     app.get('/sink/messages', { preHandler: guard, schema: { querystring: { type: 'object', properties: { limit: { type: 'integer', minimum: 1, maximum: 500, default: 50 } }, additionalProperties: false } } }, async (req) => {
