@@ -24,6 +24,8 @@ export interface RetentionDeps {
   log: Logger;
   /** told how many messages each run removed (metrics) */
   onRemoved?: (messages: number) => void;
+  /** told after each batch's commit how many it removed (tests stop a run between batches with it) */
+  onBatch?: (messages: number) => void;
 }
 
 export interface RetentionRun {
@@ -123,6 +125,7 @@ export class Retention {
       for (const f of files) blobs.removeSync(f);
       result.removed += n;
       result.files += files.length;
+      this.deps.onBatch?.(n);
       if (n < this.batchSize) break;
       await new Promise((r) => setImmediate(r));
     }

@@ -189,12 +189,27 @@ test('stop() during a pass ends it between batches and resolves once it has sett
   try {
     for (let i = 0; i < 120; i++) await s.accept(['delivered']);
     s.clock.t = T0 + 8 * DAY;
-    s.retention.start();
-    // start()'s timer was set first, so it fires first: when this one fires the pass has done its first batch of 50
-    // and waits for the next turn.
-    await new Promise((r) => setTimeout(r, 0));
-    assert.equal(count(s), 70);
-    await s.retention.stop();
+    let stopped: Promise<void> | undefined;
+    let left = -1;
+    let firstBatch!: () => void;
+    const reached = new Promise<void>((r) => (firstBatch = r));
+    const retention = new Retention(
+      { db: s.spool.db, blobs: s.spool.blobs, clock: s.clock, log, onRemoved: (n) => s.removed.push(n), onBatch: () => {
+        // After the first batch of 50: stop while the pass waits for its next turn (a microtask: the batch's
+        // synchronous part has returned by then, as a SIGTERM's handler would find it).
+        if (left >= 0) return;
+        left = count(s);
+        queueMicrotask(() => {
+          stopped = retention.stop();
+          firstBatch();
+        });
+      } },
+      { delivered: 7 * DAY, dead: 30 * DAY, interval: DAY, batchSize: 50 },
+    );
+    retention.start();
+    await reached;
+    await stopped;
+    assert.equal(left, 70);
     assert.deepEqual(s.removed, [50], 'the pass had finished (and reported) when stop() resolved');
     assert.equal(count(s), 70, 'no batch after stop()');
   } finally {
