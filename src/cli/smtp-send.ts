@@ -2,6 +2,7 @@
 import { createConnection, isIP, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { bytesToText } from '../parse/text.js';
 
 export interface SmtpReply {
   code: number;
@@ -83,7 +84,8 @@ export async function smtpSend(opts: { host: string; port: number; from: string;
   }
 }
 
-const utf8 = (latin1: string): string => Buffer.from(latin1, 'latin1').toString('utf8');
+/** A reply line read as latin1 (one char per byte), as text: UTF-8 when valid, else the bytes as they came. */
+const utf8 = (latin1: string): string => bytesToText(Buffer.from(latin1, 'latin1'));
 
 function upgrade(socket: Socket, host: string, timeoutMs: number): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {

@@ -130,8 +130,7 @@ export class ImapBridge {
       if (this.stopping) break;
       const delay = reconnectDelay(this.s.reconnect, Math.max(1, this.status.consecutiveFailures), this.deps.random);
       if (failure) {
-        const e = failure;
-        this.log[e.userFault ? 'error' : 'warn']({ mailbox: this.s.name, kind: e.kind, code: e.code, error: e.message, failures: this.status.consecutiveFailures, pauseMs: delay }, 'mailbox session ended; reconnecting after a pause');
+        this.log[failure.userFault ? 'error' : 'warn']({ mailbox: this.s.name, kind: failure.kind, code: failure.code, error: failure.message, failures: this.status.consecutiveFailures, pauseMs: delay }, 'mailbox session ended; reconnecting after a pause');
       }
       this.status.nextAttemptAt = this.deps.clock.now() + delay;
       this.status.set('backoff');

@@ -292,9 +292,16 @@ export class DataFilter extends Transform {
       // inline one at least), so it is counted here too.
       this.enter({ kind: 'message' });
       this.inHeader = true;
-      this.stats.mimeParts++;
-      if (this.stats.mimeParts > this.opts.maxMimeParts) this.fail(new MessageRefused(Reply.TooManyMimeParts, `more than ${this.opts.maxMimeParts} MIME parts`));
+      this.countPart();
     }
+  }
+
+  /** One more MIME part; false (and the message refused) once past smtp.limits.max_mime_parts. */
+  private countPart(): boolean {
+    this.stats.mimeParts++;
+    if (this.stats.mimeParts <= this.opts.maxMimeParts) return true;
+    this.fail(new MessageRefused(Reply.TooManyMimeParts, `more than ${this.opts.maxMimeParts} MIME parts`));
+    return false;
   }
 
   private enter(frame: Frame): void {
@@ -322,11 +329,7 @@ export class DataFilter extends Transform {
       if (f?.kind !== 'multipart') continue;
       if (line === f.delimiter) {
         this.popTo(k + 1);
-        this.stats.mimeParts++;
-        if (this.stats.mimeParts > this.opts.maxMimeParts) {
-          this.fail(new MessageRefused(Reply.TooManyMimeParts, `more than ${this.opts.maxMimeParts} MIME parts`));
-          return;
-        }
+        if (!this.countPart()) return;
         this.inHeader = true;
         this.collecting = true;
         return;
