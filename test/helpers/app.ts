@@ -17,8 +17,24 @@ export interface TestApp extends App {
   close(): Promise<void>;
 }
 
+const madeDirs = new Set<string>();
+
+/** A fresh folder under the OS temp dir, removed when this test process exits (whether or not the test removed it). */
 export function tempDir(prefix = 'mailhook-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  if (madeDirs.size === 0) process.once('exit', removeMadeDirs);
+  madeDirs.add(dir);
+  return dir;
+}
+
+function removeMadeDirs(): void {
+  for (const dir of madeDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // a folder another user's process still writes to; leave it rather than fail the test run at exit
+    }
+  }
 }
 
 /** YAML for the given routes with fast retries; `extra` is merged in as YAML text after the defaults. */
