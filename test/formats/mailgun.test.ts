@@ -159,6 +159,24 @@ test('a reply that is all quote keeps its text in stripped-text (never empty)', 
   assert.match(form.field('stripped-text'), /the original message/);
 });
 
+test('HTML-only mail below the root (multipart/related, as Gmail sends it): body-plain and stripped-text carry its text; an encoded "Last, First" name stays one address', async () => {
+  const { form } = await deliver(fixture('html-related.eml'), 'reply+h1@mg.test', 'parsed');
+  assert.equal(verdicts.at(-1), true);
+  // Mailgun: body-plain is always there, a text rendering when the message has only HTML. mailparser renders only
+  // HTML at the root of the MIME tree, so these were "" for such mail.
+  assert.match(form.field('body-plain'), /^Guten Tag, die Lieferung ist angekommen\./);
+  assert.match(form.field('body-plain'), /^> Ist die Lieferung da\?$/m);
+  assert.match(form.field('stripped-text'), /^Guten Tag, die Lieferung ist angekommen\./);
+  assert.doesNotMatch(form.field('stripped-text'), /Ist die Lieferung da/, 'the quote is stripped');
+  assert.match(form.field('body-html'), /<p>Guten Tag/);
+  // =?iso-8859-1?Q?M=FCller=2C_Hans?= decoded as plain text would read as two addresses, "Müller" and "Hans <…>".
+  assert.equal(form.field('from'), '"Müller, Hans" <hans@example.test>');
+  assert.equal(form.field('To'), '"Support, Küche" <reply+h1@mg.test>, other@example.test');
+  const headers = new Map(JSON.parse(form.field('message-headers')) as Array<[string, string]>);
+  assert.equal(headers.get('From'), '"Müller, Hans" <hans@example.test>');
+  assert.equal(form.field('attachment-count'), '2');
+});
+
 test('mime: true posts the message byte for byte in body-mime, signed, as Action Mailbox\'s Mailgun ingress reads it', async () => {
   const raw = fixture('shift_jis.eml'); // 8-bit Shift_JIS body: any re-encoding would show
   const { req, form } = await deliver(raw, 'anyone@mime.test', 'mime');

@@ -1,7 +1,8 @@
 // What the hosted-service formats (Mailgun, Postmark, SendGrid) share: one parsed view of the message, recipients' keys, URL credentials.
 import { simpleParser } from 'mailparser';
 import { MailhookError } from '../../core/errors.js';
-import { flattenAddresses, parseMessage } from '../../parse/message.js';
+import { renderHtmlAsText } from '../../parse/html-text.js';
+import { flattenAddresses } from '../../parse/message.js';
 import type { Recipient } from '../../spool/types.js';
 import { headerValue, parseHeaderSection, type HeaderField } from './headers.js';
 
@@ -79,10 +80,7 @@ export async function inboundView(raw: Buffer): Promise<InboundView> {
     html,
     async plainText() {
       if (text !== null) return text;
-      if (html === null) return '';
-      // Only HTML-only mail pays for the second parse, with mailparser's own HTML-to-text rendering.
-      const { parsed } = await parseMessage(raw);
-      return parsed.text ?? '';
+      return html === null ? '' : renderHtmlAsText(html);
     },
     attachments: p.attachments.map((a, i) => ({
       filename: a.filename ?? defaultFilename(i, a.contentType),
@@ -114,12 +112,13 @@ export function formatAddress(a: Address): string {
 
 /**
  * The sub-address key of an address: the route template's key for this delivery's recipients (routing already
- * captured it), otherwise what Postmark calls the MailboxHash, the part after the first "+" of the local part.
+ * captured it), otherwise, also for a recipient of a route without a %{key} template (an exact address, a
+ * catch-all), what Postmark calls the MailboxHash, the part after the first "+" of the local part.
  */
 export function mailboxHash(address: string, recipients: readonly Recipient[]): string {
   const lower = address.toLowerCase();
-  const ours = recipients.find((r) => r.address.toLowerCase() === lower);
-  if (ours) return ours.key ?? '';
+  const key = recipients.find((r) => r.address.toLowerCase() === lower)?.key;
+  if (key != null) return key;
   const local = address.slice(0, address.lastIndexOf('@'));
   const plus = local.indexOf('+');
   return plus === -1 ? '' : local.slice(plus + 1);
