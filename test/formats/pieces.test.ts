@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/delivery/formats/headers.js';
+import { decodeAddressHeader, decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/delivery/formats/headers.js';
 import { chooseBoundary, encodeMultipart, encodeUrlForm, type FormField } from '../../src/delivery/formats/multipart.js';
 import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS, STRIP_MAX_LINE_CHARS, STRIP_MAX_LINES } from '../../src/parse/strip.js';
 import { credentialsFromUrl, mailboxHash, formatAddress } from '../../src/delivery/formats/inbound.js';
@@ -39,6 +39,18 @@ test('encoded words: ISO-2022-JP (stateful), charset*language, an unknown charse
   assert.equal(decodeEncodedWords(`=?ISO-2022-JP?B?${jis.toString('base64')}?=`), '日本');
   assert.equal(decodeEncodedWords('=?UTF-8*en?Q?hello?='), 'hello');
   assert.equal(decodeEncodedWords('=?x-unknown?Q?abc?= def'), '=?x-unknown?Q?abc?= def');
+});
+
+test('encoded words in address lists: a decoded name with specials is quoted, escaped inside quotes and comments', () => {
+  // Outlook's "Last, First": as plain text the comma would end the first address.
+  assert.equal(decodeAddressHeader('=?iso-8859-1?Q?M=FCller=2C_Hans?= <hans@x.test>, b@x.test'), '"Müller, Hans" <hans@x.test>, b@x.test');
+  assert.equal(decodeAddressHeader('=?utf-8?Q?Zo=C3=AB_M=C3=BCller?= <z@x.test>'), 'Zoë Müller <z@x.test>', 'no specials: as decoded');
+  assert.equal(decodeAddressHeader('=?utf-8?Q?Dr=2E_=22Q=22?= Smith <s@x.test>'), '"Dr. \\"Q\\"" Smith <s@x.test>');
+  assert.equal(decodeAddressHeader('"=?utf-8?Q?A=2C_=22B=22?=" <a@x.test>'), '"A, \\"B\\"" <a@x.test>', 'inside a quoted string: escaped, not quoted again');
+  assert.equal(decodeAddressHeader('a@x.test (=?utf-8?Q?x=29_y?=)'), 'a@x.test (x\\) y)', 'inside a comment');
+  assert.equal(decodeAddressHeader('"a\\"(" <a@x.test>, =?utf-8?Q?b=2C?= <b@x.test>'), '"a\\"(" <a@x.test>, "b," <b@x.test>', 'an escaped quote does not end the string');
+  const section = parseHeaderSection(Buffer.from('From: =?utf-8?Q?Support=2C_K=C3=BCche?= <s@x.test>\r\nSubject: =?utf-8?Q?a=2C_b?=\r\n\r\n'));
+  assert.deepEqual(section.fields.map((f) => f.value), ['"Support, Küche" <s@x.test>', 'a, b'], 'only address fields are quoted');
 });
 
 test('header section: unfolding keeps the white space, values decode, the block ends before the blank line', () => {
@@ -184,6 +196,8 @@ test('mailboxHash: the route key for our recipients, the plus part (Postmark) fo
   assert.equal(mailboxHash('plain@in.test', recipients), '');
   assert.equal(mailboxHash('someone+tag+more@else.test', recipients), 'tag+more');
   assert.equal(mailboxHash('someone@else.test', recipients), '');
+  // A recipient of a route without a %{key} template (an exact address, a catch-all): Postmark's plus part.
+  assert.equal(mailboxHash('desk+t-9@in.test', [{ address: 'desk+t-9@in.test', key: null }]), 't-9');
   assert.equal(formatAddress({ address: 'a@x.test', name: 'A "Q" \\ B' }), '"A \\"Q\\" \\\\ B" <a@x.test>');
 });
 
@@ -223,6 +237,18 @@ test('recorded sender authentication shows as the topmost Authentication-Results
   assert.equal(value('Authentication-Results')?.value, ar);
   const plain = formatContext(raw, { recipients: [{ address: 'desk+T-7@in.test', key: 'T-7' }] });
   assert.equal(buildPostmarkPayload(plain, view).Headers[0]?.Name, 'From', 'nothing added when mailhook did not check');
+});
+
+test('postmark MailboxHash: the route key, or the plus part for a catch-all or exact-address route', async () => {
+  const raw = fixture('iso-2022-jp.eml');
+  const view = await inboundView(raw);
+  const keyed = buildPostmarkPayload(formatContext(raw, { recipients: [{ address: 'desk+T-7@in.test', key: 'T-7' }] }), view);
+  assert.equal(keyed.MailboxHash, 'T-7');
+  const catchAll = buildPostmarkPayload(formatContext(raw, { recipients: [{ address: 'reply+abc123@in.test', key: null }] }), view);
+  assert.equal(catchAll.MailboxHash, 'abc123');
+  assert.deepEqual(catchAll.BccFull.at(-1), { Email: 'reply+abc123@in.test', Name: '', MailboxHash: 'abc123' });
+  const exact = buildPostmarkPayload(formatContext(raw, { recipients: [{ address: 'support@in.test', key: null }] }), view);
+  assert.equal(exact.MailboxHash, '');
 });
 
 // ---------- outcomes ----------

@@ -58,7 +58,8 @@ export function parseHeaderSection(raw: Buffer): HeaderSection {
       .slice(colon + 1)
       .replace(/\r?\n(?=[ \t])/g, '')
       .trim();
-    fields.push({ name, raw: rawValue, value: decodeEncodedWords(rawValue) });
+    const value = ADDRESS_HEADERS.has(name.toLowerCase()) ? decodeAddressHeader(rawValue) : decodeEncodedWords(rawValue);
+    fields.push({ name, raw: rawValue, value });
   }
   return { block, fields };
 }
@@ -93,12 +94,55 @@ export function decoderFor(charset: string): TextDecoder | undefined {
 
 const ENCODED_WORD = /=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=/g;
 
+/** Header fields whose value is an address list (RFC 5322 §3.6.2-3, §3.6.6, and the common list extensions). */
+const ADDRESS_HEADERS = new Set([
+  'from', 'sender', 'reply-to', 'to', 'cc', 'bcc', 'resent-from', 'resent-sender', 'resent-to', 'resent-cc', 'resent-bcc',
+  'mail-followup-to', 'mail-reply-to', 'disposition-notification-to',
+]);
+
 /**
  * Decodes RFC 2047 encoded words. White space between two adjacent encoded words is dropped (§6.2), and adjacent
  * words in the same charset are decoded together, so a multi-byte character split across two words (common with
  * Shift_JIS and ISO-2022-JP subjects) comes out whole. A word in an unknown charset is left as written.
  */
 export function decodeEncodedWords(value: string): string {
+  return decodeWords(value, undefined);
+}
+
+/**
+ * Decodes the encoded words of an address list so that it still parses as one: a display name that decodes to
+ * text with specials ("Müller, Hans" written as =?…?Q?M=FCller=2C_Hans?=, as Outlook writes "Last, First") is
+ * quoted, inside a quoted string or a comment only escaped. Decoded as plain text, the comma would split the
+ * address in two for every consumer that parses the field (Python's getaddresses, the mail gem).
+ */
+export function decodeAddressHeader(value: string): string {
+  const syntax = { quoted: false, comment: 0, escaped: false };
+  return decodeWords(value, {
+    scan(text) {
+      for (const c of text) {
+        if (syntax.escaped) syntax.escaped = false;
+        else if (c === '\\') syntax.escaped = syntax.quoted || syntax.comment > 0;
+        else if (syntax.quoted) syntax.quoted = c !== '"';
+        else if (c === '(') syntax.comment++;
+        else if (c === ')' && syntax.comment > 0) syntax.comment--;
+        else if (c === '"' && syntax.comment === 0) syntax.quoted = true;
+      }
+    },
+    wrap(decoded) {
+      if (syntax.quoted) return decoded.replace(/(["\\])/g, '\\$1');
+      if (syntax.comment > 0) return decoded.replace(/([()\\])/g, '\\$1');
+      return /[()<>[\]:;@\\,."]/.test(decoded) ? `"${decoded.replace(/(["\\])/g, '\\$1')}"` : decoded;
+    },
+  });
+}
+
+/** How decodeWords keeps a structured field's syntax: `scan` sees the text outside encoded words, `wrap` each decoded run. */
+interface WordSyntax {
+  scan(text: string): void;
+  wrap(decoded: string): string;
+}
+
+function decodeWords(value: string, syntax: WordSyntax | undefined): string {
   if (!value.includes('=?')) return value;
   let out = '';
   let pending: { charset: string; bytes: Buffer[]; source: string } | undefined;
@@ -106,8 +150,16 @@ export function decodeEncodedWords(value: string): string {
   const flush = () => {
     if (!pending) return;
     const decoder = decoderFor(pending.charset);
-    out += decoder ? decoder.decode(Buffer.concat(pending.bytes)) : pending.source;
+    if (!decoder) out += pending.source;
+    else {
+      const decoded = decoder.decode(Buffer.concat(pending.bytes));
+      out += syntax ? syntax.wrap(decoded) : decoded;
+    }
     pending = undefined;
+  };
+  const plain = (text: string) => {
+    syntax?.scan(text);
+    out += text;
   };
   for (const m of value.matchAll(ENCODED_WORD)) {
     const between = value.slice(last, m.index);
@@ -119,13 +171,14 @@ export function decodeEncodedWords(value: string): string {
       pending.source += between + word;
     } else {
       flush();
-      if (!adjacent) out += between;
+      if (!adjacent) plain(between);
       pending = { charset, bytes: [bytes], source: word };
     }
     last = m.index + word.length;
   }
   flush();
-  return out + value.slice(last);
+  plain(value.slice(last));
+  return out;
 }
 
 function decodeB(text: string): Buffer {
