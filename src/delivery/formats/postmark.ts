@@ -65,7 +65,7 @@ export function buildPostmarkPayload(ctx: Pick<FormatContext, 'message' | 'deliv
     // Postmark's MessageID is its own id of the inbound message, stable across retries; the Message-ID header is in Headers.
     MessageID: ctx.message.id,
     ReplyTo: view.replyTo.map((a) => a.address).join(', '),
-    MailboxHash: recipients[0]?.key ?? '',
+    MailboxHash: recipients[0] ? mailboxHash(recipients[0].address, recipients) : '',
     Date: view.date,
     TextBody: text,
     HtmlBody: view.html ?? '',
