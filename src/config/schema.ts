@@ -160,8 +160,12 @@ export const FORMAT_SECRETS: Record<WebhookFormat, { kind: SecretKind; required:
   gitlab: { kind: 'gitlab_base64', required: true }, // GitLab's gitlab_incoming_email_secret: the HS256 key of the mail_room JWT
 };
 
-/** Formats whose consumer handles one recipient per request (GitLab reads one key per message): one delivery per recipient. */
-export const PER_RECIPIENT_FORMATS: ReadonlySet<WebhookFormat> = new Set<WebhookFormat>(['gitlab']);
+/**
+ * Formats whose consumer handles one recipient per request: one delivery per recipient. GitLab reads one key per
+ * message; Mailgun's `recipient` and Postmark's `OriginalRecipient` name one address, and Action Mailbox's ingresses
+ * for them route by that one field (a list joined with ", " matched no route).
+ */
+export const PER_RECIPIENT_FORMATS: ReadonlySet<WebhookFormat> = new Set<WebhookFormat>(['gitlab', 'mailgun', 'postmark']);
 
 const webhookSchema = z.strictObject({
   url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('where deliveries are POSTed'),

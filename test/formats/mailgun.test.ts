@@ -177,6 +177,18 @@ test('HTML-only mail below the root (multipart/related, as Gmail sends it): body
   assert.equal(form.field('attachment-count'), '2');
 });
 
+test('two recipients of one message on a route get a post each, with their one address in recipient (as Action Mailbox\'s Mailgun ingress routes)', async () => {
+  const before = consumer.requests.length;
+  const formsBefore = forms.size;
+  await sendRaw(app.smtpPort, fixture('iso-2022-jp.eml'), ['desk+a1@mg.test', 'support+b2@mg.test'], 'bounces+x@example.test');
+  await until(() => forms.size >= formsBefore + 2, 5000, 'two posts');
+  await until(() => deliveriesOf(app, 'parsed').every((d) => d.status === 'delivered'), 10_000, 'delivered');
+  assert.equal(consumer.requests.length, before + 2, 'one post per recipient, no more');
+  const recipients = consumer.requests.slice(before).map((r) => forms.get(r)!.field('recipient')).sort();
+  assert.deepEqual(recipients, ['desk+a1@mg.test', 'support+b2@mg.test']);
+  assert.deepEqual(verdicts.slice(-2), [true, true]);
+});
+
 test('mime: true posts the message byte for byte in body-mime, signed, as Action Mailbox\'s Mailgun ingress reads it', async () => {
   const raw = fixture('shift_jis.eml'); // 8-bit Shift_JIS body: any re-encoding would show
   const { req, form } = await deliver(raw, 'anyone@mime.test', 'mime');

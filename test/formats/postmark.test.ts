@@ -115,20 +115,27 @@ test('over SMTP: Basic auth from the URL, userinfo not in the request, fields de
   await until(() => deliveriesOf(app, 'pm').every((d) => d.status === 'delivered'), 5000, 'delivered');
 });
 
-test('over SMTP: ISO-2022-JP names in To and Cc, a Bcc\'d recipient listed in BccFull with its key', async () => {
-  const p = await deliver(fixture('iso-2022-jp.eml'), ['desk+T-7@pm.test', 'support+hidden-1@pm.test']);
+test('over SMTP: ISO-2022-JP names in To and Cc; two recipients get a post each, a Bcc\'d one listed in BccFull with its key', async () => {
+  const before = received.length;
+  await sendRaw(app.smtpPort, fixture('iso-2022-jp.eml'), ['desk+T-7@pm.test', 'support+hidden-1@pm.test']);
+  await until(() => received.length >= before + 2, 5000, 'two payloads');
+  await until(() => deliveriesOf(app, 'pm').every((d) => d.status === 'delivered'), 5000, 'delivered');
+  assert.equal(received.length, before + 2, 'one post per recipient, no more');
+  const posts = received.slice(before);
+  const p = posts.find((x) => x.OriginalRecipient === 'desk+T-7@pm.test')!;
+  const hidden = posts.find((x) => x.OriginalRecipient === 'support+hidden-1@pm.test')!;
+  assert.ok(p && hidden, 'each recipient is the OriginalRecipient of one post (Action Mailbox routes by it alone)');
   assert.equal(p.Subject, '会議の資料について');
   assert.equal(p.To, '"受付" <desk+T-7@in.test>, other@example.test');
   assert.equal(p.Cc, '"鈴木一郎" <suzuki@example.test>');
   assert.equal(p.CcFull[0]?.Name, '鈴木一郎');
   assert.equal(p.TextBody, 'お世話になっております。\n資料をお送りします。\n');
-  assert.equal(p.OriginalRecipient, 'desk+T-7@pm.test');
   assert.equal(p.MailboxHash, 'T-7');
-  assert.deepEqual(p.BccFull, [
-    { Email: 'desk+T-7@pm.test', Name: '', MailboxHash: 'T-7' },
-    { Email: 'support+hidden-1@pm.test', Name: '', MailboxHash: 'hidden-1' },
-  ]);
+  assert.deepEqual(p.BccFull, [{ Email: 'desk+T-7@pm.test', Name: '', MailboxHash: 'T-7' }]);
+  assert.equal(hidden.MailboxHash, 'hidden-1');
+  assert.deepEqual(hidden.BccFull, [{ Email: 'support+hidden-1@pm.test', Name: '', MailboxHash: 'hidden-1' }]);
   assert.equal(p.RawEmail, fixture('iso-2022-jp.eml').toString('latin1'), '7-bit message: RawEmail is exact');
+  assert.equal(hidden.RawEmail, p.RawEmail);
 });
 
 test('over SMTP: ISO-8859-1 reply with attachments, RawEmail byte-exact for a 7-bit message', async () => {
