@@ -29,6 +29,8 @@ export interface AppDeps {
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
   /** the delivery loop's settle window (DeliveryWorker); its default when absent */
   settleCoalesceMs?: number;
+  /** see WorkerDeps.preparedMaxAgeMs */
+  preparedMaxAgeMs?: number;
 }
 
 export interface App {
@@ -75,7 +77,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, timeoutMs: config.delivery.timeout_ms, log: log.child({ part: 'parse' }) });
     lifecycle.onStop('parse threads', () => parsePool.stop());
 
-    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: deps.parse ?? ((raw) => parsePool.parse(raw)), settleCoalesceMs: deps.settleCoalesceMs });
+    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: deps.parse ?? ((raw) => parsePool.parse(raw)), settleCoalesceMs: deps.settleCoalesceMs, preparedMaxAgeMs: deps.preparedMaxAgeMs });
     spool.acceptor.onCommitted = () => worker.wake();
     worker.start();
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));

@@ -30,7 +30,18 @@ export interface WorkerDeps {
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
   /** how long finished attempts may wait to be recorded together (settleDelayMs); SETTLE_COALESCE_MS when absent */
   settleCoalesceMs?: number;
+  /** a prepared request that waited longer than this for its slot is encoded again; PREPARED_MAX_AGE_MS when absent */
+  preparedMaxAgeMs?: number;
 }
+
+/**
+ * A request prepared ahead carries the time it was signed (Standard Webhooks' webhook-timestamp, Mailgun's
+ * timestamp, GitLab's iat), and consumers refuse an old one: Action Mailbox's Mailgun ingress after 2 minutes,
+ * Standard Webhooks verifiers after 5 (a 401, dead-lettered as a wrong secret). A request that waited longer than
+ * this for its route's slot (slow consumer, long timeout_ms, several prepared behind the slots) is encoded again
+ * just before it is sent.
+ */
+export const PREPARED_MAX_AGE_MS = 30_000;
 
 /**
  * Messages up to this size are prepared (read, parsed, encoded, signed) while their route's request slots are
@@ -314,6 +325,8 @@ export class DeliveryWorker {
       const slots = this.slotsOf(d.route);
       let held = false;
       let req: EncodedRequest | undefined;
+      let encode: (() => Promise<EncodedRequest>) | undefined;
+      let encodedAt = 0;
       outcome = { kind: 'retry', reason: 'not attempted' }; // replaced below: dropped, failed to build, or the request's result
       /** whether the message's bytes were read: an I/O error before that is the machine's, not the message's */
       let read = false;
@@ -328,7 +341,9 @@ export class DeliveryWorker {
         if (automatic?.automatic) {
           outcome = { kind: 'dropped', reason: `dropped: automatic message (${automatic.reasons.join(', ')}); route has drop_automatic` };
         } else {
-          req = await format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
+          encode = () => format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
+          req = await encode();
+          encodedAt = clock.now();
         }
       } catch (err) {
         if (held) slots.release();
@@ -349,6 +364,7 @@ export class DeliveryWorker {
           if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
           // A slot free at once does not look at the signal: shutdown may have come while this attempt was parsing.
           signal.throwIfAborted();
+          if (encode && clock.now() - encodedAt > (this.deps.preparedMaxAgeMs ?? PREPARED_MAX_AGE_MS)) req = await encode();
           startedAt = clock.now();
           sent = true;
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
