@@ -318,8 +318,7 @@ function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProb
     try {
       readFileSync(out[key]);
     } catch (err) {
-      const why = isErrnoException(err) ? err.code : String(err);
-      problems.push({ path: `smtp.tls.${key}`, message: `cannot read ${tls[key]} (${why}); check the path and that mailhook's user may read it` });
+      problems.push({ path: `smtp.tls.${key}`, message: cannotRead(tls[key], err, 'the PEM itself: save it to a file and give that file\'s path') });
     }
   }
   return out;
@@ -330,15 +329,29 @@ function readSecretFile(file: string, baseDir: string, path: string, problems: C
   try {
     const value = readFileSync(resolve(baseDir, file), 'utf8').trim();
     if (!value) {
-      problems.push({ path, message: `${file} is empty` });
+      problems.push({ path, message: looksLikePath(file) ? `${file} is empty` : 'the file it names is empty' });
       return undefined;
     }
     return value;
   } catch (err) {
-    const why = isErrnoException(err) ? err.code : String(err);
-    problems.push({ path, message: `cannot read ${file} (${why}); check the path and that mailhook's user may read it` });
+    problems.push({ path, message: cannotRead(file, err, `the secret itself: set ${path.replace(/_file$/, '')} or its environment variable instead, or write it to a file and give that file's path`) });
     return undefined;
   }
+}
+
+/**
+ * Whether a *_file value may be shown in a message: a path (a "/" or a file extension, path characters only).
+ * A secret or a PEM block pasted in by mistake does not look like one, and is not echoed.
+ */
+export function looksLikePath(value: string): boolean {
+  return /^[\w.@:~/-]{1,1024}$/.test(value) && !value.startsWith('whsec_') && (value.includes('/') || /\.[A-Za-z0-9]{1,8}$/.test(value));
+}
+
+/** "cannot read <file> (ENOENT)…", naming the file only when it looks like a path (`pasted`: what else it may be). */
+function cannotRead(file: string, err: unknown, pasted: string): string {
+  const why = isErrnoException(err) ? err.code : 'unreadable';
+  if (looksLikePath(file)) return `cannot read ${file} (${why}); check the path and that mailhook's user may read it`;
+  return `cannot read the file it names (${why}); the value is not shown because it does not look like a path: if it is ${pasted}`;
 }
 
 function describeSecret(kind: SecretKind): string {

@@ -149,3 +149,19 @@ test('the shipped default config is valid', () => {
   assert.deepEqual(c.http.listen, { host: '127.0.0.1', port: 8025 });
   assert.equal(c.routes[0]?.sink, true);
 });
+
+test('a secret or a PEM block written into a *_file key is not echoed in the problem', () => {
+  const secret = 'whsec_MfKQ9r2yTqv0cY3nL8pW1sX4aZ7bE6dG5hJ0kM2nP4q=';
+  const p = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", secret_file: "${secret}" }\n`);
+  assert.equal(p.length, 1, p.join('\n'));
+  assert.match(p[0]!, /^routes\[0\]\.webhook\.secret_file: cannot read the file it names \(ENOENT\).*set routes\[0\]\.webhook\.secret or its environment variable/);
+  assert.ok(!p[0]!.includes('MfKQ'), p[0]);
+  const password = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", format: action_mailbox, secret_file: "pw-123456" }\n`);
+  assert.ok(!password.join('\n').includes('pw-123456'), password.join('\n'));
+  const pem = '-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----\\n';
+  const t = problems(`smtp:\n  tls:\n    key_file: "${pem}"\n    cert_file: /nonexistent/cert.pem\n${route()}`);
+  assert.equal(t.length, 2, t.join('\n'));
+  assert.match(t[0]!, /^smtp\.tls\.key_file: cannot read the file it names \(ENOENT\).*if it is the PEM itself/);
+  assert.ok(!t.join('\n').includes('MIIEvQ'), t[0]);
+  assert.equal(t[1], "smtp.tls.cert_file: cannot read /nonexistent/cert.pem (ENOENT); check the path and that mailhook's user may read it");
+});
