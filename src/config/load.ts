@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { parseDocument, visit, isPair, isSeq, isScalar, isAlias, type Document, type Node as YamlNode } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
@@ -100,11 +100,21 @@ export function loadConfigFile(file: string, env: Env, cwd: string, load: LoadOp
 
 export function loadConfigText(text: string, opts: { source: string; baseDir: string; env?: Env } & LoadOptions): Config {
   const env = opts.env ?? {};
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  // merge: YAML merge keys (<<: *anchor), bounded like any alias by toJS's maxAliasCount.
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: `YAML syntax: ${e.message.split('\n')[0]}` })));
   }
-  const data: unknown = doc.toJS() ?? {};
+  const yamlProblems = yamlDocumentProblems(doc);
+  if (yamlProblems.length > 0) throw new ConfigError(opts.source, yamlProblems);
+  let data: unknown;
+  try {
+    data = doc.toJS() ?? {};
+  } catch (err) {
+    // Only the alias limit is left to fail here (unresolved aliases are reported above); its text names no value.
+    const alias = err instanceof ReferenceError && /alias count/i.test(err.message);
+    throw new ConfigError(opts.source, [{ path: '', message: alias ? 'YAML: too many aliases (*name) to expand; a configuration needs few, and this many is how a file exhausts memory' : 'YAML: the document cannot be read as data' }]);
+  }
   if (typeof data !== 'object' || Array.isArray(data) || data === null) {
     throw new ConfigError(opts.source, [{ path: '', message: 'the file must hold a mapping of sections (smtp, http, spool, delivery, routes)' }]);
   }
@@ -124,6 +134,50 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     throw new ConfigError(opts.source, problems);
   }
   return resolveConfig(parsed.data, { ...opts, env });
+}
+
+/**
+ * What the yaml library would let through or throw raw: aliases to no anchor (toJS throws, naming the alias, which
+ * may be a secret written unquoted: `secret: *Tr0ub4dor`) and warnings (an unknown tag is dropped with a warning:
+ * `secret: !r4ils pa55word` would load as "pa55word"). Reported with the key path, never the value.
+ */
+function yamlDocumentProblems(doc: Document): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const nodes: Array<{ start: number; path: string }> = [];
+  visit(doc, {
+    Node(key, node, ancestors) {
+      const path = yamlKeyPath(ancestors, node);
+      if (node.range) nodes.push({ start: node.range[0], path });
+      if (isAlias(node) && node.resolve(doc) === undefined) {
+        problems.push({ path, message: 'YAML: an alias (a value starting with "*") names no anchor set before it; if the "*" is part of the value, quote the value' });
+      }
+    },
+  });
+  for (const w of doc.warnings) {
+    // The node the warning is about starts at or after its token (a tag precedes its value).
+    const at = nodes.filter((n) => n.start >= w.pos[0]).sort((a, b) => a.start - b.start)[0];
+    const line = w.linePos?.[0]?.line;
+    const message = w.code === 'TAG_RESOLVE_FAILED'
+      ? 'YAML: unknown tag (a value starting with "!" is a YAML tag, which would be dropped); if the "!" is part of the value, quote the value'
+      : `YAML: ${w.code.toLowerCase().replace(/_/g, ' ')}${line ? ` at line ${line}` : ''}; fix it or quote the value`;
+    problems.push({ path: at?.path ?? '', message });
+  }
+  return problems;
+}
+
+/** "routes[0].webhook.secret" for a node, from the ancestors visit() passes (Document, maps, pairs, sequences). */
+function yamlKeyPath(ancestors: readonly unknown[], node: unknown): string {
+  let out = '';
+  ancestors.forEach((a, i) => {
+    const child = ancestors[i + 1] ?? node;
+    if (isPair(a) && child === a.value) {
+      const key = isScalar(a.key) ? String(a.key.value) : '?';
+      out += out ? `.${key}` : key;
+    } else if (isSeq(a)) {
+      out += `[${a.items.indexOf(child as YamlNode)}]`;
+    }
+  });
+  return out;
 }
 
 function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {

@@ -165,3 +165,31 @@ test('a secret or a PEM block written into a *_file key is not echoed in the pro
   assert.ok(!t.join('\n').includes('MIIEvQ'), t[0]);
   assert.equal(t[1], "smtp.tls.cert_file: cannot read /nonexistent/cert.pem (ENOENT); check the path and that mailhook's user may read it");
 });
+
+test('YAML aliases and tags: an alias to no anchor, an alias bomb and an unknown tag are problems naming the key, never the value', () => {
+  const hook = `{ url: "http://h/x", format: action_mailbox, secret: `;
+  const unresolved = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook: ${hook}*Tr0ub4dor }\n`);
+  assert.equal(unresolved.length, 1, unresolved.join('\n'));
+  assert.match(unresolved[0]!, /^routes\[0\]\.webhook\.secret: YAML: an alias .*quote the value/);
+  assert.ok(!unresolved[0]!.includes('Tr0ub4dor'));
+  const tagged = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook: ${hook}!r4ils pa55word }\n`);
+  assert.equal(tagged.length, 1, tagged.join('\n'));
+  assert.match(tagged[0]!, /^routes\[0\]\.webhook\.secret: YAML: unknown tag/);
+  assert.ok(!/r4ils|pa55word/.test(tagged[0]!), tagged[0]);
+  let bomb = 'a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n';
+  for (let i = 1; i < 10; i++) bomb += `a${i}: &a${i} [${Array(10).fill(`*a${i - 1}`).join(', ')}]\n`;
+  assert.match(problems(bomb + route())[0]!, /^: YAML: too many aliases/);
+});
+
+test('YAML merge keys (<<: *anchor) share settings between routes', () => {
+  const c = loadConfigText(`routes:
+  - name: a
+    addresses: ["a@x.test"]
+    webhook: &hook { url: "http://h/x", secret: "${SECRET}", timeout_ms: 1234 }
+  - name: b
+    addresses: ["b@x.test"]
+    webhook: { <<: *hook, url: "http://h/y" }
+`, { source: 't', baseDir: tempDir(), env: {} });
+  assert.equal(c.routes[1]?.webhook?.url, 'http://h/y');
+  assert.equal(c.routes[1]?.webhook?.timeoutMs, 1234);
+});
