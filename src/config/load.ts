@@ -252,6 +252,23 @@ function uniqueName(names: Map<string, number>, name: string, i: number, problem
   else names.set(name, i);
 }
 
+/**
+ * Names that differ but map to one environment variable (gitlab-desk, gitlab_desk and Gitlab.Desk all read
+ * MAILHOOK_ROUTE_GITLAB_DESK_SECRET) would share a secret without anyone choosing to: a problem, naming both.
+ */
+function sharedSecretVariables(names: readonly string[], section: 'routes' | 'imap', variables: (name: string) => string[], problems: ConfigProblem[]): void {
+  const first = new Map<string, number>();
+  names.forEach((name, i) => {
+    const variable = variables(name)[0]!;
+    const seen = first.get(variable);
+    if (seen === undefined) first.set(variable, i);
+    else if (names[seen] !== name) {
+      const what = section === 'routes' ? 'route' : 'mailbox';
+      problems.push({ path: `${section}[${i}].name`, message: `"${name}" and ${section}[${seen}] "${names[seen]}" would both read their secrets from ${variables(name).join(', ')}; rename one so the ${what} names differ in more than case and punctuation` });
+    }
+  });
+}
+
 function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; env: Env } & LoadOptions): Config {
   const problems: ConfigProblem[] = [];
   const names = new Map<string, number>();
@@ -274,6 +291,9 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     });
     routes.push(resolveRoute(route, at, raw.delivery.timeout_ms, opts, problems));
   });
+
+  sharedSecretVariables(raw.routes.map((r) => r.name), 'routes', (name) => [routeSecretEnvName(name)], problems);
+  sharedSecretVariables(raw.imap.map((m) => m.name), 'imap', (name) => MAILBOX_SECRET_ENV.map((e) => mailboxSecretEnvName(name, e.what)), problems);
 
   let adminToken: Secret | undefined;
   if (raw.http.admin_token && raw.http.admin_token_file) {

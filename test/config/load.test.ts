@@ -193,3 +193,28 @@ test('YAML merge keys (<<: *anchor) share settings between routes', () => {
   assert.equal(c.routes[1]?.webhook?.url, 'http://h/y');
   assert.equal(c.routes[1]?.webhook?.timeoutMs, 1234);
 });
+
+test('route or mailbox names that map to one secret variable are a problem naming both and the variable', () => {
+  const hook = `webhook: { url: "http://h/x", secret: "${SECRET}" }`;
+  const p = problems(`routes:
+  - name: gitlab-desk
+    addresses: ["a@x.test"]
+    ${hook}
+  - name: gitlab_desk
+    addresses: ["b@x.test"]
+    ${hook}
+  - name: Gitlab.Desk
+    addresses: ["c@x.test"]
+    ${hook}
+`);
+  assert.deepEqual(p, [
+    'routes[1].name: "gitlab_desk" and routes[0] "gitlab-desk" would both read their secrets from MAILHOOK_ROUTE_GITLAB_DESK_SECRET; rename one so the route names differ in more than case and punctuation',
+    'routes[2].name: "Gitlab.Desk" and routes[0] "gitlab-desk" would both read their secrets from MAILHOOK_ROUTE_GITLAB_DESK_SECRET; rename one so the route names differ in more than case and punctuation',
+  ]);
+  const m = problems(`${route()}imap:
+  - { name: support-in, host: imap.x.test, user: u, password: p1 }
+  - { name: support_in, host: imap.x.test, user: u, password: p2 }
+`);
+  assert.equal(m.length, 1, m.join('\n'));
+  assert.match(m[0]!, /^imap\[1\]\.name: "support_in" and imap\[0\] "support-in" would both read their secrets from MAILHOOK_IMAP_SUPPORT_IN_PASSWORD, MAILHOOK_IMAP_SUPPORT_IN_CLIENT_SECRET/);
+});
