@@ -16,7 +16,10 @@ export interface ResolvedWebhook {
   timeoutMs: number;
   /** the secret as configured (text), whatever the format makes of it */
   signingKey: Secret | undefined;
-  /** the key bytes as the format uses them (decoded whsec_ key, GitLab's 32 bytes, or the text's UTF-8 bytes) */
+  /**
+   * the key bytes as the format uses them (decoded whsec_ key, GitLab's 32 bytes, or the text's UTF-8 bytes);
+   * a non-enumerable property, so JSON.stringify and util.inspect of the config do not show them
+   */
   signingKeyBytes: Buffer | undefined;
   /** the format-specific switches (FORMAT_OPTIONS), false when not set */
   options: Record<FormatOptionKey, boolean>;
@@ -367,14 +370,16 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
     if (w[key] !== undefined && w.format !== owner) problems.push({ path: `${at}.webhook.${key}`, message: `applies only to format ${owner}; remove it or set format: ${owner}` });
     options[key] = w[key] === true;
   }
-  out.webhook = {
+  const webhook = {
     url: w.url,
     format: w.format,
     timeoutMs: w.timeout_ms ?? defaultTimeout,
     signingKey: secretText === undefined ? undefined : new Secret(secretText),
-    signingKeyBytes: keyBytes,
     options,
-  };
+  } as ResolvedWebhook;
+  // The bytes are the secret too (an action_mailbox password is its UTF-8): kept out of serialisation and inspect.
+  Object.defineProperty(webhook, 'signingKeyBytes', { value: keyBytes, enumerable: false, writable: false, configurable: false });
+  out.webhook = webhook;
   return out;
 }
 

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { inspect } from 'node:util';
 import { loadConfigFile, loadConfigText } from '../../src/config/load.js';
 import { ConfigError } from '../../src/core/errors.js';
 import { SECRET, tempDir } from '../helpers/app.js';
@@ -217,4 +218,15 @@ test('route or mailbox names that map to one secret variable are a problem namin
 `);
   assert.equal(m.length, 1, m.join('\n'));
   assert.match(m[0]!, /^imap\[1\]\.name: "support_in" and imap\[0\] "support-in" would both read their secrets from MAILHOOK_IMAP_SUPPORT_IN_PASSWORD, MAILHOOK_IMAP_SUPPORT_IN_CLIENT_SECRET/);
+});
+
+test('secret key bytes do not show when the config is serialised or inspected (action_mailbox password)', () => {
+  const password = 'pw-123456';
+  const c = loadConfigText(`routes:\n  - name: rails\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", format: action_mailbox, secret: "${password}" }\n`, { source: 't', baseDir: tempDir(), env: {} });
+  assert.deepEqual(c.routes[0]?.webhook?.signingKeyBytes, Buffer.from(password), 'the formats still read the bytes');
+  const bytes = Buffer.from(password);
+  const forms = [password, bytes.toString('hex'), bytes.toString('base64'), [...bytes].join(','), [...bytes].map((b) => b.toString(16).padStart(2, '0')).join(' ')];
+  for (const text of [JSON.stringify(c), JSON.stringify(c.routes), inspect(c, { depth: Infinity }), inspect(c.routes[0]?.webhook, { depth: Infinity })]) {
+    for (const form of forms) assert.ok(!text.includes(form), `${form} appears in ${text.slice(0, 400)}`);
+  }
 });
