@@ -121,7 +121,15 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   if (typeof data !== 'object' || Array.isArray(data) || data === null) {
     throw new ConfigError(opts.source, [{ path: '', message: 'the file must hold a mapping of sections (smtp, http, spool, delivery, routes)' }]);
   }
-  applyEnvOverrides(data as Record<string, unknown>, env);
+  const origins = applyEnvOverrides(data as Record<string, unknown>, env);
+  try {
+    return validateConfig(data as Record<string, unknown>, { ...opts, env });
+  } catch (err) {
+    throw err instanceof ConfigError ? blameEnvironment(err, origins, opts.source) : err;
+  }
+}
+
+function validateConfig(data: Record<string, unknown>, opts: { source: string; baseDir: string; env: Env } & LoadOptions): Config {
   const parsed = configSchema.safeParse(data);
   if (!parsed.success) {
     // Report every problem at once: also check the routes that are well-formed on their own.
@@ -136,7 +144,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     });
     throw new ConfigError(opts.source, problems);
   }
-  return resolveConfig(parsed.data, { ...opts, env });
+  return resolveConfig(parsed.data, opts);
 }
 
 /**
@@ -183,57 +191,91 @@ function yamlKeyPath(ancestors: readonly unknown[], node: unknown): string {
   return out;
 }
 
-function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {
+/** A key the environment set (or a section it created, `created`), so problems there name the variable. */
+interface EnvOrigin {
+  path: string;
+  env: string;
+  created?: boolean;
+}
+
+/** A secret from the environment, trimmed like a secret file (a Kubernetes Secret made --from-file keeps the newline). */
+function envSecret(env: Env, name: string): string | undefined {
+  return env[name]?.trim() || undefined;
+}
+
+function applyEnvOverrides(data: Record<string, unknown>, env: Env): EnvOrigin[] {
+  const origins: EnvOrigin[] = [];
   for (const o of ENV_OVERRIDES) {
     const value = env[o.env];
     if (value === undefined || value === '') continue;
     let obj = data;
-    for (const part of o.path.slice(0, -1)) {
+    o.path.slice(0, -1).forEach((part, i) => {
       const current = obj[part];
-      const next = typeof current === 'object' && current !== null && !Array.isArray(current) ? (current as Record<string, unknown>) : {};
+      const exists = typeof current === 'object' && current !== null && !Array.isArray(current);
+      if (!exists) origins.push({ path: o.path.slice(0, i + 1).join('.'), env: o.env, created: true });
+      const next = exists ? (current as Record<string, unknown>) : {};
       obj[part] = next;
       obj = next;
-    }
+    });
     obj[o.path[o.path.length - 1]!] = value;
+    origins.push({ path: o.path.join('.'), env: o.env });
     if (o.clears) delete obj[o.clears];
   }
-  applyMailboxSecretEnv(data, env);
+  applyMailboxSecretEnv(data, env, origins);
   if (Array.isArray(data.routes)) {
-    for (const route of data.routes as unknown[]) {
-      if (typeof route !== 'object' || route === null) continue;
+    (data.routes as unknown[]).forEach((route, i) => {
+      if (typeof route !== 'object' || route === null) return;
       const r = route as Record<string, unknown>;
-      if (typeof r.name !== 'string' || typeof r.webhook !== 'object' || r.webhook === null) continue;
-      const value = env[routeSecretEnvName(r.name)];
+      if (typeof r.name !== 'string' || typeof r.webhook !== 'object' || r.webhook === null) return;
+      const name = routeSecretEnvName(r.name);
+      const value = envSecret(env, name);
       if (value) {
         const w = r.webhook as Record<string, unknown>;
         delete w.secret_file;
         w.secret = value;
+        origins.push({ path: `routes[${i}].webhook.secret`, env: name });
       }
-    }
+    });
   }
+  return origins;
 }
 
 /** A mailbox secret from the environment replaces the value or *_file the file gives for it. */
-function applyMailboxSecretEnv(data: Record<string, unknown>, env: Env): void {
+function applyMailboxSecretEnv(data: Record<string, unknown>, env: Env, origins: EnvOrigin[]): void {
   if (!Array.isArray(data.imap)) return;
   const objectAt = (o: Record<string, unknown>, key: string) => (typeof o[key] === 'object' && o[key] !== null && !Array.isArray(o[key]) ? (o[key] as Record<string, unknown>) : undefined);
-  const set = (o: Record<string, unknown>, key: string, value: string) => {
-    delete o[`${key}_file`];
-    o[key] = value;
-  };
-  for (const mailbox of data.imap as unknown[]) {
-    if (typeof mailbox !== 'object' || mailbox === null) continue;
+  (data.imap as unknown[]).forEach((mailbox, i) => {
+    if (typeof mailbox !== 'object' || mailbox === null) return;
     const m = mailbox as Record<string, unknown>;
-    if (typeof m.name !== 'string') continue;
-    const password = env[mailboxSecretEnvName(m.name, 'PASSWORD')];
-    const clientSecret = env[mailboxSecretEnvName(m.name, 'CLIENT_SECRET')];
-    const refreshToken = env[mailboxSecretEnvName(m.name, 'REFRESH_TOKEN')];
+    if (typeof m.name !== 'string') return;
+    const set = (o: Record<string, unknown>, at: string, key: string, what: 'PASSWORD' | 'CLIENT_SECRET' | 'REFRESH_TOKEN', value: string) => {
+      delete o[`${key}_file`];
+      o[key] = value;
+      origins.push({ path: `imap[${i}]${at}.${key}`, env: mailboxSecretEnvName(m.name as string, what) });
+    };
+    const password = envSecret(env, mailboxSecretEnvName(m.name, 'PASSWORD'));
+    const clientSecret = envSecret(env, mailboxSecretEnvName(m.name, 'CLIENT_SECRET'));
+    const refreshToken = envSecret(env, mailboxSecretEnvName(m.name, 'REFRESH_TOKEN'));
     const oauth2 = objectAt(m, 'oauth2');
     const graph = objectAt(m, 'inbox_options');
-    if (password) set(m, 'password', password);
-    if (clientSecret && (oauth2 ?? graph)) set((oauth2 ?? graph)!, 'client_secret', clientSecret);
-    if (refreshToken && oauth2) set(oauth2, 'refresh_token', refreshToken);
-  }
+    if (password) set(m, '', 'password', 'PASSWORD', password);
+    if (clientSecret && (oauth2 ?? graph)) set((oauth2 ?? graph)!, oauth2 ? '.oauth2' : '.inbox_options', 'client_secret', 'CLIENT_SECRET', clientSecret);
+    if (refreshToken && oauth2) set(oauth2, '.oauth2', 'refresh_token', 'REFRESH_TOKEN', refreshToken);
+  });
+}
+
+/** Problems at keys the environment set name the variable: the file holds no such value. */
+function blameEnvironment(err: ConfigError, origins: readonly EnvOrigin[], source: string): ConfigError {
+  if (origins.length === 0) return err;
+  const under = (path: string, prefix: string) => path === prefix || path.startsWith(`${prefix}.`) || path.startsWith(`${prefix}[`);
+  const problems = err.problems.map((p) => {
+    const set = origins.find((o) => !o.created && under(p.path, o.path));
+    if (set) return { path: p.path, message: `${p.message} (the value comes from the environment variable ${set.env}, not the file: fix or unset ${set.env})` };
+    const created = origins.filter((o) => o.created && under(p.path, o.path)).sort((a, b) => b.path.length - a.path.length)[0]; // the innermost
+    if (created) return { path: p.path, message: `${p.message} (${created.path} is only there because the environment variable ${created.env} is set: configure ${created.path} in the file, or unset ${created.env})` };
+    return p;
+  });
+  return new ConfigError(source, problems);
 }
 
 function zodProblems(error: z.ZodError): ConfigProblem[] {

@@ -230,3 +230,26 @@ test('secret key bytes do not show when the config is serialised or inspected (a
     for (const form of forms) assert.ok(!text.includes(form), `${form} appears in ${text.slice(0, 400)}`);
   }
 });
+
+test('problems in values from the environment name the variable, not the file', () => {
+  assert.deepEqual(problems(route(), { MAILHOOK_ADMIN_TOKEN: 'short' }), [
+    'http.admin_token: must be at least 16 characters (the value comes from the environment variable MAILHOOK_ADMIN_TOKEN, not the file: fix or unset MAILHOOK_ADMIN_TOKEN)',
+  ]);
+  const tls = problems(route(), { MAILHOOK_SMTP_IMPLICIT_LISTEN: '127.0.0.1:465' });
+  assert.ok(tls.length > 0 && tls.every((p) => /^smtp\.tls\.(key|cert)_file: .*smtp\.tls is only there because the environment variable MAILHOOK_SMTP_IMPLICIT_LISTEN is set/.test(p)), tls.join('\n'));
+  const postmark = problems(`routes:\n  - name: pm\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", format: postmark }\n`, { MAILHOOK_ROUTE_PM_SECRET: 'abc' });
+  assert.deepEqual(postmark, ['routes[0].webhook.secret: format postmark takes no secret; remove it (the value comes from the environment variable MAILHOOK_ROUTE_PM_SECRET, not the file: fix or unset MAILHOOK_ROUTE_PM_SECRET)']);
+});
+
+test('secrets from the environment are trimmed like secret files (a Kubernetes Secret made --from-file keeps the newline)', () => {
+  const c = loadConfigText(`routes:\n  - name: rails\n    addresses: ["a@x.test"]\n    webhook: { url: "http://h/x", format: action_mailbox }\nimap:\n  - { name: box, host: imap.x.test, user: u }\n`, {
+    source: 't',
+    baseDir: tempDir(),
+    env: { MAILHOOK_ROUTE_RAILS_SECRET: 'ingress-pw\r\n', MAILHOOK_IMAP_BOX_PASSWORD: 'imap-pw\n' },
+  });
+  assert.equal(c.routes[0]?.webhook?.signingKey?.reveal(), 'ingress-pw');
+  assert.deepEqual(c.routes[0]?.webhook?.signingKeyBytes, Buffer.from('ingress-pw'));
+  const box = c.imap[0];
+  assert.ok(box?.method === 'imap' && box.auth.kind === 'password');
+  assert.equal(box.auth.password.reveal(), 'imap-pw');
+});
