@@ -83,7 +83,9 @@ export const MAILBOX_SECRET_ENV: ReadonlyArray<{ what: 'PASSWORD' | 'CLIENT_SECR
 
 /**
  * How a caller uses the configuration. secretsOptional: it does not serve (the admin CLI reading where to
- * connect), so a route secret that is not set here (it lives in the service's environment) is no problem.
+ * connect), so a secret that is not set here (it lives in the service's environment) or a secret or TLS file
+ * this user cannot read (/run/credentials/…, a root-only key) is no problem; such routes have no key and such
+ * mailboxes are left out. check-config and serve never set it.
  */
 export interface LoadOptions {
   secretsOptional?: boolean;
@@ -122,6 +124,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     throw new ConfigError(opts.source, [{ path: '', message: 'the file must hold a mapping of sections (smtp, http, spool, delivery, routes)' }]);
   }
   const origins = applyEnvOverrides(data as Record<string, unknown>, env);
+  if (opts.secretsOptional) standInMailboxSecrets(data as Record<string, unknown>);
   try {
     return validateConfig(data as Record<string, unknown>, { ...opts, env });
   } catch (err) {
@@ -264,6 +267,29 @@ function applyMailboxSecretEnv(data: Record<string, unknown>, env: Env, origins:
   });
 }
 
+/**
+ * secretsOptional: a mailbox secret set nowhere here may come from the service's environment
+ * (MAILHOOK_IMAP_<NAME>_*), so a stand-in takes its place for validation; the admin CLI never logs in.
+ */
+function standInMailboxSecrets(data: Record<string, unknown>): void {
+  if (!Array.isArray(data.imap)) return;
+  const standIn = '(set in the service environment)';
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  for (const m of data.imap as unknown[]) {
+    if (!isObject(m)) continue;
+    if (m.inbox_method === 'microsoft_graph') {
+      const g = m.inbox_options;
+      if (isObject(g) && g.client_secret === undefined && g.client_secret_file === undefined) g.client_secret = standIn;
+    } else if (isObject(m.oauth2)) {
+      const o = m.oauth2;
+      if (o.grant === 'client_credentials' && o.client_secret === undefined && o.client_secret_file === undefined) o.client_secret = standIn;
+      if (o.grant === 'refresh_token' && o.refresh_token === undefined && o.refresh_token_file === undefined) o.refresh_token = standIn;
+    } else if (m.oauth2 === undefined && m.password === undefined && m.password_file === undefined) {
+      m.password = standIn;
+    }
+  }
+}
+
 /** Problems at keys the environment set name the variable: the file holds no such value. */
 function blameEnvironment(err: ConfigError, origins: readonly EnvOrigin[], source: string): ConfigError {
   if (origins.length === 0) return err;
@@ -340,13 +366,15 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
   sharedSecretVariables(raw.routes.map((r) => r.name), 'routes', (name) => [routeSecretEnvName(name)], problems);
   sharedSecretVariables(raw.imap.map((m) => m.name), 'imap', (name) => MAILBOX_SECRET_ENV.map((e) => mailboxSecretEnvName(name, e.what)), problems);
 
+  // Problems reading secret and key files; not counted when secrets are optional (see LoadOptions).
+  const fileProblems: ConfigProblem[] = opts.secretsOptional ? [] : problems;
   let adminToken: Secret | undefined;
   if (raw.http.admin_token && raw.http.admin_token_file) {
     problems.push({ path: 'http.admin_token_file', message: 'set either http.admin_token or http.admin_token_file, not both' });
   } else if (raw.http.admin_token) {
     adminToken = new Secret(raw.http.admin_token);
   } else if (raw.http.admin_token_file) {
-    const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', problems);
+    const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', fileProblems);
     if (value !== undefined && value.length < 16) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be at least 16 characters' });
     else if (value !== undefined && /\s/.test(value)) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be one word, no spaces: it is sent as "Authorization: Bearer <token>"' });
     else if (value !== undefined) adminToken = new Secret(value);
@@ -357,8 +385,8 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     problems.push({ path: 'smtp.postmaster_route', message: `no route is named "${postmaster}"; name one of ${[...names.keys()].map((n) => `"${n}"`).join(', ')}` });
   }
 
-  const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems);
-  const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, problems), problems);
+  const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems, fileProblems);
+  const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, fileProblems), problems);
 
   if (problems.length > 0) throw new ConfigError(opts.source, problems);
 
@@ -385,7 +413,7 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
   } else if (w.secret) {
     secretText = w.secret;
   } else if (w.secret_file) {
-    secretText = readSecretFile(w.secret_file, opts.baseDir, `${at}.webhook.secret_file`, problems);
+    secretText = readSecretFile(w.secret_file, opts.baseDir, `${at}.webhook.secret_file`, opts.secretsOptional ? [] : problems);
   }
   const rule = FORMAT_SECRETS[w.format];
   const secretPath = `${at}.webhook.${w.secret_file ? 'secret_file' : 'secret'}`;
@@ -426,7 +454,7 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
 }
 
 /** smtp.tls file paths resolved against the working directory and readable; settings that need each other. */
-function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProblem[]): RawConfig['smtp']['tls'] {
+function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProblem[], fileProblems: ConfigProblem[]): RawConfig['smtp']['tls'] {
   raw.routes.forEach((route, i) => {
     if (route.dmarc_reject && !raw.smtp.sender_auth.enabled) {
       problems.push({ path: `routes[${i}].dmarc_reject`, message: 'needs DMARC results: set smtp.sender_auth.enabled: true (or remove dmarc_reject)' });
@@ -439,7 +467,7 @@ function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProb
     try {
       readFileSync(out[key]);
     } catch (err) {
-      problems.push({ path: `smtp.tls.${key}`, message: cannotRead(tls[key], err, 'the PEM itself: save it to a file and give that file\'s path') });
+      fileProblems.push({ path: `smtp.tls.${key}`, message: cannotRead(tls[key], err, 'the PEM itself: save it to a file and give that file\'s path') });
     }
   }
   return out;

@@ -168,6 +168,30 @@ describe('mailhook CLI against a running server', () => {
     const viaFile = await mailhook(['messages', 'list', '--json', '--token-file', join(dir, 'token'), ...conn]);
     assert.equal(viaFile.code, 0, viaFile.err);
   });
+
+  test('--config: secrets only the service can read (systemd credentials, its environment, a root-only key) do not stop the CLI', async () => {
+    const dir = tempDir();
+    const cfg = join(dir, 'mailhook.yaml');
+    writeFileSync(cfg, `smtp:
+  tls: { key_file: /run/credentials/mailhook.service/tls.key, cert_file: /run/credentials/mailhook.service/tls.crt }
+http:
+  listen: "${app.httpUrl.replace('http://', '')}"
+routes:
+  - name: gl
+    addresses: ["incoming+%{key}@gl.test"]
+    webhook: { url: "https://gl.test/api/v4/internal/mail_room/incoming_email", format: gitlab, secret_file: /run/credentials/mailhook.service/gitlab_secret }
+imap:
+  - { name: box, host: imap.x.test, user: u }
+  - { name: graph, inbox_method: microsoft_graph, user: u, inbox_options: { tenant_id: t, client_id: c } }
+`);
+    const r = await mailhook(['messages', 'list', '--json', '-c', cfg], env);
+    assert.equal(r.code, 0, r.err);
+    assert.ok(Array.isArray((JSON.parse(r.out) as { messages: unknown[] }).messages));
+    // check-config (and serve) stay strict.
+    const check = await mailhook(['check-config', '--config', cfg]);
+    assert.equal(check.code, 2);
+    for (const key of ['routes[0].webhook.secret_file', 'imap[0].password_file', 'imap[1].inbox_options.client_secret_file']) assert.ok(check.err.includes(`${key}: `), `${key} in ${check.err}`);
+  });
 });
 
 describe('mailhook CLI with --config, as an operator runs it beside the service', () => {
