@@ -1,7 +1,7 @@
 // The real bin/mailhook (built with tsc) against a running app: send-test, messages list|show|raw, replay, errors.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,6 +123,23 @@ describe('mailhook CLI against a running server', () => {
     const missing = await mailhook(['messages', 'show', 'zzzzzzzz', ...conn], env);
     assert.equal(missing.code, 1);
     assert.match(missing.err, /no message zzzzzzzz/);
+  });
+
+  test('a reader that closes the pipe early (| head -c 10) ends the CLI quietly with exit 0, not an EPIPE crash', async () => {
+    await sendMail(app.smtpPort, { from: 'big@x.test', to: 'app@in.test', subject: 'epipe-big', text: `${'0123456789abcdef'.repeat(64)}\n`.repeat(2048) });
+    const list = JSON.parse((await mailhook(['messages', 'list', '--recipient', 'app@in.test', '--json', ...conn], env)).out) as { messages: Array<{ id: string; subject: string }> };
+    const id = list.messages.find((m) => m.subject === 'epipe-big')!.id;
+    for (const args of [['messages', 'raw', id], ['messages', 'list', '--json', '--limit', '500']]) {
+      const child = spawn(process.execPath, [BIN, ...args, ...conn], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      // Like head -c 10: read the first bytes, then close the pipe.
+      await once(child.stdout, 'data');
+      child.stdout.destroy();
+      const [code] = (await once(child, 'exit')) as [number | null];
+      assert.equal(err, '', `${args.join(' ')}: ${err}`);
+      assert.equal(code, 0, args.join(' '));
+    }
   });
 
   test('replay --route works through the backlog in batches, showing progress; the deliveries then succeed', async () => {
