@@ -405,8 +405,14 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string } & LoadOptions, problems: ConfigProblem[]): ResolvedRoute {
   const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined, dmarcReject: route.dmarc_reject };
   if (route.verify) out.verify = { url: route.verify.url, timeoutMs: route.verify.timeout_ms, cacheTtlMs: route.verify.cache_ttl_s * 1000 };
+  if (route.verify && hasCredentials(route.verify.url)) {
+    problems.push({ path: `${at}.verify.url`, message: 'credentials in the URL (user:password@) are not sent with verify requests; remove them (the requests are signed with the route\'s webhook secret, when it has one)' });
+  }
   const w = route.webhook;
   if (!w) return out;
+  if (hasCredentials(w.url) && !URL_CREDENTIAL_FORMATS.has(w.format)) {
+    problems.push({ path: `${at}.webhook.url`, message: `credentials in the URL (user:password@) are not sent by format ${w.format}, only by ${[...URL_CREDENTIAL_FORMATS].join(', ')} (as HTTP Basic auth); remove them: ${URL_CREDENTIAL_FIX[w.format] ?? ''}` });
+  }
   let secretText: string | undefined;
   if (w.secret && w.secret_file) {
     problems.push({ path: `${at}.webhook.secret_file`, message: 'set either secret or secret_file, not both' });
@@ -451,6 +457,22 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
   Object.defineProperty(webhook, 'signingKeyBytes', { value: keyBytes, enumerable: false, writable: false, configurable: false });
   out.webhook = webhook;
   return out;
+}
+
+/** Formats that send a webhook URL's userinfo as HTTP Basic auth, as the hosted services do (docs/consumers.md). */
+const URL_CREDENTIAL_FORMATS: ReadonlySet<WebhookConfig['format']> = new Set(['mailgun', 'postmark', 'sendgrid'] as const);
+/** How the other formats authenticate, for the problem's fix. */
+const URL_CREDENTIAL_FIX: Partial<Record<WebhookConfig['format'], string>> = {
+  json: 'the consumer authenticates requests by their Standard Webhooks signature (webhook.secret)',
+  raw: 'the consumer authenticates requests by their Standard Webhooks signature (webhook.secret)',
+  gitlab: 'GitLab authenticates requests by the JWT signed with webhook.secret',
+  action_mailbox: 'the ingress password is webhook.secret (sent as Basic auth, user actionmailbox)',
+};
+
+function hasCredentials(url: string): boolean {
+  if (!URL.canParse(url)) return false;
+  const u = new URL(url);
+  return u.username !== '' || u.password !== '';
 }
 
 /** smtp.tls file paths resolved against the working directory and readable; settings that need each other. */

@@ -253,3 +253,18 @@ test('secrets from the environment are trimmed like secret files (a Kubernetes S
   assert.ok(box?.method === 'imap' && box.auth.kind === 'password');
   assert.equal(box.auth.password.reveal(), 'imap-pw');
 });
+
+test('credentials in a webhook or verify URL are a problem for the formats that would not send them', () => {
+  const hook = (format: string, secret: string) => `routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook: { url: "https://user:pa55@app.x.test/api/v4/internal/mail_room/incoming_email", format: ${format}${secret ? `, secret: "${secret}"` : ''} }\n`;
+  for (const [format, secret] of [['json', SECRET], ['raw', SECRET], ['gitlab', Buffer.alloc(32, 1).toString('base64')], ['action_mailbox', 'pw-123456']] as const) {
+    const p = problems(hook(format, secret));
+    assert.equal(p.length, 1, p.join('\n'));
+    assert.match(p[0]!, new RegExp(`^routes\\[0\\]\\.webhook\\.url: credentials in the URL \\(user:password@\\) are not sent by format ${format}, only by mailgun, postmark, sendgrid`));
+    assert.ok(!p[0]!.includes('pa55'));
+  }
+  for (const format of ['mailgun', 'postmark', 'sendgrid']) {
+    loadConfigText(hook(format, format === 'mailgun' ? 'key-1' : ''), { source: 't', baseDir: tempDir(), env: {} });
+  }
+  const v = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    sink: true\n    verify: { url: "https://u:p@app.x.test/exists" }\n`);
+  assert.deepEqual(v, ["routes[0].verify.url: credentials in the URL (user:password@) are not sent with verify requests; remove them (the requests are signed with the route's webhook secret, when it has one)"]);
+});
