@@ -129,6 +129,8 @@ const retrySchema = z.strictObject({
   initial_delay_ms: positiveInt.default(5000).describe('delay before the first retry'),
   max_delay_ms: positiveInt.default(3_600_000).describe('upper bound of the exponential backoff'),
   max_attempts: positiveInt.default(20).describe('attempts before a delivery is dead-lettered'),
+}).superRefine((r, ctx) => {
+  if (r.max_delay_ms < r.initial_delay_ms) ctx.addIssue({ code: 'custom', path: ['max_delay_ms'], message: `must be at least initial_delay_ms (${r.initial_delay_ms}); raise it or lower initial_delay_ms` });
 });
 
 const deliverySchema = z.strictObject({

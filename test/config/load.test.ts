@@ -268,3 +268,8 @@ test('credentials in a webhook or verify URL are a problem for the formats that 
   const v = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    sink: true\n    verify: { url: "https://u:p@app.x.test/exists" }\n`);
   assert.deepEqual(v, ["routes[0].verify.url: credentials in the URL (user:password@) are not sent with verify requests; remove them (the requests are signed with the route's webhook secret, when it has one)"]);
 });
+
+test('delivery.retry.max_delay_ms below initial_delay_ms is refused', () => {
+  assert.deepEqual(problems(`delivery:\n  retry:\n    initial_delay_ms: 60000\n    max_delay_ms: 1000\n${route()}`), ['delivery.retry.max_delay_ms: must be at least initial_delay_ms (60000); raise it or lower initial_delay_ms']);
+  assert.deepEqual(problems(`delivery:\n  retry:\n    initial_delay_ms: 7200000\n${route()}`), ['delivery.retry.max_delay_ms: must be at least initial_delay_ms (7200000); raise it or lower initial_delay_ms']);
+});
