@@ -6,7 +6,7 @@ import { parseDocument, visit, isPair, isSeq, isScalar, isAlias, type Document, 
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
-import { configSchema, routeSchema, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
+import { configSchema, routeSchema, isPlaceholderToken, PLACEHOLDER_TOKEN_MESSAGE, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
 import { resolveMailboxes, type MailboxSettings } from './mailboxes.js';
 
@@ -377,6 +377,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', fileProblems);
     if (value !== undefined && value.length < 16) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be at least 16 characters' });
     else if (value !== undefined && /\s/.test(value)) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be one word, no spaces: it is sent as "Authorization: Bearer <token>"' });
+    else if (value !== undefined && isPlaceholderToken(value)) problems.push({ path: 'http.admin_token_file', message: `the token in the file ${PLACEHOLDER_TOKEN_MESSAGE}` });
     else if (value !== undefined) adminToken = new Secret(value);
   }
 

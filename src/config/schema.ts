@@ -90,6 +90,12 @@ const smtpSchema = z.strictObject({
   sender_auth: senderAuthSchema.prefault({}),
 });
 
+/** An example's stand-in left in place (REPLACE_WITH_A_LONG_RANDOM_TOKEN, CHANGE_ME): long enough, but public. */
+export function isPlaceholderToken(token: string): boolean {
+  return /replace|change_?me/i.test(token);
+}
+export const PLACEHOLDER_TOKEN_MESSAGE = 'is a placeholder from an example (it contains REPLACE or CHANGE_ME), not a token; generate one, e.g. openssl rand -hex 24';
+
 const httpSchema = z.strictObject({
   listen: listenAddress.default({ host: '127.0.0.1', port: 8025 }).describe('HTTP listen address for health, metrics and the admin API'),
   admin_token: z
@@ -97,6 +103,7 @@ const httpSchema = z.strictObject({
     .trim()
     .min(16, 'must be at least 16 characters')
     .regex(/^\S+$/, 'must be one word, no spaces: it is sent as "Authorization: Bearer <token>"')
+    .refine((t) => !isPlaceholderToken(t), PLACEHOLDER_TOKEN_MESSAGE)
     .optional().describe('bearer token for the admin API (prefer admin_token_file or MAILHOOK_ADMIN_TOKEN)'),
   admin_token_file: z.string().min(1).optional().describe('file holding the admin API bearer token'),
 });

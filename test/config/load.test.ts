@@ -273,3 +273,12 @@ test('delivery.retry.max_delay_ms below initial_delay_ms is refused', () => {
   assert.deepEqual(problems(`delivery:\n  retry:\n    initial_delay_ms: 60000\n    max_delay_ms: 1000\n${route()}`), ['delivery.retry.max_delay_ms: must be at least initial_delay_ms (60000); raise it or lower initial_delay_ms']);
   assert.deepEqual(problems(`delivery:\n  retry:\n    initial_delay_ms: 7200000\n${route()}`), ['delivery.retry.max_delay_ms: must be at least initial_delay_ms (7200000); raise it or lower initial_delay_ms']);
 });
+
+test('an admin token that is an example\'s placeholder is refused, from the file, a token file or the environment', () => {
+  const message = 'is a placeholder from an example (it contains REPLACE or CHANGE_ME), not a token; generate one, e.g. openssl rand -hex 24';
+  assert.deepEqual(problems(`http:\n  admin_token: "change_me_change_me_change_me"\n${route()}`), [`http.admin_token: ${message}`]);
+  assert.deepEqual(problems(route(), { MAILHOOK_ADMIN_TOKEN: 'REPLACE_WITH_A_LONG_RANDOM_TOKEN' }), [`http.admin_token: ${message} (the value comes from the environment variable MAILHOOK_ADMIN_TOKEN, not the file: fix or unset MAILHOOK_ADMIN_TOKEN)`]);
+  const dir = tempDir();
+  writeFileSync(join(dir, 'token'), 'ChangeMe-0123456789abcdef\n');
+  assert.deepEqual(problems(`http:\n  admin_token_file: ${join(dir, 'token')}\n${route()}`), [`http.admin_token_file: the token in the file ${message}`]);
+});
