@@ -211,6 +211,20 @@ imap:
   });
 });
 
+test('a 401 that is not JSON (a proxy in front) still exits 77, the refused-token code', async () => {
+  const proxy = createServer((socket) => {
+    socket.once('data', () => socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-type: text/html\r\nwww-authenticate: Basic realm="x"\r\nconnection: close\r\ncontent-length: 22\r\n\r\n<h1>Unauthorized</h1>\n'));
+  }).listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  try {
+    const r = await mailhook(['messages', 'list', '--url', `http://127.0.0.1:${(proxy.address() as { port: number }).port}`], { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN });
+    assert.equal(r.code, 77, r.err);
+    assert.match(r.err, /^mailhook: the admin API refused the token: GET \/api\/messages\?.*HTTP 401, not JSON: <h1>Unauthorized/);
+  } finally {
+    proxy.close();
+  }
+});
+
 describe('mailhook CLI with --config, as an operator runs it beside the service', () => {
   test('send-test -c against an LMTP listener; route secrets absent from the shell (they live in the service\'s environment)', async () => {
     const consumer = new Consumer();
