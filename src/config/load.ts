@@ -123,6 +123,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   if (typeof data !== 'object' || Array.isArray(data) || data === null) {
     throw new ConfigError(opts.source, [{ path: '', message: 'the file must hold a mapping of sections (smtp, http, spool, delivery, routes)' }]);
   }
+  dropEmptySections(data as Record<string, unknown>);
   const origins = applyEnvOverrides(data as Record<string, unknown>, env);
   if (opts.secretsOptional) standInMailboxSecrets(data as Record<string, unknown>);
   try {
@@ -192,6 +193,18 @@ function yamlKeyPath(ancestors: readonly unknown[], node: unknown): string {
     }
   });
   return out;
+}
+
+/** Sections whose keys are all commented out read as null (`smtp:` alone): treated as absent, so their defaults apply. */
+const SECTIONS = ['smtp', 'http', 'spool', 'delivery', 'log', 'imap', 'smtp.tls', 'smtp.limits', 'smtp.sender_auth', 'spool.retention', 'delivery.retry'];
+function dropEmptySections(data: Record<string, unknown>): void {
+  for (const section of SECTIONS) {
+    const parts = section.split('.');
+    const parent = parts.length === 1 ? data : data[parts[0]!];
+    if (typeof parent !== 'object' || parent === null || Array.isArray(parent)) continue;
+    const key = parts[parts.length - 1]!;
+    if ((parent as Record<string, unknown>)[key] === null) delete (parent as Record<string, unknown>)[key];
+  }
 }
 
 /** A key the environment set (or a section it created, `created`), so problems there name the variable. */

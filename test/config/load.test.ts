@@ -282,3 +282,14 @@ test('an admin token that is an example\'s placeholder is refused, from the file
   writeFileSync(join(dir, 'token'), 'ChangeMe-0123456789abcdef\n');
   assert.deepEqual(problems(`http:\n  admin_token_file: ${join(dir, 'token')}\n${route()}`), [`http.admin_token_file: the token in the file ${message}`]);
 });
+
+test('a section whose keys are all commented out (null) takes its defaults', () => {
+  const c = loadConfigText(`smtp:\n  # listen: "0.0.0.0:25"\n  limits:\nhttp:\nspool:\n  retention:\ndelivery:\n  retry:\nlog:\nimap:\n${route()}`, { source: 't', baseDir: '/srv', env: {} });
+  assert.deepEqual(c.smtp.listen, { host: '127.0.0.1', port: 2525 });
+  assert.equal(c.smtp.limits.max_errors, 20);
+  assert.deepEqual(c.http.listen, { host: '127.0.0.1', port: 8025 });
+  assert.equal(c.spool.path, '/srv/data/spool.db');
+  assert.equal(c.delivery.retry.max_attempts, 20);
+  assert.equal(c.log.level, 'info');
+  assert.deepEqual(c.imap, []);
+});
