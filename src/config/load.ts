@@ -317,6 +317,15 @@ function blameEnvironment(err: ConfigError, origins: readonly EnvOrigin[], sourc
   return new ConfigError(source, problems);
 }
 
+/** What to write instead, by the type a key takes (the value given is not repeated: it may be a secret). */
+const TYPE_FIX: Record<string, string> = {
+  boolean: 'must be true or false (unquoted; YAML 1.2 reads yes, no, on and off as text)',
+  number: 'must be a number (unquoted, digits only, e.g. 100)',
+  string: 'must be text; quote it',
+  object: 'must be a mapping of keys (key: value lines, indented under it)',
+  array: 'must be a list (- item lines, or [a, b])',
+};
+
 function zodProblems(error: z.ZodError): ConfigProblem[] {
   return error.issues.map((issue) => {
     const path = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
@@ -325,6 +334,12 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
       message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against the config reference (docs/configuration.md)`;
     } else if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
       message = `is required (${issue.expected})`;
+    } else if (!/^Invalid (input|option)/.test(issue.message)) {
+      // the schema's own message
+    } else if (issue.code === 'invalid_type') {
+      message = TYPE_FIX[issue.expected] ?? `must be ${issue.expected === 'array' ? 'a list' : `a ${issue.expected}`}`;
+    } else if (issue.code === 'invalid_union') {
+      message = 'is none of the forms this key takes; see its entry in the config reference (docs/configuration.md)';
     }
     return { path, message };
   });

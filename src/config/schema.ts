@@ -73,7 +73,7 @@ const smtpSchema = z.strictObject({
   greeting_delay_ms: nonNegativeInt.max(MAX_TIMER_MS, TIMER_MESSAGE).default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
   lmtp: z.boolean().default(false).describe('speak LMTP (RFC 2033) instead of SMTP, for an MTA in front (Postfix lmtp: transport); one reply per recipient after DATA'),
   tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
-  proxy_protocol: z.union([z.boolean(), z.array(ipAddress)]).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
+  proxy_protocol: z.union([z.boolean(), z.array(ipAddress)], { error: 'write true (from every peer), false, or a list of the balancers\' IP addresses' }).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
   bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
   postmaster_route: z
     .string()

@@ -293,3 +293,12 @@ test('a section whose keys are all commented out (null) takes its defaults', () 
   assert.equal(c.log.level, 'info');
   assert.deepEqual(c.imap, []);
 });
+
+test('a value of the wrong type gets what to write instead, not only zod\'s "Invalid input"', () => {
+  assert.deepEqual(problems(`smtp:\n  proxy_protocol: "on"\n  lmtp: yes\n  max_clients: "10"\nhttp: []\n${route()}`), [
+    'smtp.max_clients: must be a number (unquoted, digits only, e.g. 100)',
+    'smtp.lmtp: must be true or false (unquoted; YAML 1.2 reads yes, no, on and off as text)',
+    "smtp.proxy_protocol: write true (from every peer), false, or a list of the balancers' IP addresses",
+    'http: must be a mapping of keys (key: value lines, indented under it)',
+  ]);
+});
