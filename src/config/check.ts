@@ -6,6 +6,25 @@ import type { ConfigProblem } from '../core/errors.js';
 import { isErrnoException } from '../core/errors.js';
 import type { Config } from './load.js';
 
+/**
+ * Settings that work but are probably a mistake, logged at start-up (warn) and printed by check-config; not
+ * problems. A plain IMAP connection (ssl: false, start_tls: false) sends the password or token in clear: on
+ * loopback that is a local server's choice, elsewhere worth a warning.
+ */
+export function configWarnings(config: Config): Array<{ path: string; message: string }> {
+  const warnings: Array<{ path: string; message: string }> = [];
+  config.imap.forEach((m, i) => {
+    if (m.method !== 'imap' || m.ssl || m.startTls || isLoopback(m.host)) return;
+    warnings.push({ path: `imap[${i}]`, message: `ssl: false and start_tls: false: mailbox "${m.name}" sends its ${m.auth.kind === 'password' ? 'password' : 'OAuth token'} to ${m.host}:${m.port} unencrypted; set start_tls: true (port 143) or ssl: true (port 993)` });
+  });
+  return warnings;
+}
+
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\./.test(h);
+}
+
 /** Problems serve would meet at start-up that a loaded configuration does not show; nothing is created or changed. */
 export function checkResources(config: Config): ConfigProblem[] {
   return [...checkTls(config), ...checkSpool(config.spool.path)];

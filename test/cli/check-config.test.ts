@@ -67,3 +67,13 @@ test('check-config: a spool path whose folder cannot be made is refused naming s
   const ok = await checkConfig(file);
   assert.equal(ok.code, 0, ok.err);
 });
+
+test('check-config warns of an IMAP mailbox that would send its password in clear', async () => {
+  const dir = tempDir();
+  const file = join(dir, 'mailhook.yaml');
+  writeFileSync(file, `spool:\n  path: ${join(dir, 'spool.db')}\n${routes}imap:\n  - { name: plain, host: imap.x.test, user: u, password: pw, ssl: false, start_tls: false }\n  - { name: local, host: 127.0.0.1, user: u, password: pw, ssl: false }\n  - { name: starttls, host: imap.x.test, user: u, password: pw, ssl: false, start_tls: true }\n`);
+  const r = await checkConfig(file);
+  assert.equal(r.code, 0, r.err);
+  assert.equal(r.err, `${file}: warning: imap[0]: ssl: false and start_tls: false: mailbox "plain" sends its password to imap.x.test:143 unencrypted; set start_tls: true (port 143) or ssl: true (port 993)\n`);
+  assert.ok(!r.err.includes('pw'));
+});
