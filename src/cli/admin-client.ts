@@ -88,7 +88,10 @@ export class AdminClient {
     try {
       parsed = JSON.parse(text);
     } catch {
-      throw new CliError(`${method} ${path}: HTTP ${res.status}, not JSON: ${text.slice(0, 200)}`);
+      const message = `${method} ${path}: HTTP ${res.status}, not JSON: ${text.slice(0, 200)}`;
+      // A proxy in front answers in HTML: its 401 is still a refused token (exit 77), not a general failure.
+      if (!res.ok) throw problemError(res.status, { message });
+      throw new CliError(message);
     }
     if (!res.ok) throw problemError(res.status, parsed);
     return parsed as T;

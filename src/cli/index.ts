@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { loadConfigFile, type Env } from '../config/load.js';
 import { ConfigError } from '../core/errors.js';
+import { checkResources, configWarnings } from '../config/check.js';
 import { runServe } from './serve.js';
 import { configReferenceMarkdown } from '../config/reference.js';
 import { registerAdminCommands } from './admin-commands.js';
@@ -58,6 +59,9 @@ export async function runCli(io: CliIo): Promise<number> {
     .action((opts: { config: string }) => {
       try {
         const config = loadConfigFile(opts.config, io.env, io.cwd);
+        const problems = checkResources(config);
+        if (problems.length > 0) throw new ConfigError(opts.config, problems);
+        for (const w of configWarnings(config)) io.stderr(`${opts.config}: warning: ${w.path}: ${w.message}\n`);
         io.stdout(`${opts.config}: ok (${config.routes.length} route${config.routes.length === 1 ? '' : 's'}: ${config.routes.map((r) => r.name).join(', ')})\n`);
       } catch (err) {
         if (!(err instanceof ConfigError)) throw err;

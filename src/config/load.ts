@@ -2,11 +2,11 @@
 import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { parseDocument, visit, isPair, isSeq, isScalar, isAlias, type Document, type Node as YamlNode } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
-import { configSchema, routeSchema, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
+import { configSchema, routeSchema, isPlaceholderToken, PLACEHOLDER_TOKEN_MESSAGE, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
 import { resolveMailboxes, type MailboxSettings } from './mailboxes.js';
 
@@ -16,7 +16,10 @@ export interface ResolvedWebhook {
   timeoutMs: number;
   /** the secret as configured (text), whatever the format makes of it */
   signingKey: Secret | undefined;
-  /** the key bytes as the format uses them (decoded whsec_ key, GitLab's 32 bytes, or the text's UTF-8 bytes) */
+  /**
+   * the key bytes as the format uses them (decoded whsec_ key, GitLab's 32 bytes, or the text's UTF-8 bytes);
+   * a non-enumerable property, so JSON.stringify and util.inspect of the config do not show them
+   */
   signingKeyBytes: Buffer | undefined;
   /** the format-specific switches (FORMAT_OPTIONS), false when not set */
   options: Record<FormatOptionKey, boolean>;
@@ -80,7 +83,9 @@ export const MAILBOX_SECRET_ENV: ReadonlyArray<{ what: 'PASSWORD' | 'CLIENT_SECR
 
 /**
  * How a caller uses the configuration. secretsOptional: it does not serve (the admin CLI reading where to
- * connect), so a route secret that is not set here (it lives in the service's environment) is no problem.
+ * connect), so a secret that is not set here (it lives in the service's environment) or a secret or TLS file
+ * this user cannot read (/run/credentials/…, a root-only key) is no problem; such routes have no key and such
+ * mailboxes are left out. check-config and serve never set it.
  */
 export interface LoadOptions {
   secretsOptional?: boolean;
@@ -100,15 +105,35 @@ export function loadConfigFile(file: string, env: Env, cwd: string, load: LoadOp
 
 export function loadConfigText(text: string, opts: { source: string; baseDir: string; env?: Env } & LoadOptions): Config {
   const env = opts.env ?? {};
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  // merge: YAML merge keys (<<: *anchor), bounded like any alias by toJS's maxAliasCount.
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: `YAML syntax: ${e.message.split('\n')[0]}` })));
   }
-  const data: unknown = doc.toJS() ?? {};
+  const yamlProblems = yamlDocumentProblems(doc);
+  if (yamlProblems.length > 0) throw new ConfigError(opts.source, yamlProblems);
+  let data: unknown;
+  try {
+    data = doc.toJS() ?? {};
+  } catch (err) {
+    // Only the alias limit is left to fail here (unresolved aliases are reported above); its text names no value.
+    const alias = err instanceof ReferenceError && /alias count/i.test(err.message);
+    throw new ConfigError(opts.source, [{ path: '', message: alias ? 'YAML: too many aliases (*name) to expand; a configuration needs few, and this many is how a file exhausts memory' : 'YAML: the document cannot be read as data' }]);
+  }
   if (typeof data !== 'object' || Array.isArray(data) || data === null) {
     throw new ConfigError(opts.source, [{ path: '', message: 'the file must hold a mapping of sections (smtp, http, spool, delivery, routes)' }]);
   }
-  applyEnvOverrides(data as Record<string, unknown>, env);
+  dropEmptySections(data as Record<string, unknown>);
+  const origins = applyEnvOverrides(data as Record<string, unknown>, env);
+  if (opts.secretsOptional) standInMailboxSecrets(data as Record<string, unknown>);
+  try {
+    return validateConfig(data as Record<string, unknown>, { ...opts, env });
+  } catch (err) {
+    throw err instanceof ConfigError ? blameEnvironment(err, origins, opts.source) : err;
+  }
+}
+
+function validateConfig(data: Record<string, unknown>, opts: { source: string; baseDir: string; env: Env } & LoadOptions): Config {
   const parsed = configSchema.safeParse(data);
   if (!parsed.success) {
     // Report every problem at once: also check the routes that are well-formed on their own.
@@ -123,61 +148,183 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     });
     throw new ConfigError(opts.source, problems);
   }
-  return resolveConfig(parsed.data, { ...opts, env });
+  return resolveConfig(parsed.data, opts);
 }
 
-function applyEnvOverrides(data: Record<string, unknown>, env: Env): void {
+/**
+ * What the yaml library would let through or throw raw: aliases to no anchor (toJS throws, naming the alias, which
+ * may be a secret written unquoted: `secret: *Tr0ub4dor`) and warnings (an unknown tag is dropped with a warning:
+ * `secret: !r4ils pa55word` would load as "pa55word"). Reported with the key path, never the value.
+ */
+function yamlDocumentProblems(doc: Document): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const nodes: Array<{ start: number; path: string }> = [];
+  visit(doc, {
+    Node(key, node, ancestors) {
+      const path = yamlKeyPath(ancestors, node);
+      if (node.range) nodes.push({ start: node.range[0], path });
+      if (isAlias(node) && node.resolve(doc) === undefined) {
+        problems.push({ path, message: 'YAML: an alias (a value starting with "*") names no anchor set before it; if the "*" is part of the value, quote the value' });
+      }
+    },
+  });
+  for (const w of doc.warnings) {
+    // The node the warning is about starts at or after its token (a tag precedes its value).
+    const at = nodes.filter((n) => n.start >= w.pos[0]).sort((a, b) => a.start - b.start)[0];
+    const line = w.linePos?.[0]?.line;
+    const message = w.code === 'TAG_RESOLVE_FAILED'
+      ? 'YAML: unknown tag (a value starting with "!" is a YAML tag, which would be dropped); if the "!" is part of the value, quote the value'
+      : `YAML: ${w.code.toLowerCase().replace(/_/g, ' ')}${line ? ` at line ${line}` : ''}; fix it or quote the value`;
+    problems.push({ path: at?.path ?? '', message });
+  }
+  return problems;
+}
+
+/** "routes[0].webhook.secret" for a node, from the ancestors visit() passes (Document, maps, pairs, sequences). */
+function yamlKeyPath(ancestors: readonly unknown[], node: unknown): string {
+  let out = '';
+  ancestors.forEach((a, i) => {
+    const child = ancestors[i + 1] ?? node;
+    if (isPair(a) && child === a.value) {
+      const key = isScalar(a.key) ? String(a.key.value) : '?';
+      out += out ? `.${key}` : key;
+    } else if (isSeq(a)) {
+      out += `[${a.items.indexOf(child as YamlNode)}]`;
+    }
+  });
+  return out;
+}
+
+/** Sections whose keys are all commented out read as null (`smtp:` alone): treated as absent, so their defaults apply. */
+const SECTIONS = ['smtp', 'http', 'spool', 'delivery', 'log', 'imap', 'smtp.tls', 'smtp.limits', 'smtp.sender_auth', 'spool.retention', 'delivery.retry'];
+function dropEmptySections(data: Record<string, unknown>): void {
+  for (const section of SECTIONS) {
+    const parts = section.split('.');
+    const parent = parts.length === 1 ? data : data[parts[0]!];
+    if (typeof parent !== 'object' || parent === null || Array.isArray(parent)) continue;
+    const key = parts[parts.length - 1]!;
+    if ((parent as Record<string, unknown>)[key] === null) delete (parent as Record<string, unknown>)[key];
+  }
+}
+
+/** A key the environment set (or a section it created, `created`), so problems there name the variable. */
+interface EnvOrigin {
+  path: string;
+  env: string;
+  created?: boolean;
+}
+
+/** A secret from the environment, trimmed like a secret file (a Kubernetes Secret made --from-file keeps the newline). */
+function envSecret(env: Env, name: string): string | undefined {
+  return env[name]?.trim() || undefined;
+}
+
+function applyEnvOverrides(data: Record<string, unknown>, env: Env): EnvOrigin[] {
+  const origins: EnvOrigin[] = [];
   for (const o of ENV_OVERRIDES) {
     const value = env[o.env];
     if (value === undefined || value === '') continue;
     let obj = data;
-    for (const part of o.path.slice(0, -1)) {
+    o.path.slice(0, -1).forEach((part, i) => {
       const current = obj[part];
-      const next = typeof current === 'object' && current !== null && !Array.isArray(current) ? (current as Record<string, unknown>) : {};
+      const exists = typeof current === 'object' && current !== null && !Array.isArray(current);
+      if (!exists) origins.push({ path: o.path.slice(0, i + 1).join('.'), env: o.env, created: true });
+      const next = exists ? (current as Record<string, unknown>) : {};
       obj[part] = next;
       obj = next;
-    }
+    });
     obj[o.path[o.path.length - 1]!] = value;
+    origins.push({ path: o.path.join('.'), env: o.env });
     if (o.clears) delete obj[o.clears];
   }
-  applyMailboxSecretEnv(data, env);
+  applyMailboxSecretEnv(data, env, origins);
   if (Array.isArray(data.routes)) {
-    for (const route of data.routes as unknown[]) {
-      if (typeof route !== 'object' || route === null) continue;
+    (data.routes as unknown[]).forEach((route, i) => {
+      if (typeof route !== 'object' || route === null) return;
       const r = route as Record<string, unknown>;
-      if (typeof r.name !== 'string' || typeof r.webhook !== 'object' || r.webhook === null) continue;
-      const value = env[routeSecretEnvName(r.name)];
+      if (typeof r.name !== 'string' || typeof r.webhook !== 'object' || r.webhook === null) return;
+      const name = routeSecretEnvName(r.name);
+      const value = envSecret(env, name);
       if (value) {
         const w = r.webhook as Record<string, unknown>;
         delete w.secret_file;
         w.secret = value;
+        origins.push({ path: `routes[${i}].webhook.secret`, env: name });
       }
+    });
+  }
+  return origins;
+}
+
+/** A mailbox secret from the environment replaces the value or *_file the file gives for it. */
+function applyMailboxSecretEnv(data: Record<string, unknown>, env: Env, origins: EnvOrigin[]): void {
+  if (!Array.isArray(data.imap)) return;
+  const objectAt = (o: Record<string, unknown>, key: string) => (typeof o[key] === 'object' && o[key] !== null && !Array.isArray(o[key]) ? (o[key] as Record<string, unknown>) : undefined);
+  (data.imap as unknown[]).forEach((mailbox, i) => {
+    if (typeof mailbox !== 'object' || mailbox === null) return;
+    const m = mailbox as Record<string, unknown>;
+    if (typeof m.name !== 'string') return;
+    const set = (o: Record<string, unknown>, at: string, key: string, what: 'PASSWORD' | 'CLIENT_SECRET' | 'REFRESH_TOKEN', value: string) => {
+      delete o[`${key}_file`];
+      o[key] = value;
+      origins.push({ path: `imap[${i}]${at}.${key}`, env: mailboxSecretEnvName(m.name as string, what) });
+    };
+    const password = envSecret(env, mailboxSecretEnvName(m.name, 'PASSWORD'));
+    const clientSecret = envSecret(env, mailboxSecretEnvName(m.name, 'CLIENT_SECRET'));
+    const refreshToken = envSecret(env, mailboxSecretEnvName(m.name, 'REFRESH_TOKEN'));
+    const oauth2 = objectAt(m, 'oauth2');
+    const graph = objectAt(m, 'inbox_options');
+    if (password) set(m, '', 'password', 'PASSWORD', password);
+    if (clientSecret && (oauth2 ?? graph)) set((oauth2 ?? graph)!, oauth2 ? '.oauth2' : '.inbox_options', 'client_secret', 'CLIENT_SECRET', clientSecret);
+    if (refreshToken && oauth2) set(oauth2, '.oauth2', 'refresh_token', 'REFRESH_TOKEN', refreshToken);
+  });
+}
+
+/**
+ * secretsOptional: a mailbox secret set nowhere here may come from the service's environment
+ * (MAILHOOK_IMAP_<NAME>_*), so a stand-in takes its place for validation; the admin CLI never logs in.
+ */
+function standInMailboxSecrets(data: Record<string, unknown>): void {
+  if (!Array.isArray(data.imap)) return;
+  const standIn = '(set in the service environment)';
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  for (const m of data.imap as unknown[]) {
+    if (!isObject(m)) continue;
+    if (m.inbox_method === 'microsoft_graph') {
+      const g = m.inbox_options;
+      if (isObject(g) && g.client_secret === undefined && g.client_secret_file === undefined) g.client_secret = standIn;
+    } else if (isObject(m.oauth2)) {
+      const o = m.oauth2;
+      if (o.grant === 'client_credentials' && o.client_secret === undefined && o.client_secret_file === undefined) o.client_secret = standIn;
+      if (o.grant === 'refresh_token' && o.refresh_token === undefined && o.refresh_token_file === undefined) o.refresh_token = standIn;
+    } else if (m.oauth2 === undefined && m.password === undefined && m.password_file === undefined) {
+      m.password = standIn;
     }
   }
 }
 
-/** A mailbox secret from the environment replaces the value or *_file the file gives for it. */
-function applyMailboxSecretEnv(data: Record<string, unknown>, env: Env): void {
-  if (!Array.isArray(data.imap)) return;
-  const objectAt = (o: Record<string, unknown>, key: string) => (typeof o[key] === 'object' && o[key] !== null && !Array.isArray(o[key]) ? (o[key] as Record<string, unknown>) : undefined);
-  const set = (o: Record<string, unknown>, key: string, value: string) => {
-    delete o[`${key}_file`];
-    o[key] = value;
-  };
-  for (const mailbox of data.imap as unknown[]) {
-    if (typeof mailbox !== 'object' || mailbox === null) continue;
-    const m = mailbox as Record<string, unknown>;
-    if (typeof m.name !== 'string') continue;
-    const password = env[mailboxSecretEnvName(m.name, 'PASSWORD')];
-    const clientSecret = env[mailboxSecretEnvName(m.name, 'CLIENT_SECRET')];
-    const refreshToken = env[mailboxSecretEnvName(m.name, 'REFRESH_TOKEN')];
-    const oauth2 = objectAt(m, 'oauth2');
-    const graph = objectAt(m, 'inbox_options');
-    if (password) set(m, 'password', password);
-    if (clientSecret && (oauth2 ?? graph)) set((oauth2 ?? graph)!, 'client_secret', clientSecret);
-    if (refreshToken && oauth2) set(oauth2, 'refresh_token', refreshToken);
-  }
+/** Problems at keys the environment set name the variable: the file holds no such value. */
+function blameEnvironment(err: ConfigError, origins: readonly EnvOrigin[], source: string): ConfigError {
+  if (origins.length === 0) return err;
+  const under = (path: string, prefix: string) => path === prefix || path.startsWith(`${prefix}.`) || path.startsWith(`${prefix}[`);
+  const problems = err.problems.map((p) => {
+    const set = origins.find((o) => !o.created && under(p.path, o.path));
+    if (set) return { path: p.path, message: `${p.message} (the value comes from the environment variable ${set.env}, not the file: fix or unset ${set.env})` };
+    const created = origins.filter((o) => o.created && under(p.path, o.path)).sort((a, b) => b.path.length - a.path.length)[0]; // the innermost
+    if (created) return { path: p.path, message: `${p.message} (${created.path} is only there because the environment variable ${created.env} is set: configure ${created.path} in the file, or unset ${created.env})` };
+    return p;
+  });
+  return new ConfigError(source, problems);
 }
+
+/** What to write instead, by the type a key takes (the value given is not repeated: it may be a secret). */
+const TYPE_FIX: Record<string, string> = {
+  boolean: 'must be true or false (unquoted; YAML 1.2 reads yes, no, on and off as text)',
+  number: 'must be a number (unquoted, digits only, e.g. 100)',
+  string: 'must be text; quote it',
+  object: 'must be a mapping of keys (key: value lines, indented under it)',
+  array: 'must be a list (- item lines, or [a, b])',
+};
 
 function zodProblems(error: z.ZodError): ConfigProblem[] {
   return error.issues.map((issue) => {
@@ -187,6 +334,12 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
       message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against the config reference (docs/configuration.md)`;
     } else if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
       message = `is required (${issue.expected})`;
+    } else if (!/^Invalid (input|option)/.test(issue.message)) {
+      // the schema's own message
+    } else if (issue.code === 'invalid_type') {
+      message = TYPE_FIX[issue.expected] ?? `must be ${issue.expected === 'array' ? 'a list' : `a ${issue.expected}`}`;
+    } else if (issue.code === 'invalid_union') {
+      message = 'is none of the forms this key takes; see its entry in the config reference (docs/configuration.md)';
     }
     return { path, message };
   });
@@ -196,6 +349,23 @@ function uniqueName(names: Map<string, number>, name: string, i: number, problem
   const seen = names.get(name);
   if (seen !== undefined) problems.push({ path: `routes[${i}].name`, message: `"${name}" is already the name of routes[${seen}]; route names must be unique` });
   else names.set(name, i);
+}
+
+/**
+ * Names that differ but map to one environment variable (gitlab-desk, gitlab_desk and Gitlab.Desk all read
+ * MAILHOOK_ROUTE_GITLAB_DESK_SECRET) would share a secret without anyone choosing to: a problem, naming both.
+ */
+function sharedSecretVariables(names: readonly string[], section: 'routes' | 'imap', variables: (name: string) => string[], problems: ConfigProblem[]): void {
+  const first = new Map<string, number>();
+  names.forEach((name, i) => {
+    const variable = variables(name)[0]!;
+    const seen = first.get(variable);
+    if (seen === undefined) first.set(variable, i);
+    else if (names[seen] !== name) {
+      const what = section === 'routes' ? 'route' : 'mailbox';
+      problems.push({ path: `${section}[${i}].name`, message: `"${name}" and ${section}[${seen}] "${names[seen]}" would both read their secrets from ${variables(name).join(', ')}; rename one so the ${what} names differ in more than case and punctuation` });
+    }
+  });
 }
 
 function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; env: Env } & LoadOptions): Config {
@@ -221,15 +391,21 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     routes.push(resolveRoute(route, at, raw.delivery.timeout_ms, opts, problems));
   });
 
+  sharedSecretVariables(raw.routes.map((r) => r.name), 'routes', (name) => [routeSecretEnvName(name)], problems);
+  sharedSecretVariables(raw.imap.map((m) => m.name), 'imap', (name) => MAILBOX_SECRET_ENV.map((e) => mailboxSecretEnvName(name, e.what)), problems);
+
+  // Problems reading secret and key files; not counted when secrets are optional (see LoadOptions).
+  const fileProblems: ConfigProblem[] = opts.secretsOptional ? [] : problems;
   let adminToken: Secret | undefined;
   if (raw.http.admin_token && raw.http.admin_token_file) {
     problems.push({ path: 'http.admin_token_file', message: 'set either http.admin_token or http.admin_token_file, not both' });
   } else if (raw.http.admin_token) {
     adminToken = new Secret(raw.http.admin_token);
   } else if (raw.http.admin_token_file) {
-    const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', problems);
+    const value = readSecretFile(raw.http.admin_token_file, opts.baseDir, 'http.admin_token_file', fileProblems);
     if (value !== undefined && value.length < 16) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be at least 16 characters' });
     else if (value !== undefined && /\s/.test(value)) problems.push({ path: 'http.admin_token_file', message: 'the token in the file must be one word, no spaces: it is sent as "Authorization: Bearer <token>"' });
+    else if (value !== undefined && isPlaceholderToken(value)) problems.push({ path: 'http.admin_token_file', message: `the token in the file ${PLACEHOLDER_TOKEN_MESSAGE}` });
     else if (value !== undefined) adminToken = new Secret(value);
   }
 
@@ -238,8 +414,8 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     problems.push({ path: 'smtp.postmaster_route', message: `no route is named "${postmaster}"; name one of ${[...names.keys()].map((n) => `"${n}"`).join(', ')}` });
   }
 
-  const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems);
-  const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, problems), problems);
+  const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems, fileProblems);
+  const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, fileProblems), problems);
 
   if (problems.length > 0) throw new ConfigError(opts.source, problems);
 
@@ -258,15 +434,21 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string } & LoadOptions, problems: ConfigProblem[]): ResolvedRoute {
   const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined, dmarcReject: route.dmarc_reject };
   if (route.verify) out.verify = { url: route.verify.url, timeoutMs: route.verify.timeout_ms, cacheTtlMs: route.verify.cache_ttl_s * 1000 };
+  if (route.verify && hasCredentials(route.verify.url)) {
+    problems.push({ path: `${at}.verify.url`, message: 'credentials in the URL (user:password@) are not sent with verify requests; remove them (the requests are signed with the route\'s webhook secret, when it has one)' });
+  }
   const w = route.webhook;
   if (!w) return out;
+  if (hasCredentials(w.url) && !URL_CREDENTIAL_FORMATS.has(w.format)) {
+    problems.push({ path: `${at}.webhook.url`, message: `credentials in the URL (user:password@) are not sent by format ${w.format}, only by ${[...URL_CREDENTIAL_FORMATS].join(', ')} (as HTTP Basic auth); remove them: ${URL_CREDENTIAL_FIX[w.format] ?? ''}` });
+  }
   let secretText: string | undefined;
   if (w.secret && w.secret_file) {
     problems.push({ path: `${at}.webhook.secret_file`, message: 'set either secret or secret_file, not both' });
   } else if (w.secret) {
     secretText = w.secret;
   } else if (w.secret_file) {
-    secretText = readSecretFile(w.secret_file, opts.baseDir, `${at}.webhook.secret_file`, problems);
+    secretText = readSecretFile(w.secret_file, opts.baseDir, `${at}.webhook.secret_file`, opts.secretsOptional ? [] : problems);
   }
   const rule = FORMAT_SECRETS[w.format];
   const secretPath = `${at}.webhook.${w.secret_file ? 'secret_file' : 'secret'}`;
@@ -293,19 +475,37 @@ function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, op
     if (w[key] !== undefined && w.format !== owner) problems.push({ path: `${at}.webhook.${key}`, message: `applies only to format ${owner}; remove it or set format: ${owner}` });
     options[key] = w[key] === true;
   }
-  out.webhook = {
+  const webhook = {
     url: w.url,
     format: w.format,
     timeoutMs: w.timeout_ms ?? defaultTimeout,
     signingKey: secretText === undefined ? undefined : new Secret(secretText),
-    signingKeyBytes: keyBytes,
     options,
-  };
+  } as ResolvedWebhook;
+  // The bytes are the secret too (an action_mailbox password is its UTF-8): kept out of serialisation and inspect.
+  Object.defineProperty(webhook, 'signingKeyBytes', { value: keyBytes, enumerable: false, writable: false, configurable: false });
+  out.webhook = webhook;
   return out;
 }
 
+/** Formats that send a webhook URL's userinfo as HTTP Basic auth, as the hosted services do (docs/consumers.md). */
+const URL_CREDENTIAL_FORMATS: ReadonlySet<WebhookConfig['format']> = new Set(['mailgun', 'postmark', 'sendgrid'] as const);
+/** How the other formats authenticate, for the problem's fix. */
+const URL_CREDENTIAL_FIX: Partial<Record<WebhookConfig['format'], string>> = {
+  json: 'the consumer authenticates requests by their Standard Webhooks signature (webhook.secret)',
+  raw: 'the consumer authenticates requests by their Standard Webhooks signature (webhook.secret)',
+  gitlab: 'GitLab authenticates requests by the JWT signed with webhook.secret',
+  action_mailbox: 'the ingress password is webhook.secret (sent as Basic auth, user actionmailbox)',
+};
+
+function hasCredentials(url: string): boolean {
+  if (!URL.canParse(url)) return false;
+  const u = new URL(url);
+  return u.username !== '' || u.password !== '';
+}
+
 /** smtp.tls file paths resolved against the working directory and readable; settings that need each other. */
-function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProblem[]): RawConfig['smtp']['tls'] {
+function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProblem[], fileProblems: ConfigProblem[]): RawConfig['smtp']['tls'] {
   raw.routes.forEach((route, i) => {
     if (route.dmarc_reject && !raw.smtp.sender_auth.enabled) {
       problems.push({ path: `routes[${i}].dmarc_reject`, message: 'needs DMARC results: set smtp.sender_auth.enabled: true (or remove dmarc_reject)' });
@@ -318,8 +518,7 @@ function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProb
     try {
       readFileSync(out[key]);
     } catch (err) {
-      const why = isErrnoException(err) ? err.code : String(err);
-      problems.push({ path: `smtp.tls.${key}`, message: `cannot read ${tls[key]} (${why}); check the path and that mailhook's user may read it` });
+      fileProblems.push({ path: `smtp.tls.${key}`, message: cannotRead(tls[key], err, 'the PEM itself: save it to a file and give that file\'s path') });
     }
   }
   return out;
@@ -330,15 +529,29 @@ function readSecretFile(file: string, baseDir: string, path: string, problems: C
   try {
     const value = readFileSync(resolve(baseDir, file), 'utf8').trim();
     if (!value) {
-      problems.push({ path, message: `${file} is empty` });
+      problems.push({ path, message: looksLikePath(file) ? `${file} is empty` : 'the file it names is empty' });
       return undefined;
     }
     return value;
   } catch (err) {
-    const why = isErrnoException(err) ? err.code : String(err);
-    problems.push({ path, message: `cannot read ${file} (${why}); check the path and that mailhook's user may read it` });
+    problems.push({ path, message: cannotRead(file, err, `the secret itself: set ${path.replace(/_file$/, '')} or its environment variable instead, or write it to a file and give that file's path`) });
     return undefined;
   }
+}
+
+/**
+ * Whether a *_file value may be shown in a message: a path (a "/" or a file extension, path characters only).
+ * A secret or a PEM block pasted in by mistake does not look like one, and is not echoed.
+ */
+export function looksLikePath(value: string): boolean {
+  return /^[\w.@:~/-]{1,1024}$/.test(value) && !value.startsWith('whsec_') && (value.includes('/') || /\.[A-Za-z0-9]{1,8}$/.test(value));
+}
+
+/** "cannot read <file> (ENOENT)…", naming the file only when it looks like a path (`pasted`: what else it may be). */
+function cannotRead(file: string, err: unknown, pasted: string): string {
+  const why = isErrnoException(err) ? err.code : 'unreadable';
+  if (looksLikePath(file)) return `cannot read ${file} (${why}); check the path and that mailhook's user may read it`;
+  return `cannot read the file it names (${why}); the value is not shown because it does not look like a path: if it is ${pasted}`;
 }
 
 function describeSecret(kind: SecretKind): string {

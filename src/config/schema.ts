@@ -73,7 +73,7 @@ const smtpSchema = z.strictObject({
   greeting_delay_ms: nonNegativeInt.max(MAX_TIMER_MS, TIMER_MESSAGE).default(100).describe('wait before the 220 banner (early-talker check); 0 for a trusted relay in front'),
   lmtp: z.boolean().default(false).describe('speak LMTP (RFC 2033) instead of SMTP, for an MTA in front (Postfix lmtp: transport); one reply per recipient after DATA'),
   tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
-  proxy_protocol: z.union([z.boolean(), z.array(ipAddress)]).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
+  proxy_protocol: z.union([z.boolean(), z.array(ipAddress)], { error: 'write true (from every peer), false, or a list of the balancers\' IP addresses' }).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
   bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
   postmaster_route: z
     .string()
@@ -90,6 +90,12 @@ const smtpSchema = z.strictObject({
   sender_auth: senderAuthSchema.prefault({}),
 });
 
+/** An example's stand-in left in place (REPLACE_WITH_A_LONG_RANDOM_TOKEN, CHANGE_ME): long enough, but public. */
+export function isPlaceholderToken(token: string): boolean {
+  return /replace|change_?me/i.test(token);
+}
+export const PLACEHOLDER_TOKEN_MESSAGE = 'is a placeholder from an example (it contains REPLACE or CHANGE_ME), not a token; generate one, e.g. openssl rand -hex 24';
+
 const httpSchema = z.strictObject({
   listen: listenAddress.default({ host: '127.0.0.1', port: 8025 }).describe('HTTP listen address for health, metrics and the admin API'),
   admin_token: z
@@ -97,6 +103,7 @@ const httpSchema = z.strictObject({
     .trim()
     .min(16, 'must be at least 16 characters')
     .regex(/^\S+$/, 'must be one word, no spaces: it is sent as "Authorization: Bearer <token>"')
+    .refine((t) => !isPlaceholderToken(t), PLACEHOLDER_TOKEN_MESSAGE)
     .optional().describe('bearer token for the admin API (prefer admin_token_file or MAILHOOK_ADMIN_TOKEN)'),
   admin_token_file: z.string().min(1).optional().describe('file holding the admin API bearer token'),
 });
@@ -129,6 +136,8 @@ const retrySchema = z.strictObject({
   initial_delay_ms: positiveInt.default(5000).describe('delay before the first retry'),
   max_delay_ms: positiveInt.default(3_600_000).describe('upper bound of the exponential backoff'),
   max_attempts: positiveInt.default(20).describe('attempts before a delivery is dead-lettered'),
+}).superRefine((r, ctx) => {
+  if (r.max_delay_ms < r.initial_delay_ms) ctx.addIssue({ code: 'custom', path: ['max_delay_ms'], message: `must be at least initial_delay_ms (${r.initial_delay_ms}); raise it or lower initial_delay_ms` });
 });
 
 const deliverySchema = z.strictObject({

@@ -1,7 +1,7 @@
 // The real bin/mailhook (built with tsc) against a running app: send-test, messages list|show|raw, replay, errors.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -125,6 +125,23 @@ describe('mailhook CLI against a running server', () => {
     assert.match(missing.err, /no message zzzzzzzz/);
   });
 
+  test('a reader that closes the pipe early (| head -c 10) ends the CLI quietly with exit 0, not an EPIPE crash', async () => {
+    await sendMail(app.smtpPort, { from: 'big@x.test', to: 'app@in.test', subject: 'epipe-big', text: `${'0123456789abcdef'.repeat(64)}\n`.repeat(2048) });
+    const list = JSON.parse((await mailhook(['messages', 'list', '--recipient', 'app@in.test', '--json', ...conn], env)).out) as { messages: Array<{ id: string; subject: string }> };
+    const id = list.messages.find((m) => m.subject === 'epipe-big')!.id;
+    for (const args of [['messages', 'raw', id], ['messages', 'list', '--json', '--limit', '500']]) {
+      const child = spawn(process.execPath, [BIN, ...args, ...conn], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      // Like head -c 10: read the first bytes, then close the pipe.
+      await once(child.stdout, 'data');
+      child.stdout.destroy();
+      const [code] = (await once(child, 'exit')) as [number | null];
+      assert.equal(err, '', `${args.join(' ')}: ${err}`);
+      assert.equal(code, 0, args.join(' '));
+    }
+  });
+
   test('replay --route works through the backlog in batches, showing progress; the deliveries then succeed', async () => {
     // Four more dead letters on desk.
     for (let i = 0; i < 4; i++) {
@@ -168,6 +185,44 @@ describe('mailhook CLI against a running server', () => {
     const viaFile = await mailhook(['messages', 'list', '--json', '--token-file', join(dir, 'token'), ...conn]);
     assert.equal(viaFile.code, 0, viaFile.err);
   });
+
+  test('--config: secrets only the service can read (systemd credentials, its environment, a root-only key) do not stop the CLI', async () => {
+    const dir = tempDir();
+    const cfg = join(dir, 'mailhook.yaml');
+    writeFileSync(cfg, `smtp:
+  tls: { key_file: /run/credentials/mailhook.service/tls.key, cert_file: /run/credentials/mailhook.service/tls.crt }
+http:
+  listen: "${app.httpUrl.replace('http://', '')}"
+routes:
+  - name: gl
+    addresses: ["incoming+%{key}@gl.test"]
+    webhook: { url: "https://gl.test/api/v4/internal/mail_room/incoming_email", format: gitlab, secret_file: /run/credentials/mailhook.service/gitlab_secret }
+imap:
+  - { name: box, host: imap.x.test, user: u }
+  - { name: graph, inbox_method: microsoft_graph, user: u, inbox_options: { tenant_id: t, client_id: c } }
+`);
+    const r = await mailhook(['messages', 'list', '--json', '-c', cfg], env);
+    assert.equal(r.code, 0, r.err);
+    assert.ok(Array.isArray((JSON.parse(r.out) as { messages: unknown[] }).messages));
+    // check-config (and serve) stay strict.
+    const check = await mailhook(['check-config', '--config', cfg]);
+    assert.equal(check.code, 2);
+    for (const key of ['routes[0].webhook.secret_file', 'imap[0].password_file', 'imap[1].inbox_options.client_secret_file']) assert.ok(check.err.includes(`${key}: `), `${key} in ${check.err}`);
+  });
+});
+
+test('a 401 that is not JSON (a proxy in front) still exits 77, the refused-token code', async () => {
+  const proxy = createServer((socket) => {
+    socket.once('data', () => socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-type: text/html\r\nwww-authenticate: Basic realm="x"\r\nconnection: close\r\ncontent-length: 22\r\n\r\n<h1>Unauthorized</h1>\n'));
+  }).listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  try {
+    const r = await mailhook(['messages', 'list', '--url', `http://127.0.0.1:${(proxy.address() as { port: number }).port}`], { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN });
+    assert.equal(r.code, 77, r.err);
+    assert.match(r.err, /^mailhook: the admin API refused the token: GET \/api\/messages\?.*HTTP 401, not JSON: <h1>Unauthorized/);
+  } finally {
+    proxy.close();
+  }
 });
 
 describe('mailhook CLI with --config, as an operator runs it beside the service', () => {

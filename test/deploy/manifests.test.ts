@@ -11,6 +11,7 @@ import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { Webhook } from 'standardwebhooks';
 import { ENV_OVERRIDES, loadConfigText, routeSecretEnvName } from '../../src/config/load.js';
 import { listenAddress } from '../../src/config/schema.js';
+import { ConfigError } from '../../src/core/errors.js';
 import { startTestApp, until } from '../helpers/app.js';
 import { RawSmtp } from '../helpers/smtp-client.js';
 
@@ -231,6 +232,15 @@ test('Kubernetes: one replica recreated, probes on /readyz and /healthz, the spo
   for (const k of Object.keys(secret.stringData)) allEnv[k] = k === 'MAILHOOK_ADMIN_TOKEN' ? randomBytes(24).toString('hex') : newSecret();
   const cfg = loadConfigText(configText, { source: 'configmap', baseDir: ROOT, env: allEnv });
   for (const k of Object.keys(allEnv)) assert.ok(isKnownVariable(k, cfg.routes.map((r) => r.name)), `${k} is not a variable mailhook reads`);
+  // Applied unchanged, the example's placeholders are refused, each problem naming its variable.
+  assert.throws(
+    () => loadConfigText(configText, { source: 'configmap', baseDir: ROOT, env: { ...env, ...secret.stringData } }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError, String(err));
+      for (const k of Object.keys(secret.stringData)) assert.ok(err.problems.some((p) => p.message.includes(k)), `the placeholder ${k} is refused: ${err.message}`);
+      return true;
+    },
+  );
 
   const services = docs.filter((d) => d.kind === 'Service') as unknown as Array<{ spec: { ports: Array<{ port: number; targetPort: string }> } }>;
   const smtp = services.flatMap((s) => s.spec.ports).find((p) => p.port === 25);

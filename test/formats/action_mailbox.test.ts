@@ -5,7 +5,8 @@ import { timingSafeEqual } from 'node:crypto';
 import { simpleParser } from 'mailparser';
 import { Consumer, type ReceivedRequest } from '../helpers/consumer.js';
 import { startTestApp, until, type TestApp } from '../helpers/app.js';
-import { deliveriesOf, fixture, sendRaw } from './support.js';
+import { deliveriesOf, fixture, formatContext, sendRaw } from './support.js';
+import { actionMailboxFormat } from '../../src/delivery/formats/action_mailbox.js';
 
 const PASSWORD = 'ingress-pa$$word:with-colon';
 const RELAY_PATH = '/rails/action_mailbox/relay/inbound_emails';
@@ -54,7 +55,7 @@ before(async () => {
   - name: rails
     addresses: ["reply+%{key}@am.test", "support@am.test"]
     webhook:
-      url: "${base(rails).replace('http://', 'http://someone:ignored@')}"
+      url: "${base(rails)}"
       format: action_mailbox
       secret: ${JSON.stringify(PASSWORD)}
   - name: wrong
@@ -87,6 +88,15 @@ test('the stand-in refuses what Rails refuses (so the tests below can fail)', as
   assert.equal(ingress(req({ 'content-type': 'text/plain', authorization: basic('actionmailbox', PASSWORD) })).status, 415);
   assert.equal(ingress(req({ 'content-type': 'message/rfc822', authorization: basic('actionmailbox', PASSWORD) }, Buffer.alloc(0))).status, 422);
   assert.equal(ingress(req({ 'content-type': 'Message/RFC822; charset=binary', authorization: basic('actionmailbox', PASSWORD) })).status, 204);
+});
+
+test('credentials written into the URL are not sent: the ingress password is the secret (the config refuses such a URL; the encoder strips it anyway)', async () => {
+  const req = await actionMailboxFormat.encode(formatContext(Buffer.from('Subject: x\r\n\r\nx'), {
+    recipients: [{ address: 'support@am.test', key: null }],
+    webhook: { format: 'action_mailbox', url: `http://someone:ignored@127.0.0.1:9${RELAY_PATH}`, signingKeyBytes: Buffer.from(PASSWORD) },
+  }));
+  assert.equal(req.url, `http://127.0.0.1:9${RELAY_PATH}`);
+  assert.equal((req.headers as Record<string, string>).authorization, `Basic ${Buffer.from(`actionmailbox:${PASSWORD}`).toString('base64')}`);
 });
 
 test('messages in three legacy charsets reach the ingress byte for byte, authenticated, as message/rfc822', async () => {

@@ -1,0 +1,99 @@
+// What check-config tries beyond the schema, as serve would: the TLS key and certificate make a pair, the spool folder is writable.
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { createSecureContext } from 'node:tls';
+import type { ConfigProblem } from '../core/errors.js';
+import { isErrnoException } from '../core/errors.js';
+import type { Config } from './load.js';
+
+/**
+ * Settings that work but are probably a mistake, logged at start-up (warn) and printed by check-config; not
+ * problems. A plain IMAP connection (ssl: false, start_tls: false) sends the password or token in clear: on
+ * loopback that is a local server's choice, elsewhere worth a warning.
+ */
+export function configWarnings(config: Config): Array<{ path: string; message: string }> {
+  const warnings: Array<{ path: string; message: string }> = [];
+  config.imap.forEach((m, i) => {
+    if (m.method !== 'imap' || m.ssl || m.startTls || isLoopback(m.host)) return;
+    warnings.push({ path: `imap[${i}]`, message: `ssl: false and start_tls: false: mailbox "${m.name}" sends its ${m.auth.kind === 'password' ? 'password' : 'OAuth token'} to ${m.host}:${m.port} unencrypted; set start_tls: true (port 143) or ssl: true (port 993)` });
+  });
+  return warnings;
+}
+
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\./.test(h);
+}
+
+/** Problems serve would meet at start-up that a loaded configuration does not show; nothing is created or changed. */
+export function checkResources(config: Config): ConfigProblem[] {
+  return [...checkTls(config), ...checkSpool(config.spool.path)];
+}
+
+/** OpenSSL's reason (e.g. "key values mismatch"), never the material. */
+function reason(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return (text.split('\n')[0] ?? '').replace(/^error:[0-9A-F]+:/, '').slice(0, 200);
+}
+
+function checkTls(config: Config): ConfigProblem[] {
+  const tls = config.smtp.tls;
+  if (!tls) return [];
+  let key: Buffer;
+  let cert: Buffer;
+  try {
+    key = readFileSync(tls.key_file);
+    cert = readFileSync(tls.cert_file);
+  } catch {
+    return []; // reported by the loader
+  }
+  try {
+    createSecureContext({ cert });
+  } catch (err) {
+    return [{ path: 'smtp.tls.cert_file', message: `is not a usable PEM certificate chain (${reason(err)}); give the certificate file (leaf first), e.g. fullchain.pem` }];
+  }
+  try {
+    createSecureContext({ key });
+  } catch (err) {
+    return [{ path: 'smtp.tls.key_file', message: `is not a usable PEM private key (${reason(err)}); give the unencrypted private key file, e.g. privkey.pem` }];
+  }
+  try {
+    createSecureContext({ key, cert });
+  } catch (err) {
+    return [{ path: 'smtp.tls.key_file', message: `does not belong to the certificate in smtp.tls.cert_file (${reason(err)}); give the key the certificate was issued for` }];
+  }
+  return [];
+}
+
+/** The spool database's folder must exist and be writable, or be creatable: its nearest existing ancestor a writable folder. */
+function checkSpool(path: string): ConfigProblem[] {
+  const problem = (message: string): ConfigProblem[] => [{ path: 'spool.path', message }];
+  try {
+    if (statSync(path).isDirectory()) return problem(`${path} is a folder; give the database file inside it, e.g. ${path.replace(/\/+$/, '')}/spool.db`);
+  } catch {
+    // not there yet: created at start-up
+  }
+  let dir = dirname(path);
+  for (;;) {
+    let isDir: boolean | undefined;
+    try {
+      isDir = statSync(dir).isDirectory();
+    } catch (err) {
+      if (!(isErrnoException(err) && (err.code === 'ENOENT' || err.code === 'ENOTDIR'))) {
+        return problem(`cannot create the folder ${dirname(path)}: ${isErrnoException(err) ? err.code : 'unreadable'} at ${dir}; check spool.path`);
+      }
+    }
+    if (isDir === false) return problem(`cannot create the folder ${dirname(path)}: ${dir} is a file, not a folder; check spool.path`);
+    if (isDir === true) {
+      try {
+        accessSync(dir, constants.W_OK | constants.X_OK);
+      } catch {
+        return problem(`${dir} is not writable by this user, so the spool (${path}) cannot be ${dir === dirname(path) ? 'written' : 'created'} there; give mailhook's user write access, or run check-config as that user (sudo -u mailhook)`);
+      }
+      return [];
+    }
+    const up = dirname(dir);
+    if (up === dir) return [];
+    dir = up;
+  }
+}
