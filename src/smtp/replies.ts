@@ -30,6 +30,9 @@ export const Reply = {
   TooManyHops: reply(554, '5.4.6', 'Error: too many hops (mail forwarding loop)'),
   TooManyMimeParts: reply(554, '5.6.0', 'Error: too many MIME parts'),
   MimeTooDeep: reply(554, '5.6.0', 'Error: MIME nesting too deep'),
+  // A Content-Type mailhook cannot read as mailparser would (a boundary over 1,020 characters, an RFC 2231 value in
+  // an encoding it does not decode, a MIME field over 8 KB): refused rather than stored and found unparseable later.
+  MimeHeaderUnreadable: reply(554, '5.6.0', 'Error: MIME header not understood'),
   // Postfix smtpd_forbid_unauth_pipelining: content sent before the 354 (RFC 2920 §3.1: DATA ends a group)
   PipeliningViolation: reply(554, '5.5.0', 'Error: SMTP protocol synchronization'),
   TooManyConnectionsFrom: (hostname: string, ip: string) => reply(421, '4.7.0', `${hostname} Error: too many connections from ${ip}`),
