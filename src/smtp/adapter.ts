@@ -100,6 +100,10 @@ interface ConnState {
   overshoot: number;
   held354: { code: number; data: string | string[] | null | undefined; context: string | false | undefined } | null;
   dataTimer: NodeJS.Timeout | null;
+  /** LMTP: replies still to come for the DATA in progress (one per recipient, RFC 2033 §4.2) */
+  lmtpReplies: number;
+  /** LMTP: one of this DATA's replies was an error */
+  lmtpFailed: boolean;
 }
 
 export function createSmtpServer(options: AdapterOptions): SMTPServer {
@@ -108,7 +112,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
   const stateOf = (c: SMTPConnection): ConnState => {
     let s = states.get(c);
     if (!s) {
-      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null };
+      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null, lmtpReplies: 0, lmtpFailed: false };
       states.set(c, s);
     }
     return s;
@@ -158,7 +162,24 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         // The EHLO reply: mailhook writes the codes itself, so it advertises them (RFC 2034).
         text = [...data.slice(0, 2), 'ENHANCEDSTATUSCODES', ...data.slice(2)];
       }
+      if (state.lmtpReplies > 0 && code !== 354 && code !== 421) {
+        // LMTP: the replies after DATA are one outcome, counted once after the last of them; a 421 among them would
+        // leave the client reading it as a recipient's reply (RFC 2033 §4.2).
+        super.send(code, text, context);
+        if (code >= 400) state.lmtpFailed = true;
+        if (--state.lmtpReplies > 0) return;
+        const failed = state.lmtpFailed;
+        state.lmtpFailed = false;
+        this.countOutcome(failed ? code : 250, failed ? undefined : context, data);
+        return;
+      }
       super.send(code, text, context);
+      this.countOutcome(code, context, data);
+    }
+
+    /** The error limit: an error reply counts, a delivered message clears the count. */
+    countOutcome(code: number, context: string | false | undefined, data: string | string[] | null | undefined): void {
+      const state = stateOf(this);
       // Recipients over smtp.max_recipients are not errors (the client sends the rest in another transaction, and
       // the accepted ones are delivered), until RECIPIENT_OVERSHOOT_LIMIT of them in one session (as Postfix).
       const overshoot = code === Reply.TooManyRecipients.code && data === TOO_MANY_RECIPIENTS && ++state.overshoot <= RECIPIENT_OVERSHOOT_LIMIT;
@@ -196,6 +217,10 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         // Refused (503): no data phase follows.
         parser.handoff = null;
         state.held354 = null;
+      } else if (this._server.options.lmtp) {
+        // smtp-server answers the DATA with one reply per recipient of the envelope.
+        state.lmtpReplies = this.session.envelope.rcptTo.length;
+        state.lmtpFailed = false;
       }
     }
 
