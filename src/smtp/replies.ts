@@ -17,6 +17,10 @@ export const Reply = {
   RcptUnknown: reply(550, '5.1.1', 'Recipient address rejected: User unknown'),
   RelayDenied: reply(550, '5.7.1', 'Relaying denied'),
   BadRecipientSyntax: reply(501, '5.1.3', 'Bad recipient address syntax'),
+  // RFC 5321 §4.1.1.11: a MAIL or RCPT parameter of an extension the server did not advertise (DSN's NOTIFY, ...)
+  UnsupportedParameter: (name: string) => reply(555, '5.5.4', `Error: unsupported parameter ${name}`),
+  // RFC 6531 §3.4, RFC 6533 §5: a non-ASCII address in a transaction without the SMTPUTF8 parameter
+  NonAsciiAddress: reply(553, '5.6.7', 'Error: non-ASCII address without SMTPUTF8'),
   TooManyRecipients: reply(452, '4.5.3', 'Error: too many recipients'),
   MessageTooLarge: reply(552, '5.3.4', 'Error: message exceeds fixed maximum message size'),
   SpoolUnavailable: reply(451, '4.3.0', 'Error: queue file write error, try again later'),

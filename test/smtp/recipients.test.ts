@@ -83,3 +83,21 @@ test('internationalized domains: the A-label and the U-label of a routed domain 
   assert.deepEqual(r.rcptTo, ['info@bücher.example', 'post@münchen.test']);
   assert.equal(r.deliveries.length, 1);
 });
+
+test('parameters of extensions not advertised: 555 5.5.4; a non-ASCII address without SMTPUTF8: 553 5.6.7', async () => {
+  const smtp = await session(app.smtpPort);
+  // DSN is not advertised (nor AUTH): RFC 5321 §4.1.1.11.
+  assert.equal((await smtp.cmd('MAIL FROM:<a@client.test> FOO=bar')).raw, '555 5.5.4 Error: unsupported parameter FOO\r\n');
+  assert.equal((await smtp.cmd('MAIL FROM:<a@client.test> RET=HDRS')).raw, '555 5.5.4 Error: unsupported parameter RET\r\n');
+  assert.equal((await smtp.cmd('MAIL FROM:<ü@client.test>')).raw, '553 5.6.7 Error: non-ASCII address without SMTPUTF8\r\n');
+  assert.equal((await smtp.cmd('MAIL FROM:<a@client.test> SIZE=100 BODY=8BITMIME')).raw, '250 2.1.0 Accepted\r\n');
+  assert.equal((await smtp.cmd('RCPT TO:<user@in.test> NOTIFY=SUCCESS')).raw, '555 5.5.4 Error: unsupported parameter NOTIFY\r\n');
+  assert.equal((await smtp.cmd('RCPT TO:<info@bücher.example>')).raw, '553 5.6.7 Error: non-ASCII address without SMTPUTF8\r\n');
+  // The A-label is ASCII on the wire, whatever smtp-server makes of it; a needless quoting names the same mailbox.
+  assert.equal((await smtp.cmd('RCPT TO:<info@xn--bcher-kva.example>')).raw, ACCEPTED);
+  assert.equal((await smtp.cmd('RCPT TO:<"user"@in.test>')).raw, ACCEPTED);
+  await smtp.cmd('RSET');
+  assert.equal((await smtp.cmd('MAIL FROM:<ü@client.test> SMTPUTF8')).raw, '250 2.1.0 Accepted\r\n');
+  assert.equal((await smtp.cmd('RCPT TO:<ünï@catch.test>')).raw, ACCEPTED);
+  await smtp.quit();
+});
