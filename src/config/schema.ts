@@ -42,7 +42,7 @@ const tlsSchema = z.strictObject({
 });
 
 const limitsSchema = z.strictObject({
-  max_header_bytes: positiveInt.default(1_048_576).describe('bytes of a header section (the message\'s or a MIME part\'s); more gets 552 5.3.4'),
+  max_header_bytes: positiveInt.max(1_048_576, 'at most 1048576: mailparser refuses a larger header section, so the message could never be parsed').default(1_048_576).describe('bytes of a header section (the message\'s or a MIME part\'s), each line counted as at least 64 bytes (as mailparser counts them); more gets 552 5.3.4. At most 1 MiB, what the parser takes'),
   max_received_headers: positiveInt.default(100).describe('Received headers before a message is a loop: 554 5.4.6'),
   max_mime_parts: positiveInt.max(1000, 'at most 1000: mailparser refuses a message of more MIME parts, so it could never be parsed').default(1000).describe('MIME parts in one message, the message itself and each attached message counted (as mailparser counts them); more gets 554 5.6.0. At most 1,000, what the parser takes (a message with more could be stored but never parsed for the json and service formats)'),
   max_mime_depth: positiveInt.default(100).describe('nesting of multiparts and attached messages; deeper gets 554 5.6.0'),

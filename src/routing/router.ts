@@ -1,5 +1,5 @@
 // The route table: which route (and key) a recipient address belongs to, or why it is refused. Pure.
-import { matchLocalPart, parseAddressTemplate, type AddressTemplate } from './template.js';
+import { asciiDomain, lowerAscii, matchLocalPart, parseAddressTemplate, type AddressTemplate } from './template.js';
 
 export interface RouteLike {
   name: string;
@@ -52,20 +52,21 @@ export class Router {
   }
 
   servesDomain(domain: string): boolean {
-    return this.byDomain.has(domain.toLowerCase());
+    const ascii = asciiDomain(domain);
+    return ascii !== undefined && this.byDomain.has(ascii);
   }
 
   match(address: string): RouteMatch {
     const postmaster = this.postmasterRoute;
     // RFC 5321 §4.1.1.3: RCPT TO:<Postmaster> without a domain names this server's postmaster.
-    if (address.toLowerCase() === 'postmaster') return postmaster === undefined ? { ok: false, reason: 'unknown_recipient' } : { ok: true, route: postmaster, key: null, address };
+    if (lowerAscii(address) === 'postmaster') return postmaster === undefined ? { ok: false, reason: 'unknown_recipient' } : { ok: true, route: postmaster, key: null, address };
     const at = address.lastIndexOf('@');
     if (at <= 0 || at === address.length - 1) return { ok: false, reason: 'bad_address' };
-    const local = address.slice(0, at);
-    const domain = address.slice(at + 1).toLowerCase().replace(/\.$/, '');
-    const entries = this.byDomain.get(domain);
+    const local = unquoteLocalPart(address.slice(0, at));
+    const domain = asciiDomain(address.slice(at + 1).replace(/\.$/, ''));
+    const entries = domain === undefined ? undefined : this.byDomain.get(domain);
     if (!entries) return { ok: false, reason: 'unknown_domain' };
-    const isPostmaster = postmaster !== undefined && local.toLowerCase() === 'postmaster';
+    const isPostmaster = postmaster !== undefined && lowerAscii(local) === 'postmaster';
     for (const entry of entries) {
       // Dedicated addresses come first (RANK): past them, postmaster goes to its route, not to a template.
       if (isPostmaster && entry.template.kind !== 'exact') break;
@@ -77,6 +78,20 @@ export class Router {
     if (isPostmaster) return { ok: true, route: postmaster, key: null, address: `${local}@${domain}` };
     return { ok: false, reason: 'unknown_recipient' };
   }
+}
+
+/** RFC 5322 §3.2.3 dot-atom text, with UTF-8 beyond ASCII as RFC 6532 §3.2 allows. */
+const DOT_ATOM_RE = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+)*$/u;
+
+/**
+ * A quoted local part that needs no quoting names the same mailbox as the bare one (RFC 5322 §3.2.4: the quotes
+ * are not part of the quoted-string, RFC 5321 §4.1.2), so "user"@ routes as user@. One that needs its quotes (a
+ * space, a second "@", an unescaped quote...) is kept as written and only a catch-all takes it.
+ */
+export function unquoteLocalPart(local: string): string {
+  if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;
+  const bare = local.slice(1, -1).replace(/\\(.)/gsu, '$1');
+  return DOT_ATOM_RE.test(bare) ? bare : local;
 }
 
 function literalLength(t: AddressTemplate): number {

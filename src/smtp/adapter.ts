@@ -32,6 +32,19 @@ export interface AdapterOptions extends SMTPServerOptions {
 
 const ENHANCED_RE = /^\d\.\d{1,3}\.\d{1,3} /;
 
+/**
+ * MAIL parameters of the extensions mailhook advertises: SIZE, 8BITMIME, SMTPUTF8, and REQUIRETLS (advertised once
+ * the session is secure; before, smtp-server answers it 530 5.7.0). DSN is not advertised (smtp-server hides it), nor AUTH.
+ */
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'REQUIRETLS']);
+/** RCPT parameters: none without DSN (NOTIFY, ORCPT). */
+const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
+
+function hasNonAscii(command: Buffer): boolean {
+  for (const b of command) if (b >= 0x80) return true;
+  return false;
+}
+
 /** The text of the 452 4.5.3 sent for recipients over smtp.max_recipients (server.ts), as send() sees it. */
 const TOO_MANY_RECIPIENTS = formatReply(Reply.TooManyRecipients);
 /** Recipients over the limit a session may send before each further one counts as an error (Postfix smtpd_recipient_overshoot_limit). */
@@ -100,6 +113,10 @@ interface ConnState {
   overshoot: number;
   held354: { code: number; data: string | string[] | null | undefined; context: string | false | undefined } | null;
   dataTimer: NodeJS.Timeout | null;
+  /** LMTP: replies still to come for the DATA in progress (one per recipient, RFC 2033 §4.2) */
+  lmtpReplies: number;
+  /** LMTP: one of this DATA's replies was an error */
+  lmtpFailed: boolean;
 }
 
 export function createSmtpServer(options: AdapterOptions): SMTPServer {
@@ -108,7 +125,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
   const stateOf = (c: SMTPConnection): ConnState => {
     let s = states.get(c);
     if (!s) {
-      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null };
+      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null, lmtpReplies: 0, lmtpFailed: false };
       states.set(c, s);
     }
     return s;
@@ -158,7 +175,24 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         // The EHLO reply: mailhook writes the codes itself, so it advertises them (RFC 2034).
         text = [...data.slice(0, 2), 'ENHANCEDSTATUSCODES', ...data.slice(2)];
       }
+      if (state.lmtpReplies > 0 && code !== 354 && code !== 421) {
+        // LMTP: the replies after DATA are one outcome, counted once after the last of them; a 421 among them would
+        // leave the client reading it as a recipient's reply (RFC 2033 §4.2).
+        super.send(code, text, context);
+        if (code >= 400) state.lmtpFailed = true;
+        if (--state.lmtpReplies > 0) return;
+        const failed = state.lmtpFailed;
+        state.lmtpFailed = false;
+        this.countOutcome(failed ? code : 250, failed ? undefined : context, data);
+        return;
+      }
       super.send(code, text, context);
+      this.countOutcome(code, context, data);
+    }
+
+    /** The error limit: an error reply counts, a delivered message clears the count. */
+    countOutcome(code: number, context: string | false | undefined, data: string | string[] | null | undefined): void {
+      const state = stateOf(this);
       // Recipients over smtp.max_recipients are not errors (the client sends the rest in another transaction, and
       // the accepted ones are delivered), until RECIPIENT_OVERSHOOT_LIMIT of them in one session (as Postfix).
       const overshoot = code === Reply.TooManyRecipients.code && data === TOO_MANY_RECIPIENTS && ++state.overshoot <= RECIPIENT_OVERSHOOT_LIMIT;
@@ -169,6 +203,37 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         state.errors = 0; // a delivered message clears the slate, as Postfix does
         state.overshoot = 0;
       }
+    }
+
+    override handler_MAIL(command: Buffer, callback: () => void): void {
+      const parsed = this._parseAddressCommand('mail from', command);
+      if (parsed && this.refuseParameters(parsed.args, MAIL_PARAMETERS)) return callback();
+      // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter (smtp-server turns A-labels into Unicode, so
+      // the command line is what tells).
+      if (parsed && hasNonAscii(command) && !(parsed.args && parsed.args['SMTPUTF8'] === true)) {
+        this.send(Reply.NonAsciiAddress.code, formatReply(Reply.NonAsciiAddress));
+        return callback();
+      }
+      super.handler_MAIL(command, callback);
+    }
+
+    override handler_RCPT(command: Buffer, callback: () => void): void {
+      const parsed = this._parseAddressCommand('rcpt to', command);
+      if (parsed && this.refuseParameters(parsed.args, RCPT_PARAMETERS)) return callback();
+      if (parsed && this.session.envelope.mailFrom && hasNonAscii(command) && !this.session.envelope.smtpUtf8) {
+        this.send(Reply.NonAsciiAddress.code, formatReply(Reply.NonAsciiAddress));
+        return callback();
+      }
+      super.handler_RCPT(command, callback);
+    }
+
+    /** RFC 5321 §4.1.1.11: 555 for a MAIL or RCPT parameter of an extension not advertised. True when refused. */
+    refuseParameters(args: Record<string, string | boolean> | false | undefined, allowed: ReadonlySet<string>): boolean {
+      if (!args) return false;
+      const unknown = Object.keys(args).find((k) => !allowed.has(k));
+      if (unknown === undefined) return false;
+      this.send(Reply.UnsupportedParameter(unknown).code, formatReply(Reply.UnsupportedParameter(unknown)));
+      return true;
     }
 
     override handler_DATA(command: Buffer, callback: () => void): void {
@@ -196,6 +261,10 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         // Refused (503): no data phase follows.
         parser.handoff = null;
         state.held354 = null;
+      } else if (this._server.options.lmtp) {
+        // smtp-server answers the DATA with one reply per recipient of the envelope.
+        state.lmtpReplies = this.session.envelope.rcptTo.length;
+        state.lmtpFailed = false;
       }
     }
 

@@ -1,4 +1,5 @@
 // The DATA stream transform: bare CR/LF policy, header-section, hop-count and MIME structure limits, in one streaming pass.
+import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { MailhookError } from '../core/errors.js';
 import { MessageRefused, Reply } from './replies.js';
@@ -48,11 +49,33 @@ const CR_BUF = Buffer.from([CR]);
 const LF_BUF = Buffer.from([LF]);
 /** bytes of a line kept for inspection: header names, boundaries (RFC 2046 allows 70 characters) */
 const HEAD_CAP = 1024;
-/** characters of a Content-Type / Content-Transfer-Encoding value kept to find the boundary */
+/** characters of a header field kept to read Content-Type, Content-Transfer-Encoding and Content-Disposition */
 const VALUE_CAP = 8192;
+// mailparser's splitter (@zone-eu/mailsplit) decides what mailparser can parse; the filter follows its reading of
+// the structure, so that nothing it accepts with 250 is later found unparseable.
+/** the least a header line counts for against the header limit (mailsplit: a parsed line has a fixed overhead) */
+const HEADER_LINE_MIN_COST = 64;
+/** bytes a delimiter line may carry beyond its boundary: "--", a closing "--" and up to 998 SP/HTAB (mailsplit) */
+const DELIMITER_SLACK = 1002;
+/** the longest boundary followed: its delimiter lines must fit in HEAD_CAP (RFC 2046 allows 70 characters) */
+const MAX_BOUNDARY = HEAD_CAP - 4;
+/** what mailsplit types a part without Content-Type by its Content-Disposition filename (libmime's table) */
+const MESSAGE_EXTENSIONS = new Set(['eml', 'mht', 'mhtml', 'nws']);
 
-type Frame = { kind: 'multipart'; delimiter: string } | { kind: 'message' };
-type HeaderKind = 'content-type' | 'cte' | 'from' | 'other';
+type Frame = { kind: 'multipart'; delimiter: string; started: boolean } | { kind: 'message' };
+const KEPT_FIELDS: ReadonlySet<string> = new Set(['content-type', 'content-transfer-encoding', 'content-disposition']);
+
+/** One header field being read: its name once known, and its unfolded text while it may matter. */
+interface Field {
+  /** lower-cased, trimmed name; undefined while the field has no colon yet (it may come on a continuation line) */
+  name: string | undefined;
+  /** the field unfolded as mailsplit unfolds it (each line break and the folding whitespace after it: one space) */
+  text: string;
+  /** text was cut at VALUE_CAP */
+  truncated: boolean;
+  /** a From field of the message header (its size is measured for sender authentication) */
+  from: boolean;
+}
 
 export class DataFilter extends Transform {
   // The message itself is the first MIME part: mailparser counts it too, so what passes here can be parsed.
@@ -66,13 +89,20 @@ export class DataFilter extends Transform {
   private readonly head = Buffer.allocUnsafe(HEAD_CAP);
   private headLen = 0;
   private collecting = true;
+  /** the bytes of the current line past HEAD_CAP are all SP or HTAB (it may still be a padded delimiter line) */
+  private tailWsp = true;
+  /** a header line's bytes past HEAD_CAP, up to VALUE_CAP characters */
+  private overflow = '';
   // MIME state
   private inHeader = true;
   private topLevel = true;
+  /** the header section so far as mailsplit counts it (HEADER_LINE_MIN_COST) */
   private headerBytes = 0;
-  private headerKind: HeaderKind = 'other';
-  private contentType = '';
-  private cte = '';
+  /** lines of the current header section, folded continuations included */
+  private sectionLines = 0;
+  private field: Field | undefined;
+  /** the first Content-Type, Content-Transfer-Encoding and Content-Disposition fields of the section (mailsplit reads the first) */
+  private kept = new Map<string, Field>();
   private readonly stack: Frame[] = [];
   private multipartDepth = 0;
 
@@ -199,15 +229,40 @@ export class DataFilter extends Transform {
       // In a body only a line starting with "-" can be a boundary; everything else is skipped unread.
       this.collecting = this.multipartDepth > 0 && chunk[from] === 0x2d;
     }
-    if (this.collecting && this.headLen < HEAD_CAP) {
-      const take = Math.min(n, HEAD_CAP - this.headLen);
-      chunk.copy(this.head, this.headLen, from, from + take);
-      this.headLen += take;
+    if (this.collecting) {
+      let at = from;
+      if (this.headLen < HEAD_CAP) {
+        const take = Math.min(n, HEAD_CAP - this.headLen);
+        chunk.copy(this.head, this.headLen, from, from + take);
+        this.headLen += take;
+        at += take;
+      }
+      if (at < to) this.lineTail(chunk, at, to);
     }
     this.lineLen += n;
     // A header line that does not end yet counts already: a line without a line break cannot outgrow the limit.
-    if (this.inHeader && this.headerBytes + this.lineLen > this.opts.maxHeaderBytes) {
+    if (this.inHeader && this.headerBytes + Math.max(this.lineLen, HEADER_LINE_MIN_COST) > this.opts.maxHeaderBytes) {
       this.fail(new MessageRefused(Reply.HeaderTooLarge, `header section over ${this.opts.maxHeaderBytes} bytes`));
+    }
+  }
+
+  /** Bytes of a collected line past HEAD_CAP: kept for a header field, checked for delimiter padding. */
+  private lineTail(chunk: Buffer, from: number, to: number): void {
+    if (this.inHeader && this.overflow.length < VALUE_CAP) {
+      this.overflow += chunk.toString('latin1', from, Math.min(to, from + VALUE_CAP - this.overflow.length));
+    }
+    if (!this.tailWsp) return;
+    // Past the longest delimiter line no padding matters; up to it, a line of SP/HTAB after "--boundary" delimits.
+    if (this.lineLen + (to - from) > HEAD_CAP + DELIMITER_SLACK) {
+      this.tailWsp = false;
+      return;
+    }
+    for (let i = from; i < to; i++) {
+      const c = chunk[i];
+      if (c !== 0x20 && c !== 0x09) {
+        this.tailWsp = false;
+        return;
+      }
     }
   }
 
@@ -216,16 +271,24 @@ export class DataFilter extends Transform {
     this.lineLen = 0;
     const headLen = this.headLen;
     this.headLen = 0;
+    const tailWsp = this.tailWsp;
+    this.tailWsp = true;
+    const overflow = this.overflow;
+    this.overflow = '';
+    if (!this.collecting) return;
+    // mailsplit looks for delimiters on every line, header lines included: a part may end before its blank line.
+    if (this.multipartDepth > 0 && headLen >= 3 && this.head[0] === 0x2d && this.head[1] === 0x2d && this.delimiter(lineLen, headLen, tailWsp)) {
+      this.collecting = true;
+      return;
+    }
     if (this.inHeader) {
       this.collecting = true;
-      this.headerLine(lineLen, headLen);
-    } else if (this.collecting) {
-      this.bodyLine(lineLen, headLen);
+      this.headerLine(lineLen, headLen, overflow);
     }
   }
 
-  private headerLine(lineLen: number, headLen: number): void {
-    this.headerBytes += lineLen + 2;
+  private headerLine(lineLen: number, headLen: number, overflow: string): void {
+    this.headerBytes += lineLen === 0 ? 2 : Math.max(lineLen + 2, HEADER_LINE_MIN_COST);
     if (this.headerBytes > this.opts.maxHeaderBytes) {
       this.fail(new MessageRefused(Reply.HeaderTooLarge, `header section over ${this.opts.maxHeaderBytes} bytes`));
       return;
@@ -235,59 +298,100 @@ export class DataFilter extends Transform {
       return;
     }
     if (this.topLevel) this.stats.headerLines++;
+    const firstLine = this.sectionLines++ === 0;
     const first = this.head[0];
-    if (first === 0x20 || first === 0x09) {
-      // RFC 5322 §2.2.3: a folded continuation of the previous field.
-      if (this.headerKind === 'from') this.stats.fromHeaderBytes += lineLen + 2;
-      else if (this.headerKind !== 'other') this.appendValue(0, headLen);
+    // RFC 5322 §2.2.3: a folded continuation of the previous field (mailsplit: the section's first line never is).
+    if (!firstLine && (first === 0x20 || first === 0x09)) {
+      const field = this.field;
+      if (!field) return;
+      if (field.from) this.stats.fromHeaderBytes += lineLen + 2;
+      if (field.name !== undefined && !KEPT_FIELDS.has(field.name)) return;
+      const text = this.head.toString('latin1', 0, headLen) + overflow;
+      this.append(field, ' ' + text.replace(/^[ \t]+/, ''), lineLen > text.length);
+      if (field.name === undefined) {
+        // mailsplit takes the name of a field that had no colon from the first continuation line holding one.
+        const colon = field.text.indexOf(':');
+        if (colon >= 0) field.name = field.text.slice(0, colon).trim().toLowerCase();
+        else if (field.truncated) field.name = nameBeyondCap(field.text);
+      }
       return;
     }
-    const colon = this.head.subarray(0, headLen).indexOf(0x3a);
-    const name = colon > 0 ? this.head.toString('latin1', 0, colon).trimEnd().toLowerCase() : '';
-    this.headerKind = 'other';
-    if (name === 'content-type') {
-      this.headerKind = 'content-type';
-      this.contentType = '';
-      this.appendValue(colon + 1, headLen);
-    } else if (name === 'content-transfer-encoding') {
-      this.headerKind = 'cte';
-      this.cte = '';
-      this.appendValue(colon + 1, headLen);
-    } else if (this.topLevel) {
+    this.endField();
+    // mailsplit reads a first line "From ..." (mbox) or "POST ..." (HTTP) as no field at all; a field's name is what
+    // comes before its first colon, trimmed, and a line without one may get its name from a continuation.
+    const colonInHead = this.head.subarray(0, headLen).indexOf(0x3a);
+    let name: string | undefined;
+    let text: string | undefined;
+    if (firstLine && /^(?:From|POST) /i.test(this.head.toString('latin1', 0, Math.min(headLen, 5)))) {
+      name = '';
+    } else if (colonInHead >= 0) {
+      name = this.head.toString('latin1', 0, colonInHead).trim().toLowerCase();
+    } else {
+      text = this.head.toString('latin1', 0, headLen) + overflow;
+      const colon = text.indexOf(':');
+      if (colon >= 0) name = text.slice(0, colon).trim().toLowerCase();
+      else if (firstLine) name = '';
+      else if (lineLen > text.length) name = nameBeyondCap(text);
+    }
+    const field: Field = { name, text: '', truncated: false, from: false };
+    this.field = field;
+    if (name === undefined || KEPT_FIELDS.has(name)) {
+      text ??= this.head.toString('latin1', 0, headLen) + overflow;
+      this.append(field, text, lineLen > text.length);
+    }
+    if (this.topLevel && name !== undefined) {
       if (name === 'received') {
         this.stats.received++;
         if (this.stats.received > this.opts.maxReceived) this.fail(new MessageRefused(Reply.TooManyHops, `more than ${this.opts.maxReceived} Received headers`));
       } else if (name === 'from') {
-        this.headerKind = 'from';
+        field.from = true;
         this.stats.fromHeaderBytes += lineLen + 2;
       }
     }
   }
 
-  private appendValue(from: number, to: number): void {
-    if (to <= from) return;
-    const add = this.head.toString('latin1', from, to);
-    if (this.headerKind === 'content-type') {
-      if (this.contentType.length < VALUE_CAP) this.contentType += add;
-    } else if (this.headerKind === 'cte') {
-      if (this.cte.length < VALUE_CAP) this.cte += add;
-    }
+  private append(field: Field, text: string, cut: boolean): void {
+    const room = VALUE_CAP - field.text.length;
+    if (text.length > room || cut) field.truncated = true;
+    if (room > 0) field.text += text.length > room ? text.slice(0, room) : text;
+  }
+
+  /** The field read so far is complete: the first of each kept name is kept. */
+  private endField(): void {
+    const field = this.field;
+    this.field = undefined;
+    if (field?.name !== undefined && KEPT_FIELDS.has(field.name) && !this.kept.has(field.name)) this.kept.set(field.name, field);
+  }
+
+  private resetSection(): void {
+    this.headerBytes = 0;
+    this.sectionLines = 0;
+    this.field = undefined;
+    this.kept = new Map();
   }
 
   /** The blank line after a header section: what follows depends on the section's Content-Type (RFC 2045/2046). */
   private endOfHeader(): void {
+    this.endField();
     if (this.topLevel) this.opts.onHeaderEnd?.(this.stats);
     this.topLevel = false;
-    this.headerBytes = 0;
-    this.headerKind = 'other';
-    const ct = parseContentType(this.contentType);
-    const cte = this.cte.trim().toLowerCase();
-    this.contentType = '';
-    this.cte = '';
+    const kept = this.kept;
+    this.resetSection();
     this.inHeader = false;
-    if (ct.type === 'multipart' && ct.boundary) {
-      this.enter({ kind: 'multipart', delimiter: `--${ct.boundary}` });
-    } else if (ct.type === 'message' && (ct.subtype === 'rfc822' || ct.subtype === 'global') && (cte === '' || cte === '7bit' || cte === '8bit' || cte === 'binary')) {
+    const ct = sectionContentType(kept);
+    if (ct === undefined) {
+      this.fail(new MessageRefused(Reply.MimeHeaderUnreadable, 'a MIME header mailparser would read differently'));
+      return;
+    }
+    const cte = kept.get('content-transfer-encoding');
+    if (cte?.truncated) {
+      this.fail(new MessageRefused(Reply.MimeHeaderUnreadable, 'a MIME header mailparser would read differently'));
+      return;
+    }
+    const encoding = cte ? stripComments(fieldValue(cte)).toLowerCase().trim() : '';
+    if (ct.boundary !== undefined) {
+      this.enter({ kind: 'multipart', delimiter: `--${ct.boundary}`, started: false });
+    } else if ((ct.mime === 'message/rfc822' || ct.mime === 'message/global') && (encoding === '' || encoding === '7bit' || encoding === '8bit' || encoding === 'binary')) {
       // An attached message: its own header section starts right away. mailparser counts it as one more part (an
       // inline one at least), so it is counted here too.
       this.enter({ kind: 'message' });
@@ -318,44 +422,287 @@ export class DataFilter extends Transform {
     }
   }
 
-  /** A body line starting with "-": a delimiter of an enclosing multipart ends every part inside it (RFC 2046 §5.1.1). */
-  private bodyLine(lineLen: number, headLen: number): void {
-    if (lineLen > headLen || headLen < 3 || this.head[1] !== 0x2d) return;
-    let end = headLen;
-    while (end > 2 && (this.head[end - 1] === 0x20 || this.head[end - 1] === 0x09)) end--; // transport padding
-    const line = this.head.toString('latin1', 0, end);
+  /**
+   * A line starting with "--": a delimiter of an enclosing multipart ends every part inside it (RFC 2046 §5.1.1),
+   * whether in a body or in a header section. True when it was one.
+   */
+  private delimiter(lineLen: number, headLen: number, tailWsp: boolean): boolean {
+    const line = this.head.toString('latin1', 0, headLen);
     for (let k = this.stack.length - 1; k >= 0; k--) {
       const f = this.stack[k];
       if (f?.kind !== 'multipart') continue;
-      if (line === f.delimiter) {
+      const kind = matchDelimiter(line, lineLen, tailWsp, f.delimiter);
+      if (kind === 0) continue;
+      if (kind === 1) {
         this.popTo(k + 1);
-        if (!this.countPart()) return;
+        f.started = true;
+        this.resetSection();
         this.inHeader = true;
-        this.collecting = true;
-        return;
+        this.countPart();
+        return true;
       }
-      if (line.length === f.delimiter.length + 2 && line.startsWith(f.delimiter) && line.endsWith('--')) {
-        this.popTo(k);
-        return;
-      }
+      // A closing delimiter in the preamble, before the first part, closes nothing (mailsplit reads on).
+      if (k === this.stack.length - 1 && !f.started && !this.inHeader) return false;
+      this.popTo(k);
+      this.resetSection();
+      this.inHeader = false;
+      return true;
     }
+    return false;
   }
 }
 
-/** type/subtype and the boundary parameter of a Content-Type value (RFC 2045 §5.1); enough to follow the structure. */
-export function parseContentType(value: string): { type: string; subtype: string; boundary: string | undefined } {
-  const v = value.trim();
-  const semi = v.indexOf(';');
-  const mime = (semi === -1 ? v : v.slice(0, semi)).trim().toLowerCase();
-  const slash = mime.indexOf('/');
-  const type = slash === -1 ? mime : mime.slice(0, slash).trim();
-  const subtype = slash === -1 ? '' : mime.slice(slash + 1).trim();
-  let boundary: string | undefined;
-  if (semi !== -1 && type === 'multipart') {
-    const m = /(?:^|;)\s*boundary\s*=\s*(?:"((?:[^"\\]|\\.){1,200})"|([^\s;"]{1,200}))/i.exec(v.slice(semi));
-    if (m) boundary = m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2];
+/**
+ * The name of a field whose colon lies past VALUE_CAP: one of the kept names if that is all the text seen so far
+ * (padded with whitespace), so that the section is refused as unreadable rather than read without it.
+ */
+function nameBeyondCap(text: string): string {
+  const t = text.trim().toLowerCase();
+  return KEPT_FIELDS.has(t) ? t : '';
+}
+
+/**
+ * 1 for "--boundary", 2 for "--boundary--", each followed by SP/HTAB only, as mailsplit reads delimiter lines (at
+ * most DELIMITER_SLACK bytes beyond the boundary); else 0. `line` is the first bytes of the line, `tailWsp` tells
+ * whether the rest is SP/HTAB.
+ */
+function matchDelimiter(line: string, lineLen: number, tailWsp: boolean, delimiter: string): 0 | 1 | 2 {
+  if (lineLen > delimiter.length - 2 + DELIMITER_SLACK || !line.startsWith(delimiter)) return 0;
+  let i = delimiter.length;
+  let kind: 1 | 2 = 1;
+  if (line.charCodeAt(i) === 0x2d) {
+    if (line.charCodeAt(i + 1) !== 0x2d) return 0;
+    kind = 2;
+    i += 2;
   }
-  return { type, subtype, boundary };
+  for (; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c !== 0x20 && c !== 0x09) return 0;
+  }
+  return lineLen > line.length && !tailWsp ? 0 : kind;
+}
+
+/**
+ * The field's value as mailsplit's Headers.getFirst gives it: the bytes as UTF-8 when they are valid UTF-8, else
+ * as latin1; what follows the first colon, trimmed.
+ */
+function fieldValue(field: Field): string {
+  const utf8 = Buffer.from(field.text, 'latin1').toString('utf8');
+  const text = (utf8.includes('\uFFFD') ? field.text : utf8).trim();
+  const m = /^\s*([^:]+):(.*)$/.exec(text);
+  return m ? (m[2] as string).trim() : '';
+}
+
+/** Content-Transfer-Encoding comments as mailsplit drops them: from the first "(" to the last ")". */
+function stripComments(value: string): string {
+  const start = value.indexOf('(');
+  if (start < 0) return value;
+  const end = value.lastIndexOf(')');
+  return end > start ? value.slice(0, start) + value.slice(end + 1) : value;
+}
+
+/**
+ * The media type and boundary mailsplit finds for a header section, from its first Content-Type (or, without one,
+ * the Content-Disposition filename's extension). Undefined when mailhook cannot be sure to read it the same way: a
+ * kept field cut at VALUE_CAP, a boundary in an encoding it does not decode, or one longer than MAX_BOUNDARY.
+ */
+function sectionContentType(kept: Map<string, Field>): { mime: string; boundary: string | undefined } | undefined {
+  const field = kept.get('content-type');
+  let mime: string;
+  let boundary: string | undefined;
+  if (field) {
+    if (field.truncated) return undefined;
+    const parsed = parseHeaderValue(fieldValue(field));
+    mime = parsed.value.toLowerCase().trim();
+    if (mime.slice(0, Math.max(mime.indexOf('/'), 0)) === 'multipart' && mime.slice(mime.indexOf('/') + 1)) {
+      if (parsed.unreadable.has('boundary')) return undefined;
+      const b = (parsed.params.get('boundary') ?? '').trimEnd();
+      // A boundary with a non-ASCII character is none for mailsplit, as an empty one.
+      if (b !== '' && !/[^\x00-\x7f]/.test(b)) {
+        if (b.length > MAX_BOUNDARY) return undefined;
+        boundary = b;
+      }
+    }
+  } else {
+    const disposition = kept.get('content-disposition');
+    if (disposition?.truncated) return undefined;
+    const parsed = disposition ? parseHeaderValue(fieldValue(disposition)) : undefined;
+    if (parsed?.unreadable.has('filename')) return undefined;
+    const filename = parsed?.params.get('filename');
+    const ext = filename ? posix.parse(filename).ext.replace(/^\./, '').replace(/\s/g, '').toLowerCase() : '';
+    mime = MESSAGE_EXTENSIONS.has(ext) ? 'message/rfc822' : 'text/plain';
+  }
+  return { mime, boundary };
+}
+
+/** type/subtype and the boundary parameter of a Content-Type value (RFC 2045 §5.1) as mailsplit reads them. */
+export function parseContentType(value: string): { type: string; subtype: string; boundary: string | undefined; unreadable?: true } {
+  const parsed = parseHeaderValue(value);
+  const mime = parsed.value.toLowerCase().trim();
+  const slash = mime.indexOf('/');
+  const type = slash === -1 ? mime : mime.slice(0, slash);
+  const subtype = slash === -1 ? '' : mime.slice(slash + 1);
+  if (type !== 'multipart' || !subtype) return { type, subtype, boundary: undefined };
+  if (parsed.unreadable.has('boundary')) return { type, subtype, boundary: undefined, unreadable: true };
+  const b = (parsed.params.get('boundary') ?? '').trimEnd();
+  if (b.length > MAX_BOUNDARY) return { type, subtype, boundary: undefined, unreadable: true };
+  return { type, subtype, boundary: b !== '' && !/[^\x00-\x7f]/.test(b) ? b : undefined };
+}
+
+const isWsp = (c: string): boolean => c === ' ' || c === '\t' || c === '\r' || c === '\n' || c === '\f' || c === '\v';
+
+/** Where the comment opening at `start` closes (nested, with quoted pairs), or -1. */
+function commentEnd(str: string, start: number): number {
+  let depth = 0;
+  for (let i = start; i < str.length; i++) {
+    const c = str[i];
+    if (c === '\\') i++;
+    else if (c === '(') depth++;
+    else if (c === ')' && --depth === 0) return i;
+  }
+  return -1;
+}
+
+/** Characters that may follow "%" in an RFC 2231 value mailhook decodes exactly as libmime does. */
+const PERCENT_RE = /%(?![0-9a-f]{2})/i;
+/** Character sets whose percent-decoded bytes mean the same ASCII characters (any other byte: not ASCII). */
+const ASCII_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii', 'ascii', 'iso-8859-1', 'latin1', 'windows-1252']);
+
+/**
+ * A structured header value (RFC 2045 §5.1) read the way libmime's parseHeaderValue reads it for mailsplit (with
+ * comments stripped): the first of a repeated parameter wins; a "(" opens a comment except inside a token or a
+ * quoted string; what follows a closing quote up to the ";" is dropped; RFC 2231 continuations (name*, name*0,
+ * name*0*) are joined in order and override the plain parameter. `unreadable` names the parameters whose value
+ * libmime would decode in a way not reproduced here (an encoded word, a character set other than ASCII-compatible ones).
+ */
+export function parseHeaderValue(str: string): { value: string; params: Map<string, string>; unreadable: Set<string> } {
+  const params = new Map<string, string>();
+  const unreadable = new Set<string>();
+  let value = '';
+  let stripping = true;
+  let inKey = false;
+  let key: string | undefined;
+  let buf = '';
+  let end = 0;
+  let quote = false;
+  let quoteClosed = false;
+  let escaped = false;
+  let tokenOpen = false;
+  const commit = (): void => {
+    const collected = buf.slice(0, end);
+    buf = '';
+    end = 0;
+    if (inKey) {
+      const name = collected.toLowerCase();
+      if (name && !params.has(name)) params.set(name, '');
+    } else if (key === undefined) {
+      value = collected;
+    } else if (!params.has(key)) {
+      params.set(key, collected);
+    }
+  };
+  for (let i = 0; i < str.length; i++) {
+    const c = str[i] as string;
+    if (stripping && c === '(' && !quote && !escaped && !tokenOpen) {
+      let close = commentEnd(str, i);
+      // An unclosed comment runs to the end, unless a parameter follows: then it is content, and so is the rest.
+      if (close < 0 && str.indexOf(';', i) < 0) close = str.length - 1;
+      if (close >= 0) {
+        i = close;
+        continue;
+      }
+      stripping = false;
+    }
+    if (inKey) {
+      if (c === '=') {
+        key = buf.slice(0, end).toLowerCase();
+        buf = '';
+        end = 0;
+        inKey = false;
+        tokenOpen = true;
+      } else if (c === ';') {
+        commit();
+      } else if (isWsp(c)) {
+        if (buf.length) buf += c;
+      } else {
+        buf += c;
+        end = buf.length;
+      }
+      continue;
+    }
+    if (quoteClosed && c !== ';') {
+      escaped = false;
+      continue;
+    }
+    if (escaped) {
+      buf += c;
+      end = buf.length;
+      tokenOpen = key !== undefined && !quote;
+    } else if (c === '\\') {
+      escaped = true;
+      continue;
+    } else if (c === '"') {
+      quoteClosed = quote;
+      quote = !quote;
+      tokenOpen = false;
+    } else if (!quote && c === ';') {
+      commit();
+      inKey = true;
+      tokenOpen = false;
+      quoteClosed = false;
+    } else if (!quote && isWsp(c)) {
+      if (buf.length) buf += c;
+      tokenOpen = false;
+    } else {
+      buf += c;
+      end = buf.length;
+      tokenOpen = key !== undefined && !quote;
+    }
+    escaped = false;
+  }
+  commit();
+
+  // RFC 2231 §3-4: continuations and character sets.
+  const continued = new Map<string, { charset: string | undefined; parts: Array<{ nr: number; value: string }> }>();
+  for (const [name, v] of [...params]) {
+    const m = /\*((\d+)\*?)?$/.exec(name);
+    if (!m) continue;
+    params.delete(name);
+    const base = name.slice(0, m.index);
+    const nr = Number(m[2]) || 0;
+    let part = v;
+    let entry = continued.get(base);
+    if (!entry) {
+      entry = { charset: undefined, parts: [] };
+      continued.set(base, entry);
+    }
+    const cs = nr === 0 && m[0].endsWith('*') ? /^([^']*)'[^']*'(.*)$/.exec(v) : null;
+    if (cs) {
+      entry.charset = cs[1] || 'utf-8';
+      part = cs[2] as string;
+    }
+    entry.parts.push({ nr, value: part });
+  }
+  for (const [name, entry] of continued) {
+    const joined = entry.parts
+      .sort((a, b) => a.nr - b.nr)
+      .map((p) => p.value)
+      .join('');
+    if (entry.charset === undefined) {
+      // libmime decodes encoded words in such a value.
+      if (joined.includes('=?')) unreadable.add(name);
+      params.set(name, joined);
+      continue;
+    }
+    if (!ASCII_CHARSETS.has(entry.charset.toLowerCase()) || PERCENT_RE.test(joined)) {
+      unreadable.add(name);
+      params.set(name, joined);
+      continue;
+    }
+    // Percent-decoded; a byte beyond ASCII stays beyond ASCII (a boundary with one is none).
+    params.set(name, joined.replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))));
+  }
+  return { value, params, unreadable };
 }
 
 export function createDataFilter(opts: DataFilterOptions): DataFilter {

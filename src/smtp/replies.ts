@@ -17,6 +17,10 @@ export const Reply = {
   RcptUnknown: reply(550, '5.1.1', 'Recipient address rejected: User unknown'),
   RelayDenied: reply(550, '5.7.1', 'Relaying denied'),
   BadRecipientSyntax: reply(501, '5.1.3', 'Bad recipient address syntax'),
+  // RFC 5321 §4.1.1.11: a MAIL or RCPT parameter of an extension the server did not advertise (DSN's NOTIFY, ...)
+  UnsupportedParameter: (name: string) => reply(555, '5.5.4', `Error: unsupported parameter ${name}`),
+  // RFC 6531 §3.4, RFC 6533 §5: a non-ASCII address in a transaction without the SMTPUTF8 parameter
+  NonAsciiAddress: reply(553, '5.6.7', 'Error: non-ASCII address without SMTPUTF8'),
   TooManyRecipients: reply(452, '4.5.3', 'Error: too many recipients'),
   MessageTooLarge: reply(552, '5.3.4', 'Error: message exceeds fixed maximum message size'),
   SpoolUnavailable: reply(451, '4.3.0', 'Error: queue file write error, try again later'),
@@ -30,6 +34,9 @@ export const Reply = {
   TooManyHops: reply(554, '5.4.6', 'Error: too many hops (mail forwarding loop)'),
   TooManyMimeParts: reply(554, '5.6.0', 'Error: too many MIME parts'),
   MimeTooDeep: reply(554, '5.6.0', 'Error: MIME nesting too deep'),
+  // A Content-Type mailhook cannot read as mailparser would (a boundary over 1,020 characters, an RFC 2231 value in
+  // an encoding it does not decode, a MIME field over 8 KB): refused rather than stored and found unparseable later.
+  MimeHeaderUnreadable: reply(554, '5.6.0', 'Error: MIME header not understood'),
   // Postfix smtpd_forbid_unauth_pipelining: content sent before the 354 (RFC 2920 §3.1: DATA ends a group)
   PipeliningViolation: reply(554, '5.5.0', 'Error: SMTP protocol synchronization'),
   TooManyConnectionsFrom: (hostname: string, ip: string) => reply(421, '4.7.0', `${hostname} Error: too many connections from ${ip}`),

@@ -14,6 +14,7 @@ import { waitWithGrace } from '../core/lifecycle.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
 import type { Router, RouteMatch } from '../routing/router.js';
+import { lowerAscii } from '../routing/template.js';
 import type { Spool } from '../spool/spool.js';
 import type { PlannedDelivery, Recipient, TlsInfo } from '../spool/types.js';
 import { createSmtpServer } from './adapter.js';
@@ -122,6 +123,37 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     return router.match(address);
   }
 
+  /**
+   * The recipients of each transaction as mailhook counts them, by recipientIdentity, in RCPT order (first spelling
+   * kept). Keyed by the envelope object, which smtp-server replaces at MAIL, RSET and after DATA.
+   */
+  const acceptedRecipients = new WeakMap<object, Map<string, SMTPServerAddress>>();
+  function acceptedOf(session: SMTPServerSession): Map<string, SMTPServerAddress> {
+    let accepted = acceptedRecipients.get(session.envelope);
+    if (!accepted) {
+      accepted = new Map();
+      acceptedRecipients.set(session.envelope, accepted);
+    }
+    return accepted;
+  }
+
+  /**
+   * 250 for a recipient, and session.envelope.rcptTo made to list exactly the accepted recipients. smtp-server files
+   * recipients by their lower-cased address and replaces an entry of the same one: incoming+AbC@ and incoming+abc@
+   * (keys are case-sensitive) would both get 250 and only the second be delivered. It also keeps a repeat of the
+   * same recipient spelled another way (user@[192.0.2.1] for user@in.test) as a second entry.
+   */
+  function accept(session: SMTPServerSession, address: SMTPServerAddress, id: string, callback: (err?: Error | null) => void): void {
+    const accepted = acceptedOf(session);
+    const isNew = !accepted.has(id);
+    if (isNew) accepted.set(id, address);
+    const rcptTo = session.envelope.rcptTo;
+    const before = rcptTo.length;
+    callback(); // smtp-server adds the recipient (or replaces one) and answers 250 right away
+    if (isNew && rcptTo.length === before + 1 && rcptTo[before] === address) return;
+    rcptTo.splice(0, rcptTo.length, ...accepted.values());
+  }
+
   const options: SMTPServerOptions & { greetingDelayMs: number } = {
     name: smtp.hostname,
     banner: 'mailhook',
@@ -180,8 +212,13 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     },
     onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback) {
       if (draining) return callback(new SmtpReplyError(Reply.ShuttingDown));
+      const m = match(address.address);
+      const accepted = acceptedOf(session);
+      // A recipient already in the envelope is not a new one: 250 again, even at the limit (a 452 would have the
+      // client send it again in a second transaction, and the recipient get the message twice).
+      if (m.ok && accepted.has(recipientIdentity(m))) return accept(session, address, recipientIdentity(m), callback);
       // RFC 5321 §4.5.3.1.10: 452 when the recipient limit is hit; the accepted ones are still delivered.
-      if (session.envelope.rcptTo.length >= smtp.max_recipients) {
+      if (accepted.size >= smtp.max_recipients) {
         metrics.recipientsRejected.inc({ reason: 'too_many' });
         return callback(new SmtpReplyError(Reply.TooManyRecipients));
       }
@@ -189,19 +226,19 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         metrics.recipientsRejected.inc({ reason: 'recipient_rate' });
         return callback(new SmtpReplyError(Reply.TooManyRecipientsFrom(session.remoteAddress)));
       }
-      const m = match(address.address);
       if (!m.ok) {
         metrics.recipientsRejected.inc({ reason: m.reason });
         log.info({ cid: session.id, rcpt: address.address, reason: m.reason }, 'recipient refused');
         const reply = m.reason === 'unknown_domain' ? Reply.RelayDenied : m.reason === 'bad_address' ? Reply.BadRecipientSyntax : Reply.RcptUnknown;
         return callback(new SmtpReplyError(reply));
       }
+      const id = recipientIdentity(m);
       const route = routesByName.get(m.route);
-      if (!route?.verify) return callback();
+      if (!route?.verify) return accept(session, address, id, callback);
       // Live verification closes the last backscatter hole: a key that fits the template but names nothing.
       const target = { route: route.name, url: route.verify.url, timeoutMs: route.verify.timeoutMs, cacheTtlMs: route.verify.cacheTtlMs, signingKey: route.webhook?.signingKeyBytes };
       verifier.check(target, m.address, m.key).then((answer) => {
-        if (answer === 'exists') return callback();
+        if (answer === 'exists') return accept(session, address, id, callback);
         metrics.recipientsRejected.inc({ reason: answer === 'unknown' ? 'verify_unknown' : 'verify_unavailable' });
         log.info({ cid: session.id, rcpt: address.address, route: route.name, answer }, 'recipient refused by verification');
         callback(new SmtpReplyError(answer === 'unknown' ? Reply.RcptUnknown : Reply.VerifyUnavailable));
@@ -396,6 +433,14 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       await verifyAgent?.close();
     },
   };
+}
+
+/**
+ * When two RCPTs name the same recipient: the same route and key (keys are case-sensitive) and the same address
+ * ignoring ASCII case, after routing (domain as A-labels, an IP literal mapped, a needless quoting dropped).
+ */
+function recipientIdentity(m: Extract<RouteMatch, { ok: true }>): string {
+  return `${m.route}\0${m.key ?? ''}\0${lowerAscii(m.address)}`;
 }
 
 function normalizeIp(ip: string): string {

@@ -69,3 +69,31 @@ test('a refusal after DATA is repeated for each recipient (here: over the size l
   assert.equal((await smtp.cmd('NOOP')).code, 250);
   await smtp.quit();
 });
+
+test('the replies after DATA count once towards max_errors: no 421 among them (RFC 2033 §4.2)', async () => {
+  const dir = tempDir();
+  const routes = `
+  - name: keep
+    addresses: ["*@lmtp.test"]
+    sink: true
+`;
+  const yaml = configYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  lmtp: true\n  max_message_bytes: 100\n  limits:\n    max_errors: 3\n');
+  const small = await startTestApp({ dir, routes, yaml });
+  try {
+    const { smtp } = await RawSmtp.open(small.smtpPort);
+    assert.equal((await smtp.cmd('LHLO relay.test')).code, 250);
+    assert.equal((await smtp.cmd('MAIL FROM:<s@example.test>')).code, 250);
+    for (const r of ['a', 'b', 'c', 'd', 'e']) assert.equal((await smtp.cmd(`RCPT TO:<${r}@lmtp.test>`)).code, 250);
+    assert.equal((await smtp.cmd('DATA')).code, 354);
+    smtp.write(`Subject: big\r\n\r\n${'z'.repeat(200)}\r\n.\r\n`);
+    for (let i = 0; i < 5; i++) assert.equal((await smtp.read()).raw, '552 5.3.4 Error: message exceeds fixed maximum message size\r\n', `reply ${i + 1}`);
+    // The refused message was one error: two more make three.
+    assert.equal((await smtp.cmd('RCPT TO:<a@lmtp.test>')).code, 503);
+    assert.equal((await smtp.cmd('NOOP')).code, 250);
+    const third = await smtp.cmd('RCPT TO:<a@lmtp.test>');
+    assert.equal(third.code, 503);
+    assert.equal((await smtp.read()).raw, '421 4.7.0 mx.test Error: too many errors\r\n');
+  } finally {
+    await small.close();
+  }
+});

@@ -86,3 +86,39 @@ test('postmaster without postmasterRoute: a local part like any other; the bare 
   assert.equal((router.match('postmaster@catchall.example.com') as { route: string }).route, 'catch');
   assert.deepEqual(router.match('postmaster'), { ok: false, reason: 'unknown_recipient' });
 });
+
+test('internationalized domains: an A-label or U-label in the config matches either form of the recipient domain', () => {
+  const r = new Router([
+    { name: 'a', addresses: ['info@xn--bcher-kva.example'] },
+    { name: 'u', addresses: ['post@München.test'] },
+  ]);
+  // smtp-server hands over the A-label of RCPT TO as Unicode; a client with SMTPUTF8 may send the U-label itself.
+  for (const address of ['info@bücher.example', 'info@xn--bcher-kva.example', 'Info@XN--BCHER-KVA.example']) {
+    assert.equal(r.match(address).ok && (r.match(address) as { route: string }).route, 'a', address);
+  }
+  for (const address of ['post@münchen.test', 'post@xn--mnchen-3ya.test']) {
+    assert.equal(r.match(address).ok && (r.match(address) as { route: string }).route, 'u', address);
+  }
+  assert.deepEqual(r.domains.sort(), ['xn--bcher-kva.example', 'xn--mnchen-3ya.test']);
+  assert.ok(r.servesDomain('bücher.example') && r.servesDomain('XN--BCHER-KVA.example'));
+  // Not a U-label as written (NFD, an upper-case non-ASCII letter): no domain served here.
+  assert.deepEqual(r.match('info@bu\u0308cher.example'), { ok: false, reason: 'unknown_domain' });
+  assert.deepEqual(r.match('info@bÜcher.example'), { ok: false, reason: 'unknown_domain' });
+});
+
+test('only ASCII letters fold case: U+212A KELVIN SIGN is not "k" in a domain or a local part', () => {
+  const r = new Router([{ name: 'kilo', addresses: ['k@kilo.test', 'pre+%{key}@kilo.test'] }]);
+  assert.equal(r.match('K@KILO.test').ok, true);
+  assert.deepEqual(r.match('k@\u212Ailo.test'), { ok: false, reason: 'unknown_domain' });
+  assert.deepEqual(r.match('\u212A@kilo.test'), { ok: false, reason: 'unknown_recipient' });
+  // toLowerCase() turns U+0130 into two characters: the key was cut one character short.
+  assert.deepEqual(r.match('pre+\u0130x@kilo.test'), { ok: true, route: 'kilo', key: '\u0130x', address: 'pre+\u0130x@kilo.test' });
+});
+
+test('a quoted local part that needs no quoting routes as the bare one; one that needs its quotes does not', () => {
+  const r = new Router([{ name: 'x', addresses: ['user@x.test', 'incoming+%{key}@x.test'] }]);
+  assert.deepEqual(r.match('"user"@x.test'), { ok: true, route: 'x', key: null, address: 'user@x.test' });
+  assert.deepEqual(r.match('"incoming+A\\bC"@x.test'), { ok: true, route: 'x', key: 'AbC', address: 'incoming+AbC@x.test' });
+  assert.deepEqual(r.match('"us er"@x.test'), { ok: false, reason: 'unknown_recipient' });
+  assert.deepEqual(r.match('"user"x@x.test'), { ok: false, reason: 'unknown_recipient' });
+});

@@ -50,6 +50,7 @@ test('problems name the key and the fix', () => {
   assert.deepEqual(problems('  limits:\n    exempt: ["10.0.0.0/33"]'), ['smtp.limits.exempt[0]: must be an IP address or CIDR range, e.g. "192.0.2.10" or "10.0.0.0/8"']);
   assert.deepEqual(problems('  ip_literals:\n    "mx.example.com": example.com'), ['smtp.ip_literals.mx.example.com: the key must be an IP address, e.g. "192.0.2.10"']);
   assert.deepEqual(problems('  limits:\n    max_mime_parts: 5000'), ['smtp.limits.max_mime_parts: at most 1000: mailparser refuses a message of more MIME parts, so it could never be parsed']);
+  assert.deepEqual(problems('  limits:\n    max_header_bytes: 2000000'), ['smtp.limits.max_header_bytes: at most 1048576: mailparser refuses a larger header section, so the message could never be parsed']);
   assert.deepEqual(problems('  bare_lf: keep'), ['smtp.bare_lf: Invalid option: expected one of "normalize"|"reject"']);
   assert.deepEqual(problems('  postmaster_route: ops'), ['smtp.postmaster_route: no route is named "ops"; name one of "sink"']);
   assert.deepEqual(problems('', `${ROUTES}    dmarc_reject: true\n`), ['routes[0].dmarc_reject: needs DMARC results: set smtp.sender_auth.enabled: true (or remove dmarc_reject)']);

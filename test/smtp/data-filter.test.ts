@@ -247,3 +247,45 @@ test('what the MIME-part limit lets through mailparser can parse: attached messa
   }
   assert.ok(accepted > 0, 'some of them are under the limit');
 });
+
+test('what the filter accepts mailparser can parse: boundaries, header sections and delimiters as mailparser\'s splitter reads them', async () => {
+  // Each message hides more than 1,000 MIME parts (or a header section over 1 MiB as mailsplit counts it) from a
+  // reading that differs from mailsplit's; accepted, it would be answered 250 and then found unparseable.
+  const parts = (b: string, n = 1001): string => `--${b}\r\nContent-Type: text/plain\r\n\r\np\r\n`.repeat(n) + `--${b}--\r\n`;
+  const long = 'b'.repeat(201);
+  const cases: Record<string, string> = {
+    'a 201-character boundary': `Content-Type: multipart/mixed; boundary="${long}"\r\n\r\n${parts(long)}`,
+    'RFC 2231 boundary*0=': 'Content-Type: multipart/mixed; boundary*0="z"; boundary*1=z\r\n\r\n' + parts('zz'),
+    "RFC 2231 boundary*=utf-8''": "Content-Type: multipart/mixed; boundary*=utf-8''z%7A\r\n\r\n" + parts('zz'),
+    'RFC 2231 overriding a plain boundary': "Content-Type: multipart/mixed; boundary=x; boundary*=''zz\r\n\r\n" + parts('zz'),
+    'short header lines (mailsplit counts each as at least 64 bytes)': 'Subject: x\r\n' + 'X-A: a\r\n'.repeat(16_500) + '\r\nbody\r\n',
+    'the first of two Content-Type fields': 'Content-Type: multipart/mixed; boundary=zz\r\nContent-Type: text/plain\r\n\r\n' + parts('zz'),
+    'parts without a blank line after their header': 'Content-Type: multipart/mixed; boundary=zz\r\n\r\n' + '--zz\r\nX-A: a\r\n'.repeat(1001) + '--zz--\r\n',
+    'a closing delimiter in the preamble': 'Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz--\r\n' + parts('zz'),
+    'a delimiter padded past what mailsplit takes': `Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--a${' '.repeat(1001)}\r\n${parts('b')}--a--\r\n`,
+    'the first of two Content-Transfer-Encoding fields, with a comment': 'Content-Type: message/rfc822\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: 7bit (plain)\r\nContent-Transfer-Encoding: base64\r\n\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n' + parts('zz'),
+    'a field name on a line without a colon': 'Subject: x\r\nContent-Type\r\n : multipart/mixed; boundary=zz\r\n\r\n' + parts('zz'),
+    'a name padded past the line kept': `Subject: x\r\nContent-Type${' '.repeat(9000)}: multipart/mixed; boundary=zz\r\n\r\n` + parts('zz'),
+    'a message typed by its filename': 'Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Disposition: inline; filename="x.eml"\r\n\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n' + parts('zz') + '--a--\r\n',
+    'a part whose first line starts with a space': 'Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\n Content-Type: multipart/mixed; boundary=zz\r\n\r\n' + parts('zz') + '--a--\r\n',
+    'folding inside a quoted boundary': 'Content-Type: multipart/mixed; boundary="y\r\n   y"\r\n\r\n' + parts('y y'),
+    'a comment before the type': 'Content-Type: (x) multipart/mixed; boundary=zz\r\n\r\n' + parts('zz'),
+    'a 1,100-character boundary': `Content-Type: multipart/mixed; boundary=${'c'.repeat(1100)}\r\n\r\n${parts('c'.repeat(1100))}`,
+    'a boundary in another character set': "Content-Type: multipart/mixed; boundary*=utf-16''%00z%00z\r\n\r\n" + parts('zz'),
+  };
+  for (const [name, text] of Object.entries(cases)) {
+    const raw = Buffer.from(`MIME-Version: 1.0\r\n${text}`, 'latin1');
+    const { err } = await run(raw, 4096);
+    if (err === undefined) await assert.doesNotReject(parseMessage(raw), `${name}: accepted but mailparser cannot parse it`);
+    else assert.ok(err instanceof MessageRefused, `${name}: ${String(err)}`);
+  }
+  // The refusals: the header as 552 5.3.4, the parts as 554 5.6.0, what cannot be read the same way as 554 5.6.0.
+  const reply = async (text: string) => ((await run(Buffer.from(text, 'latin1'), 4096)).err as MessageRefused).reply;
+  assert.equal((await reply(cases['short header lines (mailsplit counts each as at least 64 bytes)']!)).text, 'Error: message header section exceeds size limit');
+  assert.equal((await reply(cases['RFC 2231 boundary*0=']!)).text, 'Error: too many MIME parts');
+  assert.equal((await reply(cases['a 1,100-character boundary']!)).text, 'Error: MIME header not understood');
+  // What mailsplit takes: 16,000 such lines are under 1 MiB.
+  const fine = Buffer.from('Subject: x\r\n' + 'X-A: a\r\n'.repeat(16_000) + '\r\nbody\r\n');
+  assert.equal((await run(fine, 4096)).err, undefined);
+  await assert.doesNotReject(parseMessage(fine));
+});

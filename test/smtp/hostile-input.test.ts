@@ -281,6 +281,17 @@ describe('size and structure limits', () => {
     await refused(`Subject: big header\r\n${line.repeat(1060)}\r\nbody\r\n`, '552 5.3.4 Error: message header section exceeds size limit\r\n');
   });
 
+  test('header lines count as mailparser counts them (at least 64 bytes each): 16,500 short lines (132 KB): 552 5.3.4', async () => {
+    await refused(`Subject: short lines\r\n${'X-A: a\r\n'.repeat(16_500)}\r\nbody\r\n`, '552 5.3.4 Error: message header section exceeds size limit\r\n');
+  });
+
+  test('boundaries as mailparser reads them: 1,000 parts under a 201-character or an RFC 2231 boundary: 554 5.6.0', async () => {
+    const parts = (b: string) => `--${b}\r\nContent-Type: text/plain\r\n\r\np\r\n`.repeat(1000) + `--${b}--\r\n`;
+    const long = 'b'.repeat(201);
+    await refused(`Subject: long\r\nContent-Type: multipart/mixed; boundary="${long}"\r\n\r\n${parts(long)}`, '554 5.6.0 Error: too many MIME parts\r\n');
+    await refused(`Subject: 2231\r\nContent-Type: multipart/mixed; boundary*0=z; boundary*1=z\r\n\r\n${parts('zz')}`, '554 5.6.0 Error: too many MIME parts\r\n');
+  });
+
   test('more than 100 Received headers: 554 5.4.6; exactly 100 passes', async () => {
     const received = (n: number) => 'Received: from a.test by b.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n'.repeat(n);
     await refused(`${received(101)}Subject: loop\r\n\r\nx\r\n`, '554 5.4.6 Error: too many hops (mail forwarding loop)\r\n');
