@@ -40,6 +40,9 @@ export interface ImapBridgeDeps {
   timeouts?: { connectMs?: number; commandMs?: number };
 }
 
+/** What the dedupe key is made of (see keyOf). */
+type Ident = Pick<FetchMessageObject, 'uid' | 'size' | 'internalDate'> & { messageId?: string | undefined };
+
 type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone';
 
 export class ImapBridge {
@@ -319,12 +322,17 @@ export class ImapBridge {
 
   /**
    * The spool's dedupe key. A move claim changes the UID (and the folder) of a message, so there the key is
-   * its Message-ID within this mailbox: a message taken over after a crash, or a second copy, is not stored
-   * twice. A message without a Message-ID is keyed by its UID in the processing folder.
+   * its Message-ID, size and INTERNALDATE within this mailbox: a message taken over after a crash, or a second
+   * copy, is not stored twice. A message without a Message-ID is keyed by its UID in the processing folder.
    */
-  private keyOf(box: MailboxObject, uid: number, messageId: string | undefined): string {
-    if (this.claimMode === 'move') return messageId ? `imap:${this.s.name}:mid:${messageId}` : `imap:${this.s.name}:p${box.uidValidity}:${uid}`;
-    return this.dedupeKey(box, uid);
+  private keyOf(box: MailboxObject, m: Ident): string {
+    if (this.claimMode !== 'move') return this.dedupeKey(box, m.uid);
+    // Size and INTERNALDATE travel with a message through MOVE (RFC 3501 §6.4.7): with them, a different message
+    // that reuses a Message-ID (a broken sender, a resend) gets its own key, is stored, and is never taken for
+    // one the spool holds (which, with after_delivery: delete, would expunge it unstored).
+    const date = m.internalDate === undefined ? NaN : Math.floor(new Date(m.internalDate).getTime() / 1000);
+    if (m.messageId && m.size !== undefined && Number.isFinite(date)) return `imap:${this.s.name}:mid:${m.messageId}:${m.size}:${date}`;
+    return `imap:${this.s.name}:p${box.uidValidity}:${m.uid}`;
   }
 
   /**
@@ -337,7 +345,7 @@ export class ImapBridge {
     if (!Array.isArray(deleted) || deleted.length === 0) return;
     const ours =
       this.claimMode === 'move' && box.path === this.s.claimFolder
-        ? (await this.fetchClaimed(client, deleted)).filter((m) => this.ingest.isCommitted(this.keyOf(box, m.uid, m.messageId))).map((m) => m.uid)
+        ? (await this.fetchClaimed(client, deleted)).filter((m) => this.ingest.isCommitted(this.keyOf(box, m))).map((m) => m.uid)
         : deleted.filter((uid) => this.ingest.isCommitted(this.dedupeKey(box, uid)));
     if (ours.length === 0) return;
     this.log.info({ mailbox: this.s.name, count: ours.length }, 'expunging delivered messages an earlier session flagged \\Deleted but did not expunge');
@@ -444,7 +452,7 @@ export class ImapBridge {
         group.map(async (m) => {
           const source = sources.get(m.uid);
           if (!source) return outcomes.set(m.uid, { outcome: 'gone' });
-          outcomes.set(m.uid, await this.take(box, m.uid, headerSection(source), Readable.from([source])));
+          outcomes.set(m.uid, await this.take(box, m, headerSection(source), Readable.from([source]), source));
         }),
       );
     }
@@ -455,7 +463,7 @@ export class ImapBridge {
         continue;
       }
       const { header, body } = await peekHeaders(dl.content, MAX_HEADER_BYTES);
-      outcomes.set(m.uid, await this.take(box, m.uid, header, body));
+      outcomes.set(m.uid, await this.take(box, m, header, body));
     }
 
     const committed = [...finish];
@@ -537,7 +545,7 @@ export class ImapBridge {
   private async fetchClaimed(client: ImapFlow, uids: number[]): Promise<Array<FetchMessageObject & { messageId: string | undefined }>> {
     const out: Array<FetchMessageObject & { messageId: string | undefined }> = [];
     const asked = new Set(uids);
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, headers: ['message-id'] }, { uid: true })) {
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, internalDate: true, headers: ['message-id'] }, { uid: true })) {
       // Another instance working in the same folder makes the server send unsolicited FETCH (FLAGS) updates.
       if (!asked.has(m.uid)) continue;
       out.push({ ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined });
@@ -573,7 +581,7 @@ export class ImapBridge {
     }
     try {
       const claimed = await this.fetchClaimed(client, [...won.values()]);
-      const lost = await this.arbitrate(client, claimed);
+      const lost = await this.arbitrate(client, proc, claimed);
       if (lost.size > 0) {
         // Our copy of a message another instance's MOVE copied first: removed, the other instance takes it.
         this.log.debug({ mailbox: this.s.name, count: lost.size }, 'messages claimed by another instance (a concurrent MOVE copied them first)');
@@ -596,20 +604,23 @@ export class ImapBridge {
    * folder (\Seen, or \Deleted until the deferred expunge) for claim_timeout, so a slower competitor still sees
    * them. Returns our UIDs that lost. (Servers that move atomically, as Exchange does, never have copies.)
    */
-  private async arbitrate(client: ImapFlow, claimed: Array<{ uid: number; messageId: string | undefined }>): Promise<Set<number>> {
+  private async arbitrate(client: ImapFlow, proc: MailboxObject, claimed: Array<Ident & { messageId: string | undefined }>): Promise<Set<number>> {
     const lost = new Set<number>();
     const ours = new Set(claimed.map((m) => m.uid));
-    const withId = claimed.filter((m): m is { uid: number; messageId: string } => m.messageId !== undefined);
+    const withId = claimed.filter((m): m is Ident & { messageId: string } => m.messageId !== undefined);
     for (let i = 0; i < withId.length; i += 50) {
       const chunk = withId.slice(i, i + 50);
       const found = await this.timed(client.search({ or: chunk.map((m) => ({ header: { 'message-id': m.messageId } })) }, { uid: true }), 'SEARCH (copies)');
       const others = (Array.isArray(found) ? found : []).filter((u) => !ours.has(u));
       if (others.length === 0) continue;
+      // A copy is the same Message-ID with the same size and INTERNALDATE (the dedupe key): an older, different
+      // message that reused the Message-ID (e.g. delivered and left \Seen with after_delivery: flag) is no competitor.
       const lowest = new Map<string, number>();
       for (const o of await this.fetchClaimed(client, others)) {
-        if (o.messageId !== undefined && o.uid < (lowest.get(o.messageId) ?? Infinity)) lowest.set(o.messageId, o.uid);
+        const key = this.keyOf(proc, o);
+        if (o.uid < (lowest.get(key) ?? Infinity)) lowest.set(key, o.uid);
       }
-      for (const m of chunk) if ((lowest.get(m.messageId) ?? Infinity) < m.uid) lost.add(m.uid);
+      for (const m of chunk) if ((lowest.get(this.keyOf(proc, m)) ?? Infinity) < m.uid) lost.add(m.uid);
     }
     return lost;
   }
@@ -619,7 +630,7 @@ export class ImapBridge {
     const finish: number[] = [];
     const mine: FetchMessageObject[] = [];
     for (const m of claimed) {
-      if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
+      if (this.ingest.isCommitted(this.keyOf(proc, m))) finish.push(m.uid);
       else mine.push(m);
     }
     await this.work(client, proc, mine, finish);
@@ -644,7 +655,7 @@ export class ImapBridge {
       const finish: number[] = [];
       for (let i = 0; i < uids.length; i += this.s.batchSize) {
         for (const m of await this.fetchClaimed(client, uids.slice(i, i + this.s.batchSize))) {
-          if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
+          if (this.ingest.isCommitted(this.keyOf(proc, m))) finish.push(m.uid);
           // Ours from a session that died (still held by this process): given back now, no timeout to wait.
           else if (this.held.has(m.uid) || this.claims.isStale(m.uid, 0n, now)) stale.push(m.uid);
         }
@@ -690,7 +701,8 @@ export class ImapBridge {
   }
 
   /** Plans and commits one message. Never throws for a message's own problems; spool failures end the session. */
-  private async take(box: MailboxObject, uid: number, header: Buffer, body: AsyncIterable<Buffer>): Promise<{ outcome: Outcome; plan?: Plan }> {
+  private async take(box: MailboxObject, m: FetchMessageObject, header: Buffer, body: AsyncIterable<Buffer>, source?: Buffer): Promise<{ outcome: Outcome; plan?: Plan }> {
+    const uid = m.uid;
     const plan = this.ingest.plan(header);
     const log = { mailbox: this.s.name, uid, messageId: plan.messageId };
     if (plan.kind === 'unmatched') {
@@ -699,14 +711,19 @@ export class ImapBridge {
       this.log.warn({ ...log, candidates: plan.candidates.slice(0, 5), policy: plan.policy.kind === 'move' ? `move:${plan.policy.folder}` : 'leave' }, 'no route accepts any recipient of this message');
       return { outcome: 'unmatched', plan };
     }
-    if (this.knownIds && plan.messageId && this.knownIds.has(plan.messageId)) {
+    // A message under a new UID (after a UIDVALIDITY change) or a new INTERNALDATE (move claims: appended again)
+    // whose Message-ID the spool knows is taken for one already stored only when its bytes are the same:
+    // after_delivery (delete, too) then applies to a message the spool holds. A new message that reuses a
+    // Message-ID, or one streamed (over 1 MiB, not held whole to compare), is stored (at worst delivered twice).
+    const copyPrefix = this.claimMode === 'move' ? `imap:${this.s.name}:mid:${plan.messageId}:` : undefined;
+    if (plan.messageId && source && (copyPrefix || this.knownIds?.has(plan.messageId)) && (await this.ingest.holdsCopy(source, plan.messageId, copyPrefix))) {
       await drain(body);
       this.ingest.count('duplicate');
-      this.log.info(log, 'message already taken under an earlier UIDVALIDITY (same Message-ID); not stored again');
+      this.log.info(log, 'the spool holds this message (the same bytes under another UID); not stored again');
       return { outcome: 'duplicate', plan };
     }
     try {
-      const result = await this.ingest.accept(plan, body, this.keyOf(box, uid, plan.messageId), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
+      const result = await this.ingest.accept(plan, body, this.keyOf(box, { uid, size: m.size, internalDate: m.internalDate, messageId: plan.messageId }), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
       this.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, result.duplicate ? 'message was already in the spool' : 'message accepted');
       return { outcome: result.duplicate ? 'duplicate' : 'committed', plan };
     } catch (err) {

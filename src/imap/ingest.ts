@@ -42,6 +42,7 @@ export class MailboxIngest {
   private readonly hasKey;
   private readonly idsWithPrefix;
   private readonly otherGeneration;
+  private readonly sameIdAndSize;
 
   constructor(
     private readonly deps: IngestDeps,
@@ -52,6 +53,7 @@ export class MailboxIngest {
     this.hasKey = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE dedupe_key = ?`).pluck();
     // Range on the unique dedupe_key index: every key of one mailbox shares the prefix "<source>:<name>:".
     this.otherGeneration = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE (dedupe_key >= ? AND dedupe_key < ?) OR (dedupe_key >= ? AND dedupe_key < ?) LIMIT 1`).pluck();
+    this.sameIdAndSize = deps.spool.db.prepare(`SELECT id FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND size = ? AND json_extract(meta, '$.messageId') = ?`).pluck();
     this.idsWithPrefix = deps.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND meta IS NOT NULL`).pluck();
   }
 
@@ -110,6 +112,19 @@ export class MailboxIngest {
     const prefix = `${this.source}:${this.mailbox.name}:`;
     const upper = `${this.source}:${this.mailbox.name};`; // ';' sorts right after ':'
     return new Set((this.idsWithPrefix.all(prefix, upper) as Array<string | null>).filter((v): v is string => typeof v === 'string'));
+  }
+
+  /**
+   * True when the spool holds, from this mailbox, a message with this Message-ID and exactly these bytes. keyPrefix
+   * narrows the search to keys starting with it (an index range); without it every key of the mailbox is looked at.
+   */
+  async holdsCopy(source: Buffer, messageId: string, keyPrefix = `${this.source}:${this.mailbox.name}:`): Promise<boolean> {
+    const upper = `${keyPrefix.slice(0, -1)};`; // ';' sorts right after ':'
+    for (const id of this.sameIdAndSize.all(keyPrefix, upper, source.length, messageId) as string[]) {
+      const stored = await this.deps.spool.readRaw(id).catch(() => undefined); // removed meanwhile: not held
+      if (stored?.equals(source)) return true;
+    }
+    return false;
   }
 
   /** Stores the message; resolves after the durable commit (or with duplicate: true when the key was known). */

@@ -268,6 +268,22 @@ test('move claims: marking fails after the commit: the message stays claimed (no
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('move claims: a new message that reuses the internetMessageId of one delivered earlier is stored, not deleted as already taken', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  g.add(message('first', { to: 'desk@in.test', messageId: 'gre@x' }), { receivedDateTime: '2025-03-03T10:00:00Z' });
+  const app = await start([graphYaml('g-reuse', { claim: 'auto', after: 'delete' })]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'the first message');
+    await until(() => g.messages.size === 0, 5000, 'deleted after delivery');
+    g.add(message('second', { to: 'desk@in.test', messageId: 'gre@x', body: 'another message' }), { receivedDateTime: '2025-03-04T09:00:00Z' });
+    inbox(app).poke();
+    await until(() => count(app.spool.db) === 2, 10_000, 'the second message stored');
+    await until(() => g.messages.size === 0, 5000, 'deleted after delivery');
+  } finally {
+    await app.close();
+  }
+});
+
 test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));

@@ -80,12 +80,12 @@ export class GraphStandin {
   }
 
   /** Delivers a message to a folder (as Exchange would); returns its Graph id. */
-  add(raw: string | Buffer, opts: { folder?: string; isRead?: boolean } = {}): string {
+  add(raw: string | Buffer, opts: { folder?: string; isRead?: boolean; receivedDateTime?: string } = {}): string {
     // Real ids are long base64 strings with "/", "+" and "=": clients must encode them in URLs.
     const id = `AAMkAD${randomBytes(24).toString('base64')}`;
     const text = raw.toString();
     const mid = /^Message-ID:\s*(<[^>]+>)/im.exec(text)?.[1] ?? `<${id}@standin>`;
-    this.messages.set(id, { id, folder: (opts.folder ?? 'inbox').toLowerCase(), raw: Buffer.from(raw), isRead: opts.isRead ?? false, receivedDateTime: new Date().toISOString(), internetMessageId: mid });
+    this.messages.set(id, { id, folder: (opts.folder ?? 'inbox').toLowerCase(), raw: Buffer.from(raw), isRead: opts.isRead ?? false, receivedDateTime: opts.receivedDateTime ?? new Date().toISOString(), internetMessageId: mid });
     this.changed(id);
     return id;
   }

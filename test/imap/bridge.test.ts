@@ -22,7 +22,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -355,6 +355,38 @@ ${oauth2}`;
     } finally {
       await app.close();
       await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('after a UIDVALIDITY change a new message that reuses a stored Message-ID is stored, not expunged unstored (after_delivery: delete)', async () => {
+    const dir = tempDir();
+    const c = await dovecot.client('reuse');
+    await c.mailboxCreate('Work');
+    await c.logout();
+    await dovecot.append([message('r1', { to: 'desk@in.test', messageId: 'reuse-1@x' })], { user: 'reuse', folder: 'Work' });
+    const yaml = imapBlock(mailboxYaml(dovecot, 'reuse', { mailbox: 'Work', after_delivery: 'delete' }));
+    let app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: yaml, dir });
+    try {
+      await until(() => count(app.spool.db) === 1, 10_000, 'the first message');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+    } finally {
+      await app.close();
+    }
+    const c2 = await dovecot.client('reuse');
+    await c2.mailboxDelete('Work');
+    await c2.mailboxCreate('Work');
+    await c2.logout();
+    // Under the new UIDVALIDITY: a different message with the first one's Message-ID (a sender reusing it).
+    await dovecot.append([message('r2', { to: 'desk@in.test', messageId: 'reuse-1@x', body: 'a different message' })], { user: 'reuse', folder: 'Work' });
+    app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: yaml, dir });
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
+      assert.ok(app.logs.some((l) => l.includes('deduplicating by Message-ID')));
+      assert.equal(count(app.spool.db), 2, 'the new message is stored');
+      assert.deepEqual(await dovecot.list('Work', 'reuse'), [], 'and only then expunged');
+    } finally {
+      await app.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

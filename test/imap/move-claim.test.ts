@@ -58,7 +58,7 @@ const messageIds = (app: TestApp) => (app.spool.db.prepare(`SELECT json_extract(
 describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move'], capability: NO_CONDSTORE });
+    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move', 'reflag', 'redel'], capability: NO_CONDSTORE });
   });
   after(async () => {
     await dovecot?.close();
@@ -228,6 +228,31 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       await c.logout();
       await bridge.stop(2000);
       await close();
+    }
+  });
+
+  test('a new message that reuses the Message-ID of one delivered earlier is stored, not removed as a copy (flag: the old one stays; delete)', async () => {
+    const first = (to: string) => message('old', { to, messageId: 'reused@x' });
+    await dovecot.append([first('desk@in.test')], { user: 'reflag' });
+    await dovecot.append([first('desk@in.test')], { user: 'redel' });
+    const app = await startTestApp({
+      routes: routesYaml('http://127.0.0.1:9/unused'),
+      extra: imapBlock(mailboxYaml(dovecot, 'reflag', { after_delivery: 'flag', claim: 'move' }), mailboxYaml(dovecot, 'redel', { after_delivery: 'delete', claim: 'move', claim_timeout: 3600 })),
+    });
+    try {
+      await until(() => count(app.spool.db) === 2, 10_000, 'the first messages');
+      await Promise.all(app.mailboxes.bridges.map((b) => until(() => b.status.state === 'idle', 10_000, 'idle')));
+      // The delivered copies are still in the processing folder (\Seen; \Deleted until the expunge an hour later).
+      const next = message('new', { to: 'desk@in.test', messageId: 'reused@x', body: 'another message, the same Message-ID' });
+      await dovecot.append([next], { user: 'reflag' });
+      await dovecot.append([next], { user: 'redel' });
+      await until(() => count(app.spool.db) === 4, 10_000, 'the new messages stored');
+      await Promise.all(app.mailboxes.bridges.map((b) => until(() => b.status.state === 'idle', 10_000, 'idle')));
+      assert.deepEqual(await dovecot.list('INBOX', 'reflag'), []);
+      assert.deepEqual((await dovecot.list(PROCESSING, 'reflag')).map((m) => m.flags), [['\\Seen'], ['\\Seen']], 'both delivered, both kept');
+      assert.equal(count(app.spool.db, `json_extract(meta, '$.messageId') = 'reused@x'`), 4);
+    } finally {
+      await app.close();
     }
   });
 

@@ -37,6 +37,7 @@ interface DeltaItem {
   id?: string;
   isRead?: boolean;
   internetMessageId?: string;
+  receivedDateTime?: string;
   '@removed'?: unknown;
 }
 interface ListPage {
@@ -47,6 +48,13 @@ interface DeltaPage {
   value?: DeltaItem[];
   '@odata.nextLink'?: string;
   '@odata.deltaLink'?: string;
+}
+
+/** "mid:<Message-ID>:<received, epoch seconds>", what a message is known by across moves; undefined without both. */
+function identity(item: DeltaItem): string | undefined {
+  const mid = item.internetMessageId?.replace(/^<|>$/g, '');
+  const at = item.receivedDateTime ? Math.floor(Date.parse(item.receivedDateTime) / 1000) : NaN;
+  return mid && Number.isFinite(at) ? `mid:${mid}:${at}` : undefined;
 }
 
 /** Messages per delta page (Prefer: odata.maxpagesize; Graph's own default is 10). */
@@ -205,7 +213,7 @@ export class GraphInbox {
       for (const item of body?.value ?? []) {
         if (this.stopping) return;
         if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
-        await this.take(item.id, item.internetMessageId);
+        await this.take(item.id, identity(item));
       }
       // The next link and the delta link are opaque: used exactly as given. Only a finished pass advances
       // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
@@ -219,17 +227,17 @@ export class GraphInbox {
 
   /**
    * The dedupe key. With move claims a message's id changes on every move, so it is keyed by its Message-ID
-   * (internetMessageId) within this mailbox; without, by its id as before.
+   * (internetMessageId) and receivedDateTime (both kept by a move) within this mailbox: a different message that
+   * reuses a Message-ID is stored, not taken for one the spool holds. Without claims, by its id as before.
    */
-  private keyOf(id: string, internetMessageId: string | undefined): string {
-    const mid = internetMessageId?.replace(/^<|>$/g, '');
-    return this.s.claim === 'move' && mid ? `graph:${this.s.name}:mid:${mid}` : `graph:${this.s.name}:${id}`;
+  private keyOf(id: string, ident: string | undefined): string {
+    return this.s.claim === 'move' && ident ? `graph:${this.s.name}:${ident}` : `graph:${this.s.name}:${id}`;
   }
 
-  private async take(sourceId: string, internetMessageId: string | undefined): Promise<void> {
-    if (this.skipped.has(sourceId) || (internetMessageId && this.skipped.has(internetMessageId))) return;
+  private async take(sourceId: string, ident: string | undefined): Promise<void> {
+    if (this.skipped.has(sourceId) || (ident && this.skipped.has(ident))) return;
     let id = sourceId;
-    if (this.deps.ingest.isCommitted(this.keyOf(id, internetMessageId))) {
+    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) {
       await this.afterDelivery(id);
       return;
     }
@@ -244,20 +252,20 @@ export class GraphInbox {
       id = moved;
     }
     try {
-      await this.takeClaimed(id, internetMessageId);
+      await this.takeClaimed(id, ident);
     } catch (err) {
       if (this.s.claim === 'move' && !this.stopping) {
         // In our spool already (marking it failed): it stays claimed, in the processing folder, and the next
         // pass only marks it. Not taken: give it back so the next pass (ours or another instance's) takes it now.
-        if (this.deps.ingest.isCommitted(this.keyOf(id, internetMessageId))) this.nextClaimScanAt = 0;
+        if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) this.nextClaimScanAt = 0;
         else await this.claimMove(id, this.s.mailbox).catch(() => undefined);
       }
       throw err;
     }
   }
 
-  private async takeClaimed(id: string, internetMessageId: string | undefined): Promise<void> {
-    const key = this.keyOf(id, internetMessageId);
+  private async takeClaimed(id: string, ident: string | undefined): Promise<void> {
+    const key = this.keyOf(id, ident);
     const log = { mailbox: this.s.name, graphId: id };
     if (this.deps.ingest.isCommitted(key)) {
       await this.afterDelivery(id);
@@ -280,7 +288,7 @@ export class GraphInbox {
       this.deps.ingest.count('unmatched');
       this.deps.log.warn({ ...log, messageId: plan.messageId, candidates: plan.candidates.slice(0, 5) }, 'no route accepts any recipient of this message');
       if (plan.policy.kind === 'move') await this.move(id, plan.policy.folder);
-      else await this.leave(id, internetMessageId);
+      else await this.leave(id, ident);
       return;
     }
     try {
@@ -288,7 +296,7 @@ export class GraphInbox {
       this.deps.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, 'message accepted');
     } catch (err) {
       if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
-        await this.leave(id, internetMessageId);
+        await this.leave(id, ident);
         this.deps.ingest.count('too_large');
         this.deps.log.warn(log, `message exceeds ${this.deps.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox`);
         return;
@@ -299,11 +307,11 @@ export class GraphInbox {
   }
 
   /** Leaves a message alone for this process; a claimed one goes back to the folder it came from first. */
-  private async leave(id: string, internetMessageId: string | undefined): Promise<void> {
+  private async leave(id: string, ident: string | undefined): Promise<void> {
     if (this.s.claim === 'move') {
       const back = await this.claimMove(id, this.s.mailbox);
       if (back) this.skipped.add(back);
-      if (internetMessageId) this.skipped.add(internetMessageId);
+      if (ident) this.skipped.add(ident);
     } else this.skipped.add(id);
   }
 
@@ -346,14 +354,14 @@ export class GraphInbox {
     const now = this.deps.clock.now();
     const folder = await this.claimFolder();
     const present = new Set<string>();
-    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$select=id,isRead,internetMessageId&$top=50`;
+    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$select=id,isRead,internetMessageId,receivedDateTime&$top=50`;
     let takenOver = 0;
     while (url && !this.stopping) {
       const { body }: { body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url);
       for (const m of body?.value ?? []) {
         if (!m.id || m.isRead === true) continue;
         present.add(m.id);
-        if (this.deps.ingest.isCommitted(this.keyOf(m.id, m.internetMessageId))) {
+        if (this.deps.ingest.isCommitted(this.keyOf(m.id, identity(m)))) {
           await this.afterDelivery(m.id);
           continue;
         }
