@@ -63,6 +63,12 @@ export class ImapBridge {
   /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
   private readonly skipped = new Set<number>();
   private skippedFor: bigint | undefined;
+  /**
+   * Move claims on a server that cannot store the skip keyword (no PERMANENTFLAGS \*, e.g. Office 365): messages
+   * left alone, by their dedupe key (Message-ID, size, INTERNALDATE), which survives the UID change another
+   * instance's claim and return cause; so each instance looks at such a message once per process.
+   */
+  private readonly skippedKeys = new Set<string>();
   /** Message-IDs already spooled from this mailbox, loaded when the UIDVALIDITY changed (dedupe fallback) */
   private knownIds: Set<string> | undefined;
   private claimMode: 'keyword' | 'move' | 'none' = 'none';
@@ -483,6 +489,7 @@ export class ImapBridge {
     if (leave.length > 0 && this.claimMode === 'move') {
       // Left alone: back where it was found, marked so no instance claims it again.
       if (box.permanentFlags?.has('\\*')) await client.messageFlagsAdd(toSequenceSet(leave), [SKIP_KEYWORD], { uid: true });
+      else for (const m of mine) if (leave.includes(m.uid)) this.skippedKeys.add(this.keyOf(box, m));
       for (const uid of (await this.moveBack(client, leave)).values()) this.skipped.add(uid);
     } else if (leave.length > 0) {
       for (const uid of leave) this.skipped.add(uid);
@@ -560,9 +567,15 @@ export class ImapBridge {
   private async processMoveBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
     const candidates: number[] = [];
     const asked = new Set(uids);
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true }, { uid: true })) {
+    const keyed = this.skippedKeys.size > 0;
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, ...(keyed ? { size: true, internalDate: true, headers: ['message-id'] } : {}) }, { uid: true })) {
       if (!asked.has(m.uid)) continue; // an unsolicited update
-      if (!m.flags?.has('\\Seen') && !m.flags?.has('\\Deleted')) candidates.push(m.uid); // changed since the search
+      if (m.flags?.has('\\Seen') || m.flags?.has('\\Deleted')) continue; // changed since the search
+      if (keyed && this.skippedKeys.has(this.keyOf(box, { ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined }))) {
+        this.skipped.add(m.uid); // left alone already, back under a new UID
+        continue;
+      }
+      candidates.push(m.uid);
     }
     if (candidates.length === 0) return false;
     const won = await this.claimByMove(client, candidates.sort((a, b) => a - b));

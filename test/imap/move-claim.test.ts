@@ -9,6 +9,7 @@ import { Writable } from 'node:stream';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
 import { MailboxIngest } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -58,7 +59,7 @@ const messageIds = (app: TestApp) => (app.spool.db.prepare(`SELECT json_extract(
 describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move', 'reflag', 'redel'], capability: NO_CONDSTORE });
+    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move', 'reflag', 'redel', 'noperm'], capability: NO_CONDSTORE });
   });
   after(async () => {
     await dovecot?.close();
@@ -253,6 +254,33 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       assert.equal(count(app.spool.db, `json_extract(meta, '$.messageId') = 'reused@x'`), 4);
     } finally {
       await app.close();
+    }
+  });
+
+  test('a server that cannot store keywords (no PERMANENTFLAGS \\*, as Office 365): an unmatched message is looked at once per instance, not passed back and forth', async () => {
+    // Dovecot offers \* everywhere; hidden here from every client in this process, as Exchange does not offer it.
+    const open = ImapFlow.prototype.mailboxOpen;
+    ImapFlow.prototype.mailboxOpen = async function (this: ImapFlow, ...args: Parameters<ImapFlow['mailboxOpen']>) {
+      const box = await open.apply(this, args);
+      box.permanentFlags?.delete('\\*');
+      return box;
+    };
+    const apps: TestApp[] = [];
+    try {
+      await dovecot.append([message('u', { to: 'stranger@elsewhere.test', messageId: 'noperm-u@x' })], { user: 'noperm' });
+      const block = imapBlock(mailboxYaml(dovecot, 'noperm', { after_delivery: 'delete', claim: 'move', idle_timeout: 1 }));
+      for (let i = 0; i < 2; i++) apps.push(await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: block }));
+      const looked = () => apps.map((a) => a.logs.filter((l) => l.includes('no route accepts')).length);
+      await until(() => looked().every((n) => n >= 1), 10_000, 'both instances to look at the message');
+      // Then mail flows on (several IDLE restarts later) and the unmatched message stays where it is.
+      await dovecot.append([message('d', { to: 'desk@in.test', messageId: 'noperm-d@x' })], { user: 'noperm' });
+      await until(() => apps.reduce((n, a) => n + count(a.spool.db), 0) === 1, 10_000, 'the routed message');
+      for (const a of apps) await until(() => a.mailboxes.bridges[0]!.status.state === 'idle', 10_000, 'idle');
+      assert.deepEqual(looked(), [1, 1], 'each instance looked at it once');
+      assert.deepEqual((await dovecot.list('INBOX', 'noperm')).map((m) => m.flags), [[]], 'left in the mailbox, unread (no keyword to mark it)');
+    } finally {
+      await Promise.all(apps.map((a) => a.close()));
+      ImapFlow.prototype.mailboxOpen = open;
     }
   });
 
