@@ -284,6 +284,30 @@ test('move claims: a new message that reuses the internetMessageId of one delive
   }
 });
 
+test('move claims: the processing folder deleted while running is looked up again and recreated; new mail is still taken', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const app = await start([graphYaml('g-gone', { claim: 'auto' })]);
+  try {
+    g.add(message('a', { to: 'desk@in.test', messageId: 'gone-a@x' }));
+    await until(() => count(app.spool.db) === 1, 10_000, 'the first message');
+    // Someone deletes the processing folder with what it holds.
+    for (const [id] of g.folders) {
+      for (const m of g.inFolder(id)) g.messages.delete(m.id);
+      g.folders.delete(id);
+    }
+    g.add(message('b', { to: 'desk@in.test', messageId: 'gone-b@x' }));
+    inbox(app).poke();
+    await until(() => count(app.spool.db) === 2, 10_000, 'the next message taken');
+    const folder = [...g.folders].find(([, name]) => name === 'mailhook-processing')?.[0];
+    assert.ok(folder, 'recreated');
+    await until(() => g.inFolder(folder)[0]?.isRead === true, 5000, 'marked read there after the commit');
+    assert.equal(g.inFolder(folder).length, 1);
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));

@@ -2,7 +2,7 @@
 // messages delta (@odata.nextLink pages, then an @odata.deltaLink whose $deltatoken returns only changes and
 // "@removed" entries; an expired token answers 410 SyncStateNotFound), Prefer: odata.maxpagesize, raw MIME at
 // /$value, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
-// 404 ErrorItemNotFound), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
+// 404 ErrorItemNotFound, as does a move to a deleted folder), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
 // a folder's messages (paged by $top/$skip), bearer tokens from the same server's token endpoint (client
 // credentials), and throttling (429/503 Retry-After).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -228,6 +228,11 @@ export class GraphStandin {
       if (method === 'POST' && m[2] === '/move') {
         const dest = String((JSON.parse(body || '{}') as { destinationId?: string }).destinationId ?? '').toLowerCase();
         if (!WELL_KNOWN.includes(dest) && !this.folders.has(dest)) {
+          // A well-formed id of a folder that no longer exists: 404, as for a missing message; anything else is malformed.
+          if (/^aamkfolder[0-9a-f]{16}$/.test(dest)) {
+            record(404);
+            return json(res, 404, { error: { code: 'ErrorItemNotFound', message: 'The specified object was not found in the store.' } });
+          }
           record(400);
           return json(res, 400, { error: { code: 'ErrorInvalidIdMalformed', message: 'Id is malformed.' } });
         }

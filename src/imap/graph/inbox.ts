@@ -244,7 +244,7 @@ export class GraphInbox {
     if (this.s.claim === 'move') {
       // The claim: POST …/move answers 201 with the moved message (a new id) to exactly one instance; the
       // others get 404 ErrorItemNotFound, the id being gone from this folder.
-      const moved = await this.claimMove(id, await this.claimFolder());
+      const moved = await this.claimToFolder(id);
       if (moved === undefined) {
         this.deps.log.debug({ mailbox: this.s.name, graphId: id }, 'message claimed by another instance');
         return;
@@ -323,6 +323,31 @@ export class GraphInbox {
     return res.body.id;
   }
 
+  /**
+   * The claim: a move to the processing folder. A move to a folder that was deleted answers 404 ErrorItemNotFound,
+   * the same as a message another instance moved first (400 ErrorInvalidIdMalformed on some stores): then the
+   * folder is looked up again — recreated when gone — and, when it has a new id, the move is tried once more.
+   * Undefined when the message is gone (another instance has it).
+   */
+  private async claimToFolder(id: string): Promise<string | undefined> {
+    const folder = await this.claimFolder();
+    const url = `${this.base}/messages/${encodeURIComponent(id)}/move`;
+    const res = await this.graph.json<{ id?: string; error?: { code?: string } }>('POST', url, { body: { destinationId: folder }, allow: [400, 404] });
+    if (res.status < 400) {
+      if (!res.body?.id) throw new MailboxError('MAILBOX_PROTOCOL', 'Graph answered a move without the moved message');
+      return res.body.id;
+    }
+    this.claimFolderId = undefined;
+    const again = await this.claimFolder();
+    if (again !== folder) {
+      this.deps.log.warn({ mailbox: this.s.name, folder: this.s.claimFolder }, 'the processing folder was deleted or replaced; using it under its new id');
+      this.nextClaimScanAt = 0;
+      return this.claimMove(id, again);
+    }
+    if (res.status === 404) return undefined;
+    throw new MailboxError('MAILBOX_SERVER', `Graph POST move answered 400: ${res.body?.error?.code ?? ''}`);
+  }
+
   /** The processing folder's id: found by its display name among the top-level folders, else created. */
   private async claimFolder(): Promise<string> {
     if (this.claimFolderId) return this.claimFolderId;
@@ -357,7 +382,13 @@ export class GraphInbox {
     let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$select=id,isRead,internetMessageId,receivedDateTime&$top=50`;
     let takenOver = 0;
     while (url && !this.stopping) {
-      const { body }: { body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url);
+      const { status, body }: { status: number; body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url, { allow: [404] });
+      if (status === 404) {
+        // The processing folder was deleted: looked up (and recreated) at the next claim or scan.
+        this.claimFolderId = undefined;
+        this.nextClaimScanAt = 0;
+        return;
+      }
       for (const m of body?.value ?? []) {
         if (!m.id || m.isRead === true) continue;
         present.add(m.id);
