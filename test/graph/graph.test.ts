@@ -308,6 +308,28 @@ test('move claims: the processing folder deleted while running is looked up agai
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('a message whose $value keeps failing is passed over: later messages are taken, it is taken once it can be read', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const bad = g.add(message('bad', { to: 'desk@in.test', messageId: 'bad@x' }));
+  const good = g.add(message('good', { to: 'desk@in.test', messageId: 'good@x' }));
+  g.fail(1000, 500, (method, path) => method === 'GET' && path.includes(encodeURIComponent(bad)) && path.endsWith('/$value'));
+  const app = await start([graphYaml('g-stuck')]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'the message after the failing one');
+    await until(() => g.messages.get(good)?.isRead === true, 5000, 'it marked read');
+    assert.equal(g.messages.get(bad)?.isRead, false);
+    assert.match(inbox(app).status.lastError?.message ?? '', /answered 500/);
+    assert.ok(app.logs.some((l) => l.includes('passed over in this pass')));
+    g.clearFailures();
+    await until(() => count(app.spool.db) === 2, 10_000, 'the failing message, once readable');
+    await until(() => g.messages.get(bad)?.isRead === true, 5000, 'marked read');
+  } finally {
+    g.clearFailures();
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));

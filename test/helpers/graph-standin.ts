@@ -104,6 +104,11 @@ export class GraphStandin {
     for (let i = 0; i < count; i++) this.failures.push({ status, match });
   }
 
+  /** Forgets the failures still queued by fail(). */
+  clearFailures(): void {
+    this.failures = [];
+  }
+
   /**
    * Drops the sync state of every delta token issued so far, as Exchange does when its delta token cache
    * overflows: using one answers 410 Gone with SyncStateNotFound and the client must start a full sync.

@@ -195,6 +195,7 @@ export class GraphInbox {
     const fullPass = `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
     let url: string | undefined = this.deltaLink ?? fullPass;
     if (this.s.claim === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) await this.scanClaimFolder();
+    let failed = 0;
     while (url && !this.stopping) {
       const fromDelta: boolean = url === this.deltaLink;
       const res: { status: number; body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` }, allow: fromDelta ? [400, 410] : [] });
@@ -213,13 +214,24 @@ export class GraphInbox {
       for (const item of body?.value ?? []) {
         if (this.stopping) return;
         if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
-        await this.take(item.id, identity(item));
+        try {
+          await this.take(item.id, identity(item));
+        } catch (err) {
+          // One message Graph refuses (its $value answers 500, its move 400, …) is passed over so the rest flows;
+          // the delta link then stays where it was and the next pass tries it again. Throttling, network, token
+          // and spool failures end the pass: the next message would meet them too.
+          const e = classify(err);
+          if (this.stopping || e.code !== 'MAILBOX_SERVER' || e.retryAfterMs !== undefined) throw err;
+          failed++;
+          this.status.messageFailed(e);
+          this.deps.log.warn({ mailbox: this.s.name, graphId: item.id, code: e.code, error: e.message }, 'a message failed; passed over in this pass and tried again in the next');
+        }
       }
       // The next link and the delta link are opaque: used exactly as given. Only a finished pass advances
       // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
       if (body?.['@odata.nextLink']) url = body['@odata.nextLink'];
       else {
-        if (body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
+        if (failed === 0 && body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
         url = undefined;
       }
     }
