@@ -154,7 +154,6 @@ export class ImapBridge {
     let closed = false;
     let sessionError: unknown;
     const auth = s.auth.kind === 'password' ? { user: s.user, pass: s.auth.password.reveal() } : { user: s.user, accessToken: await this.requireTokens().token() };
-    const waitMs = () => Math.min(s.idleTimeoutMs, s.pollIntervalMs);
     const client = new ImapFlow({
       host: s.host,
       port: s.port,
@@ -168,8 +167,10 @@ export class ImapBridge {
       clientInfo: { name: 'mailhook' },
       connectionTimeout: this.deps.timeouts?.connectMs ?? 30_000,
       greetingTimeout: this.deps.timeouts?.connectMs ?? 16_000,
-      // IDLE is broken every idle_timeout, so a silent socket longer than that plus a minute is dead.
-      socketTimeout: Math.max(s.idleTimeoutMs, waitMs()) + 60_000,
+      // The longest quiet pause is idle_timeout (IDLE) or poll_interval (polling; not known before connecting):
+      // a socket silent for longer than that plus a command's time is dead. (min(idle, poll) here made a
+      // server without IDLE time out in every poll_interval over idle_timeout + 60 s.)
+      socketTimeout: Math.max(s.idleTimeoutMs, s.pollIntervalMs) + (this.deps.timeouts?.commandMs ?? COMMAND_TIMEOUT_MS),
     });
     this.client = client;
     client.on('error', (err: unknown) => {

@@ -3,14 +3,21 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
-import { configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { createHash } from 'node:crypto';
 import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
-import type { ImapBridge } from '../../src/imap/bridge.js';
+import { ImapBridge } from '../../src/imap/bridge.js';
+import { MailboxIngest } from '../../src/imap/ingest.js';
+import { Spool } from '../../src/spool/spool.js';
+import { Router } from '../../src/routing/router.js';
+import { createMetrics } from '../../src/core/metrics.js';
+import { createLogger } from '../../src/core/logger.js';
+import type { ImapMailboxSettings } from '../../src/config/mailboxes.js';
 import { count, crlf, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
 
 const skip = dovecotSkip();
@@ -434,6 +441,32 @@ ${oauth2}`;
       await app.close();
       await consumer.stop();
       await plain.close();
+    }
+  });
+
+  test('a server without IDLE, poll_interval longer than idle_timeout + a command\'s time: the quiet pause is no socket timeout', async () => {
+    const plain = await startDovecot({ users: ['slowpoll'], capability: 'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE LITERAL+ NAMESPACE UIDPLUS CONDSTORE MOVE' });
+    const dir = tempDir();
+    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(plain, 'slowpoll', { poll_interval: 3, idle_timeout: 1, after_delivery: 'delete' })) });
+    const config = parseTestConfig(yaml, dir);
+    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
+    const metrics = createMetrics();
+    const settings = config.imap[0] as ImapMailboxSettings;
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    // A command's time shortened to 1 s (as poll_interval 120 s against idle_timeout 60 s + 60 s in production).
+    const bridge = new ImapBridge({ settings, ingest, log: createLogger({ level: 'silent' }), metrics, clock: { now: () => Date.now() }, random: Math.random, timeouts: { commandMs: 1000, connectMs: 2000 } });
+    bridge.start();
+    try {
+      await until(() => bridge.status.state === 'polling', 10_000, 'polling');
+      await plain.append([message('quiet', { to: 'desk@in.test' })], { user: 'slowpoll' });
+      await until(() => count(spool.db) === 1, 10_000, 'the message, at the next poll');
+      await until(() => bridge.status.state === 'polling', 5000, 'polling again');
+      assert.equal(bridge.status.lastError, null, 'the session lasted through the 3 s pause');
+    } finally {
+      await bridge.stop(2000);
+      await spool.close();
+      await plain.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
