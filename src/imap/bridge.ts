@@ -386,7 +386,11 @@ export class ImapBridge {
   /** One bounded batch: claim, fetch, commit, then mark. Returns true when any message was dealt with. */
   private async processBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
     const fetched: FetchMessageObject[] = [];
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) fetched.push(m);
+    const asked = new Set(uids);
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) {
+      // Another client changing flags makes the server send unsolicited FETCH (FLAGS) updates, without UID or size.
+      if (asked.has(m.uid)) fetched.push(m);
+    }
     fetched.sort((a, b) => a.uid - b.uid);
     this.log.debug({ mailbox: this.s.name, count: fetched.length, first: fetched[0]?.uid, last: fetched.at(-1)?.uid }, 'batch fetched');
     const now = this.deps.clock.now();

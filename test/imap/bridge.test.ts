@@ -11,6 +11,7 @@ import { OAuthStandin } from '../helpers/oauth-standin.js';
 import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { createHash } from 'node:crypto';
 import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
+import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
 import { MailboxIngest } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -29,7 +30,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -395,6 +396,38 @@ ${oauth2}`;
     } finally {
       await app.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('keyword claims: an unsolicited FETCH (FLAGS) from another client during the batch FETCH is not taken for a message to claim', async () => {
+    await dovecot.append([message('left', { to: 'stranger@elsewhere.test', messageId: 'unsol-left@x' })], { user: 'unsol' });
+    const app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'unsol', { after_delivery: 'flag', claim: 'keyword' })) });
+    const other = await dovecot.client('unsol');
+    await other.mailboxOpen('INBOX');
+    const fetch = ImapFlow.prototype.fetch;
+    let armed = false;
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle, the unmatched message left');
+      armed = true;
+      // While the bridge's next batch FETCH runs, a user flags the left message: Dovecot reports that as an
+      // untagged FETCH (FLAGS) without UID inside the bridge's FETCH.
+      ImapFlow.prototype.fetch = async function* (this: ImapFlow, ...args: Parameters<ImapFlow['fetch']>) {
+        if (armed && this !== other && (args[1] as { size?: boolean }).size) {
+          armed = false;
+          await other.messageFlagsAdd('1', ['\\Flagged'], { uid: true });
+        }
+        yield* fetch.apply(this, args);
+      } as ImapFlow['fetch'];
+      await dovecot.append([message('next', { to: 'desk@in.test', messageId: 'unsol-next@x' })], { user: 'unsol' });
+      await until(() => count(app.spool.db) === 1, 10_000, 'the next message');
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle again');
+      assert.equal(armed, false, 'the flag change happened during the batch FETCH');
+      assert.equal(bridgeOf(app).status.lastError, null, 'the session went on');
+      assert.deepEqual((await dovecot.list('INBOX', 'unsol')).map((m) => m.flags.filter((f) => f !== '\\Recent').sort()), [['$MailhookSkipped', '\\Flagged'], ['\\Seen']]);
+    } finally {
+      ImapFlow.prototype.fetch = fetch;
+      await other.logout();
+      await app.close();
     }
   });
 
