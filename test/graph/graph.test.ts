@@ -330,6 +330,26 @@ test('a message whose $value keeps failing is passed over: later messages are ta
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('move claims, after_delivery flag: the look for stale claims lists only unread messages, not the read ones piling up in the processing folder', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const N = 60;
+  for (let i = 0; i < N; i++) g.add(message(`p${i}`, { to: 'desk@in.test', messageId: `pile-${i}@x` }));
+  const app = await start([graphYaml('g-pile', { claim: 'auto', claimTimeout: 1 })]);
+  try {
+    await until(() => count(app.spool.db) === N, 10_000, `${N} messages`);
+    const folder = [...g.folders].find(([, name]) => name === 'mailhook-processing')![0];
+    await until(() => g.inFolder(folder).filter((m) => m.isRead).length === N, 5000, 'all read in the processing folder');
+    const from = g.requests.length;
+    const lists = () => g.requests.slice(from).filter((r) => r.method === 'GET' && r.path.endsWith(`/mailFolders/${folder}/messages`));
+    await until(() => lists().length > 0 && inbox(app).status.state === 'polling', 5000, 'a scan of the processing folder');
+    assert.ok(lists().every((r) => r.query.get('$filter') === 'isRead eq false'), 'unread only');
+    assert.equal(lists().filter((r) => r.query.has('$skip')).length, 0, 'one page, not every read message');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));

@@ -3,7 +3,7 @@
 // "@removed" entries; an expired token answers 410 SyncStateNotFound), Prefer: odata.maxpagesize, raw MIME at
 // /$value, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
 // 404 ErrorItemNotFound, as does a move to a deleted folder), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
-// a folder's messages (paged by $top/$skip), bearer tokens from the same server's token endpoint (client
+// a folder's messages (paged by $top/$skip, $filter on isRead), bearer tokens from the same server's token endpoint (client
 // credentials), and throttling (429/503 Retry-After).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
@@ -185,7 +185,14 @@ export class GraphStandin {
       }
       const top = Math.min(Number(url.searchParams.get('$top') ?? 10), 1000);
       const skip = Number(url.searchParams.get('$skip') ?? 0);
-      const list = this.inFolder(folder);
+      // $filter: what clients use here, isRead eq true|false; anything else is refused as Graph refuses an unknown property.
+      const filter = url.searchParams.get('$filter');
+      const isRead = filter ? /^isRead eq (true|false)$/.exec(filter) : null;
+      if (filter && !isRead) {
+        record(400);
+        return json(res, 400, { error: { code: 'BadRequest', message: `unsupported $filter: ${filter}` } });
+      }
+      const list = this.inFolder(folder).filter((x) => !isRead || x.isRead === (isRead[1] === 'true'));
       const out: Record<string, unknown> = { value: list.slice(skip, skip + top).map((x) => this.item(x)) };
       if (skip + top < list.length) {
         const next = new URL(url.toString());

@@ -382,7 +382,8 @@ export class GraphInbox {
   }
 
   /**
-   * Claims left by a dead instance: unread messages in the processing folder. Each is watched from the first
+   * Claims left by a dead instance: unread messages in the processing folder (only those are listed: with
+   * after_delivery: flag, delivered messages pile up there, read). Each is watched from the first
    * time it is seen; one still there after claim_timeout is moved back to the folder (one instance's move
    * succeeds) and taken afresh by the delta pass that follows. One the spool already holds (our own crash
    * between commit and marking) is only marked.
@@ -391,7 +392,7 @@ export class GraphInbox {
     const now = this.deps.clock.now();
     const folder = await this.claimFolder();
     const present = new Set<string>();
-    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$select=id,isRead,internetMessageId,receivedDateTime&$top=50`;
+    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$filter=${encodeURIComponent('isRead eq false')}&$select=id,isRead,internetMessageId,receivedDateTime&$top=50`;
     let takenOver = 0;
     while (url && !this.stopping) {
       const { status, body }: { status: number; body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url, { allow: [404] });
