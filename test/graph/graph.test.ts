@@ -350,6 +350,21 @@ test('move claims, after_delivery flag: the look for stale claims lists only unr
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('after_delivery move:<folder id> to a folder that was deleted: a failure shown, not a silent no-op', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const gone = 'aamkfolder00000000deadbeef'; // a well-formed id of a folder that no longer exists
+  const id = g.add(message('mv', { to: 'desk@in.test', messageId: 'mv-gone@x' }));
+  const app = await start([graphYaml('g-mvgone', { after: `move:${gone}` })]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'committed');
+    await until(() => /folder aamkfolder00000000deadbeef: the folder was not found/.test(inbox(app).status.lastError?.message ?? ''), 5000, 'the failed move reported');
+    assert.equal(g.messages.get(id)?.folder, 'inbox', 'still where it was');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));

@@ -1,7 +1,7 @@
 // A local stand-in for the parts of Microsoft Graph the mailbox bridge uses, behaving as Microsoft documents them:
 // messages delta (@odata.nextLink pages, then an @odata.deltaLink whose $deltatoken returns only changes and
 // "@removed" entries; an expired token answers 410 SyncStateNotFound), Prefer: odata.maxpagesize, raw MIME at
-// /$value, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
+// /$value, GET a message, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
 // 404 ErrorItemNotFound, as does a move to a deleted folder), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
 // a folder's messages (paged by $top/$skip, $filter on isRead), bearer tokens from the same server's token endpoint (client
 // credentials), and throttling (429/503 Retry-After).
@@ -216,6 +216,10 @@ export class GraphStandin {
       if (!msg) {
         record(404);
         return json(res, 404, { error: { code: 'ErrorItemNotFound', message: 'The specified object was not found in the store.' } });
+      }
+      if (method === 'GET' && !m[2]) {
+        record(200);
+        return json(res, 200, this.item(msg));
       }
       if (method === 'GET' && m[2] === '/$value') {
         record(200);

@@ -435,6 +435,11 @@ export class GraphInbox {
 
   private async move(id: string, folder: string): Promise<void> {
     // destinationId takes a folder id or a well-known name (archive, deleteditems, …).
-    await this.graph.json('POST', `${this.base}/messages/${encodeURIComponent(id)}/move`, { body: { destinationId: folder }, allow: [404] });
+    const res = await this.graph.json('POST', `${this.base}/messages/${encodeURIComponent(id)}/move`, { body: { destinationId: folder }, allow: [404] });
+    if (res.status !== 404) return;
+    // 404: the message is gone (someone moved or deleted it: nothing to do) — or the destination folder is.
+    const still = await this.graph.json('GET', `${this.base}/messages/${encodeURIComponent(id)}?$select=id`, { allow: [404] });
+    if (still.status === 404) return;
+    throw new MailboxError('MAILBOX_SERVER', `Graph could not move a message to folder ${folder}: the folder was not found (404); check after_delivery / unmatched move:<folder>`, { userFault: true });
   }
 }
