@@ -43,7 +43,10 @@ export interface ImapBridgeDeps {
 /** What the dedupe key is made of (see keyOf). */
 type Ident = Pick<FetchMessageObject, 'uid' | 'size' | 'internalDate'> & { messageId?: string | undefined };
 
-type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone';
+type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone' | 'unreadable';
+
+/** The server answered NO to a command (as opposed to a lost connection or a protocol error). */
+const refused = (err: unknown) => (err as { responseStatus?: unknown } | undefined)?.responseStatus === 'NO';
 
 export class ImapBridge {
   readonly status: MailboxStatus;
@@ -69,6 +72,8 @@ export class ImapBridge {
    * instance's claim and return cause; so each instance looks at such a message once per process.
    */
   private readonly skippedKeys = new Set<string>();
+  /** UIDs whose FETCH the server refused (NO) in this drain: released and passed over until the next one */
+  private readonly passedOver = new Set<number>();
   /** Message-IDs already spooled from this mailbox, loaded when the UIDVALIDITY changed (dedupe fallback) */
   private knownIds: Set<string> | undefined;
   private claimMode: 'keyword' | 'move' | 'none' = 'none';
@@ -361,10 +366,11 @@ export class ImapBridge {
 
   /** Works through everything pending, batch by batch, oldest first; returns when only others' claims remain. */
   private async drain(client: ImapFlow, box: MailboxObject): Promise<void> {
+    this.passedOver.clear(); // tried again at every drain (each IDLE restart or poll)
     while (!this.stopping) {
       const found = await this.timed(client.search({ seen: false, deleted: false, unKeyword: SKIP_KEYWORD }, { uid: true }), 'SEARCH');
       if (!Array.isArray(found)) throw new MailboxError('MAILBOX_SERVER', `SEARCH in ${this.s.mailbox} failed`);
-      const uids = found.filter((u) => !this.skipped.has(u)).sort((a, b) => a - b);
+      const uids = found.filter((u) => !this.skipped.has(u) && !this.passedOver.has(u)).sort((a, b) => a - b);
       if (this.claimMode !== 'move') this.claims.retain(new Set(uids));
       if (uids.length === 0) return;
       let progressed = false;
@@ -453,14 +459,35 @@ export class ImapBridge {
       } else if ((m.size ?? 0) <= INLINE_FETCH_MAX) small.push(m);
       else large.push(m);
     }
+    const unreadable = (uid: number, err: unknown) => {
+      outcomes.set(uid, { outcome: 'unreadable' });
+      const e = classify(err);
+      this.status.messageFailed(e);
+      this.log.warn({ mailbox: this.s.name, uid, error: e.message }, 'the server refused to send this message; released and passed over until the next pass');
+    };
     for (const group of groupBySize(small, GROUP_FETCH_BYTES)) {
       const sources = new Map<number, Buffer>();
-      for await (const m of client.fetch(toSequenceSet(group.map((g) => g.uid)), { uid: true, source: true }, { uid: true })) {
-        if (m.source) sources.set(m.uid, m.source);
+      try {
+        for await (const m of client.fetch(toSequenceSet(group.map((g) => g.uid)), { uid: true, source: true }, { uid: true })) {
+          if (m.source) sources.set(m.uid, m.source);
+        }
+      } catch (err) {
+        // NO for the group (one message the server cannot read): one at a time, so the others are taken.
+        if (!refused(err) || !client.usable) throw err;
+        for (const g of group) {
+          if (sources.has(g.uid)) continue;
+          try {
+            for await (const m of client.fetch(String(g.uid), { uid: true, source: true }, { uid: true })) if (m.uid === g.uid && m.source) sources.set(m.uid, m.source);
+          } catch (one) {
+            if (!refused(one) || !client.usable) throw one;
+            unreadable(g.uid, one);
+          }
+        }
       }
       // Accepted together, so the spool commits the group in one transaction (one fsync).
       await Promise.all(
         group.map(async (m) => {
+          if (outcomes.has(m.uid)) return; // unreadable
           const source = sources.get(m.uid);
           if (!source) return outcomes.set(m.uid, { outcome: 'gone' });
           outcomes.set(m.uid, await this.take(box, m, headerSection(source), Readable.from([source]), source));
@@ -468,7 +495,14 @@ export class ImapBridge {
       );
     }
     for (const m of large) {
-      const dl = await client.download(String(m.uid), undefined, { uid: true, maxBytes: this.ingest.maxBytes + 1 });
+      let dl: Awaited<ReturnType<ImapFlow['download']>>;
+      try {
+        dl = await client.download(String(m.uid), undefined, { uid: true, maxBytes: this.ingest.maxBytes + 1 });
+      } catch (err) {
+        if (!refused(err) || !client.usable) throw err;
+        unreadable(m.uid, err);
+        continue;
+      }
       if (!dl.content) {
         outcomes.set(m.uid, { outcome: 'gone' });
         continue;
@@ -488,6 +522,10 @@ export class ImapBridge {
         if (plan.policy.kind === 'move') moveTo.set(plan.policy.folder, [...(moveTo.get(plan.policy.folder) ?? []), uid]);
         else leave.push(uid);
       } else if (outcome === 'failed') release.push(uid);
+      else if (outcome === 'unreadable') {
+        release.push(uid);
+        if (this.claimMode !== 'move') this.passedOver.add(uid); // (move: by its UID back in the mailbox, below)
+      }
     }
 
     if (committed.length > 0) await this.afterDelivery(client, committed);
@@ -510,7 +548,9 @@ export class ImapBridge {
       // Not taken: let the next pass (ours or another instance's) have them without waiting for the claim timeout.
       await client.messageFlagsRemove(toSequenceSet(release), [CLAIM_KEYWORD], { uid: true });
     }
-    if (release.length > 0 && this.claimMode === 'move' && client.usable) await this.moveBack(client, release);
+    if (release.length > 0 && this.claimMode === 'move' && client.usable) {
+      for (const [from, to] of await this.moveBack(client, release)) if (outcomes.get(from)?.outcome === 'unreadable') this.passedOver.add(to);
+    }
     return committed.length + leave.length + moveTo.size > 0;
   }
 

@@ -30,7 +30,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol', 'unread'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -427,6 +427,33 @@ ${oauth2}`;
     } finally {
       ImapFlow.prototype.fetch = fetch;
       await other.logout();
+      await app.close();
+    }
+  });
+
+  test('a message the server refuses to send (FETCH answered NO) is passed over: the rest of its batch is taken, it is tried again later', async () => {
+    await dovecot.append([message('bad', { to: 'desk@in.test', messageId: 'unread-bad@x' }), message('good', { to: 'desk@in.test', messageId: 'unread-good@x' })], { user: 'unread' });
+    // Dovecot answers NO to a FETCH of a message it cannot read (a broken file); here its FETCH of UID 1 fails so.
+    const fetch = ImapFlow.prototype.fetch;
+    let broken = true;
+    ImapFlow.prototype.fetch = async function* (this: ImapFlow, ...args: Parameters<ImapFlow['fetch']>) {
+      const [range, query] = args as [string, { source?: boolean }];
+      if (broken && query.source && String(range).split(/[,:]/).includes('1')) {
+        throw Object.assign(new Error('Command failed'), { responseStatus: 'NO', responseText: 'Internal error occurred. Refer to server log for more information.' });
+      }
+      yield* fetch.apply(this, args);
+    } as ImapFlow['fetch'];
+    const app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'unread', { after_delivery: 'delete', claim: 'keyword', idle_timeout: 1 })) });
+    try {
+      await until(() => count(app.spool.db) === 1, 10_000, 'the readable message');
+      assert.equal(count(app.spool.db, `json_extract(meta, '$.messageId') = 'unread-good@x'`), 1);
+      await until(() => /Internal error occurred/.test(bridgeOf(app).status.lastError?.message ?? ''), 5000, 'the refusal shown');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+      assert.deepEqual((await dovecot.list('INBOX', 'unread')).map((m) => m.flags.filter((f) => f !== '\\Recent')), [[]], 'left, its claim released');
+      broken = false;
+      await until(() => count(app.spool.db) === 2, 10_000, 'taken once readable');
+    } finally {
+      ImapFlow.prototype.fetch = fetch;
       await app.close();
     }
   });
