@@ -40,7 +40,13 @@ export interface ImapBridgeDeps {
   timeouts?: { connectMs?: number; commandMs?: number };
 }
 
-type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone';
+/** What the dedupe key is made of (see keyOf). */
+type Ident = Pick<FetchMessageObject, 'uid' | 'size' | 'internalDate'> & { messageId?: string | undefined };
+
+type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone' | 'unreadable';
+
+/** The server answered NO to a command (as opposed to a lost connection or a protocol error). */
+const refused = (err: unknown) => (err as { responseStatus?: unknown } | undefined)?.responseStatus === 'NO';
 
 export class ImapBridge {
   readonly status: MailboxStatus;
@@ -60,6 +66,14 @@ export class ImapBridge {
   /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
   private readonly skipped = new Set<number>();
   private skippedFor: bigint | undefined;
+  /**
+   * Move claims on a server that cannot store the skip keyword (no PERMANENTFLAGS \*, e.g. Office 365): messages
+   * left alone, by their dedupe key (Message-ID, size, INTERNALDATE), which survives the UID change another
+   * instance's claim and return cause; so each instance looks at such a message once per process.
+   */
+  private readonly skippedKeys = new Set<string>();
+  /** UIDs whose FETCH the server refused (NO) in this drain: released and passed over until the next one */
+  private readonly passedOver = new Set<number>();
   /** Message-IDs already spooled from this mailbox, loaded when the UIDVALIDITY changed (dedupe fallback) */
   private knownIds: Set<string> | undefined;
   private claimMode: 'keyword' | 'move' | 'none' = 'none';
@@ -145,7 +159,6 @@ export class ImapBridge {
     let closed = false;
     let sessionError: unknown;
     const auth = s.auth.kind === 'password' ? { user: s.user, pass: s.auth.password.reveal() } : { user: s.user, accessToken: await this.requireTokens().token() };
-    const waitMs = () => Math.min(s.idleTimeoutMs, s.pollIntervalMs);
     const client = new ImapFlow({
       host: s.host,
       port: s.port,
@@ -159,8 +172,10 @@ export class ImapBridge {
       clientInfo: { name: 'mailhook' },
       connectionTimeout: this.deps.timeouts?.connectMs ?? 30_000,
       greetingTimeout: this.deps.timeouts?.connectMs ?? 16_000,
-      // IDLE is broken every idle_timeout, so a silent socket longer than that plus a minute is dead.
-      socketTimeout: Math.max(s.idleTimeoutMs, waitMs()) + 60_000,
+      // The longest quiet pause is idle_timeout (IDLE) or poll_interval (polling; not known before connecting):
+      // a socket silent for longer than that plus a command's time is dead. (min(idle, poll) here made a
+      // server without IDLE time out in every poll_interval over idle_timeout + 60 s.)
+      socketTimeout: Math.max(s.idleTimeoutMs, s.pollIntervalMs) + (this.deps.timeouts?.commandMs ?? COMMAND_TIMEOUT_MS),
     });
     this.client = client;
     client.on('error', (err: unknown) => {
@@ -319,12 +334,17 @@ export class ImapBridge {
 
   /**
    * The spool's dedupe key. A move claim changes the UID (and the folder) of a message, so there the key is
-   * its Message-ID within this mailbox: a message taken over after a crash, or a second copy, is not stored
-   * twice. A message without a Message-ID is keyed by its UID in the processing folder.
+   * its Message-ID, size and INTERNALDATE within this mailbox: a message taken over after a crash, or a second
+   * copy, is not stored twice. A message without a Message-ID is keyed by its UID in the processing folder.
    */
-  private keyOf(box: MailboxObject, uid: number, messageId: string | undefined): string {
-    if (this.claimMode === 'move') return messageId ? `imap:${this.s.name}:mid:${messageId}` : `imap:${this.s.name}:p${box.uidValidity}:${uid}`;
-    return this.dedupeKey(box, uid);
+  private keyOf(box: MailboxObject, m: Ident): string {
+    if (this.claimMode !== 'move') return this.dedupeKey(box, m.uid);
+    // Size and INTERNALDATE travel with a message through MOVE (RFC 3501 §6.4.7): with them, a different message
+    // that reuses a Message-ID (a broken sender, a resend) gets its own key, is stored, and is never taken for
+    // one the spool holds (which, with after_delivery: delete, would expunge it unstored).
+    const date = m.internalDate === undefined ? NaN : Math.floor(new Date(m.internalDate).getTime() / 1000);
+    if (m.messageId && m.size !== undefined && Number.isFinite(date)) return `imap:${this.s.name}:mid:${m.messageId}:${m.size}:${date}`;
+    return `imap:${this.s.name}:p${box.uidValidity}:${m.uid}`;
   }
 
   /**
@@ -337,7 +357,7 @@ export class ImapBridge {
     if (!Array.isArray(deleted) || deleted.length === 0) return;
     const ours =
       this.claimMode === 'move' && box.path === this.s.claimFolder
-        ? (await this.fetchClaimed(client, deleted)).filter((m) => this.ingest.isCommitted(this.keyOf(box, m.uid, m.messageId))).map((m) => m.uid)
+        ? (await this.fetchClaimed(client, deleted)).filter((m) => this.ingest.isCommitted(this.keyOf(box, m))).map((m) => m.uid)
         : deleted.filter((uid) => this.ingest.isCommitted(this.dedupeKey(box, uid)));
     if (ours.length === 0) return;
     this.log.info({ mailbox: this.s.name, count: ours.length }, 'expunging delivered messages an earlier session flagged \\Deleted but did not expunge');
@@ -346,10 +366,11 @@ export class ImapBridge {
 
   /** Works through everything pending, batch by batch, oldest first; returns when only others' claims remain. */
   private async drain(client: ImapFlow, box: MailboxObject): Promise<void> {
+    this.passedOver.clear(); // tried again at every drain (each IDLE restart or poll)
     while (!this.stopping) {
       const found = await this.timed(client.search({ seen: false, deleted: false, unKeyword: SKIP_KEYWORD }, { uid: true }), 'SEARCH');
       if (!Array.isArray(found)) throw new MailboxError('MAILBOX_SERVER', `SEARCH in ${this.s.mailbox} failed`);
-      const uids = found.filter((u) => !this.skipped.has(u)).sort((a, b) => a - b);
+      const uids = found.filter((u) => !this.skipped.has(u) && !this.passedOver.has(u)).sort((a, b) => a - b);
       if (this.claimMode !== 'move') this.claims.retain(new Set(uids));
       if (uids.length === 0) return;
       let progressed = false;
@@ -371,7 +392,11 @@ export class ImapBridge {
   /** One bounded batch: claim, fetch, commit, then mark. Returns true when any message was dealt with. */
   private async processBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
     const fetched: FetchMessageObject[] = [];
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) fetched.push(m);
+    const asked = new Set(uids);
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) {
+      // Another client changing flags makes the server send unsolicited FETCH (FLAGS) updates, without UID or size.
+      if (asked.has(m.uid)) fetched.push(m);
+    }
     fetched.sort((a, b) => a.uid - b.uid);
     this.log.debug({ mailbox: this.s.name, count: fetched.length, first: fetched[0]?.uid, last: fetched.at(-1)?.uid }, 'batch fetched');
     const now = this.deps.clock.now();
@@ -434,28 +459,56 @@ export class ImapBridge {
       } else if ((m.size ?? 0) <= INLINE_FETCH_MAX) small.push(m);
       else large.push(m);
     }
+    const unreadable = (uid: number, err: unknown) => {
+      outcomes.set(uid, { outcome: 'unreadable' });
+      const e = classify(err);
+      this.status.messageFailed(e);
+      this.log.warn({ mailbox: this.s.name, uid, error: e.message }, 'the server refused to send this message; released and passed over until the next pass');
+    };
     for (const group of groupBySize(small, GROUP_FETCH_BYTES)) {
       const sources = new Map<number, Buffer>();
-      for await (const m of client.fetch(toSequenceSet(group.map((g) => g.uid)), { uid: true, source: true }, { uid: true })) {
-        if (m.source) sources.set(m.uid, m.source);
+      try {
+        for await (const m of client.fetch(toSequenceSet(group.map((g) => g.uid)), { uid: true, source: true }, { uid: true })) {
+          if (m.source) sources.set(m.uid, m.source);
+        }
+      } catch (err) {
+        // NO for the group (one message the server cannot read): one at a time, so the others are taken.
+        if (!refused(err) || !client.usable) throw err;
+        for (const g of group) {
+          if (sources.has(g.uid)) continue;
+          try {
+            for await (const m of client.fetch(String(g.uid), { uid: true, source: true }, { uid: true })) if (m.uid === g.uid && m.source) sources.set(m.uid, m.source);
+          } catch (one) {
+            if (!refused(one) || !client.usable) throw one;
+            unreadable(g.uid, one);
+          }
+        }
       }
       // Accepted together, so the spool commits the group in one transaction (one fsync).
       await Promise.all(
         group.map(async (m) => {
+          if (outcomes.has(m.uid)) return; // unreadable
           const source = sources.get(m.uid);
           if (!source) return outcomes.set(m.uid, { outcome: 'gone' });
-          outcomes.set(m.uid, await this.take(box, m.uid, headerSection(source), Readable.from([source])));
+          outcomes.set(m.uid, await this.take(box, m, headerSection(source), Readable.from([source]), source));
         }),
       );
     }
     for (const m of large) {
-      const dl = await client.download(String(m.uid), undefined, { uid: true, maxBytes: this.ingest.maxBytes + 1 });
+      let dl: Awaited<ReturnType<ImapFlow['download']>>;
+      try {
+        dl = await client.download(String(m.uid), undefined, { uid: true, maxBytes: this.ingest.maxBytes + 1 });
+      } catch (err) {
+        if (!refused(err) || !client.usable) throw err;
+        unreadable(m.uid, err);
+        continue;
+      }
       if (!dl.content) {
         outcomes.set(m.uid, { outcome: 'gone' });
         continue;
       }
       const { header, body } = await peekHeaders(dl.content, MAX_HEADER_BYTES);
-      outcomes.set(m.uid, await this.take(box, m.uid, header, body));
+      outcomes.set(m.uid, await this.take(box, m, header, body));
     }
 
     const committed = [...finish];
@@ -469,12 +522,17 @@ export class ImapBridge {
         if (plan.policy.kind === 'move') moveTo.set(plan.policy.folder, [...(moveTo.get(plan.policy.folder) ?? []), uid]);
         else leave.push(uid);
       } else if (outcome === 'failed') release.push(uid);
+      else if (outcome === 'unreadable') {
+        release.push(uid);
+        if (this.claimMode !== 'move') this.passedOver.add(uid); // (move: by its UID back in the mailbox, below)
+      }
     }
 
     if (committed.length > 0) await this.afterDelivery(client, committed);
     if (leave.length > 0 && this.claimMode === 'move') {
       // Left alone: back where it was found, marked so no instance claims it again.
       if (box.permanentFlags?.has('\\*')) await client.messageFlagsAdd(toSequenceSet(leave), [SKIP_KEYWORD], { uid: true });
+      else for (const m of mine) if (leave.includes(m.uid)) this.skippedKeys.add(this.keyOf(box, m));
       for (const uid of (await this.moveBack(client, leave)).values()) this.skipped.add(uid);
     } else if (leave.length > 0) {
       for (const uid of leave) this.skipped.add(uid);
@@ -490,7 +548,9 @@ export class ImapBridge {
       // Not taken: let the next pass (ours or another instance's) have them without waiting for the claim timeout.
       await client.messageFlagsRemove(toSequenceSet(release), [CLAIM_KEYWORD], { uid: true });
     }
-    if (release.length > 0 && this.claimMode === 'move' && client.usable) await this.moveBack(client, release);
+    if (release.length > 0 && this.claimMode === 'move' && client.usable) {
+      for (const [from, to] of await this.moveBack(client, release)) if (outcomes.get(from)?.outcome === 'unreadable') this.passedOver.add(to);
+    }
     return committed.length + leave.length + moveTo.size > 0;
   }
 
@@ -537,7 +597,7 @@ export class ImapBridge {
   private async fetchClaimed(client: ImapFlow, uids: number[]): Promise<Array<FetchMessageObject & { messageId: string | undefined }>> {
     const out: Array<FetchMessageObject & { messageId: string | undefined }> = [];
     const asked = new Set(uids);
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, headers: ['message-id'] }, { uid: true })) {
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, internalDate: true, headers: ['message-id'] }, { uid: true })) {
       // Another instance working in the same folder makes the server send unsolicited FETCH (FLAGS) updates.
       if (!asked.has(m.uid)) continue;
       out.push({ ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined });
@@ -552,9 +612,15 @@ export class ImapBridge {
   private async processMoveBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
     const candidates: number[] = [];
     const asked = new Set(uids);
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true }, { uid: true })) {
+    const keyed = this.skippedKeys.size > 0;
+    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, ...(keyed ? { size: true, internalDate: true, headers: ['message-id'] } : {}) }, { uid: true })) {
       if (!asked.has(m.uid)) continue; // an unsolicited update
-      if (!m.flags?.has('\\Seen') && !m.flags?.has('\\Deleted')) candidates.push(m.uid); // changed since the search
+      if (m.flags?.has('\\Seen') || m.flags?.has('\\Deleted')) continue; // changed since the search
+      if (keyed && this.skippedKeys.has(this.keyOf(box, { ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined }))) {
+        this.skipped.add(m.uid); // left alone already, back under a new UID
+        continue;
+      }
+      candidates.push(m.uid);
     }
     if (candidates.length === 0) return false;
     const won = await this.claimByMove(client, candidates.sort((a, b) => a - b));
@@ -573,7 +639,7 @@ export class ImapBridge {
     }
     try {
       const claimed = await this.fetchClaimed(client, [...won.values()]);
-      const lost = await this.arbitrate(client, claimed);
+      const lost = await this.arbitrate(client, proc, claimed);
       if (lost.size > 0) {
         // Our copy of a message another instance's MOVE copied first: removed, the other instance takes it.
         this.log.debug({ mailbox: this.s.name, count: lost.size }, 'messages claimed by another instance (a concurrent MOVE copied them first)');
@@ -596,20 +662,23 @@ export class ImapBridge {
    * folder (\Seen, or \Deleted until the deferred expunge) for claim_timeout, so a slower competitor still sees
    * them. Returns our UIDs that lost. (Servers that move atomically, as Exchange does, never have copies.)
    */
-  private async arbitrate(client: ImapFlow, claimed: Array<{ uid: number; messageId: string | undefined }>): Promise<Set<number>> {
+  private async arbitrate(client: ImapFlow, proc: MailboxObject, claimed: Array<Ident & { messageId: string | undefined }>): Promise<Set<number>> {
     const lost = new Set<number>();
     const ours = new Set(claimed.map((m) => m.uid));
-    const withId = claimed.filter((m): m is { uid: number; messageId: string } => m.messageId !== undefined);
+    const withId = claimed.filter((m): m is Ident & { messageId: string } => m.messageId !== undefined);
     for (let i = 0; i < withId.length; i += 50) {
       const chunk = withId.slice(i, i + 50);
       const found = await this.timed(client.search({ or: chunk.map((m) => ({ header: { 'message-id': m.messageId } })) }, { uid: true }), 'SEARCH (copies)');
       const others = (Array.isArray(found) ? found : []).filter((u) => !ours.has(u));
       if (others.length === 0) continue;
+      // A copy is the same Message-ID with the same size and INTERNALDATE (the dedupe key): an older, different
+      // message that reused the Message-ID (e.g. delivered and left \Seen with after_delivery: flag) is no competitor.
       const lowest = new Map<string, number>();
       for (const o of await this.fetchClaimed(client, others)) {
-        if (o.messageId !== undefined && o.uid < (lowest.get(o.messageId) ?? Infinity)) lowest.set(o.messageId, o.uid);
+        const key = this.keyOf(proc, o);
+        if (o.uid < (lowest.get(key) ?? Infinity)) lowest.set(key, o.uid);
       }
-      for (const m of chunk) if ((lowest.get(m.messageId) ?? Infinity) < m.uid) lost.add(m.uid);
+      for (const m of chunk) if ((lowest.get(this.keyOf(proc, m)) ?? Infinity) < m.uid) lost.add(m.uid);
     }
     return lost;
   }
@@ -619,7 +688,7 @@ export class ImapBridge {
     const finish: number[] = [];
     const mine: FetchMessageObject[] = [];
     for (const m of claimed) {
-      if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
+      if (this.ingest.isCommitted(this.keyOf(proc, m))) finish.push(m.uid);
       else mine.push(m);
     }
     await this.work(client, proc, mine, finish);
@@ -644,7 +713,7 @@ export class ImapBridge {
       const finish: number[] = [];
       for (let i = 0; i < uids.length; i += this.s.batchSize) {
         for (const m of await this.fetchClaimed(client, uids.slice(i, i + this.s.batchSize))) {
-          if (this.ingest.isCommitted(this.keyOf(proc, m.uid, m.messageId))) finish.push(m.uid);
+          if (this.ingest.isCommitted(this.keyOf(proc, m))) finish.push(m.uid);
           // Ours from a session that died (still held by this process): given back now, no timeout to wait.
           else if (this.held.has(m.uid) || this.claims.isStale(m.uid, 0n, now)) stale.push(m.uid);
         }
@@ -690,7 +759,8 @@ export class ImapBridge {
   }
 
   /** Plans and commits one message. Never throws for a message's own problems; spool failures end the session. */
-  private async take(box: MailboxObject, uid: number, header: Buffer, body: AsyncIterable<Buffer>): Promise<{ outcome: Outcome; plan?: Plan }> {
+  private async take(box: MailboxObject, m: FetchMessageObject, header: Buffer, body: AsyncIterable<Buffer>, source?: Buffer): Promise<{ outcome: Outcome; plan?: Plan }> {
+    const uid = m.uid;
     const plan = this.ingest.plan(header);
     const log = { mailbox: this.s.name, uid, messageId: plan.messageId };
     if (plan.kind === 'unmatched') {
@@ -699,14 +769,19 @@ export class ImapBridge {
       this.log.warn({ ...log, candidates: plan.candidates.slice(0, 5), policy: plan.policy.kind === 'move' ? `move:${plan.policy.folder}` : 'leave' }, 'no route accepts any recipient of this message');
       return { outcome: 'unmatched', plan };
     }
-    if (this.knownIds && plan.messageId && this.knownIds.has(plan.messageId)) {
+    // A message under a new UID (after a UIDVALIDITY change) or a new INTERNALDATE (move claims: appended again)
+    // whose Message-ID the spool knows is taken for one already stored only when its bytes are the same:
+    // after_delivery (delete, too) then applies to a message the spool holds. A new message that reuses a
+    // Message-ID, or one streamed (over 1 MiB, not held whole to compare), is stored (at worst delivered twice).
+    const copyPrefix = this.claimMode === 'move' ? `imap:${this.s.name}:mid:${plan.messageId}:` : undefined;
+    if (plan.messageId && source && (copyPrefix || this.knownIds?.has(plan.messageId)) && (await this.ingest.holdsCopy(source, plan.messageId, copyPrefix))) {
       await drain(body);
       this.ingest.count('duplicate');
-      this.log.info(log, 'message already taken under an earlier UIDVALIDITY (same Message-ID); not stored again');
+      this.log.info(log, 'the spool holds this message (the same bytes under another UID); not stored again');
       return { outcome: 'duplicate', plan };
     }
     try {
-      const result = await this.ingest.accept(plan, body, this.keyOf(box, uid, plan.messageId), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
+      const result = await this.ingest.accept(plan, body, this.keyOf(box, { uid, size: m.size, internalDate: m.internalDate, messageId: plan.messageId }), { uidValidity: box.uidValidity.toString(), uid, folder: box.path, host: this.s.host });
       this.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, result.duplicate ? 'message was already in the spool' : 'message accepted');
       return { outcome: result.duplicate ? 'duplicate' : 'committed', plan };
     } catch (err) {

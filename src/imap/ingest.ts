@@ -42,6 +42,13 @@ export class MailboxIngest {
   private readonly hasKey;
   private readonly idsWithPrefix;
   private readonly otherGeneration;
+  private readonly sameIdAndSize;
+  /**
+   * Keys whose accept failed in this process. A failed WAL sync rejects an accept whose rows are committed but
+   * not known to be on disk: such a key is not taken as committed (which would let after_delivery delete the
+   * message) until a later accept of the same message resolves — as a duplicate, after a sync that succeeded.
+   */
+  private readonly unsure = new Set<string>();
 
   constructor(
     private readonly deps: IngestDeps,
@@ -52,6 +59,7 @@ export class MailboxIngest {
     this.hasKey = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE dedupe_key = ?`).pluck();
     // Range on the unique dedupe_key index: every key of one mailbox shares the prefix "<source>:<name>:".
     this.otherGeneration = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE (dedupe_key >= ? AND dedupe_key < ?) OR (dedupe_key >= ? AND dedupe_key < ?) LIMIT 1`).pluck();
+    this.sameIdAndSize = deps.spool.db.prepare(`SELECT id FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND size = ? AND json_extract(meta, '$.messageId') = ?`).pluck();
     this.idsWithPrefix = deps.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND meta IS NOT NULL`).pluck();
   }
 
@@ -91,7 +99,7 @@ export class MailboxIngest {
 
   /** True when the spool already holds a message under this key (committed before a crash or by an earlier pass). */
   isCommitted(dedupeKey: string): boolean {
-    return this.hasKey.get(dedupeKey) !== undefined;
+    return !this.unsure.has(dedupeKey) && this.hasKey.get(dedupeKey) !== undefined;
   }
 
   /**
@@ -112,17 +120,38 @@ export class MailboxIngest {
     return new Set((this.idsWithPrefix.all(prefix, upper) as Array<string | null>).filter((v): v is string => typeof v === 'string'));
   }
 
+  /**
+   * True when the spool holds, from this mailbox, a message with this Message-ID and exactly these bytes. keyPrefix
+   * narrows the search to keys starting with it (an index range); without it every key of the mailbox is looked at.
+   */
+  async holdsCopy(source: Buffer, messageId: string, keyPrefix = `${this.source}:${this.mailbox.name}:`): Promise<boolean> {
+    if (this.unsure.size > 0) return false; // perhaps a row not on disk: stored (deduplicated) again instead
+    const upper = `${keyPrefix.slice(0, -1)};`; // ';' sorts right after ':'
+    for (const id of this.sameIdAndSize.all(keyPrefix, upper, source.length, messageId) as string[]) {
+      const stored = await this.deps.spool.readRaw(id).catch(() => undefined); // removed meanwhile: not held
+      if (stored?.equals(source)) return true;
+    }
+    return false;
+  }
+
   /** Stores the message; resolves after the durable commit (or with duplicate: true when the key was known). */
   async accept(plan: Extract<Plan, { kind: 'deliver' }>, body: AsyncIterable<Buffer>, dedupeKey: string, meta: Record<string, unknown>): Promise<AcceptResult> {
-    const result = await this.deps.spool.accept({
-      source: this.source,
-      envelope: plan.envelope,
-      deliveries: plan.deliveries,
-      body,
-      maxBytes: this.deps.maxBytes,
-      dedupeKey,
-      meta: { mailbox: this.mailbox.name, messageId: plan.messageId ?? null, recipientHeader: plan.header, ...meta },
-    });
+    let result: AcceptResult;
+    try {
+      result = await this.deps.spool.accept({
+        source: this.source,
+        envelope: plan.envelope,
+        deliveries: plan.deliveries,
+        body,
+        maxBytes: this.deps.maxBytes,
+        dedupeKey,
+        meta: { mailbox: this.mailbox.name, messageId: plan.messageId ?? null, recipientHeader: plan.header, ...meta },
+      });
+    } catch (err) {
+      this.unsure.add(dedupeKey);
+      throw err;
+    }
+    this.unsure.delete(dedupeKey);
     if (!result.duplicate) this.deps.metrics.messagesAccepted.inc({ source: this.source });
     this.deps.metrics.mailboxMessages.inc({ mailbox: this.mailbox.name, outcome: result.duplicate ? 'duplicate' : 'accepted' });
     return result;

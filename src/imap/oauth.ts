@@ -43,9 +43,17 @@ export class OAuthTokenProvider implements TokenProvider {
   async token(): Promise<string> {
     const now = this.deps.clock.now();
     if (this.cached && now < this.cached.refreshAt) return this.cached.token;
-    this.inFlight ??= this.fetchToken().finally(() => {
-      this.inFlight = undefined;
-    });
+    this.inFlight ??= this.fetchToken()
+      .catch((err: unknown) => {
+        // A renewal inside the margin that fails (endpoint down, refused) leaves the cached token in use until it
+        // really expires; the next call tries again.
+        const c = this.cached;
+        if (c && this.deps.clock.now() < c.expiresAt) return c.token;
+        throw err;
+      })
+      .finally(() => {
+        this.inFlight = undefined;
+      });
     return this.inFlight;
   }
 

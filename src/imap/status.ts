@@ -55,6 +55,12 @@ export class MailboxStatus {
     this.metrics.mailboxErrors.inc({ mailbox: this.name, kind: err.kind });
   }
 
+  /** One message failed and was passed over (the session goes on, no backoff): remembered and counted. */
+  messageFailed(err: MailboxError): void {
+    this.lastError = { kind: err.kind, code: err.code, message: err.message, at: this.clock.now() };
+    this.metrics.mailboxErrors.inc({ mailbox: this.name, kind: err.kind });
+  }
+
   /** A session got as far as reading the mailbox: the failure streak ends (the last error stays visible). */
   recovered(): void {
     this.consecutiveFailures = 0;

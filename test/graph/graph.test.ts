@@ -268,6 +268,103 @@ test('move claims: marking fails after the commit: the message stays claimed (no
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('move claims: a new message that reuses the internetMessageId of one delivered earlier is stored, not deleted as already taken', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  g.add(message('first', { to: 'desk@in.test', messageId: 'gre@x' }), { receivedDateTime: '2025-03-03T10:00:00Z' });
+  const app = await start([graphYaml('g-reuse', { claim: 'auto', after: 'delete' })]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'the first message');
+    await until(() => g.messages.size === 0, 5000, 'deleted after delivery');
+    g.add(message('second', { to: 'desk@in.test', messageId: 'gre@x', body: 'another message' }), { receivedDateTime: '2025-03-04T09:00:00Z' });
+    inbox(app).poke();
+    await until(() => count(app.spool.db) === 2, 10_000, 'the second message stored');
+    await until(() => g.messages.size === 0, 5000, 'deleted after delivery');
+  } finally {
+    await app.close();
+  }
+});
+
+test('move claims: the processing folder deleted while running is looked up again and recreated; new mail is still taken', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const app = await start([graphYaml('g-gone', { claim: 'auto' })]);
+  try {
+    g.add(message('a', { to: 'desk@in.test', messageId: 'gone-a@x' }));
+    await until(() => count(app.spool.db) === 1, 10_000, 'the first message');
+    // Someone deletes the processing folder with what it holds.
+    for (const [id] of g.folders) {
+      for (const m of g.inFolder(id)) g.messages.delete(m.id);
+      g.folders.delete(id);
+    }
+    g.add(message('b', { to: 'desk@in.test', messageId: 'gone-b@x' }));
+    inbox(app).poke();
+    await until(() => count(app.spool.db) === 2, 10_000, 'the next message taken');
+    const folder = [...g.folders].find(([, name]) => name === 'mailhook-processing')?.[0];
+    assert.ok(folder, 'recreated');
+    await until(() => g.inFolder(folder)[0]?.isRead === true, 5000, 'marked read there after the commit');
+    assert.equal(g.inFolder(folder).length, 1);
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('a message whose $value keeps failing is passed over: later messages are taken, it is taken once it can be read', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const bad = g.add(message('bad', { to: 'desk@in.test', messageId: 'bad@x' }));
+  const good = g.add(message('good', { to: 'desk@in.test', messageId: 'good@x' }));
+  g.fail(1000, 500, (method, path) => method === 'GET' && path.includes(encodeURIComponent(bad)) && path.endsWith('/$value'));
+  const app = await start([graphYaml('g-stuck')]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'the message after the failing one');
+    await until(() => g.messages.get(good)?.isRead === true, 5000, 'it marked read');
+    assert.equal(g.messages.get(bad)?.isRead, false);
+    assert.match(inbox(app).status.lastError?.message ?? '', /answered 500/);
+    assert.ok(app.logs.some((l) => l.includes('passed over in this pass')));
+    g.clearFailures();
+    await until(() => count(app.spool.db) === 2, 10_000, 'the failing message, once readable');
+    await until(() => g.messages.get(bad)?.isRead === true, 5000, 'marked read');
+  } finally {
+    g.clearFailures();
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('move claims, after_delivery flag: the look for stale claims lists only unread messages, not the read ones piling up in the processing folder', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const N = 60;
+  for (let i = 0; i < N; i++) g.add(message(`p${i}`, { to: 'desk@in.test', messageId: `pile-${i}@x` }));
+  const app = await start([graphYaml('g-pile', { claim: 'auto', claimTimeout: 1 })]);
+  try {
+    await until(() => count(app.spool.db) === N, 10_000, `${N} messages`);
+    const folder = [...g.folders].find(([, name]) => name === 'mailhook-processing')![0];
+    await until(() => g.inFolder(folder).filter((m) => m.isRead).length === N, 5000, 'all read in the processing folder');
+    const from = g.requests.length;
+    const lists = () => g.requests.slice(from).filter((r) => r.method === 'GET' && r.path.endsWith(`/mailFolders/${folder}/messages`));
+    await until(() => lists().length > 0 && inbox(app).status.state === 'polling', 5000, 'a scan of the processing folder');
+    assert.ok(lists().every((r) => r.query.get('$filter') === 'isRead eq false'), 'unread only');
+    assert.equal(lists().filter((r) => r.query.has('$skip')).length, 0, 'one page, not every read message');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('after_delivery move:<folder id> to a folder that was deleted: a failure shown, not a silent no-op', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const gone = 'aamkfolder00000000deadbeef'; // a well-formed id of a folder that no longer exists
+  const id = g.add(message('mv', { to: 'desk@in.test', messageId: 'mv-gone@x' }));
+  const app = await start([graphYaml('g-mvgone', { after: `move:${gone}` })]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'committed');
+    await until(() => /folder aamkfolder00000000deadbeef: the folder was not found/.test(inbox(app).status.lastError?.message ?? ''), 5000, 'the failed move reported');
+    assert.equal(g.messages.get(id)?.folder, 'inbox', 'still where it was');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));

@@ -1,9 +1,9 @@
 // A local stand-in for the parts of Microsoft Graph the mailbox bridge uses, behaving as Microsoft documents them:
 // messages delta (@odata.nextLink pages, then an @odata.deltaLink whose $deltatoken returns only changes and
 // "@removed" entries; an expired token answers 410 SyncStateNotFound), Prefer: odata.maxpagesize, raw MIME at
-// /$value, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
-// 404 ErrorItemNotFound), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
-// a folder's messages (paged by $top/$skip), bearer tokens from the same server's token endpoint (client
+// /$value, GET a message, PATCH isRead, DELETE, POST move (201 with the moved message under a new id; the old id then answers
+// 404 ErrorItemNotFound, as does a move to a deleted folder), mailFolders (list with $filter on displayName, create: 201, or 409 ErrorFolderExists),
+// a folder's messages (paged by $top/$skip, $filter on isRead), bearer tokens from the same server's token endpoint (client
 // credentials), and throttling (429/503 Retry-After).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
@@ -80,12 +80,12 @@ export class GraphStandin {
   }
 
   /** Delivers a message to a folder (as Exchange would); returns its Graph id. */
-  add(raw: string | Buffer, opts: { folder?: string; isRead?: boolean } = {}): string {
+  add(raw: string | Buffer, opts: { folder?: string; isRead?: boolean; receivedDateTime?: string } = {}): string {
     // Real ids are long base64 strings with "/", "+" and "=": clients must encode them in URLs.
     const id = `AAMkAD${randomBytes(24).toString('base64')}`;
     const text = raw.toString();
     const mid = /^Message-ID:\s*(<[^>]+>)/im.exec(text)?.[1] ?? `<${id}@standin>`;
-    this.messages.set(id, { id, folder: (opts.folder ?? 'inbox').toLowerCase(), raw: Buffer.from(raw), isRead: opts.isRead ?? false, receivedDateTime: new Date().toISOString(), internetMessageId: mid });
+    this.messages.set(id, { id, folder: (opts.folder ?? 'inbox').toLowerCase(), raw: Buffer.from(raw), isRead: opts.isRead ?? false, receivedDateTime: opts.receivedDateTime ?? new Date().toISOString(), internetMessageId: mid });
     this.changed(id);
     return id;
   }
@@ -102,6 +102,11 @@ export class GraphStandin {
   /** The next `count` matching requests fail with `status` (no Retry-After). */
   fail(count: number, status: number, match: (method: string, path: string) => boolean): void {
     for (let i = 0; i < count; i++) this.failures.push({ status, match });
+  }
+
+  /** Forgets the failures still queued by fail(). */
+  clearFailures(): void {
+    this.failures = [];
   }
 
   /**
@@ -180,7 +185,14 @@ export class GraphStandin {
       }
       const top = Math.min(Number(url.searchParams.get('$top') ?? 10), 1000);
       const skip = Number(url.searchParams.get('$skip') ?? 0);
-      const list = this.inFolder(folder);
+      // $filter: what clients use here, isRead eq true|false; anything else is refused as Graph refuses an unknown property.
+      const filter = url.searchParams.get('$filter');
+      const isRead = filter ? /^isRead eq (true|false)$/.exec(filter) : null;
+      if (filter && !isRead) {
+        record(400);
+        return json(res, 400, { error: { code: 'BadRequest', message: `unsupported $filter: ${filter}` } });
+      }
+      const list = this.inFolder(folder).filter((x) => !isRead || x.isRead === (isRead[1] === 'true'));
       const out: Record<string, unknown> = { value: list.slice(skip, skip + top).map((x) => this.item(x)) };
       if (skip + top < list.length) {
         const next = new URL(url.toString());
@@ -205,6 +217,10 @@ export class GraphStandin {
         record(404);
         return json(res, 404, { error: { code: 'ErrorItemNotFound', message: 'The specified object was not found in the store.' } });
       }
+      if (method === 'GET' && !m[2]) {
+        record(200);
+        return json(res, 200, this.item(msg));
+      }
       if (method === 'GET' && m[2] === '/$value') {
         record(200);
         res.writeHead(200, { 'content-type': 'text/plain' });
@@ -228,6 +244,11 @@ export class GraphStandin {
       if (method === 'POST' && m[2] === '/move') {
         const dest = String((JSON.parse(body || '{}') as { destinationId?: string }).destinationId ?? '').toLowerCase();
         if (!WELL_KNOWN.includes(dest) && !this.folders.has(dest)) {
+          // A well-formed id of a folder that no longer exists: 404, as for a missing message; anything else is malformed.
+          if (/^aamkfolder[0-9a-f]{16}$/.test(dest)) {
+            record(404);
+            return json(res, 404, { error: { code: 'ErrorItemNotFound', message: 'The specified object was not found in the store.' } });
+          }
           record(400);
           return json(res, 400, { error: { code: 'ErrorInvalidIdMalformed', message: 'Id is malformed.' } });
         }

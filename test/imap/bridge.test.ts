@@ -3,14 +3,22 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
-import { configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { createHash } from 'node:crypto';
 import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
-import type { ImapBridge } from '../../src/imap/bridge.js';
+import { ImapFlow } from 'imapflow';
+import { ImapBridge } from '../../src/imap/bridge.js';
+import { MailboxIngest } from '../../src/imap/ingest.js';
+import { Spool } from '../../src/spool/spool.js';
+import { Router } from '../../src/routing/router.js';
+import { createMetrics } from '../../src/core/metrics.js';
+import { createLogger } from '../../src/core/logger.js';
+import type { ImapMailboxSettings } from '../../src/config/mailboxes.js';
 import { count, crlf, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
 
 const skip = dovecotSkip();
@@ -22,7 +30,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol', 'unread'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -359,6 +367,97 @@ ${oauth2}`;
     }
   });
 
+  test('after a UIDVALIDITY change a new message that reuses a stored Message-ID is stored, not expunged unstored (after_delivery: delete)', async () => {
+    const dir = tempDir();
+    const c = await dovecot.client('reuse');
+    await c.mailboxCreate('Work');
+    await c.logout();
+    await dovecot.append([message('r1', { to: 'desk@in.test', messageId: 'reuse-1@x' })], { user: 'reuse', folder: 'Work' });
+    const yaml = imapBlock(mailboxYaml(dovecot, 'reuse', { mailbox: 'Work', after_delivery: 'delete' }));
+    let app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: yaml, dir });
+    try {
+      await until(() => count(app.spool.db) === 1, 10_000, 'the first message');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+    } finally {
+      await app.close();
+    }
+    const c2 = await dovecot.client('reuse');
+    await c2.mailboxDelete('Work');
+    await c2.mailboxCreate('Work');
+    await c2.logout();
+    // Under the new UIDVALIDITY: a different message with the first one's Message-ID (a sender reusing it).
+    await dovecot.append([message('r2', { to: 'desk@in.test', messageId: 'reuse-1@x', body: 'a different message' })], { user: 'reuse', folder: 'Work' });
+    app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: yaml, dir });
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
+      assert.ok(app.logs.some((l) => l.includes('deduplicating by Message-ID')));
+      assert.equal(count(app.spool.db), 2, 'the new message is stored');
+      assert.deepEqual(await dovecot.list('Work', 'reuse'), [], 'and only then expunged');
+    } finally {
+      await app.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('keyword claims: an unsolicited FETCH (FLAGS) from another client during the batch FETCH is not taken for a message to claim', async () => {
+    await dovecot.append([message('left', { to: 'stranger@elsewhere.test', messageId: 'unsol-left@x' })], { user: 'unsol' });
+    const app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'unsol', { after_delivery: 'flag', claim: 'keyword' })) });
+    const other = await dovecot.client('unsol');
+    await other.mailboxOpen('INBOX');
+    const fetch = ImapFlow.prototype.fetch;
+    let armed = false;
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle, the unmatched message left');
+      armed = true;
+      // While the bridge's next batch FETCH runs, a user flags the left message: Dovecot reports that as an
+      // untagged FETCH (FLAGS) without UID inside the bridge's FETCH.
+      ImapFlow.prototype.fetch = async function* (this: ImapFlow, ...args: Parameters<ImapFlow['fetch']>) {
+        if (armed && this !== other && (args[1] as { size?: boolean }).size) {
+          armed = false;
+          await other.messageFlagsAdd('1', ['\\Flagged'], { uid: true });
+        }
+        yield* fetch.apply(this, args);
+      } as ImapFlow['fetch'];
+      await dovecot.append([message('next', { to: 'desk@in.test', messageId: 'unsol-next@x' })], { user: 'unsol' });
+      await until(() => count(app.spool.db) === 1, 10_000, 'the next message');
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle again');
+      assert.equal(armed, false, 'the flag change happened during the batch FETCH');
+      assert.equal(bridgeOf(app).status.lastError, null, 'the session went on');
+      assert.deepEqual((await dovecot.list('INBOX', 'unsol')).map((m) => m.flags.filter((f) => f !== '\\Recent').sort()), [['$MailhookSkipped', '\\Flagged'], ['\\Seen']]);
+    } finally {
+      ImapFlow.prototype.fetch = fetch;
+      await other.logout();
+      await app.close();
+    }
+  });
+
+  test('a message the server refuses to send (FETCH answered NO) is passed over: the rest of its batch is taken, it is tried again later', async () => {
+    await dovecot.append([message('bad', { to: 'desk@in.test', messageId: 'unread-bad@x' }), message('good', { to: 'desk@in.test', messageId: 'unread-good@x' })], { user: 'unread' });
+    // Dovecot answers NO to a FETCH of a message it cannot read (a broken file); here its FETCH of UID 1 fails so.
+    const fetch = ImapFlow.prototype.fetch;
+    let broken = true;
+    ImapFlow.prototype.fetch = async function* (this: ImapFlow, ...args: Parameters<ImapFlow['fetch']>) {
+      const [range, query] = args as [string, { source?: boolean }];
+      if (broken && query.source && String(range).split(/[,:]/).includes('1')) {
+        throw Object.assign(new Error('Command failed'), { responseStatus: 'NO', responseText: 'Internal error occurred. Refer to server log for more information.' });
+      }
+      yield* fetch.apply(this, args);
+    } as ImapFlow['fetch'];
+    const app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'unread', { after_delivery: 'delete', claim: 'keyword', idle_timeout: 1 })) });
+    try {
+      await until(() => count(app.spool.db) === 1, 10_000, 'the readable message');
+      assert.equal(count(app.spool.db, `json_extract(meta, '$.messageId') = 'unread-good@x'`), 1);
+      await until(() => /Internal error occurred/.test(bridgeOf(app).status.lastError?.message ?? ''), 5000, 'the refusal shown');
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+      assert.deepEqual((await dovecot.list('INBOX', 'unread')).map((m) => m.flags.filter((f) => f !== '\\Recent')), [[]], 'left, its claim released');
+      broken = false;
+      await until(() => count(app.spool.db) === 2, 10_000, 'taken once readable');
+    } finally {
+      ImapFlow.prototype.fetch = fetch;
+      await app.close();
+    }
+  });
+
   test('a message over 1 MiB is streamed byte for byte; one over smtp.max_message_bytes is left, marked', async () => {
     const consumer = await new Consumer().start();
     const line = 'y'.repeat(76) + '\r\n';
@@ -402,6 +501,32 @@ ${oauth2}`;
       await app.close();
       await consumer.stop();
       await plain.close();
+    }
+  });
+
+  test('a server without IDLE, poll_interval longer than idle_timeout + a command\'s time: the quiet pause is no socket timeout', async () => {
+    const plain = await startDovecot({ users: ['slowpoll'], capability: 'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE LITERAL+ NAMESPACE UIDPLUS CONDSTORE MOVE' });
+    const dir = tempDir();
+    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(plain, 'slowpoll', { poll_interval: 3, idle_timeout: 1, after_delivery: 'delete' })) });
+    const config = parseTestConfig(yaml, dir);
+    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
+    const metrics = createMetrics();
+    const settings = config.imap[0] as ImapMailboxSettings;
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    // A command's time shortened to 1 s (as poll_interval 120 s against idle_timeout 60 s + 60 s in production).
+    const bridge = new ImapBridge({ settings, ingest, log: createLogger({ level: 'silent' }), metrics, clock: { now: () => Date.now() }, random: Math.random, timeouts: { commandMs: 1000, connectMs: 2000 } });
+    bridge.start();
+    try {
+      await until(() => bridge.status.state === 'polling', 10_000, 'polling');
+      await plain.append([message('quiet', { to: 'desk@in.test' })], { user: 'slowpoll' });
+      await until(() => count(spool.db) === 1, 10_000, 'the message, at the next poll');
+      await until(() => bridge.status.state === 'polling', 5000, 'polling again');
+      assert.equal(bridge.status.lastError, null, 'the session lasted through the 3 s pause');
+    } finally {
+      await bridge.stop(2000);
+      await spool.close();
+      await plain.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -9,6 +9,7 @@ import { Writable } from 'node:stream';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
 import { MailboxIngest } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -58,7 +59,7 @@ const messageIds = (app: TestApp) => (app.spool.db.prepare(`SELECT json_extract(
 describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move'], capability: NO_CONDSTORE });
+    dovecot = await startDovecot({ users: ['shared', 'stale', 'crash', 'cut', 'race', 'flag', 'del', 'move', 'reflag', 'redel', 'noperm'], capability: NO_CONDSTORE });
   });
   after(async () => {
     await dovecot?.close();
@@ -228,6 +229,58 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       await c.logout();
       await bridge.stop(2000);
       await close();
+    }
+  });
+
+  test('a new message that reuses the Message-ID of one delivered earlier is stored, not removed as a copy (flag: the old one stays; delete)', async () => {
+    const first = (to: string) => message('old', { to, messageId: 'reused@x' });
+    await dovecot.append([first('desk@in.test')], { user: 'reflag' });
+    await dovecot.append([first('desk@in.test')], { user: 'redel' });
+    const app = await startTestApp({
+      routes: routesYaml('http://127.0.0.1:9/unused'),
+      extra: imapBlock(mailboxYaml(dovecot, 'reflag', { after_delivery: 'flag', claim: 'move' }), mailboxYaml(dovecot, 'redel', { after_delivery: 'delete', claim: 'move', claim_timeout: 3600 })),
+    });
+    try {
+      await until(() => count(app.spool.db) === 2, 10_000, 'the first messages');
+      await Promise.all(app.mailboxes.bridges.map((b) => until(() => b.status.state === 'idle', 10_000, 'idle')));
+      // The delivered copies are still in the processing folder (\Seen; \Deleted until the expunge an hour later).
+      const next = message('new', { to: 'desk@in.test', messageId: 'reused@x', body: 'another message, the same Message-ID' });
+      await dovecot.append([next], { user: 'reflag' });
+      await dovecot.append([next], { user: 'redel' });
+      await until(() => count(app.spool.db) === 4, 10_000, 'the new messages stored');
+      await Promise.all(app.mailboxes.bridges.map((b) => until(() => b.status.state === 'idle', 10_000, 'idle')));
+      assert.deepEqual(await dovecot.list('INBOX', 'reflag'), []);
+      assert.deepEqual((await dovecot.list(PROCESSING, 'reflag')).map((m) => m.flags), [['\\Seen'], ['\\Seen']], 'both delivered, both kept');
+      assert.equal(count(app.spool.db, `json_extract(meta, '$.messageId') = 'reused@x'`), 4);
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('a server that cannot store keywords (no PERMANENTFLAGS \\*, as Office 365): an unmatched message is looked at once per instance, not passed back and forth', async () => {
+    // Dovecot offers \* everywhere; hidden here from every client in this process, as Exchange does not offer it.
+    const open = ImapFlow.prototype.mailboxOpen;
+    ImapFlow.prototype.mailboxOpen = async function (this: ImapFlow, ...args: Parameters<ImapFlow['mailboxOpen']>) {
+      const box = await open.apply(this, args);
+      box.permanentFlags?.delete('\\*');
+      return box;
+    };
+    const apps: TestApp[] = [];
+    try {
+      await dovecot.append([message('u', { to: 'stranger@elsewhere.test', messageId: 'noperm-u@x' })], { user: 'noperm' });
+      const block = imapBlock(mailboxYaml(dovecot, 'noperm', { after_delivery: 'delete', claim: 'move', idle_timeout: 1 }));
+      for (let i = 0; i < 2; i++) apps.push(await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: block }));
+      const looked = () => apps.map((a) => a.logs.filter((l) => l.includes('no route accepts')).length);
+      await until(() => looked().every((n) => n >= 1), 10_000, 'both instances to look at the message');
+      // Then mail flows on (several IDLE restarts later) and the unmatched message stays where it is.
+      await dovecot.append([message('d', { to: 'desk@in.test', messageId: 'noperm-d@x' })], { user: 'noperm' });
+      await until(() => apps.reduce((n, a) => n + count(a.spool.db), 0) === 1, 10_000, 'the routed message');
+      for (const a of apps) await until(() => a.mailboxes.bridges[0]!.status.state === 'idle', 10_000, 'idle');
+      assert.deepEqual(looked(), [1, 1], 'each instance looked at it once');
+      assert.deepEqual((await dovecot.list('INBOX', 'noperm')).map((m) => m.flags), [[]], 'left in the mailbox, unread (no keyword to mark it)');
+    } finally {
+      await Promise.all(apps.map((a) => a.close()));
+      ImapFlow.prototype.mailboxOpen = open;
     }
   });
 

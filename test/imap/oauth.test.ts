@@ -44,6 +44,19 @@ test('client credentials: cached, then refreshed before it expires; concurrent c
   assert.notEqual(await p.token(), renewed, 'an invalidated token is replaced');
 });
 
+test('a renewal that fails inside the margin: the cached token is used until it really expires', async () => {
+  as.expiresIn = 3600;
+  const clock = clockAt(Date.now());
+  const settings = { grant: 'client_credentials' as const, tokenUrl: as.tokenUrl('t-9'), clientId: 'app', clientSecret: new Secret('app-secret'), refreshToken: undefined, scope: undefined };
+  const p = new OAuthTokenProvider(settings, { clock });
+  const first = await p.token();
+  settings.tokenUrl = 'http://127.0.0.1:9/token'; // the endpoint is down from now on
+  clock.t += 3_400_000; // inside the renewal margin, 200 s before it expires
+  assert.equal(await p.token(), first);
+  clock.t += 200_000; // expired
+  await assert.rejects(p.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED');
+});
+
 test('refresh token: the rotated refresh token is used next time', async () => {
   as.rotateRefreshTokens = true;
   as.refreshTokens.set('rt-1', { clientId: 'gmail', username: 'me' });

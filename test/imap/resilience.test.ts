@@ -65,7 +65,7 @@ async function silentableProxy(port: number): Promise<{ port: number; silence():
 describe('IMAP bridge resilience against Dovecot', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: ['restart', 'silent', 'shared', 'killed', 'spoolfail'] });
+    dovecot = await startDovecot({ users: ['restart', 'silent', 'shared', 'killed', 'spoolfail', 'syncfail'] });
   });
   after(async () => {
     await dovecot?.close();
@@ -168,6 +168,37 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
       await until(() => count(spool.db) === 2, 10_000, 'both messages once the spool works again');
       await until(() => bridge.status.state === 'idle', 5000, 'idle');
       assert.deepEqual(await dovecot.list('INBOX', 'spoolfail'), []);
+    } finally {
+      await bridge.stop(2000);
+      await spool.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a WAL sync that fails after the commit: the message is deleted only after a later accept of it resolved (a sync that worked)', async () => {
+    const dir = tempDir();
+    const yaml = configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailboxYaml(dovecot, 'syncfail', { after_delivery: 'delete' })) });
+    const config = parseTestConfig(yaml, dir);
+    const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
+    const metrics = createMetrics();
+    const settings = config.imap[0] as ImapMailboxSettings;
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    // The rows are committed, then the fdatasync of the WAL fails: accept rejects (as Acceptor.finishBatch does).
+    const results: string[] = [];
+    const accept = spool.accept.bind(spool);
+    spool.accept = async (input) => {
+      const result = await accept(input);
+      if (results.push(result.duplicate ? 'duplicate' : 'stored') === 1) throw new MailhookError('SPOOL_UNAVAILABLE', 'spool sync failed: EIO');
+      return result;
+    };
+    await dovecot.append([message('sync1', { to: 'desk@in.test' })], { user: 'syncfail' });
+    const bridge = new ImapBridge({ settings, ingest, log: createLogger({ level: 'silent' }), metrics, clock: { now: () => Date.now() }, random: Math.random });
+    bridge.start();
+    try {
+      await until(() => bridge.status.lastError?.kind === 'spool', 10_000, 'the failed sync');
+      await untilAsync(async () => (await dovecot.list('INBOX', 'syncfail')).length === 0, 10_000, 'the message deleted');
+      assert.deepEqual(results, ['stored', 'duplicate'], 'accepted again (a duplicate, resolved after its sync) before the delete');
+      assert.equal(count(spool.db), 1);
     } finally {
       await bridge.stop(2000);
       await spool.close();

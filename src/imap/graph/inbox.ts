@@ -37,6 +37,7 @@ interface DeltaItem {
   id?: string;
   isRead?: boolean;
   internetMessageId?: string;
+  receivedDateTime?: string;
   '@removed'?: unknown;
 }
 interface ListPage {
@@ -47,6 +48,13 @@ interface DeltaPage {
   value?: DeltaItem[];
   '@odata.nextLink'?: string;
   '@odata.deltaLink'?: string;
+}
+
+/** "mid:<Message-ID>:<received, epoch seconds>", what a message is known by across moves; undefined without both. */
+function identity(item: DeltaItem): string | undefined {
+  const mid = item.internetMessageId?.replace(/^<|>$/g, '');
+  const at = item.receivedDateTime ? Math.floor(Date.parse(item.receivedDateTime) / 1000) : NaN;
+  return mid && Number.isFinite(at) ? `mid:${mid}:${at}` : undefined;
 }
 
 /** Messages per delta page (Prefer: odata.maxpagesize; Graph's own default is 10). */
@@ -187,6 +195,7 @@ export class GraphInbox {
     const fullPass = `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
     let url: string | undefined = this.deltaLink ?? fullPass;
     if (this.s.claim === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) await this.scanClaimFolder();
+    let failed = 0;
     while (url && !this.stopping) {
       const fromDelta: boolean = url === this.deltaLink;
       const res: { status: number; body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` }, allow: fromDelta ? [400, 410] : [] });
@@ -205,13 +214,24 @@ export class GraphInbox {
       for (const item of body?.value ?? []) {
         if (this.stopping) return;
         if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
-        await this.take(item.id, item.internetMessageId);
+        try {
+          await this.take(item.id, identity(item));
+        } catch (err) {
+          // One message Graph refuses (its $value answers 500, its move 400, …) is passed over so the rest flows;
+          // the delta link then stays where it was and the next pass tries it again. Throttling, network, token
+          // and spool failures end the pass: the next message would meet them too.
+          const e = classify(err);
+          if (this.stopping || e.code !== 'MAILBOX_SERVER' || e.retryAfterMs !== undefined) throw err;
+          failed++;
+          this.status.messageFailed(e);
+          this.deps.log.warn({ mailbox: this.s.name, graphId: item.id, code: e.code, error: e.message }, 'a message failed; passed over in this pass and tried again in the next');
+        }
       }
       // The next link and the delta link are opaque: used exactly as given. Only a finished pass advances
       // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
       if (body?.['@odata.nextLink']) url = body['@odata.nextLink'];
       else {
-        if (body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
+        if (failed === 0 && body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
         url = undefined;
       }
     }
@@ -219,24 +239,24 @@ export class GraphInbox {
 
   /**
    * The dedupe key. With move claims a message's id changes on every move, so it is keyed by its Message-ID
-   * (internetMessageId) within this mailbox; without, by its id as before.
+   * (internetMessageId) and receivedDateTime (both kept by a move) within this mailbox: a different message that
+   * reuses a Message-ID is stored, not taken for one the spool holds. Without claims, by its id as before.
    */
-  private keyOf(id: string, internetMessageId: string | undefined): string {
-    const mid = internetMessageId?.replace(/^<|>$/g, '');
-    return this.s.claim === 'move' && mid ? `graph:${this.s.name}:mid:${mid}` : `graph:${this.s.name}:${id}`;
+  private keyOf(id: string, ident: string | undefined): string {
+    return this.s.claim === 'move' && ident ? `graph:${this.s.name}:${ident}` : `graph:${this.s.name}:${id}`;
   }
 
-  private async take(sourceId: string, internetMessageId: string | undefined): Promise<void> {
-    if (this.skipped.has(sourceId) || (internetMessageId && this.skipped.has(internetMessageId))) return;
+  private async take(sourceId: string, ident: string | undefined): Promise<void> {
+    if (this.skipped.has(sourceId) || (ident && this.skipped.has(ident))) return;
     let id = sourceId;
-    if (this.deps.ingest.isCommitted(this.keyOf(id, internetMessageId))) {
+    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) {
       await this.afterDelivery(id);
       return;
     }
     if (this.s.claim === 'move') {
       // The claim: POST …/move answers 201 with the moved message (a new id) to exactly one instance; the
       // others get 404 ErrorItemNotFound, the id being gone from this folder.
-      const moved = await this.claimMove(id, await this.claimFolder());
+      const moved = await this.claimToFolder(id);
       if (moved === undefined) {
         this.deps.log.debug({ mailbox: this.s.name, graphId: id }, 'message claimed by another instance');
         return;
@@ -244,20 +264,20 @@ export class GraphInbox {
       id = moved;
     }
     try {
-      await this.takeClaimed(id, internetMessageId);
+      await this.takeClaimed(id, ident);
     } catch (err) {
       if (this.s.claim === 'move' && !this.stopping) {
         // In our spool already (marking it failed): it stays claimed, in the processing folder, and the next
         // pass only marks it. Not taken: give it back so the next pass (ours or another instance's) takes it now.
-        if (this.deps.ingest.isCommitted(this.keyOf(id, internetMessageId))) this.nextClaimScanAt = 0;
+        if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) this.nextClaimScanAt = 0;
         else await this.claimMove(id, this.s.mailbox).catch(() => undefined);
       }
       throw err;
     }
   }
 
-  private async takeClaimed(id: string, internetMessageId: string | undefined): Promise<void> {
-    const key = this.keyOf(id, internetMessageId);
+  private async takeClaimed(id: string, ident: string | undefined): Promise<void> {
+    const key = this.keyOf(id, ident);
     const log = { mailbox: this.s.name, graphId: id };
     if (this.deps.ingest.isCommitted(key)) {
       await this.afterDelivery(id);
@@ -280,7 +300,7 @@ export class GraphInbox {
       this.deps.ingest.count('unmatched');
       this.deps.log.warn({ ...log, messageId: plan.messageId, candidates: plan.candidates.slice(0, 5) }, 'no route accepts any recipient of this message');
       if (plan.policy.kind === 'move') await this.move(id, plan.policy.folder);
-      else await this.leave(id, internetMessageId);
+      else await this.leave(id, ident);
       return;
     }
     try {
@@ -288,7 +308,7 @@ export class GraphInbox {
       this.deps.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, 'message accepted');
     } catch (err) {
       if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
-        await this.leave(id, internetMessageId);
+        await this.leave(id, ident);
         this.deps.ingest.count('too_large');
         this.deps.log.warn(log, `message exceeds ${this.deps.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox`);
         return;
@@ -299,11 +319,11 @@ export class GraphInbox {
   }
 
   /** Leaves a message alone for this process; a claimed one goes back to the folder it came from first. */
-  private async leave(id: string, internetMessageId: string | undefined): Promise<void> {
+  private async leave(id: string, ident: string | undefined): Promise<void> {
     if (this.s.claim === 'move') {
       const back = await this.claimMove(id, this.s.mailbox);
       if (back) this.skipped.add(back);
-      if (internetMessageId) this.skipped.add(internetMessageId);
+      if (ident) this.skipped.add(ident);
     } else this.skipped.add(id);
   }
 
@@ -313,6 +333,31 @@ export class GraphInbox {
     if (res.status === 404) return undefined;
     if (!res.body?.id) throw new MailboxError('MAILBOX_PROTOCOL', 'Graph answered a move without the moved message');
     return res.body.id;
+  }
+
+  /**
+   * The claim: a move to the processing folder. A move to a folder that was deleted answers 404 ErrorItemNotFound,
+   * the same as a message another instance moved first (400 ErrorInvalidIdMalformed on some stores): then the
+   * folder is looked up again — recreated when gone — and, when it has a new id, the move is tried once more.
+   * Undefined when the message is gone (another instance has it).
+   */
+  private async claimToFolder(id: string): Promise<string | undefined> {
+    const folder = await this.claimFolder();
+    const url = `${this.base}/messages/${encodeURIComponent(id)}/move`;
+    const res = await this.graph.json<{ id?: string; error?: { code?: string } }>('POST', url, { body: { destinationId: folder }, allow: [400, 404] });
+    if (res.status < 400) {
+      if (!res.body?.id) throw new MailboxError('MAILBOX_PROTOCOL', 'Graph answered a move without the moved message');
+      return res.body.id;
+    }
+    this.claimFolderId = undefined;
+    const again = await this.claimFolder();
+    if (again !== folder) {
+      this.deps.log.warn({ mailbox: this.s.name, folder: this.s.claimFolder }, 'the processing folder was deleted or replaced; using it under its new id');
+      this.nextClaimScanAt = 0;
+      return this.claimMove(id, again);
+    }
+    if (res.status === 404) return undefined;
+    throw new MailboxError('MAILBOX_SERVER', `Graph POST move answered 400: ${res.body?.error?.code ?? ''}`);
   }
 
   /** The processing folder's id: found by its display name among the top-level folders, else created. */
@@ -337,7 +382,8 @@ export class GraphInbox {
   }
 
   /**
-   * Claims left by a dead instance: unread messages in the processing folder. Each is watched from the first
+   * Claims left by a dead instance: unread messages in the processing folder (only those are listed: with
+   * after_delivery: flag, delivered messages pile up there, read). Each is watched from the first
    * time it is seen; one still there after claim_timeout is moved back to the folder (one instance's move
    * succeeds) and taken afresh by the delta pass that follows. One the spool already holds (our own crash
    * between commit and marking) is only marked.
@@ -346,14 +392,20 @@ export class GraphInbox {
     const now = this.deps.clock.now();
     const folder = await this.claimFolder();
     const present = new Set<string>();
-    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$select=id,isRead,internetMessageId&$top=50`;
+    let url: string | undefined = `${this.base}/mailFolders/${encodeURIComponent(folder)}/messages?$filter=${encodeURIComponent('isRead eq false')}&$select=id,isRead,internetMessageId,receivedDateTime&$top=50`;
     let takenOver = 0;
     while (url && !this.stopping) {
-      const { body }: { body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url);
+      const { status, body }: { status: number; body: ListPage | undefined } = await this.graph.json<ListPage>('GET', url, { allow: [404] });
+      if (status === 404) {
+        // The processing folder was deleted: looked up (and recreated) at the next claim or scan.
+        this.claimFolderId = undefined;
+        this.nextClaimScanAt = 0;
+        return;
+      }
       for (const m of body?.value ?? []) {
         if (!m.id || m.isRead === true) continue;
         present.add(m.id);
-        if (this.deps.ingest.isCommitted(this.keyOf(m.id, m.internetMessageId))) {
+        if (this.deps.ingest.isCommitted(this.keyOf(m.id, identity(m)))) {
           await this.afterDelivery(m.id);
           continue;
         }
@@ -383,6 +435,11 @@ export class GraphInbox {
 
   private async move(id: string, folder: string): Promise<void> {
     // destinationId takes a folder id or a well-known name (archive, deleteditems, …).
-    await this.graph.json('POST', `${this.base}/messages/${encodeURIComponent(id)}/move`, { body: { destinationId: folder }, allow: [404] });
+    const res = await this.graph.json('POST', `${this.base}/messages/${encodeURIComponent(id)}/move`, { body: { destinationId: folder }, allow: [404] });
+    if (res.status !== 404) return;
+    // 404: the message is gone (someone moved or deleted it: nothing to do) — or the destination folder is.
+    const still = await this.graph.json('GET', `${this.base}/messages/${encodeURIComponent(id)}?$select=id`, { allow: [404] });
+    if (still.status === 404) return;
+    throw new MailboxError('MAILBOX_SERVER', `Graph could not move a message to folder ${folder}: the folder was not found (404); check after_delivery / unmatched move:<folder>`, { userFault: true });
   }
 }
