@@ -117,8 +117,15 @@ export class DeliveryWorker {
   }
 
   start(): void {
-    const n = this.deps.spool.jobs.reclaimAbandoned(this.deps.clock.now());
-    if (n > 0) this.deps.log.info({ deliveries: n }, 'resumed deliveries left in flight by the previous run');
+    const { spool, clock, random, config, log, metrics } = this.deps;
+    const now = clock.now();
+    const retry = config.delivery.retry;
+    const { resumed, dead } = spool.jobs.reclaimAbandoned(now, { maxAttempts: retry.max_attempts, retryAt: (attempts) => nextAttemptAt(retry, attempts, now, random) });
+    if (resumed > 0) log.info({ deliveries: resumed }, 'resumed deliveries left in flight by the previous run, after their retry backoff');
+    for (const d of dead) {
+      metrics.deliveries.inc({ route: d.route, outcome: 'dead' });
+      log.warn({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, error: d.reason }, 'delivery dead-lettered');
+    }
     this.running = true;
     this.wake();
   }

@@ -74,6 +74,15 @@ export function toDeliveryRow(r: DeliveryDbRow): DeliveryRow {
   };
 }
 
+/** A delivery left in flight by a process that ended, dead-lettered at start because it had used up its attempts. */
+export interface AbandonedDead {
+  id: string;
+  messageId: string;
+  route: string;
+  attempts: number;
+  reason: string;
+}
+
 /**
  * What happened to a leased delivery, recorded by settleAndLease(). `given-back`: no request was sent (shutdown
  * came first); the delivery is due again as it was, its attempt not counted and no attempt row written.
@@ -216,14 +225,45 @@ export class JobQueue {
   }
 
   /**
-   * At start-up the spool belongs to this process alone, so any 'delivering' row was left by a crash:
-   * put it back in the queue, due now. The attempt it counted stays counted.
+   * At start-up the spool belongs to this process alone (spool lock), so any 'delivering' row was left by a process
+   * that ended during the attempt: killed, or crashed, possibly on this very message (a parse that ran out of memory,
+   * a native crash). The attempt it counted stays counted. One that used up `maxAttempts` is dead-lettered now (with
+   * an attempt row saying so): otherwise a message that kills the process would be leased again at every start, for
+   * ever, since max_attempts is only looked at when an attempt finishes. The others wait their retry backoff
+   * (`retryAt(attempts)`), not due at once: a crash loop then slows down instead of spinning.
    */
-  reclaimAbandoned(now: number): number {
-    return this.db
-      .prepare(`UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE status = 'delivering'`)
-      .run(now, now).changes;
+  reclaimAbandoned(now: number, policy: { maxAttempts: number; retryAt: (attempts: number) => number }): { resumed: number; dead: AbandonedDead[] } {
+    this.abandoned ??= {
+      select: this.db.prepare(`SELECT id, message_id, route, attempts FROM deliveries WHERE status = 'delivering'`),
+      bury: this.db.prepare(
+        `UPDATE deliveries SET status = 'dead', lease_token = NULL, lease_expires_at = NULL, last_status_code = NULL, last_error = @error, updated_at = @now, finished_at = @now
+         WHERE id = @id AND status = 'delivering'`,
+      ),
+      resume: this.db.prepare(
+        `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, next_attempt_at = @at, last_error = @error, updated_at = @now
+         WHERE id = @id AND status = 'delivering'`,
+      ),
+    };
+    const { select, resume, bury } = this.abandoned;
+    const dead: AbandonedDead[] = [];
+    let resumed = 0;
+    this.db.transaction(() => {
+      for (const r of select.all() as Array<{ id: string; message_id: string; route: string; attempts: number }>) {
+        const ended = `the process ended during attempt ${r.attempts} (killed, or crashed, possibly on this message)`;
+        if (r.attempts >= policy.maxAttempts) {
+          const reason = `gave up after ${r.attempts} attempts: ${ended}`;
+          bury.run({ id: r.id, error: reason, now });
+          this.insertAttempt.run({ delivery_id: r.id, route: r.route, attempt: r.attempts, started_at: now, duration_ms: 0, status_code: null, outcome: 'dead', error: reason });
+          dead.push({ id: r.id, messageId: r.message_id, route: r.route, attempts: r.attempts, reason });
+        } else {
+          resume.run({ id: r.id, at: policy.retryAt(Math.max(r.attempts, 1)), error: `${ended}; retried`, now });
+          resumed++;
+        }
+      }
+    })();
+    return { resumed, dead };
   }
+  private abandoned: { select: Database.Statement; resume: Database.Statement; bury: Database.Statement } | undefined;
 
   /** Reclaims leases that expired while this process runs (a stuck request past its deadline). */
   reclaimExpired(now: number): number {
