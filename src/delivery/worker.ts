@@ -356,13 +356,14 @@ export class DeliveryWorker {
         if (held) slots.release();
         held = false;
         req = undefined;
-        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach) or a parse ran out of time: that may be
-        // the machine, not the message, so it is retried (dead after max_attempts). Anything else is the message.
+        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach), a parse ran out of time, or the parse
+        // threads stopped under it: that may be the machine, not the message, so it is retried (dead after
+        // max_attempts). Anything else is the message, PARSE_CRASHED too (it ended two parse threads).
         outcome = signal.aborted
           ? classifyError(signal.reason)
           : !read && !(err instanceof MailhookError) && isErrnoException(err)
             ? { kind: 'retry', reason: `cannot read the message from the spool: ${err.message}` }
-            : err instanceof MailhookError && err.code === 'PARSE_TIMEOUT'
+            : err instanceof MailhookError && (err.code === 'PARSE_TIMEOUT' || err.code === 'SHUTTING_DOWN')
               ? { kind: 'retry', reason: err.message }
               : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
       }
