@@ -265,15 +265,21 @@ export class JobQueue {
   }
   private abandoned: { select: Database.Statement; resume: Database.Statement; bury: Database.Statement } | undefined;
 
-  /** Reclaims leases that expired while this process runs (a stuck request past its deadline). */
-  reclaimExpired(now: number): number {
-    // Prepared once: the delivery loop calls this on every tick.
-    this.expired ??= this.db.prepare<[number, number]>(
-      `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE status = 'delivering' AND lease_expires_at < ?`,
+  /**
+   * Reclaims leases that expired while this process runs (a stuck request past its deadline), except `own`: the
+   * tokens of attempts this process still runs. Expiry is wall-clock time, and a forward step of the clock (NTP,
+   * a VM resumed) larger than the lease would otherwise hand a delivery whose request is still in flight here to
+   * the next lease: the same webhook-id sent twice at once. Those finish and record their outcome as usual.
+   */
+  reclaimExpired(now: number, own: Iterable<string> = []): number {
+    // Prepared once: the delivery loop calls this once a second.
+    this.expired ??= this.db.prepare<[number, number, string]>(
+      `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = ?
+       WHERE status = 'delivering' AND lease_expires_at < ? AND lease_token NOT IN (SELECT value FROM json_each(?))`,
     );
-    return this.expired.run(now, now).changes;
+    return this.expired.run(now, now, JSON.stringify([...own])).changes;
   }
-  private expired: Database.Statement<[number, number]> | undefined;
+  private expired: Database.Statement<[number, number, string]> | undefined;
 
   nextDueAt(): number | null {
     const row = this.nextDue.get() as { at: number } | undefined;
