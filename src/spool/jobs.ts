@@ -94,6 +94,9 @@ export interface Completion {
   now: number;
 }
 
+/** A route's due deliveries, in due order: a search of deliveries_route_due, however long other routes' backlogs are. */
+export const SELECT_DUE_OF_SQL = `SELECT id, route, message_id FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`;
+
 export class JobQueue {
   private readonly selectDue;
   private readonly selectDueOf;
@@ -112,13 +115,11 @@ export class JobQueue {
     // Only id, route and message_id to choose from (an index range plus one row lookup each; the message's size
     // only when canTake asks for it); the claimed rows come back whole from the UPDATE itself. selectDue is the
     // queue in due order; selectDueOf serves a route whose rows the first window did not reach (every row in it
-    // belonged to routes without a free slot), oldest received first.
+    // belonged to routes without a free slot), in due order too, through its own index (deliveries_route_due).
     this.selectDue = db.prepare<[number, number], DueRow>(
       `SELECT id, route, message_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
     );
-    this.selectDueOf = db.prepare<[string, number, number], DueRow>(
-      `SELECT id, route, message_id FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? LIMIT ?`,
-    );
+    this.selectDueOf = db.prepare<[string, number, number], DueRow>(SELECT_DUE_OF_SQL);
     this.messageSize = db.prepare<[string], number>(`SELECT size FROM messages WHERE id = ?`).pluck();
     this.claim = db.prepare(
       `UPDATE deliveries SET status = 'delivering', lease_token = @token, lease_expires_at = @expires, attempts = attempts + 1, updated_at = @now

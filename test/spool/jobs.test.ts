@@ -5,6 +5,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Spool } from '../../src/spool/spool.js';
+import { SELECT_DUE_OF_SQL } from '../../src/spool/jobs.js';
 import { tempDir } from '../helpers/app.js';
 
 const NOW = 1_700_000_000_000;
@@ -135,6 +136,18 @@ test('a delivery left in flight at every start (the process dies on it) backs of
     const attempts = spool.db.prepare(`SELECT attempt, outcome, error FROM attempts WHERE delivery_id = ?`).all(row.id) as Array<{ attempt: number; outcome: string; error: string }>;
     assert.deepEqual(attempts.map((a) => [a.attempt, a.outcome]), [[5, 'dead']]);
     assert.equal(spool.jobs.counts().pending + spool.jobs.counts().delivering, 0, 'nothing left to lease');
+  } finally {
+    await close();
+  }
+});
+
+test('a route’s due deliveries are found through their own index, not by reading every due row of every route', async () => {
+  const { spool, close } = await spoolWith(['a']);
+  try {
+    const plan = (sql: string, ...args: unknown[]) => (spool.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as Array<{ detail: string }>).map((r) => r.detail).join('; ');
+    assert.match(plan(SELECT_DUE_OF_SQL, 'b', NOW, 16), /^SEARCH deliveries USING INDEX deliveries_route_due \(route=\? AND next_attempt_at<\?\)$/);
+    // The due-order window and the next due time keep their index.
+    assert.match(plan(`SELECT id, route, message_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`, NOW, 16), /USING INDEX deliveries_due/);
   } finally {
     await close();
   }
