@@ -100,8 +100,10 @@ export class ParsePool {
   /** threads that ended in a row with no parse answered between (see respawnDelayMs) */
   private deathsInARow = 0;
   private readonly respawns = new Set<NodeJS.Timeout>();
-  /** armed while messages wait and no thread is ready: see rejectStarved */
+  /** armed while messages wait, threads keep ending and none is ready: see watchStarvation */
   private starveTimer: NodeJS.Timeout | undefined;
+  /** performance.now() when the pool was last left without a ready thread while threads keep ending */
+  private starvingSince: number | undefined;
   private readonly timeoutMs: number;
 
   constructor(private readonly options: ParsePoolOptions) {
@@ -246,23 +248,28 @@ export class ParsePool {
 
   /**
    * Messages wait for a thread without a bound while threads parse (each parse is bounded) or start, but while
-   * threads keep ending and none is ready (they fail to start, a replacement waits out its delay) one that waited
-   * timeoutMs is rejected with PARSE_TIMEOUT (retried like a slow parse) rather than waiting for ever.
+   * threads keep ending and none is ready (they fail to start, a replacement waits out its delay) a message that
+   * waited timeoutMs in that state is rejected with PARSE_TIMEOUT (retried like a slow parse) rather than waiting
+   * for ever. The wait counts from when the pool was left without a thread: a message that waited behind a parse
+   * that then ended its thread still gets the full time for the replacement to start.
    */
   private watchStarvation(): void {
-    const noThread = this.deathsInARow > 0 && !this.slots.some((s) => s.ready);
-    const oldest = this.queue.reduce((t, j) => Math.min(t, j.queuedAt), Infinity);
-    if (this.stopped || !noThread || oldest === Infinity) {
+    const starving = !this.stopped && this.deathsInARow > 0 && !this.slots.some((s) => s.ready) && this.queue.length > 0;
+    if (!starving) {
       if (this.starveTimer) clearTimeout(this.starveTimer);
       this.starveTimer = undefined;
+      this.starvingSince = undefined;
       return;
     }
+    const since = (this.starvingSince ??= performance.now());
     if (this.starveTimer) return;
+    const waitedSince = (j: Job): number => Math.max(j.queuedAt, since);
+    const oldest = Math.min(...this.queue.map(waitedSince));
     this.starveTimer = setTimeout(() => {
       this.starveTimer = undefined;
       if (this.deathsInARow > 0 && !this.slots.some((s) => s.ready)) {
         const now = performance.now();
-        for (const job of this.queue.filter((j) => now - j.queuedAt >= this.timeoutMs)) {
+        for (const job of this.queue.filter((j) => now - waitedSince(j) >= this.timeoutMs)) {
           this.queue.splice(this.queue.indexOf(job), 1);
           job.reject(new MailhookError('PARSE_TIMEOUT', `no parse thread could take the message within ${this.timeoutMs} ms (parse threads keep ending)`));
         }

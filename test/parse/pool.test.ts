@@ -130,7 +130,8 @@ test('a parse that never answers is rejected with PARSE_TIMEOUT; the thread is r
 
 /**
  * A stand-in parse thread (plain JS, starts in milliseconds): answers {thread, text}; a message containing POISON
- * allocates until the thread's heap limit ends it (a real ERR_WORKER_OUT_OF_MEMORY); SLOW:<ms> keeps it busy that long.
+ * allocates until the thread's heap limit ends it (a real ERR_WORKER_OUT_OF_MEMORY); SLOW:<ms> keeps it busy that long;
+ * DIE ends the thread (after SLOW, if both).
  */
 const FAKE_THREAD = `
 const { parentPort, threadId } = require('node:worker_threads');
@@ -139,6 +140,7 @@ parentPort.on('message', ({ id, raw }) => {
   if (text.includes('POISON')) { const hog = []; for (;;) hog.push(new Array(100000).fill(threadId + 0.5)); }
   const slow = /SLOW:(\\d+)/.exec(text);
   if (slow) { const end = Date.now() + Number(slow[1]); while (Date.now() < end); }
+  if (text.includes('DIE')) process.exit(1);
   parentPort.postMessage({ id, json: JSON.stringify({ thread: threadId, text }) });
 });
 parentPort.postMessage({ ready: true });
@@ -201,6 +203,21 @@ test('threads that cannot start: a message is rejected with PARSE_TIMEOUT after 
     await assert.rejects(p.parse(RAW), (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_TIMEOUT' && /no parse thread could take the message/.test(err.message));
     assert.ok(started() >= 2, 'replaced');
     assert.ok(logs.some((l) => /cannot load the parser/.test(l)));
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a message that waited behind a parse that then ended its thread still gets the full timeout for the replacement', async () => {
+  // A (0.6 s) answers, B (0.6 s) ends its thread: C has waited 1.2 s, over the 1 s timeout, when no thread is left.
+  const { pool: p } = fakePool({ threads: 1, timeoutMs: 1000 });
+  try {
+    const a = p.parse(Buffer.from('Subject: SLOW:600 a\r\n\r\nx\r\n'));
+    const b = p.parse(Buffer.from('Subject: SLOW:600 DIE\r\n\r\nx\r\n'));
+    const c = p.parse(Buffer.from('Subject: c\r\n\r\nx\r\n'));
+    assert.equal(typeof threadOf(await a), 'number');
+    await assert.rejects(b, (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_CRASHED' && /exit code 1/.test(err.message));
+    assert.equal(typeof threadOf(await c), 'number', 'parsed by the replacement thread');
   } finally {
     await p.stop();
   }
