@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'WEBHOOK_BAD_SECRET'
   | 'SHUTTING_DOWN'
   | 'PARSE_TIMEOUT'
+  | 'PARSE_CRASHED'
   | 'INVALID_INPUT';
 
 export class MailhookError extends Error {

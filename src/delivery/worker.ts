@@ -32,6 +32,11 @@ export interface WorkerDeps {
   settleCoalesceMs?: number;
   /** a prepared request that waited longer than this for its slot is encoded again; PREPARED_MAX_AGE_MS when absent */
   preparedMaxAgeMs?: number;
+  /**
+   * Milliseconds from a clock that never steps (performance.now when absent), for the loop's own intervals: the
+   * wall clock (clock) can step back (NTP, VM resume), which held up "once a second" for the whole step.
+   */
+  monotonic?: () => number;
 }
 
 /**
@@ -88,8 +93,8 @@ export function settleDelayMs(o: { waitingForSlot: number; finished: number; per
 export class DeliveryWorker {
   private readonly routes: Map<string, ResolvedRoute>;
   /**
-   * Attempts running, by lease token: a delivery whose lease expired (a clock jump past the lease, see
-   * leaseDurationMs) can be leased again while its first attempt still runs, and each attempt is tracked on its own.
+   * Attempts running, by lease token. Their leases are never reclaimed while they run, even past their expiry (a
+   * clock step forward past the lease, see leaseDurationMs and JobQueue.reclaimExpired).
    */
   private readonly inFlight = new Map<string, { route: string; large: boolean; done: Promise<void>; abort: AbortController }>();
   /** attempts that finished and wait for the next tick to record them (one transaction for all, plus leasing) */
@@ -104,8 +109,10 @@ export class DeliveryWorker {
   private running = false;
   private ticking = false;
   private tickAgain = false;
-  private lastReclaim = 0;
-  private lastWideLook = 0;
+  /** monotonic times (see WorkerDeps.monotonic) */
+  private lastReclaim = -Infinity;
+  private lastWideLook = -Infinity;
+  private readonly monotonic: () => number;
 
   private readonly leaseMs: number;
   /** the webhook URLs in use, parsed once each */
@@ -114,11 +121,19 @@ export class DeliveryWorker {
   constructor(private readonly deps: WorkerDeps) {
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
     this.leaseMs = leaseDurationMs(deps.config);
+    this.monotonic = deps.monotonic ?? (() => performance.now());
   }
 
   start(): void {
-    const n = this.deps.spool.jobs.reclaimAbandoned(this.deps.clock.now());
-    if (n > 0) this.deps.log.info({ deliveries: n }, 'resumed deliveries left in flight by the previous run');
+    const { spool, clock, random, config, log, metrics } = this.deps;
+    const now = clock.now();
+    const retry = config.delivery.retry;
+    const { resumed, dead } = spool.jobs.reclaimAbandoned(now, { maxAttempts: retry.max_attempts, retryAt: (attempts) => nextAttemptAt(retry, attempts, now, random) });
+    if (resumed > 0) log.info({ deliveries: resumed }, 'resumed deliveries left in flight by the previous run, after their retry backoff');
+    for (const d of dead) {
+      metrics.deliveries.inc({ route: d.route, outcome: 'dead' });
+      log.warn({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, error: d.reason }, 'delivery dead-lettered');
+    }
     this.running = true;
     this.wake();
   }
@@ -160,7 +175,7 @@ export class DeliveryWorker {
       return;
     }
     if (this.immediate) return; // a turn sooner than that is already due
-    const at = this.deps.clock.now() + delayMs;
+    const at = this.monotonic() + delayMs;
     if (this.timer && at >= this.timerAt) return;
     if (this.timer) clearTimeout(this.timer);
     this.timerAt = at;
@@ -182,9 +197,11 @@ export class DeliveryWorker {
       const { config, spool, clock } = this.deps;
       const now = clock.now();
       // Expired leases are rare (a request stuck past twice its timeout): look once a second, not on every tick.
-      if (now - this.lastReclaim >= 1000) {
-        this.lastReclaim = now;
-        spool.jobs.reclaimExpired(now);
+      // Never those of attempts still running here (a clock step forward past the lease): see reclaimExpired.
+      const mono = this.monotonic();
+      if (mono - this.lastReclaim >= 1000) {
+        this.lastReclaim = mono;
+        spool.jobs.reclaimExpired(now, this.inFlight.keys());
       }
       const leases = this.settle({ now, leaseMs: this.leaseMs });
       for (const lease of leases) this.begin(lease);
@@ -225,7 +242,8 @@ export class DeliveryWorker {
     let limit = lease ? config.delivery.concurrency - (this.inFlight.size - finished.length) : 0;
     // Deliveries of a route removed from the configuration take no slot of a configured route: look for them once
     // a second; otherwise lease only what the open routes can take.
-    if (lease && lease.now - this.lastWideLook >= 1000) this.lastWideLook = lease.now;
+    const mono = this.monotonic();
+    if (lease && mono - this.lastWideLook >= 1000) this.lastWideLook = mono;
     else limit = Math.min(limit, openSlots);
     if (finished.length === 0 && limit <= 0) return [];
     let result;
@@ -349,13 +367,14 @@ export class DeliveryWorker {
         if (held) slots.release();
         held = false;
         req = undefined;
-        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach) or a parse ran out of time: that may be
-        // the machine, not the message, so it is retried (dead after max_attempts). Anything else is the message.
+        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach), a parse ran out of time, or the parse
+        // threads stopped under it: that may be the machine, not the message, so it is retried (dead after
+        // max_attempts). Anything else is the message, PARSE_CRASHED too (it ended two parse threads).
         outcome = signal.aborted
           ? classifyError(signal.reason)
           : !read && !(err instanceof MailhookError) && isErrnoException(err)
             ? { kind: 'retry', reason: `cannot read the message from the spool: ${err.message}` }
-            : err instanceof MailhookError && err.code === 'PARSE_TIMEOUT'
+            : err instanceof MailhookError && (err.code === 'PARSE_TIMEOUT' || err.code === 'SHUTTING_DOWN')
               ? { kind: 'retry', reason: err.message }
               : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
       }

@@ -1,5 +1,6 @@
 // Parse pool: worker threads that turn MIME into the payload's "message" so delivery does not parse on the event loop.
-import { Worker } from 'node:worker_threads';
+import { Worker, type ResourceLimits } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
 import { MailhookError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { parseMessageJson, type PayloadMessageJson } from './message.js';
@@ -9,22 +10,12 @@ export interface ParsePoolOptions {
   threads: number;
   log: Logger;
   /**
-   * A parse that takes longer is abandoned (rejected with PARSE_TIMEOUT) and its thread replaced, so one
-   * pathological message cannot hold up every other; default 30 s.
+   * A parse that runs longer on its thread (time waiting for a thread not counted) is abandoned (rejected with
+   * PARSE_TIMEOUT) and its thread replaced, so one pathological message cannot hold up every other; default 30 s.
    */
   timeoutMs?: number;
-}
-
-interface Pending {
-  raw: Buffer;
-  resolve: (json: PayloadMessageJson) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout;
-}
-
-interface Slot {
-  worker: Worker;
-  pending: Map<number, Pending>;
+  /** starts one parse thread with these limits (tests put in a thread of their own); startWorker when absent */
+  startThread?: (resourceLimits: ResourceLimits) => Worker;
 }
 
 /**
@@ -35,117 +26,269 @@ interface Slot {
  */
 export const THREAD_MAX_BYTES = 4 * 1024 * 1024;
 
+/**
+ * A parse thread's V8 heap limit: a message whose parse blows up memory kills its thread (ERR_WORKER_OUT_OF_MEMORY),
+ * not the process (or the pod). Messages of up to THREAD_MAX_BYTES need up to ~240 MB of heap, measured with
+ * 4 MB messages of several shapes (script, not a test): text 54 MB, a base64 attachment 34 MB, 4 MB of nested
+ * <div>s 33 MB, anchor-heavy HTML ~150 MB (OOM at 96), 4 MB of <i>a</i> OOM at 128 and fine at 256, a 4 MB
+ * <table> of cells 237 MB (OOM at 128; 102 s, so PARSE_TIMEOUT first). Twice the worst, so no real message meets it.
+ */
+export const PARSE_THREAD_HEAP_MB = 512;
+
+/** A message that ended this many threads while they parsed it is rejected (PARSE_CRASHED), never parsed again. */
+export const THREAD_DEATHS_PER_MESSAGE = 2;
+
+/**
+ * Delay before replacing a thread after `deaths` threads ended in a row with no parse answered between: at once
+ * for the first few (one bad message ends two), then doubling from 1 s to at most 30 s (a thread that cannot even
+ * start, or a run of messages that kill threads, does not turn into a busy loop of thread starts). Pure.
+ */
+export function respawnDelayMs(deaths: number): number {
+  if (deaths <= 3) return 0;
+  return Math.min(1000 * 2 ** (deaths - 4), 30_000);
+}
+
 /** Runs where the sources run: the compiled .js in production, the .ts through tsx's loader (tests, bench). */
 const FROM_SOURCE = import.meta.url.endsWith('.ts');
 const WORKER_URL = new URL(FROM_SOURCE ? './worker.ts' : './worker.js', import.meta.url);
 
-function startWorker(): Worker {
-  if (!FROM_SOURCE) return new Worker(WORKER_URL);
+function startWorker(resourceLimits: ResourceLimits): Worker {
+  if (!FROM_SOURCE) return new Worker(WORKER_URL, { resourceLimits });
   // A worker's entry is loaded before its --import hooks; register tsx first, then load the .ts entry.
   const tsx = import.meta.resolve('tsx/esm/api');
-  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => m.register()).then(() => import(${JSON.stringify(WORKER_URL.href)}))`, { eval: true });
+  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => m.register()).then(() => import(${JSON.stringify(WORKER_URL.href)}))`, { eval: true, resourceLimits });
+}
+
+interface Job {
+  raw: Buffer;
+  resolve: (json: PayloadMessageJson) => void;
+  reject: (err: Error) => void;
+  /** threads that ended while parsing it */
+  deaths: number;
+  /** performance.now() when it was queued (or queued again) */
+  queuedAt: number;
+}
+
+interface Running extends Job {
+  id: number;
+  timer: NodeJS.Timeout;
+}
+
+interface Slot {
+  worker: Worker;
+  /** the thread has loaded its code and said so: it takes work */
+  ready: boolean;
+  /** the one parse it runs */
+  job: Running | undefined;
+  /** the thread's uncaught error (out of memory, an exception), reported with its exit */
+  error: unknown;
+  referenced: boolean;
 }
 
 /**
- * Requests go to the thread with the fewest waiting. A parse error comes back as a rejection (the message is
- * bad); a thread that dies is replaced and its requests go to the others (or are parsed here when no thread is
- * left), so a crash in a thread never fails a delivery; a parse past the timeout is rejected and its thread
- * replaced.
+ * Each thread parses one message at a time, taken from a queue here, so the timeout counts a parse's own time
+ * and abandoning one never cuts short another's. A parse error comes back as a rejection (the message is bad). A
+ * thread that ends while parsing (a crash, out of memory) is replaced and the message tried once more on the new
+ * thread; a message that ended THREAD_DEATHS_PER_MESSAGE threads is rejected with PARSE_CRASHED and never parsed on
+ * the main thread, where the same crash would end the process. Threads are always replaced (see respawnDelayMs).
  */
 export class ParsePool {
   private readonly slots: Slot[] = [];
+  private readonly queue: Job[] = [];
   private nextId = 1;
   private stopped = false;
-  /** threads that died in a row before answering anything; after three the pool parses on the main thread */
-  private failures = 0;
+  /** threads that ended in a row with no parse answered between (see respawnDelayMs) */
+  private deathsInARow = 0;
+  private readonly respawns = new Set<NodeJS.Timeout>();
+  /** armed while messages wait, threads keep ending and none is ready: see watchStarvation */
+  private starveTimer: NodeJS.Timeout | undefined;
+  /** performance.now() when the pool was last left without a ready thread while threads keep ending */
+  private starvingSince: number | undefined;
+  private readonly timeoutMs: number;
 
   constructor(private readonly options: ParsePoolOptions) {
+    this.timeoutMs = options.timeoutMs ?? 30_000;
     for (let i = 0; i < options.threads; i++) this.slots.push(this.spawn());
   }
 
   /** The payload's message as JSON text (PayloadMessageJson). */
   parse(raw: Buffer): Promise<PayloadMessageJson> {
-    if (this.stopped || this.slots.length === 0 || raw.length > THREAD_MAX_BYTES) return parseMessageJson(raw);
-    const slot = this.slots.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
-    const id = this.nextId++;
+    if (this.stopped || this.options.threads === 0 || raw.length > THREAD_MAX_BYTES) return parseMessageJson(raw);
     return new Promise<PayloadMessageJson>((resolve, reject) => {
-      const timer = setTimeout(() => this.abandon(slot, id), this.options.timeoutMs ?? 30_000);
-      timer.unref();
-      slot.pending.set(id, { raw, resolve, reject, timer });
-      if (slot.pending.size === 1) slot.worker.ref();
-      // A copy of just these bytes: posting the Buffer would clone the whole ArrayBuffer it may share with others.
-      const bytes = new Uint8Array(raw);
-      slot.worker.postMessage({ id, raw: bytes }, [bytes.buffer]);
+      this.queue.push({ raw, resolve, reject, deaths: 0, queuedAt: performance.now() });
+      this.pump();
     });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    for (const t of this.respawns) clearTimeout(t);
+    this.respawns.clear();
+    if (this.starveTimer) clearTimeout(this.starveTimer);
     const slots = this.slots.splice(0);
     await Promise.all(
       slots.map(async (slot) => {
         slot.worker.removeAllListeners('exit');
+        if (slot.job) clearTimeout(slot.job.timer);
         await slot.worker.terminate();
-        this.runHere(slot);
       }),
     );
+    const left = [...slots.flatMap((s) => (s.job ? [s.job] : [])), ...this.queue.splice(0)];
+    for (const job of left) {
+      // One that already ended a thread is not risked on this one.
+      if (job.deaths > 0) job.reject(new MailhookError('SHUTTING_DOWN', 'the parse threads stopped'));
+      else parseMessageJson(job.raw).then(job.resolve, job.reject);
+    }
   }
 
   private spawn(): Slot {
-    const worker = startWorker();
-    const slot: Slot = { worker, pending: new Map() };
-    worker.unref(); // referenced only while it has work, so an idle pool never keeps the process alive
-    worker.on('message', (m: { id: number; json?: PayloadMessageJson; error?: string }) => {
-      const p = slot.pending.get(m.id);
-      if (!p) return;
-      slot.pending.delete(m.id);
-      clearTimeout(p.timer);
-      this.failures = 0;
-      if (slot.pending.size === 0) worker.unref();
-      if (m.json !== undefined) p.resolve(m.json);
-      else p.reject(new Error(m.error ?? 'the message could not be parsed'));
+    const worker = (this.options.startThread ?? startWorker)({ maxOldGenerationSizeMb: PARSE_THREAD_HEAP_MB });
+    const slot: Slot = { worker, ready: false, job: undefined, error: undefined, referenced: true };
+    this.reference(slot, false); // referenced only while it has work, so an idle pool never keeps the process alive
+    worker.on('message', (m: { ready?: true; id?: number; json?: PayloadMessageJson; error?: string }) => {
+      if (m.ready) {
+        slot.ready = true;
+        this.pump();
+        return;
+      }
+      const job = slot.job;
+      if (!job || job.id !== m.id) return;
+      clearTimeout(job.timer);
+      slot.job = undefined;
+      this.deathsInARow = 0;
+      if (m.json !== undefined) job.resolve(m.json);
+      else job.reject(new Error(m.error ?? 'the message could not be parsed'));
+      this.pump();
     });
-    worker.on('error', (err) => this.options.log.error({ err }, 'a parse thread failed; its messages are parsed on the main thread'));
-    worker.on('exit', () => {
-      const i = this.slots.indexOf(slot);
-      if (i < 0) return; // abandoned (already replaced) or stopped
-      this.slots.splice(i, 1);
-      if (++this.failures >= 3) this.options.log.error('parse threads keep failing; parsing on the main thread from now on');
-      else this.slots.push(this.spawn());
-      this.redispatch(slot);
+    worker.on('error', (err) => {
+      slot.error = err;
     });
+    worker.on('exit', (code) => this.ended(slot, code));
     return slot;
   }
 
-  /** The parse `id` ran past the timeout: reject it and replace its thread; what waited there goes to the others. */
-  private abandon(slot: Slot, id: number): void {
-    const p = slot.pending.get(id);
-    if (!p) return;
-    slot.pending.delete(id);
-    const ms = this.options.timeoutMs ?? 30_000;
-    p.reject(new MailhookError('PARSE_TIMEOUT', `parsing the message took longer than ${ms} ms and was abandoned`));
-    this.options.log.warn({ bytes: p.raw.length, timeoutMs: ms }, 'a message took too long to parse; its parse thread is replaced');
+  /** A thread ended on its own (not abandoned, not stopped): its message is tried again or rejected; it is replaced. */
+  private ended(slot: Slot, code: number): void {
+    const i = this.slots.indexOf(slot);
+    if (i < 0) return; // abandoned (already replaced) or stopped
+    this.slots.splice(i, 1);
+    this.deathsInARow++;
+    const job = slot.job;
+    slot.job = undefined;
+    const err = slot.error;
+    if (job) {
+      clearTimeout(job.timer);
+      job.deaths++;
+      const fields = { err, exitCode: code, bytes: job.raw.length, deaths: job.deaths };
+      if (job.deaths >= THREAD_DEATHS_PER_MESSAGE) {
+        this.options.log.error(fields, 'a message ended its parse thread again; it is not parsed any more');
+        job.reject(new MailhookError('PARSE_CRASHED', `parsing this message ended the parse thread ${job.deaths === 2 ? 'twice' : `${job.deaths} times`} (${describe(err, code)}); it is not parsed again`));
+      } else {
+        this.options.log.warn(fields, 'a parse thread ended while parsing a message; the message is tried once more on a new thread');
+        this.queue.unshift({ raw: job.raw, resolve: job.resolve, reject: job.reject, deaths: job.deaths, queuedAt: performance.now() });
+      }
+    } else if (err !== undefined) {
+      this.options.log.error({ err, exitCode: code }, 'a parse thread failed before it took any work');
+    }
+    this.replace();
+    this.pump();
+  }
+
+  /** Starts a thread in place of one that ended: at once, or after respawnDelayMs when threads keep ending. */
+  private replace(): void {
+    if (this.stopped) return;
+    const delay = respawnDelayMs(this.deathsInARow);
+    if (delay === 0) {
+      this.slots.push(this.spawn());
+      return;
+    }
+    this.options.log.error({ deaths: this.deathsInARow, delayMs: delay }, 'parse threads keep ending; the next one starts after a delay');
+    const t = setTimeout(() => {
+      this.respawns.delete(t);
+      if (this.stopped) return;
+      this.slots.push(this.spawn());
+      this.pump();
+    }, delay);
+    this.respawns.add(t);
+  }
+
+  /** Hands waiting messages to idle ready threads; keeps threads referenced exactly while work waits for them. */
+  private pump(): void {
+    for (const slot of this.slots) {
+      if (this.queue.length === 0) break;
+      if (slot.ready && !slot.job) this.run(slot, this.queue.shift() as Job);
+    }
+    for (const slot of this.slots) this.reference(slot, slot.job !== undefined || (!slot.ready && this.queue.length > 0));
+    this.watchStarvation();
+  }
+
+  private run(slot: Slot, job: Job): void {
+    const id = this.nextId++;
+    // The timeout starts now, when its thread starts on it: time waiting behind other messages does not count.
+    const timer = setTimeout(() => this.abandon(slot), this.timeoutMs);
+    timer.unref();
+    slot.job = { ...job, id, timer };
+    // A copy of just these bytes: posting the Buffer would clone the whole ArrayBuffer it may share with others.
+    const bytes = new Uint8Array(job.raw);
+    slot.worker.postMessage({ id, raw: bytes }, [bytes.buffer]);
+  }
+
+  /** The thread's parse ran past the timeout: reject it and replace the thread. */
+  private abandon(slot: Slot): void {
+    const job = slot.job;
+    if (!job) return;
+    slot.job = undefined;
+    job.reject(new MailhookError('PARSE_TIMEOUT', `parsing the message took longer than ${this.timeoutMs} ms and was abandoned`));
+    this.options.log.warn({ bytes: job.raw.length, timeoutMs: this.timeoutMs }, 'a message took too long to parse; its parse thread is replaced');
     const i = this.slots.indexOf(slot);
     if (i >= 0) this.slots.splice(i, 1, this.spawn());
-    this.redispatch(slot);
     void slot.worker.terminate();
+    this.pump();
   }
 
-  /** Sends what waited on a thread that is gone to the others (or parses it here when none is left). */
-  private redispatch(slot: Slot): void {
-    const orphans = [...slot.pending.values()];
-    slot.pending.clear();
-    for (const p of orphans) {
-      clearTimeout(p.timer);
-      this.parse(p.raw).then(p.resolve, p.reject);
+  /**
+   * Messages wait for a thread without a bound while threads parse (each parse is bounded) or start, but while
+   * threads keep ending and none is ready (they fail to start, a replacement waits out its delay) a message that
+   * waited timeoutMs in that state is rejected with PARSE_TIMEOUT (retried like a slow parse) rather than waiting
+   * for ever. The wait counts from when the pool was left without a thread: a message that waited behind a parse
+   * that then ended its thread still gets the full time for the replacement to start.
+   */
+  private watchStarvation(): void {
+    const starving = !this.stopped && this.deathsInARow > 0 && !this.slots.some((s) => s.ready) && this.queue.length > 0;
+    if (!starving) {
+      if (this.starveTimer) clearTimeout(this.starveTimer);
+      this.starveTimer = undefined;
+      this.starvingSince = undefined;
+      return;
     }
+    const since = (this.starvingSince ??= performance.now());
+    if (this.starveTimer) return;
+    const waitedSince = (j: Job): number => Math.max(j.queuedAt, since);
+    const oldest = Math.min(...this.queue.map(waitedSince));
+    this.starveTimer = setTimeout(() => {
+      this.starveTimer = undefined;
+      if (this.deathsInARow > 0 && !this.slots.some((s) => s.ready)) {
+        const now = performance.now();
+        for (const job of this.queue.filter((j) => now - waitedSince(j) >= this.timeoutMs)) {
+          this.queue.splice(this.queue.indexOf(job), 1);
+          job.reject(new MailhookError('PARSE_TIMEOUT', `no parse thread could take the message within ${this.timeoutMs} ms (parse threads keep ending)`));
+        }
+      }
+      this.pump();
+    }, Math.max(0, oldest + this.timeoutMs - performance.now()));
   }
 
-  private runHere(slot: Slot): void {
-    for (const p of slot.pending.values()) {
-      clearTimeout(p.timer);
-      parseMessageJson(p.raw).then(p.resolve, p.reject);
-    }
-    slot.pending.clear();
+  private reference(slot: Slot, on: boolean): void {
+    if (slot.referenced === on) return;
+    slot.referenced = on;
+    if (on) slot.worker.ref();
+    else slot.worker.unref();
   }
+}
+
+function describe(err: unknown, code: number): string {
+  const c = (err as { code?: unknown } | undefined)?.code;
+  if (c === 'ERR_WORKER_OUT_OF_MEMORY') return `out of memory, over ${PARSE_THREAD_HEAP_MB} MB`;
+  if (err instanceof Error) return err.message;
+  return `exit code ${code}`;
 }

@@ -16,3 +16,5 @@ port.on('message', (req: Request) => {
     (err: unknown) => port.postMessage({ id: req.id, error: err instanceof Error ? err.message : String(err) }),
   );
 });
+// Loaded and listening: the pool hands this thread work from now on (a thread that fails to load never gets any).
+port.postMessage({ ready: true });

@@ -128,6 +128,13 @@ export const MIGRATIONS: readonly string[] = [
   `
   CREATE INDEX messages_file_size ON messages(size, raw_file) WHERE raw_file IS NOT NULL;
   `,
+  // 7: due deliveries of one route (leasing for a route the due-order window did not reach, jobs.ts selectDueOf).
+  // Through deliveries_due the search read every due row of every route to find that route's: a 100,000 backlog
+  // on one saturated route cost the others ~50 ms per lease pass, now <1 ms. Partial, so only pending rows are in
+  // it: lease and retry each add or remove one entry (accept, lease and settle cost unchanged within noise, measured).
+  `
+  CREATE INDEX deliveries_route_due ON deliveries(route, next_attempt_at) WHERE status = 'pending';
+  `,
 ];
 
 export function openDatabase(path: string): Db {

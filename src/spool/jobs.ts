@@ -74,6 +74,15 @@ export function toDeliveryRow(r: DeliveryDbRow): DeliveryRow {
   };
 }
 
+/** A delivery left in flight by a process that ended, dead-lettered at start because it had used up its attempts. */
+export interface AbandonedDead {
+  id: string;
+  messageId: string;
+  route: string;
+  attempts: number;
+  reason: string;
+}
+
 /**
  * What happened to a leased delivery, recorded by settleAndLease(). `given-back`: no request was sent (shutdown
  * came first); the delivery is due again as it was, its attempt not counted and no attempt row written.
@@ -84,6 +93,9 @@ export interface Completion {
   next: { status: 'delivered' | 'dead' | 'dropped' } | { status: 'pending'; at: number } | { status: 'given-back' };
   now: number;
 }
+
+/** A route's due deliveries, in due order: a search of deliveries_route_due, however long other routes' backlogs are. */
+export const SELECT_DUE_OF_SQL = `SELECT id, route, message_id FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`;
 
 export class JobQueue {
   private readonly selectDue;
@@ -103,13 +115,11 @@ export class JobQueue {
     // Only id, route and message_id to choose from (an index range plus one row lookup each; the message's size
     // only when canTake asks for it); the claimed rows come back whole from the UPDATE itself. selectDue is the
     // queue in due order; selectDueOf serves a route whose rows the first window did not reach (every row in it
-    // belonged to routes without a free slot), oldest received first.
+    // belonged to routes without a free slot), in due order too, through its own index (deliveries_route_due).
     this.selectDue = db.prepare<[number, number], DueRow>(
       `SELECT id, route, message_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`,
     );
-    this.selectDueOf = db.prepare<[string, number, number], DueRow>(
-      `SELECT id, route, message_id FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ? LIMIT ?`,
-    );
+    this.selectDueOf = db.prepare<[string, number, number], DueRow>(SELECT_DUE_OF_SQL);
     this.messageSize = db.prepare<[string], number>(`SELECT size FROM messages WHERE id = ?`).pluck();
     this.claim = db.prepare(
       `UPDATE deliveries SET status = 'delivering', lease_token = @token, lease_expires_at = @expires, attempts = attempts + 1, updated_at = @now
@@ -216,24 +226,61 @@ export class JobQueue {
   }
 
   /**
-   * At start-up the spool belongs to this process alone, so any 'delivering' row was left by a crash:
-   * put it back in the queue, due now. The attempt it counted stays counted.
+   * At start-up the spool belongs to this process alone (spool lock), so any 'delivering' row was left by a process
+   * that ended during the attempt: killed, or crashed, possibly on this very message (a parse that ran out of memory,
+   * a native crash). The attempt it counted stays counted. One that used up `maxAttempts` is dead-lettered now (with
+   * an attempt row saying so): otherwise a message that kills the process would be leased again at every start, for
+   * ever, since max_attempts is only looked at when an attempt finishes. The others wait their retry backoff
+   * (`retryAt(attempts)`), not due at once: a crash loop then slows down instead of spinning.
    */
-  reclaimAbandoned(now: number): number {
-    return this.db
-      .prepare(`UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE status = 'delivering'`)
-      .run(now, now).changes;
+  reclaimAbandoned(now: number, policy: { maxAttempts: number; retryAt: (attempts: number) => number }): { resumed: number; dead: AbandonedDead[] } {
+    this.abandoned ??= {
+      select: this.db.prepare(`SELECT id, message_id, route, attempts FROM deliveries WHERE status = 'delivering'`),
+      bury: this.db.prepare(
+        `UPDATE deliveries SET status = 'dead', lease_token = NULL, lease_expires_at = NULL, last_status_code = NULL, last_error = @error, updated_at = @now, finished_at = @now
+         WHERE id = @id AND status = 'delivering'`,
+      ),
+      resume: this.db.prepare(
+        `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, next_attempt_at = @at, last_error = @error, updated_at = @now
+         WHERE id = @id AND status = 'delivering'`,
+      ),
+    };
+    const { select, resume, bury } = this.abandoned;
+    const dead: AbandonedDead[] = [];
+    let resumed = 0;
+    this.db.transaction(() => {
+      for (const r of select.all() as Array<{ id: string; message_id: string; route: string; attempts: number }>) {
+        const ended = `the process ended during attempt ${r.attempts} (killed, or crashed, possibly on this message)`;
+        if (r.attempts >= policy.maxAttempts) {
+          const reason = `gave up after ${r.attempts} attempts: ${ended}`;
+          bury.run({ id: r.id, error: reason, now });
+          this.insertAttempt.run({ delivery_id: r.id, route: r.route, attempt: r.attempts, started_at: now, duration_ms: 0, status_code: null, outcome: 'dead', error: reason });
+          dead.push({ id: r.id, messageId: r.message_id, route: r.route, attempts: r.attempts, reason });
+        } else {
+          resume.run({ id: r.id, at: policy.retryAt(Math.max(r.attempts, 1)), error: `${ended}; retried`, now });
+          resumed++;
+        }
+      }
+    })();
+    return { resumed, dead };
   }
+  private abandoned: { select: Database.Statement; resume: Database.Statement; bury: Database.Statement } | undefined;
 
-  /** Reclaims leases that expired while this process runs (a stuck request past its deadline). */
-  reclaimExpired(now: number): number {
-    // Prepared once: the delivery loop calls this on every tick.
-    this.expired ??= this.db.prepare<[number, number]>(
-      `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE status = 'delivering' AND lease_expires_at < ?`,
+  /**
+   * Reclaims leases that expired while this process runs (a stuck request past its deadline), except `own`: the
+   * tokens of attempts this process still runs. Expiry is wall-clock time, and a forward step of the clock (NTP,
+   * a VM resumed) larger than the lease would otherwise hand a delivery whose request is still in flight here to
+   * the next lease: the same webhook-id sent twice at once. Those finish and record their outcome as usual.
+   */
+  reclaimExpired(now: number, own: Iterable<string> = []): number {
+    // Prepared once: the delivery loop calls this once a second.
+    this.expired ??= this.db.prepare<[number, number, string]>(
+      `UPDATE deliveries SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = ?
+       WHERE status = 'delivering' AND lease_expires_at < ? AND lease_token NOT IN (SELECT value FROM json_each(?))`,
     );
-    return this.expired.run(now, now).changes;
+    return this.expired.run(now, now, JSON.stringify([...own])).changes;
   }
-  private expired: Database.Statement<[number, number]> | undefined;
+  private expired: Database.Statement<[number, number, string]> | undefined;
 
   nextDueAt(): number | null {
     const row = this.nextDue.get() as { at: number } | undefined;

@@ -2,12 +2,14 @@
 import { Readable } from 'node:stream';
 import { dirname, basename, join } from 'node:path';
 import { statSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import type { Clock } from '../core/clock.js';
 import { MailhookError } from '../core/errors.js';
 import { Acceptor, type AcceptInput, type AcceptResult } from './accept.js';
 import { BlobStore } from './blobs.js';
 import { openDatabase, type Db } from './db.js';
 import { JobQueue, toDeliveryRow } from './jobs.js';
+import { SpoolLock } from './lock.js';
 import { SpoolQueries } from './queries.js';
 import type { DeliveryRow, StoredMessage, TlsInfo } from './types.js';
 
@@ -32,6 +34,9 @@ interface MessageDbRow {
   meta: string | null;
 }
 
+/** When this process started (wall clock, as file times are): orphan files written since are not removed. */
+const PROCESS_STARTED_AT = performance.timeOrigin;
+
 /** How long the readiness probe waits for the spool's write lock. */
 const READY_PROBE_BUSY_MS = 250;
 
@@ -48,20 +53,38 @@ export class Spool {
   private readonly getDeliveryRow;
   /** set by close(): resolves once the checkpoint thread has closed its connection */
   private closing: Promise<void> | undefined;
+  /** this process's ownership of the spool (none for ':memory:'), released by close() */
+  private readonly lock: SpoolLock | undefined;
 
+  /**
+   * Opens the spool as its owner: takes the spool's lock first (SpoolInUseError when another process, or another
+   * Spool here, has it), before anything that assumes the spool is ours alone (removing orphan files, and the
+   * delivery loop's reclaimAbandoned, which runs after this). Read-only inspection opens the database directly.
+   */
   constructor(readonly options: SpoolOptions) {
-    this.db = openDatabase(options.path);
-    this.blobs = new BlobStore(join(dirname(options.path), `${basename(options.path)}.blobs`));
-    this.acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
-    this.jobs = new JobQueue(this.db);
-    this.queries = new SpoolQueries(this.db, this.blobs);
-    this.getMessageRow = this.db.prepare(
-      `SELECT id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw_file, dedupe_key, meta FROM messages WHERE id = ?`,
-    );
-    this.getInlineRaw = this.db.prepare(`SELECT raw, raw_file FROM messages WHERE id = ?`);
-    this.fileBytes = this.db.prepare(`SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_file_size WHERE raw_file IS NOT NULL`).pluck();
-    this.getDeliveryRow = this.db.prepare(`SELECT * FROM deliveries WHERE id = ?`);
-    this.removeOrphanFiles();
+    this.lock = options.path === ':memory:' ? undefined : SpoolLock.acquire(options.path);
+    let db: Db | undefined;
+    let acceptor: Acceptor | undefined;
+    try {
+      this.db = db = openDatabase(options.path);
+      this.blobs = new BlobStore(join(dirname(options.path), `${basename(options.path)}.blobs`));
+      this.acceptor = acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
+      this.jobs = new JobQueue(this.db);
+      this.queries = new SpoolQueries(this.db, this.blobs);
+      this.getMessageRow = this.db.prepare(
+        `SELECT id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw_file, dedupe_key, meta FROM messages WHERE id = ?`,
+      );
+      this.getInlineRaw = this.db.prepare(`SELECT raw, raw_file FROM messages WHERE id = ?`);
+      this.fileBytes = this.db.prepare(`SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_file_size WHERE raw_file IS NOT NULL`).pluck();
+      this.getDeliveryRow = this.db.prepare(`SELECT * FROM deliveries WHERE id = ?`);
+      this.removeOrphanFiles();
+    } catch (err) {
+      // Not opened: close what was, then let the spool go.
+      const closed = acceptor ? acceptor.close() : Promise.resolve();
+      if (db?.open) db.close();
+      void closed.finally(() => this.lock?.release());
+      throw err;
+    }
   }
 
   accept(input: AcceptInput): Promise<AcceptResult> {
@@ -161,16 +184,32 @@ export class Spool {
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
-    this.closing = this.acceptor.close();
+    const lock = this.lock;
+    // The lock goes last, once nothing of ours touches the spool's files any more.
+    this.closing = this.acceptor.close().finally(() => lock?.release());
     this.db.close();
     return this.closing;
   }
 
-  /** Files left by a crash between write and commit have no row: remove them. */
+  /**
+   * Files left by a crash between write and commit have no row: remove them. A file written since this process
+   * started is left alone (a second safety besides the lock: it may belong to a message still being received here,
+   * its row not yet committed); it goes at the next start if it is still an orphan then.
+   */
   private removeOrphanFiles(): void {
     const known = new Set(
       (this.db.prepare(`SELECT raw_file FROM messages WHERE raw_file IS NOT NULL`).all() as Array<{ raw_file: string }>).map((r) => r.raw_file),
     );
-    for (const name of this.blobs.list()) if (!known.has(name)) this.blobs.removeSync(name);
+    for (const name of this.blobs.list()) {
+      if (known.has(name)) continue;
+      let mtimeMs: number;
+      try {
+        mtimeMs = statSync(this.blobs.pathOf(name)).mtimeMs;
+      } catch {
+        continue; // gone meanwhile
+      }
+      if (mtimeMs >= PROCESS_STARTED_AT) continue;
+      this.blobs.removeSync(name);
+    }
   }
 }

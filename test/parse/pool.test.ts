@@ -1,9 +1,9 @@
 // The parse pool: the same result as parsing on the main thread, and a thread that dies costs no request.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { threadId } from 'node:worker_threads';
+import { threadId, Worker, type ResourceLimits } from 'node:worker_threads';
 import { Writable } from 'node:stream';
-import { ParsePool, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
+import { ParsePool, PARSE_THREAD_HEAP_MB, respawnDelayMs, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
 import { parseMessage, type PayloadMessage, type PayloadMessageJson } from '../../src/parse/message.js';
 import { createLogger } from '../../src/core/logger.js';
 import { MailhookError } from '../../src/core/errors.js';
@@ -126,4 +126,103 @@ test('a parse that never answers is rejected with PARSE_TIMEOUT; the thread is r
   } finally {
     await p.stop();
   }
+});
+
+/**
+ * A stand-in parse thread (plain JS, starts in milliseconds): answers {thread, text}; a message containing POISON
+ * allocates until the thread's heap limit ends it (a real ERR_WORKER_OUT_OF_MEMORY); SLOW:<ms> keeps it busy that long;
+ * DIE ends the thread (after SLOW, if both).
+ */
+const FAKE_THREAD = `
+const { parentPort, threadId } = require('node:worker_threads');
+parentPort.on('message', ({ id, raw }) => {
+  const text = Buffer.from(raw).toString();
+  if (text.includes('POISON')) { const hog = []; for (;;) hog.push(new Array(100000).fill(threadId + 0.5)); }
+  const slow = /SLOW:(\\d+)/.exec(text);
+  if (slow) { const end = Date.now() + Number(slow[1]); while (Date.now() < end); }
+  if (text.includes('DIE')) process.exit(1);
+  parentPort.postMessage({ id, json: JSON.stringify({ thread: threadId, text }) });
+});
+parentPort.postMessage({ ready: true });
+`;
+
+function fakePool(opts: { threads: number; timeoutMs?: number; code?: string }): { pool: ParsePool; logs: string[]; limits: ResourceLimits[]; started: () => number } {
+  const logs: string[] = [];
+  const limits: ResourceLimits[] = [];
+  const destination = new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) });
+  const p = new ParsePool({
+    threads: opts.threads,
+    log: createLogger({ level: 'debug', destination }),
+    ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+    startThread: (resourceLimits) => {
+      limits.push(resourceLimits);
+      // The production limit is asked for; a small one here so the poison dies in milliseconds.
+      return new Worker(opts.code ?? FAKE_THREAD, { eval: true, resourceLimits: { maxOldGenerationSizeMb: 16 } });
+    },
+  });
+  return { pool: p, logs, limits, started: () => limits.length };
+}
+
+const threadOf = (json: PayloadMessageJson): number => (JSON.parse(json) as { thread: number }).thread;
+
+test('a message that ends its parse thread twice is rejected (PARSE_CRASHED), never parsed on the main thread; threads keep being replaced', async () => {
+  const { pool: p, logs, limits } = fakePool({ threads: 2 });
+  try {
+    assert.ok(limits.every((l) => l.maxOldGenerationSizeMb === PARSE_THREAD_HEAP_MB), 'threads get the heap limit');
+    const poison = p.parse(Buffer.from('Subject: POISON\r\n\r\nx\r\n'));
+    const healthy = Array.from({ length: 3 }, (_, i) => p.parse(Buffer.from(`Subject: ok ${i}\r\n\r\nx\r\n`)));
+    await assert.rejects(poison, (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_CRASHED' && /parsing this message ended the parse thread twice \(out of memory/.test(err.message));
+    for (const r of await Promise.all(healthy)) assert.notEqual(threadOf(r), threadId, 'parsed on a thread');
+    // Later messages still go to threads: two replacements, two threads alive.
+    assert.notEqual(threadOf(await p.parse(Buffer.from('Subject: later\r\n\r\nx\r\n'))), threadId);
+    assert.equal(limits.length, 4, 'two threads at start, two replacements');
+    assert.equal((p as unknown as { slots: unknown[] }).slots.length, 2);
+    assert.ok(logs.some((l) => /tried once more on a new thread/.test(l)));
+    assert.ok(logs.some((l) => /it is not parsed any more/.test(l)));
+  } finally {
+    await p.stop();
+  }
+});
+
+test('the parse timeout counts a parse’s own time on its thread, not the time it waited behind others', async () => {
+  // One thread, four messages of 400 ms each: the last finishes ~1.6 s after it was handed in, each under 1 s.
+  const { pool: p, logs } = fakePool({ threads: 1, timeoutMs: 1000 });
+  try {
+    const results = await Promise.all(Array.from({ length: 4 }, (_, i) => p.parse(Buffer.from(`Subject: SLOW:400 ${i}\r\n\r\nx\r\n`)).then(threadOf, (err: Error) => err.message)));
+    assert.equal(new Set(results).size, 1, `all parsed by the one thread, none abandoned: ${results.join(', ')}`);
+    assert.equal(typeof results[0], 'number');
+    assert.deepEqual(logs, []);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('threads that cannot start: a message is rejected with PARSE_TIMEOUT after timeoutMs, not parsed on the main thread; starts back off', async () => {
+  const { pool: p, logs, started } = fakePool({ threads: 1, timeoutMs: 500, code: `throw new Error('cannot load the parser')` });
+  try {
+    await assert.rejects(p.parse(RAW), (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_TIMEOUT' && /no parse thread could take the message/.test(err.message));
+    assert.ok(started() >= 2, 'replaced');
+    assert.ok(logs.some((l) => /cannot load the parser/.test(l)));
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a message that waited behind a parse that then ended its thread still gets the full timeout for the replacement', async () => {
+  // A (0.6 s) answers, B (0.6 s) ends its thread: C has waited 1.2 s, over the 1 s timeout, when no thread is left.
+  const { pool: p } = fakePool({ threads: 1, timeoutMs: 1000 });
+  try {
+    const a = p.parse(Buffer.from('Subject: SLOW:600 a\r\n\r\nx\r\n'));
+    const b = p.parse(Buffer.from('Subject: SLOW:600 DIE\r\n\r\nx\r\n'));
+    const c = p.parse(Buffer.from('Subject: c\r\n\r\nx\r\n'));
+    assert.equal(typeof threadOf(await a), 'number');
+    await assert.rejects(b, (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_CRASHED' && /exit code 1/.test(err.message));
+    assert.equal(typeof threadOf(await c), 'number', 'parsed by the replacement thread');
+  } finally {
+    await p.stop();
+  }
+});
+
+test('respawnDelayMs: at once for the first few deaths in a row, then doubling from 1 s up to 30 s', () => {
+  assert.deepEqual([1, 2, 3, 4, 5, 6, 9, 10, 50].map(respawnDelayMs), [0, 0, 0, 1000, 2000, 4000, 30_000, 30_000, 30_000]);
 });

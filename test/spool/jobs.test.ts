@@ -5,6 +5,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Spool } from '../../src/spool/spool.js';
+import { SELECT_DUE_OF_SQL } from '../../src/spool/jobs.js';
 import { tempDir } from '../helpers/app.js';
 
 const NOW = 1_700_000_000_000;
@@ -98,6 +99,55 @@ test('canTake can ask for the message size; the lease then carries it, and a ref
     assert.equal(spool.jobs.counts().pending, 1);
     const again = spool.jobs.leaseDue(NOW, 4, 60_000, (_route, sizeOf) => sizeOf() === 18);
     assert.deepEqual(again.map((l) => [l.delivery.route, l.messageSize]), [['a', 18]]);
+  } finally {
+    await close();
+  }
+});
+
+test('a delivery left in flight at every start (the process dies on it) backs off, then is dead-lettered at max_attempts', async () => {
+  const { spool, close } = await spoolWith(['a']);
+  try {
+    const maxAttempts = 5;
+    const retryAt = (now: number) => (attempts: number) => now + 1000 * attempts;
+    let now = NOW;
+    // Each run: start (reclaim), lease when due, the process dies mid-attempt (nothing settled).
+    for (let run = 0; run < maxAttempts; run++) {
+      const { resumed, dead } = spool.jobs.reclaimAbandoned(now, { maxAttempts, retryAt: retryAt(now) });
+      assert.deepEqual([resumed, dead.length], [run === 0 ? 0 : 1, 0]);
+      if (run > 0) {
+        assert.equal(spool.jobs.leaseDue(now, 16, 60_000).length, 0, 'not due at once after a restart');
+        const d = spool.jobs.nextDueAt()!;
+        assert.equal(d, now + 1000 * run, 'due after the retry backoff of the attempts made');
+        now = d;
+      }
+      assert.equal(spool.jobs.leaseDue(now, 16, 60_000).length, 1);
+    }
+    const [id] = spool.jobs.leaseDue(now, 16, 60_000).map((l) => l.delivery.id);
+    assert.equal(id, undefined, 'the fifth lease is still held');
+    now += 5000;
+    const { resumed, dead } = spool.jobs.reclaimAbandoned(now, { maxAttempts, retryAt: retryAt(now) });
+    assert.equal(resumed, 0);
+    assert.equal(dead.length, 1);
+    const row = spool.getDelivery(dead[0]!.id)!;
+    assert.equal(row.status, 'dead');
+    assert.equal(row.attempts, maxAttempts);
+    assert.equal(row.finishedAt, now);
+    assert.match(row.lastError ?? '', /^gave up after 5 attempts: the process ended during attempt 5 \(killed, or crashed, possibly on this message\)/);
+    const attempts = spool.db.prepare(`SELECT attempt, outcome, error FROM attempts WHERE delivery_id = ?`).all(row.id) as Array<{ attempt: number; outcome: string; error: string }>;
+    assert.deepEqual(attempts.map((a) => [a.attempt, a.outcome]), [[5, 'dead']]);
+    assert.equal(spool.jobs.counts().pending + spool.jobs.counts().delivering, 0, 'nothing left to lease');
+  } finally {
+    await close();
+  }
+});
+
+test('a route’s due deliveries are found through their own index, not by reading every due row of every route', async () => {
+  const { spool, close } = await spoolWith(['a']);
+  try {
+    const plan = (sql: string, ...args: unknown[]) => (spool.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as Array<{ detail: string }>).map((r) => r.detail).join('; ');
+    assert.match(plan(SELECT_DUE_OF_SQL, 'b', NOW, 16), /^SEARCH deliveries USING INDEX deliveries_route_due \(route=\? AND next_attempt_at<\?\)$/);
+    // The due-order window and the next due time keep their index.
+    assert.match(plan(`SELECT id, route, message_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`, NOW, 16), /USING INDEX deliveries_due/);
   } finally {
     await close();
   }
