@@ -52,8 +52,8 @@ export interface Dovecot {
   users: DovecotUser[];
   /** an imapflow client logged in as the user, for setting up and inspecting the mailbox */
   client(user?: string): Promise<ImapFlow>;
-  /** appends raw messages over one connection (LITERAL+ keeps it one round trip each) */
-  append(messages: Array<string | Buffer>, opts?: { user?: string; folder?: string; flags?: string[] }): Promise<void>;
+  /** appends raw messages over one connection (LITERAL+ keeps it one round trip each); internalDate: their INTERNALDATE */
+  append(messages: Array<string | Buffer>, opts?: { user?: string; folder?: string; flags?: string[]; internalDate?: Date }): Promise<void>;
   /** writes messages straight into the Maildir new/ folder: fastest for large backlogs */
   deliverToMaildir(messages: Array<string | Buffer>, user?: string): void;
   /** UIDs and flags of every message in a folder */
@@ -222,7 +222,7 @@ userdb {
     async append(messages, o = {}) {
       const c = await client(o.user);
       try {
-        for (const m of messages) await c.append(o.folder ?? 'INBOX', m, o.flags ?? []);
+        for (const m of messages) await c.append(o.folder ?? 'INBOX', m, o.flags ?? [], o.internalDate);
       } finally {
         await c.logout().catch(() => c.close());
       }

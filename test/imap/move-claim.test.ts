@@ -147,7 +147,10 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       if (crashes-- > 0) (bridge as unknown as { client?: { close(): void } }).client?.close();
       return result;
     };
-    await dovecot.append([message('c1', { to: 'desk@in.test', messageId: 'crash1@x' })], { user: 'crash' });
+    // INTERNALDATE is part of a moved message's dedupe key (with Message-ID and size): set, so the copies below are
+    // the same message (same date) or a copy appended later (another date) whatever second the test runs in.
+    const arrived = new Date('2024-01-05T09:00:00Z');
+    await dovecot.append([message('c1', { to: 'desk@in.test', messageId: 'crash1@x' })], { user: 'crash', internalDate: arrived });
     bridge = new ImapBridge({ settings, ingest, log: createLogger({ level: 'silent' }), metrics, clock: { now: () => Date.now() }, random: Math.random });
     bridge.start();
     try {
@@ -157,12 +160,20 @@ describe('move claims against Dovecot without CONDSTORE', { skip }, () => {
       // no claim_timeout wait (it is an hour here), no second copy.
       await untilAsync(async () => (await dovecot.list(PROCESSING, 'crash')).map((m) => m.flags.join(' ')).join() === '\\Deleted \\Seen', 10_000, 'the committed message marked');
       assert.equal(count(spool.db), 1);
-      // The same message in the mailbox again (new UID, e.g. restored or delivered twice): not stored again.
-      await dovecot.append([message('c1', { to: 'desk@in.test', messageId: 'crash1@x' })], { user: 'crash' });
+      // The same message in the mailbox again (new UID, e.g. restored): its claim loses to the delivered copy in the
+      // processing folder (same Message-ID, size and INTERNALDATE) and is expunged; not stored again.
+      await dovecot.append([message('c1', { to: 'desk@in.test', messageId: 'crash1@x' })], { user: 'crash', internalDate: arrived });
       await untilAsync(async () => (await dovecot.list('INBOX', 'crash')).length === 0, 10_000, 'the copy taken');
       await until(() => bridge!.status.state === 'idle', 10_000, 'idle');
       assert.equal((await dovecot.list(PROCESSING, 'crash')).length, 1, 'only the delivered copy, waiting for its expunge');
       assert.equal(count(spool.db), 1);
+      // Appended again later (another INTERNALDATE, so another key): recognised by its bytes as the message the
+      // spool holds, not stored again, and marked for the deferred expunge like the delivered copy.
+      await dovecot.append([message('c1', { to: 'desk@in.test', messageId: 'crash1@x' })], { user: 'crash', internalDate: new Date('2024-01-06T09:00:00Z') });
+      await untilAsync(async () => (await dovecot.list('INBOX', 'crash')).length === 0, 10_000, 'the later copy taken');
+      await untilAsync(async () => (await dovecot.list(PROCESSING, 'crash')).every((m) => m.flags.includes('\\Deleted')), 10_000, 'both copies marked for the expunge');
+      assert.equal((await dovecot.list(PROCESSING, 'crash')).length, 2);
+      assert.equal(count(spool.db), 1, 'not stored again');
     } finally {
       await bridge.stop(2000);
       await close();
