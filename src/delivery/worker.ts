@@ -49,6 +49,23 @@ export interface WorkerDeps {
 export const PREPARED_MAX_AGE_MS = 30_000;
 
 /**
+ * The outcome of a payload that could not be built. A parse that ran out of time, or parse threads stopping under
+ * it (shutdown), may be the machine, not the message: retried (dead after max_attempts). Anything else is the
+ * message, PARSE_CRASHED too (it ended two parse threads): dead at once.
+ */
+function buildFailure(err: unknown, format: string): Outcome {
+  if (err instanceof MailhookError && (err.code === 'PARSE_TIMEOUT' || err.code === 'SHUTTING_DOWN')) return { kind: 'retry', reason: err.message };
+  return { kind: 'dead', reason: `cannot build the ${format} payload: ${(err as Error).message}` };
+}
+
+/** A payload built again just before sending (PREPARED_MAX_AGE_MS) failed: its outcome, as for the first build. */
+class BuildFailed extends Error {
+  constructor(readonly outcome: Outcome) {
+    super(outcome.kind === 'delivered' ? 'built' : outcome.reason);
+  }
+}
+
+/**
  * Messages up to this size are prepared (read, parsed, encoded, signed) while their route's request slots are
  * busy; larger ones only once a slot is free, so payloads waiting for a slot stay small in memory.
  */
@@ -359,31 +376,37 @@ export class DeliveryWorker {
         if (automatic?.automatic) {
           outcome = { kind: 'dropped', reason: `dropped: automatic message (${automatic.reasons.join(', ')}); route has drop_automatic` };
         } else {
-          encode = () => format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(clock.now() / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
+          // The age counts from when the timestamp is taken, before the parse (which may wait for a parse thread).
+          encode = () => {
+            encodedAt = clock.now();
+            return format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(encodedAt / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
+          };
           req = await encode();
-          encodedAt = clock.now();
         }
       } catch (err) {
         if (held) slots.release();
         held = false;
         req = undefined;
-        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach), a parse ran out of time, or the parse
-        // threads stopped under it: that may be the machine, not the message, so it is retried (dead after
-        // max_attempts). Anything else is the message, PARSE_CRASHED too (it ended two parse threads).
+        // Reading the spool failed (EMFILE, EIO, a file briefly out of reach): that may be the machine, not the
+        // message, so it is retried (dead after max_attempts).
         outcome = signal.aborted
           ? classifyError(signal.reason)
           : !read && !(err instanceof MailhookError) && isErrnoException(err)
             ? { kind: 'retry', reason: `cannot read the message from the spool: ${err.message}` }
-            : err instanceof MailhookError && (err.code === 'PARSE_TIMEOUT' || err.code === 'SHUTTING_DOWN')
-              ? { kind: 'retry', reason: err.message }
-              : { kind: 'dead', reason: `cannot build the ${webhook.format} payload: ${(err as Error).message}` };
+            : buildFailure(err, webhook.format);
       }
       if (req) {
         try {
           if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
           // A slot free at once does not look at the signal: shutdown may have come while this attempt was parsing.
           signal.throwIfAborted();
-          if (encode && clock.now() - encodedAt > (this.deps.preparedMaxAgeMs ?? PREPARED_MAX_AGE_MS)) req = await encode();
+          if (encode && clock.now() - encodedAt > (this.deps.preparedMaxAgeMs ?? PREPARED_MAX_AGE_MS)) {
+            try {
+              req = await encode();
+            } catch (err) {
+              throw new BuildFailed(signal.aborted ? classifyError(signal.reason) : buildFailure(err, webhook.format));
+            }
+          }
           startedAt = clock.now();
           sent = true;
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
@@ -392,7 +415,7 @@ export class DeliveryWorker {
           if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
           retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
         } catch (err) {
-          outcome = classifyError(err);
+          outcome = err instanceof BuildFailed ? err.outcome : classifyError(err);
         } finally {
           if (held) slots.release();
         }

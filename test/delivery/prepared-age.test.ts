@@ -2,17 +2,24 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Webhook } from 'standardwebhooks';
+import { MailhookError } from '../../src/core/errors.js';
+import { parseMessageJson } from '../../src/parse/message.js';
+import type { AppDeps } from '../../src/app.js';
 import { Consumer } from '../helpers/consumer.js';
-import { configYaml, SECRET, startTestApp, until } from '../helpers/app.js';
+import { configYaml, SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
 import { sendMail } from '../helpers/smtp-client.js';
 
-test('a prepared request that waited longer than preparedMaxAgeMs for its slot carries the time it was sent, validly signed', async () => {
+/**
+ * One route with one request slot, held by a first message while a second one is prepared and waits for it past
+ * preparedMaxAgeMs (200 ms) and into the next second (webhook-timestamp counts seconds); then the slot is freed.
+ */
+async function secondWaitsForTheSlot(deps: Partial<AppDeps>, check: (app: TestApp, consumer: Consumer, releasedAt: number) => Promise<void>): Promise<void> {
   const consumer = new Consumer();
   await consumer.start();
   let release!: () => void;
   const held = new Promise<void>((r) => (release = r));
   consumer.respond = async (_req, index) => {
-    if (index === 0) await held; // the route's one slot stays busy while the second message waits for it, prepared
+    if (index === 0) await held;
     return { status: 200 };
   };
   const app = await startTestApp({
@@ -23,24 +30,33 @@ test('a prepared request that waited longer than preparedMaxAgeMs for its slot c
     addresses: ["*@app.test"]
     webhook: { url: "http://127.0.0.1:${consumer.port}/hook", secret: "${SECRET}" }
 ` }).replace('delivery:\n  timeout_ms: 5000\n', 'delivery:\n  timeout_ms: 5000\n  per_route_concurrency: 1\n'),
-    deps: { preparedMaxAgeMs: 200 },
+    deps: { preparedMaxAgeMs: 200, ...deps },
   });
   try {
     assert.equal(app.config.delivery.per_route_concurrency, 1);
     await sendMail(app.smtpPort, { from: 'a@example.test', to: 'one@app.test', subject: 'first', text: 'one' });
     await consumer.received(1);
     await sendMail(app.smtpPort, { from: 'a@example.test', to: 'two@app.test', subject: 'second', text: 'two' });
-    const waitingPrepared = async () => (await app.metrics.deliveriesWaiting.get()).values.find((v) => v.labels.prepared === 'true')?.value ?? 0;
     let prepared = false;
     await until(() => {
-      void waitingPrepared().then((n) => (prepared = n > 0));
+      // prom-client reads a gauge asynchronously: the poll sees the last answer
+      void app.metrics.deliveriesWaiting.get().then((g) => (prepared = (g.values.find((v) => v.labels.prepared === 'true')?.value ?? 0) > 0));
       return prepared;
     }, 5000, 'the second delivery prepared and waiting for the slot');
     const preparedAt = Date.now();
-    // Time passes while it waits: past the (test's) bound and into the next second, which webhook-timestamp counts.
     await until(() => Date.now() >= Math.max(preparedAt + 200, Math.ceil(preparedAt / 1000) * 1000) + 50, 3000, 'time to pass');
     const releasedAt = Date.now();
     release();
+    await check(app, consumer, releasedAt);
+  } finally {
+    release();
+    await app.close();
+    await consumer.stop();
+  }
+}
+
+test('a prepared request that waited longer than preparedMaxAgeMs for its slot carries the time it was sent, validly signed', async () => {
+  await secondWaitsForTheSlot({}, async (_app, consumer, releasedAt) => {
     await consumer.waitFor(2);
     const second = consumer.requests[1]!;
     const timestamp = Number(second.headers['webhook-timestamp']);
@@ -49,9 +65,24 @@ test('a prepared request that waited longer than preparedMaxAgeMs for its slot c
     const headers = { 'webhook-id': String(second.headers['webhook-id']), 'webhook-timestamp': String(second.headers['webhook-timestamp']), 'webhook-signature': String(second.headers['webhook-signature']) };
     assert.doesNotThrow(() => new Webhook(SECRET).verify(second.body.toString('utf8'), headers));
     assert.match(second.body.toString('utf8'), /"subject":"second"/);
-  } finally {
-    release();
-    await app.close();
-    await consumer.stop();
-  }
+  });
+});
+
+test('building the payload again fails as the first build would: a message that ended two parse threads is dead-lettered, not retried', async () => {
+  let parses = 0;
+  const parse = async (raw: Buffer) => {
+    // the second message's second build (the first message is parsed once, the second before it waits)
+    if (++parses === 3) throw new MailhookError('PARSE_CRASHED', 'parsing this message ended the parse thread twice');
+    return parseMessageJson(raw);
+  };
+  await secondWaitsForTheSlot({ parse }, async (app, consumer) => {
+    await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 5000, 'both outcomes recorded');
+    const rows = app.spool.db.prepare(`SELECT status, attempts, last_error FROM deliveries ORDER BY created_at, id`).all() as Array<{ status: string; attempts: number; last_error: string | null }>;
+    assert.equal(parses, 3);
+    assert.deepEqual(rows.map((r) => r.status).sort(), ['dead', 'delivered']);
+    const dead = rows.find((r) => r.status === 'dead')!;
+    assert.equal(dead.attempts, 1);
+    assert.match(dead.last_error ?? '', /^cannot build the json payload: parsing this message ended the parse thread twice/);
+    assert.equal(consumer.requests.length, 1, 'the second message was never sent');
+  });
 });
