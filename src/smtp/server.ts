@@ -124,34 +124,41 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   }
 
   /**
-   * The recipients of each transaction as mailhook counts them, by recipientIdentity, in RCPT order (first spelling
-   * kept). Keyed by the envelope object, which smtp-server replaces at MAIL, RSET and after DATA.
+   * The recipients of each transaction as mailhook counts them: `byId` by recipientIdentity in RCPT order (first
+   * spelling kept), `replies` every RCPT answered 250, repeats included. Keyed by the envelope object, which
+   * smtp-server replaces at MAIL, RSET and after DATA.
    */
-  const acceptedRecipients = new WeakMap<object, Map<string, SMTPServerAddress>>();
-  function acceptedOf(session: SMTPServerSession): Map<string, SMTPServerAddress> {
+  const acceptedRecipients = new WeakMap<object, { byId: Map<string, SMTPServerAddress>; replies: SMTPServerAddress[] }>();
+  function acceptedOf(session: SMTPServerSession): { byId: Map<string, SMTPServerAddress>; replies: SMTPServerAddress[] } {
     let accepted = acceptedRecipients.get(session.envelope);
     if (!accepted) {
-      accepted = new Map();
+      accepted = { byId: new Map(), replies: [] };
       acceptedRecipients.set(session.envelope, accepted);
     }
     return accepted;
   }
+  /** The transaction's distinct recipients, in RCPT order: what is stored and delivered. */
+  const recipientsOf = (session: SMTPServerSession): string[] => [...acceptedOf(session).byId.values()].map((r) => r.address);
 
   /**
-   * 250 for a recipient, and session.envelope.rcptTo made to list exactly the accepted recipients. smtp-server files
-   * recipients by their lower-cased address and replaces an entry of the same one: incoming+AbC@ and incoming+abc@
-   * (keys are case-sensitive) would both get 250 and only the second be delivered. It also keeps a repeat of the
-   * same recipient spelled another way (user@[192.0.2.1] for user@in.test) as a second entry.
+   * 250 for a recipient, and session.envelope.rcptTo made to list what smtp-server must answer after DATA for.
+   * smtp-server files recipients by their lower-cased address and replaces an entry of the same one:
+   * incoming+AbC@ and incoming+abc@ (keys are case-sensitive) would both get 250 and only the second be delivered;
+   * and it keeps a repeat of the same recipient spelled another way (user@[192.0.2.1] for user@in.test) as a second
+   * entry. SMTP: rcptTo lists the distinct recipients. LMTP: every RCPT answered 250, repeats included, since
+   * smtp-server sends one reply after DATA per entry and RFC 2033 §4.2 wants one per successful RCPT (fewer left
+   * the client waiting for the missing one); the message is stored once for each recipient all the same.
    */
   function accept(session: SMTPServerSession, address: SMTPServerAddress, id: string, callback: (err?: Error | null) => void): void {
     const accepted = acceptedOf(session);
-    const isNew = !accepted.has(id);
-    if (isNew) accepted.set(id, address);
+    const isNew = !accepted.byId.has(id);
+    if (isNew) accepted.byId.set(id, address);
+    accepted.replies.push(address);
     const rcptTo = session.envelope.rcptTo;
     const before = rcptTo.length;
     callback(); // smtp-server adds the recipient (or replaces one) and answers 250 right away
     if (isNew && rcptTo.length === before + 1 && rcptTo[before] === address) return;
-    rcptTo.splice(0, rcptTo.length, ...accepted.values());
+    rcptTo.splice(0, rcptTo.length, ...(smtp.lmtp ? accepted.replies : accepted.byId.values()));
   }
 
   const options: SMTPServerOptions & { greetingDelayMs: number } = {
@@ -213,7 +220,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback) {
       if (draining) return callback(new SmtpReplyError(Reply.ShuttingDown));
       const m = match(address.address);
-      const accepted = acceptedOf(session);
+      const accepted = acceptedOf(session).byId;
       // A recipient already in the envelope is not a new one: 250 again, even at the limit (a 452 would have the
       // client send it again in a second transaction, and the recipient get the message twice).
       if (m.ok && accepted.has(recipientIdentity(m))) return accept(session, address, recipientIdentity(m), callback);
@@ -276,7 +283,8 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   if (reloader && tls?.settings.watch) reloader.watch();
 
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
-    const deliveries = planDeliveries(session.envelope.rcptTo.map((r) => r.address));
+    const recipients = recipientsOf(session);
+    const deliveries = planDeliveries(recipients);
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const meta: Record<string, unknown> = {};
     let auth: AuthenticationRun | undefined;
@@ -316,7 +324,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         source: 'smtp',
         envelope: {
           mailFrom: sender,
-          rcptTo: session.envelope.rcptTo.map((r) => r.address),
+          rcptTo: recipients,
           remoteAddress: session.remoteAddress,
           helo: session.hostNameAppearsAs || null,
           tls: tlsInfo(session),
@@ -328,7 +336,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         ...(run ? { meta } : {}),
       });
       metrics.messagesAccepted.inc({ source: 'smtp' });
-      log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: session.envelope.rcptTo.length, routes: deliveries.map((d) => d.route), normalized: filter.stats.normalized }, 'message accepted');
+      log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: recipients.length, routes: deliveries.map((d) => d.route), normalized: filter.stats.normalized }, 'message accepted');
       return result.id;
     } catch (err) {
       // smtp-server answers once the client's final dot arrived: keep reading what is still coming.

@@ -97,3 +97,32 @@ test('the replies after DATA count once towards max_errors: no 421 among them (R
     await small.close();
   }
 });
+
+test('one reply after DATA per RCPT answered 250, a repeat of a recipient included; the message is stored for it once (RFC 2033 §4.2)', async () => {
+  const dir = tempDir();
+  const routes = `
+  - name: keep
+    addresses: ["user@lmtp.test", "other@lmtp.test"]
+    sink: true
+`;
+  const yaml = configYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  lmtp: true\n  ip_literals:\n    "192.0.2.10": lmtp.test\n');
+  const app = await startTestApp({ dir, routes, yaml });
+  try {
+    const { smtp } = await RawSmtp.open(app.smtpPort);
+    assert.equal((await smtp.cmd('LHLO relay.test')).code, 250);
+    assert.equal((await smtp.cmd('MAIL FROM:<s@example.test>')).code, 250);
+    // The same mailbox three ways (smtp-server keeps the IP-literal spelling as a second entry, replaces USER@), and another.
+    for (const r of ['user@lmtp.test', 'user@[192.0.2.10]', 'other@lmtp.test', 'USER@lmtp.test']) assert.equal((await smtp.cmd(`RCPT TO:<${r}>`)).code, 250, r);
+    assert.equal((await smtp.cmd('DATA')).code, 354);
+    smtp.write('Subject: once\r\n\r\nbody\r\n.\r\n');
+    for (let i = 0; i < 4; i++) assert.equal((await smtp.read()).code, 250, `reply ${i + 1} of 4`);
+    // Nothing more is owed: the next reply is the NOOP's.
+    assert.equal((await smtp.cmd('NOOP')).raw, '250 2.0.0 OK\r\n');
+    const rows = app.spool.db.prepare(`SELECT rcpt_to FROM messages`).all() as Array<{ rcpt_to: string }>;
+    assert.equal(rows.length, 1);
+    assert.deepEqual(JSON.parse(rows[0]!.rcpt_to), ['user@lmtp.test', 'other@lmtp.test']);
+    await smtp.quit();
+  } finally {
+    await app.close();
+  }
+});
