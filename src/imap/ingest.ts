@@ -1,5 +1,6 @@
 // From a mailbox message to spool.accept: the recipient from headers (routing decides route and key), the
 // unmatched policy, the envelope IMAP does not carry, and dedupe lookups. Shared by the IMAP and Graph bridges.
+import { MailhookError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { ResolvedRoute } from '../config/load.js';
 import type { UnmatchedPolicy } from '../config/mailboxes.js';
@@ -59,7 +60,7 @@ export class MailboxIngest {
     this.hasKey = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE dedupe_key = ?`).pluck();
     // Range on the unique dedupe_key index: every key of one mailbox shares the prefix "<source>:<name>:".
     this.otherGeneration = deps.spool.db.prepare(`SELECT 1 FROM messages WHERE (dedupe_key >= ? AND dedupe_key < ?) OR (dedupe_key >= ? AND dedupe_key < ?) LIMIT 1`).pluck();
-    this.sameIdAndSize = deps.spool.db.prepare(`SELECT id FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND size = ? AND json_extract(meta, '$.messageId') = ?`).pluck();
+    this.sameIdAndSize = deps.spool.db.prepare(`SELECT id, dedupe_key AS key FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND size = ? AND json_extract(meta, '$.messageId') = ?`);
     this.idsWithPrefix = deps.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') FROM messages WHERE dedupe_key >= ? AND dedupe_key < ? AND meta IS NOT NULL`).pluck();
   }
 
@@ -125,9 +126,9 @@ export class MailboxIngest {
    * narrows the search to keys starting with it (an index range); without it every key of the mailbox is looked at.
    */
   async holdsCopy(source: Buffer, messageId: string, keyPrefix = `${this.source}:${this.mailbox.name}:`): Promise<boolean> {
-    if (this.unsure.size > 0) return false; // perhaps a row not on disk: stored (deduplicated) again instead
     const upper = `${keyPrefix.slice(0, -1)};`; // ';' sorts right after ':'
-    for (const id of this.sameIdAndSize.all(keyPrefix, upper, source.length, messageId) as string[]) {
+    for (const { id, key } of this.sameIdAndSize.all(keyPrefix, upper, source.length, messageId) as Array<{ id: string; key: string }>) {
+      if (this.unsure.has(key)) continue; // perhaps a row not on disk: not taken as held (stored, deduplicated, again)
       const stored = await this.deps.spool.readRaw(id).catch(() => undefined); // removed meanwhile: not held
       if (stored?.equals(source)) return true;
     }
@@ -148,7 +149,8 @@ export class MailboxIngest {
         meta: { mailbox: this.mailbox.name, messageId: plan.messageId ?? null, recipientHeader: plan.header, ...meta },
       });
     } catch (err) {
-      this.unsure.add(dedupeKey);
+      // Only a failure of the spool can leave a committed row behind; a refusal of the message (too large) cannot.
+      if (!(err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE')) this.unsure.add(dedupeKey);
       throw err;
     }
     this.unsure.delete(dedupeKey);
