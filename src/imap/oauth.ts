@@ -28,6 +28,9 @@ export function refreshMargin(lifetimeMs: number): number {
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
+/** After a failed renewal while the cached token is still valid, the next renewal is tried this much later. */
+export const RENEW_RETRY_MS = 30_000;
+
 export class OAuthTokenProvider implements TokenProvider {
   private cached: { token: string; refreshAt: number; expiresAt: number } | undefined;
   private inFlight: Promise<string> | undefined;
@@ -42,13 +45,18 @@ export class OAuthTokenProvider implements TokenProvider {
 
   async token(): Promise<string> {
     const now = this.deps.clock.now();
-    if (this.cached && now < this.cached.refreshAt) return this.cached.token;
+    const cached = this.cached;
+    if (cached && now < cached.refreshAt) return cached.token;
     this.inFlight ??= this.fetchToken()
       .catch((err: unknown) => {
         // A renewal inside the margin that fails (endpoint down, refused) leaves the cached token in use until it
-        // really expires; the next call tries again.
+        // really expires, and is tried again RENEW_RETRY_MS later, not at every call (every Graph request).
         const c = this.cached;
-        if (c && this.deps.clock.now() < c.expiresAt) return c.token;
+        const at = this.deps.clock.now();
+        if (c && at < c.expiresAt) {
+          c.refreshAt = Math.min(at + RENEW_RETRY_MS, c.expiresAt);
+          return c.token;
+        }
         throw err;
       })
       .finally(() => {

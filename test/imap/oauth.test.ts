@@ -2,7 +2,11 @@
 // flight, refresh-token rotation, and errors that name the problem but never the secret.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { OAuthTokenProvider, refreshMargin } from '../../src/imap/oauth.js';
+import { createServer } from 'node:http';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { OAuthTokenProvider, refreshMargin, RENEW_RETRY_MS } from '../../src/imap/oauth.js';
+import { until } from '../helpers/app.js';
 import { MailboxError } from '../../src/imap/errors.js';
 import { Secret } from '../../src/config/secret.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
@@ -50,11 +54,29 @@ test('a renewal that fails inside the margin: the cached token is used until it 
   const settings = { grant: 'client_credentials' as const, tokenUrl: as.tokenUrl('t-9'), clientId: 'app', clientSecret: new Secret('app-secret'), refreshToken: undefined, scope: undefined };
   const p = new OAuthTokenProvider(settings, { clock });
   const first = await p.token();
-  settings.tokenUrl = 'http://127.0.0.1:9/token'; // the endpoint is down from now on
-  clock.t += 3_400_000; // inside the renewal margin, 200 s before it expires
-  assert.equal(await p.token(), first);
-  clock.t += 200_000; // expired
-  await assert.rejects(p.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED');
+  // The endpoint fails from now on (answers 503, counted).
+  let asked = 0;
+  const down = createServer((_req, res) => {
+    asked++;
+    res.writeHead(503).end();
+  }).listen(0, '127.0.0.1');
+  await once(down, 'listening');
+  try {
+    settings.tokenUrl = `http://127.0.0.1:${(down.address() as AddressInfo).port}/token`;
+    clock.t += 3_400_000; // inside the renewal margin, 200 s before it expires
+    assert.equal(await p.token(), first);
+    await until(() => asked === 1, 5000, 'the renewal tried');
+    // Not tried again at every call while it keeps failing (the Graph client asks before each request).
+    for (let i = 0; i < 5; i++) assert.equal(await p.token(), first);
+    assert.equal(asked, 1);
+    clock.t += RENEW_RETRY_MS + 1;
+    assert.equal(await p.token(), first);
+    await until(() => asked === 2, 5000, 'tried again after RENEW_RETRY_MS');
+    clock.t += 200_000; // expired
+    await assert.rejects(p.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED');
+  } finally {
+    down.close();
+  }
 });
 
 test('refresh token: the rotated refresh token is used next time', async () => {
