@@ -100,9 +100,9 @@ export class ParsePool {
   /** threads that ended in a row with no parse answered between (see respawnDelayMs) */
   private deathsInARow = 0;
   private readonly respawns = new Set<NodeJS.Timeout>();
-  /** armed while messages wait, threads keep ending and none is ready: see watchStarvation */
+  /** armed while messages wait and no thread is ready: see watchStarvation */
   private starveTimer: NodeJS.Timeout | undefined;
-  /** performance.now() when the pool was last left without a ready thread while threads keep ending */
+  /** performance.now() when the pool was last left without a ready thread while messages wait */
   private starvingSince: number | undefined;
   private readonly timeoutMs: number;
 
@@ -247,14 +247,14 @@ export class ParsePool {
   }
 
   /**
-   * Messages wait for a thread without a bound while threads parse (each parse is bounded) or start, but while
-   * threads keep ending and none is ready (they fail to start, a replacement waits out its delay) a message that
-   * waited timeoutMs in that state is rejected with PARSE_TIMEOUT (retried like a slow parse) rather than waiting
-   * for ever. The wait counts from when the pool was left without a thread: a message that waited behind a parse
-   * that then ended its thread still gets the full time for the replacement to start.
+   * Messages wait for a thread without a bound while threads parse (each parse is bounded), but while no thread is
+   * ready (threads that fail to start, a replacement waiting out its delay or one that never says it is ready) a
+   * message that waited timeoutMs in that state is rejected with PARSE_TIMEOUT (retried like a slow parse) rather
+   * than waiting for ever. The wait counts from when the pool was left without a ready thread: a message that
+   * waited behind a parse that then ended its thread still gets the full time for the replacement to start.
    */
   private watchStarvation(): void {
-    const starving = !this.stopped && this.deathsInARow > 0 && !this.slots.some((s) => s.ready) && this.queue.length > 0;
+    const starving = !this.stopped && !this.slots.some((s) => s.ready) && this.queue.length > 0;
     if (!starving) {
       if (this.starveTimer) clearTimeout(this.starveTimer);
       this.starveTimer = undefined;
@@ -267,11 +267,11 @@ export class ParsePool {
     const oldest = Math.min(...this.queue.map(waitedSince));
     this.starveTimer = setTimeout(() => {
       this.starveTimer = undefined;
-      if (this.deathsInARow > 0 && !this.slots.some((s) => s.ready)) {
+      if (!this.slots.some((s) => s.ready)) {
         const now = performance.now();
         for (const job of this.queue.filter((j) => now - waitedSince(j) >= this.timeoutMs)) {
           this.queue.splice(this.queue.indexOf(job), 1);
-          job.reject(new MailhookError('PARSE_TIMEOUT', `no parse thread could take the message within ${this.timeoutMs} ms (parse threads keep ending)`));
+          job.reject(new MailhookError('PARSE_TIMEOUT', `no parse thread could take the message within ${this.timeoutMs} ms (none was ready: they keep ending or do not start)`));
         }
       }
       this.pump();

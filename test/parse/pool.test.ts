@@ -223,6 +223,24 @@ test('a message that waited behind a parse that then ended its thread still gets
   }
 });
 
+test('a replacement thread that never gets ready (after a parse was abandoned): a waiting message is rejected after timeoutMs, not left waiting for ever', { timeout: 20_000 }, async () => {
+  let started = 0;
+  const p = new ParsePool({
+    threads: 1,
+    log: createLogger({ level: 'silent' }),
+    timeoutMs: 300,
+    // The first thread works; the one that replaces it hangs while loading (never ready, never ends).
+    startThread: () => new Worker(++started === 1 ? FAKE_THREAD : 'setInterval(() => {}, 1000);', { eval: true }),
+  });
+  try {
+    await assert.rejects(p.parse(Buffer.from('Subject: SLOW:3000 a\r\n\r\nx\r\n')), (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_TIMEOUT' && /took longer/.test(err.message));
+    assert.equal(started, 2, 'replaced');
+    await assert.rejects(p.parse(Buffer.from('Subject: b\r\n\r\nx\r\n')), (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_TIMEOUT' && /no parse thread could take the message/.test(err.message));
+  } finally {
+    await p.stop();
+  }
+});
+
 test('respawnDelayMs: at once for the first few deaths in a row, then doubling from 1 s up to 30 s', () => {
   assert.deepEqual([1, 2, 3, 4, 5, 6, 9, 10, 50].map(respawnDelayMs), [0, 0, 0, 1000, 2000, 4000, 30_000, 30_000, 30_000]);
 });
