@@ -9,7 +9,7 @@ import { credentialsFromUrl, mailboxHash, formatAddress } from '../../src/delive
 import { mailgunSignature, mailgunToken, classifyMailgun, mailgunParsedFields } from '../../src/delivery/formats/mailgun.js';
 import { classifyActionMailbox, actionMailboxBody } from '../../src/delivery/formats/action_mailbox.js';
 import { classifyPostmark, buildPostmarkPayload } from '../../src/delivery/formats/postmark.js';
-import { inboundView } from '../../src/delivery/formats/inbound.js';
+import { inboundView, InboundViews } from '../../src/delivery/formats/inbound.js';
 import { authenticationFields } from '../../src/delivery/formats/sendgrid.js';
 import { classifyStatus } from '../../src/delivery/classify.js';
 import { FORMATS } from '../../src/delivery/formats/index.js';
@@ -249,6 +249,20 @@ test('postmark MailboxHash: the route key, or the plus part for a catch-all or e
   assert.deepEqual(catchAll.BccFull.at(-1), { Email: 'reply+abc123@in.test', Name: '', MailboxHash: 'abc123' });
   const exact = buildPostmarkPayload(formatContext(raw, { recipients: [{ address: 'support@in.test', key: null }] }), view);
   assert.equal(exact.MailboxHash, '');
+});
+
+test('the deliveries of one message share its parsed view (mailgun and postmark post once per recipient); another message, or time, ends it', async () => {
+  const views = new InboundViews(50);
+  const raw = fixture('iso-2022-jp.eml');
+  const a = views.of('msg_a', raw);
+  assert.equal(views.of('msg_a', Buffer.from(raw)), a, 'the same message: the same parse');
+  assert.equal((await a).subject, '会議の資料について');
+  const b = views.of('msg_b', fixture('shift_jis.eml'));
+  assert.notEqual(b, a);
+  assert.notEqual(views.of('msg_a', raw), a, 'one message kept: the other was parsed again');
+  const again = views.of('msg_a', raw);
+  await new Promise((r) => setTimeout(r, 120)); // past the keep time (50 ms here), not timing anything
+  assert.notEqual(views.of('msg_a', raw), again, 'not kept past its keep time');
 });
 
 // ---------- outcomes ----------

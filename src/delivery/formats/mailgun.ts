@@ -2,7 +2,7 @@
 import { createHmac } from 'node:crypto';
 import { stripQuotedHtml, stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, headerOnlyView, inboundView, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
+import { credentialsFromUrl, headerOnlyView, InboundViews, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
 import { encodeUrlForm, multipartForm, type FormField, type RandomBytes } from './multipart.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
@@ -79,7 +79,8 @@ export function classifyMailgun(status: number): Outcome | undefined {
   return undefined;
 }
 
-export function createMailgunFormat(deps: { randomBytes: RandomBytes }): PayloadFormat {
+export function createMailgunFormat(deps: { randomBytes: RandomBytes; views?: InboundViews }): PayloadFormat {
+  const views = deps.views ?? new InboundViews();
   return {
     name: 'mailgun',
     async encode(ctx) {
@@ -92,7 +93,7 @@ export function createMailgunFormat(deps: { randomBytes: RandomBytes }): Payload
         // Mailgun's "/mime" post (what Action Mailbox's Mailgun ingress reads): the message byte for byte in body-mime.
         form = multipartForm([...baseFields(ctx, headerOnlyView(ctx.raw), signature), { name: 'body-mime', value: ctx.raw }], deps.randomBytes);
       } else {
-        const fields = await mailgunParsedFields(ctx, await inboundView(ctx.raw), signature);
+        const fields = await mailgunParsedFields(ctx, await views.of(ctx.message.id, ctx.raw), signature);
         // Mailgun posts multipart/form-data when there are attachments, urlencoded otherwise.
         const hasFiles = fields.some((f) => 'filename' in f);
         form = hasFiles ? multipartForm(fields, deps.randomBytes) : encodeUrlForm(fields as Array<{ name: string; value: string }>);

@@ -1,7 +1,7 @@
 // format: postmark — Postmark's inbound webhook JSON (the postmark package's InboundWebhook), Basic auth from the URL's userinfo.
 import { stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, formatAddress, inboundView, mailboxHash, recordedAuthHeaders, type Address, type InboundView } from './inbound.js';
+import { credentialsFromUrl, formatAddress, InboundViews, mailboxHash, recordedAuthHeaders, type Address, type InboundView } from './inbound.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
 export interface PostmarkRecipient {
@@ -92,16 +92,19 @@ export function classifyPostmark(status: number): Outcome | undefined {
   return undefined;
 }
 
-export const postmarkFormat: PayloadFormat = {
-  name: 'postmark',
-  async encode(ctx) {
-    const view = await inboundView(ctx.raw);
-    const { url, authorization } = credentialsFromUrl(ctx.webhook.url);
-    return {
-      url,
-      headers: { 'content-type': 'application/json', ...(authorization ? { authorization } : {}) },
-      body: JSON.stringify(buildPostmarkPayload(ctx, view)),
-    };
-  },
-  classify: classifyPostmark,
-};
+export function createPostmarkFormat(deps: { views?: InboundViews } = {}): PayloadFormat {
+  const views = deps.views ?? new InboundViews();
+  return {
+    name: 'postmark',
+    async encode(ctx) {
+      const view = await views.of(ctx.message.id, ctx.raw);
+      const { url, authorization } = credentialsFromUrl(ctx.webhook.url);
+      return {
+        url,
+        headers: { 'content-type': 'application/json', ...(authorization ? { authorization } : {}) },
+        body: JSON.stringify(buildPostmarkPayload(ctx, view)),
+      };
+    },
+    classify: classifyPostmark,
+  };
+}
