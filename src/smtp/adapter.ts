@@ -33,10 +33,11 @@ export interface AdapterOptions extends SMTPServerOptions {
 const ENHANCED_RE = /^\d\.\d{1,3}\.\d{1,3} /;
 
 /**
- * MAIL parameters of the extensions mailhook advertises: SIZE, 8BITMIME, SMTPUTF8, and REQUIRETLS (advertised once
- * the session is secure; before, smtp-server answers it 530 5.7.0). DSN is not advertised (smtp-server hides it), nor AUTH.
+ * MAIL parameters of the extensions mailhook advertises: SIZE, 8BITMIME, SMTPUTF8. Not DSN (smtp-server hides it),
+ * AUTH, or REQUIRETLS (RFC 8689): smtp-server hides it, and accepting it would promise TLS all the way to the
+ * recipient, which a webhook on http:// does not keep; it is refused like any parameter not advertised.
  */
-const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'REQUIRETLS']);
+const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8']);
 /** RCPT parameters: none without DSN (NOTIFY, ORCPT). */
 const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
 

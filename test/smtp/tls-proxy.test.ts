@@ -176,6 +176,16 @@ describe('TLS', { skip }, () => {
     smtp.destroy();
   });
 
+  test('REQUIRETLS is not advertised and is refused after STARTTLS too (555 5.5.4): a webhook on http:// would not keep its promise', async () => {
+    const smtp = await session(app.smtpPort);
+    const s = await startTls(smtp);
+    const ehlo = await s.cmd('EHLO client.test');
+    assert.ok(!ehlo.raw.includes('REQUIRETLS'), ehlo.raw);
+    assert.equal((await s.cmd('MAIL FROM:<a@client.test> REQUIRETLS')).raw, '555 5.5.4 Error: unsupported parameter REQUIRETLS\r\n');
+    assert.equal((await s.cmd('MAIL FROM:<a@client.test>')).raw, '250 2.1.0 Accepted\r\n');
+    s.socket.destroy();
+  });
+
   test('smtp.tls.required: MAIL before STARTTLS gets 530 5.7.0; after STARTTLS it is accepted', async () => {
     const smtp = await session(strict.smtpPort);
     assert.equal((await smtp.cmd('MAIL FROM:<a@client.test>')).raw, '530 5.7.0 Must issue a STARTTLS command first\r\n');

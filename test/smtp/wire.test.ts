@@ -42,7 +42,7 @@ test('every other library reply carries the enhanced code its meaning calls for'
     ['MAIL FROM:<a@client.test> BODY=9BIT', '501 5.5.4 Invalid BODY parameter value. Must be 7BIT or 8BITMIME'],
     ['MAIL FROM:<a@client.test> SIZE=1 SIZE=2', '501 5.5.4 Error: duplicate SIZE parameter'],
     ['MAIL FROM:<a@client.test> SIZE', '501 5.5.4 Error: SIZE parameter requires a value'],
-    ['MAIL FROM:<a@client.test> REQUIRETLS', '530 5.7.0 REQUIRETLS not permitted on non-TLS connections'],
+    ['MAIL FROM:<a@client.test> REQUIRETLS', '555 5.5.4 Error: unsupported parameter REQUIRETLS'], // not advertised (RFC 8689)
     ['MAIL FROM:<a@client.test> BODY=8BITMIME SMTPUTF8', '250 2.1.0 Accepted'],
     ['RCPT TO:<postmaster>', '550 5.1.1 Recipient address rejected: User unknown'], // smtp.postmaster_route unset
     ['RCPT TO:<user@in.test>', '250 2.1.5 Accepted'],
