@@ -330,6 +330,26 @@ test('a message whose $value keeps failing is passed over: later messages are ta
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('passes that pass over a failing message back off (the delta link stays, so each walks the same changes), and stay healthy', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const bad = g.add(message('bad2', { to: 'desk@in.test', messageId: 'bad2@x' }));
+  g.add(message('good2', { to: 'desk@in.test', messageId: 'good2@x' }));
+  g.fail(1000, 500, (method, path) => method === 'GET' && path.includes(encodeURIComponent(bad)) && path.endsWith('/$value'));
+  // poll_interval 1 s; the reconnect backoff starts at 60 s (half of it at least, with jitter)
+  const app = await start([graphYaml('g-backoff').replace('reconnect_delay_ms: 100', 'reconnect_delay_ms: 60000').replace('reconnect_max_delay_ms: 400', 'reconnect_max_delay_ms: 120000')]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'the message after the failing one');
+    const status = inbox(app).status;
+    await until(() => status.nextAttemptAt !== null, 5000, 'the next pass scheduled');
+    assert.ok(status.nextAttemptAt! - Date.now() > 20_000, `the next pass waits the backoff, not poll_interval: in ${status.nextAttemptAt! - Date.now()} ms`);
+    assert.equal(status.state, 'polling', 'a failing message does not make the mailbox unhealthy');
+  } finally {
+    g.clearFailures();
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('move claims, after_delivery flag: the look for stale claims lists only unread messages, not the read ones piling up in the processing folder', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   const N = 60;

@@ -170,11 +170,17 @@ export class GraphInbox {
     this.status.set('connecting');
     while (!this.stopping) {
       try {
-        await this.pass();
+        const failed = await this.pass();
         if (this.stopping) break;
         this.status.recovered();
         this.status.set('polling');
-        await this.pause(this.s.pollIntervalMs);
+        // A pass that passed over failing messages keeps the delta link where it was (they are tried again), so
+        // each such pass walks the same changes again: passes back off while a message keeps failing, as failed
+        // passes do (Graph throttles a mailbox that asks too often), without leaving the healthy polling state.
+        this.failingPasses = failed > 0 ? this.failingPasses + 1 : 0;
+        const wait = failed > 0 ? Math.max(this.s.pollIntervalMs, reconnectDelay(this.s.reconnect, this.failingPasses, this.deps.random)) : this.s.pollIntervalMs;
+        this.status.nextAttemptAt = failed > 0 ? this.deps.clock.now() + wait : null;
+        await this.pause(wait);
       } catch (err) {
         if (this.stopping) break;
         const e = classify(err);
@@ -190,8 +196,11 @@ export class GraphInbox {
     this.status.set('stopped');
   }
 
-  /** One delta pass: every page until the delta link; each unread message is taken in page order. */
-  private async pass(): Promise<void> {
+  /** Passes in a row that passed over a failing message (see run). */
+  private failingPasses = 0;
+
+  /** One delta pass: every page until the delta link; each unread message is taken in page order. Returns the messages passed over. */
+  private async pass(): Promise<number> {
     const fullPass = `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
     let url: string | undefined = this.deltaLink ?? fullPass;
     if (this.s.claim === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) await this.scanClaimFolder();
@@ -212,7 +221,7 @@ export class GraphInbox {
       const body = res.body;
       if (this.status.state !== 'connected') this.status.set('connected');
       for (const item of body?.value ?? []) {
-        if (this.stopping) return;
+        if (this.stopping) return failed;
         if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
         try {
           await this.take(item.id, identity(item));
@@ -235,6 +244,7 @@ export class GraphInbox {
         url = undefined;
       }
     }
+    return failed;
   }
 
   /**
