@@ -1,5 +1,6 @@
 // MIME → the "message" part of the JSON payload: decoded headers, addresses, bodies and attachments.
 import { simpleParser, type AddressObject, type EmailAddress, type ParsedMail } from 'mailparser';
+import { renderHtmlAsText } from './html-text.js';
 import { bytesToText } from './text.js';
 
 export interface PayloadAddress {
@@ -45,16 +46,25 @@ export async function parseMessageJson(raw: Buffer): Promise<PayloadMessageJson>
 }
 
 /**
- * Parses a stored message; character sets are decoded to UTF-8, the raw bytes are left to the caller. With
- * `htmlToText: false` an HTML-only message gets no text rendering (text null): that rendering is most of the time
- * a large HTML body takes (seconds for 10 MB), and a summary does not need it.
+ * Parses a stored message; character sets are decoded to UTF-8, the raw bytes are left to the caller. An HTML-only
+ * message's text is a rendering of its HTML (renderHtmlAsText), wherever the HTML sits in the MIME tree; with
+ * `htmlToText: false` it gets none (text null): that rendering is most of the time a large HTML body takes (seconds
+ * for 10 MB), and a summary does not need it.
  */
 export async function parseMessage(raw: Buffer, options: { htmlToText?: boolean } = {}): Promise<{ parsed: ParsedMail; message: PayloadMessage }> {
-  const parsed = await simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: options.htmlToText === false, keepCidLinks: true });
-  return { parsed, message: toPayloadMessage(parsed) };
+  // mailparser's own rendering covers only HTML at the root of the tree (not Gmail's multipart/related): skipped.
+  const parsed = await simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: true, keepCidLinks: true });
+  return { parsed, message: toPayloadMessage(parsed, options.htmlToText !== false) };
 }
 
-export function toPayloadMessage(p: ParsedMail): PayloadMessage {
+/** The text part, or for an HTML-only message (when `renderHtml`) a rendering of its HTML; null when neither. */
+export function textOf(p: Pick<ParsedMail, 'text' | 'html'>, renderHtml: boolean): string | null {
+  if (typeof p.text === 'string' && p.text !== '') return p.text;
+  if (renderHtml && typeof p.html === 'string') return renderHtmlAsText(p.html) || null;
+  return null;
+}
+
+export function toPayloadMessage(p: ParsedMail, renderHtml = true): PayloadMessage {
   return {
     message_id: p.messageId ?? null,
     subject: p.subject ?? null,
@@ -66,7 +76,7 @@ export function toPayloadMessage(p: ParsedMail): PayloadMessage {
     in_reply_to: p.inReplyTo ?? null,
     references: typeof p.references === 'string' ? [p.references] : (p.references ?? []),
     headers: p.headerLines.map((h) => ({ name: headerName(h.line, h.key), value: headerValue(h.line) })),
-    text: p.text ?? null,
+    text: textOf(p, renderHtml),
     html: typeof p.html === 'string' ? p.html : null,
     attachments: p.attachments.map((a) => ({
       filename: a.filename ?? null,

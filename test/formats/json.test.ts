@@ -37,3 +37,13 @@ test('header values: 8-bit UTF-8 (RFC 6532) read as UTF-8, other 8-bit bytes as 
   ]);
   assert.equal(message.subject, 'Grüße', 'the same as the decoded field');
 });
+
+test('text: the text part, or for HTML-only mail a rendering of its HTML wherever it sits in the MIME tree (Gmail\'s multipart/related)', async () => {
+  const { message } = await parseMessage(fixture('html-related.eml'));
+  assert.match(message.text ?? '', /^Guten Tag, die Lieferung ist angekommen\./);
+  assert.match(message.html ?? '', /<p>Guten Tag/);
+  const root = await parseMessage(Buffer.from('Subject: h\r\nContent-Type: text/html\r\n\r\n<p>at the <b>root</b></p>\r\n'));
+  assert.equal(root.message.text, 'at the root');
+  assert.equal((await parseMessage(fixture('html-related.eml'), { htmlToText: false })).message.text, null, 'not rendered when not asked for');
+  assert.equal((await parseMessage(fixture('latin1-reply.eml'))).message.text, (await parseMessage(fixture('latin1-reply.eml'), { htmlToText: false })).message.text, 'a text part is taken as it is');
+});

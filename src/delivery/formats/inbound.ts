@@ -1,8 +1,7 @@
 // What the hosted-service formats (Mailgun, Postmark, SendGrid) share: one parsed view of the message, recipients' keys, URL credentials.
 import { simpleParser } from 'mailparser';
 import { MailhookError } from '../../core/errors.js';
-import { renderHtmlAsText } from '../../parse/html-text.js';
-import { flattenAddresses } from '../../parse/message.js';
+import { flattenAddresses, textOf } from '../../parse/message.js';
 import type { Recipient } from '../../spool/types.js';
 import { headerValue, parseHeaderSection, type HeaderField } from './headers.js';
 
@@ -61,7 +60,8 @@ export async function inboundView(raw: Buffer): Promise<InboundView> {
   const p = await simpleParser(raw, PARSE_OPTIONS);
   const section = parseHeaderSection(raw);
   const h = (name: string) => headerValue(section.fields, name)?.value ?? '';
-  const text = typeof p.text === 'string' && p.text !== '' ? p.text : null;
+  const text = textOf(p, false);
+  let plain: string | undefined;
   const html = typeof p.html === 'string' ? p.html : null;
   return {
     headers: section.fields,
@@ -79,8 +79,9 @@ export async function inboundView(raw: Buffer): Promise<InboundView> {
     text,
     html,
     async plainText() {
-      if (text !== null) return text;
-      return html === null ? '' : renderHtmlAsText(html);
+      // Only the formats that promise text for HTML-only mail (Mailgun's body-plain) pay for the rendering, once per
+      // view (the view is shared by a message's deliveries, see InboundViews).
+      return (plain ??= textOf(p, true) ?? '');
     },
     attachments: p.attachments.map((a, i) => ({
       filename: a.filename ?? defaultFilename(i, a.contentType),
