@@ -1,10 +1,10 @@
 // What check-config tries beyond the schema, as serve would: the TLS key and certificate make a pair, the spool folder is writable.
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { createSecureContext } from 'node:tls';
 import type { ConfigProblem } from '../core/errors.js';
 import { isErrnoException } from '../core/errors.js';
 import type { Config } from './load.js';
+import { tlsIdentityProblem } from '../smtp/tls.js';
 
 /**
  * Settings that work but are probably a mistake, logged at start-up (warn) and printed by check-config; not
@@ -30,39 +30,18 @@ export function checkResources(config: Config): ConfigProblem[] {
   return [...checkTls(config), ...checkSpool(config.spool.path)];
 }
 
-/** OpenSSL's reason (e.g. "key values mismatch"), never the material. */
-function reason(err: unknown): string {
-  const text = err instanceof Error ? err.message : String(err);
-  return (text.split('\n')[0] ?? '').replace(/^error:[0-9A-F]+:/, '').slice(0, 200);
-}
-
 function checkTls(config: Config): ConfigProblem[] {
   const tls = config.smtp.tls;
   if (!tls) return [];
-  let key: Buffer;
-  let cert: Buffer;
+  let material: { key: Buffer; cert: Buffer };
   try {
-    key = readFileSync(tls.key_file);
-    cert = readFileSync(tls.cert_file);
+    material = { key: readFileSync(tls.key_file), cert: readFileSync(tls.cert_file) };
   } catch {
     return []; // reported by the loader
   }
-  try {
-    createSecureContext({ cert });
-  } catch (err) {
-    return [{ path: 'smtp.tls.cert_file', message: `is not a usable PEM certificate chain (${reason(err)}); give the certificate file (leaf first), e.g. fullchain.pem` }];
-  }
-  try {
-    createSecureContext({ key });
-  } catch (err) {
-    return [{ path: 'smtp.tls.key_file', message: `is not a usable PEM private key (${reason(err)}); give the unencrypted private key file, e.g. privkey.pem` }];
-  }
-  try {
-    createSecureContext({ key, cert });
-  } catch (err) {
-    return [{ path: 'smtp.tls.key_file', message: `does not belong to the certificate in smtp.tls.cert_file (${reason(err)}); give the key the certificate was issued for` }];
-  }
-  return [];
+  // The check serve's start makes (loadTlsMaterial), as a problem instead of an error.
+  const problem = tlsIdentityProblem(material);
+  return problem ? [{ path: `smtp.tls.${problem.key}`, message: problem.message }] : [];
 }
 
 /** The spool database's folder must exist and be writable, or be creatable: its nearest existing ancestor a writable folder. */

@@ -26,12 +26,35 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
     }
   };
   const material = { key: read(files.keyFile, 'key_file'), cert: read(files.certFile, 'cert_file') };
-  try {
-    createSecureContext(material);
-  } catch (err) {
-    throw new MailhookError('CONFIG_INVALID', `smtp.tls.key_file and smtp.tls.cert_file do not make a usable TLS identity: ${(err as Error).message}`, { cause: err, userFault: true });
-  }
+  const problem = tlsIdentityProblem(material);
+  if (problem) throw new MailhookError('CONFIG_INVALID', `smtp.tls.${problem.key}: ${problem.message}`, { cause: problem.cause, userFault: true });
   return material;
+}
+
+/**
+ * Which of the two files keeps them from making a usable TLS identity, and how (the certificate alone, the key
+ * alone, then the pair); undefined when they do. The message gives OpenSSL's reason, never the key material.
+ */
+export function tlsIdentityProblem(material: TlsMaterial): { key: 'key_file' | 'cert_file'; message: string; cause: unknown } | undefined {
+  const attempts = [
+    { options: { cert: material.cert }, key: 'cert_file', fix: (why: string) => `is not a usable PEM certificate chain (${why}); give the certificate file (leaf first), e.g. fullchain.pem` },
+    { options: { key: material.key }, key: 'key_file', fix: (why: string) => `is not a usable PEM private key (${why}); give the unencrypted private key file, e.g. privkey.pem` },
+    { options: material, key: 'key_file', fix: (why: string) => `does not belong to the certificate in smtp.tls.cert_file (${why}); give the key the certificate was issued for` },
+  ] as const;
+  for (const a of attempts) {
+    try {
+      createSecureContext(a.options);
+    } catch (err) {
+      return { key: a.key, message: a.fix(opensslReason(err)), cause: err };
+    }
+  }
+  return undefined;
+}
+
+/** OpenSSL's reason (e.g. "key values mismatch"), without its error-code prefix. */
+function opensslReason(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return (text.split('\n')[0] ?? '').replace(/^error:[0-9A-F]+:/, '').slice(0, 200);
 }
 
 /**

@@ -144,6 +144,18 @@ describe('TLS', { skip }, () => {
     }
   });
 
+  test('serve refuses a key that is not the certificate\'s, naming the key as check-config does, without key material', async () => {
+    const other = makeCert(join(tempDir(), 'other'), 'other');
+    const yaml = (d: string) =>
+      configYaml({ dir: d, routes: SINK_ROUTES }).replace('smtp:\n  listen: "127.0.0.1:0"\n', `smtp:\n  listen: "127.0.0.1:0"\n  tls:\n    key_file: ${other.key}\n    cert_file: ${a.cert}\n    watch: false\n`);
+    const keyBody = readFileSync(other.key, 'utf8').split('\n')[1]!;
+    await assert.rejects(startTestApp({ routes: '', yaml }), (err: Error) => {
+      assert.match(err.message, /^smtp\.tls\.key_file: does not belong to the certificate in smtp\.tls\.cert_file \(.+\); give the key the certificate was issued for$/);
+      assert.ok(!err.message.includes(keyBody));
+      return true;
+    });
+  });
+
   test('an implicit-TLS port that cannot be bound fails the start, and the SMTP port bound before it is closed again', async () => {
     const taken = createServer().listen(0, '127.0.0.1');
     await once(taken, 'listening');
