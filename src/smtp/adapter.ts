@@ -233,7 +233,8 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
       if (!args) return false;
       const unknown = Object.keys(args).find((k) => !allowed.has(k));
       if (unknown === undefined) return false;
-      this.send(Reply.UnsupportedParameter(unknown).code, formatReply(Reply.UnsupportedParameter(unknown)));
+      const reply = Reply.UnsupportedParameter(unknown);
+      this.send(reply.code, formatReply(reply));
       return true;
     }
 
