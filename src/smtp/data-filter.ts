@@ -1,4 +1,5 @@
 // The DATA stream transform: bare CR/LF policy, header-section, hop-count and MIME structure limits, in one streaming pass.
+import { createRequire } from 'node:module';
 import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { MailhookError } from '../core/errors.js';
@@ -527,12 +528,28 @@ function sectionContentType(kept: Map<string, Field>): { mime: string; boundary:
     const disposition = kept.get('content-disposition');
     if (disposition?.truncated) return undefined;
     const parsed = disposition ? parseHeaderValue(fieldValue(disposition)) : undefined;
-    if (parsed?.unreadable.has('filename')) return undefined;
-    const filename = parsed?.params.get('filename');
+    // A filename in a character set not decoded here (koi8-r, iso-2022-jp…) is read by mailsplit's own libmime: rare
+    // (a part without Content-Type), and refusing it refused legitimate mail.
+    const filename = parsed?.unreadable.has('filename') ? mailsplitFilename(fieldValue(disposition as Field)) : parsed?.params.get('filename');
     const ext = filename ? posix.parse(filename).ext.replace(/^\./, '').replace(/\s/g, '').toLowerCase() : '';
     mime = MESSAGE_EXTENSIONS.has(ext) ? 'message/rfc822' : 'text/plain';
   }
   return { mime, boundary };
+}
+
+let mailsplitLibmime: { parseHeaderValue(value: string, opts: { stripComments: boolean }): { params: Record<string, string | undefined> } } | undefined;
+
+/**
+ * The filename parameter of a Content-Disposition value exactly as mailsplit reads it, through the libmime it
+ * requires itself (resolved from mailparser, as mailparser loads it), with every character set it decodes.
+ */
+function mailsplitFilename(value: string): string | undefined {
+  if (!mailsplitLibmime) {
+    const fromMailparser = createRequire(createRequire(import.meta.url).resolve('mailparser'));
+    const { Libmime } = createRequire(fromMailparser.resolve('@zone-eu/mailsplit'))('libmime') as { Libmime: new () => NonNullable<typeof mailsplitLibmime> };
+    mailsplitLibmime = new Libmime();
+  }
+  return mailsplitLibmime.parseHeaderValue(value, { stripComments: true }).params.filename;
 }
 
 /** type/subtype and the boundary parameter of a Content-Type value (RFC 2045 §5.1) as mailsplit reads them. */

@@ -289,3 +289,21 @@ test('what the filter accepts mailparser can parse: boundaries, header sections 
   assert.equal((await run(fine, 4096)).err, undefined);
   await assert.doesNotReject(parseMessage(fine));
 });
+
+test('a part without Content-Type is typed by its filename as mailsplit decodes it, in any character set mailsplit decodes', async () => {
+  const parts = (b: string, n: number): string => `--${b}\r\nContent-Type: text/plain\r\n\r\np\r\n`.repeat(n) + `--${b}--\r\n`;
+  const message = (disposition: string, content: string): Buffer =>
+    Buffer.from(`MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Disposition: ${disposition}\r\n\r\n${content}--a--\r\n`, 'latin1');
+  // "файл.txt" in KOI8-R: an ordinary attachment, which the filter refused as unreadable (554 5.6.0).
+  const koi8 = message("attachment; filename*=koi8-r''%C6%C1%CA%CC.txt", 'text\r\n');
+  assert.equal((await run(koi8, 4096)).err, undefined);
+  assert.deepEqual((await parseMessage(koi8)).parsed.attachments.map((a) => a.filename), ['файл.txt']);
+  // "あ.eml" in ISO-2022-JP: an attached message, read as one.
+  const jp = message("inline; filename*=iso-2022-jp''%1B%24B%24%22%1B%28B.eml", 'Subject: inner\r\n\r\nbody\r\n');
+  assert.equal((await run(jp, 4096)).err, undefined);
+  await assert.doesNotReject(parseMessage(jp));
+  // The same name hiding 1,001 parts: counted as mailparser counts them, so refused.
+  const hidden = message("inline; filename*=koi8-r''%C6%C1%CA%CC.eml", `Content-Type: multipart/mixed; boundary=zz\r\n\r\n${parts('zz', 1001)}`);
+  assert.equal(((await run(hidden, 4096)).err as MessageRefused).reply.text, 'Error: too many MIME parts');
+  await assert.rejects(parseMessage(hidden));
+});
