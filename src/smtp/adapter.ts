@@ -16,6 +16,10 @@ export interface ConnectionHooks {
   maxErrors: number;
   /** bytes per second a DATA phase must average, beyond a first socketTimeout (Postfix smtpd_min_data_rate); 0 turns it off */
   minDataRate: number;
+  /** overall time a session may last before 421 4.4.2 (0: no limit); a command or DATA in progress finishes first */
+  maxSessionMs: number;
+  /** a session was ended by maxSessionMs */
+  onSessionExpired?(remoteAddress: string): void;
   /** a client sent message content before the 354 (logged by the service) */
   onPipeliningViolation?(remoteAddress: string): void;
   /** a DATA phase was cut off for being too slow */
@@ -107,6 +111,9 @@ class MailhookStream extends SMTPStream {
   }
 }
 
+/** How often a session past smtp.limits.max_session_ms, but busy with a command or DATA, is looked at again. */
+const EXPIRED_RECHECK_MS = 250;
+
 /** Per-connection state kept outside the instance: SMTPConnection's constructor runs overridden methods before subclass fields exist. */
 interface ConnState {
   errors: number;
@@ -118,6 +125,10 @@ interface ConnState {
   lmtpReplies: number;
   /** LMTP: one of this DATA's replies was an error */
   lmtpFailed: boolean;
+  /** maxSessionMs: armed at connect, then again every EXPIRED_RECHECK_MS while the expired session is busy */
+  sessionTimer: NodeJS.Timeout | null;
+  /** the session is past maxSessionMs: its next command, or the moment it waits for one, ends it */
+  expired: boolean;
 }
 
 export function createSmtpServer(options: AdapterOptions): SMTPServer {
@@ -126,7 +137,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
   const stateOf = (c: SMTPConnection): ConnState => {
     let s = states.get(c);
     if (!s) {
-      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null, lmtpReplies: 0, lmtpFailed: false };
+      s = { errors: 0, overshoot: 0, held354: null, dataTimer: null, lmtpReplies: 0, lmtpFailed: false, sessionTimer: null, expired: false };
       states.set(c, s);
     }
     return s;
@@ -134,6 +145,11 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
 
   class MailhookConnection extends SMTPConnection {
     override init(): void {
+      if (hooks.maxSessionMs > 0) {
+        const state = stateOf(this);
+        state.sessionTimer = setTimeout(() => this.sessionExpired(), hooks.maxSessionMs);
+        state.sessionTimer.unref();
+      }
       this._setListeners(() => {
         const max = this._server.options.maxClients;
         if (max && (hooks.connectionCount?.() ?? this._server.connections.size) > max) {
@@ -159,7 +175,34 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         this.send(421, formatReply(Reply.ShuttingDown));
         return;
       }
+      if (!this._upgrading && stateOf(this).expired) {
+        this.endExpiredSession();
+        return;
+      }
       super._onCommand(command, callback);
+    }
+
+    /**
+     * maxSessionMs has passed. A session waiting for the client's next command ends now; one whose command or DATA
+     * is in progress (a message being received, or waiting for its commit) gets its reply first: the next command
+     * is answered 421, and a client that sends none is looked at again shortly (a slow DATA is bounded by minDataRate).
+     */
+    sessionExpired(): void {
+      const state = stateOf(this);
+      state.sessionTimer = null;
+      if (this._closing || this._closed) return;
+      state.expired = true;
+      if (!this._upgrading && !this._handlerPending && !this._dataStream) {
+        this.endExpiredSession();
+        return;
+      }
+      state.sessionTimer = setTimeout(() => this.sessionExpired(), EXPIRED_RECHECK_MS);
+      state.sessionTimer.unref();
+    }
+
+    endExpiredSession(): void {
+      hooks.onSessionExpired?.(this.remoteAddress);
+      this.send(421, formatReply(Reply.SessionTimeLimit(this.name)));
     }
 
     override send(code: number, data?: string | string[] | null, context?: string | false): void {
@@ -301,6 +344,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
     override _onClose(): void {
       const state = states.get(this);
       if (state?.dataTimer) clearTimeout(state.dataTimer);
+      if (state?.sessionTimer) clearTimeout(state.sessionTimer);
       super._onClose();
     }
   }

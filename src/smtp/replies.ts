@@ -34,8 +34,8 @@ export const Reply = {
   TooManyHops: reply(554, '5.4.6', 'Error: too many hops (mail forwarding loop)'),
   TooManyMimeParts: reply(554, '5.6.0', 'Error: too many MIME parts'),
   MimeTooDeep: reply(554, '5.6.0', 'Error: MIME nesting too deep'),
-  // A Content-Type mailhook cannot read as mailparser would (a boundary over 1,020 characters, an RFC 2231 value in
-  // an encoding it does not decode, a MIME field over 8 KB): refused rather than stored and found unparseable later.
+  // A Content-Type mailhook cannot read as mailparser would (a boundary over 1,020 characters, an RFC 2231 boundary
+  // in an encoding it does not decode, a MIME field over 8 KB): refused rather than stored and found unparseable later.
   MimeHeaderUnreadable: reply(554, '5.6.0', 'Error: MIME header not understood'),
   // Postfix smtpd_forbid_unauth_pipelining: content sent before the 354 (RFC 2920 §3.1: DATA ends a group)
   PipeliningViolation: reply(554, '5.5.0', 'Error: SMTP protocol synchronization'),
@@ -45,6 +45,8 @@ export const Reply = {
   TooManyErrors: (hostname: string) => reply(421, '4.7.0', `${hostname} Error: too many errors`),
   // Postfix smtpd_min_data_rate: a DATA phase that trickles in slower than the minimum rate
   DataTimeout: (hostname: string) => reply(421, '4.4.2', `${hostname} Error: timeout exceeded`),
+  // smtp.limits.max_session_ms: a session held open past its time (a command every few minutes keeps a slot for ever)
+  SessionTimeLimit: (hostname: string) => reply(421, '4.4.2', `${hostname} Error: session time limit exceeded`),
   // RFC 3207 §4: the server may require TLS before accepting mail
   TlsRequired: reply(530, '5.7.0', 'Must issue a STARTTLS command first'),
   DmarcReject: (domain: string) => reply(550, '5.7.1', `Error: message rejected per DMARC policy of ${domain}`),

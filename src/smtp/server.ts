@@ -266,6 +266,10 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     connectionCount: () => servers.reduce((n, s) => n + s.connections.size, 0),
     maxErrors: smtp.limits.max_errors,
     minDataRate: smtp.limits.min_data_rate,
+    maxSessionMs: smtp.limits.max_session_ms,
+    onSessionExpired(remote: string) {
+      log.info({ remote }, 'session longer than smtp.limits.max_session_ms: 421 and disconnect');
+    },
     onPipeliningViolation(remote: string) {
       metrics.messagesRejected.inc({ reason: 'pipelining' });
       log.info({ remote }, 'message content sent before the 354 reply: 554 and disconnect');

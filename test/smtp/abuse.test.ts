@@ -161,6 +161,52 @@ describe('timeouts and early talkers', () => {
   });
 });
 
+describe('smtp.limits.max_session_ms', () => {
+  const LIMIT_MS = 500;
+  const EXPIRED = '421 4.4.2 mx.test Error: session time limit exceeded\r\n';
+  let app: TestApp;
+  before(async () => {
+    app = await startSmtpApp({ smtp: `  limits:\n    max_session_ms: ${LIMIT_MS}` });
+  });
+  after(() => app.close());
+
+  test('a session that keeps sending commands is ended with 421 4.4.2 once its time is up', async () => {
+    const started = Date.now();
+    const smtp = await session(app.smtpPort);
+    let reply = await smtp.cmd('NOOP');
+    // NOOPs are not errors: without the limit this session could last for ever.
+    while (reply.code === 250 && Date.now() - started < 10_000) {
+      await new Promise((r) => setTimeout(r, 10));
+      reply = await smtp.cmd('NOOP');
+    }
+    assert.equal(reply.raw, EXPIRED);
+    assert.ok(Date.now() - started >= LIMIT_MS, `ended after ${Date.now() - started} ms`);
+    await smtp.waitClosed();
+  });
+
+  test('an idle session is ended when its time is up, long before the idle timeout', async () => {
+    const smtp = await session(app.smtpPort);
+    assert.equal((await smtp.read(5000)).raw, EXPIRED);
+    await smtp.waitClosed();
+  });
+
+  test('a message being received when the time is up is not cut off: 250, stored, then 421', async () => {
+    const before = countMessages(app);
+    const started = Date.now();
+    const smtp = await session(app.smtpPort);
+    await startData(smtp);
+    await writeFlushed(smtp, 'Subject: long session\r\n\r\n');
+    // Past the limit while the message is still coming in.
+    await new Promise((r) => setTimeout(r, LIMIT_MS + 200 - (Date.now() - started)));
+    smtp.write('the rest\r\n.\r\n');
+    const id = queuedId(await smtp.read(5000));
+    assert.ok(app.spool.getMessage(id));
+    assert.equal(countMessages(app), before + 1);
+    assert.equal((await smtp.read(5000)).raw, EXPIRED);
+    await smtp.waitClosed();
+  });
+});
+
 describe('the spool cannot take the message: never 250', () => {
   let app: TestApp;
   let full: TestApp;

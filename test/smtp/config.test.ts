@@ -38,6 +38,7 @@ test('defaults: Postfix-like limits, bare LF normalized, no TLS, no PROXY, sende
     ipv6_prefix_length: 84,
     max_errors: 20,
     min_data_rate: 500,
+    max_session_ms: 3_600_000,
     min_free_disk_bytes: 104_857_600,
   });
 });
