@@ -55,6 +55,25 @@ test('a dedicated address beats a catch-all of the same domain', () => {
   assert.equal((r.match('other@x.test') as { route: string }).route, 'all');
 });
 
+test('between templates the one with more literal characters wins, in any file order; equal ones go by file order', () => {
+  const routeOf = (r: Router, address: string) => (r.match(address) as { route: string; key: string | null });
+  for (const order of [0, 1]) {
+    const routes = [
+      { name: 'plain', addresses: ['incoming+%{key}@x.test'] },
+      { name: 'issue', addresses: ['incoming+%{key}-issue@x.test'] },
+    ];
+    const r = new Router(order ? routes.reverse() : routes);
+    assert.deepEqual(routeOf(r, 'incoming+abc-issue@x.test'), { ok: true, route: 'issue', key: 'abc', address: 'incoming+abc-issue@x.test' });
+    assert.deepEqual(routeOf(r, 'incoming+abc@x.test'), { ok: true, route: 'plain', key: 'abc', address: 'incoming+abc@x.test' });
+  }
+  const tie = [
+    { name: 'reply', addresses: ['reply+%{key}@x.test'] },
+    { name: 'issue', addresses: ['%{key}+issue@x.test'] },
+  ];
+  assert.equal(routeOf(new Router(tie), 'reply+issue@x.test').route, 'reply');
+  assert.equal(routeOf(new Router(tie.reverse()), 'reply+issue@x.test').route, 'issue');
+});
+
 test('template parsing rejects what it cannot mean', () => {
   for (const bad of ['nodomain', '@x.test', 'a@', 'a*b@x.test', '%{key}%{key}@x.test', 'a%{user}@x.test', 'a b@x.test', 'a@bad_domain']) {
     assert.equal(parseAddressTemplate(bad).ok, false, bad);
