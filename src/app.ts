@@ -12,8 +12,10 @@ import { Retention } from './spool/retention.js';
 import { createSmtpService, type SmtpService } from './smtp/server.js';
 import type { DNSResolver } from 'mailauth';
 import { DeliveryWorker } from './delivery/worker.js';
-import { ParsePool } from './parse/pool.js';
+import { ParsePool, type ParsePoolOptions } from './parse/pool.js';
 import type { PayloadMessageJson } from './parse/message.js';
+import type { ParseInbound } from './parse/inbound.js';
+import { parseNeeded } from './delivery/formats/index.js';
 import { buildHttpApp } from './http/server.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
 
@@ -27,6 +29,10 @@ export interface AppDeps {
   dnsResolver?: DNSResolver;
   /** parses messages for the json format; the parse pool (delivery.parse_threads) when absent */
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
+  /** parses messages for the mailgun, postmark and sendgrid formats; the parse pool when absent */
+  parseInbound?: ParseInbound;
+  /** starts one of the parse pool's threads (tests put in one of their own); the real one when absent */
+  startParseThread?: ParsePoolOptions['startThread'];
   /** the delivery loop's settle window (DeliveryWorker); its default when absent */
   settleCoalesceMs?: number;
   /** see WorkerDeps.preparedMaxAgeMs */
@@ -72,12 +78,32 @@ export async function startApp(deps: AppDeps): Promise<App> {
     if (!deps.dispatcher) lifecycle.onStop('http client', () => dispatcher.close());
 
     // Registered before delivery, so it stops after it. Threads only when a route's format parses messages and
-    // no parser was passed in.
-    const parsing = !deps.parse && config.routes.some((r) => r.webhook?.format === 'json');
-    const parsePool = new ParsePool({ threads: parsing ? config.delivery.parse_threads : 0, timeoutMs: config.delivery.timeout_ms, log: log.child({ part: 'parse' }) });
+    // no parser of that kind was passed in.
+    const parsing = config.routes.some((r) => {
+      const needed = r.webhook && parseNeeded(r.webhook);
+      return (needed === 'json' && !deps.parse) || (needed === 'inbound' && !deps.parseInbound);
+    });
+    const parsePool = new ParsePool({
+      threads: parsing ? config.delivery.parse_threads : 0,
+      timeoutMs: config.delivery.timeout_ms,
+      log: log.child({ part: 'parse' }),
+      ...(deps.startParseThread ? { startThread: deps.startParseThread } : {}),
+    });
     lifecycle.onStop('parse threads', () => parsePool.stop());
 
-    const worker = new DeliveryWorker({ config, spool, log, metrics, clock, random, dispatcher, parse: deps.parse ?? ((raw) => parsePool.parse(raw)), settleCoalesceMs: deps.settleCoalesceMs, preparedMaxAgeMs: deps.preparedMaxAgeMs });
+    const worker = new DeliveryWorker({
+      config,
+      spool,
+      log,
+      metrics,
+      clock,
+      random,
+      dispatcher,
+      parse: deps.parse ?? ((raw) => parsePool.parse(raw)),
+      parseInbound: deps.parseInbound ?? ((raw, options) => parsePool.parseInbound(raw, options)),
+      settleCoalesceMs: deps.settleCoalesceMs,
+      preparedMaxAgeMs: deps.preparedMaxAgeMs,
+    });
     spool.acceptor.onCommitted = () => worker.wake();
     worker.start();
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));

@@ -13,10 +13,11 @@ import { sendWebhook, WebhookTargets } from './client.js';
 import { Slots } from './slots.js';
 import { isErrnoException, MailhookError } from '../core/errors.js';
 import type { EncodedRequest } from './formats/types.js';
-import { FORMATS } from './formats/index.js';
+import { createFormats, type Formats } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
 import { THREAD_MAX_BYTES } from '../parse/pool.js';
 import type { PayloadMessageJson } from '../parse/message.js';
+import type { ParseInbound } from '../parse/inbound.js';
 
 export interface WorkerDeps {
   config: Config;
@@ -26,8 +27,10 @@ export interface WorkerDeps {
   clock: Clock;
   random: Random;
   dispatcher: Dispatcher;
-  /** parses messages for parsed formats off the event loop (the parse pool); on this thread when absent */
+  /** parses messages for the json format off the event loop (the parse pool); on this thread when absent */
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
+  /** parses messages for the mailgun, postmark and sendgrid formats off the event loop (the parse pool); on this thread when absent */
+  parseInbound?: ParseInbound;
   /** how long finished attempts may wait to be recorded together (settleDelayMs); SETTLE_COALESCE_MS when absent */
   settleCoalesceMs?: number;
   /** a prepared request that waited longer than this for its slot is encoded again; PREPARED_MAX_AGE_MS when absent */
@@ -134,6 +137,8 @@ export class DeliveryWorker {
   private readonly leaseMs: number;
   /** the webhook URLs in use, parsed once each */
   private readonly targets = new WebhookTargets();
+  /** the payload formats, with their cache of the message last parsed for the service formats (InboundViews) */
+  private readonly formats: Formats = createFormats();
 
   constructor(private readonly deps: WorkerDeps) {
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
@@ -356,7 +361,7 @@ export class DeliveryWorker {
       outcome = { kind: 'delivered' }; // the route is now a sink: the message stays in the spool
     } else {
       const webhook = route.webhook;
-      const format = FORMATS[webhook.format];
+      const format = this.formats[webhook.format];
       const slots = this.slotsOf(d.route);
       let held = false;
       let req: EncodedRequest | undefined;
@@ -379,7 +384,7 @@ export class DeliveryWorker {
           // The age counts from when the timestamp is taken, before the parse (which may wait for a parse thread).
           encode = () => {
             encodedAt = clock.now();
-            return format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(encodedAt / 1000), hostname: config.smtp.hostname, parse: this.deps.parse });
+            return format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(encodedAt / 1000), hostname: config.smtp.hostname, parse: this.deps.parse, parseInbound: this.deps.parseInbound });
           };
           req = await encode();
         }

@@ -1,9 +1,11 @@
-// Parse pool: worker threads that turn MIME into the payload's "message" so delivery does not parse on the event loop.
+// Parse pool: worker threads that turn MIME into what the payload formats read (json's message, the service formats' inbound view) so delivery does not parse on the event loop.
 import { Worker, type ResourceLimits } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { MailhookError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { parseMessageJson, type PayloadMessageJson } from './message.js';
+import type { InboundMessage, InboundParseOptions } from './inbound.js';
+import { fromPost, parseHere, type ParseRequest, type ParseResult } from './job.js';
+import type { PayloadMessageJson } from './message.js';
 
 export interface ParsePoolOptions {
   /** worker threads; 0 parses on the calling thread */
@@ -14,15 +16,16 @@ export interface ParsePoolOptions {
    * PARSE_TIMEOUT) and its thread replaced, so one pathological message cannot hold up every other; default 30 s.
    */
   timeoutMs?: number;
-  /** starts one parse thread with these limits (tests put in a thread of their own); startWorker when absent */
+  /** starts one parse thread with these limits (tests put in a thread of their own); startParseThread when absent */
   startThread?: (resourceLimits: ResourceLimits) => Worker;
 }
 
 /**
  * Messages up to this size are parsed on a thread: a parse costs ~10 ms per MB (mailparser), which on the event
  * loop holds up every SMTP session. Larger ones are parsed on the calling thread, because a thread needs its own
- * copy of the bytes and hands back a copy of the result (text, base64 attachments): delivering 20 × 20 MB with
- * every size on the thread peaked at 1 GB of RSS against ~700 MB (bench memory phase, one run each).
+ * copy of the bytes and hands back a copy of the result (text, base64 attachments; the inbound view's attachment
+ * bytes are moved, but its text and HTML are copied): delivering 20 × 20 MB with every size on the thread peaked
+ * at 1 GB of RSS against ~700 MB (bench memory phase, json, one run each).
  */
 export const THREAD_MAX_BYTES = 4 * 1024 * 1024;
 
@@ -52,7 +55,8 @@ export function respawnDelayMs(deaths: number): number {
 const FROM_SOURCE = import.meta.url.endsWith('.ts');
 const WORKER_URL = new URL(FROM_SOURCE ? './worker.ts' : './worker.js', import.meta.url);
 
-function startWorker(resourceLimits: ResourceLimits): Worker {
+/** Starts one real parse thread (src/parse/worker); what the pool starts unless given its own startThread. */
+export function startParseThread(resourceLimits: ResourceLimits): Worker {
   if (!FROM_SOURCE) return new Worker(WORKER_URL, { resourceLimits });
   // A worker's entry is loaded before its --import hooks; register tsx first, then load the .ts entry.
   const tsx = import.meta.resolve('tsx/esm/api');
@@ -61,7 +65,10 @@ function startWorker(resourceLimits: ResourceLimits): Worker {
 
 interface Job {
   raw: Buffer;
-  resolve: (json: PayloadMessageJson) => void;
+  /** what the thread makes of it */
+  request: ParseRequest;
+  /** with what parseHere(raw, request) returns */
+  resolve: (result: unknown) => void;
   reject: (err: Error) => void;
   /** threads that ended while parsing it */
   deaths: number;
@@ -111,11 +118,24 @@ export class ParsePool {
     for (let i = 0; i < options.threads; i++) this.slots.push(this.spawn());
   }
 
-  /** The payload's message as JSON text (PayloadMessageJson). */
+  /** The payload's message as JSON text (PayloadMessageJson), for the json format. */
   parse(raw: Buffer): Promise<PayloadMessageJson> {
-    if (this.stopped || this.options.threads === 0 || raw.length > THREAD_MAX_BYTES) return parseMessageJson(raw);
-    return new Promise<PayloadMessageJson>((resolve, reject) => {
-      this.queue.push({ raw, resolve, reject, deaths: 0, queuedAt: performance.now() });
+    return this.submit(raw, { kind: 'json' });
+  }
+
+  /**
+   * The service formats' inbound message (Mailgun, Postmark, SendGrid), attachments' bytes moved from the thread
+   * rather than copied; its plainText (html-to-text for HTML-only mail) is rendered on the thread when asked for.
+   */
+  parseInbound(raw: Buffer, options: InboundParseOptions): Promise<InboundMessage> {
+    return this.submit(raw, { kind: 'inbound', plainText: options.plainText });
+  }
+
+  /** Every kind of parse goes the same way: the same threads, queue, timeout, crash and starvation rules. */
+  private submit<R extends ParseRequest>(raw: Buffer, request: R): Promise<ParseResult<R>> {
+    if (this.stopped || this.options.threads === 0 || raw.length > THREAD_MAX_BYTES) return parseHere(raw, request);
+    return new Promise<ParseResult<R>>((resolve, reject) => {
+      this.queue.push({ raw, request, resolve: resolve as (result: unknown) => void, reject, deaths: 0, queuedAt: performance.now() });
       this.pump();
     });
   }
@@ -137,15 +157,15 @@ export class ParsePool {
     for (const job of left) {
       // One that already ended a thread is not risked on this one.
       if (job.deaths > 0) job.reject(new MailhookError('SHUTTING_DOWN', 'the parse threads stopped'));
-      else parseMessageJson(job.raw).then(job.resolve, job.reject);
+      else parseHere(job.raw, job.request).then(job.resolve, job.reject);
     }
   }
 
   private spawn(): Slot {
-    const worker = (this.options.startThread ?? startWorker)({ maxOldGenerationSizeMb: PARSE_THREAD_HEAP_MB });
+    const worker = (this.options.startThread ?? startParseThread)({ maxOldGenerationSizeMb: PARSE_THREAD_HEAP_MB });
     const slot: Slot = { worker, ready: false, job: undefined, error: undefined, referenced: true };
     this.reference(slot, false); // referenced only while it has work, so an idle pool never keeps the process alive
-    worker.on('message', (m: { ready?: true; id?: number; json?: PayloadMessageJson; error?: string }) => {
+    worker.on('message', (m: { ready?: true; id?: number; result?: unknown; error?: string }) => {
       if (m.ready) {
         slot.ready = true;
         this.pump();
@@ -156,7 +176,7 @@ export class ParsePool {
       clearTimeout(job.timer);
       slot.job = undefined;
       this.deathsInARow = 0;
-      if (m.json !== undefined) job.resolve(m.json);
+      if (m.result !== undefined) job.resolve(fromPost(job.request, m.result));
       else job.reject(new Error(m.error ?? 'the message could not be parsed'));
       this.pump();
     });
@@ -179,13 +199,13 @@ export class ParsePool {
     if (job) {
       clearTimeout(job.timer);
       job.deaths++;
-      const fields = { err, exitCode: code, bytes: job.raw.length, deaths: job.deaths };
+      const fields = { err, exitCode: code, bytes: job.raw.length, kind: job.request.kind, deaths: job.deaths };
       if (job.deaths >= THREAD_DEATHS_PER_MESSAGE) {
         this.options.log.error(fields, 'a message ended its parse thread again; it is not parsed any more');
         job.reject(new MailhookError('PARSE_CRASHED', `parsing this message ended the parse thread ${job.deaths === 2 ? 'twice' : `${job.deaths} times`} (${describe(err, code)}); it is not parsed again`));
       } else {
         this.options.log.warn(fields, 'a parse thread ended while parsing a message; the message is tried once more on a new thread');
-        this.queue.unshift({ raw: job.raw, resolve: job.resolve, reject: job.reject, deaths: job.deaths, queuedAt: performance.now() });
+        this.queue.unshift({ raw: job.raw, request: job.request, resolve: job.resolve, reject: job.reject, deaths: job.deaths, queuedAt: performance.now() });
       }
     } else if (err !== undefined) {
       this.options.log.error({ err, exitCode: code }, 'a parse thread failed before it took any work');
@@ -230,7 +250,7 @@ export class ParsePool {
     slot.job = { ...job, id, timer };
     // A copy of just these bytes: posting the Buffer would clone the whole ArrayBuffer it may share with others.
     const bytes = new Uint8Array(job.raw);
-    slot.worker.postMessage({ id, raw: bytes }, [bytes.buffer]);
+    slot.worker.postMessage({ id, raw: bytes, request: job.request }, [bytes.buffer]);
   }
 
   /** The thread's parse ran past the timeout: reject it and replace the thread. */
@@ -239,7 +259,7 @@ export class ParsePool {
     if (!job) return;
     slot.job = undefined;
     job.reject(new MailhookError('PARSE_TIMEOUT', `parsing the message took longer than ${this.timeoutMs} ms and was abandoned`));
-    this.options.log.warn({ bytes: job.raw.length, timeoutMs: this.timeoutMs }, 'a message took too long to parse; its parse thread is replaced');
+    this.options.log.warn({ bytes: job.raw.length, kind: job.request.kind, timeoutMs: this.timeoutMs }, 'a message took too long to parse; its parse thread is replaced');
     const i = this.slots.indexOf(slot);
     if (i >= 0) this.slots.splice(i, 1, this.spawn());
     void slot.worker.terminate();

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { Webhook } from 'standardwebhooks';
 import { MailhookError } from '../../src/core/errors.js';
 import { parseMessageJson } from '../../src/parse/message.js';
+import { parseInboundMessage, type InboundParseOptions } from '../../src/parse/inbound.js';
 import type { AppDeps } from '../../src/app.js';
 import { Consumer } from '../helpers/consumer.js';
 import { configYaml, SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
@@ -13,7 +14,7 @@ import { sendMail } from '../helpers/smtp-client.js';
  * One route with one request slot, held by a first message while a second one is prepared and waits for it past
  * preparedMaxAgeMs (200 ms) and into the next second (webhook-timestamp counts seconds); then the slot is freed.
  */
-async function secondWaitsForTheSlot(deps: Partial<AppDeps>, check: (app: TestApp, consumer: Consumer, releasedAt: number) => Promise<void>): Promise<void> {
+async function secondWaitsForTheSlot(deps: Partial<AppDeps>, check: (app: TestApp, consumer: Consumer, releasedAt: number) => Promise<void>, format = `secret: "${SECRET}"`): Promise<void> {
   const consumer = new Consumer();
   await consumer.start();
   let release!: () => void;
@@ -28,7 +29,7 @@ async function secondWaitsForTheSlot(deps: Partial<AppDeps>, check: (app: TestAp
       configYaml({ dir, routes: `
   - name: app
     addresses: ["*@app.test"]
-    webhook: { url: "http://127.0.0.1:${consumer.port}/hook", secret: "${SECRET}" }
+    webhook: { url: "http://127.0.0.1:${consumer.port}/hook", ${format} }
 ` }).replace('delivery:\n  timeout_ms: 5000\n', 'delivery:\n  timeout_ms: 5000\n  per_route_concurrency: 1\n'),
     deps: { preparedMaxAgeMs: 200, ...deps },
   });
@@ -85,4 +86,27 @@ test('building the payload again fails as the first build would: a message that 
     assert.match(dead.last_error ?? '', /^cannot build the json payload: parsing this message ended the parse thread twice/);
     assert.equal(consumer.requests.length, 1, 'the second message was never sent');
   });
+});
+
+test('a service format (sendgrid) builds again with the inbound parse it was given, and its failure counts as the first build\'s would', async () => {
+  let parses = 0;
+  const parseInbound = async (raw: Buffer, options: InboundParseOptions) => {
+    // the second message's second build (the first message is parsed once, the second before it waits)
+    if (++parses === 3) throw new MailhookError('PARSE_CRASHED', 'parsing this message ended the parse thread twice');
+    return parseInboundMessage(raw, options);
+  };
+  await secondWaitsForTheSlot(
+    { parseInbound },
+    async (app, consumer) => {
+      await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 5000, 'both outcomes recorded');
+      const rows = app.spool.db.prepare(`SELECT status, attempts, last_error FROM deliveries ORDER BY created_at, id`).all() as Array<{ status: string; attempts: number; last_error: string | null }>;
+      assert.equal(parses, 3);
+      assert.deepEqual(rows.map((r) => r.status).sort(), ['dead', 'delivered']);
+      const dead = rows.find((r) => r.status === 'dead')!;
+      assert.equal(dead.attempts, 1);
+      assert.match(dead.last_error ?? '', /^cannot build the sendgrid payload: parsing this message ended the parse thread twice/);
+      assert.equal(consumer.requests.length, 1, 'the second message was never sent');
+    },
+    'format: sendgrid',
+  );
 });

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { decodeAddressHeader, decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/delivery/formats/headers.js';
+import { decodeAddressHeader, decodeEncodedWords, parseHeaderSection, bytesToText } from '../../src/parse/headers.js';
 import { chooseBoundary, encodeMultipart, encodeUrlForm, type FormField } from '../../src/delivery/formats/multipart.js';
 import { stripReply, stripQuotedHtml, STRIP_MAX_CHARS, STRIP_MAX_LINE_CHARS, STRIP_MAX_LINES } from '../../src/parse/strip.js';
 import { credentialsFromUrl, mailboxHash, formatAddress } from '../../src/delivery/formats/inbound.js';
@@ -12,7 +12,8 @@ import { classifyPostmark, buildPostmarkPayload } from '../../src/delivery/forma
 import { inboundView, InboundViews } from '../../src/delivery/formats/inbound.js';
 import { authenticationFields } from '../../src/delivery/formats/sendgrid.js';
 import { classifyStatus } from '../../src/delivery/classify.js';
-import { FORMATS } from '../../src/delivery/formats/index.js';
+import { createFormats } from '../../src/delivery/formats/index.js';
+import { parseInboundMessage } from '../../src/parse/inbound.js';
 import { WEBHOOK_FORMATS } from '../../src/config/schema.js';
 import { ConfigError } from '../../src/core/errors.js';
 import { parseTestConfig, tempDir } from '../helpers/app.js';
@@ -252,7 +253,8 @@ test('postmark MailboxHash: the route key, or the plus part for a catch-all or e
 });
 
 test('the deliveries of one message share its parsed view (mailgun and postmark post once per recipient); another message, or time, ends it', async () => {
-  const views = new InboundViews(50);
+  const cache = new InboundViews(50);
+  const views = { of: (id: string, raw: Buffer) => cache.of(id, raw, parseInboundMessage, { plainText: false }) };
   const raw = fixture('iso-2022-jp.eml');
   const a = views.of('msg_a', raw);
   assert.equal(views.of('msg_a', Buffer.from(raw)), a, 'the same message: the same parse');
@@ -263,6 +265,44 @@ test('the deliveries of one message share its parsed view (mailgun and postmark 
   const again = views.of('msg_a', raw);
   await new Promise((r) => setTimeout(r, 120)); // past the keep time (50 ms here), not timing anything
   assert.notEqual(views.of('msg_a', raw), again, 'not kept past its keep time');
+});
+
+test('the service formats parse with the context\'s inbound parse (the parse pool), asking for body-plain only for mailgun; mime and send_raw do not parse', async () => {
+  const raw = fixture('html-related.eml');
+  const asked: Array<{ plainText: boolean }> = [];
+  const parseInbound = (r: Buffer, options: { plainText: boolean }) => (asked.push({ ...options }), parseInboundMessage(r, options));
+  const recipients = [{ address: 'reply+h1@mg.test', key: 'h1' }];
+  const formats = createFormats({ randomBytes: counterBytes() });
+  const key = Buffer.from('key-abc');
+  const encode = (format: 'mailgun' | 'postmark' | 'sendgrid', options: { mime?: boolean; send_raw?: boolean } = {}) =>
+    formats[format].encode({ ...formatContext(raw, { recipients, webhook: { format, signingKeyBytes: key, options: { mime: false, raw_email: false, send_raw: false, ...options } } }), parseInbound });
+  const mailgun = await encode('mailgun');
+  assert.deepEqual(asked, [{ plainText: true }]);
+  const expected = await parseInboundMessage(raw, { plainText: true });
+  assert.ok(mailgun.body.includes(expected.plainText!), 'body-plain as the parse rendered it');
+  await encode('postmark');
+  assert.deepEqual(asked, [{ plainText: true }], 'postmark: the view mailgun parsed (same message, within the keep time)');
+  await encode('sendgrid');
+  assert.deepEqual(asked, [{ plainText: true }, { plainText: false }]);
+  await encode('mailgun', { mime: true });
+  await encode('sendgrid', { send_raw: true });
+  assert.equal(asked.length, 2, 'mime and send_raw read only the header section');
+});
+
+test('a kept view parsed without body-plain (postmark first) renders it with the same parse when mailgun asks, once', async () => {
+  const raw = fixture('html-related.eml');
+  const asked: Array<{ plainText: boolean }> = [];
+  const parse = (r: Buffer, options: { plainText: boolean }) => (asked.push({ ...options }), parseInboundMessage(r, options));
+  const views = new InboundViews(10_000);
+  const first = await views.of('msg_a', raw, parse, { plainText: false });
+  const again = await views.of('msg_a', raw, parse, { plainText: true });
+  assert.equal(again, first, 'the kept view');
+  assert.deepEqual(asked, [{ plainText: false }]);
+  const plain = await again.plainText();
+  assert.equal(plain, (await parseInboundMessage(raw, { plainText: true })).plainText);
+  assert.match(plain, /Guten Tag/);
+  assert.equal(await first.plainText(), plain);
+  assert.deepEqual(asked, [{ plainText: false }, { plainText: true }], 'rendered by the parse it was given (the pool), not on this thread, and once');
 });
 
 // ---------- outcomes ----------
@@ -295,7 +335,8 @@ test('mailgun 406 and postmark 403: dead but not loud (the consumer refused on p
 });
 
 test('every configured format has an encoder registered under its name', () => {
-  for (const name of WEBHOOK_FORMATS) assert.equal(FORMATS[name]?.name, name);
+  const formats = createFormats();
+  for (const name of WEBHOOK_FORMATS) assert.equal(formats[name]?.name, name);
 });
 
 // ---------- configuration ----------
@@ -342,8 +383,9 @@ test('mailgun mime and sendgrid send_raw forward what a full parse refuses (1,10
   const raw = Buffer.from(`From: A <a@x.test>\r\nTo: b@in.test\r\nSubject: =?UTF-8?Q?gr=C3=BC=C3=9Fe?=\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n${parts}--b--\r\n`);
   await assert.rejects(inboundView(raw), 'a full parse refuses it');
   const recipients = [{ address: 'b@in.test', key: null }];
-  const mailgun = await FORMATS.mailgun.encode(formatContext(raw, { recipients, webhook: { format: 'mailgun', signingKeyBytes: Buffer.from('key-abc'), options: { mime: true, raw_email: false, send_raw: false } } }));
-  const sendgrid = await FORMATS.sendgrid.encode(formatContext(raw, { recipients, webhook: { format: 'sendgrid', options: { mime: false, raw_email: false, send_raw: true } } }));
+  const formats = createFormats();
+  const mailgun = await formats.mailgun.encode(formatContext(raw, { recipients, webhook: { format: 'mailgun', signingKeyBytes: Buffer.from('key-abc'), options: { mime: true, raw_email: false, send_raw: false } } }));
+  const sendgrid = await formats.sendgrid.encode(formatContext(raw, { recipients, webhook: { format: 'sendgrid', options: { mime: false, raw_email: false, send_raw: true } } }));
   for (const req of [mailgun, sendgrid]) {
     const body = Buffer.from(req.body as Uint8Array);
     assert.ok(body.includes(raw), 'the message byte for byte');

@@ -1,12 +1,15 @@
 // The parse pool: the same result as parsing on the main thread, and a thread that dies costs no request.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { threadId, Worker, type ResourceLimits } from 'node:worker_threads';
+import { MessageChannel, threadId, Worker, type ResourceLimits } from 'node:worker_threads';
 import { Writable } from 'node:stream';
 import { ParsePool, PARSE_THREAD_HEAP_MB, respawnDelayMs, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
 import { parseMessage, type PayloadMessage, type PayloadMessageJson } from '../../src/parse/message.js';
 import { createLogger } from '../../src/core/logger.js';
 import { MailhookError } from '../../src/core/errors.js';
+import { forTransfer, parseInboundMessage, type InboundMessage } from '../../src/parse/inbound.js';
+import { inboundView, type InboundView } from '../../src/delivery/formats/inbound.js';
+import { fixture } from '../formats/support.js';
 
 const RAW = Buffer.from(
   'From: "Zoë" <zoe@sender.test>\r\nTo: incoming+abc@gitlab.test\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\nMessage-ID: <p1@sender.test>\r\n' +
@@ -109,6 +112,105 @@ test('a message over THREAD_MAX_BYTES is parsed on the calling thread (no copies
   }
 });
 
+/** A message with attachments of every size the transfer handles: a few bytes (Node's shared pool) and 200 KiB. */
+const BINARY = (() => {
+  const small = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+  const large = Buffer.from(Array.from({ length: 200 * 1024 }, (_, i) => (i * 7919) & 0xff));
+  const part = (name: string, bytes: Buffer) =>
+    `--b\r\nContent-Type: application/octet-stream; name=${name}\r\nContent-Transfer-Encoding: base64\r\nContent-ID: <${name}@x.test>\r\n\r\n${bytes.toString('base64').replace(/.{76}/g, '$&\r\n')}\r\n`;
+  return Buffer.from(
+    'From: "Zoë" <zoe@sender.test>\r\nTo: a@x.test, "B, C" <b@x.test>\r\nCc: c@x.test\r\nSubject: bytes\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n' +
+      '--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<div><p>Only <b>HTML</b> here,</p><ul><li>one</li><li>two</li></ul></div>\r\n' +
+      part('small.bin', small) +
+      part('large.bin', large) +
+      '--b--\r\n',
+  );
+})();
+
+/** A view's fields with its plainText() awaited, to compare two views. */
+async function dataOf(view: InboundView): Promise<Omit<InboundView, 'plainText'> & { plain: string }> {
+  const { plainText, ...fields } = view;
+  return { ...fields, plain: await plainText() };
+}
+
+test('the inbound view: a thread parses exactly what the calling thread would, attachments\' bytes and Mailgun\'s body-plain included', async () => {
+  const { pool: p, logs } = pool(1);
+  try {
+    const posts = countPosts(p);
+    const messages = ['html-related.eml', 'latin1-reply.eml', 'shift_jis.eml', 'iso-2022-jp.eml', 'all-quote.eml'].map(fixture);
+    messages.push(BINARY);
+    for (const raw of messages) {
+      for (const plainText of [true, false]) {
+        const there = await p.parseInbound(raw, { plainText });
+        const here = await parseInboundMessage(raw, { plainText });
+        assert.deepStrictEqual(there, here, 'field for field, attachments as Buffers with the same bytes');
+        assert.ok(there.attachments.every((a) => Buffer.isBuffer(a.content)));
+        assert.equal(there.plainText === null, !plainText, 'rendered only when asked for');
+      }
+      // The views the formats read: through the pool as mailgun asks for it, and on this thread.
+      const pooled = await inboundView(raw, (r, o) => p.parseInbound(r, o), { plainText: true });
+      assert.deepStrictEqual(await dataOf(pooled), await dataOf(await inboundView(raw)));
+    }
+    assert.equal(posts.n, messages.length * 3, 'every parse went to the thread');
+    // HTML-only mail (below the root, and at the root of a multipart): body-plain is a rendering of the HTML.
+    const related = await p.parseInbound(fixture('html-related.eml'), { plainText: true });
+    assert.equal(related.text, null);
+    assert.match(related.plainText ?? '', /Guten Tag, die Lieferung ist angekommen\./);
+    const binary = await p.parseInbound(BINARY, { plainText: true });
+    assert.match(binary.plainText ?? '', /Only HTML here,[\s\S]*\* one\n \* two/);
+    assert.deepEqual(binary.attachments.map((a) => [a.filename, a.content.length, a.contentId]), [['small.bin', 256, 'small.bin@x.test'], ['large.bin', 200 * 1024, 'large.bin@x.test']]);
+    assert.equal(binary.attachments[0]!.content[255], 255);
+    assert.deepEqual(logs, []);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('the inbound view keeps the pool\'s rules: over THREAD_MAX_BYTES, with no threads, and after stop() it is parsed on the calling thread', async () => {
+  const big = Buffer.concat([Buffer.from('Subject: big\r\nContent-Type: text/html\r\n\r\n<p>'), Buffer.alloc(THREAD_MAX_BYTES, 'a'), Buffer.from('</p>\r\n')]);
+  const { pool: p } = pool(1);
+  const { pool: none } = pool(0);
+  try {
+    const posts = countPosts(p);
+    assert.equal((await p.parseInbound(big, { plainText: false })).subject, 'big');
+    assert.equal(posts.n, 0, 'not sent to the thread');
+    assert.deepStrictEqual(await none.parseInbound(BINARY, { plainText: true }), await parseInboundMessage(BINARY, { plainText: true }));
+    const waiting = [p.parseInbound(BINARY, { plainText: true }), p.parseInbound(BINARY, { plainText: false })];
+    await p.stop();
+    const [withPlain, without] = await Promise.all(waiting);
+    assert.deepStrictEqual(withPlain, await parseInboundMessage(BINARY, { plainText: true }));
+    assert.equal(without!.plainText, null);
+    assert.deepStrictEqual(await p.parseInbound(BINARY, { plainText: true }), withPlain, 'stopped: on the calling thread');
+  } finally {
+    await p.stop();
+    await none.stop();
+  }
+});
+
+test('forTransfer: attachment bytes move to the other thread; bytes that share their memory are copied first', async () => {
+  const parsed = await parseInboundMessage(BINARY, { plainText: false });
+  const shared = Buffer.from('tiny'); // from Node's pool: its ArrayBuffer holds other Buffers too
+  assert.notEqual(shared.byteLength, shared.buffer.byteLength);
+  const message: InboundMessage = { ...parsed, attachments: [...parsed.attachments, { filename: 't', contentType: 'text/plain', content: shared, contentId: null }] };
+  const { message: ready, transfer } = forTransfer(message);
+  assert.equal(transfer.length, 3);
+  assert.ok(ready.attachments.every((a) => a.content.byteOffset === 0 && a.content.byteLength === a.content.buffer.byteLength));
+  assert.equal(ready.attachments[2]!.content.toString(), 'tiny');
+  const copies = message.attachments.map((a) => Buffer.from(a.content));
+  const { port1, port2 } = new MessageChannel();
+  try {
+    const received = new Promise<InboundMessage>((resolve) => port2.once('message', resolve));
+    port1.postMessage(ready, transfer);
+    const moved = await received;
+    assert.ok(ready.attachments.every((a) => a.content.byteLength === 0), 'moved, not copied: the sender\'s views are detached');
+    assert.equal(shared.toString(), 'tiny', 'the pooled original untouched');
+    assert.equal(moved.attachments.length, 3);
+    moved.attachments.forEach((a, i) => assert.ok(Buffer.from(a.content).equals(copies[i]!), `attachment ${i + 1}: the same bytes`));
+  } finally {
+    port1.close();
+  }
+});
+
 test('a parse that never answers is rejected with PARSE_TIMEOUT; the thread is replaced and what waited behind it is parsed', async () => {
   const { pool: p, logs } = pool(1, 3000); // well above a thread's start-up under tsx
   try {
@@ -141,7 +243,7 @@ parentPort.on('message', ({ id, raw }) => {
   const slow = /SLOW:(\\d+)/.exec(text);
   if (slow) { const end = Date.now() + Number(slow[1]); while (Date.now() < end); }
   if (text.includes('DIE')) process.exit(1);
-  parentPort.postMessage({ id, json: JSON.stringify({ thread: threadId, text }) });
+  parentPort.postMessage({ id, result: JSON.stringify({ thread: threadId, text }) });
 });
 parentPort.postMessage({ ready: true });
 `;

@@ -1,48 +1,15 @@
 // What the hosted-service formats (Mailgun, Postmark, SendGrid) share: one parsed view of the message, recipients' keys, URL credentials.
-import { simpleParser } from 'mailparser';
 import { MailhookError } from '../../core/errors.js';
-import { flattenAddresses, textOf } from '../../parse/message.js';
+import { headerValue, parseHeaderSection, type HeaderField } from '../../parse/headers.js';
+import { parseInboundMessage, type Address, type InboundMessage, type InboundParseOptions, type ParseInbound } from '../../parse/inbound.js';
 import type { Recipient } from '../../spool/types.js';
-import { headerValue, parseHeaderSection, type HeaderField } from './headers.js';
+import type { FormatContext } from './types.js';
 
-export interface Address {
-  address: string;
-  name: string;
-}
-
-export interface InboundAttachment {
-  filename: string;
-  contentType: string;
-  /** the decoded bytes, exactly as the sender attached them */
-  content: Buffer;
-  /** without angle brackets; null when the part has no Content-ID */
-  contentId: string | null;
-}
-
-export interface InboundView {
-  headers: HeaderField[];
-  /** the raw header section as text (UTF-8 when valid, else Latin-1) */
-  headerBlock: string;
-  subject: string;
-  from: Address | null;
-  to: Address[];
-  cc: Address[];
-  bcc: Address[];
-  replyTo: Address[];
-  /** decoded header values as written, "" when absent: what the services call "as taken from the message headers" */
-  fromHeader: string;
-  toHeader: string;
-  ccHeader: string;
-  date: string;
-  /** the text/plain body, decoded to Unicode; null when the message has none */
-  text: string | null;
-  html: string | null;
+/** The parsed message as the formats read it (see InboundMessage). */
+export interface InboundView extends Omit<InboundMessage, 'plainText'> {
   /** the text body, or when there is none a text rendering of the HTML (what Mailgun's body-plain promises) */
   plainText(): Promise<string>;
-  attachments: InboundAttachment[];
 }
-
-const PARSE_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipImageLinks: true, keepCidLinks: true } as const;
 
 /**
  * The header fields alone, for the modes that forward the message byte for byte (Mailgun mime, SendGrid send_raw):
@@ -55,40 +22,31 @@ export function headerOnlyView(raw: Buffer): Pick<InboundView, 'subject' | 'from
   return { subject: h('subject'), fromHeader: h('from'), toHeader: h('to'), ccHeader: h('cc') };
 }
 
-/** Parses a stored message for the service formats: charsets decoded to Unicode in every field, attachments as bytes. */
-export async function inboundView(raw: Buffer): Promise<InboundView> {
-  const p = await simpleParser(raw, PARSE_OPTIONS);
-  const section = parseHeaderSection(raw);
-  const h = (name: string) => headerValue(section.fields, name)?.value ?? '';
-  const text = textOf(p, false);
-  let plain: string | undefined;
-  const html = typeof p.html === 'string' ? p.html : null;
+/** The context's inbound parse (the parse pool, see FormatContext.parseInbound), or one on this thread when it has none. */
+export function inboundParseOf(ctx: Pick<FormatContext, 'parseInbound'>): ParseInbound {
+  return ctx.parseInbound ?? parseInboundMessage;
+}
+
+/**
+ * Parses a stored message for the service formats with `parse` (the parse pool in delivery; this thread when
+ * absent). plainText() is the parse's own when `options.plainText` asked for it (Mailgun); otherwise its first call
+ * runs one more parse, with `parse` too, that renders it: the rendering never runs on the caller's thread.
+ */
+export async function inboundView(raw: Buffer, parse: ParseInbound = parseInboundMessage, options: InboundParseOptions = { plainText: false }): Promise<InboundView> {
+  const { plainText, ...fields } = await parse(raw, options);
+  let plain: Promise<string> | undefined = plainText === null ? undefined : Promise.resolve(plainText);
   return {
-    headers: section.fields,
-    headerBlock: section.block,
-    subject: p.subject ?? '',
-    from: flattenAddresses(p.from)[0] ?? null,
-    to: flattenAddresses(p.to),
-    cc: flattenAddresses(p.cc),
-    bcc: flattenAddresses(p.bcc),
-    replyTo: flattenAddresses(p.replyTo),
-    fromHeader: h('from'),
-    toHeader: h('to'),
-    ccHeader: h('cc'),
-    date: h('date'),
-    text,
-    html,
-    async plainText() {
-      // Only the formats that promise text for HTML-only mail (Mailgun's body-plain) pay for the rendering, once per
-      // view (the view is shared by a message's deliveries, see InboundViews).
-      return (plain ??= textOf(p, true) ?? '');
+    ...fields,
+    plainText() {
+      if (plain) return plain;
+      const rendered = parse(raw, { plainText: true }).then((m) => m.plainText ?? '');
+      plain = rendered;
+      // Kept once rendered (the view is shared by a message's deliveries, see InboundViews); a failure is not.
+      rendered.catch(() => {
+        if (plain === rendered) plain = undefined;
+      });
+      return rendered;
     },
-    attachments: p.attachments.map((a, i) => ({
-      filename: a.filename ?? defaultFilename(i, a.contentType),
-      contentType: a.contentType || 'application/octet-stream',
-      content: a.content,
-      contentId: a.contentId ? a.contentId.replace(/^<|>$/g, '') : null,
-    })),
   };
 }
 
@@ -98,22 +56,27 @@ export const VIEW_KEEP_MS = 10_000;
 /**
  * The parsed view of the message most recently encoded, for the other deliveries of the same message: mailgun and
  * postmark post once per recipient, so a message to 100 recipients of such a route would otherwise be parsed 100
- * times on the event loop (a 25 MB message: ~250 ms each). One message is kept, for VIEW_KEEP_MS after its last
- * use; the view is only read by the formats.
+ * times (a 25 MB message: ~250 ms each, on the event loop above the parse pool's THREAD_MAX_BYTES). One message is
+ * kept, for VIEW_KEEP_MS after its last use; the view is only read by the formats. One cache per set of formats
+ * (createFormats), never a module's.
  */
 export class InboundViews {
   private last: { id: string; view: Promise<InboundView>; timer: NodeJS.Timeout } | undefined;
 
   constructor(private readonly keepMs = VIEW_KEEP_MS) {}
 
-  of(messageId: string, raw: Buffer): Promise<InboundView> {
+  /**
+   * The message's view, parsed with `parse` (the delivery's, FormatContext.parseInbound) unless kept; `options`
+   * apply to that parse (a kept view without plainText renders it when asked, see inboundView).
+   */
+  of(messageId: string, raw: Buffer, parse: ParseInbound, options: InboundParseOptions): Promise<InboundView> {
     const last = this.last;
     if (last?.id === messageId) {
       last.timer.refresh();
       return last.view;
     }
     if (last) clearTimeout(last.timer);
-    const view = inboundView(raw);
+    const view = inboundView(raw, parse, options);
     const forget = () => {
       if (this.last?.view !== view) return;
       clearTimeout(this.last.timer);
@@ -123,11 +86,6 @@ export class InboundViews {
     view.catch(forget); // a parse that failed is not kept (the next delivery tries again)
     return view;
   }
-}
-
-function defaultFilename(i: number, contentType: string): string {
-  const ext = /^message\/rfc822$/i.test(contentType) ? '.eml' : '';
-  return `attachment-${i + 1}${ext}`;
 }
 
 /**

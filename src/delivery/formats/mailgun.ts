@@ -2,7 +2,7 @@
 import { createHmac } from 'node:crypto';
 import { stripQuotedHtml, stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, headerOnlyView, InboundViews, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
+import { credentialsFromUrl, headerOnlyView, inboundParseOf, InboundViews, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
 import { encodeUrlForm, multipartForm, type FormField, type RandomBytes } from './multipart.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
@@ -93,7 +93,9 @@ export function createMailgunFormat(deps: { randomBytes: RandomBytes; views?: In
         // Mailgun's "/mime" post (what Action Mailbox's Mailgun ingress reads): the message byte for byte in body-mime.
         form = multipartForm([...baseFields(ctx, headerOnlyView(ctx.raw), signature), { name: 'body-mime', value: ctx.raw }], deps.randomBytes);
       } else {
-        const fields = await mailgunParsedFields(ctx, await views.of(ctx.message.id, ctx.raw), signature);
+        // body-plain needs the text rendering of HTML-only mail: asked of the parse, so it runs where the parse does.
+        const view = await views.of(ctx.message.id, ctx.raw, inboundParseOf(ctx), { plainText: true });
+        const fields = await mailgunParsedFields(ctx, view, signature);
         // Mailgun posts multipart/form-data when there are attachments, urlencoded otherwise.
         const hasFiles = fields.some((f) => 'filename' in f);
         form = hasFiles ? multipartForm(fields, deps.randomBytes) : encodeUrlForm(fields as Array<{ name: string; value: string }>);

@@ -1,7 +1,8 @@
 // format: postmark — Postmark's inbound webhook JSON (the postmark package's InboundWebhook), Basic auth from the URL's userinfo.
 import { stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
-import { credentialsFromUrl, formatAddress, InboundViews, mailboxHash, recordedAuthHeaders, type Address, type InboundView } from './inbound.js';
+import type { Address } from '../../parse/inbound.js';
+import { credentialsFromUrl, formatAddress, inboundParseOf, InboundViews, mailboxHash, recordedAuthHeaders, type InboundView } from './inbound.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
 export interface PostmarkRecipient {
@@ -97,7 +98,7 @@ export function createPostmarkFormat(deps: { views?: InboundViews } = {}): Paylo
   return {
     name: 'postmark',
     async encode(ctx) {
-      const view = await views.of(ctx.message.id, ctx.raw);
+      const view = await views.of(ctx.message.id, ctx.raw, inboundParseOf(ctx), { plainText: false });
       const { url, authorization } = credentialsFromUrl(ctx.webhook.url);
       return {
         url,

@@ -1,6 +1,6 @@
 // format: sendgrid — SendGrid Inbound Parse's multipart/form-data post, parsed fields or (send_raw) the whole message in `email`.
 import type { FormatContext, PayloadFormat } from './types.js';
-import { credentialsFromUrl, headerOnlyView, inboundView, type InboundView } from './inbound.js';
+import { credentialsFromUrl, headerOnlyView, inboundParseOf, inboundView, type InboundView } from './inbound.js';
 import { multipartForm, type FormField, type RandomBytes } from './multipart.js';
 
 /**
@@ -86,7 +86,7 @@ export function createSendgridFormat(deps: { randomBytes: RandomBytes }): Payloa
   return {
     name: 'sendgrid',
     async encode(ctx) {
-      const form = multipartForm(ctx.webhook.options.send_raw ? sendgridRawFields(ctx, headerOnlyView(ctx.raw)) : sendgridFields(ctx, await inboundView(ctx.raw)), deps.randomBytes);
+      const form = multipartForm(ctx.webhook.options.send_raw ? sendgridRawFields(ctx, headerOnlyView(ctx.raw)) : sendgridFields(ctx, await inboundView(ctx.raw, inboundParseOf(ctx))), deps.randomBytes);
       const { url, authorization } = credentialsFromUrl(ctx.webhook.url);
       return { url, headers: { 'content-type': form.contentType, ...(authorization ? { authorization } : {}) }, body: form.body };
     },

@@ -3,6 +3,7 @@ import type { ResolvedRoute, ResolvedWebhook } from '../../config/load.js';
 import type { DeliveryRow, StoredMessage } from '../../spool/types.js';
 import type { Outcome } from '../classify.js';
 import type { PayloadMessageJson } from '../../parse/message.js';
+import type { ParseInbound } from '../../parse/inbound.js';
 
 export interface FormatContext {
   message: StoredMessage;
@@ -17,6 +18,8 @@ export interface FormatContext {
   hostname: string;
   /** parses `raw` into the payload's message as JSON text (the parse pool); parseMessageJson here when absent */
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
+  /** parses `raw` for the mailgun, postmark and sendgrid formats (the parse pool); parseInboundMessage here when absent */
+  parseInbound?: ParseInbound;
 }
 
 export interface EncodedRequest {

@@ -1,5 +1,5 @@
-// Header-section helpers for the service formats: split the header block from the raw bytes, unfold, decode RFC 2047 words. Pure.
-import { bytesToText } from '../../parse/text.js';
+// Header-section helpers for the inbound parse (service formats): split the header block from the raw bytes, unfold, decode RFC 2047 words. Pure.
+import { bytesToText } from './text.js';
 
 export { bytesToText };
 
