@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MessageChannel, threadId, Worker, type ResourceLimits } from 'node:worker_threads';
 import { Writable } from 'node:stream';
-import { ParsePool, PARSE_THREAD_HEAP_MB, respawnDelayMs, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
+import { ParsePool, PARSE_THREAD_HEAP_MB, PIPELINE_DEPTH, respawnDelayMs, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
 import { parseMessage, type PayloadMessage, type PayloadMessageJson } from '../../src/parse/message.js';
 import { createLogger } from '../../src/core/logger.js';
 import { MailhookError } from '../../src/core/errors.js';
@@ -294,6 +294,38 @@ test('the parse timeout counts a parse’s own time on its thread, not the time 
     assert.equal(new Set(results).size, 1, `all parsed by the one thread, none abandoned: ${results.join(', ')}`);
     assert.equal(typeof results[0], 'number');
     assert.deepEqual(logs, []);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a thread is handed the next messages while it parses one (up to PIPELINE_DEPTH), in order, each answered', async () => {
+  const { pool: p, logs } = fakePool({ threads: 1, timeoutMs: 5000 });
+  try {
+    await p.parse(Buffer.from('Subject: ready\r\n\r\nx\r\n')); // the thread is up
+    const posts = countPosts(p);
+    const n = PIPELINE_DEPTH + 4;
+    const results = Array.from({ length: n }, (_, i) => p.parse(Buffer.from(`Subject: ${i === 0 ? 'SLOW:200 ' : ''}m${i}\r\n\r\nx\r\n`)));
+    // Handed over at once, without waiting for the first answer: the thread never waits for the event loop.
+    assert.ok(PIPELINE_DEPTH > 1);
+    assert.equal(posts.n, PIPELINE_DEPTH);
+    const texts = (await Promise.all(results)).map((r) => (JSON.parse(r) as { text: string }).text);
+    assert.deepEqual(texts.map((t) => /m\d+/.exec(t)?.[0]), Array.from({ length: n }, (_, i) => `m${i}`));
+    assert.equal(posts.n, n);
+    assert.deepEqual(logs, []);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('the messages waiting behind one that ends its thread are not counted against: they are parsed, the poison is not', async () => {
+  const { pool: p } = fakePool({ threads: 1 });
+  try {
+    await p.parse(Buffer.from('Subject: ready\r\n\r\nx\r\n'));
+    const poison = p.parse(Buffer.from('Subject: POISON\r\n\r\nx\r\n'));
+    const behind = Array.from({ length: 3 }, (_, i) => p.parse(Buffer.from(`Subject: behind ${i}\r\n\r\nx\r\n`)));
+    await assert.rejects(poison, (err: unknown) => err instanceof MailhookError && err.code === 'PARSE_CRASHED');
+    for (const r of await Promise.all(behind)) assert.notEqual(threadOf(r), threadId);
   } finally {
     await p.stop();
   }
