@@ -129,6 +129,8 @@ test('durations and timeouts longer than a Node.js timer can wait are refused, n
   const tooLong = 'must be at most 2147483647 ms (about 24.8 days), the longest timer Node.js can set';
   assert.deepEqual(problems(`spool:\n  retention:\n    interval: 4w\n${route()}`), [`spool.retention.interval: ${tooLong}`]);
   assert.deepEqual(problems(`delivery:\n  timeout_ms: 3000000000\n${route()}`), [`delivery.timeout_ms: ${tooLong}`]);
+  // A longer session limit would end every session before its banner.
+  assert.deepEqual(problems(`smtp:\n  limits:\n    max_session_ms: 3000000000\n${route()}`), [`smtp.limits.max_session_ms: ${tooLong}`]);
   // The longest that works is accepted.
   assert.equal(loadConfigText(`spool:\n  retention:\n    interval: 3w\n${route()}`, { source: 't', baseDir: tempDir(), env: {} }).spool.retention.interval, 3 * 604_800_000);
 });
