@@ -43,7 +43,9 @@ export const PARSE_THREAD_HEAP_MB = 512;
  * already waits in its port, so the thread never sits idle waiting for a busy event loop to answer and hand it
  * more. With one at a time (the eighth session), 1 KB messages were delivered ~30 % slower end to end than with
  * no limit (bench, first byte to last webhook, 807 against 1,157 msg/s), and 1,430 with parse_threads 0. A
- * message that ends or stalls its thread puts the others back in the queue, not counted against them.
+ * message that ends or stalls its thread puts the others back in the queue, not counted against them. The price,
+ * with parse_threads above 1: the messages handed to a thread wait behind its slow parse (up to the timeout) even
+ * when another thread is idle, since a message handed over is not taken back.
  */
 export const PIPELINE_DEPTH = 8;
 
@@ -187,9 +189,11 @@ export class ParsePool {
       clearTimeout(job.timer);
       slot.jobs.shift();
       this.deathsInARow = 0;
-      this.startClock(slot);
       if (m.result !== undefined) job.resolve(fromPost(job.request, m.result));
       else job.reject(new Error(m.error ?? 'the message could not be parsed'));
+      // An answer that arrives while stop() waits for the thread to end is taken; the messages behind it are stop()'s.
+      if (this.stopped) return;
+      this.startClock(slot);
       this.pump();
     });
     worker.on('error', (err) => {

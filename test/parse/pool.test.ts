@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MessageChannel, threadId, Worker, type ResourceLimits } from 'node:worker_threads';
+import { EventEmitter } from 'node:events';
 import { Writable } from 'node:stream';
 import { ParsePool, PARSE_THREAD_HEAP_MB, PIPELINE_DEPTH, respawnDelayMs, THREAD_MAX_BYTES } from '../../src/parse/pool.js';
 import { parseMessage, type PayloadMessage, type PayloadMessageJson } from '../../src/parse/message.js';
@@ -329,6 +330,39 @@ test('the messages waiting behind one that ends its thread are not counted again
   } finally {
     await p.stop();
   }
+});
+
+test('an answer that arrives while stop() waits for its thread is taken; nothing is timed after stop()', async () => {
+  // A stand-in Worker whose terminate() the test ends, so an answer can arrive in between (as one already in the port does).
+  class Stub extends EventEmitter {
+    posted: Array<{ id: number }> = [];
+    end: () => void = () => {};
+    postMessage(m: { id: number }): void {
+      this.posted.push(m);
+    }
+    ref(): void {}
+    unref(): void {}
+    terminate(): Promise<number> {
+      return new Promise((resolve) => (this.end = () => resolve(1)));
+    }
+  }
+  const stub = new Stub();
+  const logs: string[] = [];
+  const destination = new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) });
+  const p = new ParsePool({ threads: 1, timeoutMs: 100, log: createLogger({ level: 'debug', destination }), startThread: () => stub as unknown as Worker });
+  stub.emit('message', { ready: true });
+  const a = p.parse(Buffer.from('Subject: a\r\n\r\nx\r\n'));
+  const b = p.parse(Buffer.from('Subject: b\r\n\r\nx\r\n'));
+  assert.equal(stub.posted.length, 2);
+  const stopping = p.stop();
+  stub.emit('message', { id: stub.posted[0]!.id, result: JSON.stringify('from the thread') });
+  stub.end();
+  await stopping;
+  assert.equal(await a, JSON.stringify('from the thread'));
+  assert.equal(subjectOf(await b), 'b', 'parsed here by stop()');
+  // Past the timeout: no parse is abandoned, nothing is queued.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(logs, []);
 });
 
 test('threads that cannot start: a message is rejected with PARSE_TIMEOUT after timeoutMs, not parsed on the main thread; starts back off', async () => {
