@@ -305,6 +305,21 @@ test('a kept view parsed without body-plain (postmark first) renders it with the
   assert.deepEqual(asked, [{ plainText: false }, { plainText: true }], 'rendered by the parse it was given (the pool), not on this thread, and once');
 });
 
+test('a kept view parsed without body-plain needs no second parse when the message has a text part, or no body at all', async () => {
+  for (const [raw, expected] of [
+    [Buffer.from('Subject: t\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nplain words\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>html words</p>\r\n--b--\r\n'), 'plain words'],
+    [Buffer.from('Subject: empty\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=a.bin\r\n\r\nAAAA\r\n'), ''],
+  ] as const) {
+    const asked: Array<{ plainText: boolean }> = [];
+    const parse = (r: Buffer, options: { plainText: boolean }) => (asked.push({ ...options }), parseInboundMessage(r, options));
+    const view = await new InboundViews(10_000).of('msg_b', raw, parse, { plainText: false });
+    const plain = await view.plainText();
+    assert.equal(plain.trim(), expected);
+    assert.equal(plain, (await parseInboundMessage(raw, { plainText: true })).plainText, 'what the parse would have rendered');
+    assert.deepEqual(asked, [{ plainText: false }], 'one parse');
+  }
+});
+
 // ---------- outcomes ----------
 
 test('action_mailbox outcomes: 204 delivered, 401/404 dead loudly, 415/422 dead, 5xx retry', () => {

@@ -29,12 +29,15 @@ export function inboundParseOf(ctx: Pick<FormatContext, 'parseInbound'>): ParseI
 
 /**
  * Parses a stored message for the service formats with `parse` (the parse pool in delivery; this thread when
- * absent). plainText() is the parse's own when `options.plainText` asked for it (Mailgun); otherwise its first call
- * runs one more parse, with `parse` too, that renders it: the rendering never runs on the caller's thread.
+ * absent). plainText() is the parse's own when `options.plainText` asked for it (Mailgun), or the text part;
+ * otherwise (HTML-only mail) its first call runs one more parse, with `parse` too, that renders it: the rendering
+ * never runs on the caller's thread.
  */
 export async function inboundView(raw: Buffer, parse: ParseInbound = parseInboundMessage, options: InboundParseOptions = { plainText: false }): Promise<InboundView> {
   const { plainText, ...fields } = await parse(raw, options);
-  let plain: Promise<string> | undefined = plainText === null ? undefined : Promise.resolve(plainText);
+  // Only HTML-only mail needs the rendering; otherwise plainText is the text part, or "" when there is neither.
+  const known = plainText ?? fields.text ?? (fields.html === null ? '' : null);
+  let plain: Promise<string> | undefined = known === null ? undefined : Promise.resolve(known);
   return {
     ...fields,
     plainText() {
