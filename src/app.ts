@@ -17,6 +17,7 @@ import type { PayloadMessageJson } from './parse/message.js';
 import type { ParseInbound } from './parse/inbound.js';
 import { parseNeeded } from './delivery/formats/index.js';
 import { buildHttpApp } from './http/server.js';
+import { listenError } from './core/listen.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
 
 export interface AppDeps {
@@ -123,7 +124,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
       const a = http.server.address();
       httpAddress = typeof a === 'object' && a ? { host: a.address, port: a.port } : { host: config.http.listen.host, port: config.http.listen.port };
     } catch (err) {
-      throw Object.assign(new Error(`cannot listen for HTTP on ${config.http.listen.host}:${config.http.listen.port}: ${(err as Error).message}; check http.listen`), { cause: err });
+      throw listenError('HTTP', config.http.listen, 'http.listen', err, config.fromEnvironment?.['http.listen']);
     }
     lifecycle.onStop('http', () => http.close());
 

@@ -25,7 +25,9 @@ export async function runServe(io: CliIo & { configFile: string }): Promise<numb
     app = await startApp({ config, log, clock: systemClock, random: Math.random });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
-    log.fatal({ err }, 'mailhook could not start');
+    // A problem of the configuration or the machine is its message alone; a stack only for mailhook's own faults.
+    if (err instanceof MailhookError && err.userFault) log.fatal({ code: err.code, reason: message }, 'mailhook could not start');
+    else log.fatal({ err }, 'mailhook could not start');
     io.stderr(`mailhook: could not start: ${message}\n`);
     return err instanceof MailhookError && err.userFault ? 2 : 1;
   }

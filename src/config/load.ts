@@ -49,6 +49,8 @@ export interface Config {
   imap: MailboxSettings[];
   /** where the configuration came from, for messages */
   source: string;
+  /** keys whose value an environment variable set (key path -> variable), for messages about them */
+  fromEnvironment?: Readonly<Record<string, string>>;
 }
 
 export type Env = Record<string, string | undefined>;
@@ -127,7 +129,9 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   const origins = applyEnvOverrides(data as Record<string, unknown>, env);
   if (opts.secretsOptional) standInMailboxSecrets(data as Record<string, unknown>);
   try {
-    return validateConfig(data as Record<string, unknown>, { ...opts, env });
+    const config = validateConfig(data as Record<string, unknown>, { ...opts, env });
+    config.fromEnvironment = Object.fromEntries(origins.filter((o) => !o.created).map((o) => [o.path, o.env]));
+    return config;
   } catch (err) {
     throw err instanceof ConfigError ? blameEnvironment(err, origins, opts.source) : err;
   }
@@ -222,7 +226,8 @@ function envSecret(env: Env, name: string): string | undefined {
 function applyEnvOverrides(data: Record<string, unknown>, env: Env): EnvOrigin[] {
   const origins: EnvOrigin[] = [];
   for (const o of ENV_OVERRIDES) {
-    const value = env[o.env];
+    // A secret is trimmed as envSecret trims a route's: one of only whitespace is not set.
+    const value = o.clears ? env[o.env]?.trim() : env[o.env];
     if (value === undefined || value === '') continue;
     let obj = data;
     o.path.slice(0, -1).forEach((part, i) => {

@@ -10,6 +10,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { MailhookError } from '../core/errors.js';
+import { listenError } from '../core/listen.js';
 import { waitWithGrace } from '../core/lifecycle.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
@@ -282,7 +283,8 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   const server = createSmtpServer({ ...options, hooks });
   const implicitServer = tls?.settings.implicit_listen ? createSmtpServer({ ...options, hooks, secure: true }) : undefined;
   const servers = implicitServer ? [server, implicitServer] : [server];
-  for (const s of servers) s.on('error', (err) => log.warn({ err }, 'smtp connection error'));
+  // Before listen() resolves, an error is the listener's (reported by listen() itself, see listenOn).
+  for (const s of servers) s.on('error', (err) => listening && log.warn({ err }, 'smtp connection error'));
   const reloader = tls ? new TlsReloader(tls.files, (m) => servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert })), log) : undefined;
   if (reloader && tls?.settings.watch) reloader.watch();
 
@@ -400,7 +402,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   let implicitAddress: { host: string; port: number } | undefined;
   function listenOn(s: SMTPServer, at: { host: string; port: number }, key: string): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(new MailhookError('CONFIG_INVALID', `cannot listen for SMTP on ${at.host}:${at.port}: ${err.message}; check ${key}`, { cause: err, userFault: true }));
+      const onError = (err: Error) => reject(listenError('SMTP', at, key, err, config.fromEnvironment?.[key]));
       s.server.once('error', onError);
       s.listen(at.port, at.host, () => {
         s.server.off('error', onError);

@@ -147,7 +147,13 @@ export function openDatabase(path: string): Db {
   }
   // Incremental auto-vacuum lets retention hand freed pages back to the file system. It only takes effect on a
   // database that has no tables yet, and before WAL mode writes the header; older spools get it by one VACUUM below.
-  db.pragma('auto_vacuum = INCREMENTAL');
+  try {
+    db.pragma('auto_vacuum = INCREMENTAL');
+  } catch (err) {
+    db.close();
+    if ((err as { code?: unknown }).code !== 'SQLITE_NOTADB') throw err;
+    throw new MailhookError('SPOOL_UNAVAILABLE', `spool.path ${path} is not a mailhook spool (${(err as Error).message}); point spool.path at the spool's database, or at a new file`, { cause: err, userFault: true });
+  }
   // WAL + synchronous=FULL: a commit is on disk (the WAL fsynced) when it returns; that is what 250 promises.
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');

@@ -119,6 +119,8 @@ test('the admin token: trimmed (a secret file or variable often ends in a newlin
   const token = 'k'.repeat(24);
   const c = loadConfigText(route(), { source: 't', baseDir: dir, env: { MAILHOOK_ADMIN_TOKEN: `${token}\n` } });
   assert.equal(c.http.adminToken?.reveal(), token);
+  // Only whitespace is not set, as for a route's secret variable.
+  assert.equal(loadConfigText(route(), { source: 't', baseDir: dir, env: { MAILHOOK_ADMIN_TOKEN: '   \n' } }).http.adminToken, undefined);
   assert.deepEqual(problems(`http:\n  admin_token: "correct horse battery staple"\n${route()}`), ['http.admin_token: must be one word, no spaces: it is sent as "Authorization: Bearer <token>"']);
   writeFileSync(join(dir, 'token'), 'two words here, sixteen plus\n');
   const f = problems(`http:\n  admin_token_file: ${join(dir, 'token')}\n${route()}`);

@@ -235,9 +235,34 @@ test('a port already in use is a clear start-up error', async (t) => {
     sink: true
 ` }).replace('listen: "127.0.0.1:0"\n  hostname', `listen: "127.0.0.1:${port}"\n  hostname`));
   const r = spawnSync(process.execPath, [BIN, 'serve', '--config', cfg], { encoding: 'utf8' });
+  // The HTTP port, set by the environment: the message names the variable.
+  const viaEnv = spawnSync(process.execPath, [BIN, 'serve', '--config', cfg], { encoding: 'utf8', env: { ...process.env, MAILHOOK_SMTP_LISTEN: '127.0.0.1:0', MAILHOOK_HTTP_LISTEN: `127.0.0.1:${port}` } });
   blocker.close();
-  assert.notEqual(r.status, 0);
-  assert.match(r.stderr, new RegExp(`cannot listen for SMTP on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE.*check smtp\\.listen`));
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`cannot listen for SMTP on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE.*another program .*; check smtp\\.listen\n`));
+  assert.equal(viaEnv.status, 2, viaEnv.stderr);
+  assert.match(viaEnv.stderr, new RegExp(`cannot listen for HTTP on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE.*; check http\\.listen, set by the environment variable MAILHOOK_HTTP_LISTEN\n`));
+  // A problem of the machine, not a bug: the log says it without a stack or a "connection error".
+  for (const out of [r.stdout, viaEnv.stdout]) {
+    assert.match(out, /mailhook could not start/);
+    assert.doesNotMatch(out, /"stack"|smtp connection error/);
+  }
+});
+
+test('a spool.path that is not a mailhook spool: exit 2 naming the key and the file', async (t) => {
+  const dir = owned(t).dir();
+  const cfg = join(dir, 'mailhook.yaml');
+  writeFileSync(cfg, configYaml({ dir, routes: `
+  - name: sink
+    addresses: ["*@app.test"]
+    sink: true
+` }));
+  const notSpool = join(dir, 'cert.pem');
+  writeFileSync(notSpool, '-----BEGIN CERTIFICATE-----\n' + 'QUJD'.repeat(200) + '\n-----END CERTIFICATE-----\n');
+  const r = spawnSync(process.execPath, [BIN, 'serve', '--config', cfg], { encoding: 'utf8', env: { ...process.env, MAILHOOK_SPOOL_PATH: notSpool } });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`spool\\.path ${notSpool.replace(/[.]/g, '\\.')} is not a mailhook spool \\(file is not a database\\)`));
+  assert.doesNotMatch(r.stdout, /"stack"/);
 });
 
 test('the shipped default config starts, accepts mail for *@localhost and lists it in the sink', async (t) => {
