@@ -92,7 +92,7 @@ export function configReferenceMarkdown(): string {
     '| --- | --- | --- | --- |',
   ];
   for (const r of rows) out.push(`| \`${r.key}\`${r.required ? ' (required)' : ''} | ${r.type} | ${r.def} | ${r.description} |`);
-  out.push('', '## Environment variables', '', 'Each overrides the key named beside it; use them for secrets and for listen addresses in containers.', '');
+  out.push('', '## Environment variables', '', 'Each overrides the key named beside it; use them for secrets and for listen addresses in containers. A variable that is set (and not empty; a secret of only whitespace counts as empty) wins over the file, including over the `*_file` key of the same secret.', '');
   out.push('| variable | overrides |', '| --- | --- |');
   for (const o of ENV_OVERRIDES) out.push(`| \`${o.env}\` | \`${o.description}\` |`);
   out.push(`| \`${routeSecretEnvName('NAME').replace('NAME', '<NAME>')}\` | \`routes[].webhook.secret\` of the route called \`<name>\` (upper-cased, other characters as \`_\`) |`);
