@@ -339,6 +339,11 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
       message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against the config reference (docs/configuration.md)`;
     } else if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
       message = `is required (${issue.expected})`;
+    } else if ((issue.code === 'too_small' || issue.code === 'too_big') && /^Too (small|big)/.test(issue.message) && (issue.origin === 'number' || issue.origin === 'int')) {
+      // zod's default for a number out of range ("Too small: expected number to be >0"), in the words of the others
+      const bound = Number(issue.code === 'too_small' ? issue.minimum : issue.maximum);
+      const inclusive = issue.inclusive !== false;
+      message = issue.code === 'too_small' ? `must be at least ${inclusive ? bound : bound + 1}` : `must be at most ${inclusive ? bound : bound - 1}`;
     } else if (!/^Invalid (input|option)/.test(issue.message)) {
       // the schema's own message
     } else if (issue.code === 'invalid_type') {

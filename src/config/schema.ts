@@ -18,6 +18,9 @@ export type ListenAddress = z.output<typeof listenAddress>;
 const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().nonnegative();
 /** The longest delay a Node.js timer takes; a longer one fires after 1 ms (and warns). */
+/** A URL key's problem: missing, or not an http(s) URL. */
+const URL_ERROR = (issue: { input?: unknown }): string => (issue.input === undefined ? 'is required: an http:// or https:// URL' : 'must be an http:// or https:// URL');
+
 export const MAX_TIMER_MS = 2_147_483_647;
 const TIMER_MESSAGE = `must be at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest timer Node.js can set`;
 /** Milliseconds that end up in a timer. */
@@ -178,7 +181,7 @@ export const FORMAT_SECRETS: Record<WebhookFormat, { kind: SecretKind; required:
 export const PER_RECIPIENT_FORMATS: ReadonlySet<WebhookFormat> = new Set<WebhookFormat>(['gitlab', 'mailgun', 'postmark']);
 
 const webhookSchema = z.strictObject({
-  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('where deliveries are POSTed'),
+  url: z.url({ protocol: /^https?$/, error: URL_ERROR }).describe('where deliveries are POSTed'),
   secret: z.string().min(1).optional().describe('signing secret (whsec_… for Standard Webhooks)'),
   secret_file: z.string().min(1).optional().describe('file holding the signing secret'),
   format: z.enum(WEBHOOK_FORMATS).default('json').describe('payload format'),
@@ -198,7 +201,7 @@ const addressPattern = z.string().superRefine((value, ctx) => {
 });
 
 const verifySchema = z.strictObject({
-  url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' }).describe('POSTed {type, route, address, key} at RCPT; 200/204 = exists, 404/410 = unknown, anything else 451 4.3.0. Signed with Standard Webhooks headers only when the route\'s webhook has a secret, keyed as its format reads it (json, raw: the whsec_ key; gitlab: GitLab\'s 32 bytes; action_mailbox, mailgun: the secret\'s UTF-8 bytes); unsigned for sink, postmark and sendgrid routes'),
+  url: z.url({ protocol: /^https?$/, error: URL_ERROR }).describe('POSTed {type, route, address, key} at RCPT; 200/204 = exists, 404/410 = unknown, anything else 451 4.3.0. Signed with Standard Webhooks headers only when the route\'s webhook has a secret, keyed as its format reads it (json, raw: the whsec_ key; gitlab: GitLab\'s 32 bytes; action_mailbox, mailgun: the secret\'s UTF-8 bytes); unsigned for sink, postmark and sendgrid routes'),
   timeout_ms: timerMs.default(2000).describe('time allowed for an answer; slower gets 451 4.3.0'),
   cache_ttl_s: nonNegativeInt.default(300).describe('seconds a yes or no is remembered; 0 asks every time'),
 });
@@ -226,7 +229,7 @@ export const routeSchema = z
 export const RECIPIENT_HEADERS = ['to', 'delivered-to', 'x-delivered-to', 'envelope-to', 'x-envelope-to', 'received', 'x-original-to', 'x-forwarded-to', 'cc'] as const;
 export type RecipientHeader = (typeof RECIPIENT_HEADERS)[number];
 
-const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' });
+const httpUrl = z.url({ protocol: /^https?$/, error: URL_ERROR });
 
 const oauth2Schema = z.strictObject({
   grant: z.enum(['client_credentials', 'refresh_token']).describe('client_credentials (Office 365: an app registration with IMAP.AccessAsApp) or refresh_token (Gmail: a stored refresh token)'),

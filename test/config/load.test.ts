@@ -137,6 +137,14 @@ test('durations and timeouts longer than a Node.js timer can wait are refused, n
   assert.equal(loadConfigText(`spool:\n  retention:\n    interval: 3w\n${route()}`, { source: 't', baseDir: tempDir(), env: {} }).spool.retention.interval, 3 * 604_800_000);
 });
 
+test('numbers out of range and a missing URL are told in words, not as zod\'s defaults', () => {
+  assert.deepEqual(problems(`smtp:\n  max_recipients: 0\n${route()}`), ['smtp.max_recipients: must be at least 1']);
+  assert.deepEqual(problems(`delivery:\n  parse_threads: 17\n${route()}`), ['delivery.parse_threads: must be at most 16']);
+  assert.deepEqual(problems(`delivery:\n  concurrency: -1\n${route()}`), ['delivery.concurrency: must be at least 1']);
+  const missing = problems(`routes:\n  - name: r\n    addresses: ["a@x.test"]\n    webhook:\n      secret: "${'s'.repeat(32)}"\n`);
+  assert.deepEqual(missing, ['routes[0].webhook.url: is required: an http:// or https:// URL']);
+});
+
 test('format gitlab with a URL that is not one: a problem naming the key, not a crash', () => {
   const p = problems(`routes:\n  - name: gl\n    addresses: ["incoming+%{key}@x.test"]\n    webhook: { url: "not a url", format: gitlab, secret: "${'s'.repeat(32)}" }\n`);
   assert.equal(p.length, 1, p.join('\n'));
