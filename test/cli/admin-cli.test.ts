@@ -101,7 +101,7 @@ describe('mailhook CLI against a running server', () => {
     assert.match(paged.err, /^more: add --cursor \S+$/m);
     const bad = await mailhook(['messages', 'list', '--status', 'lost', ...conn], env);
     assert.equal(bad.code, 1);
-    assert.match(bad.err, /^mailhook: querystring\/status must be equal to one of the allowed values/);
+    assert.match(bad.err, /^mailhook: query parameter status must be one of "pending", "delivering", "delivered", "dead", "dropped"\n/);
   });
 
   test('messages show and raw', async () => {

@@ -90,6 +90,8 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   // fastify's validator silently drops properties a schema does not list; an operator's typo must be an error instead.
   api.addHook('preValidation', async (req) => {
     const schema = req.routeOptions.schema as { querystring?: { properties?: object }; body?: { properties?: object } } | undefined;
+    // A POST without a body (curl -X POST …) takes the defaults, as an empty JSON object would.
+    if (schema?.body && req.body === undefined) req.body = {};
     rejectUnknown('query parameter', req.query, schema?.querystring?.properties);
     rejectUnknown('body field', req.body, schema?.body?.properties);
   });
@@ -105,7 +107,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       log.error({ err, url: req.url }, 'admin API error');
       return reply.code(500).send({ error: 'internal_error', message: 'internal error; see the mailhook log' });
     }
-    return reply.code(status).send({ error: ERROR_NAMES[status] ?? 'bad_request', message: err.message });
+    return reply.code(status).send({ error: ERROR_NAMES[status] ?? 'bad_request', message: validationMessage(err) ?? err.message });
   });
   api.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'not_found', message: `no admin API route ${req.method} ${req.url.split('?')[0]}; see /api/openapi.json` }));
 
@@ -324,6 +326,29 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     doc ??= buildOpenApi(routes, { title: 'mailhook admin API', version: packageVersion() }, { Problem: S.problem });
     return doc;
   });
+}
+
+interface AjvIssue {
+  instancePath?: string;
+  keyword?: string;
+  params?: { allowedValues?: unknown[] };
+  message?: string;
+}
+
+/**
+ * A schema validation failure in the words of the other refusals: the values an enum allows, a missing body
+ * named as such (fastify's defaults: "querystring/status must be equal to one of the allowed values", "body must
+ * be object"). Undefined for any other error, which keeps its own message. Pure.
+ */
+export function validationMessage(err: { validation?: unknown; validationContext?: unknown }): string | undefined {
+  if (!Array.isArray(err.validation) || err.validation.length === 0) return undefined;
+  const issue = err.validation[0] as AjvIssue;
+  const context = typeof err.validationContext === 'string' ? err.validationContext : 'request';
+  const field = (issue.instancePath ?? '').replace(/^\//, '').replace(/\//g, '.');
+  const where = context === 'querystring' ? `query parameter ${field}` : context === 'body' ? (field ? `body field ${field}` : 'the body') : `${context} ${field}`.trim();
+  if (issue.keyword === 'enum' && Array.isArray(issue.params?.allowedValues)) return `${where} must be one of ${issue.params.allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
+  if (issue.keyword === 'type' && context === 'body' && !field) return 'the request needs a JSON object body (Content-Type: application/json), {} for the defaults';
+  return undefined;
 }
 
 function rejectUnknown(what: string, value: unknown, properties: object | undefined): void {
