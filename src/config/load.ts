@@ -110,7 +110,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   // merge: YAML merge keys (<<: *anchor), bounded like any alias by toJS's maxAliasCount.
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) {
-    throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: `YAML syntax: ${e.message.split('\n')[0]}` })));
+    throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: `YAML syntax: ${(e.message.split('\n')[0] ?? '').replace(/:\s*$/, '')}` })));
   }
   const yamlProblems = yamlDocumentProblems(doc);
   if (yamlProblems.length > 0) throw new ConfigError(opts.source, yamlProblems);

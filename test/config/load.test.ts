@@ -152,7 +152,7 @@ test('format gitlab with a URL that is not one: a problem naming the key, not a 
 });
 
 test('YAML syntax errors and a missing file are reported, not thrown raw', () => {
-  assert.match(problems('routes: [\n')[0]!, /YAML syntax/);
+  assert.match(problems('routes: [\n')[0]!, /^: YAML syntax: .* at line 2, column 1$/);
   assert.throws(() => loadConfigFile('/nonexistent/mailhook.yaml', {}, '/'), (err: unknown) => err instanceof ConfigError && /no such file/.test(err.message));
 });
 
