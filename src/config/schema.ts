@@ -229,7 +229,14 @@ export const routeSchema = z
 export const RECIPIENT_HEADERS = ['to', 'delivered-to', 'x-delivered-to', 'envelope-to', 'x-envelope-to', 'received', 'x-original-to', 'x-forwarded-to', 'cc'] as const;
 export type RecipientHeader = (typeof RECIPIENT_HEADERS)[number];
 
-const httpUrl = z.url({ protocol: /^https?$/, error: URL_ERROR });
+/**
+ * An OAuth or Graph endpoint: http(s), without a user or password (undici sends none of them, and messages about the
+ * endpoint would show them; the client secret has keys of its own).
+ */
+const httpUrl = z.url({ protocol: /^https?$/, error: URL_ERROR }).refine((url) => {
+  const u = new URL(url);
+  return u.username === '' && u.password === '';
+}, 'must not carry a user or password (https://user:pass@…): they would not be sent; give the client secret as client_secret or client_secret_file');
 
 const oauth2Schema = z.strictObject({
   grant: z.enum(['client_credentials', 'refresh_token']).describe('client_credentials (Office 365: an app registration with IMAP.AccessAsApp) or refresh_token (Gmail: a stored refresh token)'),

@@ -4,6 +4,7 @@ import { request, type Dispatcher } from 'undici';
 import type { Clock } from '../core/clock.js';
 import type { Secret } from '../config/secret.js';
 import { MailboxError } from './errors.js';
+import { endpointOf } from '../core/url.js';
 
 export interface TokenProvider {
   /** A token valid for a while yet (fetched or refreshed as needed). */
@@ -90,7 +91,7 @@ export class OAuthTokenProvider implements TokenProvider {
       status = res.statusCode;
       text = await res.body.text();
     } catch (err) {
-      throw new MailboxError('OAUTH_TOKEN_FAILED', `cannot reach the token endpoint ${s.tokenUrl}: ${(err as Error).message}`, { cause: err, userFault: false });
+      throw new MailboxError('OAUTH_TOKEN_FAILED', `cannot reach the token endpoint ${endpointOf(s.tokenUrl)}: ${(err as Error).message}`, { cause: err, userFault: false });
     }
     let body: Record<string, unknown> = {};
     try {
@@ -101,7 +102,7 @@ export class OAuthTokenProvider implements TokenProvider {
     if (status !== 200 || typeof body.access_token !== 'string') {
       // RFC 6749 §5.2 error response: error and error_description name the problem (never a secret).
       const why = typeof body.error === 'string' ? `${body.error}${typeof body.error_description === 'string' ? `: ${body.error_description.split('\n')[0]}` : ''}` : `HTTP ${status}`;
-      throw new MailboxError('OAUTH_TOKEN_FAILED', `the token endpoint ${s.tokenUrl} refused the ${s.grant} grant (${why}); check client_id, the secret${s.grant === 'refresh_token' ? ', the refresh token' : ''} and the scope`, {
+      throw new MailboxError('OAUTH_TOKEN_FAILED', `the token endpoint ${endpointOf(s.tokenUrl)} refused the ${s.grant} grant (${why}); check client_id, the secret${s.grant === 'refresh_token' ? ', the refresh token' : ''} and the scope`, {
         userFault: status >= 400 && status < 500,
       });
     }

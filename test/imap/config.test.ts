@@ -117,6 +117,15 @@ test('every problem is reported at once, named by its key path, with the fix', (
   has(/^imap\[4\]\.host: applies to inbox_method: imap only/);
 });
 
+test('an OAuth or Graph endpoint with a user or password in it is refused, without repeating them', () => {
+  const p = problems(
+    `  - name: a\n    host: h\n    user: u\n    oauth2: { grant: client_credentials, client_id: c, client_secret: s, token_url: "https://app:TopSecret1@idp.test/token" }\n` +
+      `  - name: g\n    inbox_method: microsoft_graph\n    user: u\n    inbox_options: { tenant_id: t, client_id: c, client_secret: s, graph_endpoint: "https://x:TopSecret2@graph.test", azure_ad_endpoint: "https://y:TopSecret3@login.test" }\n`,
+  );
+  const fix = 'must not carry a user or password (https://user:pass@…): they would not be sent; give the client secret as client_secret or client_secret_file';
+  assert.deepEqual(p.sort(), [`imap[0].oauth2.token_url: ${fix}`, `imap[1].inbox_options.azure_ad_endpoint: ${fix}`, `imap[1].inbox_options.graph_endpoint: ${fix}`]);
+});
+
 test('cross-checks after the schema: unique names, known routes, readable secret files', () => {
   const p = problems(`  - name: a\n    host: h\n    user: u\n    password: p\n  - name: a\n    host: h\n    user: u\n    password_file: /nonexistent/pw\n    unmatched: route:nowhere\n`);
   assert.deepEqual(p.sort(), [

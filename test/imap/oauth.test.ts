@@ -105,6 +105,9 @@ test('refusals and unreachable endpoints become OAUTH_TOKEN_FAILED without the s
   });
   const revoked = new OAuthTokenProvider({ grant: 'refresh_token', tokenUrl: `${as.url}/token`, clientId: 'gmail', clientSecret: new Secret('gmail-secret'), refreshToken: new Secret('rt-unknown'), scope: undefined }, { clock });
   await assert.rejects(revoked.token(), /invalid_grant: Token has been expired or revoked/);
-  const down = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: 'http://127.0.0.1:9/token', clientId: 'app', clientSecret: new Secret('x'), refreshToken: undefined, scope: undefined }, { clock });
-  await assert.rejects(down.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED' && !err.userFault && /cannot reach the token endpoint/.test(err.message));
+  const down = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: 'http://127.0.0.1:9/token?client_secret=InTheQuery', clientId: 'app', clientSecret: new Secret('x'), refreshToken: undefined, scope: undefined }, { clock });
+  await assert.rejects(down.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED' && !err.userFault && /cannot reach the token endpoint http:\/\/127\.0\.0\.1:9\/token: /.test(err.message) && !err.message.includes('InTheQuery'));
+  // The endpoint is named by origin and path: a query string (which can hold a secret) is not repeated.
+  const queried = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: `${as.tokenUrl()}?tenant_key=InTheQuery`, clientId: 'app', clientSecret: new Secret('not-the-secret'), refreshToken: undefined, scope: undefined }, { clock });
+  await assert.rejects(queried.token(), (err: unknown) => err instanceof MailboxError && /refused the client_credentials grant/.test(err.message) && !err.message.includes('InTheQuery'));
 });

@@ -14,6 +14,7 @@ import { authenticate, issueSession, sessionCookie, SESSION_COOKIE } from './aut
 import { buildOpenApi, type RouteDoc } from './openapi.js';
 import * as S from './schemas.js';
 import { constantTimeEqual } from '../server.js';
+import { endpointOf } from '../../core/url.js';
 
 /** One IMAP mailbox's state as the bridge reports it; any further fields are shown as they are. */
 export interface MailboxState {
@@ -381,14 +382,6 @@ function windowMs(window: string): number {
 }
 
 /** The webhook URL as it is safe to show: no credentials, no query (tokens live there). */
-function endpointOf(url: string): string {
-  try {
-    const u = new URL(url);
-    return `${u.protocol}//${u.host}${u.pathname}`;
-  } catch {
-    return '(invalid URL)';
-  }
-}
 
 function formatAddress(a: { address: string; name: string }): string {
   return a.name ? `${a.name} <${a.address}>` : a.address;
