@@ -110,7 +110,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   // merge: YAML merge keys (<<: *anchor), bounded like any alias by toJS's maxAliasCount.
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) {
-    throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: `YAML syntax: ${(e.message.split('\n')[0] ?? '').replace(/:\s*$/, '')}` })));
+    throw new ConfigError(opts.source, doc.errors.map((e) => ({ path: '', message: yamlSyntaxMessage(e) })));
   }
   const yamlProblems = yamlDocumentProblems(doc);
   if (yamlProblems.length > 0) throw new ConfigError(opts.source, yamlProblems);
@@ -182,6 +182,25 @@ function yamlDocumentProblems(doc: Document): ConfigProblem[] {
     problems.push({ path: at?.path ?? '', message });
   }
   return problems;
+}
+
+/**
+ * The yaml library's messages that quote the file's text (a block scalar header, a tag, an escape sequence, a
+ * value's first character), which can be part of a secret: said without it, with what to do instead.
+ */
+const QUOTING_YAML_ERRORS: ReadonlyArray<[RegExp, string]> = [
+  [/^Block scalar header includes extra characters/, 'a value starting with "|" or ">" is a block scalar header; if the "|" or ">" is part of the value, quote the value'],
+  [/^(Unresolved|Could not resolve) tag/, 'a value starting with "!" is a YAML tag; if the "!" is part of the value, quote the value'],
+  [/^Invalid escape sequence/, 'an invalid escape sequence in a double-quoted value; use single quotes, or write a backslash as \\\\'],
+  [/^Plain value cannot start with/, 'a value cannot start with this character unquoted; quote the value'],
+];
+
+/** A YAML syntax error by its position and kind, never by the text of the file around it. */
+function yamlSyntaxMessage(e: { message: string; linePos?: ReadonlyArray<{ line: number; col: number }> }): string {
+  const text = (e.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?\s*$/, '');
+  const at = e.linePos?.[0] ? ` at line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '';
+  const quoting = QUOTING_YAML_ERRORS.find(([re]) => re.test(text));
+  return `YAML syntax${at}: ${quoting ? quoting[1] : text}`;
 }
 
 /** "routes[0].webhook.secret" for a node, from the ancestors visit() passes (Document, maps, pairs, sequences). */

@@ -152,7 +152,14 @@ test('format gitlab with a URL that is not one: a problem naming the key, not a 
 });
 
 test('YAML syntax errors and a missing file are reported, not thrown raw', () => {
-  assert.match(problems('routes: [\n')[0]!, /^: YAML syntax: .* at line 2, column 1$/);
+  assert.match(problems('routes: [\n')[0]!, /^: YAML syntax at line 2, column 1: Flow sequence .*end with a \]$/);
+  // Messages that would quote the file (the value may be a secret) say what is wrong without it.
+  for (const value of ['|S3cretPassw0rd', '!e!S3cretPassw0rd', '"ab\\qS3cretPassw0rd"', '@S3cretPassw0rd', '>S3cretPassw0rd']) {
+    const [p, ...more] = problems(`http:\n  admin_token: ${value}\n`);
+    assert.deepEqual(more, [], value);
+    assert.match(p!, /^: YAML syntax at line 2, column \d+: .*quote the value|^: YAML syntax at line 2, column \d+: an invalid escape sequence/, value);
+    assert.ok(!p!.includes('S3cret'), `${value}: ${p}`);
+  }
   assert.throws(() => loadConfigFile('/nonexistent/mailhook.yaml', {}, '/'), (err: unknown) => err instanceof ConfigError && /no such file/.test(err.message));
 });
 
