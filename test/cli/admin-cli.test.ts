@@ -177,6 +177,11 @@ describe('mailhook CLI against a running server', () => {
     const down = await mailhook(['messages', 'list', '--url', `http://127.0.0.1:${port}`], env);
     assert.equal(down.code, 69);
     assert.match(down.err, new RegExp(`cannot reach mailhook at http://127\\.0\\.0\\.1:${port}: ECONNREFUSED`));
+    // A user and password in the URL: refused without repeating them.
+    const creds = await mailhook(['messages', 'list', '--url', 'http://ops:ProxyPassw0rd@127.0.0.1:9'], env);
+    assert.equal(creds.code, 2);
+    assert.match(creds.err, /^mailhook: --url \(or MAILHOOK_URL\) must not carry a user or password/);
+    assert.ok(!creds.err.includes('ProxyPassw0rd'), creds.err);
     const vague = await mailhook(['replay', ...conn], env);
     assert.equal(vague.code, 2);
     assert.match(vague.err, /say what to replay/);

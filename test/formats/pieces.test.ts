@@ -215,6 +215,9 @@ test('action_mailbox body: one X-Original-To per recipient before the untouched 
   const raw = Buffer.from('Subject: x\r\n\r\nbody\xff', 'latin1');
   const body = actionMailboxBody({ raw, delivery: { recipients: [{ address: 'a@in.test', key: null }, { address: 'b+k@in.test', key: 'k' }] } as never });
   assert.deepEqual(body, Buffer.concat([Buffer.from('X-Original-To: a@in.test\r\nX-Original-To: b+k@in.test\r\n'), raw]));
+  // A control character a catch-all accepted in a local part does not reach the header line.
+  const odd = actionMailboxBody({ raw, delivery: { recipients: [{ address: 'a\x01b\x1b[2Jc@in.test', key: null }] } as never });
+  assert.equal(odd.subarray(0, odd.length - raw.length).toString(), 'X-Original-To: ab[2Jc@in.test\r\n');
 });
 
 test('sendgrid SPF/dkim: taken from recorded results when present, otherwise "none" and "{}"', () => {

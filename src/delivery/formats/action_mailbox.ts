@@ -13,7 +13,9 @@ export const ACTION_MAILBOX_USER = 'actionmailbox';
  * Postmark ingresses prepend the same header from the envelope.
  */
 export function actionMailboxBody(ctx: Pick<FormatContext, 'raw' | 'delivery'>): Buffer {
-  const trace = ctx.delivery.recipients.map((r) => `X-Original-To: ${r.address}\r\n`).join('');
+  // Control characters (a catch-all takes any local part; smtp-server only keeps out CR, LF and spaces) are dropped,
+  // as in the gitlab format's trace fields: a header line holds none.
+  const trace = ctx.delivery.recipients.map((r) => `X-Original-To: ${r.address.replace(/[\x00-\x1f\x7f]/g, '')}\r\n`).join('');
   return Buffer.concat([Buffer.from(trace, 'utf8'), ctx.raw]);
 }
 
