@@ -381,8 +381,6 @@ function windowMs(window: string): number {
   return ms;
 }
 
-/** The webhook URL as it is safe to show: no credentials, no query (tokens live there). */
-
 function formatAddress(a: { address: string; name: string }): string {
   return a.name ? `${a.name} <${a.address}>` : a.address;
 }
