@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { parseDocument, visit, isPair, isSeq, isScalar, isAlias, type Document, type Node as YamlNode } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigProblem, isErrnoException } from '../core/errors.js';
+import { hasCredentials } from '../core/url.js';
 import { templateIdentity, parseAddressTemplate } from '../routing/template.js';
 import { configSchema, routeSchema, isPlaceholderToken, PLACEHOLDER_TOKEN_MESSAGE, FORMAT_OPTIONS, FORMAT_SECRETS, type FormatOptionKey, type SecretKind, type RawConfig, type RouteConfig, type WebhookConfig, type ListenAddress } from './schema.js';
 import { Secret, decodeWebhookSecret } from './secret.js';
@@ -526,12 +527,6 @@ const URL_CREDENTIAL_FIX: Partial<Record<WebhookConfig['format'], string>> = {
   gitlab: 'GitLab authenticates requests by the JWT signed with webhook.secret',
   action_mailbox: 'the ingress password is webhook.secret (sent as Basic auth, user actionmailbox)',
 };
-
-function hasCredentials(url: string): boolean {
-  if (!URL.canParse(url)) return false;
-  const u = new URL(url);
-  return u.username !== '' || u.password !== '';
-}
 
 /** smtp.tls file paths resolved against the working directory and readable; settings that need each other. */
 function resolveSmtpChecks(raw: RawConfig, baseDir: string, problems: ConfigProblem[], fileProblems: ConfigProblem[]): RawConfig['smtp']['tls'] {

@@ -2,6 +2,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseAddressTemplate } from '../routing/template.js';
+import { hasCredentials } from '../core/url.js';
 
 /** "host:port" or "[v6]:port"; port 0 picks a free port (tests). */
 export const listenAddress = z.string().transform((value, ctx) => {
@@ -233,10 +234,7 @@ export type RecipientHeader = (typeof RECIPIENT_HEADERS)[number];
  * An OAuth or Graph endpoint: http(s), without a user or password (undici sends none of them, and messages about the
  * endpoint would show them; the client secret has keys of its own).
  */
-const httpUrl = z.url({ protocol: /^https?$/, error: URL_ERROR }).refine((url) => {
-  const u = new URL(url);
-  return u.username === '' && u.password === '';
-}, 'must not carry a user or password (https://user:pass@…): they would not be sent; give the client secret as client_secret or client_secret_file');
+const httpUrl = z.url({ protocol: /^https?$/, error: URL_ERROR }).refine((url) => !hasCredentials(url), 'must not carry a user or password (https://user:pass@…): they would not be sent; give the client secret as client_secret or client_secret_file');
 
 const oauth2Schema = z.strictObject({
   grant: z.enum(['client_credentials', 'refresh_token']).describe('client_credentials (Office 365: an app registration with IMAP.AccessAsApp) or refresh_token (Gmail: a stored refresh token)'),
