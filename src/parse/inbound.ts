@@ -1,7 +1,6 @@
 // MIME → what the hosted-service formats (Mailgun, Postmark, SendGrid) read: decoded fields, bodies, attachments as bytes. Plain data, so a parse thread can hand it back.
-import { simpleParser } from 'mailparser';
 import { headerValue, parseHeaderSection, type HeaderField } from './headers.js';
-import { flattenAddresses, textOf } from './message.js';
+import { flattenAddresses, parseMime, textOf } from './message.js';
 
 export interface Address {
   address: string;
@@ -52,11 +51,9 @@ export interface InboundParseOptions {
 /** The parse itself: a thread of the parse pool, or the calling thread (see ParsePool.parseInbound). */
 export type ParseInbound = (raw: Buffer, options: InboundParseOptions) => Promise<InboundMessage>;
 
-const PARSE_OPTIONS = { skipHtmlToText: true, skipTextToHtml: true, skipImageLinks: true, keepCidLinks: true } as const;
-
 /** Parses a stored message for the service formats: charsets decoded to Unicode in every field, attachments as bytes. */
 export async function parseInboundMessage(raw: Buffer, options: InboundParseOptions): Promise<InboundMessage> {
-  const p = await simpleParser(raw, PARSE_OPTIONS);
+  const p = await parseMime(raw);
   const section = parseHeaderSection(raw);
   const h = (name: string) => headerValue(section.fields, name)?.value ?? '';
   return {

@@ -46,14 +46,21 @@ export async function parseMessageJson(raw: Buffer): Promise<PayloadMessageJson>
 }
 
 /**
+ * mailparser as every payload parses with it: no HTML rendering of its own (it covers only HTML at the root of the
+ * tree, not Gmail's multipart/related; renderHtmlAsText does that where needed), no text-to-HTML, cid: links kept.
+ */
+export function parseMime(raw: Buffer): Promise<ParsedMail> {
+  return simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: true, keepCidLinks: true });
+}
+
+/**
  * Parses a stored message; character sets are decoded to UTF-8, the raw bytes are left to the caller. An HTML-only
  * message's text is a rendering of its HTML (renderHtmlAsText), wherever the HTML sits in the MIME tree; with
  * `htmlToText: false` it gets none (text null): that rendering is most of the time a large HTML body takes (seconds
  * for 10 MB), and a summary does not need it.
  */
 export async function parseMessage(raw: Buffer, options: { htmlToText?: boolean } = {}): Promise<{ parsed: ParsedMail; message: PayloadMessage }> {
-  // mailparser's own rendering covers only HTML at the root of the tree (not Gmail's multipart/related): skipped.
-  const parsed = await simpleParser(raw, { skipImageLinks: true, skipTextToHtml: true, skipHtmlToText: true, keepCidLinks: true });
+  const parsed = await parseMime(raw);
   return { parsed, message: toPayloadMessage(parsed, options.htmlToText !== false) };
 }
 
