@@ -69,7 +69,7 @@ export function resolveConnection(opts: ConnectionOptions, env: Env, cwd: string
   const url = (opts.url ?? env.MAILHOOK_URL ?? fromConfig?.url ?? 'http://127.0.0.1:8025').replace(/\/+$/, '');
   // Not repeated: the user and password in it are a secret, and fetch() refuses such a URL anyway.
   if (hasCredentials(url)) throw new CliError('--url (or MAILHOOK_URL) must not carry a user or password (http://user:pass@…): the admin API takes its token from --token-file, MAILHOOK_ADMIN_TOKEN or --config', 2);
-  if (!/^https?:\/\/[^/]+$/.test(url)) throw new CliError(`--url must be the listener's base URL, like http://127.0.0.1:8025 (got "${url}")`, 2);
+  if (!/^https?:\/\/[^/]+$/.test(url) || !URL.canParse(url)) throw new CliError(`--url must be the listener's base URL, like http://127.0.0.1:8025 (got "${url.replace(/\/\/[^/]*@/, '//…@')}")`, 2);
   return { url, token, smtp: fromConfig?.smtp };
 }
 

@@ -182,6 +182,10 @@ describe('mailhook CLI against a running server', () => {
     assert.equal(creds.code, 2);
     assert.match(creds.err, /^mailhook: --url \(or MAILHOOK_URL\) must not carry a user or password/);
     assert.ok(!creds.err.includes('ProxyPassw0rd'), creds.err);
+    // Not a URL at all (a port past 65535): a usage error, with a user and password in it not repeated either.
+    const badPort = await mailhook(['messages', 'list', '--url', 'http://ops:ProxyPassw0rd@127.0.0.1:99999'], env);
+    assert.equal(badPort.code, 2);
+    assert.equal(badPort.err, 'mailhook: --url must be the listener\'s base URL, like http://127.0.0.1:8025 (got "http://…@127.0.0.1:99999")\n');
     const vague = await mailhook(['replay', ...conn], env);
     assert.equal(vague.code, 2);
     assert.match(vague.err, /say what to replay/);
