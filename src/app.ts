@@ -15,7 +15,7 @@ import { DeliveryWorker } from './delivery/worker.js';
 import { ParsePool, type ParsePoolOptions } from './parse/pool.js';
 import type { PayloadMessageJson } from './parse/message.js';
 import type { ParseInbound } from './parse/inbound.js';
-import { parseNeeded } from './delivery/formats/index.js';
+import { createFormats, parseNeeded } from './delivery/formats/index.js';
 import { buildHttpApp } from './http/server.js';
 import { listenError } from './core/listen.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
@@ -80,8 +80,9 @@ export async function startApp(deps: AppDeps): Promise<App> {
 
     // Registered before delivery, so it stops after it. Threads only when a route's format parses messages and
     // no parser of that kind was passed in.
+    const formats = createFormats();
     const parsing = config.routes.some((r) => {
-      const needed = r.webhook && parseNeeded(r.webhook);
+      const needed = r.webhook && parseNeeded(r.webhook, formats);
       return (needed === 'json' && !deps.parse) || (needed === 'inbound' && !deps.parseInbound);
     });
     const parsePool = new ParsePool({
@@ -102,6 +103,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
       dispatcher,
       parse: deps.parse ?? ((raw) => parsePool.parse(raw)),
       parseInbound: deps.parseInbound ?? ((raw, options) => parsePool.parseInbound(raw, options)),
+      formats,
       settleCoalesceMs: deps.settleCoalesceMs,
       preparedMaxAgeMs: deps.preparedMaxAgeMs,
     });

@@ -31,6 +31,8 @@ export interface WorkerDeps {
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
   /** parses messages for the mailgun, postmark and sendgrid formats off the event loop (the parse pool); on this thread when absent */
   parseInbound?: ParseInbound;
+  /** the payload formats (createFormats), made here when absent */
+  formats?: Formats;
   /** how long finished attempts may wait to be recorded together (settleDelayMs); SETTLE_COALESCE_MS when absent */
   settleCoalesceMs?: number;
   /** a prepared request that waited longer than this for its slot is encoded again; PREPARED_MAX_AGE_MS when absent */
@@ -138,9 +140,10 @@ export class DeliveryWorker {
   /** the webhook URLs in use, parsed once each */
   private readonly targets = new WebhookTargets();
   /** the payload formats, with their cache of the message last parsed for the service formats (InboundViews) */
-  private readonly formats: Formats = createFormats();
+  private readonly formats: Formats;
 
   constructor(private readonly deps: WorkerDeps) {
+    this.formats = deps.formats ?? createFormats();
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
     this.leaseMs = leaseDurationMs(deps.config);
     this.monotonic = deps.monotonic ?? (() => performance.now());

@@ -14,7 +14,8 @@ import { authenticationFields } from '../../src/delivery/formats/sendgrid.js';
 import { classifyStatus } from '../../src/delivery/classify.js';
 import { createFormats } from '../../src/delivery/formats/index.js';
 import { parseInboundMessage } from '../../src/parse/inbound.js';
-import { WEBHOOK_FORMATS } from '../../src/config/schema.js';
+import { FORMAT_OPTIONS, WEBHOOK_FORMATS } from '../../src/config/schema.js';
+import { parseMessageJson } from '../../src/parse/message.js';
 import { ConfigError } from '../../src/core/errors.js';
 import { parseTestConfig, tempDir } from '../helpers/app.js';
 import { counterBytes, fixture, formatContext } from './support.js';
@@ -290,6 +291,33 @@ test('the service formats parse with the context\'s inbound parse (the parse poo
   await encode('mailgun', { mime: true });
   await encode('sendgrid', { send_raw: true });
   assert.equal(asked.length, 2, 'mime and send_raw read only the header section');
+});
+
+test('every format asks the context for exactly the parse its parses() names, for every combination of options (the parse pool starts threads by it)', async () => {
+  const key = Buffer.from('key-abc');
+  const recipients = [{ address: 'reply+h1@mg.test', key: 'h1' }];
+  const optionKeys = Object.keys(FORMAT_OPTIONS) as Array<keyof typeof FORMAT_OPTIONS>;
+  let checked = 0;
+  for (const name of ['html-related.eml', 'latin1-reply.eml']) {
+    const raw = fixture(name);
+    for (const format of WEBHOOK_FORMATS) {
+      for (let bits = 0; bits < 1 << optionKeys.length; bits++) {
+        const options = Object.fromEntries(optionKeys.map((k, i) => [k, (bits & (1 << i)) !== 0])) as Record<keyof typeof FORMAT_OPTIONS, boolean>;
+        const asked = new Set<string>();
+        // A fresh set each time: a view kept from an earlier encode would hide a parse.
+        const formats = createFormats({ randomBytes: counterBytes() });
+        await formats[format].encode({
+          ...formatContext(raw, { recipients, webhook: { format, signingKeyBytes: key, options } }),
+          parse: (r) => (asked.add('json'), parseMessageJson(r)),
+          parseInbound: (r, o) => (asked.add('inbound'), parseInboundMessage(r, o)),
+        });
+        const declared = formats[format].parses(options);
+        assert.deepEqual([...asked], declared === undefined ? [] : [declared], `${format} ${JSON.stringify(options)} (${name})`);
+        checked++;
+      }
+    }
+  }
+  assert.equal(checked, 2 * WEBHOOK_FORMATS.length * 8);
 });
 
 test('a kept view parsed without body-plain (postmark first) renders it with the same parse when mailgun asks, once', async () => {

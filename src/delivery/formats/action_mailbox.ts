@@ -40,6 +40,7 @@ export function classifyActionMailbox(status: number): Outcome | undefined {
 
 export const actionMailboxFormat: PayloadFormat = {
   name: 'action_mailbox',
+  parses: () => undefined,
   async encode(ctx) {
     const password = requireSecret(ctx.webhook.signingKeyBytes, 'action_mailbox', "the Action Mailbox ingress password").toString('utf8');
     // Credentials written into the URL are not used: the ingress password is the route's secret.

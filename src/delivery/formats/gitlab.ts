@@ -114,6 +114,7 @@ export function classifyGitlabStatus(status: number): Outcome | undefined {
 
 export const gitlabFormat: PayloadFormat = {
   name: 'gitlab',
+  parses: () => undefined,
   async encode(ctx) {
     const key = ctx.webhook.signingKeyBytes;
     if (!key) throw new Error("format gitlab needs GitLab's secret (webhook.secret_file pointing at gitlab_incoming_email_secret)");

@@ -11,7 +11,7 @@ import { createPostmarkFormat } from './postmark.js';
 import { rawFormat } from './raw.js';
 import { createSendgridFormat } from './sendgrid.js';
 import type { RandomBytes } from './multipart.js';
-import type { PayloadFormat } from './types.js';
+import type { ParseKind, PayloadFormat } from './types.js';
 
 export type Formats = Record<WebhookFormat, PayloadFormat>;
 
@@ -33,23 +33,7 @@ export function createFormats(deps: { randomBytes?: RandomBytes; views?: Inbound
   };
 }
 
-/**
- * Which parse a webhook's payload needs: the json message (FormatContext.parse), the service formats' inbound view
- * (FormatContext.parseInbound), or none (raw, gitlab, action_mailbox, and Mailgun mime / SendGrid send_raw, which
- * read only the header section). The parse pool starts threads only when some route needs one it does not get
- * from elsewhere.
- */
-export function parseNeeded(webhook: Pick<ResolvedWebhook, 'format' | 'options'>): 'json' | 'inbound' | undefined {
-  switch (webhook.format) {
-    case 'json':
-      return 'json';
-    case 'postmark':
-      return 'inbound';
-    case 'mailgun':
-      return webhook.options.mime ? undefined : 'inbound';
-    case 'sendgrid':
-      return webhook.options.send_raw ? undefined : 'inbound';
-    default:
-      return undefined;
-  }
+/** Which parse a webhook's payload needs, as its format says (PayloadFormat.parses). */
+export function parseNeeded(webhook: Pick<ResolvedWebhook, 'format' | 'options'>, formats: Formats): ParseKind | undefined {
+  return formats[webhook.format].parses(webhook.options);
 }

@@ -65,6 +65,7 @@ function payloadFields(ctx: FormatContext) {
 
 export const jsonFormat: PayloadFormat = {
   name: 'json',
+  parses: () => 'json',
   async encode(ctx) {
     const messageJson = ctx.parse ? await ctx.parse(ctx.raw) : await parseMessageJson(ctx.raw);
     const body = encodeJsonPayload(ctx, messageJson);

@@ -4,6 +4,7 @@ import { stripQuotedHtml, stripReply } from '../../parse/strip.js';
 import type { Outcome } from '../classify.js';
 import { credentialsFromUrl, headerOnlyView, inboundParseOf, InboundViews, recordedAuthHeaders, requireSecret, type InboundView } from './inbound.js';
 import { encodeUrlForm, multipartForm, type FormField, type RandomBytes } from './multipart.js';
+import type { ResolvedWebhook } from '../../config/load.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
 /** Mailgun's token: "a randomly generated string with length of 50". */
@@ -81,15 +82,18 @@ export function classifyMailgun(status: number): Outcome | undefined {
 
 export function createMailgunFormat(deps: { randomBytes: RandomBytes; views?: InboundViews }): PayloadFormat {
   const views = deps.views ?? new InboundViews();
+  // mime: Mailgun's "/mime" post, the message as it is and fields from its header section only.
+  const parses = (options: ResolvedWebhook['options']) => (options.mime ? undefined : 'inbound');
   return {
     name: 'mailgun',
+    parses,
     async encode(ctx) {
       const key = requireSecret(ctx.webhook.signingKeyBytes, 'mailgun', 'the Mailgun webhook signing key');
       const timestamp = String(ctx.nowSeconds);
       const token = mailgunToken(deps.randomBytes);
       const signature = { timestamp, token, signature: mailgunSignature(key, timestamp, token) };
       let form;
-      if (ctx.webhook.options.mime) {
+      if (parses(ctx.webhook.options) === undefined) {
         // Mailgun's "/mime" post (what Action Mailbox's Mailgun ingress reads): the message byte for byte in body-mime.
         form = multipartForm([...baseFields(ctx, headerOnlyView(ctx.raw), signature), { name: 'body-mime', value: ctx.raw }], deps.randomBytes);
       } else {

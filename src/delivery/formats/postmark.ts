@@ -97,6 +97,7 @@ export function createPostmarkFormat(deps: { views?: InboundViews } = {}): Paylo
   const views = deps.views ?? new InboundViews();
   return {
     name: 'postmark',
+    parses: () => 'inbound',
     async encode(ctx) {
       const view = await views.of(ctx.message.id, ctx.raw, inboundParseOf(ctx), { plainText: false });
       const { url, authorization } = credentialsFromUrl(ctx.webhook.url);

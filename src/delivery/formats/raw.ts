@@ -15,6 +15,7 @@ export function headerValue(value: string): string {
 
 export const rawFormat: PayloadFormat = {
   name: 'raw',
+  parses: () => undefined,
   async encode(ctx) {
     const m = ctx.message;
     const recipients = ctx.delivery.recipients;

@@ -1,4 +1,5 @@
 // format: sendgrid — SendGrid Inbound Parse's multipart/form-data post, parsed fields or (send_raw) the whole message in `email`.
+import type { ResolvedWebhook } from '../../config/load.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 import { credentialsFromUrl, headerOnlyView, inboundParseOf, inboundView, type InboundView } from './inbound.js';
 import { multipartForm, type FormField, type RandomBytes } from './multipart.js';
@@ -83,10 +84,13 @@ export function sendgridFields(ctx: Pick<FormatContext, 'message' | 'delivery'>,
 }
 
 export function createSendgridFormat(deps: { randomBytes: RandomBytes }): PayloadFormat {
+  // send_raw: the message as it is in "email", and fields from its header section only.
+  const parses = (options: ResolvedWebhook['options']) => (options.send_raw ? undefined : 'inbound');
   return {
     name: 'sendgrid',
+    parses,
     async encode(ctx) {
-      const form = multipartForm(ctx.webhook.options.send_raw ? sendgridRawFields(ctx, headerOnlyView(ctx.raw)) : sendgridFields(ctx, await inboundView(ctx.raw, inboundParseOf(ctx))), deps.randomBytes);
+      const form = multipartForm(parses(ctx.webhook.options) === undefined ? sendgridRawFields(ctx, headerOnlyView(ctx.raw)) : sendgridFields(ctx, await inboundView(ctx.raw, inboundParseOf(ctx))), deps.randomBytes);
       const { url, authorization } = credentialsFromUrl(ctx.webhook.url);
       return { url, headers: { 'content-type': form.contentType, ...(authorization ? { authorization } : {}) }, body: form.body };
     },

@@ -5,6 +5,9 @@ import type { Outcome } from '../classify.js';
 import type { PayloadMessageJson } from '../../parse/message.js';
 import type { ParseInbound } from '../../parse/inbound.js';
 
+/** The parse a payload is built from: the json message (FormatContext.parse) or the service formats' view (parseInbound). */
+export type ParseKind = 'json' | 'inbound';
+
 export interface FormatContext {
   message: StoredMessage;
   delivery: DeliveryRow;
@@ -31,6 +34,12 @@ export interface EncodedRequest {
 
 export interface PayloadFormat {
   readonly name: string;
+  /**
+   * Which parse encode() asks of the context for a webhook with these options (none: it reads only the bytes or their
+   * header section). The parse pool starts threads only for a kind some route's format asks for, so encode must ask
+   * for no other (a test holds every format to that).
+   */
+  parses(options: ResolvedWebhook['options']): ParseKind | undefined;
   encode(ctx: FormatContext): Promise<EncodedRequest>;
   /** how a status maps to an outcome when the format's consumer differs from the standard rule */
   classify?(status: number): Outcome | undefined;
