@@ -52,6 +52,8 @@ export interface Config {
   source: string;
   /** keys whose value an environment variable set (key path -> variable), for messages about them */
   fromEnvironment?: Readonly<Record<string, string>>;
+  /** what the file's text shows that may not be what was meant (see secretCommentWarnings); configWarnings reports them */
+  fileWarnings?: ReadonlyArray<{ path: string; message: string }>;
 }
 
 export type Env = Record<string, string | undefined>;
@@ -132,6 +134,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
   try {
     const config = validateConfig(data as Record<string, unknown>, { ...opts, env });
     config.fromEnvironment = Object.fromEntries(origins.filter((o) => !o.created).map((o) => [o.path, o.env]));
+    config.fileWarnings = secretCommentWarnings(doc).filter((w) => !(w.path in config.fromEnvironment!));
     return config;
   } catch (err) {
     throw err instanceof ConfigError ? blameEnvironment(err, origins, opts.source) : err;
@@ -202,6 +205,30 @@ function yamlSyntaxMessage(e: { message: string; linePos?: ReadonlyArray<{ line:
   const at = e.linePos?.[0] ? ` at line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '';
   const quoting = QUOTING_YAML_ERRORS.find(([re]) => re.test(text));
   return `YAML syntax${at}: ${quoting ? quoting[1] : text}`;
+}
+
+/** Keys whose value is a secret written in the file (the *_file keys and environment variables are the better way). */
+const SECRET_KEYS = new Set(['secret', 'admin_token', 'password', 'client_secret', 'refresh_token']);
+
+/**
+ * An unquoted secret followed by " #…" on its line: YAML reads "#" after a space as the start of a comment, so
+ * `secret: abc #def` loads as "abc", with no error, and a consumer refuses every signature. Said by key, never by
+ * the value or the comment (either may be the rest of the secret); a warning, as the comment may be just that.
+ */
+function secretCommentWarnings(doc: Document): Array<{ path: string; message: string }> {
+  const warnings: Array<{ path: string; message: string }> = [];
+  visit(doc, {
+    Pair(_key, pair, ancestors) {
+      const value = pair.value;
+      if (!isScalar(pair.key) || !SECRET_KEYS.has(String(pair.key.value)) || !isScalar(value)) return;
+      if (value.type !== 'PLAIN' || value.comment === undefined) return;
+      warnings.push({
+        path: yamlKeyPath([...ancestors, pair], value),
+        message: 'a comment follows the value on its line, and YAML ends an unquoted value at " #": if the "#" and what follows are part of the secret, quote the value (or use the *_file key)',
+      });
+    },
+  });
+  return warnings;
 }
 
 /** "routes[0].webhook.secret" for a node, from the ancestors visit() passes (Document, maps, pairs, sequences). */

@@ -77,3 +77,24 @@ test('check-config warns of an IMAP mailbox that would send its password in clea
   assert.equal(r.err, `${file}: warning: imap[0]: ssl: false and start_tls: false: mailbox "plain" sends its password to imap.x.test:143 unencrypted; set start_tls: true (port 143) or ssl: true (port 993)\n`);
   assert.ok(!r.err.includes('pw'));
 });
+
+test('check-config warns of an unquoted secret followed by " #" (YAML cuts it there), naming the key and neither part', async () => {
+  const dir = tempDir();
+  const file = join(dir, 'mailhook.yaml');
+  writeFileSync(
+    file,
+    `spool:\n  path: ${join(dir, 'spool.db')}\nhttp:\n  admin_token: t0k3n-0123456789abcdef #Xq9\n` +
+      `routes:\n  - name: mg\n    addresses: ["a@x.test"]\n    webhook:\n      url: "http://127.0.0.1:9/hook"\n      format: mailgun\n      secret: key-s3cr3t #Zr7w\n` +
+      `  - name: quoted\n    addresses: ["b@x.test"]\n    webhook:\n      url: "http://127.0.0.1:9/hook"\n      format: mailgun\n      secret: "key-s3cr3t #Zr7w" # a comment after a quoted value is fine\n` +
+      `  - name: plain\n    addresses: ["c@x.test"]\n    webhook: { url: "http://127.0.0.1:9/hook", secret: "${SECRET}" } # nothing to warn of\n` +
+      `imap:\n  - { name: box, host: 127.0.0.1, user: u, ssl: false, password: pw#not-a-comment }\n`,
+  );
+  const r = await checkConfig(file);
+  assert.equal(r.code, 0, r.err);
+  const warning = (key: string) => `${file}: warning: ${key}: a comment follows the value on its line, and YAML ends an unquoted value at " #": if the "#" and what follows are part of the secret, quote the value (or use the *_file key)\n`;
+  assert.equal(r.err, warning('http.admin_token') + warning('routes[0].webhook.secret'));
+  for (const part of ['Xq9', 'Zr7w', 't0k3n', 's3cr3t']) assert.ok(!r.err.includes(part), `${part} is not printed`);
+  // A value an environment variable sets is not the file's: no warning for it.
+  const env = await checkConfig(file, { MAILHOOK_ADMIN_TOKEN: 'from-the-environment-0123' });
+  assert.equal(env.err, warning('routes[0].webhook.secret'));
+});
