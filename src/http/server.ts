@@ -9,6 +9,7 @@ import { MailhookError } from '../core/errors.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { registerAdmin, type MailboxProvider } from './admin/index.js';
 import { registerDashboard } from './dashboard/index.js';
+import { LoggedOutSessions } from './admin/auth.js';
 
 export interface HttpDeps {
   config: Config;
@@ -90,8 +91,9 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
 
   // Admin API (/api) and dashboard (/): off, with a message saying how to turn them on, when no admin token is set.
   const clock = deps.clock ?? systemClock;
-  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => {}), mailboxes: deps.mailboxes });
-  registerDashboard(app, { config, clock });
+  const loggedOut = new LoggedOutSessions();
+  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => {}), mailboxes: deps.mailboxes, loggedOut });
+  registerDashboard(app, { config, clock, loggedOut });
 
   app.setErrorHandler((err: { statusCode?: number; message: string; validation?: unknown }, _req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;

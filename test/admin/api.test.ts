@@ -343,6 +343,22 @@ describe('admin API', () => {
     assert.match(await login.text(), /id="login"/);
     assert.equal((await fetch(`${app.httpUrl}/assets/app.js`)).status, 401);
     assert.equal((await fetch(`${app.httpUrl}/assets/app.js`, { headers: { cookie } })).status, 200);
+    // Through a TLS proxy the cookie is Secure (set and cleared); over plain HTTP it cannot be.
+    const proxied = await call(app, 'POST', '/api/session', { token: null, headers: { 'x-forwarded-proto': 'https' }, body: { token: ADMIN_TOKEN } });
+    assert.match(proxied.headers.get('set-cookie')!, /; HttpOnly; SameSite=Strict; Max-Age=43200; Secure$/);
+    const other = proxied.headers.get('set-cookie')!.split(';')[0]!;
+    // Logging out ends the session on the server too: a copy of the cookie kept elsewhere no longer works.
+    const out = await call(app, 'DELETE', '/api/session', { token: null, headers: { cookie, 'x-forwarded-proto': 'https' } });
+    assert.equal(out.status, 200);
+    assert.equal(out.headers.get('set-cookie'), 'mailhook_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure');
+    const after = await call(app, 'GET', '/api/messages', { token: null, headers: { cookie } });
+    assert.equal(after.status, 401);
+    assert.match(after.body.message, /logged out/);
+    assert.match((await fetch(`${app.httpUrl}/`, { headers: { cookie } }).then((r) => r.text())), /id="login"/, 'the dashboard page too');
+    assert.equal((await fetch(`${app.httpUrl}/assets/app.js`, { headers: { cookie } })).status, 401);
+    assert.equal((await call(app, 'GET', '/api/messages', { token: null, headers: { cookie: other } })).status, 200, 'another session is not logged out');
+    // A forged or expired value is not kept (the list holds only real sessions): logging it out changes nothing.
+    assert.equal((await call(app, 'DELETE', '/api/session', { token: null, headers: { cookie: `mailhook_session=${'9'.repeat(15)}.${'A'.repeat(43)}` } })).status, 200);
   });
 
   test('OpenAPI document lists every route with its parameters, body and responses', async () => {

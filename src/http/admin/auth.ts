@@ -18,11 +18,36 @@ export function issueSession(token: string, now: number): { value: string; maxAg
 }
 
 export function verifySession(value: string, token: string, now: number): boolean {
+  return sessionExpiry(value, token, now) !== undefined;
+}
+
+/** When a valid, unexpired session ends (ms); undefined for anything else. */
+function sessionExpiry(value: string, token: string, now: number): number | undefined {
   const m = /^(\d{1,16})\.([A-Za-z0-9_-]{43})$/.exec(value);
-  if (!m) return false;
+  if (!m) return undefined;
   const expires = Number(m[1]);
-  if (expires <= now) return false;
-  return constantTimeEqual(m[2] as string, sessionMac(token, expires));
+  if (expires <= now) return undefined;
+  return constantTimeEqual(m[2] as string, sessionMac(token, expires)) ? expires : undefined;
+}
+
+/**
+ * Sessions logged out before they expired, refused until then: a session is a signed expiry, so logging out can
+ * only clear the browser's copy, and a copy kept elsewhere (a shared machine's profile, a proxy's log) would stay
+ * good for up to 12 h. Held in memory (a restart forgets them); only valid sessions are added, so its size is
+ * bounded by the logins of the last 12 hours.
+ */
+export class LoggedOutSessions {
+  private readonly until = new Map<string, number>();
+
+  add(value: string, token: string, now: number): void {
+    for (const [v, expires] of this.until) if (expires <= now) this.until.delete(v);
+    const expires = sessionExpiry(value, token, now);
+    if (expires !== undefined) this.until.set(value, expires);
+  }
+
+  has(value: string): boolean {
+    return this.until.has(value);
+  }
 }
 
 function sessionMac(token: string, expires: number): string {
@@ -38,13 +63,25 @@ export function readCookie(header: string | undefined, name: string): string | u
   return undefined;
 }
 
-export function sessionCookie(value: string, maxAgeSeconds: number): string {
-  // SameSite=Strict: the browser never sends it on a request another site starts.
-  return `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAgeSeconds}`;
+/**
+ * The session cookie, or with an empty value and Max-Age=0 the one that clears it. SameSite=Strict: the browser
+ * never sends it on a request another site starts. Secure when the browser reached mailhook over HTTPS, which is
+ * through a TLS proxy (mailhook's HTTP is plain): then the browser never sends it over plain HTTP. Only then, as a
+ * browser drops a Secure cookie set over http:// (other than localhost).
+ */
+export function sessionCookie(value: string, maxAgeSeconds: number, secure: boolean): string {
+  return `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAgeSeconds}${secure ? '; Secure' : ''}`;
+}
+
+/** The browser's request was HTTPS: to a TLS proxy that says so in X-Forwarded-Proto (its first hop), or to TLS here. */
+export function viaHttps(req: Pick<FastifyRequest, 'headers' | 'protocol'>): boolean {
+  const forwarded = req.headers['x-forwarded-proto'];
+  const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim().toLowerCase();
+  return first === 'https' || req.protocol === 'https';
 }
 
 /** Checks a request: "Authorization: Bearer <token>", or the session cookie (plus the CSRF header on writes). */
-export function authenticate(req: FastifyRequest, token: string, now: number): AuthResult {
+export function authenticate(req: FastifyRequest, token: string, now: number, loggedOut?: LoggedOutSessions): AuthResult {
   const auth = req.headers.authorization;
   // Another scheme (Basic from a proxy in front) is not for mailhook: the session cookie may still be there.
   if (auth !== undefined && /^Bearer(\s|$)/i.test(auth)) {
@@ -55,6 +92,7 @@ export function authenticate(req: FastifyRequest, token: string, now: number): A
   const session = readCookie(req.headers.cookie, SESSION_COOKIE);
   if (session !== undefined) {
     if (!verifySession(session, token, now)) return { ok: false, reason: 'the dashboard session expired or the admin token changed; log in again' };
+    if (loggedOut?.has(session)) return { ok: false, reason: 'the dashboard session was logged out; log in again' };
     if (!['GET', 'HEAD'].includes(req.method) && req.headers[CSRF_HEADER] === undefined) {
       return { ok: false, reason: `a state-changing request with the session cookie needs the ${CSRF_HEADER} header` };
     }

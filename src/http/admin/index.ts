@@ -10,7 +10,7 @@ import { decodeCursor, type MessageFilter, type DeliverySummary, type MessageSum
 import type { DeliveryStatus } from '../../spool/types.js';
 import { parseMessage } from '../../parse/message.js';
 import { htmlExcerpt } from '../../parse/excerpt.js';
-import { authenticate, issueSession, sessionCookie, SESSION_COOKIE } from './auth.js';
+import { authenticate, issueSession, readCookie, sessionCookie, viaHttps, SESSION_COOKIE, type LoggedOutSessions } from './auth.js';
 import { buildOpenApi, type RouteDoc } from './openapi.js';
 import * as S from './schemas.js';
 import { constantTimeEqual } from '../server.js';
@@ -33,6 +33,8 @@ export interface AdminDeps {
   wakeDelivery: () => void;
   /** IMAP mailbox states, when an IMAP bridge runs */
   mailboxes?: MailboxProvider;
+  /** dashboard sessions logged out, shared with the dashboard's pages */
+  loggedOut: LoggedOutSessions;
 }
 
 function packageVersion(): string {
@@ -81,7 +83,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   api.addHook('onRequest', async (req, reply) => {
     reply.header('cache-control', 'no-store');
     if ((req.routeOptions.config as { openapi?: RouteDoc['openapi'] } | undefined)?.openapi?.public) return;
-    const result = authenticate(req, token(), clock.now());
+    const result = authenticate(req, token(), clock.now(), deps.loggedOut);
     if (!result.ok) {
       reply.header('www-authenticate', 'Bearer realm="mailhook"');
       throw problem(401, result.reason);
@@ -296,7 +298,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   api.get('/session', {
     schema: { summary: 'Who is asking: checks the token or the dashboard session', tags: ['session'], response: { 200: S.sessionResponse, 401: S.problem } },
   }, async (req) => {
-    const r = authenticate(req, token(), clock.now());
+    const r = authenticate(req, token(), clock.now(), deps.loggedOut);
     return { authenticated: true, via: r.ok ? r.via : undefined };
   });
 
@@ -310,15 +312,17 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       throw problem(401, 'the admin token is wrong');
     }
     const s = issueSession(token(), clock.now());
-    reply.header('set-cookie', sessionCookie(s.value, s.maxAgeSeconds));
+    reply.header('set-cookie', sessionCookie(s.value, s.maxAgeSeconds, viaHttps(req)));
     return { authenticated: true, via: 'session' };
   });
 
   api.delete('/session', {
-    schema: { summary: 'Dashboard logout: clears the session cookie', tags: ['session'], response: { 200: S.sessionResponse } },
+    schema: { summary: 'Dashboard logout: ends the session (refused from now on, until a restart) and clears its cookie', tags: ['session'], response: { 200: S.sessionResponse } },
     config: { openapi: { public: true } },
-  }, async (_req, reply) => {
-    reply.header('set-cookie', `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0`);
+  }, async (req, reply) => {
+    const session = readCookie(req.headers.cookie, SESSION_COOKIE);
+    if (session !== undefined) deps.loggedOut.add(session, token(), clock.now());
+    reply.header('set-cookie', sessionCookie('', 0, viaHttps(req)));
     return { authenticated: false };
   });
 

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Clock } from '../../core/clock.js';
 import type { Config } from '../../config/load.js';
-import { authenticate } from '../admin/auth.js';
+import { authenticate, type LoggedOutSessions } from '../admin/auth.js';
 import { ADMIN_DISABLED_MESSAGE } from '../admin/index.js';
 
 const TYPES: Record<string, string> = { html: 'text/html; charset=utf-8', css: 'text/css; charset=utf-8', js: 'text/javascript; charset=utf-8', svg: 'image/svg+xml' };
@@ -32,7 +32,7 @@ export function findAssetDir(): string {
   throw new Error('the dashboard assets (src/http/dashboard/assets) are missing from this installation');
 }
 
-export function registerDashboard(app: FastifyInstance, deps: { config: Config; clock: Clock }): void {
+export function registerDashboard(app: FastifyInstance, deps: { config: Config; clock: Clock; loggedOut: LoggedOutSessions }): void {
   const secret = deps.config.http.adminToken;
   if (!secret) {
     app.get('/', async (_req, reply) => reply.code(404).type('text/plain; charset=utf-8').send(`mailhook: the dashboard is off; ${ADMIN_DISABLED_MESSAGE.replace(/^the admin API is off: /, '')}\n`));
@@ -41,7 +41,7 @@ export function registerDashboard(app: FastifyInstance, deps: { config: Config; 
   const dir = findAssetDir();
   const files = new Map(ASSETS.map((name) => [name, readFileSync(`${dir}${name}`)]));
   const send = (reply: FastifyReply, name: string) => reply.headers(SECURITY_HEADERS).type(TYPES[name.split('.').pop() as string] ?? 'application/octet-stream').send(files.get(name));
-  const authed = (req: Parameters<typeof authenticate>[0]) => authenticate(req, secret.reveal(), deps.clock.now()).ok;
+  const authed = (req: Parameters<typeof authenticate>[0]) => authenticate(req, secret.reveal(), deps.clock.now(), deps.loggedOut).ok;
 
   app.get('/', async (req, reply) => send(reply, authed(req) ? 'index.html' : 'login.html'));
   app.get('/assets/:name', { schema: { params: { type: 'object', properties: { name: { type: 'string', pattern: '^[a-z]+\\.[a-z]+$' } }, required: ['name'] } } }, async (req, reply) => {
