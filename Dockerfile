@@ -18,11 +18,13 @@ COPY package.json package-lock.json ./
 # --ignore-scripts keeps the package's own "prepare" (a build, without sources here) from running;
 # better-sqlite3 is then compiled here, never taken prebuilt: on Node 24 it must be built against an ObjectWrap
 # header without per-object cleanup hooks, or it can abort the process (README, "Known issue"; the script says why).
+# npm's own node-gyp is called directly: `npm rebuild --build-from-source` is a config npm 12 will refuse.
 COPY scripts/objectwrap-compat.sh /tmp/objectwrap-compat.sh
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && node -e 'process.stdout.write(JSON.stringify(process.config, null, 2))' > /usr/local/include/node/config.gypi \
  && bash /tmp/objectwrap-compat.sh /usr/local \
- && npm rebuild better-sqlite3 --build-from-source --nodedir=/usr/local
+ && cd node_modules/better-sqlite3 \
+ && node "$(npm root -g)/npm/node_modules/node-gyp/bin/node-gyp.js" rebuild --release --nodedir=/usr/local
 
 # The TypeScript build: src/ → dist/.
 FROM ${NODE_IMAGE} AS build

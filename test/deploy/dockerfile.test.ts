@@ -119,6 +119,7 @@ test('every npm script the build runs exists in package.json; npm ci has the loc
   for (const r of runs) {
     for (const m of r.args.matchAll(/\bnpm (?:run|run-script) ([\w:-]+)/g)) assert.ok(pkg.scripts[m[1]!], `line ${r.line}: npm script "${m[1]}" is not in package.json`);
     for (const m of r.args.matchAll(/\bnpm rebuild ([\w@/.-]+)/g)) assert.ok(pkg.dependencies[m[1]!], `line ${r.line}: ${m[1]} is not a dependency`);
+    for (const m of r.args.matchAll(/\bcd node_modules\/([\w@/.-]+)/g)) assert.ok(pkg.dependencies[m[1]!], `line ${r.line}: ${m[1]} is not a dependency`);
     if (/\bnpm ci\b/.test(r.args)) {
       const copied = instructions.filter((i) => i.stage === r.stage && i.op === 'COPY' && i.line < r.line).flatMap((i) => words(i.args));
       assert.ok(copied.includes('package-lock.json'), `line ${r.line}: npm ci needs package-lock.json copied first`);
