@@ -13,6 +13,8 @@ test('encodeJsonPayload equals the UTF-8 of JSON.stringify(buildJsonPayload) (fi
   const cases: Array<[string, Buffer]> = EMLS.map((f) => [f, fixture(f)]);
   // Sizes whose base64 ends in "=", "==" and no padding, an empty body, quotes and a U+2028 in a header.
   for (const n of [0, 1, 2, 3]) cases.push([`pad${n}`, Buffer.from(`Subject: "q" \u2028 ${'x'.repeat(n)}\r\n\r\nbody${'y'.repeat(n)}\r\n`, 'utf8')]);
+  // Larger than the pieces raw_base64 is written in (48 KiB), ending in each padding: the pieces must join.
+  for (const n of [0, 1, 2]) cases.push([`large${n}`, Buffer.from(`Subject: large\r\n\r\n${'0123456789abcdef\r\n'.repeat(8192)}${'z'.repeat(n)}`, 'utf8')]);
   for (const [name, raw] of cases) {
     const ctx = formatContext(raw, { recipients: [{ address: 'incoming+k@in.test', key: 'k' }], meta: { authentication_results: 'mx; spf=pass' } });
     const { message } = await parseMessage(raw);
