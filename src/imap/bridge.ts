@@ -447,6 +447,11 @@ export class ImapBridge {
    * release of those the spool could not take. Returns true when any message was dealt with.
    */
   private async work(client: ImapFlow, box: MailboxObject, mine: FetchMessageObject[], finish: number[]): Promise<boolean> {
+    if (finish.length > 0) {
+      // Committed before a crash or a lost connection, not marked then: counted as duplicates (not stored again).
+      this.ingest.count('duplicate', finish.length);
+      this.log.info({ mailbox: this.s.name, count: finish.length, uids: finish.slice(0, 20) }, 'the spool holds these messages already (an earlier session committed them and did not mark them): only marking them');
+    }
     const outcomes = new Map<number, { outcome: Outcome; plan?: Plan }>();
     const small: FetchMessageObject[] = [];
     const large: FetchMessageObject[] = [];
@@ -719,6 +724,7 @@ export class ImapBridge {
         }
       }
       if (finish.length > 0) {
+        this.ingest.count('duplicate', finish.length);
         this.log.info({ mailbox: this.s.name, count: finish.length }, 'marking messages an earlier session committed but did not mark');
         await this.afterDelivery(client, finish);
         for (const uid of finish) {

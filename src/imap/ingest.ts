@@ -159,8 +159,9 @@ export class MailboxIngest {
     return result;
   }
 
-  count(outcome: 'unmatched' | 'too_large' | 'duplicate'): void {
-    this.deps.metrics.mailboxMessages.inc({ mailbox: this.mailbox.name, outcome });
+  /** Counts messages not accepted here: unmatched, too large, or already in the spool (`duplicate`: not stored again). */
+  count(outcome: 'unmatched' | 'too_large' | 'duplicate', n = 1): void {
+    if (n > 0) this.deps.metrics.mailboxMessages.inc({ mailbox: this.mailbox.name, outcome }, n);
   }
 
   private statusFor(route: string): 'delivered' | 'pending' {

@@ -155,6 +155,9 @@ test('429 and 503 are retried after Retry-After; a failed PATCH leaves the messa
     assert.equal(count(app.spool.db), 2);
     assert.equal(inbox(app).status.lastError?.kind, 'server');
     assert.equal(g.requests.filter((r) => r.method === 'GET' && r.path.includes(encodeURIComponent(id2))).length, 1, 'the raw message was fetched once');
+    // Found in the spool on the repeated pass: counted and logged as a duplicate, not stored again.
+    assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_messages_total\{mailbox="g-throttle",outcome="duplicate"\} 1$/m);
+    assert.ok(app.logs.some((l) => l.includes('the spool holds this message already')));
   } finally {
     await app.close();
   }

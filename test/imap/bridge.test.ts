@@ -30,7 +30,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol', 'unread'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol', 'unread', 'remark'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -321,6 +321,43 @@ ${oauth2}`;
       const left = await dovecot.list('INBOX', 'interrupted');
       assert.deepEqual(left, [{ uid: 2, flags: ['\\Deleted'] }], 'ours expunged, the stranger\'s \\Deleted message left alone');
       assert.equal(count(app.spool.db), 1);
+    } finally {
+      await app.close();
+      await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a message committed but left unmarked (a crash in between) is only marked at the next start, and counted and logged as a duplicate', async () => {
+    const dir = tempDir();
+    const consumer = await new Consumer().start();
+    await dovecot.append([message('r1', { to: 'incoming+r1@in.test', messageId: 'r1@x' })], { user: 'remark' });
+    const yaml = imapBlock(mailboxYaml(dovecot, 'remark', { after_delivery: 'flag' }, 'remark'));
+    let app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml, dir });
+    try {
+      await consumer.waitFor(1, 10_000);
+      await until(() => bridgeOf(app).status.state === 'idle', 5000, 'idle');
+    } finally {
+      await app.close();
+    }
+    // The state a crash between the commit and the STORE \Seen leaves: in the spool, unread in the mailbox.
+    const c = await dovecot.client('remark');
+    await c.mailboxOpen('INBOX');
+    await c.messageFlagsRemove('1', ['\\Seen'], { uid: true });
+    await c.logout();
+    app = await startTestApp({ routes: routesYaml(consumer.url), extra: yaml, dir });
+    try {
+      const deadline = Date.now() + 10_000;
+      while (!(await dovecot.list('INBOX', 'remark'))[0]?.flags.includes('\\Seen')) {
+        assert.ok(Date.now() < deadline, 'marked read again within 10 s');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(count(app.spool.db), 1, 'not stored again');
+      const metrics = await (await fetch(`${app.httpUrl}/metrics`)).text();
+      assert.match(metrics, /^mailhook_mailbox_messages_total\{mailbox="remark",outcome="duplicate"\} 1$/m);
+      assert.doesNotMatch(metrics, /mailbox="remark",outcome="accepted"/, 'this process accepted nothing');
+      assert.ok(app.logs.some((l) => l.includes('the spool holds these messages already')));
+      assert.equal(consumer.requests.length, 1, 'no second webhook');
     } finally {
       await app.close();
       await consumer.stop();

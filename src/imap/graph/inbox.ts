@@ -259,10 +259,7 @@ export class GraphInbox {
   private async take(sourceId: string, ident: string | undefined): Promise<void> {
     if (this.skipped.has(sourceId) || (ident && this.skipped.has(ident))) return;
     let id = sourceId;
-    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) {
-      await this.afterDelivery(id);
-      return;
-    }
+    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) return this.markHeld(id);
     if (this.s.claim === 'move') {
       // The claim: POST …/move answers 201 with the moved message (a new id) to exactly one instance; the
       // others get 404 ErrorItemNotFound, the id being gone from this folder.
@@ -286,13 +283,17 @@ export class GraphInbox {
     }
   }
 
+  /** A message the spool holds already (committed before a crash, not marked then): counted as a duplicate, only marked. */
+  private async markHeld(id: string): Promise<void> {
+    this.deps.ingest.count('duplicate');
+    this.deps.log.info({ mailbox: this.s.name, graphId: id }, 'the spool holds this message already (an earlier pass committed it and did not mark it): only marking it');
+    await this.afterDelivery(id);
+  }
+
   private async takeClaimed(id: string, ident: string | undefined): Promise<void> {
     const key = this.keyOf(id, ident);
     const log = { mailbox: this.s.name, graphId: id };
-    if (this.deps.ingest.isCommitted(key)) {
-      await this.afterDelivery(id);
-      return;
-    }
+    if (this.deps.ingest.isCommitted(key)) return this.markHeld(id);
     const res = await this.graph.stream(`${this.base}/messages/${encodeURIComponent(id)}/$value`, { allow: [404] });
     if (res.status === 404) {
       await res.body.dump();
@@ -416,7 +417,7 @@ export class GraphInbox {
         if (!m.id || m.isRead === true) continue;
         present.add(m.id);
         if (this.deps.ingest.isCommitted(this.keyOf(m.id, identity(m)))) {
-          await this.afterDelivery(m.id);
+          await this.markHeld(m.id);
           continue;
         }
         const since = this.claimSeen.get(m.id);
