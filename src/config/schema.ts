@@ -297,7 +297,11 @@ const mailboxSchema = z
         if (m.inbox_options) issue('inbox_options', 'applies to inbox_method: microsoft_graph only');
         const ways = [m.password !== undefined, m.password_file !== undefined, m.oauth2 !== undefined].filter(Boolean).length;
         if (ways === 0) issue('password_file', 'set one of password, password_file or oauth2 to log in');
-        if (ways > 1) issue('password_file', 'set only one of password, password_file or oauth2');
+        if (ways > 1) {
+          // Named by a key that is in the file: the last of them there (password_file is named only when set).
+          const set = (['password', 'password_file', 'oauth2'] as const).filter((k) => m[k] !== undefined);
+          issue(set[set.length - 1]!, `set only one of password, password_file or oauth2 (${set.slice(0, -1).join(', ')} and ${set[set.length - 1]} are set)`);
+        }
         if (m.ssl === true && m.start_tls === true) issue('start_tls', 'ssl: true is implicit TLS (port 993) and start_tls: true upgrades a plain connection (port 143); set ssl: false to use STARTTLS');
         const o = typeof m.oauth2 === 'object' && m.oauth2 !== null ? m.oauth2 : undefined;
         if (o) {

@@ -107,7 +107,7 @@ test('every problem is reported at once, named by its key path, with the fix', (
   const has = (re: RegExp) => assert.ok(p.some((x) => re.test(x)), `${re} in:\n${p.join('\n')}`);
   has(/^imap\[0\]\.host: is required for inbox_method imap/);
   has(/^imap\[0\]\.password_file: set one of password, password_file or oauth2/);
-  has(/^imap\[1\]\.password_file: set only one of password, password_file or oauth2/);
+  has(/^imap\[1\]\.oauth2: set only one of password, password_file or oauth2 \(password and oauth2 are set\)$/);
   has(/^imap\[1\]\.oauth2\.refresh_token_file: grant refresh_token needs refresh_token or refresh_token_file/);
   has(/^imap\[2\]\.start_tls: ssl: true is implicit TLS .* set ssl: false to use STARTTLS/);
   has(/^imap\[2\]\.idle_timeout: /);
