@@ -378,12 +378,26 @@ const TYPE_FIX: Record<string, string> = {
   array: 'must be a list (- item lines, or [a, b])',
 };
 
+/** gitlab.rb's incoming_email / service_desk_email keys that an imap[] entry names differently, and what to write. */
+const GITLAB_MAILBOX_KEYS: Record<string, string> = {
+  delete_after_delivery: 'write after_delivery: delete (GitLab deletes by default; mailhook\'s default is after_delivery: flag)',
+  expunge_deleted: 'after_delivery: delete expunges the messages it deletes',
+  address: 'the addresses belong to a route (routes[].addresses), which the mailbox\'s recipients are routed by',
+  enabled: 'a mailbox listed under imap: is read; remove the entry to stop',
+  log_path: 'mailhook logs JSON lines to stdout (log.level)',
+  delivery_method: 'mail goes to a route\'s webhook (format: gitlab for GitLab\'s postback)',
+  encrypted_secret_file: 'give the password as password_file or MAILHOOK_IMAP_<NAME>_PASSWORD',
+};
+
 function zodProblems(error: z.ZodError): ConfigProblem[] {
   return error.issues.map((issue) => {
     const path = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') {
       message = `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}; check the spelling against the config reference (docs/configuration.md)`;
+      // A mailbox copied from gitlab.rb: GitLab's keys that mailhook names differently, each with what to write.
+      const gitlab = /^imap\[\d+\]$/.test(path) ? issue.keys.filter((k) => k in GITLAB_MAILBOX_KEYS) : [];
+      if (gitlab.length > 0) message += `; from GitLab's incoming_email: ${gitlab.map((k) => `${k}: ${GITLAB_MAILBOX_KEYS[k]}`).join('; ')}`;
     } else if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
       message = `is required (${issue.expected})`;
     } else if ((issue.code === 'too_small' || issue.code === 'too_big') && /^Too (small|big)/.test(issue.message) && (issue.origin === 'number' || issue.origin === 'int')) {

@@ -117,6 +117,15 @@ test('every problem is reported at once, named by its key path, with the fix', (
   has(/^imap\[4\]\.host: applies to inbox_method: imap only/);
 });
 
+test('GitLab\'s incoming_email keys copied into a mailbox are refused with what mailhook calls them', () => {
+  const p = problems(`  - { name: a, host: h, user: u, password: p, delete_after_delivery: true, expunge_deleted: true }\n  - { name: b, host: h, user: u, password: p, mailbox_typo: x }\n`);
+  assert.deepEqual(p, [
+    'imap[0]: unknown keys "delete_after_delivery", "expunge_deleted"; check the spelling against the config reference (docs/configuration.md); ' +
+      "from GitLab's incoming_email: delete_after_delivery: write after_delivery: delete (GitLab deletes by default; mailhook's default is after_delivery: flag); expunge_deleted: after_delivery: delete expunges the messages it deletes",
+    'imap[1]: unknown key "mailbox_typo"; check the spelling against the config reference (docs/configuration.md)',
+  ]);
+});
+
 test('an OAuth or Graph endpoint with a user or password in it is refused, without repeating them', () => {
   const p = problems(
     `  - name: a\n    host: h\n    user: u\n    oauth2: { grant: client_credentials, client_id: c, client_secret: s, token_url: "https://app:TopSecret1@idp.test/token" }\n` +
