@@ -141,6 +141,11 @@ export class DeliveryWorker {
   private readonly targets = new WebhookTargets();
   /** the payload formats, with their cache of the message last parsed for the service formats (InboundViews) */
   private readonly formats: Formats;
+  /**
+   * Aborted when stop() is called: attempts whose request has not gone out stop there (given back uncounted)
+   * instead of taking a request slot freed during the grace period; requests in flight are not cut off by it.
+   */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly deps: WorkerDeps) {
     this.formats = deps.formats ?? createFormats();
@@ -176,6 +181,7 @@ export class DeliveryWorker {
   /** Stop leasing; let requests in flight finish within graceMs, then abort them (they are retried on restart). */
   async stop(graceMs: number): Promise<void> {
     this.running = false;
+    this.stopping.abort(new MailhookError('SHUTTING_DOWN', 'mailhook is shutting down'));
     if (this.timer) clearTimeout(this.timer);
     if (this.immediate) clearImmediate(this.immediate);
     const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
@@ -349,6 +355,8 @@ export class DeliveryWorker {
 
   private async attempt(lease: Lease, signal: AbortSignal): Promise<Finished> {
     const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
+    /** until the request goes out: this attempt's abort, or the start of shutdown */
+    const beforeSend = AbortSignal.any([signal, this.stopping.signal]);
     const d = lease.delivery;
     let startedAt = clock.now();
     let outcome: Outcome;
@@ -377,7 +385,7 @@ export class DeliveryWorker {
         const message = spool.getMessage(d.messageId);
         if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
         // A large message is read and encoded only once its request can start (see PREPARE_AHEAD_MAX_BYTES).
-        if (message.size > PREPARE_AHEAD_MAX_BYTES) held = await this.waitForSlot(slots, d.route, 'false', signal);
+        if (message.size > PREPARE_AHEAD_MAX_BYTES) held = await this.waitForSlot(slots, d.route, 'false', beforeSend);
         const raw = await spool.readRaw(d.messageId);
         read = true;
         const automatic = route.dropAutomatic ? automaticOf(message, raw) : undefined;
@@ -397,22 +405,22 @@ export class DeliveryWorker {
         req = undefined;
         // Reading the spool failed (EMFILE, EIO, a file briefly out of reach): that may be the machine, not the
         // message, so it is retried (dead after max_attempts).
-        outcome = signal.aborted
-          ? classifyError(signal.reason)
+        outcome = beforeSend.aborted
+          ? classifyError(beforeSend.reason)
           : !read && !(err instanceof MailhookError) && isErrnoException(err)
             ? { kind: 'retry', reason: `cannot read the message from the spool: ${err.message}` }
             : buildFailure(err, webhook.format);
       }
       if (req) {
         try {
-          if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
+          if (!held) held = await this.waitForSlot(slots, d.route, 'true', beforeSend);
           // A slot free at once does not look at the signal: shutdown may have come while this attempt was parsing.
-          signal.throwIfAborted();
+          beforeSend.throwIfAborted();
           if (encode && clock.now() - encodedAt > (this.deps.preparedMaxAgeMs ?? PREPARED_MAX_AGE_MS)) {
             try {
               req = await encode();
             } catch (err) {
-              throw new BuildFailed(signal.aborted ? classifyError(signal.reason) : buildFailure(err, webhook.format));
+              throw new BuildFailed(beforeSend.aborted ? classifyError(beforeSend.reason) : buildFailure(err, webhook.format));
             }
           }
           startedAt = clock.now();
@@ -434,7 +442,7 @@ export class DeliveryWorker {
     const durationMs = finishedAt - startedAt;
     // Shutdown stopped the attempt before its request went out (it was being prepared or waited for a request
     // slot): the lease is given back uncounted, so restarts do not use up max_attempts of deliveries never tried.
-    if (signal.aborted && !sent && route?.webhook) {
+    if (beforeSend.aborted && !sent && route?.webhook) {
       const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode: null, outcome: 'retry', error: null }, next: { status: 'given-back' }, now: finishedAt };
       const report = (kept: boolean): void => {
         if (kept) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery not attempted before shutdown; given back uncounted');

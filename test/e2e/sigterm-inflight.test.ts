@@ -178,6 +178,47 @@ test('SIGTERM with a request held open: aborted after the grace period and count
   }
 });
 
+test('SIGTERM: a delivery waiting for a request slot is given back at once, not sent when the slot frees during the grace period', async () => {
+  const dir = tempDir();
+  const consumer = await new HoldingConsumer().start();
+  const procs: RunningProcess[] = [];
+  try {
+    const cfg = writeConfig(dir, consumer.url, 1);
+    const p = spawnMailhook(['serve', '--config', cfg]);
+    procs.push(p);
+    await p.started;
+    const id1 = /queued as (\S+)/.exec((await sendMail(p.smtpPort, { from: 'a@s.test', to: 'x@app.test', subject: 'held', text: 'one' })).response)![1]!;
+    await until(() => consumer.requests.length === 1, 10_000, 'the first webhook request');
+    const id2 = /queued as (\S+)/.exec((await sendMail(p.smtpPort, { from: 'a@s.test', to: 'y@app.test', subject: 'waiting', text: 'two' })).response)![1]!;
+    await untilAsync(async () => (await metric(p, /^mailhook_deliveries_waiting\{route="app",prepared="true"\} (\d+)$/m)) === 1, 'the second delivery to wait for a slot');
+
+    p.child.kill('SIGTERM');
+    // The delivery step of the shutdown starts right after this line is written (HTTP is closed by then): the waiting
+    // attempt stops waiting at once; its outcome is recorded with the others once the request in flight ends.
+    await p.waitForLog((l) => l.msg === 'stopped' && l.part === 'mailboxes');
+    assert.equal(consumer.requests[0]!.answered, false);
+    // The first request is answered within the grace period, freeing the slot: nothing takes it.
+    consumer.requests[0]!.answer(200);
+    assert.equal((await p.waitForLog((l) => l.msg === 'delivered')).msgId, id1);
+    const given = await p.waitForLog((l) => l.msg === 'delivery not attempted before shutdown; given back uncounted');
+    assert.equal(given.msgId, id2);
+    assert.deepEqual(await p.exit, { code: 0, signal: null });
+    assert.equal(consumer.requests.length, 1, 'the waiting delivery made no request during the shutdown');
+    const spool = readSpool(dir);
+    try {
+      const d2 = spool.deliveries.find((d) => d.message_id === id2)!;
+      assert.deepEqual({ status: d2.status, attempts: d2.attempts }, { status: 'pending', attempts: 0 });
+    } finally {
+      spool.close();
+    }
+  } finally {
+    for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+    await Promise.all(procs.map((p) => p.exit));
+    await consumer.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('SIGTERM with a request held open that the consumer answers within the grace period: delivered, not aborted', async () => {
   const dir = tempDir();
   const consumer = await new HoldingConsumer().start();
