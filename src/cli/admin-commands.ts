@@ -1,4 +1,4 @@
-// Operator subcommands over the admin API: send-test, messages list|show|raw, replay. Tables by default, --json for scripts.
+// Operator subcommands over the admin API: send-test, messages list|show|raw, replay, retry. Tables by default, --json for scripts.
 import { createWriteStream } from 'node:fs';
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -273,6 +273,27 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         }
         if (o.json) io.stdout(`${JSON.stringify({ replayed: done, matched: total, ids, as_of: asOf }, null, 2)}\n`);
         else io.stdout(`replayed ${done} ${kind} deliver${done === 1 ? 'y' : 'ies'}; they are due now\n`);
+        return EXIT.ok;
+      }),
+    );
+
+  filterFlags(connection(program.command('retry').description('send pending deliveries that wait for their next attempt now (after a consumer outage); attempt counts stay')))
+    .option('--all', 'every pending delivery of every route')
+    .option('--delivery <ids...>', 'these delivery ids')
+    .option('--dry-run', 'only count what would be retried now')
+    .option('--json', 'print the result as JSON')
+    .action((o: ConnectionOptions & { all?: boolean; delivery?: string[]; dryRun?: boolean; json?: boolean; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string }) =>
+      run(async () => {
+        const filter = Object.fromEntries(
+          (['route', 'recipient', 'key', 'sender', 'since', 'until'] as const).filter((k) => o[k] !== undefined).map((k) => [k, o[k]]),
+        );
+        const hasFilter = Object.keys(filter).length > 0 || o.delivery !== undefined;
+        if (!hasFilter && !o.all) throw new CliError('say what to retry: --all (every pending delivery), --route R, another filter, or --delivery ID…', EXIT.usage);
+        const body = { ...(o.delivery ? { ids: o.delivery } : filter), ...(hasFilter ? {} : { all: true }), dry_run: o.dryRun === true };
+        const r = await client(o).json<{ retried: number; dry_run: boolean }>('POST', '/api/deliveries/retry', body);
+        const n = `${r.retried} pending deliver${r.retried === 1 ? 'y' : 'ies'}`;
+        if (o.json) io.stdout(`${JSON.stringify(r, null, 2)}\n`);
+        else io.stdout(o.dryRun ? `${n} ${r.retried === 1 ? 'waits for its' : 'wait for their'} next attempt (dry run: nothing changed)\n` : `${n} made due now\n`);
         return EXIT.ok;
       }),
     );

@@ -138,9 +138,9 @@ const spoolSchema = z.strictObject({
 });
 
 const retrySchema = z.strictObject({
-  initial_delay_ms: positiveInt.default(5000).describe('delay before the first retry'),
-  max_delay_ms: positiveInt.default(3_600_000).describe('upper bound of the exponential backoff'),
-  max_attempts: positiveInt.default(20).describe('attempts before a delivery is dead-lettered'),
+  initial_delay_ms: positiveInt.default(5000).describe('step before the first retry; each retry waits between half and all of its step (jitter), which doubles per attempt'),
+  max_delay_ms: positiveInt.default(3_600_000).describe('upper bound of the step'),
+  max_attempts: positiveInt.default(20).describe('attempts before a delivery is dead-lettered (with the defaults: 5.2 to 10.4 hours after the first)'),
 }).superRefine((r, ctx) => {
   if (r.max_delay_ms < r.initial_delay_ms) ctx.addIssue({ code: 'custom', path: ['max_delay_ms'], message: `must be at least initial_delay_ms (${r.initial_delay_ms}); raise it or lower initial_delay_ms` });
 });

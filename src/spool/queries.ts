@@ -339,6 +339,25 @@ export class SpoolQueries {
     return { replayed, remaining };
   }
 
+  /**
+   * Makes pending deliveries that wait for their next attempt due now (after a consumer outage, instead of waiting
+   * out the backoff); the attempt counters stay, so max_attempts still bounds them. Named by ids or selected by a
+   * filter; sink routes excluded. Returns how many (with dryRun: how many would be) made due.
+   */
+  retryNow(sel: { ids?: string[]; filter?: Omit<MessageFilter, 'status'>; excludeRoutes: string[] }, now: number, dryRun: boolean): number {
+    const conditions = ["d.status = 'pending'", 'd.next_attempt_at > ?'];
+    const params: unknown[] = [now];
+    if (sel.ids) {
+      conditions.push(`d.id IN (${sel.ids.map(() => '?').join(',')})`);
+      params.push(...sel.ids);
+    }
+    const q = deliveryFilter(sel.ids ? {} : (sel.filter ?? {}), sel.excludeRoutes, conditions, params);
+    if (dryRun) return (this.db.prepare(`SELECT COUNT(*) AS n FROM deliveries d ${q.joins} WHERE ${q.where}`).get(...q.params) as { n: number }).n;
+    return this.db
+      .prepare(`UPDATE deliveries SET next_attempt_at = ?, updated_at = ? WHERE id IN (SELECT d.id FROM deliveries d ${q.joins} WHERE ${q.where})`)
+      .run(now, now, ...q.params).changes;
+  }
+
   /** How many deliveries a replay selection matches (a dry run). */
   countReplayable(sel: Omit<ReplaySelection, 'limit'>): number {
     if (sel.ids) {
@@ -444,17 +463,28 @@ export class SpoolQueries {
 
 /** The delivery rows a bulk replay picks: oldest first, so a batch limit works through the backlog in order. */
 export function replayQuery(sel: Omit<ReplaySelection, 'limit' | 'ids'>, select: string, limit: number | undefined): { sql: string; params: unknown[] } {
-  const f = sel.filter ?? {};
-  const where: string[] = [`d.status IN (${sel.statuses.map((s) => `'${s}'`).join(',')})`, 'd.finished_at <= ?'];
-  const params: unknown[] = [sel.asOf];
+  const q = deliveryFilter(sel.filter ?? {}, sel.excludeRoutes, [`d.status IN (${sel.statuses.map((s) => `'${s}'`).join(',')})`, 'd.finished_at <= ?'], [sel.asOf]);
+  let sql = `SELECT ${select} FROM deliveries d ${q.joins} WHERE ${q.where}`;
+  const params = q.params;
+  if (limit !== undefined) {
+    sql += ' ORDER BY d.received_at, d.id LIMIT ?';
+    params.push(limit);
+  }
+  return { sql, params };
+}
+
+/** The deliveries (as d) a filter selects, not on an excluded route, besides the conditions given (with their params). */
+function deliveryFilter(f: Omit<MessageFilter, 'status'>, excludeRoutes: string[], conditions: string[], conditionParams: unknown[]): { joins: string; where: string; params: unknown[] } {
+  const where = [...conditions];
+  const params = [...conditionParams];
   const joins: string[] = [];
   if (f.route !== undefined) {
     where.push('d.route = ?');
     params.push(f.route);
   }
-  if (sel.excludeRoutes.length > 0) {
-    where.push(`d.route NOT IN (${sel.excludeRoutes.map(() => '?').join(',')})`);
-    params.push(...sel.excludeRoutes);
+  if (excludeRoutes.length > 0) {
+    where.push(`d.route NOT IN (${excludeRoutes.map(() => '?').join(',')})`);
+    params.push(...excludeRoutes);
   }
   if (f.since !== undefined) {
     where.push('d.received_at >= ?');
@@ -481,12 +511,7 @@ export function replayQuery(sel: Omit<ReplaySelection, 'limit' | 'ids'>, select:
     }
     where.push(`EXISTS (SELECT 1 FROM delivery_recipients r WHERE ${cond.join(' AND ')})`);
   }
-  let sql = `SELECT ${select} FROM deliveries d ${joins.join(' ')} WHERE ${where.join(' AND ')}`;
-  if (limit !== undefined) {
-    sql += ' ORDER BY d.received_at, d.id LIMIT ?';
-    params.push(limit);
-  }
-  return { sql, params };
+  return { joins: joins.join(' '), where: where.join(' AND '), params };
 }
 
 function toSummary(d: DeliveryDb): DeliverySummary {

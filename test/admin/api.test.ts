@@ -315,6 +315,30 @@ describe('admin API', () => {
     assert.deepEqual(empty.body, { enabled: false, mailboxes: [] });
   });
 
+  test('retry now: a pending delivery waiting out a Retry-After goes out at once, its attempt count kept', async () => {
+    broken.respond = () => ({ status: 503, headers: { 'retry-after': '3600' }, body: 'down for maintenance' });
+    const before = broken.requests.length;
+    const id = await send(app, 'carol@example.test', ['desk@desk.test'], 'Subject: during the outage\r\n\r\nhello');
+    await broken.waitFor(before + 1);
+    const row = () => app.spool.db.prepare(`SELECT id, status, attempts, next_attempt_at FROM deliveries WHERE message_id = ?`).get(id) as { id: string; status: string; attempts: number; next_attempt_at: number };
+    await until(() => row().status === 'pending' && row().attempts === 1, 10_000, 'the 503 to be recorded');
+    assert.ok(row().next_attempt_at > Date.now() + 3_000_000, 'waits out the Retry-After');
+    const none = await call(app, 'POST', '/api/deliveries/retry', { body: {} });
+    assert.equal(none.status, 400);
+    assert.match(none.body.message, /pass "all": true/);
+    const dry = await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'desk', dry_run: true } });
+    assert.deepEqual(dry.body, { retried: 1, dry_run: true });
+    assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'gitlab' } }).then((r) => r.body), { retried: 0, dry_run: false }, 'another route: nothing');
+    assert.ok(row().next_attempt_at > Date.now() + 3_000_000, 'a dry run and another route change nothing');
+    broken.respond = () => ({ status: 204 });
+    const now = await call(app, 'POST', '/api/deliveries/retry', { body: { ids: [row().id] } });
+    assert.deepEqual(now.body, { retried: 1, dry_run: false });
+    await broken.waitFor(before + 2);
+    await until(() => row().status === 'delivered', 10_000, 'the retried delivery to succeed');
+    assert.equal(row().attempts, 2, 'the attempt count went on (no fresh budget, unlike a replay)');
+    assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { all: true } }).then((r) => r.body), { retried: 0, dry_run: false }, 'nothing left waiting');
+  });
+
   test('dashboard session: login trades the token for a cookie; writes with it need the CSRF header', async () => {
     const bad = await call(app, 'POST', '/api/session', { token: null, body: { token: 'not-the-token-at-all' } });
     assert.equal(bad.status, 401);
@@ -368,6 +392,7 @@ describe('admin API', () => {
     assert.equal(doc.openapi, '3.1.0');
     assert.deepEqual(Object.keys(doc.paths).sort(), [
       '/api/deliveries/replay',
+      '/api/deliveries/retry',
       '/api/mailboxes',
       '/api/messages',
       '/api/messages/{id}',

@@ -162,6 +162,26 @@ describe('mailhook CLI against a running server', () => {
     assert.deepEqual(JSON.parse(again.out), { replayed: 0, matched: 0, dry_run: true });
   });
 
+  test('retry --route sends a delivery waiting out a Retry-After now; --dry-run counts; no selector is a usage error', async () => {
+    broken.respond = () => ({ status: 503, headers: { 'retry-after': '3600' } });
+    const before = broken.requests.length;
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'desk-retry@desk.test', subject: 'retry', text: 'x' });
+    await broken.waitFor(before + 1);
+    await until(() => (app.spool.db.prepare(`SELECT COUNT(*) AS n FROM deliveries WHERE status = 'pending' AND attempts = 1`).get() as { n: number }).n === 1, 10_000, 'the 503 to be recorded');
+    const vague = await mailhook(['retry', ...conn], env);
+    assert.equal(vague.code, 2);
+    assert.match(vague.err, /say what to retry/);
+    const dry = await mailhook(['retry', '--route', 'desk', '--dry-run', ...conn], env);
+    assert.equal(dry.out, '1 pending delivery waits for its next attempt (dry run: nothing changed)\n');
+    broken.respond = () => ({ status: 200 });
+    const r = await mailhook(['retry', '--route', 'desk', ...conn], env);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, '1 pending delivery made due now\n');
+    await broken.waitFor(before + 2);
+    await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'the retry to finish');
+    assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false });
+  });
+
   test('errors: a wrong token, no token, no server, nothing to replay, a token file', async () => {
     const wrong = await mailhook(['messages', 'list', ...conn], { MAILHOOK_ADMIN_TOKEN: 'wrong-token-wrong-token' });
     assert.equal(wrong.code, 77);

@@ -248,6 +248,34 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     return { replayed: result.replayed.length, ids: result.replayed, remaining: result.remaining, as_of: iso(asOf), dry_run: false };
   });
 
+  api.post('/deliveries/retry', {
+    schema: {
+      summary: 'Retry pending deliveries now',
+      description:
+        'Makes pending deliveries that wait for their next attempt (backoff, or a Retry-After) due now, named by ids or matching a filter: ' +
+        'after a consumer outage the backlog goes out at once instead of within delivery.retry.max_delay_ms. Their attempt counters stay ' +
+        '(max_attempts still applies); sink routes are skipped.',
+      tags: ['deliveries'],
+      body: S.retryBody,
+      response: { 200: S.retryResponse, ...problems },
+    },
+  }, async (req) => {
+    const b = req.body as { ids?: string[]; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string; all?: boolean; dry_run: boolean };
+    const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
+    const hasFilter = Object.keys(filter).length > 0;
+    if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
+    if (!b.ids && !hasFilter && b.all !== true) {
+      throw problem(400, 'name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to retry every pending delivery now');
+    }
+    const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
+    const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, clock.now(), b.dry_run);
+    if (!b.dry_run) {
+      if (retried > 0) deps.wakeDelivery();
+      log.info({ retried, filter }, 'pending deliveries made due now by an operator');
+    }
+    return { retried, dry_run: b.dry_run };
+  });
+
   api.delete('/messages/:id', {
     schema: { summary: 'Remove a message, its deliveries, attempts and file', tags: ['messages'], params: S.idParams, querystring: S.deleteQuery, response: { 200: S.deleteResponse, 409: S.problem, ...problems } },
   }, async (req) => {

@@ -182,6 +182,26 @@ export const replayBody = {
   additionalProperties: false,
 } as const;
 
+export const retryBody = {
+  type: 'object',
+  properties: {
+    ids: { type: 'array', items: idSchema, minItems: 1, maxItems: 1000, uniqueItems: true, description: 'delivery ids to retry now (instead of a filter)' },
+    ...filterProperties,
+    all: { type: 'boolean', description: 'with no ids and no filter: every pending delivery waiting for its next attempt' },
+    dry_run: { type: 'boolean', default: false, description: 'count what would be retried, change nothing' },
+  },
+  additionalProperties: false,
+} as const;
+
+export const retryResponse = {
+  type: 'object',
+  properties: {
+    retried: { type: 'integer', description: 'pending deliveries made due now (with dry_run: that would be)' },
+    dry_run: { type: 'boolean' },
+  },
+  required: ['retried', 'dry_run'],
+} as const;
+
 export const replayResponse = {
   type: 'object',
   properties: {
