@@ -118,7 +118,7 @@ export class DeliveryWorker {
    * Attempts running, by lease token. Their leases are never reclaimed while they run, even past their expiry (a
    * clock step forward past the lease, see leaseDurationMs and JobQueue.reclaimExpired).
    */
-  private readonly inFlight = new Map<string, { route: string; large: boolean; done: Promise<void>; abort: AbortController }>();
+  private readonly inFlight = new Map<string, { route: string; large: boolean; done: Promise<void>; abort: AbortController; sent: boolean }>();
   /** attempts that finished and wait for the next tick to record them (one transaction for all, plus leasing) */
   private finished: Finished[] = [];
   /** leases per route: up to twice per_route_concurrency, half of them prepared ahead while the others are sent */
@@ -141,11 +141,6 @@ export class DeliveryWorker {
   private readonly targets = new WebhookTargets();
   /** the payload formats, with their cache of the message last parsed for the service formats (InboundViews) */
   private readonly formats: Formats;
-  /**
-   * Aborted when stop() is called: attempts whose request has not gone out stop there (given back uncounted)
-   * instead of taking a request slot freed during the grace period; requests in flight are not cut off by it.
-   */
-  private readonly stopping = new AbortController();
 
   constructor(private readonly deps: WorkerDeps) {
     this.formats = deps.formats ?? createFormats();
@@ -181,7 +176,9 @@ export class DeliveryWorker {
   /** Stop leasing; let requests in flight finish within graceMs, then abort them (they are retried on restart). */
   async stop(graceMs: number): Promise<void> {
     this.running = false;
-    this.stopping.abort(new MailhookError('SHUTTING_DOWN', 'mailhook is shutting down'));
+    // Attempts whose request has not gone out stop now (given back uncounted), rather than take a request slot
+    // freed during the grace period; requests in flight get the grace period.
+    for (const f of this.inFlight.values()) if (!f.sent) f.abort.abort(new MailhookError('SHUTTING_DOWN', 'mailhook is shutting down'));
     if (this.timer) clearTimeout(this.timer);
     if (this.immediate) clearImmediate(this.immediate);
     const all = () => Promise.allSettled([...this.inFlight.values()].map((f) => f.done));
@@ -315,7 +312,8 @@ export class DeliveryWorker {
     const route = lease.delivery.route;
     this.perRoute.set(route, (this.perRoute.get(route) ?? 0) + 1);
     const abort = new AbortController();
-    const done = this.attempt(lease, abort.signal)
+    const entry = { route, large: (lease.messageSize ?? 0) > LARGE_MESSAGE_BYTES, done: Promise.resolve(), abort, sent: false };
+    entry.done = this.attempt(lease, abort.signal, () => (entry.sent = true))
       .then((f) => {
         this.finished.push(f);
       })
@@ -331,7 +329,7 @@ export class DeliveryWorker {
         const { config, settleCoalesceMs } = this.deps;
         this.schedule(settleDelayMs({ waitingForSlot, finished: this.finished.length, perRouteConcurrency: config.delivery.per_route_concurrency, coalesceMs: settleCoalesceMs }));
       });
-    this.inFlight.set(lease.token, { route, large: (lease.messageSize ?? 0) > LARGE_MESSAGE_BYTES, done, abort });
+    this.inFlight.set(lease.token, entry);
   }
 
   private slotsOf(route: string): Slots {
@@ -353,10 +351,9 @@ export class DeliveryWorker {
     return true;
   }
 
-  private async attempt(lease: Lease, signal: AbortSignal): Promise<Finished> {
+  /** `signal` aborts the attempt (at the start of shutdown while its request has not gone out: `onSent` says when it does). */
+  private async attempt(lease: Lease, signal: AbortSignal, onSent: () => void): Promise<Finished> {
     const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
-    /** until the request goes out: this attempt's abort, or the start of shutdown */
-    const beforeSend = AbortSignal.any([signal, this.stopping.signal]);
     const d = lease.delivery;
     let startedAt = clock.now();
     let outcome: Outcome;
@@ -385,7 +382,7 @@ export class DeliveryWorker {
         const message = spool.getMessage(d.messageId);
         if (!message) throw new Error(`message ${d.messageId} is missing from the spool`);
         // A large message is read and encoded only once its request can start (see PREPARE_AHEAD_MAX_BYTES).
-        if (message.size > PREPARE_AHEAD_MAX_BYTES) held = await this.waitForSlot(slots, d.route, 'false', beforeSend);
+        if (message.size > PREPARE_AHEAD_MAX_BYTES) held = await this.waitForSlot(slots, d.route, 'false', signal);
         const raw = await spool.readRaw(d.messageId);
         read = true;
         const automatic = route.dropAutomatic ? automaticOf(message, raw) : undefined;
@@ -405,26 +402,28 @@ export class DeliveryWorker {
         req = undefined;
         // Reading the spool failed (EMFILE, EIO, a file briefly out of reach): that may be the machine, not the
         // message, so it is retried (dead after max_attempts).
-        outcome = beforeSend.aborted
-          ? classifyError(beforeSend.reason)
+        outcome = signal.aborted
+          ? classifyError(signal.reason)
           : !read && !(err instanceof MailhookError) && isErrnoException(err)
             ? { kind: 'retry', reason: `cannot read the message from the spool: ${err.message}` }
             : buildFailure(err, webhook.format);
       }
       if (req) {
         try {
-          if (!held) held = await this.waitForSlot(slots, d.route, 'true', beforeSend);
+          if (!held) held = await this.waitForSlot(slots, d.route, 'true', signal);
           // A slot free at once does not look at the signal: shutdown may have come while this attempt was parsing.
-          beforeSend.throwIfAborted();
+          signal.throwIfAborted();
           if (encode && clock.now() - encodedAt > (this.deps.preparedMaxAgeMs ?? PREPARED_MAX_AGE_MS)) {
             try {
               req = await encode();
             } catch (err) {
-              throw new BuildFailed(beforeSend.aborted ? classifyError(beforeSend.reason) : buildFailure(err, webhook.format));
+              throw new BuildFailed(signal.aborted ? classifyError(signal.reason) : buildFailure(err, webhook.format));
             }
           }
+          signal.throwIfAborted(); // shutdown may have come while it was built again
           startedAt = clock.now();
           sent = true;
+          onSent();
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
           statusCode = res.status;
           outcome = format.classify?.(res.status) ?? classifyStatus(res.status, res.location);
@@ -442,7 +441,7 @@ export class DeliveryWorker {
     const durationMs = finishedAt - startedAt;
     // Shutdown stopped the attempt before its request went out (it was being prepared or waited for a request
     // slot): the lease is given back uncounted, so restarts do not use up max_attempts of deliveries never tried.
-    if (beforeSend.aborted && !sent && route?.webhook) {
+    if (signal.aborted && !sent && route?.webhook) {
       const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode: null, outcome: 'retry', error: null }, next: { status: 'given-back' }, now: finishedAt };
       const report = (kept: boolean): void => {
         if (kept) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery not attempted before shutdown; given back uncounted');
