@@ -239,9 +239,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
       run(async () => {
         if (o.dead && o.delivered) throw new CliError('choose --dead or --delivered, not both', EXIT.usage);
         const api = client(o);
-        const filter = Object.fromEntries(
-          (['route', 'recipient', 'key', 'sender', 'since', 'until'] as const).filter((k) => o[k] !== undefined).map((k) => [k, o[k]]),
-        );
+        const filter = filterOf(o);
         const hasFilter = Object.keys(filter).length > 0 || o.delivery !== undefined;
         if (!hasFilter && !o.dead && !o.delivered) {
           throw new CliError('say what to replay: --dead (every dead-lettered delivery), --route R, another filter, or --delivery ID…', EXIT.usage);
@@ -284,9 +282,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
     .option('--json', 'print the result as JSON')
     .action((o: ConnectionOptions & { all?: boolean; delivery?: string[]; dryRun?: boolean; json?: boolean; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string }) =>
       run(async () => {
-        const filter = Object.fromEntries(
-          (['route', 'recipient', 'key', 'sender', 'since', 'until'] as const).filter((k) => o[k] !== undefined).map((k) => [k, o[k]]),
-        );
+        const filter = filterOf(o);
         const hasFilter = Object.keys(filter).length > 0 || o.delivery !== undefined;
         if (!hasFilter && !o.all) throw new CliError('say what to retry: --all (every pending delivery), --route R, another filter, or --delivery ID…', EXIT.usage);
         const body = { ...(o.delivery ? { ids: o.delivery } : filter), ...(hasFilter ? {} : { all: true }), dry_run: o.dryRun === true };
@@ -297,6 +293,11 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         return EXIT.ok;
       }),
     );
+}
+
+/** The filter flags given (filterFlags), as the admin API's bulk requests take them. */
+function filterOf(o: Partial<Record<'route' | 'recipient' | 'key' | 'sender' | 'since' | 'until', string>>): Record<string, string> {
+  return Object.fromEntries((['route', 'recipient', 'key', 'sender', 'since', 'until'] as const).flatMap((k) => (o[k] === undefined ? [] : [[k, o[k]]])));
 }
 
 async function writeBytes(io: CliIo, chunk: Buffer): Promise<void> {

@@ -229,14 +229,9 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       response: { 200: S.replayResponse, ...problems },
     },
   }, async (req) => {
-    const b = req.body as { ids?: string[]; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string; all?: boolean; status: 'dead' | 'delivered'; as_of?: string; limit: number; dry_run: boolean };
-    const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
-    const hasFilter = Object.keys(filter).length > 0;
-    if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
+    const b = req.body as BulkBody & { status: 'dead' | 'delivered'; as_of?: string; limit: number; dry_run: boolean };
     if (b.ids && b.ids.length > b.limit) throw problem(400, `ids: ${b.ids.length} ids but limit is ${b.limit}; raise limit or send fewer ids`);
-    if (!b.ids && !hasFilter && b.all !== true) {
-      throw problem(400, `name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to replay every ${b.status === 'dead' ? 'dead-lettered' : 'delivered'} delivery`);
-    }
+    const filter = bulkFilter(b, `replay every ${b.status === 'dead' ? 'dead-lettered' : 'delivered'} delivery`);
     const now = clock.now();
     const asOf = parseTime('as_of', b.as_of) ?? now;
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
@@ -260,13 +255,8 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       response: { 200: S.retryResponse, ...problems },
     },
   }, async (req) => {
-    const b = req.body as { ids?: string[]; route?: string; recipient?: string; key?: string; sender?: string; since?: string; until?: string; all?: boolean; dry_run: boolean };
-    const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
-    const hasFilter = Object.keys(filter).length > 0;
-    if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
-    if (!b.ids && !hasFilter && b.all !== true) {
-      throw problem(400, 'name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to retry every pending delivery now');
-    }
+    const b = req.body as BulkBody & { dry_run: boolean };
+    const filter = bulkFilter(b, 'retry every pending delivery now');
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
     const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, clock.now(), b.dry_run);
     if (!b.dry_run) {
@@ -429,6 +419,30 @@ function messageOut(m: MessageSummary) {
 
 function attemptOut(a: AttemptEntry) {
   return { attempt: a.attempt, started_at: iso(a.started_at), latency_ms: a.duration_ms, status_code: a.status_code, outcome: a.outcome, error: a.error };
+}
+
+/** The body of a bulk request (replay, retry): delivery ids, or filter fields, or "all". */
+interface BulkBody {
+  ids?: string[];
+  route?: string;
+  recipient?: string;
+  key?: string;
+  sender?: string;
+  since?: string;
+  until?: string;
+  all?: boolean;
+}
+
+/**
+ * The filter a bulk request selects by; ids and filter fields together are refused, and so is neither without
+ * "all": true, a guard against an empty body acting on every delivery (`everyone` says what "all" would do).
+ */
+function bulkFilter(b: BulkBody, everyone: string): Omit<MessageFilter, 'status'> {
+  const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
+  const hasFilter = Object.keys(filter).length > 0;
+  if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
+  if (!b.ids && !hasFilter && b.all !== true) throw problem(400, `name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to ${everyone}`);
+  return filter;
 }
 
 function stripUndefined<T extends object>(o: T): T {

@@ -168,12 +168,19 @@ export const redeliverResponse = {
   required: ['message_id', 'requeued', 'skipped'],
 } as const;
 
+/** What a bulk request (replay, retry) acts on: ids, or the filter fields, or with neither `all` (what `everyone` says). */
+function bulkSelection(verb: string, everyone: string) {
+  return {
+    ids: { type: 'array', items: idSchema, minItems: 1, maxItems: 1000, uniqueItems: true, description: `delivery ids to ${verb} (instead of a filter)` },
+    ...filterProperties,
+    all: { type: 'boolean', description: `with no ids and no filter: ${verb} ${everyone}` },
+  } as const;
+}
+
 export const replayBody = {
   type: 'object',
   properties: {
-    ids: { type: 'array', items: idSchema, minItems: 1, maxItems: 1000, uniqueItems: true, description: 'delivery ids to replay (instead of a filter)' },
-    ...filterProperties,
-    all: { type: 'boolean', description: 'with no ids and no filter: replay every matching delivery (a guard against an empty request replaying everything)' },
+    ...bulkSelection('replay', 'every matching delivery (a guard against an empty request replaying everything)'),
     status: { type: 'string', enum: ['dead', 'delivered'], default: 'dead', description: 'dead: dead-lettered deliveries; delivered: send delivered ones again' },
     as_of: { ...timeParam, description: 'only deliveries finished at or before this time; pass as_of from the first batch so deliveries that die again are not replayed twice' },
     limit: { type: 'integer', minimum: 1, maximum: 5000, default: 1000, description: 'deliveries replayed by this call; call again while remaining > 0' },
@@ -185,9 +192,7 @@ export const replayBody = {
 export const retryBody = {
   type: 'object',
   properties: {
-    ids: { type: 'array', items: idSchema, minItems: 1, maxItems: 1000, uniqueItems: true, description: 'delivery ids to retry now (instead of a filter)' },
-    ...filterProperties,
-    all: { type: 'boolean', description: 'with no ids and no filter: every pending delivery waiting for its next attempt' },
+    ...bulkSelection('retry now', 'every pending delivery waiting for its next attempt'),
     dry_run: { type: 'boolean', default: false, description: 'count what would be retried, change nothing' },
   },
   additionalProperties: false,
