@@ -10,6 +10,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { registerAdmin, type MailboxProvider } from './admin/index.js';
 import { registerDashboard } from './dashboard/index.js';
 import { LoggedOutSessions } from './admin/auth.js';
+import { DELIVERY_STATUSES } from '../spool/queries.js';
 
 export interface HttpDeps {
   config: Config;
@@ -40,8 +41,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   });
 
   app.get('/metrics', async (_req, reply) => {
-    const counts = spool.jobs.counts();
-    for (const [status, n] of Object.entries(counts)) metrics.queueDepth.set({ status }, n);
+    setQueueMetrics(metrics, spool, config.routes.map((r) => r.name), (deps.clock ?? systemClock).now());
     metrics.spoolBytes.set(spool.diskUsage());
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
@@ -102,6 +102,23 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   });
 
   return app;
+}
+
+/**
+ * The queue gauges from the spool, at each scrape: every configured route has its series (zeros included) and
+ * routes still in the spool but no longer configured keep theirs until their deliveries are gone.
+ */
+function setQueueMetrics(metrics: Metrics, spool: Spool, configured: string[], now: number): void {
+  const { counts, oldestUndelivered } = spool.jobs.routeCounts();
+  metrics.queueDepth.reset();
+  metrics.oldestUndelivered.reset();
+  const routes = new Set([...configured, ...oldestUndelivered.keys()]);
+  for (const route of routes) {
+    for (const status of DELIVERY_STATUSES) metrics.queueDepth.set({ route, status }, 0);
+    const at = oldestUndelivered.get(route) ?? null;
+    metrics.oldestUndelivered.set({ route }, at === null ? 0 : Math.max(0, (now - at) / 1000));
+  }
+  for (const { route, status, n } of counts) metrics.queueDepth.set({ route, status }, n);
 }
 
 function mayReadSink(req: FastifyRequest, config: Config): boolean {

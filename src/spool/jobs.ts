@@ -108,6 +108,8 @@ export class JobQueue {
   private readonly release;
   private readonly nextDue;
   private readonly countByStatus;
+  private readonly countByRoute;
+  private readonly oldestOf;
   private readonly syncNormal;
   private readonly syncFull;
 
@@ -149,6 +151,9 @@ export class JobQueue {
     // The head of the deliveries_due index (a covering index search that stops at the first entry).
     this.nextDue = db.prepare(`SELECT next_attempt_at AS at FROM deliveries WHERE status = 'pending' ORDER BY next_attempt_at LIMIT 1`);
     this.countByStatus = db.prepare(`SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status`);
+    // A scan of the covering index deliveries_route_status_received, then one search of it per route and status.
+    this.countByRoute = db.prepare<[], { route: string; status: DeliveryStatus; n: number }>(`SELECT route, status, COUNT(*) AS n FROM deliveries GROUP BY route, status`);
+    this.oldestOf = db.prepare<[string, string], number | null>(`SELECT MIN(received_at) FROM deliveries WHERE route = ? AND status = ?`).pluck();
   }
 
   /**
@@ -285,6 +290,23 @@ export class JobQueue {
   nextDueAt(): number | null {
     const row = this.nextDue.get() as { at: number } | undefined;
     return row?.at ?? null;
+  }
+
+  /**
+   * Deliveries by route and status, and per route when the oldest message not yet delivered (pending or being
+   * delivered) came in (null when none): for the queue metrics.
+   */
+  routeCounts(): { counts: Array<{ route: string; status: DeliveryStatus; n: number }>; oldestUndelivered: Map<string, number | null> } {
+    const counts = this.countByRoute.all();
+    const oldestUndelivered = new Map<string, number | null>();
+    for (const { route, status } of counts) {
+      if (!oldestUndelivered.has(route)) oldestUndelivered.set(route, null);
+      if (status !== 'pending' && status !== 'delivering') continue;
+      const at = this.oldestOf.get(route, status) ?? null;
+      const before = oldestUndelivered.get(route) ?? null;
+      if (at !== null && (before === null || at < before)) oldestUndelivered.set(route, at);
+    }
+    return { counts, oldestUndelivered };
   }
 
   counts(): Record<DeliveryStatus, number> {

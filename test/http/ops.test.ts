@@ -50,7 +50,7 @@ test('metrics count accepted messages, rejected recipients by reason, deliveries
   assert.match(text, /^mailhook_recipients_rejected_total\{reason="unknown_recipient"\} 1$/m);
   assert.match(text, /^mailhook_recipients_rejected_total\{reason="unknown_domain"\} 1$/m);
   assert.match(text, /^mailhook_deliveries_total\{route="hooks",outcome="delivered"\} 1$/m);
-  assert.match(text, /^mailhook_queue_depth\{status="delivered"\} 1$/m);
+  assert.match(text, /^mailhook_queue_depth\{route="hooks",status="delivered"\} 1$/m);
   assert.match(text, /^mailhook_delivery_duration_seconds_count\{route="hooks"\} 1$/m);
   assert.match(text, /^mailhook_spool_bytes [1-9]\d*$/m);
 });
