@@ -1,0 +1,94 @@
+// A route's consumer health: the pure streak rules, then a real consumer failing and recovering, seen in the logs and /metrics.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RouteHealth, verdictOf, FAILING_AFTER, SUMMARY_EVERY_MS } from '../../src/delivery/route-health.js';
+import { classifyError, classifyStatus } from '../../src/delivery/classify.js';
+import { Consumer } from '../helpers/consumer.js';
+import { sendMail } from '../helpers/smtp-client.js';
+import { configYaml, SECRET, startTestApp, until } from '../helpers/app.js';
+
+test('what an outcome says about the consumer', () => {
+  assert.equal(verdictOf(classifyStatus(200), true), 'ok');
+  for (const status of [408, 429, 500, 503]) assert.equal(verdictOf(classifyStatus(status), true), 'fail', String(status));
+  assert.equal(verdictOf(classifyError(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })), true), 'fail');
+  // Every message refused for our credentials or sent elsewhere: the route is broken, not the message.
+  for (const status of [401, 403, 301]) assert.equal(verdictOf(classifyStatus(status), true), 'fail', String(status));
+  // This message refused: the consumer answers.
+  for (const status of [400, 404, 410, 422]) assert.equal(verdictOf(classifyStatus(status), true), 'none', String(status));
+  assert.equal(verdictOf({ kind: 'retry', reason: 'parse timed out' }, false), 'none');
+  assert.equal(verdictOf({ kind: 'dropped', reason: 'automatic' }, true), 'none');
+});
+
+test('failing after FAILING_AFTER failures in a row, a summary at most each SUMMARY_EVERY_MS, recovered at the first delivery', () => {
+  const h = new RouteHealth();
+  let t = 1_000_000;
+  for (let i = 1; i < FAILING_AFTER; i++) assert.equal(h.record('a', 'fail', t++, 'HTTP 503'), undefined);
+  // A delivery breaks the streak: the next failures start again from one.
+  assert.equal(h.record('a', 'ok', t++), undefined);
+  for (let i = 1; i < FAILING_AFTER; i++) assert.equal(h.record('a', 'fail', t++, 'HTTP 503'), undefined);
+  // A message refused on its own neither breaks nor extends it.
+  assert.equal(h.record('a', 'none', t++), undefined);
+  assert.equal(h.failing('a'), false);
+  const since = t;
+  assert.deepEqual(h.record('a', 'fail', t, 'HTTP 502'), { kind: 'failing', route: 'a', failures: FAILING_AFTER, error: 'HTTP 502' });
+  assert.equal(h.failing('a'), true);
+  assert.deepEqual(h.failingRoutes(), ['a']);
+  // Another route is on its own.
+  assert.equal(h.failing('b'), false);
+  assert.equal(h.record('b', 'fail', t, 'x'), undefined);
+  for (let i = 0; i < 10; i++) assert.equal(h.record('a', 'fail', (t += 1000), 'HTTP 503'), undefined);
+  t = since + SUMMARY_EVERY_MS;
+  assert.deepEqual(h.record('a', 'fail', t, 'ECONNREFUSED'), { kind: 'still-failing', route: 'a', failures: 11, failingForMs: SUMMARY_EVERY_MS, error: 'ECONNREFUSED' });
+  assert.equal(h.record('a', 'fail', t + 1, 'ECONNREFUSED'), undefined);
+  assert.deepEqual(h.record('a', 'ok', t + 5000), { kind: 'recovered', route: 'a', failures: FAILING_AFTER + 12, failingForMs: SUMMARY_EVERY_MS + 5000 });
+  assert.equal(h.failing('a'), false);
+  // Failing again takes a new streak.
+  for (let i = 1; i < FAILING_AFTER; i++) assert.equal(h.record('a', 'fail', t + 6000 + i, 'HTTP 503'), undefined);
+  assert.equal(h.record('a', 'fail', t + 7000, 'HTTP 503')?.kind, 'failing');
+});
+
+test('a consumer that fails, then recovers: one line when it starts failing, its further failures at debug, one line when it recovers', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  const FAILURES = FAILING_AFTER + 2;
+  let app: Awaited<ReturnType<typeof startTestApp>> | undefined;
+  const gaugeSeen: string[] = [];
+  const gauge = async () => /^mailhook_route_failing\{route="app"\} (\d+)$/m.exec(await (await fetch(`${app!.httpUrl}/metrics`)).text())?.[1] ?? 'absent';
+  consumer.respond = async (_req, i) => {
+    if (i >= FAILING_AFTER) gaugeSeen.push(await gauge());
+    return i < FAILURES ? { status: 503, body: 'down for maintenance' } : { status: 204 };
+  };
+  const routes = `
+  - name: app
+    addresses: ["in@h.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`;
+  app = await startTestApp({ routes, yaml: (dir) => configYaml({ routes, dir }).replace('max_attempts: 5', 'max_attempts: 20') });
+  try {
+    assert.equal(await gauge(), '0', 'the series is there before any failure');
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@h.test', subject: 'hello', text: 'x' });
+    await consumer.waitFor(FAILURES + 1);
+    const lines = () => app!.logs.join('').trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; route?: string; failedAttempts?: number; failingForMs?: number; error?: string });
+    await until(() => lines().some((l) => l.msg === 'route consumer recovered'), 10_000, 'the recovered line');
+    const all = lines();
+    const failed = all.filter((l) => l.msg === 'delivery failed; will retry');
+    assert.deepEqual(failed.map((l) => l.level), [...Array<number>(FAILING_AFTER).fill(40), ...Array<number>(FAILURES - FAILING_AFTER).fill(20)], 'warn until the route is failing, then debug');
+    const failing = all.filter((l) => l.msg.startsWith('route consumer failing'));
+    assert.equal(failing.length, 1);
+    assert.equal(failing[0]!.level, 40);
+    assert.equal(failing[0]!.failedAttempts, FAILING_AFTER);
+    assert.match(failing[0]!.error ?? '', /^HTTP 503: down for maintenance/);
+    const recovered = all.filter((l) => l.msg === 'route consumer recovered');
+    assert.equal(recovered.length, 1);
+    assert.equal(recovered[0]!.level, 30);
+    assert.equal(recovered[0]!.failedAttempts, FAILURES);
+    assert.ok((recovered[0]!.failingForMs ?? -1) >= 0);
+    assert.equal(all.filter((l) => l.msg === 'delivered').length, 1);
+    // The gauge while the consumer was failing, then after it recovered.
+    assert.deepEqual(gaugeSeen.slice(0, FAILURES - FAILING_AFTER), Array<string>(FAILURES - FAILING_AFTER).fill('1'));
+    assert.equal(await gauge(), '0');
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});
