@@ -96,6 +96,13 @@ export function leaseDurationMs(config: Config): number {
   return config.delivery.timeout_ms + 2 * request + 10_000;
 }
 
+/**
+ * Longest a route pauses for a consumer's Retry-After (the delivery that got it waits the whole Retry-After, up to
+ * MAX_RETRY_AFTER_MS): one answer should not stop a route's new mail for long; after the pause one new attempt asks
+ * again.
+ */
+export const ROUTE_PAUSE_MAX_MS = 5 * 60_000;
+
 /** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
 const IDLE_POLL_MS = 30_000;
 
@@ -144,6 +151,11 @@ export class DeliveryWorker {
   private readonly formats: Formats;
   /** which routes' consumers are failing: their failed attempts are logged at debug, with a line when that starts, a summary each minute and a line when it ends */
   private readonly health = new RouteHealth();
+  /**
+   * Routes whose consumer answered 429/503 (or another retry) with a Retry-After: until when (wall clock) no new
+   * attempt of theirs is leased, so new mail does not get a first attempt each while the consumer sheds load.
+   */
+  private readonly pausedUntil = new Map<string, number>();
 
   constructor(private readonly deps: WorkerDeps) {
     this.formats = deps.formats ?? createFormats();
@@ -171,6 +183,31 @@ export class DeliveryWorker {
   wake(): void {
     if (!this.running) return;
     this.schedule(0);
+  }
+
+  /** An operator asked for deliveries now (replay, retry): routes paused by a Retry-After go on at once. */
+  resume(): void {
+    if (this.pausedUntil.size > 0) this.deps.log.info({ routes: [...this.pausedUntil.keys()] }, 'route pauses lifted by an operator');
+    this.pausedUntil.clear();
+    this.wake();
+  }
+
+  /** Whether the route waits out a consumer's Retry-After at `now` (wall clock); forgets pauses that ended. */
+  private paused(route: string, now: number): boolean {
+    const until = this.pausedUntil.get(route);
+    if (until === undefined) return false;
+    if (until > now) return true;
+    this.pausedUntil.delete(route);
+    return false;
+  }
+
+  /** The consumer asked the route to wait retryAfterMs (at most ROUTE_PAUSE_MAX_MS) from `now`. */
+  private pause(route: string, now: number, retryAfterMs: number, statusCode: number | null): void {
+    const until = now + Math.min(retryAfterMs, ROUTE_PAUSE_MAX_MS);
+    const was = this.paused(route, now);
+    if (until <= (this.pausedUntil.get(route) ?? 0)) return;
+    this.pausedUntil.set(route, until);
+    if (!was) this.deps.log.info({ route, status: statusCode, until: new Date(until).toISOString() }, 'route paused: its consumer asked to wait (Retry-After); no new attempt of the route starts before then');
   }
 
   get activeCount(): number {
@@ -269,7 +306,8 @@ export class DeliveryWorker {
     for (const f of finished) busy.set(f.route, (busy.get(f.route) ?? 1) - 1);
     const large = new Set([...this.inFlight.values()].filter((f) => f.large).map((f) => f.route));
     for (const f of finished) if (this.inFlight.get(f.token)?.large) large.delete(f.route);
-    const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap);
+    const now = lease?.now ?? 0;
+    const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap && !this.paused(route, now));
     const openSlots = openRoutes.reduce((n, route) => n + cap - (busy.get(route) ?? 0), 0);
     let limit = lease ? config.delivery.concurrency - (this.inFlight.size - finished.length) : 0;
     // Deliveries of a route removed from the configuration take no slot of a configured route: look for them once
@@ -289,7 +327,7 @@ export class DeliveryWorker {
           openRoutes,
           canTake: (route, sizeOf) => {
             const n = busy.get(route) ?? 0;
-            if (n >= cap) return false;
+            if (n >= cap || this.paused(route, now)) return false;
             if (sizeOf() > LARGE_MESSAGE_BYTES) {
               if (large.has(route)) return false;
               large.add(route);
@@ -447,6 +485,7 @@ export class DeliveryWorker {
           outcome = format.classify?.(res.status) ?? classifyStatus(res.status, res.location);
           if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
           retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
+          if (outcome.kind === 'retry' && retryAfterMs !== undefined && retryAfterMs > 0) this.pause(d.route, clock.now(), retryAfterMs, res.status);
         } catch (err) {
           outcome = err instanceof BuildFailed ? err.outcome : classifyError(err);
         } finally {

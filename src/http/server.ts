@@ -20,7 +20,7 @@ export interface HttpDeps {
   /** readiness checks beyond the spool, e.g. "SMTP is listening" */
   readiness: () => Record<string, boolean>;
   clock?: Clock;
-  /** wakes the delivery worker (after an operator replays deliveries) */
+  /** wakes the delivery worker after an operator replays or retries deliveries, lifting routes' Retry-After pauses */
   wakeDelivery?: () => void;
   /** IMAP mailbox states for the admin API and dashboard, when an IMAP bridge runs */
   mailboxes?: MailboxProvider;

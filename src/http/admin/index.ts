@@ -29,7 +29,7 @@ export interface AdminDeps {
   spool: Spool;
   log: Logger;
   clock: Clock;
-  /** wakes the delivery worker after a replay, so replayed deliveries go out now */
+  /** wakes the delivery worker after a replay or retry, so those deliveries go out now (lifting routes' Retry-After pauses) */
   wakeDelivery: () => void;
   /** IMAP mailbox states, when an IMAP bridge runs */
   mailboxes?: MailboxProvider;
@@ -260,7 +260,8 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
     const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, clock.now(), b.dry_run);
     if (!b.dry_run) {
-      if (retried > 0) deps.wakeDelivery();
+      // Always: deliveries already due may wait on a route's Retry-After pause, which this lifts.
+      deps.wakeDelivery();
       log.info({ retried, filter }, 'pending deliveries made due now by an operator');
     }
     return { retried, dry_run: b.dry_run };

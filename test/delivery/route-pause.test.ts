@@ -1,0 +1,69 @@
+// A consumer's Retry-After pauses its whole route: new mail waits too, until the pause ends or an operator retries now.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Consumer } from '../helpers/consumer.js';
+import { sendMail } from '../helpers/smtp-client.js';
+import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
+import { adminYaml, call } from '../admin/helpers.js';
+
+const subjectOf = (body: Buffer) => (JSON.parse(body.toString('utf8')) as { message: { subject: string } }).message.subject;
+
+async function start(consumer: Consumer): Promise<TestApp> {
+  const routes = `
+  - name: app
+    addresses: ["in@p.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`;
+  return startTestApp({ routes, yaml: (dir) => adminYaml({ routes, dir }) });
+}
+
+const logLines = (app: TestApp) => app.logs.join('').trim().split('\n').map((l) => JSON.parse(l) as { msg: string; route?: string; until?: string });
+
+test('a 503 with Retry-After holds the route\'s new mail too until it has passed', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  consumer.respond = (_req, i) => (i === 0 ? { status: 503, headers: { 'retry-after': '2' }, body: 'shedding load' } : { status: 204 });
+  const app = await start(consumer);
+  try {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'first', text: 'x' });
+    await consumer.waitFor(1);
+    const askedAt = consumer.requests[0]!.at;
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'second', text: 'y' });
+    await consumer.waitFor(3);
+    const second = consumer.requests.find((r) => subjectOf(r.body) === 'second');
+    assert.ok(second, 'the second message was delivered');
+    assert.ok(second.at >= askedAt + 2000, `the second message's first request came ${second.at - askedAt} ms after the Retry-After of 2 s`);
+    const paused = logLines(app).filter((l) => l.msg.startsWith('route paused'));
+    assert.equal(paused.length, 1);
+    assert.equal(paused[0]!.route, 'app');
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});
+
+test('an operator\'s retry lifts the pause at once, even with nothing to make due', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  consumer.respond = (_req, i) => (i === 0 ? { status: 429, headers: { 'retry-after': '3600' }, body: 'slow down' } : { status: 204 });
+  const app = await start(consumer);
+  try {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'first', text: 'x' });
+    await consumer.waitFor(1);
+    await until(() => logLines(app).some((l) => l.msg.startsWith('route paused')), 10_000, 'the pause');
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'second', text: 'y' });
+    // The second message's delivery is due, never tried, held only by the pause: nothing for a retry to make due,
+    // and the retry lifts the pause all the same. The first keeps waiting out its hour.
+    const second = app.spool.db.prepare(`SELECT id FROM deliveries WHERE status = 'pending' AND attempts = 0`).pluck().all() as string[];
+    assert.equal(second.length, 1);
+    const r = await call(app, 'POST', '/api/deliveries/retry', { body: { ids: second } });
+    assert.equal(r.status, 200);
+    assert.equal(r.body.retried, 0);
+    await consumer.waitFor(2);
+    assert.equal(subjectOf(consumer.requests[1]!.body), 'second');
+    assert.ok(logLines(app).some((l) => l.msg === 'route pauses lifted by an operator'));
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});
