@@ -1,4 +1,5 @@
-// The dashboard end to end in real headless Chromium: log in, see mail that just came in over SMTP, replay a dead letter.
+// The dashboard end to end in real headless Chromium: log in, see mail that just came in over SMTP, replay a dead letter,
+// retry pending deliveries now.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -8,7 +9,7 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, until, type TestApp } from '../helpers/app.js';
-import { ADMIN_TOKEN, startAdminApp } from '../admin/helpers.js';
+import { ADMIN_TOKEN, call, startAdminApp } from '../admin/helpers.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -27,11 +28,20 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
   let profile: string;
   const ok = new Consumer();
   const flaky = new Consumer();
+  /** Down for maintenance: its 503 asks for an hour's wait (Retry-After), so deliveries sit pending until retried now. */
+  const later = new Consumer();
+  const down = () => ({ status: 503, headers: { 'retry-after': '3600' }, body: 'down for maintenance' });
+  /** Subjects of the messages with a delivery still waiting out that hour (read through the admin API). */
+  const waiting = async (): Promise<string[]> => {
+    const r = await call(app, 'GET', '/api/messages?status=pending');
+    return r.body.messages.filter((m: any) => m.deliveries.some((d: any) => d.status === 'pending' && Date.parse(d.next_attempt_at) > Date.now() + 60_000)).map((m: any) => m.subject).sort();
+  };
   const pageErrors: string[] = [];
 
   before(async () => {
     await ok.start();
     await flaky.start();
+    await later.start();
     flaky.respond = () => ({ status: 410, body: 'gone for now' });
     app = await startAdminApp({
       routes: `
@@ -41,6 +51,12 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
   - name: billing
     addresses: ["billing@in.test"]
     webhook: { url: "${flaky.url}", secret: "${SECRET}" }
+  - name: orders
+    addresses: ["orders@in.test"]
+    webhook: { url: "${later.url}", secret: "${SECRET}" }
+  - name: returns
+    addresses: ["returns@in.test"]
+    webhook: { url: "${later.url}", secret: "${SECRET}" }
   - name: archive
     addresses: ["*@archive.test"]
     sink: true
@@ -60,6 +76,7 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     await app?.close();
     await ok.stop();
     await flaky.stop();
+    await later.stop();
   });
 
   test('log in with the token; a wrong token is refused', async () => {
@@ -131,6 +148,65 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     assert.match(attempts[0]!, /410.*dead.*gone for now/);
     assert.match(attempts[1]!, /202.*delivered/);
     assert.match((await page.locator('.delivery[data-route=billing] .delivery-head').textContent()) ?? '', /1 attempt, replayed 1×/);
+  });
+
+  test('a pending delivery waiting out a Retry-After is retried now from its detail view, attempt count kept', async () => {
+    later.respond = down;
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 77', text: 'One printer, fireproof' });
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'returns@in.test', subject: 'Return 5', text: 'x' });
+    await later.waitFor(2);
+    await until(() => app.spool.jobs.counts().pending === 2, 5000, 'both deliveries to wait out the Retry-After');
+    await page.locator('nav a', { hasText: 'Messages' }).click();
+    await page.locator('#refresh').click();
+    await page.locator('tbody tr', { hasText: 'Order 77' }).click();
+    const head = page.locator('.delivery[data-route=orders] .delivery-head');
+    await head.locator('.chip[data-status=pending]').waitFor();
+    assert.match((await head.textContent()) ?? '', /^orderspending1 attemptnext try .*Retry now$/);
+
+    later.respond = () => ({ status: 200, body: 'ok' });
+    await head.locator('button.retry').click();
+    await page.locator('#toast', { hasText: 'Retrying 1 delivery now' }).waitFor();
+    assert.deepEqual(await waiting(), ['Return 5']); // only this delivery: the other one keeps its wait
+    const got = await later.waitFor(3);
+    assert.match(got[2]!.body.toString(), /Order 77/);
+    await head.locator('.chip[data-status=delivered]').waitFor();
+    assert.equal(await head.locator('button.retry').count(), 0);
+    assert.match((await head.textContent()) ?? '', /^ordersdelivered2 attemptsSend again$/); // counter kept, not a replay
+    const attempts = await page.locator('.delivery[data-route=orders] tbody tr').allTextContents();
+    assert.equal(attempts.length, 2);
+    assert.match(attempts[0]!, /^1.*503.*retry/);
+    assert.match(attempts[1]!, /^2.*200.*delivered/);
+  });
+
+  test('a route\'s pending deliveries are retried now from the routes view', async () => {
+    const before = later.requests.length;
+    // Both first attempts are answered once both are in flight, so each gets one (whatever a Retry-After does to new attempts).
+    const bothIn = later.received(before + 2);
+    later.respond = () => bothIn.then(down);
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 78', text: 'x' });
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 79', text: 'x' });
+    await later.waitFor(before + 2);
+    await until(() => app.spool.jobs.counts().pending === 3, 5000, 'both deliveries to wait out the Retry-After'); // and Return 5
+    await page.locator('nav a', { hasText: 'Routes' }).click();
+    const button = page.locator('tr[data-route=orders] button.retry');
+    await button.waitFor();
+    assert.equal(await button.textContent(), 'Retry 2 pending now');
+    assert.equal(await page.locator('tr[data-route=returns] button.retry').textContent(), 'Retry 1 pending now');
+    assert.equal(await page.locator('tr[data-route=tickets] button.retry').count(), 0); // nothing pending there
+
+    later.respond = () => ({ status: 200, body: 'ok' });
+    await button.click();
+    await page.locator('#toast', { hasText: 'Retrying 2 deliveries now' }).waitFor();
+    assert.deepEqual(await waiting(), ['Return 5']); // the other route's delivery keeps its wait
+    const got = await later.waitFor(before + 4);
+    assert.deepEqual(got.slice(before + 2).map((r) => /Order 7\d/.exec(r.body.toString())?.[0]).sort(), ['Order 78', 'Order 79']);
+    await until(() => { const c = app.spool.jobs.counts(); return c.pending === 1 && c.delivering === 0; }, 5000, 'both deliveries to be recorded');
+    await page.locator('nav a', { hasText: 'Messages' }).click();
+    await page.locator('#refresh').click();
+    for (const subject of ['Order 78', 'Order 79']) assert.match((await page.locator('tbody tr', { hasText: subject }).textContent()) ?? '', /orders: delivered/);
+    await page.locator('nav a', { hasText: 'Routes' }).click();
+    await page.locator('tr[data-route=orders]').waitFor();
+    assert.equal(await button.count(), 0);
   });
 
   test('route health and the mailbox section render; the page looks sane', async () => {

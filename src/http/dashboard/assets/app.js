@@ -144,6 +144,7 @@ async function messageView(seq, id) {
         d.status === 'dead' || (d.status === 'delivered' && d.attempts > 0)
           ? el('button', { class: d.status === 'dead' ? '' : 'quiet', onclick: () => replayIds([d.id], d.status) }, d.status === 'dead' ? 'Replay' : 'Send again')
           : null,
+        d.status === 'pending' ? el('button', { class: 'retry', onclick: () => retryNow({ ids: [d.id] }) }, 'Retry now') : null,
       ),
       el('div', { class: 'muted mono' }, `delivery ${d.id} → ${d.recipients.map((r) => r.address + (r.key ? ` (key ${r.key})` : '')).join(', ')}`),
       d.last_error ? el('p', { class: 'error' }, `Last error: ${d.last_error}`) : null,
@@ -227,6 +228,7 @@ async function routesView(seq) {
       el('td', { class: 'num' }, rate(r.window.success_rate), el('div', { class: 'muted' }, `${r.window.attempts} attempt${r.window.attempts === 1 ? '' : 's'}`)),
       el('td', { class: 'num' }, `${ms(r.window.latency_ms.p50)} / ${ms(r.window.latency_ms.p95)}`),
       el('td', { class: 'wrap' }, r.last_failure ? [el('div', {}, `${ago(r.last_failure.at)}${r.last_failure.status_code ? ` · HTTP ${r.last_failure.status_code}` : ''}`), el('div', { class: 'muted' }, r.last_failure.error ?? '')] : '—'),
+      el('td', {}, r.queue.pending && r.kind !== 'sink' ? el('button', { class: 'retry quiet', onclick: (e) => { e.target.disabled = true; retryNow({ route: r.route }); } }, `Retry ${r.queue.pending} pending now`) : null),
     ),
   );
   view.replaceChildren(
@@ -234,7 +236,7 @@ async function routesView(seq) {
     el('div', { class: 'toolbar' },
       el('span', {}, 'Queue: ', chip('pending', `${h.totals.pending} pending`), chip('delivering', `${h.totals.delivering} in flight`), chip('dead', `${h.totals.dead} dead`), chip('delivered', `${h.totals.delivered} delivered`)),
       el('span', { class: 'spacer' }), el('label', {}, 'Window', windowSel)),
-    table(['Route', 'Kind', 'Endpoint', { label: 'Pending', num: true }, { label: 'In flight', num: true }, { label: 'Dead', num: true }, { label: 'Success', num: true }, { label: 'p50 / p95', num: true }, 'Last failure'], rows, 'No routes.'),
+    table(['Route', 'Kind', 'Endpoint', { label: 'Pending', num: true }, { label: 'In flight', num: true }, { label: 'Dead', num: true }, { label: 'Success', num: true }, { label: 'p50 / p95', num: true }, 'Last failure', ''], rows, 'No routes.'),
   );
   every(5000, () => { if (!document.hidden) render(); });
 }
@@ -280,6 +282,17 @@ async function replayAll(route, expected) {
       if (r.remaining === 0 || r.replayed === 0) break;
     }
     toast(`Replayed ${done} deliver${done === 1 ? 'y' : 'ies'}`);
+  } catch (err) {
+    toast(err.message, true);
+  }
+  render();
+}
+
+/** body: { ids } or { route }. Pending deliveries waiting out a backoff or Retry-After become due now; attempt counts stay. */
+async function retryNow(body) {
+  try {
+    const r = await api('/api/deliveries/retry', { method: 'POST', body });
+    toast(r.retried ? `Retrying ${r.retried} deliver${r.retried === 1 ? 'y' : 'ies'} now` : 'Nothing was waiting to retry (its state changed meanwhile)');
   } catch (err) {
     toast(err.message, true);
   }
