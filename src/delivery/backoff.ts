@@ -11,6 +11,13 @@ export interface RetryPolicy {
 export const MAX_RETRY_AFTER_MS = 24 * 3600 * 1000;
 
 /**
+ * Longest a route pauses for a consumer's Retry-After (the delivery that got it waits the whole Retry-After, up to
+ * MAX_RETRY_AFTER_MS): one answer should not stop a route's new mail for long; after the pause one new attempt asks
+ * again.
+ */
+export const ROUTE_PAUSE_MAX_MS = 5 * 60_000;
+
+/**
  * Delay before attempt `attempt + 1`, after `attempt` attempts have failed (attempt >= 1).
  * The exponential step is initial · 2^(attempt-1), capped at max_delay_ms; "equal jitter" keeps
  * at least half of it so retries never bunch up at zero.

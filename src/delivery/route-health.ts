@@ -50,6 +50,11 @@ export class RouteHealth {
     return (this.routes.get(route)?.since ?? null) !== null;
   }
 
+  /** Since when the route has been counted as failing (milliseconds), or null. */
+  failingSince(route: string): number | null {
+    return this.routes.get(route)?.since ?? null;
+  }
+
   /** Routes counted as failing now. */
   failingRoutes(): string[] {
     return [...this.routes].filter(([, s]) => s.since !== null).map(([route]) => route);

@@ -7,7 +7,7 @@ import type { Metrics } from '../core/metrics.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import type { Spool } from '../spool/spool.js';
 import type { Completion, Lease } from '../spool/jobs.js';
-import { nextAttemptAt, parseRetryAfter } from './backoff.js';
+import { nextAttemptAt, parseRetryAfter, ROUTE_PAUSE_MAX_MS } from './backoff.js';
 import { classifyError, classifyStatus, type Outcome } from './classify.js';
 import { sendWebhook, WebhookTargets } from './client.js';
 import { Slots } from './slots.js';
@@ -96,13 +96,6 @@ export function leaseDurationMs(config: Config): number {
   return config.delivery.timeout_ms + 2 * request + 10_000;
 }
 
-/**
- * Longest a route pauses for a consumer's Retry-After (the delivery that got it waits the whole Retry-After, up to
- * MAX_RETRY_AFTER_MS): one answer should not stop a route's new mail for long; after the pause one new attempt asks
- * again.
- */
-export const ROUTE_PAUSE_MAX_MS = 5 * 60_000;
-
 /** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
 const IDLE_POLL_MS = 30_000;
 
@@ -185,11 +178,29 @@ export class DeliveryWorker {
     this.schedule(0);
   }
 
-  /** An operator asked for deliveries now (replay, retry): routes paused by a Retry-After go on at once. */
-  resume(): void {
-    if (this.pausedUntil.size > 0) this.deps.log.info({ routes: [...this.pausedUntil.keys()] }, 'route pauses lifted by an operator');
-    this.pausedUntil.clear();
+  /**
+   * An operator asked for deliveries now (replay, retry): these routes (every route when absent), if paused by a
+   * Retry-After, go on at once; returns the routes whose pause this lifted.
+   */
+  resume(only?: string[]): string[] {
+    const now = this.deps.clock.now();
+    const routes = [...this.pausedUntil.keys()].filter((route) => (only === undefined || only.includes(route)) && this.paused(route, now));
+    if (routes.length > 0) this.deps.log.info({ routes }, 'route pauses lifted by an operator');
+    for (const route of routes) this.pausedUntil.delete(route);
     this.wake();
+    return routes;
+  }
+
+  /** Routes whose consumer is failing or that wait out a Retry-After now (milliseconds), for the admin API. */
+  routeStates(): Map<string, RouteState> {
+    const now = this.deps.clock.now();
+    const out = new Map<string, RouteState>();
+    for (const route of new Set([...this.health.failingRoutes(), ...this.pausedUntil.keys()])) {
+      const pausedUntil = this.paused(route, now) ? (this.pausedUntil.get(route) ?? null) : null;
+      const failingSince = this.health.failingSince(route);
+      if (failingSince !== null || pausedUntil !== null) out.set(route, { failingSince, pausedUntil });
+    }
+    return out;
   }
 
   /** Whether the route waits out a consumer's Retry-After at `now` (wall clock); forgets pauses that ended. */
@@ -549,6 +560,12 @@ export class DeliveryWorker {
     };
     return { token: lease.token, route: d.route, completion, report };
   }
+}
+
+/** What the delivery loop knows of a route's consumer beyond the spool: failing since, paused until (ms), or null. */
+export interface RouteState {
+  failingSince: number | null;
+  pausedUntil: number | null;
 }
 
 /** A finished attempt waiting to be recorded; `report` logs and counts it once recorded. */

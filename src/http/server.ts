@@ -10,6 +10,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { registerAdmin, type MailboxProvider } from './admin/index.js';
 import { registerDashboard } from './dashboard/index.js';
 import { LoggedOutSessions } from './admin/auth.js';
+import type { RouteState } from '../delivery/worker.js';
 import { DELIVERY_STATUSES } from '../spool/queries.js';
 
 export interface HttpDeps {
@@ -21,7 +22,9 @@ export interface HttpDeps {
   readiness: () => Record<string, boolean>;
   clock?: Clock;
   /** wakes the delivery worker after an operator replays or retries deliveries, lifting routes' Retry-After pauses */
-  wakeDelivery?: () => void;
+  wakeDelivery?: (routes?: string[]) => string[];
+  /** routes whose consumer is failing or paused by a Retry-After (the delivery loop's view), for the admin API */
+  routeStates?: () => Map<string, RouteState>;
   /** IMAP mailbox states for the admin API and dashboard, when an IMAP bridge runs */
   mailboxes?: MailboxProvider;
 }
@@ -92,7 +95,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   // Admin API (/api) and dashboard (/): off, with a message saying how to turn them on, when no admin token is set.
   const clock = deps.clock ?? systemClock;
   const loggedOut = new LoggedOutSessions();
-  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => {}), mailboxes: deps.mailboxes, loggedOut });
+  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => []), routeStates: deps.routeStates ?? (() => new Map()), mailboxes: deps.mailboxes, loggedOut });
   registerDashboard(app, { config, clock, loggedOut });
 
   app.setErrorHandler((err: { statusCode?: number; message: string; validation?: unknown }, _req, reply) => {

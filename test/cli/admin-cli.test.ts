@@ -176,10 +176,11 @@ describe('mailhook CLI against a running server', () => {
     broken.respond = () => ({ status: 200 });
     const r = await mailhook(['retry', '--route', 'desk', ...conn], env);
     assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, '1 pending delivery made due now\n');
+    // The 503's Retry-After had paused the route too: the retry lifts that and says so.
+    assert.equal(r.out, "1 pending delivery made due now\nresumed, after a pause for their consumer's Retry-After: desk\n");
     await broken.waitFor(before + 2);
     await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'the retry to finish');
-    assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false });
+    assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false, resumed: [] });
   });
 
   test('errors: a wrong token, no token, no server, nothing to replay, a token file', async () => {

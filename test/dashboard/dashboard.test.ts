@@ -191,12 +191,14 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     const button = page.locator('tr[data-route=orders] button.retry');
     await button.waitFor();
     assert.equal(await button.textContent(), 'Retry 2 pending now');
+    // Its consumer asked to wait: the route is paused, and says so.
+    assert.match((await page.locator('tr[data-route=orders] .consumer-paused').textContent()) ?? '', /^paused until .+ \(Retry-After\)$/);
     assert.equal(await page.locator('tr[data-route=returns] button.retry').textContent(), 'Retry 1 pending now');
     assert.equal(await page.locator('tr[data-route=tickets] button.retry').count(), 0); // nothing pending there
 
     later.respond = () => ({ status: 200, body: 'ok' });
     await button.click();
-    await page.locator('#toast', { hasText: 'Retrying 2 deliveries now' }).waitFor();
+    await page.locator('#toast', { hasText: "Retrying 2 deliveries now; resumed orders (paused by its consumer's Retry-After)" }).waitFor();
     assert.deepEqual(await waiting(), ['Return 5']); // the other route's delivery keeps its wait
     const got = await later.waitFor(before + 4);
     assert.deepEqual(got.slice(before + 2).map((r) => /Order 7\d/.exec(r.body.toString())?.[0]).sort(), ['Order 78', 'Order 79']);
@@ -207,6 +209,7 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     await page.locator('nav a', { hasText: 'Routes' }).click();
     await page.locator('tr[data-route=orders]').waitFor();
     assert.equal(await button.count(), 0);
+    assert.equal(await page.locator('tr[data-route=orders] .consumer-paused').count(), 0);
   });
 
   test('route health and the mailbox section render; the page looks sane', async () => {

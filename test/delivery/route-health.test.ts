@@ -5,7 +5,8 @@ import { RouteHealth, verdictOf, FAILING_AFTER, SUMMARY_EVERY_MS } from '../../s
 import { classifyError, classifyStatus } from '../../src/delivery/classify.js';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
-import { configYaml, SECRET, startTestApp, until } from '../helpers/app.js';
+import { SECRET, startTestApp, until } from '../helpers/app.js';
+import { adminYaml, call } from '../admin/helpers.js';
 
 test('what an outcome says about the consumer', () => {
   assert.equal(verdictOf(classifyStatus(200), true), 'ok');
@@ -53,9 +54,12 @@ test('a consumer that fails, then recovers: one line when it starts failing, its
   const FAILURES = FAILING_AFTER + 2;
   let app: Awaited<ReturnType<typeof startTestApp>> | undefined;
   const gaugeSeen: string[] = [];
+  const failingSince: Array<string | null> = [];
+  const consumerOf = async () => (await call(app!, 'GET', '/api/routes')).body.routes.find((r: { route: string }) => r.route === 'app').consumer as { failing_since: string | null; paused_until: string | null };
   const gauge = async () => /^mailhook_route_failing\{route="app"\} (\d+)$/m.exec(await (await fetch(`${app!.httpUrl}/metrics`)).text())?.[1] ?? 'absent';
   consumer.respond = async (_req, i) => {
     if (i >= FAILING_AFTER) gaugeSeen.push(await gauge());
+    if (i >= FAILING_AFTER) failingSince.push((await consumerOf()).failing_since);
     return i < FAILURES ? { status: 503, body: 'down for maintenance' } : { status: 204 };
   };
   const routes = `
@@ -63,7 +67,7 @@ test('a consumer that fails, then recovers: one line when it starts failing, its
     addresses: ["in@h.test"]
     webhook: { url: "${consumer.url}", secret: "${SECRET}" }
 `;
-  app = await startTestApp({ routes, yaml: (dir) => configYaml({ routes, dir }).replace('max_attempts: 5', 'max_attempts: 20') });
+  app = await startTestApp({ routes, yaml: (dir) => adminYaml({ routes, dir }).replace('max_attempts: 5', 'max_attempts: 20') });
   try {
     assert.equal(await gauge(), '0', 'the series is there before any failure');
     await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@h.test', subject: 'hello', text: 'x' });
@@ -87,6 +91,10 @@ test('a consumer that fails, then recovers: one line when it starts failing, its
     // The gauge while the consumer was failing, then after it recovered.
     assert.deepEqual(gaugeSeen.slice(0, FAILURES - FAILING_AFTER), Array<string>(FAILURES - FAILING_AFTER).fill('1'));
     assert.equal(await gauge(), '0');
+    // The admin API said since when, and says nothing once it recovered.
+    assert.equal(failingSince.length, FAILURES - FAILING_AFTER + 1);
+    assert.ok(failingSince.slice(0, FAILURES - FAILING_AFTER).every((s) => s !== null && s === failingSince[0]), JSON.stringify(failingSince));
+    assert.deepEqual(await consumerOf(), { failing_since: null, paused_until: null });
   } finally {
     await app.close();
     await consumer.stop();

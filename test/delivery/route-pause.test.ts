@@ -5,6 +5,7 @@ import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
 import { adminYaml, call } from '../admin/helpers.js';
+import { ROUTE_PAUSE_MAX_MS } from '../../src/delivery/backoff.js';
 
 const subjectOf = (body: Buffer) => (JSON.parse(body.toString('utf8')) as { message: { subject: string } }).message.subject;
 
@@ -51,6 +52,12 @@ test('an operator\'s retry lifts the pause at once, even with nothing to make du
     await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'first', text: 'x' });
     await consumer.waitFor(1);
     await until(() => logLines(app).some((l) => l.msg.startsWith('route paused')), 10_000, 'the pause');
+    // The admin API shows the pause: at most ROUTE_PAUSE_MAX_MS, though the consumer asked for an hour.
+    const consumerOf = async () => (await call(app, 'GET', '/api/routes')).body.routes.find((r: { route: string }) => r.route === 'app').consumer as { failing_since: string | null; paused_until: string | null };
+    const paused = await consumerOf();
+    const left = Date.parse(paused.paused_until ?? '') - Date.now();
+    assert.ok(left > ROUTE_PAUSE_MAX_MS - 60_000 && left <= ROUTE_PAUSE_MAX_MS, `paused for ${left} ms`);
+    assert.equal(paused.failing_since, null, 'one failed request is not a failing consumer');
     await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'second', text: 'y' });
     // The second message's delivery is due, never tried, held only by the pause: nothing for a retry to make due,
     // and the retry lifts the pause all the same. The first keeps waiting out its hour.
@@ -59,9 +66,11 @@ test('an operator\'s retry lifts the pause at once, even with nothing to make du
     const r = await call(app, 'POST', '/api/deliveries/retry', { body: { ids: second } });
     assert.equal(r.status, 200);
     assert.equal(r.body.retried, 0);
+    assert.deepEqual(r.body.resumed, ['app']);
     await consumer.waitFor(2);
     assert.equal(subjectOf(consumer.requests[1]!.body), 'second');
     assert.ok(logLines(app).some((l) => l.msg === 'route pauses lifted by an operator'));
+    assert.deepEqual(await consumerOf(), { failing_since: null, paused_until: null });
   } finally {
     await app.close();
     await consumer.stop();

@@ -5,6 +5,7 @@ import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/logger.js';
 import { MailhookError } from '../../core/errors.js';
 import type { Config } from '../../config/load.js';
+import type { RouteState } from '../../delivery/worker.js';
 import type { Spool } from '../../spool/spool.js';
 import { decodeCursor, type MessageFilter, type DeliverySummary, type MessageSummary, type AttemptEntry } from '../../spool/queries.js';
 import type { DeliveryStatus } from '../../spool/types.js';
@@ -29,8 +30,13 @@ export interface AdminDeps {
   spool: Spool;
   log: Logger;
   clock: Clock;
-  /** wakes the delivery worker after a replay or retry, so those deliveries go out now (lifting routes' Retry-After pauses) */
-  wakeDelivery: () => void;
+  /**
+   * wakes the delivery worker after a replay or retry, so those deliveries go out now; lifts the Retry-After pauses
+   * of these routes (of every route when absent) and returns the routes whose pause it lifted
+   */
+  wakeDelivery: (routes?: string[]) => string[];
+  /** routes whose consumer is failing or paused by a Retry-After, from the delivery loop */
+  routeStates: () => Map<string, RouteState>;
   /** IMAP mailbox states, when an IMAP bridge runs */
   mailboxes?: MailboxProvider;
   /** dashboard sessions logged out, shared with the dashboard's pages */
@@ -259,12 +265,15 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const filter = bulkFilter(b, 'retry every pending delivery now');
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
     const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, clock.now(), b.dry_run);
+    let resumed: string[] = [];
     if (!b.dry_run) {
-      // Always: deliveries already due may wait on a route's Retry-After pause, which this lifts.
-      deps.wakeDelivery();
+      // Always: deliveries already due may wait on a route's Retry-After pause, which this lifts for the routes
+      // asked for (by name, or those of the deliveries named), or for all when the selection spans routes.
+      const routes = b.ids ? [...new Set(b.ids.flatMap((id) => spool.getDelivery(id)?.route ?? []))] : filter.route !== undefined ? [filter.route] : undefined;
+      resumed = deps.wakeDelivery(routes);
       log.info({ retried, filter }, 'pending deliveries made due now by an operator');
     }
-    return { retried, dry_run: b.dry_run };
+    return { retried, dry_run: b.dry_run, resumed };
   });
 
   api.delete('/messages/:id', {
@@ -288,6 +297,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const configured = new Map(config.routes.map((r) => [r.name, r]));
     const health = spool.queries.routeHealth([...configured.keys()], since);
     const totals = spool.jobs.counts() as Record<string, number>;
+    const states = deps.routeStates();
     return {
       window,
       since: iso(since),
@@ -302,6 +312,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
           endpoint: r?.webhook ? endpointOf(r.webhook.url) : null,
           last_delivered_at: h.last_delivered_at === null ? null : iso(h.last_delivered_at),
           last_failure: h.last_failure ? { ...h.last_failure, at: iso(h.last_failure.at) } : null,
+          consumer: consumerState(states.get(h.route)),
         };
       }),
     };
@@ -409,6 +420,11 @@ function formatAddress(a: { address: string; name: string }): string {
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
+
+/** A route's consumer state in the API's terms (both null when the delivery loop knows nothing against it). */
+function consumerState(s: RouteState | undefined): { failing_since: string | null; paused_until: string | null } {
+  return { failing_since: s?.failingSince == null ? null : iso(s.failingSince), paused_until: s?.pausedUntil == null ? null : iso(s.pausedUntil) };
+}
 
 function deliveryOut(d: DeliverySummary) {
   return { ...d, next_attempt_at: iso(d.next_attempt_at), finished_at: d.finished_at === null ? null : iso(d.finished_at) };

@@ -1,5 +1,7 @@
 // JSON schemas of the admin API: they validate every request, shape every response and feed the OpenAPI document.
 import { DELIVERY_STATUSES } from '../../spool/queries.js';
+import { FAILING_AFTER } from '../../delivery/route-health.js';
+import { ROUTE_PAUSE_MAX_MS } from '../../delivery/backoff.js';
 
 const nullable = <T extends Record<string, unknown>>(s: T) => ({ ...s, type: [s.type as string, 'null'] });
 
@@ -203,8 +205,9 @@ export const retryResponse = {
   properties: {
     retried: { type: 'integer', description: 'pending deliveries made due now (with dry_run: that would be)' },
     dry_run: { type: 'boolean' },
+    resumed: { type: 'array', items: { type: 'string' }, description: 'routes that waited out a consumer\'s Retry-After and go on now (their due deliveries are not counted in retried); empty with dry_run' },
   },
-  required: ['retried', 'dry_run'],
+  required: ['retried', 'dry_run', 'resumed'],
 } as const;
 
 export const replayResponse = {
@@ -277,8 +280,17 @@ export const routesResponse = {
             type: ['object', 'null'],
             properties: { at: time, status_code: { type: ['integer', 'null'] }, error: { type: ['string', 'null'] } },
           },
+          consumer: {
+            type: 'object',
+            description: 'the delivery loop\'s view of the consumer since mailhook started',
+            properties: {
+              failing_since: { ...nullable(time), description: `when ${FAILING_AFTER} requests in a row had failed (network errors, timeouts, 408, 429, 5xx, 401/403, redirects); null once one is delivered` },
+              paused_until: { ...nullable(time), description: `no new attempt of the route starts before then: the consumer answered with Retry-After (at most ${ROUTE_PAUSE_MAX_MS / 60_000} minutes)` },
+            },
+            required: ['failing_since', 'paused_until'],
+          },
         },
-        required: ['route', 'configured', 'kind', 'format', 'endpoint', 'queue', 'window', 'last_delivered_at', 'last_failure'],
+        required: ['route', 'configured', 'kind', 'format', 'endpoint', 'queue', 'window', 'last_delivered_at', 'last_failure', 'consumer'],
       },
     },
   },

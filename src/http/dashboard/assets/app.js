@@ -219,7 +219,9 @@ async function routesView(seq) {
   const rate = (r) => (r === null ? '—' : el('span', { class: r >= 0.95 ? 'rate-good' : r < 0.8 ? 'rate-bad' : '' }, `${(r * 100).toFixed(1)} %`));
   const rows = h.routes.map((r) =>
     el('tr', { dataset: { route: r.route } },
-      el('td', {}, el('strong', {}, r.route), r.configured ? null : el('div', { class: 'muted' }, 'not in the configuration')),
+      el('td', {}, el('strong', {}, r.route), r.configured ? null : el('div', { class: 'muted' }, 'not in the configuration'),
+        r.consumer.failing_since ? el('div', { class: 'error consumer-failing' }, `consumer failing since ${ago(r.consumer.failing_since)}`) : null,
+        r.consumer.paused_until ? el('div', { class: 'muted consumer-paused' }, `paused until ${new Date(r.consumer.paused_until).toLocaleTimeString()} (Retry-After)`) : null),
       el('td', {}, r.kind + (r.format ? ` (${r.format})` : '')),
       el('td', { class: 'wrap mono' }, r.endpoint ?? '—'),
       el('td', { class: 'num' }, r.queue.pending),
@@ -292,7 +294,8 @@ async function replayAll(route, expected) {
 async function retryNow(body) {
   try {
     const r = await api('/api/deliveries/retry', { method: 'POST', body });
-    toast(r.retried ? `Retrying ${r.retried} deliver${r.retried === 1 ? 'y' : 'ies'} now` : 'Nothing was waiting to retry (its state changed meanwhile)');
+    const resumed = r.resumed?.length ? `${r.retried ? '; ' : ''}resumed ${r.resumed.join(', ')} (paused by its consumer's Retry-After)` : '';
+    toast(r.retried ? `Retrying ${r.retried} deliver${r.retried === 1 ? 'y' : 'ies'} now${resumed}` : resumed ? resumed[0].toUpperCase() + resumed.slice(1) : 'Nothing was waiting to retry (its state changed meanwhile)');
   } catch (err) {
     toast(err.message, true);
   }
