@@ -64,13 +64,13 @@ export class RouteHealth {
   record(route: string, verdict: 'ok' | 'fail' | 'none', now: number, error = ''): HealthEvent | undefined {
     if (verdict === 'none') return undefined;
     let s = this.routes.get(route);
-    if (!s) this.routes.set(route, (s = { inRow: 0, since: null, total: 0, sinceSummary: 0, summaryAt: now }));
     if (verdict === 'ok') {
-      const since = s.since;
-      const total = s.total;
+      // The common case, a delivery to a healthy route, finds nothing here and leaves nothing.
+      if (!s) return undefined;
       this.routes.delete(route);
-      return since === null ? undefined : { kind: 'recovered', route, failures: total, failingForMs: Math.max(0, now - since) };
+      return s.since === null ? undefined : { kind: 'recovered', route, failures: s.total, failingForMs: Math.max(0, now - s.since) };
     }
+    if (!s) this.routes.set(route, (s = { inRow: 0, since: null, total: 0, sinceSummary: 0, summaryAt: now }));
     s.inRow++;
     if (s.since === null) {
       if (s.inRow < (this.opts.failingAfter ?? FAILING_AFTER)) return undefined;
