@@ -1,5 +1,5 @@
 // The HTTP listener (fastify): liveness, readiness, Prometheus metrics and the sink route's message list.
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
@@ -9,7 +9,7 @@ import { MailhookError } from '../core/errors.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { registerAdmin, type MailboxProvider } from './admin/index.js';
 import { registerDashboard } from './dashboard/index.js';
-import { LoggedOutSessions } from './admin/auth.js';
+import { LoggedOutSessions, TokenGuesses } from './admin/auth.js';
 import type { RouteState } from '../delivery/worker.js';
 import { DELIVERY_STATUSES } from '../spool/queries.js';
 
@@ -49,10 +49,21 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
+  const clock = deps.clock ?? systemClock;
+  /** wrong admin tokens by address: the admin API, the dashboard login and the sink's token check count together */
+  const guesses = new TokenGuesses();
   const sinkRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
   if (sinkRoutes.length > 0) {
-    const guard = async (req: FastifyRequest) => {
-      if (!mayReadSink(req, config)) {
+    const guard = async (req: FastifyRequest, reply: FastifyReply) => {
+      const address = req.socket.remoteAddress ?? '';
+      const wait = guesses.retryAfterMs(address, clock.now());
+      if (wait > 0) {
+        reply.header('retry-after', String(Math.ceil(wait / 1000)));
+        throw Object.assign(new Error(`too many wrong admin tokens from this address; try again in ${Math.ceil(wait / 1000)} s`), { statusCode: 429 });
+      }
+      const may = mayReadSink(req, config);
+      if (may === 'wrong-token') guesses.fail(address, clock.now());
+      if (may !== true) {
         throw Object.assign(new Error('the sink is readable from loopback (asked for as localhost, 127.0.0.1 or [::1], not through a proxy), or with the admin token'), { statusCode: 403 });
       }
     };
@@ -93,9 +104,8 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   }
 
   // Admin API (/api) and dashboard (/): off, with a message saying how to turn them on, when no admin token is set.
-  const clock = deps.clock ?? systemClock;
   const loggedOut = new LoggedOutSessions();
-  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => []), routeStates: deps.routeStates ?? (() => new Map()), mailboxes: deps.mailboxes, loggedOut });
+  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => []), routeStates: deps.routeStates ?? (() => new Map()), mailboxes: deps.mailboxes, loggedOut, guesses });
   registerDashboard(app, { config, clock, loggedOut });
 
   app.setErrorHandler((err: { statusCode?: number; message: string; validation?: unknown }, _req, reply) => {
@@ -124,10 +134,11 @@ function setQueueMetrics(metrics: Metrics, spool: Spool, configured: string[], n
   for (const { route, status, n } of counts) metrics.queueDepth.set({ route, status }, n);
 }
 
-function mayReadSink(req: FastifyRequest, config: Config): boolean {
+/** true, false, or 'wrong-token' for a bearer token that is not the admin token (counted by TokenGuesses). */
+function mayReadSink(req: FastifyRequest, config: Config): boolean | 'wrong-token' {
   const token = config.http.adminToken;
   const auth = req.headers.authorization;
-  if (token && auth?.startsWith('Bearer ')) return constantTimeEqual(auth.slice(7), token.reveal());
+  if (token && auth?.startsWith('Bearer ')) return constantTimeEqual(auth.slice(7), token.reveal()) || 'wrong-token';
   const ip = req.socket.remoteAddress ?? '';
   return (ip === '127.0.0.1' || ip === '::1' || ip === '::ffff:127.0.0.1') && isLoopbackName(req.headers.host) && !PROXY_HEADERS.some((h) => h in req.headers);
 }

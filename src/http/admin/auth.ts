@@ -9,7 +9,44 @@ export const SESSION_TTL_MS = 12 * 3_600_000;
 /** Sent by the dashboard's scripts on every state-changing request: a cross-site form cannot set it. */
 export const CSRF_HEADER = 'x-mailhook-csrf';
 
-export type AuthResult = { ok: true; via: 'bearer' | 'session' } | { ok: false; reason: string };
+/** `guess`: a wrong admin token was given (counted by TokenGuesses), not a missing one or an old session. */
+export type AuthResult = { ok: true; via: 'bearer' | 'session' } | { ok: false; reason: string; guess?: boolean };
+
+/** Wrong admin tokens from one address within GUESS_WINDOW_MS after which it is refused (429) until the oldest ages out. */
+export const GUESS_LIMIT = 20;
+export const GUESS_WINDOW_MS = 60_000;
+/** Addresses remembered at most (the oldest are forgotten first), so a spread-out guesser cannot fill the memory. */
+const GUESS_ADDRESSES_MAX = 10_000;
+
+/**
+ * Wrong admin tokens by remote address (the API's bearer token and the dashboard login): past GUESS_LIMIT in a
+ * window the address is refused without its token being looked at, so the token cannot be guessed at network
+ * speed. Behind a reverse proxy every browser shares the proxy's address: someone guessing there also locks the
+ * operator out for up to a minute. In memory; a restart forgets it.
+ */
+export class TokenGuesses {
+  private readonly failures = new Map<string, number[]>();
+
+  /** Milliseconds until the address may try a token again; 0 when it may now. */
+  retryAfterMs(address: string, now: number): number {
+    const recent = this.recent(address, now);
+    return recent.length >= GUESS_LIMIT ? recent[recent.length - GUESS_LIMIT]! + GUESS_WINDOW_MS - now : 0;
+  }
+
+  /** Records a wrong token; true when it is the one that reached the limit (to be logged once). */
+  fail(address: string, now: number): boolean {
+    const recent = this.recent(address, now);
+    recent.push(now);
+    this.failures.delete(address); // re-inserted last: the Map's order is the order of last failures
+    this.failures.set(address, recent.slice(-GUESS_LIMIT));
+    if (this.failures.size > GUESS_ADDRESSES_MAX) this.failures.delete(this.failures.keys().next().value!);
+    return recent.length === GUESS_LIMIT;
+  }
+
+  private recent(address: string, now: number): number[] {
+    return (this.failures.get(address) ?? []).filter((t) => t > now - GUESS_WINDOW_MS);
+  }
+}
 
 /** A session value is "<expiry ms>.<HMAC of it keyed by the token>": it proves the token without holding it. */
 export function issueSession(token: string, now: number): { value: string; maxAgeSeconds: number } {
@@ -87,7 +124,7 @@ export function authenticate(req: FastifyRequest, token: string, now: number, lo
   if (auth !== undefined && /^Bearer(\s|$)/i.test(auth)) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) return { ok: false, reason: 'the Authorization header must be "Bearer <admin token>"' };
-    return constantTimeEqual(m[1] as string, token) ? { ok: true, via: 'bearer' } : { ok: false, reason: 'the admin token is wrong' };
+    return constantTimeEqual(m[1] as string, token) ? { ok: true, via: 'bearer' } : { ok: false, reason: 'the admin token is wrong', guess: true };
   }
   const session = readCookie(req.headers.cookie, SESSION_COOKIE);
   if (session !== undefined) {

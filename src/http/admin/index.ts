@@ -11,7 +11,7 @@ import { decodeCursor, type MessageFilter, type DeliverySummary, type MessageSum
 import type { DeliveryStatus } from '../../spool/types.js';
 import { parseMessage } from '../../parse/message.js';
 import { htmlExcerpt } from '../../parse/excerpt.js';
-import { authenticate, issueSession, readCookie, sessionCookie, viaHttps, SESSION_COOKIE, type LoggedOutSessions } from './auth.js';
+import { authenticate, issueSession, readCookie, sessionCookie, viaHttps, SESSION_COOKIE, GUESS_LIMIT, type LoggedOutSessions, type TokenGuesses } from './auth.js';
 import { buildOpenApi, type RouteDoc } from './openapi.js';
 import * as S from './schemas.js';
 import { constantTimeEqual } from '../server.js';
@@ -41,6 +41,8 @@ export interface AdminDeps {
   mailboxes?: MailboxProvider;
   /** dashboard sessions logged out, shared with the dashboard's pages */
   loggedOut: LoggedOutSessions;
+  /** wrong admin tokens by remote address, shared with the sink's token check */
+  guesses: TokenGuesses;
 }
 
 function packageVersion(): string {
@@ -62,7 +64,7 @@ function problem(statusCode: number, message: string): HttpProblem {
   return Object.assign(new Error(message), { statusCode });
 }
 
-const ERROR_NAMES: Record<number, string> = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 405: 'method_not_allowed', 409: 'conflict', 413: 'too_large', 415: 'unsupported_media_type' };
+const ERROR_NAMES: Record<number, string> = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 405: 'method_not_allowed', 409: 'conflict', 413: 'too_large', 415: 'unsupported_media_type', 429: 'too_many_requests' };
 
 /** Registers /api/*. Without an admin token every /api path answers 404 admin_api_disabled. */
 export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
@@ -89,12 +91,28 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   api.addHook('onRequest', async (req, reply) => {
     reply.header('cache-control', 'no-store');
     if ((req.routeOptions.config as { openapi?: RouteDoc['openapi'] } | undefined)?.openapi?.public) return;
+    refuseGuesser(req, reply);
     const result = authenticate(req, token(), clock.now(), deps.loggedOut);
     if (!result.ok) {
+      if (result.guess) wrongToken(req);
       reply.header('www-authenticate', 'Bearer realm="mailhook"');
       throw problem(401, result.reason);
     }
   });
+
+  /** 429 for an address that gave GUESS_LIMIT wrong tokens within the window (see TokenGuesses). */
+  function refuseGuesser(req: { socket: { remoteAddress?: string } }, reply: { header: (k: string, v: string) => unknown }): void {
+    const wait = deps.guesses.retryAfterMs(req.socket.remoteAddress ?? '', clock.now());
+    if (wait <= 0) return;
+    const seconds = Math.ceil(wait / 1000);
+    reply.header('retry-after', String(seconds));
+    throw problem(429, `too many wrong admin tokens from this address; try again in ${seconds} s`);
+  }
+
+  function wrongToken(req: { socket: { remoteAddress?: string } }): void {
+    const remote = req.socket.remoteAddress ?? '';
+    if (deps.guesses.fail(remote, clock.now())) log.warn({ remote }, `${GUESS_LIMIT} wrong admin tokens within a minute from one address; it is refused until they age out`);
+  }
 
   // fastify's validator silently drops properties a schema does not list; an operator's typo must be an error instead.
   api.addHook('preValidation', async (req) => {
@@ -333,11 +351,13 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   });
 
   api.post('/session', {
-    schema: { summary: 'Dashboard login: trade the admin token for a session cookie (HttpOnly, SameSite=Strict, 12 h)', tags: ['session'], body: S.sessionBody, response: { 200: S.sessionResponse, 400: S.problem, 401: S.problem } },
+    schema: { summary: 'Dashboard login: trade the admin token for a session cookie (HttpOnly, SameSite=Strict, 12 h)', tags: ['session'], body: S.sessionBody, response: { 200: S.sessionResponse, 400: S.problem, 401: S.problem, 429: S.problem } },
     config: { openapi: { public: true } },
   }, async (req, reply) => {
     const { token: given } = req.body as { token: string };
+    refuseGuesser(req, reply);
     if (!constantTimeEqual(given.trim(), token())) {
+      wrongToken(req);
       log.warn({ remote: req.socket.remoteAddress }, 'dashboard login with a wrong token');
       throw problem(401, 'the admin token is wrong');
     }
