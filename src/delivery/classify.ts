@@ -28,7 +28,10 @@ export function classifyError(err: unknown): Outcome {
   return { kind: 'retry', reason: `${e.code ?? 'ERROR'}: ${e.message ?? String(err)}` };
 }
 
-/** A URL as it may be logged: user and password (if any) replaced, at most 300 characters. */
+/**
+ * A URL as it may be logged: user and password (if any) replaced, the query and fragment left out (they can hold
+ * a token, as the webhook URL's own can: the admin API shows that one without them too), at most 300 characters.
+ */
 function withoutUserinfo(location: string): string {
   let shown = location;
   if (URL.canParse(location)) {
@@ -36,8 +39,11 @@ function withoutUserinfo(location: string): string {
     if (u.username || u.password) {
       u.username = '***';
       u.password = '';
-      shown = u.href;
     }
+    const hidden = u.search !== '' || u.hash !== '';
+    u.search = '';
+    u.hash = '';
+    shown = hidden ? `${u.href} (its query not shown)` : u.href;
   }
   return shown.length > 300 ? `${shown.slice(0, 299)}…` : shown;
 }

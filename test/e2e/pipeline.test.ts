@@ -636,7 +636,9 @@ describe('retries and dead letters', () => {
       const [req2] = (await consumer.waitFor(start + 2)).slice(start + 1);
       const id2 = String(req2!.headers['webhook-id']);
       const d2 = await until(() => (deliveryOf(id2).status === 'dead' ? deliveryOf(id2) : undefined), 5000, 'dead');
-      assert.match(d2.lastError ?? '', new RegExp(`^HTTP 301: the consumer redirects to ${consumer.url.replace(/\/[^/]*$/, '').replace(/[.]/g, '\\.')}/v2/hook\\?x=1;`));
+      // Its query is left out, as a webhook URL's own is (it can hold a token).
+      assert.match(d2.lastError ?? '', new RegExp(`^HTTP 301: the consumer redirects to ${consumer.url.replace(/\/[^/]*$/, '').replace(/[.]/g, '\\.')}/v2/hook \\(its query not shown\\);`));
+      assert.ok(!app.logs.some((l) => l.includes('x=1')), 'the query is not logged');
     } finally {
       consumer.respond = () => ({ status: 200 });
       await elsewhere.stop();
