@@ -153,6 +153,25 @@ test('parsed post without attachments is urlencoded; ISO-2022-JP and Shift_JIS f
   assert.deepEqual(Buffer.from(await file!.arrayBuffer()), (await simpleParser(fixture('shift_jis.eml'))).attachments[0]?.content);
 });
 
+test('a message header named like an attachment field (attachment-1, attachment-2) is not posted as a text field beside the file', async () => {
+  const raw = Buffer.from(
+    'From: Mallory <m@example.test>\r\nTo: desk+h1@mg.test\r\nSubject: forged fields\r\nMessage-ID: <forged-1@example.test>\r\n' +
+      'attachment-1: not the file\r\nattachment-2: nor this\r\nattachment-count: 7\r\nX-Kept: yes\r\nMIME-Version: 1.0\r\n' +
+      'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n' +
+      '--b\r\nContent-Type: text/plain; name="real.txt"\r\nContent-Disposition: attachment; filename="real.txt"\r\n\r\nthe real file\r\n--b--\r\n',
+  );
+  const { form } = await deliver(raw, 'desk+h1@mg.test', 'parsed');
+  assert.equal(verdicts.at(-1), true);
+  assert.equal(form.field('attachment-count'), '1');
+  assert.equal(form.fields.has('attachment-1'), false, 'no text field attachment-1 beside the file');
+  assert.equal(form.fields.has('attachment-2'), false, 'nor one naming a file that is not there');
+  assert.equal(await form.files.get('attachment-1')?.text(), 'the real file');
+  assert.equal(form.field('X-Kept'), 'yes', 'other headers are still fields');
+  // The headers are all still in message-headers.
+  const headers = JSON.parse(form.field('message-headers')) as Array<[string, string]>;
+  assert.deepEqual(headers.find(([n]) => n === 'attachment-1'), ['attachment-1', 'not the file']);
+});
+
 test('a reply that is all quote keeps its text in stripped-text (never empty)', async () => {
   const { form } = await deliver(fixture('all-quote.eml'), 'reply+k9@mg.test', 'parsed');
   assert.equal(form.field('stripped-text'), form.field('body-plain'));

@@ -38,6 +38,9 @@ const RESERVED = new Set([
   'body-html', 'stripped-html', 'message-headers', 'attachment-count', 'content-id-map', 'body-mime',
 ]);
 
+/** Mailgun's attachment file fields, attachment-1…N. */
+const ATTACHMENT_FIELD = /^attachment-\d+$/;
+
 /**
  * The parsed post: Mailgun's documented fields, then every message header as a field of its own name (first
  * occurrence, decoded), as Mailgun sends them; attachments as attachment-1…N files.
@@ -63,7 +66,8 @@ export async function mailgunParsedFields(ctx: FormatContext, view: InboundView,
   fields.push({ name: 'attachment-count', value: String(view.attachments.length) }, { name: 'content-id-map', value: JSON.stringify(cidMap) });
   const seen = new Set<string>();
   for (const h of headers) {
-    if (RESERVED.has(h.name) || seen.has(h.name)) continue;
+    // attachment-N are Mailgun's file fields: a header of that name (anyone can write one) would sit beside the file.
+    if (RESERVED.has(h.name) || ATTACHMENT_FIELD.test(h.name) || seen.has(h.name)) continue;
     seen.add(h.name);
     fields.push({ name: h.name, value: h.value });
   }
