@@ -2,7 +2,9 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { loadConfigFile, type Env } from '../config/load.js';
-import { ConfigError } from '../core/errors.js';
+import { ConfigError, MailhookError } from '../core/errors.js';
+import { backupSpool } from '../spool/backup.js';
+import { resolve } from 'node:path';
 import { checkResources, configWarnings } from '../config/check.js';
 import { runServe } from './serve.js';
 import { configReferenceMarkdown } from '../config/reference.js';
@@ -67,6 +69,32 @@ export async function runCli(io: CliIo): Promise<number> {
         if (!(err instanceof ConfigError)) throw err;
         io.stderr(`${err.message}\n`);
         exitCode = 2;
+      }
+    });
+
+  program
+    .command('backup')
+    .description('copy the spool (database and message files) to a new path while mailhook runs; restore by stopping mailhook and putting the copy at spool.path')
+    .requiredOption('-c, --config <file>', 'configuration file (YAML): its spool.path is backed up')
+    .requiredOption('--to <file>', 'the copy\'s database file (new; its message files go to <file>.blobs)')
+    .action(async (opts: { config: string; to: string }) => {
+      try {
+        const config = loadConfigFile(opts.config, io.env, io.cwd);
+        const to = resolve(io.cwd, opts.to);
+        const r = await backupSpool(config.spool.path, to);
+        io.stdout(`${config.spool.path} backed up to ${to}: ${r.messages} message${r.messages === 1 ? '' : 's'}, ${r.files} of them in ${to}.blobs` + (r.leftOut > 0 ? `; ${r.leftOut} removed from the spool during the backup left out` : '') + '\n');
+      } catch (err) {
+        if (err instanceof ConfigError) {
+          io.stderr(`${err.message}\n`);
+          exitCode = 2;
+          return;
+        }
+        if (err instanceof MailhookError && err.userFault) {
+          io.stderr(`mailhook backup: ${err.message}\n`);
+          exitCode = 1;
+          return;
+        }
+        throw err;
       }
     });
 

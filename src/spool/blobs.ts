@@ -1,11 +1,16 @@
 // Message files for messages too large to keep inside the database: write, fsync, and read back.
 import { createReadStream, mkdirSync, readdirSync, rmSync, type ReadStream } from 'node:fs';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { CoalescedSync } from './fsync.js';
 
 /** Bytes a writer gathers before one writev: fewer threadpool round trips, bounded memory per message. */
 const WRITE_BUFFER_BYTES = 256 * 1024;
+
+/** The folder of the message files of the spool database at `spoolPath`: `<spool>.blobs` beside it. */
+export function blobsDirOf(spoolPath: string): string {
+  return join(dirname(spoolPath), `${basename(spoolPath)}.blobs`);
+}
 
 export class BlobStore {
   /** Folder fsyncs, shared by files finished at the same time (one fsync covers every entry created before it). */

@@ -1,12 +1,11 @@
 // The spool as one object: database, message files, the ingest entry, the job queue and raw-message access.
 import { Readable } from 'node:stream';
-import { dirname, basename, join } from 'node:path';
 import { statSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Clock } from '../core/clock.js';
 import { MailhookError } from '../core/errors.js';
 import { Acceptor, type AcceptInput, type AcceptResult } from './accept.js';
-import { BlobStore } from './blobs.js';
+import { BlobStore, blobsDirOf } from './blobs.js';
 import { openDatabase, type Db } from './db.js';
 import { JobQueue, toDeliveryRow } from './jobs.js';
 import { SpoolLock } from './lock.js';
@@ -67,7 +66,7 @@ export class Spool {
     let acceptor: Acceptor | undefined;
     try {
       this.db = db = openDatabase(options.path);
-      this.blobs = new BlobStore(join(dirname(options.path), `${basename(options.path)}.blobs`));
+      this.blobs = new BlobStore(blobsDirOf(options.path));
       this.acceptor = acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
       this.jobs = new JobQueue(this.db);
       this.queries = new SpoolQueries(this.db, this.blobs);
