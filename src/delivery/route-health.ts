@@ -50,9 +50,9 @@ export class RouteHealth {
     return (this.routes.get(route)?.since ?? null) !== null;
   }
 
-  /** Since when the route has been counted as failing (milliseconds), or null. */
-  failingSince(route: string): number | null {
-    return this.routes.get(route)?.since ?? null;
+  /** Forgets the route's streak (it has nothing left to deliver). */
+  forget(route: string): void {
+    this.routes.delete(route);
   }
 
   /** Routes counted as failing now. */
@@ -60,7 +60,7 @@ export class RouteHealth {
     return [...this.routes].filter(([, s]) => s.since !== null).map(([route]) => route);
   }
 
-  /** Records one request's verdict at `now` (milliseconds); returns the event to log, if any. */
+  /** Records one request's verdict at `now` (milliseconds of a clock that never steps); returns the event to log, if any. */
   record(route: string, verdict: 'ok' | 'fail' | 'none', now: number, error = ''): HealthEvent | undefined {
     if (verdict === 'none') return undefined;
     let s = this.routes.get(route);

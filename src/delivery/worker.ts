@@ -145,10 +145,13 @@ export class DeliveryWorker {
   /** which routes' consumers are failing: their failed attempts are logged at debug, with a line when that starts, a summary each minute and a line when it ends */
   private readonly health = new RouteHealth();
   /**
-   * Routes whose consumer answered 429/503 (or another retry) with a Retry-After: until when (wall clock) no new
-   * attempt of theirs is leased, so new mail does not get a first attempt each while the consumer sheds load.
+   * Routes whose consumer answered 429/503 (or another retry) with a Retry-After: until when (monotonic, so a
+   * wall-clock step cannot stretch it) no attempt of theirs sends a request, so new mail does not get a first
+   * attempt each while the consumer sheds load.
    */
   private readonly pausedUntil = new Map<string, number>();
+  /** when (wall clock, for the admin API) each failing route started failing */
+  private readonly failingSince = new Map<string, number>();
 
   constructor(private readonly deps: WorkerDeps) {
     this.formats = deps.formats ?? createFormats();
@@ -167,7 +170,13 @@ export class DeliveryWorker {
       metrics.deliveries.inc({ route: d.route, outcome: 'dead' });
       log.warn({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, error: d.reason }, 'delivery dead-lettered');
     }
-    for (const r of config.routes) if (r.webhook) metrics.routeFailing.set({ route: r.name }, 0);
+    for (const r of config.routes) {
+      if (!r.webhook) continue;
+      metrics.routeFailing.set({ route: r.name }, 0);
+      // Every outcome's series from the start: an alert on increase() misses the first dead letter of a series
+      // that appears at 1.
+      for (const outcome of ['delivered', 'retry', 'dead', 'dropped'] as const) metrics.deliveries.inc({ route: r.name, outcome }, 0);
+    }
     this.running = true;
     this.wake();
   }
@@ -183,8 +192,7 @@ export class DeliveryWorker {
    * Retry-After, go on at once; returns the routes whose pause this lifted.
    */
   resume(only?: string[]): string[] {
-    const now = this.deps.clock.now();
-    const routes = [...this.pausedUntil.keys()].filter((route) => (only === undefined || only.includes(route)) && this.paused(route, now));
+    const routes = [...this.pausedUntil.keys()].filter((route) => (only === undefined || only.includes(route)) && this.paused(route));
     if (routes.length > 0) this.deps.log.info({ routes }, 'route pauses lifted by an operator');
     for (const route of routes) this.pausedUntil.delete(route);
     this.wake();
@@ -193,32 +201,55 @@ export class DeliveryWorker {
 
   /** Routes whose consumer is failing or that wait out a Retry-After now (milliseconds), for the admin API. */
   routeStates(): Map<string, RouteState> {
-    const now = this.deps.clock.now();
     const out = new Map<string, RouteState>();
     for (const route of new Set([...this.health.failingRoutes(), ...this.pausedUntil.keys()])) {
-      const pausedUntil = this.paused(route, now) ? (this.pausedUntil.get(route) ?? null) : null;
-      const failingSince = this.health.failingSince(route);
+      const pausedUntil = this.paused(route) ? this.wallOf(this.pausedUntil.get(route)!) : null;
+      const failingSince = this.health.failing(route) ? (this.failingSince.get(route) ?? null) : null;
       if (failingSince !== null || pausedUntil !== null) out.set(route, { failingSince, pausedUntil });
     }
     return out;
   }
 
-  /** Whether the route waits out a consumer's Retry-After at `now` (wall clock); forgets pauses that ended. */
-  private paused(route: string, now: number): boolean {
+  /** The wall-clock time (ms since the epoch, for the API and logs) of a monotonic time. */
+  private wallOf(mono: number): number {
+    return Math.round(this.deps.clock.now() + (mono - this.monotonic()));
+  }
+
+  /** Whether the route waits out a consumer's Retry-After now; forgets pauses that ended. */
+  private paused(route: string): boolean {
     const until = this.pausedUntil.get(route);
     if (until === undefined) return false;
-    if (until > now) return true;
+    if (until > this.monotonic()) return true;
     this.pausedUntil.delete(route);
     return false;
   }
 
-  /** The consumer asked the route to wait retryAfterMs (at most ROUTE_PAUSE_MAX_MS) from `now`. */
-  private pause(route: string, now: number, retryAfterMs: number, statusCode: number | null): void {
-    const until = now + Math.min(retryAfterMs, ROUTE_PAUSE_MAX_MS);
-    const was = this.paused(route, now);
+  /** The consumer asked the route to wait retryAfterMs (at most ROUTE_PAUSE_MAX_MS) from now. */
+  private pause(route: string, retryAfterMs: number, statusCode: number | null): void {
+    const until = this.monotonic() + Math.min(retryAfterMs, ROUTE_PAUSE_MAX_MS);
+    const was = this.paused(route);
     if (until <= (this.pausedUntil.get(route) ?? 0)) return;
     this.pausedUntil.set(route, until);
-    if (!was) this.deps.log.info({ route, status: statusCode, until: new Date(until).toISOString() }, 'route paused: its consumer asked to wait (Retry-After); no new attempt of the route starts before then');
+    if (!was) this.deps.log.info({ route, status: statusCode, until: new Date(this.wallOf(until)).toISOString() }, 'route paused: its consumer asked to wait (Retry-After); no request of the route starts before then');
+  }
+
+  /**
+   * How long to wait when due work could not be leased: it belongs to routes at their limit (a finishing attempt
+   * wakes the loop), to routes removed from the configuration (looked for once a second), or to paused routes:
+   * then until the first pause ends, or the next delivery of a route still open falls due, if sooner.
+   */
+  private blockedWaitMs(now: number): number {
+    let wait = 1000;
+    if (this.pausedUntil.size === 0) return wait;
+    const mono = this.monotonic();
+    for (const until of this.pausedUntil.values()) wait = Math.min(wait, Math.max(until - mono, 1));
+    for (const route of this.routes.keys()) {
+      if (this.paused(route)) continue;
+      const at = this.deps.spool.jobs.nextDueOf(route);
+      // Due already and not leased: the route is at its limit, and a finishing attempt wakes the loop.
+      if (at !== null && at > now) wait = Math.min(wait, at - now);
+    }
+    return Math.ceil(wait);
   }
 
   get activeCount(): number {
@@ -287,9 +318,8 @@ export class DeliveryWorker {
       for (const lease of leases) this.begin(lease);
       const next = spool.jobs.nextDueAt();
       let wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
-      // Due work that could not be leased belongs to routes (or the whole loop) at their limit: a finishing
-      // attempt wakes the loop, so do not spin; look again in a second (routes removed from the configuration).
-      if (wait === 0 && leases.length === 0) wait = 1000;
+      // Due work that could not be leased: do not spin (see blockedWaitMs).
+      if (wait === 0 && leases.length === 0) wait = this.blockedWaitMs(clock.now());
       this.schedule(wait);
     } catch (err) {
       this.deps.log.error({ err }, 'delivery loop error; retrying in 1 s');
@@ -317,8 +347,7 @@ export class DeliveryWorker {
     for (const f of finished) busy.set(f.route, (busy.get(f.route) ?? 1) - 1);
     const large = new Set([...this.inFlight.values()].filter((f) => f.large).map((f) => f.route));
     for (const f of finished) if (this.inFlight.get(f.token)?.large) large.delete(f.route);
-    const now = lease?.now ?? 0;
-    const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap && !this.paused(route, now));
+    const openRoutes = [...this.routes.keys()].filter((route) => (busy.get(route) ?? 0) < cap && !this.paused(route));
     const openSlots = openRoutes.reduce((n, route) => n + cap - (busy.get(route) ?? 0), 0);
     let limit = lease ? config.delivery.concurrency - (this.inFlight.size - finished.length) : 0;
     // Deliveries of a route removed from the configuration take no slot of a configured route: look for them once
@@ -338,7 +367,7 @@ export class DeliveryWorker {
           openRoutes,
           canTake: (route, sizeOf) => {
             const n = busy.get(route) ?? 0;
-            if (n >= cap || this.paused(route, now)) return false;
+            if (n >= cap || this.paused(route)) return false;
             if (sizeOf() > LARGE_MESSAGE_BYTES) {
               if (large.has(route)) return false;
               large.add(route);
@@ -389,11 +418,13 @@ export class DeliveryWorker {
   private reportHealth(e: HealthEvent): void {
     const { log, metrics } = this.deps;
     if (e.kind === 'failing') {
+      this.failingSince.set(e.route, this.deps.clock.now());
       metrics.routeFailing.set({ route: e.route }, 1);
       log.warn({ route: e.route, failedAttempts: e.failures, error: e.error }, 'route consumer failing; its failed attempts are now logged at debug level, with a summary each minute, until one is delivered');
     } else if (e.kind === 'still-failing') {
       log.warn({ route: e.route, failedAttempts: e.failures, failingForMs: e.failingForMs, error: e.error }, 'route consumer still failing');
     } else {
+      this.failingSince.delete(e.route);
       metrics.routeFailing.set({ route: e.route }, 0);
       log.info({ route: e.route, failedAttempts: e.failures, failingForMs: e.failingForMs }, 'route consumer recovered');
     }
@@ -428,6 +459,8 @@ export class DeliveryWorker {
     let retryAfterMs: number | undefined;
     /** whether the request went out (from then on the attempt counts, whatever happens) */
     let sent = false;
+    /** its route was paused (Retry-After) when its slot came: given back uncounted, sent after the pause */
+    let heldBack = false;
 
     const route = this.routes.get(d.route);
     if (!route) {
@@ -488,6 +521,11 @@ export class DeliveryWorker {
             }
           }
           signal.throwIfAborted(); // shutdown may have come while it was built again
+          // Leased and prepared before its route's consumer asked to wait: it does not go out during the pause.
+          if (this.paused(d.route)) {
+            heldBack = true;
+            throw new Error('route paused');
+          }
           startedAt = clock.now();
           sent = true;
           onSent();
@@ -496,7 +534,7 @@ export class DeliveryWorker {
           outcome = format.classify?.(res.status) ?? classifyStatus(res.status, res.location);
           if (outcome.kind !== 'delivered' && res.bodySnippet) outcome = { ...outcome, reason: `${outcome.reason}: ${oneLine(res.bodySnippet)}` };
           retryAfterMs = parseRetryAfter(res.retryAfter, clock.now());
-          if (outcome.kind === 'retry' && retryAfterMs !== undefined && retryAfterMs > 0) this.pause(d.route, clock.now(), retryAfterMs, res.status);
+          if (outcome.kind === 'retry' && retryAfterMs !== undefined && retryAfterMs > 0) this.pause(d.route, retryAfterMs, res.status);
         } catch (err) {
           outcome = err instanceof BuildFailed ? err.outcome : classifyError(err);
         } finally {
@@ -509,10 +547,12 @@ export class DeliveryWorker {
     const durationMs = finishedAt - startedAt;
     // Shutdown stopped the attempt before its request went out (it was being prepared or waited for a request
     // slot): the lease is given back uncounted, so restarts do not use up max_attempts of deliveries never tried.
-    if (signal.aborted && !sent && route?.webhook) {
+    if ((signal.aborted || heldBack) && !sent && route?.webhook) {
       const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode: null, outcome: 'retry', error: null }, next: { status: 'given-back' }, now: finishedAt };
       const report = (kept: boolean): void => {
-        if (kept) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery not attempted before shutdown; given back uncounted');
+        if (!kept) return;
+        if (signal.aborted) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery not attempted before shutdown; given back uncounted');
+        else log.debug({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery held back: its route is paused (Retry-After); given back uncounted');
       };
       return { token: lease.token, route: d.route, completion, report };
     }
@@ -546,8 +586,9 @@ export class DeliveryWorker {
       if (statusCode !== null) metrics.deliveryLatency.observe({ route: d.route }, durationMs / 1000);
       // While the route's consumer is failing, its failed attempts go to debug (a backlog retried against a consumer
       // that is down wrote a warn line per attempt: ~26,000 in 3.5 minutes for 3,000 messages); dead letters stay.
-      const quiet = this.health.failing(d.route);
-      const event = this.health.record(d.route, verdict, finishedAt, error ?? '');
+      // Only failures that are the consumer's: a spool read error or a parse timeout stays at warn.
+      const quiet = verdict === 'fail' && this.health.failing(d.route);
+      const event = this.health.record(d.route, verdict, this.monotonic(), error ?? '');
       // One object per line rather than a child logger per attempt (a child serialises its bindings when made).
       const fields = { msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, status: statusCode, durationMs, ...(next.status === 'pending' ? { retryAt: new Date(next.at).toISOString() } : {}) };
       if (outcome.kind === 'delivered') log.info(fields, 'delivered');
@@ -557,6 +598,14 @@ export class DeliveryWorker {
       else if (outcome.loud) log.error({ ...fields, error }, 'delivery dead-lettered: configuration problem');
       else log.warn({ ...fields, error }, 'delivery dead-lettered');
       if (event) this.reportHealth(event);
+      // A failing route whose last undelivered delivery just ended (dead, dropped) has nothing to learn its
+      // consumer's state from until new mail comes: it is no longer counted as failing (and its alert clears).
+      else if (outcome.kind !== 'retry' && this.health.failing(d.route) && !spool.jobs.hasUndelivered(d.route)) {
+        this.health.forget(d.route);
+        this.failingSince.delete(d.route);
+        metrics.routeFailing.set({ route: d.route }, 0);
+        log.info({ route: d.route }, 'route has nothing left to deliver; no longer counted as failing until new mail finds its consumer failing again');
+      }
     };
     return { token: lease.token, route: d.route, completion, report };
   }

@@ -109,6 +109,8 @@ export class JobQueue {
   private readonly nextDue;
   private readonly countByStatus;
   private readonly countByRoute;
+  private readonly nextDueOfRoute;
+  private readonly undeliveredOf;
   private readonly oldestOf;
   private readonly syncNormal;
   private readonly syncFull;
@@ -153,6 +155,8 @@ export class JobQueue {
     this.countByStatus = db.prepare(`SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status`);
     // A scan of the covering index deliveries_route_status_received, then one search of it per route and status.
     this.countByRoute = db.prepare<[], { route: string; status: DeliveryStatus; n: number }>(`SELECT route, status, COUNT(*) AS n FROM deliveries GROUP BY route, status`);
+    this.nextDueOfRoute = db.prepare<[string], number | null>(`SELECT MIN(next_attempt_at) FROM deliveries WHERE route = ? AND status = 'pending'`).pluck();
+    this.undeliveredOf = db.prepare<[string], number>(`SELECT 1 FROM deliveries WHERE route = ? AND status IN ('pending', 'delivering') LIMIT 1`).pluck();
     this.oldestOf = db.prepare<[string, string], number | null>(`SELECT MIN(received_at) FROM deliveries WHERE route = ? AND status = ?`).pluck();
   }
 
@@ -307,6 +311,16 @@ export class JobQueue {
       if (at !== null && (before === null || at < before)) oldestUndelivered.set(route, at);
     }
     return { counts, oldestUndelivered };
+  }
+
+  /** When the route's next pending delivery falls due (the head of deliveries_route_due), or null. */
+  nextDueOf(route: string): number | null {
+    return this.nextDueOfRoute.get(route) ?? null;
+  }
+
+  /** Whether the route has a delivery pending or being delivered. */
+  hasUndelivered(route: string): boolean {
+    return this.undeliveredOf.get(route) !== undefined;
   }
 
   counts(): Record<DeliveryStatus, number> {

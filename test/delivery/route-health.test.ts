@@ -100,3 +100,30 @@ test('a consumer that fails, then recovers: one line when it starts failing, its
     await consumer.stop();
   }
 });
+
+test('a failing route whose last delivery is dead-lettered is no longer counted as failing', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  consumer.respond = () => ({ status: 503, body: 'down' });
+  const routes = `
+  - name: app
+    addresses: ["in@h.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`;
+  // One attempt more than it takes to count as failing: the last one gives up.
+  const app = await startTestApp({ routes, yaml: (dir) => adminYaml({ routes, dir }).replace('max_attempts: 5', `max_attempts: ${FAILING_AFTER + 1}`) });
+  try {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@h.test', subject: 'hello', text: 'x' });
+    const msgs = () => app.logs.join('').trim().split('\n').map((l) => (JSON.parse(l) as { msg: string }).msg);
+    await until(() => msgs().includes('route has nothing left to deliver; no longer counted as failing until new mail finds its consumer failing again'), 10_000, 'the line');
+    const all = msgs();
+    assert.ok(all.findIndex((m) => m.startsWith('route consumer failing')) < all.indexOf('delivery dead-lettered'));
+    assert.equal(consumer.requests.length, FAILING_AFTER + 1);
+    assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_route_failing\{route="app"\} 0$/m);
+    const r = await call(app, 'GET', '/api/routes');
+    assert.equal(r.body.routes[0].consumer.failing_since, null);
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});

@@ -76,3 +76,66 @@ test('an operator\'s retry lifts the pause at once, even with nothing to make du
     await consumer.stop();
   }
 });
+
+test('deliveries already leased and prepared when the pause starts do not go out during it', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let answeredAt = 0;
+  // The first four requests (per_route_concurrency) are held until four more are prepared behind them, then all
+  // are told to wait 2 s; everything after that is taken.
+  consumer.respond = async (_req, i) => {
+    if (i >= 4) return { status: 204 };
+    await released;
+    answeredAt ||= Date.now();
+    return { status: 503, headers: { 'retry-after': '2' }, body: 'deploying' };
+  };
+  const app = await start(consumer);
+  try {
+    for (let n = 0; n < 8; n++) await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: `m${n}`, text: 'x' });
+    await consumer.received(4);
+    const prepared = async () => /^mailhook_deliveries_waiting\{route="app",prepared="true"\} (\d+)$/m.exec(await (await fetch(`${app.httpUrl}/metrics`)).text())?.[1];
+    for (const t0 = Date.now(); (await prepared()) !== '4'; ) {
+      if (Date.now() - t0 > 10_000) assert.fail('four deliveries to be prepared behind the four requests');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    release();
+    await consumer.waitFor(12); // 8 first tries, 4 of them answered 503, then those 4 again
+    const during = consumer.requests.slice(4).filter((r) => r.at < answeredAt + 2000);
+    assert.deepEqual(during.map((r) => subjectOf(r.body)), [], 'no request in the 2 s the consumer asked for');
+    assert.equal(new Set(consumer.requests.map((r) => subjectOf(r.body))).size, 8);
+    await until(() => app.spool.jobs.counts().delivered === 8, 10_000, 'all delivered');
+    // The four held back were given back uncounted: one attempt each.
+    const attempts = app.spool.db.prepare(`SELECT attempts FROM deliveries ORDER BY attempts`).pluck().all();
+    assert.deepEqual(attempts, [1, 1, 1, 1, 2, 2, 2, 2]);
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});
+
+test('a wall-clock step back does not stretch a pause', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  consumer.respond = (_req, i) => (i === 0 ? { status: 503, headers: { 'retry-after': '1' } } : { status: 204 });
+  let offsetMs = 0;
+  const routes = `
+  - name: app
+    addresses: ["in@p.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`;
+  const app = await startTestApp({ routes, yaml: (dir) => adminYaml({ routes, dir }), deps: { clock: { now: () => Date.now() + offsetMs } } });
+  try {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'first', text: 'x' });
+    await until(() => logLines(app).some((l) => l.msg.startsWith('route paused')), 10_000, 'the pause');
+    offsetMs = -3_600_000;
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@p.test', subject: 'second', text: 'y' });
+    // Sent once the 1 s pause is over, not an hour later.
+    await consumer.waitFor(2, 10_000);
+    assert.equal(subjectOf(consumer.requests[1]!.body), 'second');
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});

@@ -63,6 +63,9 @@ test('queue depth by route and status; the oldest undelivered message of each ro
   assert.equal(value(text, 'mailhook_queue_depth{route="down",status="delivered"}'), 0);
   assert.equal(value(text, 'mailhook_oldest_undelivered_seconds{route="up"}'), 0);
   assert.equal(value(text, 'mailhook_oldest_undelivered_seconds{route="idle"}'), 0);
+  // Every outcome's counter is there from the start (an increase() alert misses a series that appears at 1).
+  for (const outcome of ['delivered', 'retry', 'dead', 'dropped']) assert.equal(value(text, `mailhook_deliveries_total{route="idle",outcome="${outcome}"}`), 0, outcome);
+  assert.equal(value(text, 'mailhook_deliveries_total{route="down",outcome="dead"}'), 0);
   const fresh = value(text, 'mailhook_oldest_undelivered_seconds{route="down"}');
   assert.ok(fresh !== undefined && fresh > 0 && fresh < 60, `a message just received is seconds old: ${fresh}`);
 

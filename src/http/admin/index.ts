@@ -100,6 +100,11 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     }
   });
 
+  /** The routes of these deliveries (whose Retry-After pauses an operator's replay or retry lifts). */
+  function routesOf(ids: string[]): string[] {
+    return [...new Set(ids.flatMap((id) => spool.getDelivery(id)?.route ?? []))];
+  }
+
   /** 429 for an address that gave GUESS_LIMIT wrong tokens within the window (see TokenGuesses). */
   function refuseGuesser(req: { socket: { remoteAddress?: string } }, reply: { header: (k: string, v: string) => unknown }): void {
     const wait = deps.guesses.retryAfterMs(req.socket.remoteAddress ?? '', clock.now());
@@ -233,7 +238,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     }
     if (ids.length === 0) throw problem(409, `nothing to redeliver: ${skipped.map((s) => `${s.route}: ${s.reason}`).join('; ')}`);
     const result = spool.queries.replay({ ids, statuses: ['dead', 'delivered'], asOf: clock.now(), excludeRoutes: [...sinks], limit: ids.length }, clock.now());
-    if (result.replayed.length > 0) deps.wakeDelivery();
+    if (result.replayed.length > 0) deps.wakeDelivery(routesOf(result.replayed));
     for (const lost of ids.filter((x) => !result.replayed.includes(x))) {
       const d = chosen.find((c) => c.id === lost)!;
       skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'its state changed meanwhile' });
@@ -262,7 +267,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const sel = { ids: b.ids, filter, statuses: [b.status], asOf, excludeRoutes, limit: b.limit };
     if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true };
     const result = spool.queries.replay(sel, now);
-    if (result.replayed.length > 0) deps.wakeDelivery();
+    if (result.replayed.length > 0) deps.wakeDelivery(routesOf(result.replayed));
     log.info({ replayed: result.replayed.length, remaining: result.remaining, filter, status: b.status }, 'deliveries replayed by an operator');
     return { replayed: result.replayed.length, ids: result.replayed, remaining: result.remaining, as_of: iso(asOf), dry_run: false };
   });
@@ -287,7 +292,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     if (!b.dry_run) {
       // Always: deliveries already due may wait on a route's Retry-After pause, which this lifts for the routes
       // asked for (by name, or those of the deliveries named), or for all when the selection spans routes.
-      const routes = b.ids ? [...new Set(b.ids.flatMap((id) => spool.getDelivery(id)?.route ?? []))] : filter.route !== undefined ? [filter.route] : undefined;
+      const routes = b.ids ? routesOf(b.ids) : filter.route !== undefined ? [filter.route] : undefined;
       resumed = deps.wakeDelivery(routes);
       log.info({ retried, filter }, 'pending deliveries made due now by an operator');
     }
