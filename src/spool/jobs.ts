@@ -85,7 +85,7 @@ export interface AbandonedDead {
 
 /**
  * What happened to a leased delivery, recorded by settleAndLease(). `given-back`: no request was sent (shutdown
- * came first); the delivery is due again as it was, its attempt not counted and no attempt row written.
+ * came first, or its route was paused by a Retry-After); the delivery is due again as it was, its attempt not counted and no attempt row written.
  */
 export interface Completion {
   lease: Lease;
