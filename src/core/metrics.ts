@@ -33,7 +33,7 @@ export function createMetrics() {
     }),
     routeFailing: new Gauge({
       name: 'mailhook_route_failing',
-      help: 'Whether the route\'s consumer is failing: 1 after several failed requests in a row (network errors, timeouts, 408, 429, 5xx, 401/403, redirects), 0 again once one is delivered',
+      help: 'Whether the route\'s consumer is failing: 1 after several failed requests in a row (network errors, timeouts, 408, 429, 5xx, 401/403, redirects), 0 again once one is delivered or the route has nothing left to deliver',
       labelNames: ['route'],
       registers: [registry],
     }),

@@ -546,7 +546,8 @@ export class DeliveryWorker {
     const finishedAt = clock.now();
     const durationMs = finishedAt - startedAt;
     // Shutdown stopped the attempt before its request went out (it was being prepared or waited for a request
-    // slot): the lease is given back uncounted, so restarts do not use up max_attempts of deliveries never tried.
+    // slot), or its route was paused meanwhile: the lease is given back uncounted, so restarts and pauses do not use
+    // up max_attempts of deliveries never tried.
     if ((signal.aborted || heldBack) && !sent && route?.webhook) {
       const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode: null, outcome: 'retry', error: null }, next: { status: 'given-back' }, now: finishedAt };
       const report = (kept: boolean): void => {

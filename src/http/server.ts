@@ -56,10 +56,10 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   if (sinkRoutes.length > 0) {
     const guard = async (req: FastifyRequest, reply: FastifyReply) => {
       const address = req.socket.remoteAddress ?? '';
-      const wait = guesses.retryAfterMs(address, clock.now());
-      if (wait > 0) {
-        reply.header('retry-after', String(Math.ceil(wait / 1000)));
-        throw Object.assign(new Error(`too many wrong admin tokens from this address; try again in ${Math.ceil(wait / 1000)} s`), { statusCode: 429 });
+      const refused = guesses.refusal(address, clock.now());
+      if (refused) {
+        reply.header('retry-after', refused.retryAfter);
+        throw Object.assign(new Error(refused.message), { statusCode: 429 });
       }
       const may = mayReadSink(req, config);
       if (may === 'wrong-token') guesses.fail(address, clock.now());

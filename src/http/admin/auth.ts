@@ -19,7 +19,7 @@ export const GUESS_WINDOW_MS = 60_000;
 const GUESS_ADDRESSES_MAX = 10_000;
 
 /**
- * Wrong admin tokens by remote address (the API's bearer token and the dashboard login): past GUESS_LIMIT in a
+ * Wrong admin tokens by remote address (the API's bearer token, the dashboard login, the sink's token): past GUESS_LIMIT in a
  * window the address is refused without its token being looked at, so the token cannot be guessed at network
  * speed. Behind a reverse proxy every browser shares the proxy's address: someone guessing there also locks the
  * operator out for up to a minute. In memory; a restart forgets it.
@@ -31,6 +31,14 @@ export class TokenGuesses {
   retryAfterMs(address: string, now: number): number {
     const recent = this.recent(address, now);
     return recent.length >= GUESS_LIMIT ? recent[recent.length - GUESS_LIMIT]! + GUESS_WINDOW_MS - now : 0;
+  }
+
+  /** The 429 answer for an address past the limit: its Retry-After (seconds) and message; undefined when it may try. */
+  refusal(address: string, now: number): { retryAfter: string; message: string } | undefined {
+    const wait = this.retryAfterMs(address, now);
+    if (wait <= 0) return undefined;
+    const seconds = Math.ceil(wait / 1000);
+    return { retryAfter: String(seconds), message: `too many wrong admin tokens from this address; try again in ${seconds} s` };
   }
 
   /** Records a wrong token; true when it is the one that reached the limit (to be logged once). */

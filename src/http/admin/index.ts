@@ -107,11 +107,10 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
 
   /** 429 for an address that gave GUESS_LIMIT wrong tokens within the window (see TokenGuesses). */
   function refuseGuesser(req: { socket: { remoteAddress?: string } }, reply: { header: (k: string, v: string) => unknown }): void {
-    const wait = deps.guesses.retryAfterMs(req.socket.remoteAddress ?? '', clock.now());
-    if (wait <= 0) return;
-    const seconds = Math.ceil(wait / 1000);
-    reply.header('retry-after', String(seconds));
-    throw problem(429, `too many wrong admin tokens from this address; try again in ${seconds} s`);
+    const refused = deps.guesses.refusal(req.socket.remoteAddress ?? '', clock.now());
+    if (!refused) return;
+    reply.header('retry-after', refused.retryAfter);
+    throw problem(429, refused.message);
   }
 
   function wrongToken(req: { socket: { remoteAddress?: string } }): void {
