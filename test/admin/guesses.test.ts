@@ -1,7 +1,7 @@
 // Wrong admin tokens from one address: past the limit it is refused (429) without its token being looked at, until they age out.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GUESS_LIMIT, GUESS_WINDOW_MS, TokenGuesses } from '../../src/http/admin/auth.js';
+import { GUESS_LIMIT, GUESS_WINDOW_MS, guessKey, TokenGuesses } from '../../src/http/admin/auth.js';
 import { SECRET, startTestApp } from '../helpers/app.js';
 import { ADMIN_TOKEN, adminYaml, call } from './helpers.js';
 import { Consumer } from '../helpers/consumer.js';
@@ -61,4 +61,20 @@ test('guesses spread over many addresses are remembered in bounded memory, oldes
   assert.equal(g.retryAfterMs('192.0.2.1', t + GUESS_WINDOW_MS + 1), 0);
   for (let i = 0; i < 10_000; i++) g.fail(`10.0.${i >> 8}.${i & 255}`, t + 40_000);
   assert.equal(g.retryAfterMs('192.0.2.1', t + 40_000), 0, 'forgotten once 10,000 other addresses came after it');
+});
+
+test('IPv6 guesses count against the /64; IPv4, also written IPv4-mapped, against the address', () => {
+  assert.equal(guessKey('192.0.2.7'), '192.0.2.7');
+  assert.equal(guessKey('::ffff:192.0.2.7'), '192.0.2.7');
+  assert.equal(guessKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+  assert.equal(guessKey('2001:DB8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64');
+  assert.equal(guessKey('2001:0db8:0001:0002::'), '2001:db8:1:2::/64');
+  assert.equal(guessKey('2001:db8::5'), '2001:db8:0:0::/64');
+  assert.equal(guessKey('fe80::1%eth0'), 'fe80:0:0:0::/64');
+  assert.equal(guessKey('::1'), '0:0:0:0::/64');
+  // A host taking a new address of its /64 for each guess is refused all the same.
+  const g = new TokenGuesses();
+  for (let i = 0; i < GUESS_LIMIT; i++) g.fail(`2001:db8:1:2::${(i + 1).toString(16)}`, 1000 + i);
+  assert.ok(g.retryAfterMs('2001:db8:1:2:ffff::9', 1000 + GUESS_LIMIT) > 0);
+  assert.equal(g.retryAfterMs('2001:db8:1:3::1', 1000 + GUESS_LIMIT), 0, 'the next /64 is someone else');
 });

@@ -25,11 +25,12 @@ const GUESS_ADDRESSES_MAX = 10_000;
  * operator out for up to a minute. In memory; a restart forgets it.
  */
 export class TokenGuesses {
+  /** by guessKey of the address */
   private readonly failures = new Map<string, number[]>();
 
   /** Milliseconds until the address may try a token again; 0 when it may now. */
   retryAfterMs(address: string, now: number): number {
-    const recent = this.recent(address, now);
+    const recent = this.recent(guessKey(address), now);
     return recent.length >= GUESS_LIMIT ? recent[recent.length - GUESS_LIMIT]! + GUESS_WINDOW_MS - now : 0;
   }
 
@@ -43,17 +44,35 @@ export class TokenGuesses {
 
   /** Records a wrong token; true when it is the one that reached the limit (to be logged once). */
   fail(address: string, now: number): boolean {
-    const recent = this.recent(address, now);
+    const key = guessKey(address);
+    const recent = this.recent(key, now);
     recent.push(now);
-    this.failures.delete(address); // re-inserted last: the Map's order is the order of last failures
-    this.failures.set(address, recent.slice(-GUESS_LIMIT));
+    this.failures.delete(key); // re-inserted last: the Map's order is the order of last failures
+    this.failures.set(key, recent.slice(-GUESS_LIMIT));
     if (this.failures.size > GUESS_ADDRESSES_MAX) this.failures.delete(this.failures.keys().next().value!);
     return recent.length === GUESS_LIMIT;
   }
 
-  private recent(address: string, now: number): number[] {
-    return (this.failures.get(address) ?? []).filter((t) => t > now - GUESS_WINDOW_MS);
+  private recent(key: string, now: number): number[] {
+    return (this.failures.get(key) ?? []).filter((t) => t > now - GUESS_WINDOW_MS);
   }
+}
+
+/**
+ * Whom guesses are counted against: an IPv4 address (also written IPv4-mapped, ::ffff:a.b.c.d) as it is, an IPv6
+ * address by its /64, the smallest block one subscriber gets (counting single addresses, one host could take a
+ * new one per guess).
+ */
+export function guessKey(address: string): string {
+  const plain = address.replace(/%.*$/, '').toLowerCase();
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(plain);
+  if (mapped) return mapped[1]!;
+  if (!plain.includes(':')) return plain;
+  const [head = '', tail] = plain.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right];
+  return `${groups.slice(0, 4).map((g) => Number.parseInt(g, 16).toString(16)).join(':')}::/64`;
 }
 
 /** A session value is "<expiry ms>.<HMAC of it keyed by the token>": it proves the token without holding it. */
