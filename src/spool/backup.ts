@@ -6,6 +6,9 @@ import { dirname, join } from 'node:path';
 import { blobsDirOf } from './blobs.js';
 import { MailhookError } from '../core/errors.js';
 
+/** The largest page count one backup step takes (SQLite's int): "the rest of the database". */
+const ALL_PAGES = 0x7fffffff;
+
 export interface BackupResult {
   /** messages in the copy */
   messages: number;
@@ -32,7 +35,9 @@ export async function backupSpool(spoolPath: string, dest: string): Promise<Back
   const source = new Database(spoolPath, { readonly: true, fileMustExist: true });
   try {
     source.pragma('busy_timeout = 5000');
-    await source.backup(dest);
+    // All pages in one step, inside one read transaction: in steps of 100 pages (the default), every commit of
+    // the server between two steps restarts the copy, and a busy server would keep it from ever finishing.
+    await source.backup(dest, { progress: () => ALL_PAGES });
   } catch (err) {
     throw new MailhookError('SPOOL_UNAVAILABLE', `cannot back up ${spoolPath} to ${dest}: ${(err as Error).message}`, { cause: err, userFault: true });
   } finally {
