@@ -20,8 +20,9 @@ export interface BackupResult {
 
 /**
  * Copies the spool at `spoolPath` to a new database `dest` and its message files to `dest`.blobs. Runs beside a
- * mailhook using the spool (a read-only connection; SQLite's backup restarts over pages the server changes), and
- * never overwrites: `dest` and its folder must not exist. Message files are immutable once their message is
+ * mailhook using the spool (a read-only connection that copies a snapshot in one read transaction; the server's
+ * WAL cannot be checkpointed past it meanwhile, so it grows for the copy's duration), and never overwrites: `dest`
+ * and its folder must not exist. Message files are immutable once their message is
  * committed, so each is copied after the database; one removed meanwhile takes its message out of the copy.
  * Everything written is fsynced before this resolves.
  */
