@@ -75,14 +75,20 @@ export async function runCli(io: CliIo): Promise<number> {
   program
     .command('backup')
     .description('copy the spool (database and message files) to a new path while mailhook runs; restore by stopping mailhook and putting the copy at spool.path')
-    .requiredOption('-c, --config <file>', 'configuration file (YAML): its spool.path is backed up')
+    .option('-c, --config <file>', 'configuration file (YAML): its spool.path is backed up (the whole file must be valid, secret files readable)')
+    .option('--spool <file>', 'the spool database to back up, instead of --config (needs nothing else: no secrets)')
     .requiredOption('--to <file>', 'the copy\'s database file (new; its message files go to <file>.blobs)')
-    .action(async (opts: { config: string; to: string }) => {
+    .action(async (opts: { config?: string; spool?: string; to: string }) => {
       try {
-        const config = loadConfigFile(opts.config, io.env, io.cwd);
+        if ((opts.config === undefined) === (opts.spool === undefined)) {
+          io.stderr('mailhook backup: give the spool as --spool FILE, or --config FILE to use its spool.path\n');
+          exitCode = 2;
+          return;
+        }
+        const spoolPath = opts.spool !== undefined ? resolve(io.cwd, opts.spool) : loadConfigFile(opts.config!, io.env, io.cwd).spool.path;
         const to = resolve(io.cwd, opts.to);
-        const r = await backupSpool(config.spool.path, to);
-        io.stdout(`${config.spool.path} backed up to ${to}: ${r.messages} message${r.messages === 1 ? '' : 's'}, ${r.files} of them in ${to}.blobs` + (r.leftOut > 0 ? `; ${r.leftOut} removed from the spool during the backup left out` : '') + '\n');
+        const r = await backupSpool(spoolPath, to);
+        io.stdout(`${spoolPath} backed up to ${to}: ${r.messages} message${r.messages === 1 ? '' : 's'}, ${r.files} of them in ${to}.blobs` + (r.leftOut > 0 ? `; ${r.leftOut} removed from the spool during the backup left out` : '') + '\n');
       } catch (err) {
         if (err instanceof ConfigError) {
           io.stderr(`${err.message}\n`);

@@ -22,8 +22,8 @@ export function verdictOf(outcome: Outcome, sent: boolean): 'ok' | 'fail' | 'non
 export type HealthEvent =
   /** the route just counted FAILING_AFTER failed requests in a row */
   | { kind: 'failing'; route: string; failures: number; error: string }
-  /** a summary while failing: failed requests since the last line about this route */
-  | { kind: 'still-failing'; route: string; failures: number; failingForMs: number; error: string }
+  /** a summary while failing: failed requests since it started failing, and since the last line about it */
+  | { kind: 'still-failing'; route: string; failures: number; sinceLastLine: number; failingForMs: number; error: string }
   /** a request was taken after the route was failing; failures: all of them since it started failing */
   | { kind: 'recovered'; route: string; failures: number; failingForMs: number };
 
@@ -68,7 +68,7 @@ export class RouteHealth {
       // The common case, a delivery to a healthy route, finds nothing here and leaves nothing.
       if (!s) return undefined;
       this.routes.delete(route);
-      return s.since === null ? undefined : { kind: 'recovered', route, failures: s.total, failingForMs: Math.max(0, now - s.since) };
+      return s.since === null ? undefined : { kind: 'recovered', route, failures: s.total, failingForMs: Math.round(Math.max(0, now - s.since)) };
     }
     if (!s) this.routes.set(route, (s = { inRow: 0, since: null, total: 0, sinceSummary: 0, summaryAt: now }));
     s.inRow++;
@@ -83,7 +83,7 @@ export class RouteHealth {
     s.total++;
     s.sinceSummary++;
     if (now - s.summaryAt < (this.opts.summaryEveryMs ?? SUMMARY_EVERY_MS)) return undefined;
-    const event: HealthEvent = { kind: 'still-failing', route, failures: s.sinceSummary, failingForMs: Math.max(0, now - s.since), error };
+    const event: HealthEvent = { kind: 'still-failing', route, failures: s.total, sinceLastLine: s.sinceSummary, failingForMs: Math.round(Math.max(0, now - s.since)), error };
     s.sinceSummary = 0;
     s.summaryAt = now;
     return event;

@@ -422,7 +422,7 @@ export class DeliveryWorker {
       metrics.routeFailing.set({ route: e.route }, 1);
       log.warn({ route: e.route, failedAttempts: e.failures, error: e.error }, 'route consumer failing; its failed attempts are now logged at debug level, with a summary each minute, until one is delivered');
     } else if (e.kind === 'still-failing') {
-      log.warn({ route: e.route, failedAttempts: e.failures, failingForMs: e.failingForMs, error: e.error }, 'route consumer still failing');
+      log.warn({ route: e.route, failedAttempts: e.failures, sinceLastLine: e.sinceLastLine, failingForMs: e.failingForMs, error: e.error }, 'route consumer still failing');
     } else {
       this.failingSince.delete(e.route);
       metrics.routeFailing.set({ route: e.route }, 0);

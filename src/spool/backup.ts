@@ -1,6 +1,6 @@
 // A consistent copy of a spool while mailhook runs: SQLite's online backup of the database, then the message files it names.
 import Database from 'better-sqlite3';
-import { constants, existsSync, mkdirSync } from 'node:fs';
+import { constants, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { copyFile, open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { blobsDirOf } from './blobs.js';
@@ -32,7 +32,10 @@ export async function backupSpool(spoolPath: string, dest: string): Promise<Back
   for (const p of [dest, `${dest}-wal`, destBlobs]) {
     if (existsSync(p)) throw new MailhookError('SPOOL_UNAVAILABLE', `${p} already exists; a backup never overwrites: give a new --to path`, { userFault: true });
   }
-  mkdirSync(dirname(dest), { recursive: true });
+  // Every message up to spool.inline_max_bytes is inside the database: the copy is for the service's user only,
+  // whatever the umask (its journal files take the database file's mode).
+  mkdirSync(dirname(dest), { recursive: true, mode: 0o700 });
+  writeFileSync(dest, '', { flag: 'wx', mode: 0o600 });
   const source = new Database(spoolPath, { readonly: true, fileMustExist: true });
   try {
     source.pragma('busy_timeout = 5000');
@@ -40,6 +43,7 @@ export async function backupSpool(spoolPath: string, dest: string): Promise<Back
     // the server between two steps restarts the copy, and a busy server would keep it from ever finishing.
     await source.backup(dest, { progress: () => ALL_PAGES });
   } catch (err) {
+    rmSync(dest, { force: true });
     throw new MailhookError('SPOOL_UNAVAILABLE', `cannot back up ${spoolPath} to ${dest}: ${(err as Error).message}`, { cause: err, userFault: true });
   } finally {
     source.close();

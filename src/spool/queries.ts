@@ -260,6 +260,11 @@ export class SpoolQueries {
   }
 
   /** Per-route queue depth (now) and attempt outcomes and latency over [since, now]. */
+  /** Whether any delivery to `route` is in the spool (one search of deliveries_route_status_received). */
+  routeExists(route: string): boolean {
+    return this.db.prepare(`SELECT 1 FROM deliveries WHERE route = ? LIMIT 1`).pluck().get(route) !== undefined;
+  }
+
   routeHealth(routes: string[], since: number): RouteHealth[] {
     const out = new Map<string, RouteHealth>();
     const get = (route: string): RouteHealth => {

@@ -326,6 +326,12 @@ describe('admin API', () => {
     const none = await call(app, 'POST', '/api/deliveries/retry', { body: {} });
     assert.equal(none.status, 400);
     assert.match(none.body.message, /pass "all": true/);
+    // A mistyped route is refused, not answered with "0 deliveries" as if nothing were waiting.
+    for (const path of ['/api/deliveries/retry', '/api/deliveries/replay']) {
+      const typo = await call(app, 'POST', path, { body: { route: 'dsek' } });
+      assert.equal(typo.status, 404, path);
+      assert.equal(typo.body.message, 'no route "dsek"; configured routes: gitlab, desk, archive');
+    }
     const dry = await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'desk', dry_run: true } });
     assert.deepEqual(dry.body, { retried: 1, dry_run: true, resumed: [] });
     assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'gitlab' } }).then((r) => r.body), { retried: 0, dry_run: false, resumed: [] }, 'another route: nothing, and its pause stays');

@@ -2,8 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
@@ -11,9 +11,11 @@ import { configYaml, SECRET, startTestApp, tempDir, until } from '../helpers/app
 
 const BIN = fileURLToPath(new URL('../../bin/mailhook', import.meta.url));
 
-function mailhook(args: string[]): Promise<{ code: number; out: string; err: string }> {
+/** The built CLI; `umask` runs it under that umask (through /bin/sh). */
+function mailhook(args: string[], opts: { umask?: number } = {}): Promise<{ code: number; out: string; err: string }> {
+  const [cmd, argv] = opts.umask === undefined ? [process.execPath, [BIN, ...args]] : ['/bin/sh', ['-c', `umask ${opts.umask.toString(8).padStart(3, '0')} && exec "$0" "$@"`, process.execPath, BIN, ...args]];
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH ?? '' }, timeout: 30_000 }, (err, out, errText) => {
+    execFile(cmd, argv, { env: { PATH: process.env.PATH ?? '' }, timeout: 30_000 }, (err, out, errText) => {
       resolve({ code: err ? Number((err as { code?: unknown }).code ?? -1) : 0, out, err: errText });
     });
   });
@@ -63,9 +65,14 @@ test('backup while mailhook runs, then start from the copy: the same messages, b
     await app.close();
     appOpen = false;
 
-    // With mailhook stopped too (no WAL beside the spool).
-    const stopped = await mailhook(['backup', '--config', file, '--to', join(copyDir, 'second', 'spool.db')]);
+    // With mailhook stopped too (no WAL beside the spool), by --spool: no configuration, so none of its secrets,
+    // needed. The copy holds the mail: only its owner may read it, whatever the umask.
+    const second = join(copyDir, 'second', 'deeper', 'spool.db');
+    const stopped = await mailhook(['backup', '--spool', join(dir, 'spool.db'), '--to', second], { umask: 0o022 });
     assert.equal(stopped.code, 0, stopped.err);
+    assert.equal(statSync(second).mode & 0o777, 0o600);
+    assert.equal(statSync(dirname(second)).mode & 0o777, 0o700);
+    assert.equal(statSync(`${second}.blobs`).mode & 0o777, 0o700);
 
     restored = await startTestApp({ routes, dir: copyDir, yaml: configYaml({ routes, dir: copyDir }) });
     const after = restored.spool.db.prepare(`SELECT m.id, m.raw_file IS NOT NULL AS in_file, d.route, d.status FROM messages m JOIN deliveries d ON d.message_id = m.id ORDER BY m.id`).all();
@@ -87,6 +94,11 @@ test('backup: a config without a spool yet, or a destination that exists, is ref
   const none = await mailhook(['backup', '--config', file, '--to', join(dir, 'copy.db')]);
   assert.equal(none.code, 1);
   assert.equal(none.err, `mailhook backup: no spool at ${join(dir, 'spool.db')}: check spool.path in the configuration\n`);
+  const neither = await mailhook(['backup', '--to', join(dir, 'copy.db')]);
+  assert.equal(neither.code, 2);
+  assert.equal(neither.err, 'mailhook backup: give the spool as --spool FILE, or --config FILE to use its spool.path\n');
+  const both = await mailhook(['backup', '--config', file, '--spool', join(dir, 'spool.db'), '--to', join(dir, 'copy.db')]);
+  assert.equal(both.code, 2);
   const missingTo = await mailhook(['backup', '--config', file]);
   assert.equal(missingTo.code, 64);
   assert.match(missingTo.err, /required option '--to <file>' not specified/);

@@ -39,7 +39,8 @@ test('failing after FAILING_AFTER failures in a row, a summary at most each SUMM
   assert.equal(h.record('b', 'fail', t, 'x'), undefined);
   for (let i = 0; i < 10; i++) assert.equal(h.record('a', 'fail', (t += 1000), 'HTTP 503'), undefined);
   t = since + SUMMARY_EVERY_MS;
-  assert.deepEqual(h.record('a', 'fail', t, 'ECONNREFUSED'), { kind: 'still-failing', route: 'a', failures: 11, failingForMs: SUMMARY_EVERY_MS, error: 'ECONNREFUSED' });
+  // failures: all since it started failing (the 5 that made it, 10, this one); sinceLastLine: since the 'failing' line.
+  assert.deepEqual(h.record('a', 'fail', t, 'ECONNREFUSED'), { kind: 'still-failing', route: 'a', failures: FAILING_AFTER + 11, sinceLastLine: 11, failingForMs: SUMMARY_EVERY_MS, error: 'ECONNREFUSED' });
   assert.equal(h.record('a', 'fail', t + 1, 'ECONNREFUSED'), undefined);
   assert.deepEqual(h.record('a', 'ok', t + 5000), { kind: 'recovered', route: 'a', failures: FAILING_AFTER + 12, failingForMs: SUMMARY_EVERY_MS + 5000 });
   assert.equal(h.failing('a'), false);

@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
-import { configYaml, SECRET, startTestApp, until } from '../helpers/app.js';
+import { SECRET, startTestApp, until } from '../helpers/app.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -30,8 +30,8 @@ test('backup unit: the service\'s user, environment and configuration; the timer
   for (const key of ['User', 'Group', 'EnvironmentFile']) assert.deepEqual(backup.get(key), service.get(key), key);
   const spoolPath = (d: Map<string, string[]>) => (d.get('Environment') ?? []).find((e) => e.startsWith('MAILHOOK_SPOOL_PATH='));
   assert.equal(spoolPath(backup), spoolPath(service));
-  const config = / --config (\S+)/.exec(service.get('ExecStart')![0]!)![1];
-  assert.match(backup.get('ExecStart')![0]!, new RegExp(`/bin/mailhook backup --config ${config} --to `));
+  // The spool the service uses, from the same variables, and no configuration file (its secrets may be unreadable).
+  assert.match(backup.get('ExecStart')![0]!, /\/bin\/mailhook backup --spool "\$MAILHOOK_SPOOL_PATH" --to /);
   assert.ok(backup.get('StateDirectory')![0]!.split(' ').includes(service.get('StateDirectory')![0]!), 'the spool folder is writable (its -shm)');
   const timer = directives('mailhook-backup.timer');
   assert.ok(timer.get('OnCalendar'));
@@ -76,25 +76,26 @@ test('backup unit: its commands, run here against a running mailhook, write a da
     await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@u.test', subject: 'keep me', text: 'x' });
     await consumer.waitFor(1);
     await until(() => app.spool.jobs.counts().delivered === 1, 10_000, 'delivered');
-    const config = join(app.dir, 'mailhook.yaml');
-    writeFileSync(config, configYaml({ routes, dir: app.dir }));
     const unit = directives('mailhook-backup.service');
-    const paths = { '/usr/bin/node': process.execPath, '/opt/mailhook': ROOT, '/etc/mailhook/mailhook.yaml': config, '/var/lib/mailhook-backups': backups, '/usr/bin/find': 'find' };
+    const paths = { '/usr/bin/node': process.execPath, '/opt/mailhook': ROOT, '/var/lib/mailhook-backups': backups, '/usr/bin/find': 'find' };
     const env = { PATH: process.env.PATH ?? '', MAILHOOK_SPOOL_PATH: join(app.dir, 'spool.db') };
-    const old = join(backups, '2020-01-01T031500Z');
-    mkdirSync(old);
-    const eightDaysAgo = new Date(Date.now() - 8 * 86_400_000);
-    utimesSync(old, eightDaysAgo, eightDaysAgo);
+    // Seven days of nightly copies stay: one 6.5 days old stays, one 7.5 days old goes.
+    for (const [name, days] of [['2020-01-01T031500Z', 7.5], ['2020-01-02T031500Z', 6.5]] as const) {
+      mkdirSync(join(backups, name));
+      const at = new Date(Date.now() - days * 86_400_000);
+      utimesSync(join(backups, name), at, at);
+    }
     // ExecStart=/bin/sh -c '…': the quoted part is the script.
     const script = /^\/bin\/sh -c '(.*)'$/.exec(unit.get('ExecStart')![0]!)![1]!;
     const made = await run('/bin/sh', ['-c', commandOf(script, paths)], { env });
     assert.match(made.stdout, /backed up to .*: 1 message, 0 of them in /);
     const post = commandOf(unit.get('ExecStartPost')![0]!, paths).split(' ');
     await run(post[0]!, post.slice(1), { env });
-    const left = readdirSync(backups);
-    assert.equal(left.length, 1, `only the new copy is left: ${left.join(', ')}`);
-    assert.match(left[0]!, /^\d{4}-\d\d-\d\dT\d{6}Z$/);
-    const copy = new Database(join(backups, left[0]!, 'spool.db'), { readonly: true });
+    const left = readdirSync(backups).sort();
+    assert.equal(left.length, 2, `the new copy and the one within a week are left: ${left.join(', ')}`);
+    assert.equal(left[0], '2020-01-02T031500Z');
+    assert.match(left[1]!, /^\d{4}-\d\d-\d\dT\d{6}Z$/);
+    const copy = new Database(join(backups, left[1]!, 'spool.db'), { readonly: true });
     try {
       assert.equal(copy.prepare(`SELECT COUNT(*) FROM messages`).pluck().get(), 1);
     } finally {

@@ -100,6 +100,15 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     }
   });
 
+  /**
+   * A route filter names a configured route or one still in the spool: a typo must not answer "0 deliveries" during
+   * an incident as if nothing were waiting.
+   */
+  function knownRoute(route: string | undefined): void {
+    if (route === undefined || config.routes.some((r) => r.name === route) || spool.queries.routeExists(route)) return;
+    throw problem(404, `no route "${route}"; configured routes: ${config.routes.map((r) => r.name).join(', ')}`);
+  }
+
   /** The routes of these deliveries (whose Retry-After pauses an operator's replay or retry lifts). */
   function routesOf(ids: string[]): string[] {
     return [...new Set(ids.flatMap((id) => spool.getDelivery(id)?.route ?? []))];
@@ -260,6 +269,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const b = req.body as BulkBody & { status: 'dead' | 'delivered'; as_of?: string; limit: number; dry_run: boolean };
     if (b.ids && b.ids.length > b.limit) throw problem(400, `ids: ${b.ids.length} ids but limit is ${b.limit}; raise limit or send fewer ids`);
     const filter = bulkFilter(b, `replay every ${b.status === 'dead' ? 'dead-lettered' : 'delivered'} delivery`);
+    knownRoute(filter.route);
     const now = clock.now();
     const asOf = parseTime('as_of', b.as_of) ?? now;
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
@@ -285,6 +295,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   }, async (req) => {
     const b = req.body as BulkBody & { dry_run: boolean };
     const filter = bulkFilter(b, 'retry every pending delivery now');
+    knownRoute(filter.route);
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
     const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, clock.now(), b.dry_run);
     let resumed: string[] = [];
