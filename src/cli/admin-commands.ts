@@ -286,11 +286,14 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         const hasFilter = Object.keys(filter).length > 0 || o.delivery !== undefined;
         if (!hasFilter && !o.all) throw new CliError('say what to retry: --all (every pending delivery), --route R, another filter, or --delivery ID…', EXIT.usage);
         const body = { ...(o.delivery ? { ids: o.delivery } : filter), ...(hasFilter ? {} : { all: true }), dry_run: o.dryRun === true };
-        const r = await client(o).json<{ retried: number; dry_run: boolean; resumed?: string[] }>('POST', '/api/deliveries/retry', body);
+        const r = await client(o).json<{ retried: number; dry_run: boolean; resumed?: string[]; released?: number }>('POST', '/api/deliveries/retry', body);
         const n = `${r.retried} pending deliver${r.retried === 1 ? 'y' : 'ies'}`;
         if (o.json) io.stdout(`${JSON.stringify(r, null, 2)}\n`);
         else io.stdout(o.dryRun ? `${n} ${r.retried === 1 ? 'waits for its' : 'wait for their'} next attempt (dry run: nothing changed)\n` : `${n} made due now\n`);
-        if (!o.json && r.resumed?.length) io.stdout(`resumed, after a pause for their consumer's Retry-After: ${r.resumed.join(', ')}\n`);
+        if (!o.json && r.resumed?.length) {
+          const released = r.released ? ` (${r.released} more deliver${r.released === 1 ? 'y' : 'ies'}, due and held only by the pause, go out now too)` : '';
+          io.stdout(`resumed, after a pause for their consumer's Retry-After: ${r.resumed.join(', ')}${released}\n`);
+        }
         return EXIT.ok;
       }),
     );

@@ -111,6 +111,7 @@ export class JobQueue {
   private readonly countByRoute;
   private readonly nextDueOfRoute;
   private readonly undeliveredOf;
+  private readonly dueCountOfRoute;
   private readonly oldestOf;
   private readonly syncNormal;
   private readonly syncFull;
@@ -156,6 +157,7 @@ export class JobQueue {
     // A scan of the covering index deliveries_route_status_received, then one search of it per route and status.
     this.countByRoute = db.prepare<[], { route: string; status: DeliveryStatus; n: number }>(`SELECT route, status, COUNT(*) AS n FROM deliveries GROUP BY route, status`);
     this.nextDueOfRoute = db.prepare<[string], number | null>(`SELECT MIN(next_attempt_at) FROM deliveries WHERE route = ? AND status = 'pending'`).pluck();
+    this.dueCountOfRoute = db.prepare<[string, number], number>(`SELECT COUNT(*) FROM deliveries WHERE route = ? AND status = 'pending' AND next_attempt_at <= ?`).pluck();
     this.undeliveredOf = db.prepare<[string], number>(`SELECT 1 FROM deliveries WHERE route = ? AND status IN ('pending', 'delivering') LIMIT 1`).pluck();
     this.oldestOf = db.prepare<[string, string], number | null>(`SELECT MIN(received_at) FROM deliveries WHERE route = ? AND status = ?`).pluck();
   }
@@ -316,6 +318,11 @@ export class JobQueue {
   /** When the route's next pending delivery falls due (the head of deliveries_route_due), or null. */
   nextDueOf(route: string): number | null {
     return this.nextDueOfRoute.get(route) ?? null;
+  }
+
+  /** The route's pending deliveries due at `now` (a range of deliveries_route_due). */
+  dueCountOf(route: string, now: number): number {
+    return this.dueCountOfRoute.get(route, now) as number;
   }
 
   /** Whether the route has a delivery pending or being delivered. */

@@ -333,16 +333,16 @@ describe('admin API', () => {
       assert.equal(typo.body.message, 'no route "dsek"; configured routes: gitlab, desk, archive');
     }
     const dry = await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'desk', dry_run: true } });
-    assert.deepEqual(dry.body, { retried: 1, dry_run: true, resumed: [] });
-    assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'gitlab' } }).then((r) => r.body), { retried: 0, dry_run: false, resumed: [] }, 'another route: nothing, and its pause stays');
+    assert.deepEqual(dry.body, { retried: 1, dry_run: true, resumed: [], released: 0 });
+    assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'gitlab' } }).then((r) => r.body), { retried: 0, dry_run: false, resumed: [], released: 0 }, 'another route: nothing, and its pause stays');
     assert.ok(row().next_attempt_at > Date.now() + 3_000_000, 'a dry run and another route change nothing');
     broken.respond = () => ({ status: 204 });
     const now = await call(app, 'POST', '/api/deliveries/retry', { body: { ids: [row().id] } });
-    assert.deepEqual(now.body, { retried: 1, dry_run: false, resumed: ['desk'] }, "the 503's Retry-After had paused its route too");
+    assert.deepEqual(now.body, { retried: 1, dry_run: false, resumed: ['desk'], released: 0 }, "the 503's Retry-After had paused its route too");
     await broken.waitFor(before + 2);
     await until(() => row().status === 'delivered', 10_000, 'the retried delivery to succeed');
     assert.equal(row().attempts, 2, 'the attempt count went on (no fresh budget, unlike a replay)');
-    assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { all: true } }).then((r) => r.body), { retried: 0, dry_run: false, resumed: [] }, 'nothing left waiting');
+    assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { all: true } }).then((r) => r.body), { retried: 0, dry_run: false, resumed: [], released: 0 }, 'nothing left waiting');
   });
 
   test('dashboard session: login trades the token for a cookie; writes with it need the CSRF header', async () => {

@@ -180,7 +180,7 @@ describe('mailhook CLI against a running server', () => {
     assert.equal(r.out, "1 pending delivery made due now\nresumed, after a pause for their consumer's Retry-After: desk\n");
     await broken.waitFor(before + 2);
     await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'the retry to finish');
-    assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false, resumed: [] });
+    assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false, resumed: [], released: 0 });
   });
 
   test('errors: a wrong token, no token, no server, nothing to replay, a token file', async () => {

@@ -67,6 +67,7 @@ test('an operator\'s retry lifts the pause at once, even with nothing to make du
     assert.equal(r.status, 200);
     assert.equal(r.body.retried, 0);
     assert.deepEqual(r.body.resumed, ['app']);
+    assert.equal(r.body.released, 1, 'the second message, due and held only by the pause');
     await consumer.waitFor(2);
     assert.equal(subjectOf(consumer.requests[1]!.body), 'second');
     assert.ok(logLines(app).some((l) => l.msg === 'route pauses lifted by an operator'));

@@ -297,16 +297,22 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const filter = bulkFilter(b, 'retry every pending delivery now');
     knownRoute(filter.route);
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
-    const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, clock.now(), b.dry_run);
+    const now = clock.now();
+    // Deliveries already due and held only by their route's Retry-After pause, counted before the retry makes
+    // others due: lifting the pause sends them too, which `retried` does not count.
+    const paused = [...deps.routeStates()].filter(([, s]) => s.pausedUntil !== null).map(([route]) => route);
+    const held = new Map(paused.map((route) => [route, spool.jobs.dueCountOf(route, now)]));
+    const retried = spool.queries.retryNow({ ids: b.ids, filter, excludeRoutes }, now, b.dry_run);
     let resumed: string[] = [];
     if (!b.dry_run) {
       // Always: deliveries already due may wait on a route's Retry-After pause, which this lifts for the routes
       // asked for (by name, or those of the deliveries named), or for all when the selection spans routes.
       const routes = b.ids ? routesOf(b.ids) : filter.route !== undefined ? [filter.route] : undefined;
       resumed = deps.wakeDelivery(routes);
-      log.info({ retried, filter }, 'pending deliveries made due now by an operator');
+      log.info({ retried, filter, resumed }, 'pending deliveries made due now by an operator');
     }
-    return { retried, dry_run: b.dry_run, resumed };
+    const released = resumed.reduce((n, route) => n + (held.get(route) ?? 0), 0);
+    return { retried, dry_run: b.dry_run, resumed, released };
   });
 
   api.delete('/messages/:id', {

@@ -205,9 +205,10 @@ export const retryResponse = {
   properties: {
     retried: { type: 'integer', description: 'pending deliveries made due now (with dry_run: that would be)' },
     dry_run: { type: 'boolean' },
-    resumed: { type: 'array', items: { type: 'string' }, description: 'routes that waited out a consumer\'s Retry-After and go on now (their due deliveries are not counted in retried); empty with dry_run' },
+    resumed: { type: 'array', items: { type: 'string' }, description: 'routes that waited out a consumer\'s Retry-After and go on now (their due deliveries are counted in released, not retried); empty with dry_run' },
+    released: { type: 'integer', description: 'deliveries of the resumed routes that were already due, held only by the pause: they go out now too' },
   },
-  required: ['retried', 'dry_run', 'resumed'],
+  required: ['retried', 'dry_run', 'resumed', 'released'],
 } as const;
 
 export const replayResponse = {

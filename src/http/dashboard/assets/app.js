@@ -294,7 +294,7 @@ async function replayAll(route, expected) {
 async function retryNow(body) {
   try {
     const r = await api('/api/deliveries/retry', { method: 'POST', body });
-    const resumed = r.resumed?.length ? `${r.retried ? '; ' : ''}resumed ${r.resumed.join(', ')} (paused by its consumer's Retry-After)` : '';
+    const resumed = r.resumed?.length ? `${r.retried ? '; ' : ''}resumed ${r.resumed.join(', ')} (paused by its consumer's Retry-After${r.released ? `; ${r.released} more going out` : ''})` : '';
     toast(r.retried ? `Retrying ${r.retried} deliver${r.retried === 1 ? 'y' : 'ies'} now${resumed}` : resumed ? resumed[0].toUpperCase() + resumed.slice(1) : 'Nothing was waiting to retry (its state changed meanwhile)');
   } catch (err) {
     toast(err.message, true);
