@@ -30,8 +30,9 @@ export type HealthEvent =
 interface State {
   /** failed requests in a row */
   inRow: number;
-  /** when the route started failing (null while it is not) */
+  /** when the route started failing (null while it is not), and that time on the wall clock (for the admin API) */
   since: number | null;
+  sinceWall: number | null;
   /** failed requests since it started failing */
   total: number;
   /** failed requests since the last line about it, and when that line was */
@@ -43,11 +44,17 @@ interface State {
 export class RouteHealth {
   private readonly routes = new Map<string, State>();
 
-  constructor(private readonly opts: { failingAfter?: number; summaryEveryMs?: number } = {}) {}
+  /** wallClock: milliseconds since the epoch, for failingSince (Date.now when absent) */
+  constructor(private readonly opts: { failingAfter?: number; summaryEveryMs?: number; wallClock?: () => number } = {}) {}
 
   /** Whether the route is counted as failing now. */
   failing(route: string): boolean {
     return (this.routes.get(route)?.since ?? null) !== null;
+  }
+
+  /** When (wall clock, ms since the epoch) the route started failing, or null while it is not. */
+  failingSince(route: string): number | null {
+    return this.routes.get(route)?.sinceWall ?? null;
   }
 
   /** Forgets the route's streak (it has nothing left to deliver). */
@@ -70,11 +77,12 @@ export class RouteHealth {
       this.routes.delete(route);
       return s.since === null ? undefined : { kind: 'recovered', route, failures: s.total, failingForMs: Math.round(Math.max(0, now - s.since)) };
     }
-    if (!s) this.routes.set(route, (s = { inRow: 0, since: null, total: 0, sinceSummary: 0, summaryAt: now }));
+    if (!s) this.routes.set(route, (s = { inRow: 0, since: null, sinceWall: null, total: 0, sinceSummary: 0, summaryAt: now }));
     s.inRow++;
     if (s.since === null) {
       if (s.inRow < (this.opts.failingAfter ?? FAILING_AFTER)) return undefined;
       s.since = now;
+      s.sinceWall = (this.opts.wallClock ?? Date.now)();
       s.total = s.inRow;
       s.sinceSummary = 0;
       s.summaryAt = now;

@@ -143,18 +143,17 @@ export class DeliveryWorker {
   /** the payload formats, with their cache of the message last parsed for the service formats (InboundViews) */
   private readonly formats: Formats;
   /** which routes' consumers are failing: their failed attempts are logged at debug, with a line when that starts, a summary each minute and a line when it ends */
-  private readonly health = new RouteHealth();
+  private readonly health: RouteHealth;
   /**
    * Routes whose consumer answered 429/503 (or another retry) with a Retry-After: until when (monotonic, so a
    * wall-clock step cannot stretch it) no attempt of theirs sends a request, so new mail does not get a first
    * attempt each while the consumer sheds load.
    */
   private readonly pausedUntil = new Map<string, number>();
-  /** when (wall clock, for the admin API) each failing route started failing */
-  private readonly failingSince = new Map<string, number>();
 
   constructor(private readonly deps: WorkerDeps) {
     this.formats = deps.formats ?? createFormats();
+    this.health = new RouteHealth({ wallClock: () => deps.clock.now() });
     this.routes = new Map(deps.config.routes.map((r) => [r.name, r]));
     this.leaseMs = leaseDurationMs(deps.config);
     this.monotonic = deps.monotonic ?? (() => performance.now());
@@ -204,7 +203,7 @@ export class DeliveryWorker {
     const out = new Map<string, RouteState>();
     for (const route of new Set([...this.health.failingRoutes(), ...this.pausedUntil.keys()])) {
       const pausedUntil = this.paused(route) ? this.wallOf(this.pausedUntil.get(route)!) : null;
-      const failingSince = this.health.failing(route) ? (this.failingSince.get(route) ?? null) : null;
+      const failingSince = this.health.failingSince(route);
       if (failingSince !== null || pausedUntil !== null) out.set(route, { failingSince, pausedUntil });
     }
     return out;
@@ -418,13 +417,11 @@ export class DeliveryWorker {
   private reportHealth(e: HealthEvent): void {
     const { log, metrics } = this.deps;
     if (e.kind === 'failing') {
-      this.failingSince.set(e.route, this.deps.clock.now());
       metrics.routeFailing.set({ route: e.route }, 1);
       log.warn({ route: e.route, failedAttempts: e.failures, error: e.error }, 'route consumer failing; its failed attempts are now logged at debug level, with a summary each minute, until one is delivered');
     } else if (e.kind === 'still-failing') {
       log.warn({ route: e.route, failedAttempts: e.failures, sinceLastLine: e.sinceLastLine, failingForMs: e.failingForMs, error: e.error }, 'route consumer still failing');
     } else {
-      this.failingSince.delete(e.route);
       metrics.routeFailing.set({ route: e.route }, 0);
       log.info({ route: e.route, failedAttempts: e.failures, failingForMs: e.failingForMs }, 'route consumer recovered');
     }
@@ -603,7 +600,6 @@ export class DeliveryWorker {
       // consumer's state from until new mail comes: it is no longer counted as failing (and its alert clears).
       else if (outcome.kind !== 'retry' && this.health.failing(d.route) && !spool.jobs.hasUndelivered(d.route)) {
         this.health.forget(d.route);
-        this.failingSince.delete(d.route);
         metrics.routeFailing.set({ route: d.route }, 0);
         log.info({ route: d.route }, 'route has nothing left to deliver; no longer counted as failing until new mail finds its consumer failing again');
       }

@@ -9,7 +9,7 @@ import { MailhookError } from '../core/errors.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { registerAdmin, type MailboxProvider } from './admin/index.js';
 import { registerDashboard } from './dashboard/index.js';
-import { LoggedOutSessions, TokenGuesses } from './admin/auth.js';
+import { GUESS_LIMIT, LoggedOutSessions, TokenGuesses } from './admin/auth.js';
 import type { RouteState } from '../delivery/worker.js';
 import { DELIVERY_STATUSES } from '../spool/queries.js';
 
@@ -31,6 +31,7 @@ export interface HttpDeps {
 
 export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   const { config, spool, metrics } = deps;
+  const clock = deps.clock ?? systemClock;
   const app = Fastify({ loggerInstance: deps.log.child({ part: 'http' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 1024 * 1024 });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -44,14 +45,13 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   });
 
   app.get('/metrics', async (_req, reply) => {
-    setQueueMetrics(metrics, spool, config.routes.map((r) => r.name), (deps.clock ?? systemClock).now());
+    setQueueMetrics(metrics, spool, config.routes.map((r) => r.name), clock.now());
     metrics.spoolBytes.set(spool.diskUsage());
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
-  const clock = deps.clock ?? systemClock;
   /** wrong admin tokens by address: the admin API, the dashboard login and the sink's token check count together */
-  const guesses = new TokenGuesses();
+  const guesses = new TokenGuesses((remote) => deps.log.warn({ part: 'admin', remote }, `${GUESS_LIMIT} wrong admin tokens within a minute from one address; it is refused until they age out`));
   const sinkRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
   if (sinkRoutes.length > 0) {
     const guard = async (req: FastifyRequest, reply: FastifyReply) => {

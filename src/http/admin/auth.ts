@@ -28,6 +28,9 @@ export class TokenGuesses {
   /** by guessKey of the address */
   private readonly failures = new Map<string, number[]>();
 
+  /** onLimit: called with the address whose wrong token reached GUESS_LIMIT (to log it once), wherever it was given */
+  constructor(private readonly onLimit: (address: string) => void = () => {}) {}
+
   /** Milliseconds until the address may try a token again; 0 when it may now. */
   retryAfterMs(address: string, now: number): number {
     const recent = this.recent(guessKey(address), now);
@@ -50,7 +53,9 @@ export class TokenGuesses {
     this.failures.delete(key); // re-inserted last: the Map's order is the order of last failures
     this.failures.set(key, recent.slice(-GUESS_LIMIT));
     if (this.failures.size > GUESS_ADDRESSES_MAX) this.failures.delete(this.failures.keys().next().value!);
-    return recent.length === GUESS_LIMIT;
+    if (recent.length !== GUESS_LIMIT) return false;
+    this.onLimit(address);
+    return true;
   }
 
   private recent(key: string, now: number): number[] {
