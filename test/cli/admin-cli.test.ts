@@ -173,12 +173,14 @@ describe('mailhook CLI against a running server', () => {
     assert.match(vague.err, /say what to retry/);
     const dry = await mailhook(['retry', '--route', 'desk', '--dry-run', ...conn], env);
     assert.equal(dry.out, '1 pending delivery waits for its next attempt (dry run: nothing changed)\n');
+    // New mail for the paused route waits too: due, never tried, held only by the pause.
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'desk-retry@desk.test', subject: 'retry 2', text: 'x' });
     broken.respond = () => ({ status: 200 });
     const r = await mailhook(['retry', '--route', 'desk', ...conn], env);
     assert.equal(r.code, 0, r.err);
-    // The 503's Retry-After had paused the route too: the retry lifts that and says so.
-    assert.equal(r.out, "1 pending delivery made due now\nresumed, after a pause for their consumer's Retry-After: desk\n");
-    await broken.waitFor(before + 2);
+    // The 503's Retry-After had paused the route too: the retry lifts that and says so, and what that sends.
+    assert.equal(r.out, "1 pending delivery made due now\nresumed, after a pause for their consumer's Retry-After: desk (1 more delivery, due and held only by the pause, go out now too)\n");
+    await broken.waitFor(before + 3);
     await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'the retry to finish');
     assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false, resumed: [], released: 0 });
   });

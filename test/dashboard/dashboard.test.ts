@@ -187,10 +187,12 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 79', text: 'x' });
     await later.waitFor(before + 2);
     await until(() => app.spool.jobs.counts().pending === 3, 5000, 'both deliveries to wait out the Retry-After'); // and Return 5
+    // New mail for the paused route waits too: due, never tried, held only by the pause.
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 80', text: 'x' });
     await page.locator('nav a', { hasText: 'Routes' }).click();
     const button = page.locator('tr[data-route=orders] button.retry');
     await button.waitFor();
-    assert.equal(await button.textContent(), 'Retry 2 pending now');
+    assert.equal(await button.textContent(), 'Retry 3 pending now');
     // Its consumer asked to wait: the route is paused, and says so.
     assert.match((await page.locator('tr[data-route=orders] .consumer-paused').textContent()) ?? '', /^paused until .+ \(Retry-After\)$/);
     assert.equal(await page.locator('tr[data-route=returns] button.retry').textContent(), 'Retry 1 pending now');
@@ -198,14 +200,14 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
 
     later.respond = () => ({ status: 200, body: 'ok' });
     await button.click();
-    await page.locator('#toast', { hasText: "Retrying 2 deliveries now; resumed orders (paused by its consumer's Retry-After)" }).waitFor();
+    await page.locator('#toast', { hasText: "Retrying 2 deliveries now; resumed orders (paused by its consumer's Retry-After; 1 more going out)" }).waitFor();
     assert.deepEqual(await waiting(), ['Return 5']); // the other route's delivery keeps its wait
-    const got = await later.waitFor(before + 4);
-    assert.deepEqual(got.slice(before + 2).map((r) => /Order 7\d/.exec(r.body.toString())?.[0]).sort(), ['Order 78', 'Order 79']);
+    const got = await later.waitFor(before + 5);
+    assert.deepEqual(got.slice(before + 2).map((r) => /Order [78]\d/.exec(r.body.toString())?.[0]).sort(), ['Order 78', 'Order 79', 'Order 80']);
     await until(() => { const c = app.spool.jobs.counts(); return c.pending === 1 && c.delivering === 0; }, 5000, 'both deliveries to be recorded');
     await page.locator('nav a', { hasText: 'Messages' }).click();
     await page.locator('#refresh').click();
-    for (const subject of ['Order 78', 'Order 79']) assert.match((await page.locator('tbody tr', { hasText: subject }).textContent()) ?? '', /orders: delivered/);
+    for (const subject of ['Order 78', 'Order 79', 'Order 80']) assert.match((await page.locator('tbody tr', { hasText: subject }).textContent()) ?? '', /orders: delivered/);
     await page.locator('nav a', { hasText: 'Routes' }).click();
     await page.locator('tr[data-route=orders]').waitFor();
     assert.equal(await button.count(), 0);

@@ -7,6 +7,8 @@ import { Consumer } from '../helpers/consumer.js';
 import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, startTestApp, until } from '../helpers/app.js';
 import { adminYaml, call } from '../admin/helpers.js';
+import { MailhookError } from '../../src/core/errors.js';
+import { parseMessageJson } from '../../src/parse/message.js';
 
 test('what an outcome says about the consumer', () => {
   assert.equal(verdictOf(classifyStatus(200), true), 'ok');
@@ -123,6 +125,51 @@ test('a failing route whose last delivery is dead-lettered is no longer counted 
     assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_route_failing\{route="app"\} 0$/m);
     const r = await call(app, 'GET', '/api/routes');
     assert.equal(r.body.routes[0].consumer.failing_since, null);
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});
+
+test('while a route is failing, a failure that is not its consumer\'s (a parse timeout) is still logged at warn', async () => {
+  const consumer = new Consumer();
+  await consumer.start();
+  let up = false;
+  consumer.respond = () => (up ? { status: 204 } : { status: 503, body: 'down' });
+  let timedOut = false;
+  const routes = `
+  - name: app
+    addresses: ["in@h.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}", format: json }
+`;
+  const app = await startTestApp({
+    routes,
+    yaml: (dir) => adminYaml({ routes, dir }).replace('max_attempts: 5', 'max_attempts: 50'),
+    deps: {
+      parse: async (raw) => {
+        if (raw.toString('latin1').includes('Subject: slow') && !timedOut) {
+          timedOut = true;
+          throw new MailhookError('PARSE_TIMEOUT', 'parsing the message took longer than 5000 ms and was abandoned');
+        }
+        return parseMessageJson(raw);
+      },
+    },
+  });
+  try {
+    const lines = () => app.logs.join('').trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; deliveryId?: string; error?: string });
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@h.test', subject: 'hello', text: 'x' });
+    await until(() => lines().some((l) => l.msg.startsWith('route consumer failing')), 10_000, 'the route failing');
+    const deliveryIds = () => app.spool.db.prepare('SELECT id FROM deliveries').pluck().all() as string[];
+    const [helloId] = deliveryIds();
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'in@h.test', subject: 'slow', text: 'y' });
+    const slowId = deliveryIds().find((id) => id !== helloId);
+    await until(() => timedOut, 10_000, 'the parse timeout');
+    up = true;
+    await until(() => app.spool.jobs.counts().delivered === 2, 10_000, 'both delivered');
+    const slowFailures = lines().filter((l) => l.msg === 'delivery failed; will retry' && l.deliveryId === slowId);
+    assert.equal(slowFailures.length, 1);
+    assert.equal(slowFailures[0]!.level, 40, 'a parse timeout is not the consumer failing again');
+    assert.match(slowFailures[0]!.error ?? '', /longer than 5000 ms/);
   } finally {
     await app.close();
     await consumer.stop();

@@ -140,3 +140,57 @@ test('a wall-clock step back does not stretch a pause', async () => {
     await consumer.stop();
   }
 });
+
+test('a redeliver or replay lifts the pause of its deliveries\' route only', async () => {
+  const a = await new Consumer().start();
+  const b = await new Consumer().start();
+  // a: delivers m1, asks m2 to wait an hour, takes m1 again, asks m3 to wait an hour, takes m1 again.
+  a.respond = (_req, i) => (i === 1 || i === 3 ? { status: 429, headers: { 'retry-after': '3600' } } : { status: 204 });
+  b.respond = () => ({ status: 503, headers: { 'retry-after': '3600' } });
+  const routes = `
+  - name: a
+    addresses: ["in@a.test"]
+    webhook: { url: "${a.url}", secret: "${SECRET}" }
+  - name: b
+    addresses: ["in@b.test"]
+    webhook: { url: "${b.url}", secret: "${SECRET}" }
+`;
+  const app = await startTestApp({ routes, yaml: (dir) => adminYaml({ routes, dir }) });
+  try {
+    const pausedLines = (route: string) => logLines(app).filter((l) => l.msg.startsWith('route paused') && l.route === route).length;
+    const pausedUntil = async () =>
+      Object.fromEntries(((await call(app, 'GET', '/api/routes')).body.routes as Array<{ route: string; consumer: { paused_until: string | null } }>).map((r) => [r.route, r.consumer.paused_until !== null]));
+    await sendMail(app.smtpPort, { from: 'x@s.test', to: 'in@a.test', subject: 'm1', text: 'x' });
+    await until(() => app.spool.jobs.counts().delivered === 1, 10_000, 'm1 delivered');
+    const m1 = app.spool.db.prepare(`SELECT id, message_id FROM deliveries WHERE status = 'delivered'`).get() as { id: string; message_id: string };
+    await sendMail(app.smtpPort, { from: 'x@s.test', to: 'in@a.test', subject: 'm2', text: 'x' });
+    await sendMail(app.smtpPort, { from: 'x@s.test', to: 'in@b.test', subject: 'b1', text: 'x' });
+    await until(() => pausedLines('a') === 1 && pausedLines('b') === 1, 10_000, 'both routes paused');
+    assert.deepEqual(await pausedUntil(), { a: true, b: true });
+
+    const r = await call(app, 'POST', `/api/messages/${m1.message_id}/redeliver`, { body: {} });
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.body.requeued, [m1.id]);
+    await a.waitFor(3);
+    assert.equal(subjectOf(a.requests[2]!.body), 'm1', 'the redelivery went out during what was a pause');
+    assert.deepEqual(await pausedUntil(), { a: false, b: true });
+
+    await sendMail(app.smtpPort, { from: 'x@s.test', to: 'in@a.test', subject: 'm3', text: 'x' });
+    await until(() => pausedLines('a') === 2, 10_000, 'route a paused again');
+    await until(() => app.spool.jobs.counts().delivered === 1, 10_000, 'm1 delivered again');
+    const replay = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [m1.id], status: 'delivered' } });
+    assert.equal(replay.status, 200);
+    assert.equal(replay.body.replayed, 1);
+    await a.waitFor(5);
+    assert.equal(subjectOf(a.requests[4]!.body), 'm1', 'the replay went out during what was a pause');
+    assert.deepEqual(await pausedUntil(), { a: false, b: true });
+
+    assert.equal(b.requests.length, 1, 'b stays paused: its delivery waits');
+    const lifted = logLines(app).filter((l) => l.msg === 'route pauses lifted by an operator') as Array<{ routes?: string[] }>;
+    assert.deepEqual(lifted.map((l) => l.routes), [['a'], ['a']]);
+  } finally {
+    await app.close();
+    await a.stop();
+    await b.stop();
+  }
+});
