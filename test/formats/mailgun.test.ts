@@ -34,11 +34,14 @@ const consumer = new Consumer();
 const verify = mailgunVerifier(SIGNING_KEY);
 const verdicts: Array<string | true> = [];
 const forms = new Map<ReceivedRequest, ParsedForm>();
+/** requests to /not-yet answered 404 before it takes them */
+let notYet = 0;
 
 before(async () => {
   await consumer.start();
   // The consumer answers as a Mailgun app does: 200 when the signature verifies, 406 (reject, no retry) when not.
   consumer.respond = async (req) => {
+    if (req.url === '/not-yet' && notYet-- > 0) return { status: 404, body: 'no such ticket yet' };
     const form = await parseForm(req);
     forms.set(req, form);
     const verdict = verify({ timestamp: form.field('timestamp'), token: form.field('token'), signature: form.field('signature') });
@@ -61,6 +64,12 @@ before(async () => {
       format: mailgun
       secret: ${SIGNING_KEY}
       mime: true
+  - name: notyet
+    addresses: ["*@notyet.test"]
+    webhook:
+      url: "${url('/not-yet')}"
+      format: mailgun
+      secret: ${SIGNING_KEY}
   - name: forged
     addresses: ["*@forged.test"]
     webhook:
@@ -172,6 +181,22 @@ test('a message header named like an attachment field (attachment-1, attachment-
   assert.deepEqual(headers.find(([n]) => n === 'attachment-1'), ['attachment-1', 'not the file']);
 });
 
+test('a message header whose name a form parser reads as structure (recipient[], timestamp[], subject[x]) is not posted as a field', async () => {
+  // Express's urlencoded({ extended: true }) (qs), multer and Rack merge "recipient[]" into "recipient": the sender
+  // would add an address of its choosing to the application's recipient, or break the signature check.
+  const raw = Buffer.from(
+    'From: Mallory <m@example.test>\r\nTo: desk+h2@mg.test\r\nSubject: forged structure\r\nMessage-ID: <forged-2@example.test>\r\n' +
+      'recipient[]: injected@evil.test\r\ntimestamp[]: 1\r\nsubject[x]: y\r\ntoken]: z\r\nX-Kept: yes\r\n\r\nhello\r\n',
+  );
+  const { form } = await deliver(raw, 'desk+h2@mg.test', 'parsed');
+  assert.equal(verdicts.at(-1), true);
+  assert.deepEqual([...form.fields.keys()].filter((n) => /[[\]]/.test(n)), [], 'no field name with a bracket');
+  assert.equal(form.field('recipient'), 'desk+h2@mg.test');
+  assert.equal(form.field('X-Kept'), 'yes', 'other headers are still fields');
+  const headers = JSON.parse(form.field('message-headers')) as Array<[string, string]>;
+  assert.deepEqual(headers.find(([n]) => n === 'recipient[]'), ['recipient[]', 'injected@evil.test'], 'message-headers keeps every header');
+});
+
 test('a reply that is all quote keeps its text in stripped-text (never empty)', async () => {
   const { form } = await deliver(fixture('all-quote.eml'), 'reply+k9@mg.test', 'parsed');
   assert.equal(form.field('stripped-text'), form.field('body-plain'));
@@ -227,6 +252,19 @@ test('a wrong signing key: the consumer answers 406 and the delivery is dead-let
   const [d] = deliveriesOf(app, 'forged');
   assert.deepEqual([d?.status, d?.attempts, d?.last_status_code], ['dead', 1, 406]);
   assert.equal(consumer.requests.length, before + 1);
+});
+
+test('a 404 is retried, as Mailgun retries every status but 406', async () => {
+  notYet = 1;
+  const before = consumer.requests.length;
+  await sendRaw(app.smtpPort, fixture('iso-2022-jp.eml'), ['x@notyet.test'], 'bounces+x@example.test');
+  await consumer.waitFor(before + 2);
+  await until(() => deliveriesOf(app, 'notyet').every((d) => d.status === 'delivered'), 10_000, 'delivered');
+  const [d] = deliveriesOf(app, 'notyet');
+  assert.deepEqual([d?.status, d?.attempts, d?.last_status_code], ['delivered', 2, 200]);
+  const first = app.spool.db.prepare(`SELECT a.status_code, a.outcome, a.error FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.route = 'notyet' AND a.attempt = 1`).get() as { status_code: number; outcome: string; error: string };
+  assert.deepEqual([first.status_code, first.outcome], [404, 'retry']);
+  assert.match(first.error, /^HTTP 404 \(retried, as Mailgun does for every status but 406\): no such ticket yet/);
 });
 
 test('every post carries a fresh 50-character token', () => {

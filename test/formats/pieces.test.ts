@@ -368,16 +368,24 @@ test('action_mailbox outcomes: 204 delivered, 401/404 dead loudly, 415/422 dead,
   assert.equal(classifyActionMailbox(400), undefined, 'the standard rule decides the rest');
 });
 
-test('mailgun 406 and postmark 403: dead but not loud (the consumer refused on purpose); other codes by the standard rule', () => {
+test('mailgun 406 and postmark 403: dead but not loud (the consumer refused on purpose); other 4xx retried as the services do; the rest by the standard rule', () => {
   const mg = classifyMailgun(406);
   assert.equal(mg?.kind, 'dead');
   assert.notEqual(mg?.kind === 'dead' && mg.loud, true);
-  assert.equal(classifyMailgun(401), undefined);
+  for (const s of [401, 403]) assert.equal(classifyMailgun(s), undefined, `${s}: a refused signature, by the standard rule`);
   assert.equal(classifyStatus(401).kind === 'dead' && (classifyStatus(401) as { loud?: boolean }).loud, true, 'a refused signature is loud');
   const pm = classifyPostmark(403);
   assert.equal(pm?.kind, 'dead');
   assert.notEqual(pm?.kind === 'dead' && pm.loud, true);
-  assert.equal(classifyPostmark(500), undefined);
+  assert.equal(classifyPostmark(401), undefined, 'refused credentials, by the standard rule');
+  for (const s of [400, 404, 410, 413, 415, 422]) {
+    assert.equal(classifyMailgun(s)?.kind, 'retry', `mailgun ${s}`);
+    assert.equal(classifyPostmark(s)?.kind, 'retry', `postmark ${s}`);
+  }
+  for (const s of [200, 301, 500, 503]) {
+    assert.equal(classifyMailgun(s), undefined, `mailgun ${s}`);
+    assert.equal(classifyPostmark(s), undefined, `postmark ${s}`);
+  }
 });
 
 test('every configured format has an encoder registered under its name', () => {

@@ -64,11 +64,15 @@ test('the fixture itself says the right things: decoded names, MailboxHash, stri
 let app: TestApp;
 const consumer = new Consumer();
 const received: Models.InboundWebhook[] = [];
+/** the statuses /not-yet answers before it takes a post */
+let notYet: number[] = [];
 
 before(async () => {
   await consumer.start();
   // A Postmark consumer as an app writes one: Basic auth checked, the body read as Postmark's InboundWebhook.
   consumer.respond = (req) => {
+    // Action Mailbox's Postmark ingress answers 422 to a post without RawEmail; a deploy's proxy may answer 404.
+    if (req.url === '/not-yet' && notYet.length > 0) return { status: notYet.shift()!, body: 'not yet' };
     if (req.headers.authorization !== `Basic ${Buffer.from('actionmailbox:s3cr3t/pa:ss').toString('base64')}`) return { status: 401 };
     if (req.headers['content-type'] !== 'application/json') return { status: 415 };
     received.push(JSON.parse(req.body.toString('utf8')) as Models.InboundWebhook);
@@ -82,6 +86,11 @@ before(async () => {
       url: "http://actionmailbox:s3cr3t%2Fpa%3Ass@127.0.0.1:${consumer.port}/rails/action_mailbox/postmark/inbound_emails"
       format: postmark
       raw_email: true
+  - name: notyet
+    addresses: ["*@notyet.test"]
+    webhook:
+      url: "http://actionmailbox:s3cr3t%2Fpa%3Ass@127.0.0.1:${consumer.port}/not-yet"
+      format: postmark
 `,
   });
 });
@@ -154,4 +163,15 @@ test('over SMTP: an all-quote reply keeps its text in StrippedTextReply (never e
   assert.equal(p.StrippedTextReply, p.TextBody);
   assert.match(p.StrippedTextReply, /the original message/);
   assert.equal(p.MailboxHash, '');
+});
+
+test('over SMTP: a 404 or a 422 is retried, as Postmark retries every answer but 403', async () => {
+  notYet = [404, 422];
+  const before = consumer.requests.length;
+  await sendRaw(app.smtpPort, fixture('shift_jis.eml'), ['x@notyet.test']);
+  await consumer.waitFor(before + 3);
+  await until(() => deliveriesOf(app, 'notyet').every((d) => d.status === 'delivered'), 10_000, 'delivered');
+  assert.deepEqual(deliveriesOf(app, 'notyet').map((d) => [d.status, d.attempts]), [['delivered', 3]]);
+  const failed = app.spool.db.prepare(`SELECT a.status_code, a.outcome, a.error FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.route = 'notyet' AND a.attempt < 3 ORDER BY a.attempt`).all();
+  assert.deepEqual(failed, [404, 422].map((code) => ({ status_code: code, outcome: 'retry', error: `HTTP ${code} (retried, as Postmark does for every status but 403): not yet` })));
 });

@@ -42,6 +42,13 @@ const RESERVED = new Set([
 const ATTACHMENT_FIELD = /^attachment-\d+$/;
 
 /**
+ * A bracket in a field name is structure to the usual form parsers (qs behind Express's urlencoded, multer's
+ * append-field, Rack, PHP): a header `recipient[]` or `timestamp[]` would be merged into Mailgun's own field of that
+ * name, handing the application a sender-chosen recipient or breaking its signature check.
+ */
+const STRUCTURED_NAME = /[[\]]/;
+
+/**
  * The parsed post: Mailgun's documented fields, then every message header as a field of its own name (first
  * occurrence, decoded), as Mailgun sends them; attachments as attachment-1…N files.
  */
@@ -67,7 +74,7 @@ export async function mailgunParsedFields(ctx: FormatContext, view: InboundView,
   const seen = new Set<string>();
   for (const h of headers) {
     // attachment-N are Mailgun's file fields: a header of that name (anyone can write one) would sit beside the file.
-    if (RESERVED.has(h.name) || ATTACHMENT_FIELD.test(h.name) || seen.has(h.name)) continue;
+    if (RESERVED.has(h.name) || ATTACHMENT_FIELD.test(h.name) || STRUCTURED_NAME.test(h.name) || seen.has(h.name)) continue;
     seen.add(h.name);
     fields.push({ name: h.name, value: h.value });
   }
@@ -77,10 +84,12 @@ export async function mailgunParsedFields(ctx: FormatContext, view: InboundView,
 
 /**
  * Mailgun's route semantics: 406 means "rejected, do not retry" (dead, but the consumer's decision, not a
- * misconfiguration); 401/403 mean the signature was refused (a wrong signing key: loud, by the standard rule).
+ * misconfiguration); any other 4xx is retried, as Mailgun retries it (an application written for Mailgun may answer
+ * 400 or 404 for "not now"); 401/403 mean the signature was refused (a wrong signing key: loud, by the standard rule).
  */
 export function classifyMailgun(status: number): Outcome | undefined {
   if (status === 406) return { kind: 'dead', reason: 'HTTP 406: the consumer rejected the message (Mailgun: not applicable, no retry)' };
+  if (status >= 400 && status < 500 && status !== 401 && status !== 403) return { kind: 'retry', reason: `HTTP ${status} (retried, as Mailgun does for every status but 406)` };
   return undefined;
 }
 

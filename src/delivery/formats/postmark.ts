@@ -87,9 +87,13 @@ export function buildPostmarkPayload(ctx: Pick<FormatContext, 'message' | 'deliv
   return payload;
 }
 
-/** Postmark's rule: 403 stops retries (the consumer's refusal, not a misconfiguration); 401 is a credentials problem. */
+/**
+ * Postmark's rule: 403 stops retries (the consumer's refusal, not a misconfiguration); every other 4xx is retried, as
+ * Postmark retries every answer but 403; 401 is a credentials problem (loud, by the standard rule).
+ */
 export function classifyPostmark(status: number): Outcome | undefined {
   if (status === 403) return { kind: 'dead', reason: 'HTTP 403: the consumer refused the message (Postmark: stop retrying)' };
+  if (status >= 400 && status < 500 && status !== 401) return { kind: 'retry', reason: `HTTP ${status} (retried, as Postmark does for every status but 403)` };
   return undefined;
 }
 
