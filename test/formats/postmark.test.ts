@@ -131,6 +131,10 @@ test('over SMTP: ISO-2022-JP names in To and Cc; two recipients get a post each,
   await until(() => deliveriesOf(app, 'pm').every((d) => d.status === 'delivered'), 5000, 'delivered');
   assert.equal(received.length, before + 2, 'one post per recipient, no more');
   const posts = received.slice(before);
+  // An app that keeps MessageID to drop a repeated post must not drop the other recipient's.
+  assert.notEqual(posts[0]!.MessageID, posts[1]!.MessageID);
+  const ids = app.spool.db.prepare(`SELECT id FROM deliveries WHERE route = 'pm' ORDER BY id`).pluck().all() as string[];
+  for (const post of posts) assert.ok(ids.includes(post.MessageID), 'the id of its delivery, stable across retries');
   const p = posts.find((x) => x.OriginalRecipient === 'desk+T-7@pm.test')!;
   const hidden = posts.find((x) => x.OriginalRecipient === 'support+hidden-1@pm.test')!;
   assert.ok(p && hidden, 'each recipient is the OriginalRecipient of one post (Action Mailbox routes by it alone)');

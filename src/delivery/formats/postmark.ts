@@ -63,8 +63,10 @@ export function buildPostmarkPayload(ctx: Pick<FormatContext, 'message' | 'deliv
     BccFull: bcc.map(full),
     OriginalRecipient: original,
     Subject: view.subject,
-    // Postmark's MessageID is its own id of the inbound message, stable across retries; the Message-ID header is in Headers.
-    MessageID: ctx.message.id,
+    // Postmark's MessageID is its own id of the inbound post, stable across retries (apps keep it to drop a repeated
+    // post); the Message-ID header is in Headers. Each recipient gets a post of its own here, so the id is the
+    // delivery's: the message's would make an app that drops repeats drop every recipient's post after the first.
+    MessageID: ctx.delivery.id,
     ReplyTo: view.replyTo.map((a) => a.address).join(', '),
     MailboxHash: recipients[0] ? mailboxHash(recipients[0].address, recipients) : '',
     Date: view.date,
