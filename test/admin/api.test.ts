@@ -176,6 +176,27 @@ describe('admin API', () => {
     const tooMany = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: ['aaaaaaaa', 'bbbbbbbb', 'cccccccc'], limit: 2 } });
     assert.equal(tooMany.status, 400);
     assert.match(tooMany.body.message, /ids: 3 ids but limit is 2/);
+    // A body value of the wrong JSON type is refused, not converted (fastify's validator made null false: a real replay).
+    const wrongTypes: Array<[string, object, RegExp]> = [
+      ['/api/deliveries/replay', { all: true, dry_run: null }, /^body field dry_run must be a boolean, not null$/],
+      ['/api/deliveries/replay', { all: true, dry_run: 'true' }, /^body field dry_run must be a boolean, not a string$/],
+      ['/api/deliveries/replay', { ids: 'abc' }, /^body field ids must be an array, not a string$/],
+      ['/api/deliveries/replay', { ids: ['aaaaaaaa', 1] }, /^body field ids\[1\] must be a string, not an integer$/],
+      ['/api/deliveries/replay', { all: true, limit: '10', dry_run: true }, /^body field limit must be an integer, not a string$/],
+      ['/api/deliveries/replay', { all: true, limit: 1.5, dry_run: true }, /^body field limit must be an integer, not a number$/],
+      ['/api/deliveries/retry', { route: true, dry_run: true }, /^body field route must be a string, not a boolean$/],
+      ['/api/deliveries/retry', { all: 1 }, /^body field all must be a boolean, not an integer$/],
+      ['/api/session', { token: ['x'] }, /^body field token must be a string, not an array$/],
+    ];
+    for (const [path, b, message] of wrongTypes) {
+      const r = await call(app, 'POST', path, { body: b });
+      assert.equal(r.status, 400, JSON.stringify(b));
+      assert.match(r.body.message, message, JSON.stringify(b));
+    }
+    const messageId = (app.spool.db.prepare('SELECT id FROM messages LIMIT 1').get() as { id: string }).id;
+    const route5 = await call(app, 'POST', `/api/messages/${messageId}/redeliver`, { body: { route: 5 } });
+    assert.equal(route5.status, 400);
+    assert.match(route5.body.message, /^body field route must be a string, not an integer$/);
     assert.equal((app.spool.db.prepare(`SELECT COUNT(*) AS n FROM deliveries WHERE replays > 0`).get() as { n: number }).n, 0, 'nothing replayed');
     const nf = await call(app, 'GET', '/api/nothing-here');
     assert.equal(nf.status, 404);

@@ -133,6 +133,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     if (schema?.body && req.body === undefined) req.body = {};
     rejectUnknown('query parameter', req.query, schema?.querystring?.properties);
     rejectUnknown('body field', req.body, schema?.body?.properties);
+    rejectWrongTypes(req.body, schema?.body?.properties);
   });
 
   api.setErrorHandler((err: Error & { statusCode?: number; validation?: unknown; code?: string }, req, reply) => {
@@ -433,6 +434,46 @@ function rejectUnknown(what: string, value: unknown, properties: object | undefi
   if (unknown.length > 0) {
     throw problem(400, `unknown ${what}${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')}; known: ${known.join(', ')}`);
   }
+}
+
+/**
+ * A JSON body's values must have the types their schema names. fastify's validator converts them instead (its
+ * coerceTypes, needed for query strings): "dry_run": null became false and ran a real replay, "ids": "abc" became
+ * ["abc"], "route": 5 became "5". Checked before it runs; it validates the rest (lengths, enums, patterns). Pure.
+ */
+export function rejectWrongTypes(value: unknown, properties: object | undefined): void {
+  if (!properties || typeof value !== 'object' || value === null || Array.isArray(value)) return;
+  const schemas = properties as Record<string, { type?: string | string[]; items?: { type?: string } }>;
+  for (const [name, v] of Object.entries(value)) {
+    const declared = schemas[name]?.type;
+    if (declared === undefined) continue;
+    const wants = [declared].flat();
+    if (!wants.some((t) => hasJsonType(v, t))) throw problem(400, `body field ${name} must be ${wants.map(articled).join(' or ')}, not ${jsonTypeOf(v)}`);
+    const itemType = schemas[name]?.items?.type;
+    if (Array.isArray(v) && itemType !== undefined) {
+      const i = (v as unknown[]).findIndex((item) => !hasJsonType(item, itemType));
+      if (i !== -1) throw problem(400, `body field ${name}[${i}] must be ${articled(itemType)}, not ${jsonTypeOf((v as unknown[])[i])}`);
+    }
+  }
+}
+
+function jsonTypeOf(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'an integer' : 'a number';
+  return typeof v === 'object' ? 'an object' : `a ${typeof v}`;
+}
+
+function hasJsonType(v: unknown, type: string): boolean {
+  if (type === 'integer') return typeof v === 'number' && Number.isInteger(v);
+  if (type === 'array') return Array.isArray(v);
+  if (type === 'object') return typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (type === 'null') return v === null;
+  return typeof v === type; // string, number, boolean
+}
+
+function articled(type: string): string {
+  return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
 }
 
 /** ISO 8601 or milliseconds since the epoch. */
