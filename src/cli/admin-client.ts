@@ -29,6 +29,9 @@ export class CliError extends Error {
   }
 }
 
+/** What an HTTP header can carry as a bearer token: visible ASCII, one word. */
+const TOKEN_RE = /^[\x21-\x7e]+$/;
+
 /** A wildcard listen address is reached on loopback. */
 export function connectHost(host: string): string {
   if (host === '0.0.0.0' || host === '') return '127.0.0.1';
@@ -58,14 +61,22 @@ export function resolveConnection(opts: ConnectionOptions, env: Env, cwd: string
     }
   }
   let token: string | undefined;
+  let tokenSource = '';
   if (opts.tokenFile) {
     try {
       token = readFileSync(resolve(cwd, opts.tokenFile), 'utf8').trim();
+      tokenSource = `the token file ${opts.tokenFile}`;
     } catch (err) {
       throw new CliError(`cannot read the token file ${opts.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
     }
   }
-  token ??= env.MAILHOOK_ADMIN_TOKEN?.trim() || fromConfig?.token;
+  if (token === undefined && env.MAILHOOK_ADMIN_TOKEN?.trim()) {
+    token = env.MAILHOOK_ADMIN_TOKEN.trim();
+    tokenSource = 'MAILHOOK_ADMIN_TOKEN';
+  }
+  // Checked here, never printed: fetch refuses such a header value with an error that quotes it.
+  if (token && !TOKEN_RE.test(token)) throw new CliError(`the admin token in ${tokenSource} must be one word of visible ASCII characters (no spaces, line breaks or control characters): it is sent as "Authorization: Bearer <token>"`, 2);
+  token ??= fromConfig?.token;
   const url = (opts.url ?? env.MAILHOOK_URL ?? fromConfig?.url ?? 'http://127.0.0.1:8025').replace(/\/+$/, '');
   // Not repeated: the user and password in it are a secret, and fetch() refuses such a URL anyway.
   if (hasCredentials(url)) throw new CliError('--url (or MAILHOOK_URL) must not carry a user or password (http://user:pass@…): the admin API takes its token from --token-file, MAILHOOK_ADMIN_TOKEN or --config', 2);
@@ -114,7 +125,9 @@ export class AdminClient {
       return await fetch(`${this.conn.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     } catch (err) {
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      throw new CliError(`cannot reach mailhook at ${this.conn.url}: ${cause?.code ?? cause?.message ?? (err as Error).message}; is it running? (--url, MAILHOOK_URL or --config)`, 69);
+      // A message can quote the request's headers, the token among them: never printed.
+      const detail = (cause?.code ?? cause?.message ?? (err as Error).message).split(this.conn.token ?? '').join('<token>');
+      throw new CliError(`cannot reach mailhook at ${this.conn.url}: ${detail}; is it running? (--url, MAILHOOK_URL or --config)`, 69);
     }
   }
 }

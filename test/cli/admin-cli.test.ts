@@ -216,6 +216,15 @@ describe('mailhook CLI against a running server', () => {
     writeFileSync(join(dir, 'token'), `${ADMIN_TOKEN}\n`);
     const viaFile = await mailhook(['messages', 'list', '--json', '--token-file', join(dir, 'token'), ...conn]);
     assert.equal(viaFile.code, 0, viaFile.err);
+    // A token fetch cannot send (two lines, a control character) is refused before any request, and not repeated.
+    writeFileSync(join(dir, 'two-lines'), `${ADMIN_TOKEN}\nsecond-line\n`);
+    const twoLines = await mailhook(['messages', 'list', '--token-file', join(dir, 'two-lines'), ...conn]);
+    assert.equal(twoLines.code, 2);
+    assert.equal(twoLines.err, `mailhook: the admin token in the token file ${join(dir, 'two-lines')} must be one word of visible ASCII characters (no spaces, line breaks or control characters): it is sent as "Authorization: Bearer <token>"\n`);
+    const control = await mailhook(['messages', 'list', ...conn], { MAILHOOK_ADMIN_TOKEN: `${ADMIN_TOKEN}\u0001` });
+    assert.equal(control.code, 2);
+    assert.match(control.err, /^mailhook: the admin token in MAILHOOK_ADMIN_TOKEN must be one word/);
+    for (const r of [twoLines, control]) assert.ok(!r.err.includes(ADMIN_TOKEN) && !r.out.includes(ADMIN_TOKEN), r.err);
   });
 
   test('--config: secrets only the service can read (systemd credentials, its environment, a root-only key) do not stop the CLI', async () => {
