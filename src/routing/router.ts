@@ -62,8 +62,12 @@ export class Router {
     if (lowerAscii(address) === 'postmaster') return postmaster === undefined ? { ok: false, reason: 'unknown_recipient' } : { ok: true, route: postmaster, key: null, address };
     const at = address.lastIndexOf('@');
     if (at <= 0 || at === address.length - 1) return { ok: false, reason: 'bad_address' };
+    // Syntax before any route: a catch-all must not take, nor a template capture into %{key}, what is no mailbox.
+    // A trailing dot (user@example.com.) is refused as smtp-server refuses it on the wire: RFC 5321 §4.1.2's Domain
+    // has none, and the mailbox bridges strip a sentence's final dot before they ask (imap/headers.ts).
+    if (!isLocalPart(address.slice(0, at)) || address.endsWith('.')) return { ok: false, reason: 'bad_address' };
     const local = unquoteLocalPart(address.slice(0, at));
-    const domain = asciiDomain(address.slice(at + 1).replace(/\.$/, ''));
+    const domain = asciiDomain(address.slice(at + 1));
     const entries = domain === undefined ? undefined : this.byDomain.get(domain);
     if (!entries) return { ok: false, reason: 'unknown_domain' };
     const isPostmaster = postmaster !== undefined && lowerAscii(local) === 'postmaster';
@@ -80,13 +84,32 @@ export class Router {
   }
 }
 
-/** RFC 5322 §3.2.3 dot-atom text, with UTF-8 beyond ASCII as RFC 6532 §3.2 allows. */
+/**
+ * RFC 5321 §4.1.2 Dot-string (Atom *("." Atom), atext only), with UTF-8 beyond ASCII as RFC 6531 §3.3 adds to
+ * atext (a non-ASCII address reaches routing only with SMTPUTF8: adapter.ts answers 553 5.6.7 otherwise). The same
+ * set as RFC 5322 §3.2.3 dot-atom-text with RFC 6532 §3.2.
+ */
 const DOT_ATOM_RE = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\u{10ffff}-]+)*$/u;
+
+/**
+ * RFC 5321 §4.1.2 Quoted-string: DQUOTE *(qtextSMTP / quoted-pairSMTP) DQUOTE, where qtextSMTP is printable ASCII
+ * and space but '"' and '\\' (plus UTF-8 beyond ASCII, RFC 6531 §3.3) and quoted-pairSMTP is '\\' and one
+ * printable ASCII character or space.
+ */
+const QUOTED_STRING_RE = /^"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\u{10ffff}]|\\[\x20-\x7e])*"$/u;
+
+/**
+ * RFC 5321 §4.1.2 Local-part = Dot-string / Quoted-string. Anything else (an unquoted '"', '(', '\\', '[', ';',
+ * ',', ':', a quote followed by more text...) is no mailbox: 501 5.1.3, whatever the routes.
+ */
+export function isLocalPart(local: string): boolean {
+  return DOT_ATOM_RE.test(local) || QUOTED_STRING_RE.test(local);
+}
 
 /**
  * A quoted local part that needs no quoting names the same mailbox as the bare one (RFC 5322 §3.2.4: the quotes
  * are not part of the quoted-string, RFC 5321 §4.1.2), so "user"@ routes as user@. One that needs its quotes (a
- * space, a second "@", an unescaped quote...) is kept as written and only a catch-all takes it.
+ * space, a '(', a second '@' from a mailbox bridge...) is kept as written and only a catch-all takes it.
  */
 export function unquoteLocalPart(local: string): string {
   if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;

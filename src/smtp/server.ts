@@ -14,7 +14,7 @@ import { listenError } from '../core/listen.js';
 import { waitWithGrace } from '../core/lifecycle.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
-import type { Router, RouteMatch } from '../routing/router.js';
+import { isLocalPart, type Router, type RouteMatch } from '../routing/router.js';
 import { lowerAscii } from '../routing/template.js';
 import type { Spool } from '../spool/spool.js';
 import type { PlannedDelivery, Recipient, TlsInfo } from '../spool/types.js';
@@ -117,6 +117,8 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     const at = address.lastIndexOf('@');
     const domain = at > 0 ? address.slice(at + 1) : '';
     if (domain.startsWith('[') && domain.endsWith(']')) {
+      // The local part's syntax first, as for any domain (501 5.1.3 rather than 550 5.7.1 for an unmapped literal).
+      if (!isLocalPart(address.slice(0, at))) return { ok: false, reason: 'bad_address' };
       const mapped = ipLiterals.get(normalizeIp(domain.slice(1, -1).replace(/^IPv6:/i, '')));
       if (!mapped) return { ok: false, reason: 'unknown_domain' };
       return router.match(`${address.slice(0, at)}@${mapped}`);
@@ -160,6 +162,13 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     callback(); // smtp-server adds the recipient (or replaces one) and answers 250 right away
     if (isNew && rcptTo.length === before + 1 && rcptTo[before] === address) return;
     rcptTo.splice(0, rcptTo.length, ...(smtp.lmtp ? accepted.replies : accepted.byId.values()));
+  }
+
+  /** The reply for a recipient routing refused, counted and logged. */
+  function recipientRefused(session: SMTPServerSession, rcpt: string, reason: Extract<RouteMatch, { ok: false }>['reason']): SmtpReplyError {
+    metrics.recipientsRejected.inc({ reason });
+    log.info({ cid: session.id, rcpt, reason }, 'recipient refused');
+    return new SmtpReplyError(reason === 'unknown_domain' ? Reply.RelayDenied : reason === 'bad_address' ? Reply.BadRecipientSyntax : Reply.RcptUnknown);
   }
 
   const options: SMTPServerOptions & { greetingDelayMs: number } = {
@@ -221,6 +230,9 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, callback) {
       if (draining) return callback(new SmtpReplyError(Reply.ShuttingDown));
       const m = match(address.address);
+      // A recipient that is no mailbox (RFC 5321 §4.1.2) gets 501 5.1.3 like smtp-server's own syntax errors, before
+      // the recipient limits: a 452 would have the client send it again.
+      if (!m.ok && m.reason === 'bad_address') return callback(recipientRefused(session, address.address, m.reason));
       const accepted = acceptedOf(session).byId;
       // A recipient already in the envelope is not a new one: 250 again, even at the limit (a 452 would have the
       // client send it again in a second transaction, and the recipient get the message twice).
@@ -234,12 +246,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         metrics.recipientsRejected.inc({ reason: 'recipient_rate' });
         return callback(new SmtpReplyError(Reply.TooManyRecipientsFrom(session.remoteAddress)));
       }
-      if (!m.ok) {
-        metrics.recipientsRejected.inc({ reason: m.reason });
-        log.info({ cid: session.id, rcpt: address.address, reason: m.reason }, 'recipient refused');
-        const reply = m.reason === 'unknown_domain' ? Reply.RelayDenied : m.reason === 'bad_address' ? Reply.BadRecipientSyntax : Reply.RcptUnknown;
-        return callback(new SmtpReplyError(reply));
-      }
+      if (!m.ok) return callback(recipientRefused(session, address.address, m.reason));
       const id = recipientIdentity(m);
       const route = routesByName.get(m.route);
       if (!route?.verify) return accept(session, address, id, callback);

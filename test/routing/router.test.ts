@@ -91,7 +91,8 @@ test('postmaster (RFC 5321 §4.5.1): with postmasterRoute, postmaster@ every ser
     { postmasterRoute: 'ops' },
   );
   assert.deepEqual(r.match('postmaster@a.test'), { ok: true, route: 'ops', key: null, address: 'postmaster@a.test' });
-  assert.deepEqual(r.match('PostMaster@A.Test.'), { ok: true, route: 'ops', key: null, address: 'PostMaster@a.test' }, 'case-insensitive, trailing dot');
+  assert.deepEqual(r.match('PostMaster@A.Test'), { ok: true, route: 'ops', key: null, address: 'PostMaster@a.test' }, 'case-insensitive');
+  assert.deepEqual(r.match('postmaster@a.test.'), { ok: false, reason: 'bad_address' }, 'a trailing dot is refused, as on the wire');
   assert.equal((r.match('postmaster@b.test') as { route: string }).route, 'ops', 'over a catch-all of the domain');
   assert.equal((r.match('other@b.test') as { route: string }).route, 'all');
   assert.equal((r.match('postmaster@c.test') as { route: string }).route, 'own', 'a route listing postmaster@ its domain keeps it');
@@ -139,5 +140,21 @@ test('a quoted local part that needs no quoting routes as the bare one; one that
   assert.deepEqual(r.match('"user"@x.test'), { ok: true, route: 'x', key: null, address: 'user@x.test' });
   assert.deepEqual(r.match('"incoming+A\\bC"@x.test'), { ok: true, route: 'x', key: 'AbC', address: 'incoming+AbC@x.test' });
   assert.deepEqual(r.match('"us er"@x.test'), { ok: false, reason: 'unknown_recipient' });
-  assert.deepEqual(r.match('"user"x@x.test'), { ok: false, reason: 'unknown_recipient' });
+  assert.deepEqual(r.match('"user"x@x.test'), { ok: false, reason: 'bad_address' }, 'neither a Quoted-string nor a Dot-string');
+});
+
+test('RFC 5321 §4.1.2: a local part that is neither a Dot-string nor a Quoted-string is bad_address before any route', () => {
+  const r = new Router([{ name: 'x', addresses: ['user@x.test', 'incoming+%{key}@x.test', '*@all.test'] }]);
+  for (const bad of ['x"y', 'x(y', 'x)y', 'x\\y', 'x[y', 'x]y', 'x;y', 'x,y', 'x:y', 'x<y', 'x y', 'x.', 'x..y', '"x"y', 'x"y"', '"a"b"', '"x\\"', 'a."b"', '"x\ty"', '"\\ü"']) {
+    assert.deepEqual(r.match(`incoming+${bad}@x.test`), { ok: false, reason: 'bad_address' }, `incoming+${bad}`);
+    assert.deepEqual(r.match(`${bad}@all.test`), { ok: false, reason: 'bad_address' }, `${bad}@all.test`);
+    assert.deepEqual(r.match(`${bad}@elsewhere.test`), { ok: false, reason: 'bad_address' }, `${bad}@elsewhere.test`);
+  }
+  // Dot-strings with every atext character, non-ASCII (RFC 6531), and Quoted-strings with specials, pairs and spaces.
+  const atext = "a.b-c_d/e=f+g{h}~i#j$k%l&m'n*o?p^q`r|s!t";
+  assert.deepEqual(r.match(`incoming+${atext}@x.test`), { ok: true, route: 'x', key: atext, address: `incoming+${atext}@x.test` });
+  assert.deepEqual(r.match('incoming+ünï.ç@x.test'), { ok: true, route: 'x', key: 'ünï.ç', address: 'incoming+ünï.ç@x.test' });
+  for (const good of ['"x(y"', '"x y"', '"x\\"y"', '"x\\\\y"', '"ü;x"', '""', '"x@y"']) {
+    assert.deepEqual(r.match(`${good}@all.test`), { ok: true, route: 'x', key: null, address: `${good}@all.test` }, good);
+  }
 });
