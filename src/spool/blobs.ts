@@ -19,7 +19,7 @@ export class BlobStore {
   fileSyncs = 0;
 
   constructor(readonly dir: string) {
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 }); // message files: mailhook's user alone, whatever the umask
     this.dirSync = new CoalescedSync(() => this.fsyncDir());
   }
 

@@ -1,6 +1,6 @@
 // Opens the spool database with durable settings and applies schema migrations in order.
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MailhookError } from '../core/errors.js';
 
@@ -137,10 +137,24 @@ export const MIGRATIONS: readonly string[] = [
   `,
 ];
 
+/** Creates an empty file readable by its owner only, unless it exists (an empty file is a new SQLite database). */
+function createPrivate(path: string): void {
+  try {
+    closeSync(openSync(path, 'wx', 0o600));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+}
+
 export function openDatabase(path: string): Db {
   let db: Db;
   try {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    if (path !== ':memory:') {
+      // The database holds message bodies (all but the large ones): readable by mailhook's user alone, whatever the
+      // umask, as the message files are. SQLite gives its -wal and -shm files the database file's mode.
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      createPrivate(path);
+    }
     db = new Database(path);
   } catch (err) {
     throw new MailhookError('SPOOL_UNAVAILABLE', `cannot open the spool database ${path}: ${(err as Error).message}; check spool.path and its folder's permissions`, { cause: err, userFault: true });

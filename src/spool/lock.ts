@@ -37,7 +37,7 @@ export class SpoolLock {
     const lockPath = `${spoolPath}.lock`;
     let db: Database.Database;
     try {
-      mkdirSync(dirname(lockPath), { recursive: true });
+      mkdirSync(dirname(lockPath), { recursive: true, mode: 0o700 }); // the spool's folder, as openDatabase makes it
       db = new Database(lockPath);
       db.pragma('busy_timeout = 0');
     } catch (err) {

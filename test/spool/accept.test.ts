@@ -293,6 +293,28 @@ test('checkpoints run on the worker thread: the main connection does none, the W
   }
 });
 
+test('a new spool is readable by its owner alone whatever the umask: database, WAL, message files and their folders', async () => {
+  const dir = tempDir('mailhook-modes-');
+  const umask = process.umask(0o022);
+  const path = join(dir, 'new', 'spool.db');
+  const spool = new Spool({ path, inlineMaxBytes: 4096, clock: { now: () => Date.now() } });
+  try {
+    await spool.accept(input('Subject: small\r\n\r\nhi\r\n'));
+    await spool.accept(input(`Subject: large\r\n\r\n${'x'.repeat(10_000)}\r\n`));
+    const blobs = readdirSync(`${path}.blobs`);
+    assert.equal(blobs.length, 1, 'the large message is in a file');
+    const mode = (p: string) => (statSync(p).mode & 0o777).toString(8);
+    assert.deepEqual(
+      [mode(join(dir, 'new')), mode(path), mode(`${path}-wal`), mode(`${path}-shm`), mode(`${path}.blobs`), mode(join(`${path}.blobs`, blobs[0]!))],
+      ['700', '600', '600', '600', '700', '600'],
+    );
+  } finally {
+    await spool.close();
+    process.umask(umask);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('Spool.close() resolves once the checkpoint thread has closed its connection: the files are left alone after it', async () => {
   const dir = tempDir('mailhook-close-');
   try {
