@@ -1,5 +1,5 @@
 // Operator subcommands over the admin API: send-test, messages list|show|raw, replay, retry. Tables by default, --json for scripts.
-import { createWriteStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
@@ -68,6 +68,21 @@ const filterFlags = (cmd: Command) =>
     .option('--sender <address>', 'only this envelope sender')
     .option('--since <time>', 'received at or after (ISO 8601 or ms since the epoch)')
     .option('--until <time>', 'received before (ISO 8601 or ms since the epoch)');
+
+/**
+ * Opens --output for writing: a new file readable by its owner only, never one that exists (a mistyped name must
+ * not overwrite a token file or the previous message). The message's stream is cancelled when it cannot be made.
+ */
+async function createOutput(path: string, given: string, body: Readable): Promise<FileHandle> {
+  try {
+    return await open(path, 'wx', 0o600);
+  } catch (err) {
+    body.destroy();
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw new CliError(`--output ${given} exists; mailhook does not overwrite it: remove it or name a new file`, EXIT.failed);
+    throw new CliError(`cannot create --output ${given}: ${code ?? (err as Error).message}; check that its folder exists and is writable`, EXIT.failed);
+  }
+}
 
 export function registerAdminCommands(program: Command, io: CliIo, setExit: (code: number) => void): void {
   const run: Run = async (fn) => {
@@ -220,7 +235,8 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         const res = await client(o).stream(`/api/messages/${encodeURIComponent(id)}/raw`);
         const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
         if (o.output) {
-          await pipeline(body, createWriteStream(resolve(io.cwd, o.output), { mode: 0o600 }));
+          const file = await createOutput(resolve(io.cwd, o.output), o.output, body);
+          await pipeline(body, file.createWriteStream());
         } else {
           for await (const chunk of body) await writeBytes(io, chunk as Buffer);
         }

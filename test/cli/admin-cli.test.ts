@@ -2,7 +2,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
@@ -120,6 +120,16 @@ describe('mailhook CLI against a running server', () => {
     const out = join(dir, 'm.eml');
     assert.equal((await mailhook(['messages', 'raw', id, '-o', out, ...conn], env)).code, 0);
     assert.deepEqual(readFileSync(out), await app.spool.readRaw(id));
+    assert.equal(statSync(out).mode & 0o777, 0o600);
+    // An existing file is not overwritten; a file that cannot be made is named, with why.
+    writeFileSync(join(dir, 'keep'), 'mine');
+    const exists = await mailhook(['messages', 'raw', id, '-o', join(dir, 'keep'), ...conn], env);
+    assert.equal(exists.code, 1);
+    assert.equal(exists.err, `mailhook: --output ${join(dir, 'keep')} exists; mailhook does not overwrite it: remove it or name a new file\n`);
+    assert.equal(readFileSync(join(dir, 'keep'), 'utf8'), 'mine');
+    const nowhere = await mailhook(['messages', 'raw', id, '-o', join(dir, 'no', 'such', 'x.eml'), ...conn], env);
+    assert.equal(nowhere.code, 1);
+    assert.equal(nowhere.err, `mailhook: cannot create --output ${join(dir, 'no', 'such', 'x.eml')}: ENOENT; check that its folder exists and is writable\n`);
     const missing = await mailhook(['messages', 'show', 'zzzzzzzz', ...conn], env);
     assert.equal(missing.code, 1);
     assert.match(missing.err, /no message zzzzzzzz/);
