@@ -416,6 +416,22 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
   });
 }
 
+/** A wildcard host (every address) shares its port with any other host. */
+const WILDCARD_HOSTS = new Set(['', '0.0.0.0', '::']);
+
+/**
+ * Two listeners on one port: start-up would fail with "another program listens there" when the other program is
+ * mailhook's own other listener. Port 0 (any free port) never clashes.
+ */
+function sharedListeners(raw: RawConfig, problems: ConfigProblem[]): void {
+  const listeners: Array<[string, ListenAddress]> = [['smtp.listen', raw.smtp.listen], ['http.listen', raw.http.listen]];
+  if (raw.smtp.tls?.implicit_listen) listeners.push(['smtp.tls.implicit_listen', raw.smtp.tls.implicit_listen]);
+  listeners.forEach(([path, a], i) => {
+    const other = listeners.slice(0, i).find(([, b]) => a.port !== 0 && a.port === b.port && (a.host === b.host || WILDCARD_HOSTS.has(a.host) || WILDCARD_HOSTS.has(b.host)));
+    if (other) problems.push({ path, message: `port ${a.port} is also ${other[0]}'s (${other[1].host}:${other[1].port}); each listener needs a port of its own: give ${path} another port` });
+  });
+}
+
 function uniqueName(names: Map<string, number>, name: string, i: number, problems: ConfigProblem[]): void {
   const seen = names.get(name);
   if (seen !== undefined) problems.push({ path: `routes[${i}].name`, message: `"${name}" is already the name of routes[${seen}]; route names must be unique` });
@@ -485,6 +501,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     problems.push({ path: 'smtp.postmaster_route', message: `no route is named "${postmaster}"; name one of ${[...names.keys()].map((n) => `"${n}"`).join(', ')}` });
   }
 
+  sharedListeners(raw, problems);
   const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems, fileProblems);
   const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, fileProblems), problems);
 

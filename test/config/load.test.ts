@@ -321,3 +321,18 @@ test('a value of the wrong type gets what to write instead, not only zod\'s "Inv
     'http: must be a mapping of keys (key: value lines, indented under it)',
   ]);
 });
+
+test('two listeners on one port are a problem naming both keys (start-up said "another program listens there")', () => {
+  assert.deepEqual(problems(`smtp:\n  listen: "127.0.0.1:2600"\nhttp:\n  listen: "127.0.0.1:2600"\n${route()}`), [
+    "http.listen: port 2600 is also smtp.listen's (127.0.0.1:2600); each listener needs a port of its own: give http.listen another port",
+  ]);
+  // A wildcard host shares its port with every address.
+  assert.deepEqual(problems(`smtp:\n  listen: "0.0.0.0:2600"\nhttp:\n  listen: "127.0.0.1:2600"\n${route()}`), [
+    "http.listen: port 2600 is also smtp.listen's (0.0.0.0:2600); each listener needs a port of its own: give http.listen another port",
+  ]);
+  // Different addresses, or port 0 (any free port), do not clash.
+  for (const [smtp, http] of [['127.0.0.1:2600', '127.0.0.2:2600'], ['127.0.0.1:0', '127.0.0.1:0']] as const) {
+    const config = loadConfigText(`smtp:\n  listen: "${smtp}"\nhttp:\n  listen: "${http}"\n${route()}`, { source: 't.yaml', baseDir: tempDir(), env: {} });
+    assert.equal(config.http.listen.port, Number(http.split(':')[1]));
+  }
+});
