@@ -1,5 +1,6 @@
 // A typed adapter over smtp-server: greeting delay, enhanced codes on library replies, pipelining and slow-DATA
-// enforcement, error limit, shutdown 421s and PROXY protocol v2 — everything that needs the library's internals.
+// enforcement, RFC 5321 dot-unstuffing, error limit, shutdown 421s and PROXY protocol v2 — everything that needs the
+// library's internals.
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
@@ -35,6 +36,9 @@ export interface AdapterOptions extends SMTPServerOptions {
 }
 
 const ENHANCED_RE = /^\d\.\d{1,3}\.\d{1,3} /;
+const DOT = 0x2e;
+const CR = 0x0d;
+const LF = 0x0a;
 
 /**
  * MAIL parameters of the extensions mailhook advertises: SIZE, 8BITMIME, SMTPUTF8. Not DSN (smtp-server hides it),
@@ -101,6 +105,81 @@ class MailhookStream extends SMTPStream {
       }
     }
     super._write(chunk, encoding, next);
+  }
+
+  /**
+   * smtp-server's data-mode reader with one change: RFC 5321 §4.5.2, "if the first character is a period and there
+   * are other characters on the line, the first character is deleted" (".x" is "x", "..x" ".x", ". " " "), as
+   * Postfix does; smtp-server deletes it only before a second period, so a client that did not dot-stuff had ".x"
+   * stored. A period followed by CR or LF has no other characters on its line and is kept: only <CR><LF>.<CR><LF>
+   * ends DATA (SMTP smuggling), and "\n.\r\n" is content, its lone LF left to smtp.bare_lf. Everything else is the
+   * library's: the first line counts as following a CRLF (the DATA command's), the last 4 bytes wait for the next
+   * chunk so a line start or the terminator split across chunks is seen, the bytes counted are the bytes emitted
+   * (what is stored), and the stream's backpressure holds the socket. One chunk's pieces are written at once instead
+   * of one setImmediate per removed period.
+   */
+  override _feedDataStream(chunk: Buffer, done: (err?: Error | null) => void): void {
+    const dataStream = this._dataStream;
+    if (!dataStream) return done();
+    if (this._lastBytes && this._lastBytes.length) {
+      chunk = Buffer.concat([this._lastBytes, chunk]);
+      this._lastBytes = false;
+    }
+    // Until a first byte is emitted or removed, a period opens the first line (see SMTPStream: a removed one
+    // clears _atDataStart, so a "." left over from ".." is content, never the terminator).
+    if (this._atDataStart && chunk.length >= 3 && chunk[0] === DOT && chunk[1] === CR && chunk[2] === LF) {
+      this._endDataMode(false, chunk.subarray(3), done);
+      return;
+    }
+    if (this._atDataStart && chunk.length >= 2 && chunk[0] === DOT && chunk[1] !== CR && chunk[1] !== LF) {
+      chunk = chunk.subarray(1);
+      this._atDataStart = false;
+    }
+    const pieces: Buffer[] = [];
+    // Each removed period restarts the scan on what follows it, as the library does (its next two bytes cannot start a line).
+    scan: for (;;) {
+      const len = chunk.length;
+      for (let i = 2; i < len - 2; i++) {
+        if (chunk[i] !== DOT || chunk[i - 1] !== LF) continue;
+        if (chunk[i - 2] === CR && chunk[i + 1] === CR && chunk[i + 2] === LF) {
+          // Everything before the terminator is content, the CRLF ending the last line included.
+          this.emitData(dataStream, pieces);
+          const last = chunk.subarray(0, i);
+          this._countDataBytes(last.length);
+          this._endDataMode(last, chunk.subarray(i + 3), done);
+          return;
+        }
+        if (chunk[i + 1] !== CR && chunk[i + 1] !== LF) {
+          pieces.push(chunk.subarray(0, i));
+          chunk = chunk.subarray(i + 1);
+          continue scan;
+        }
+      }
+      break;
+    }
+    // The last 4 bytes wait for the next chunk: they may begin a line or the terminator.
+    this._lastBytes = chunk.length < 4 ? chunk : chunk.subarray(chunk.length - 4);
+    if (this._lastBytes.length < chunk.length) pieces.push(chunk.subarray(0, chunk.length - this._lastBytes.length));
+    if (!this.emitData(dataStream, pieces) || dataStream.destroyed) return done();
+    // Wait for the stream to drain (a stream destroyed meanwhile never drains, it only closes).
+    const onDrain = () => {
+      dataStream.removeListener('drain', onDrain);
+      dataStream.removeListener('close', onDrain);
+      done();
+    };
+    dataStream.once('drain', onDrain);
+    dataStream.once('close', onDrain);
+  }
+
+  /** Counts and writes the pieces; true when the data stream asks to wait for 'drain'. */
+  private emitData(dataStream: NonNullable<SMTPStream['_dataStream']>, pieces: readonly Buffer[]): boolean {
+    let full = false;
+    for (const piece of pieces) {
+      if (piece.length === 0) continue;
+      this._countDataBytes(piece.length);
+      if (dataStream.writable) full = !dataStream.write(piece);
+    }
+    return full;
   }
 
   override _endDataMode(chunk: Buffer | false, remainder: Buffer, callback: (err?: Error | null) => void): void {
