@@ -8,12 +8,13 @@ import { tlsIdentityProblem } from '../smtp/tls.js';
 
 /**
  * Settings that work but are probably a mistake, logged at start-up (warn) and printed by check-config; not
- * problems: what the file's text showed (Config.fileWarnings: a secret cut short by a comment), and a plain IMAP
+ * problems: what the file's text showed (Config.fileWarnings: a secret cut short by a comment), a secret variable
+ * in the environment that names no route or mailbox (Config.envWarnings), and a plain IMAP
  * connection (ssl: false, start_tls: false), which sends the password or token in clear: on loopback that is a
  * local server's choice, elsewhere worth a warning.
  */
 export function configWarnings(config: Config): Array<{ path: string; message: string }> {
-  const warnings: Array<{ path: string; message: string }> = [...(config.fileWarnings ?? [])];
+  const warnings: Array<{ path: string; message: string }> = [...(config.fileWarnings ?? []), ...(config.envWarnings ?? [])];
   config.imap.forEach((m, i) => {
     if (m.method !== 'imap' || m.ssl || m.startTls || isLoopback(m.host)) return;
     warnings.push({ path: `imap[${i}]`, message: `ssl: false and start_tls: false: mailbox "${m.name}" sends its ${m.auth.kind === 'password' ? 'password' : 'OAuth token'} to ${m.host}:${m.port} unencrypted; set start_tls: true (port 143) or ssl: true (port 993)` });

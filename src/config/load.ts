@@ -54,6 +54,8 @@ export interface Config {
   fromEnvironment?: Readonly<Record<string, string>>;
   /** what the file's text shows that may not be what was meant (see secretCommentWarnings); configWarnings reports them */
   fileWarnings?: ReadonlyArray<{ path: string; message: string }>;
+  /** secret variables in the environment that name no route or mailbox (a typo: the secret is not used) */
+  envWarnings?: ReadonlyArray<{ path: string; message: string }>;
 }
 
 export type Env = Record<string, string | undefined>;
@@ -135,6 +137,7 @@ export function loadConfigText(text: string, opts: { source: string; baseDir: st
     const config = validateConfig(data as Record<string, unknown>, { ...opts, env });
     config.fromEnvironment = Object.fromEntries(origins.filter((o) => !o.created).map((o) => [o.path, o.env]));
     config.fileWarnings = secretCommentWarnings(doc).filter((w) => !(w.path in config.fromEnvironment!));
+    config.envWarnings = straySecretVariables(env, config);
     return config;
   } catch (err) {
     throw err instanceof ConfigError ? blameEnvironment(err, origins, opts.source) : err;
@@ -414,6 +417,28 @@ function zodProblems(error: z.ZodError): ConfigProblem[] {
     }
     return { path, message };
   });
+}
+
+/**
+ * MAILHOOK_ROUTE_<NAME>_SECRET and MAILHOOK_IMAP_<NAME>_<WHAT> variables whose name is no configured route's or
+ * mailbox's: a misspelt name is otherwise ignored, and the route keeps the secret from its file (or none). Pure.
+ */
+export function straySecretVariables(env: Env, config: Pick<Config, 'routes' | 'imap'>): Array<{ path: string; message: string }> {
+  const routes = new Set(config.routes.map((r) => routeSecretEnvName(r.name)));
+  const mailboxes = new Set(config.imap.flatMap((m) => MAILBOX_SECRET_ENV.map((e) => mailboxSecretEnvName(m.name, e.what))));
+  const listed = (names: string[]) => (names.length > 0 ? names.join(', ') : 'none');
+  return Object.keys(env)
+    .filter((name) => env[name] !== undefined)
+    .sort()
+    .flatMap((name) => {
+      if (/^MAILHOOK_ROUTE_.+_SECRET$/.test(name) && !routes.has(name)) {
+        return [{ path: name, message: `names no configured route, so it is not used; a route's secret variable is MAILHOOK_ROUTE_<NAME>_SECRET (the name upper-cased, other characters as "_"): ${listed([...routes])}` }];
+      }
+      if (/^MAILHOOK_IMAP_.+_(PASSWORD|CLIENT_SECRET|REFRESH_TOKEN)$/.test(name) && !mailboxes.has(name)) {
+        return [{ path: name, message: `names no configured mailbox, so it is not used; a mailbox's variables are MAILHOOK_IMAP_<NAME>_PASSWORD, _CLIENT_SECRET and _REFRESH_TOKEN (the name upper-cased, other characters as "_"): ${listed([...mailboxes])}` }];
+      }
+      return [];
+    });
 }
 
 /** A wildcard host (every address) shares its port with any other host. */

@@ -98,3 +98,22 @@ test('check-config warns of an unquoted secret followed by " #" (YAML cuts it th
   const env = await checkConfig(file, { MAILHOOK_ADMIN_TOKEN: 'from-the-environment-0123' });
   assert.equal(env.err, warning('routes[0].webhook.secret'));
 });
+
+test('check-config warns of a secret variable that names no route or mailbox (a typo: the secret is not used), never printing it', async () => {
+  const dir = tempDir();
+  const file = join(dir, 'mailhook.yaml');
+  writeFileSync(file, `spool:\n  path: ${join(dir, 'spool.db')}\n${routes}imap:\n  - { name: box, host: 127.0.0.1, user: u, ssl: false, password: pw }\n`);
+  const r = await checkConfig(file, {
+    MAILHOOK_ROUTE_R_SECRET: SECRET, // route r's: used
+    MAILHOOK_ROUTE_RR_SECRET: 'whsec_c3RyYXktc2VjcmV0LXZhbHVl',
+    MAILHOOK_IMAP_BOX_PASSWORD: 'the-box-password', // mailbox box's: used
+    MAILHOOK_IMAP_BX_REFRESH_TOKEN: 'stray-refresh-token',
+  });
+  assert.equal(r.code, 0, r.err);
+  assert.equal(
+    r.err,
+    `${file}: warning: MAILHOOK_IMAP_BX_REFRESH_TOKEN: names no configured mailbox, so it is not used; a mailbox's variables are MAILHOOK_IMAP_<NAME>_PASSWORD, _CLIENT_SECRET and _REFRESH_TOKEN (the name upper-cased, other characters as "_"): MAILHOOK_IMAP_BOX_PASSWORD, MAILHOOK_IMAP_BOX_CLIENT_SECRET, MAILHOOK_IMAP_BOX_REFRESH_TOKEN\n` +
+      `${file}: warning: MAILHOOK_ROUTE_RR_SECRET: names no configured route, so it is not used; a route's secret variable is MAILHOOK_ROUTE_<NAME>_SECRET (the name upper-cased, other characters as "_"): MAILHOOK_ROUTE_R_SECRET\n`,
+  );
+  for (const secret of ['c3RyYXkt', 'stray-refresh', 'the-box-password']) assert.ok(!r.err.includes(secret) && !r.out.includes(secret), secret);
+});
