@@ -51,6 +51,8 @@ export interface SmtpService {
   limits: ClientLimits;
   listen(): Promise<{ host: string; port: number }>;
   isListening(): boolean;
+  /** False while the spool file system has less free space than smtp.limits.min_free_disk_bytes (every MAIL gets 452). */
+  hasDiskSpace(): boolean;
   /** Reload the TLS key and certificate (SIGHUP); established sessions keep theirs. False when not reloaded. */
   reloadTls(reason: string): boolean;
   /** Refuse new sessions and commands with 421, wait for DATA in flight, then close. */
@@ -427,6 +429,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     },
     limits,
     isListening: () => listening && !draining,
+    hasDiskSpace: () => freeDisk() >= smtp.limits.min_free_disk_bytes,
     async listen() {
       const main = await listenOn(server, smtp.listen, 'smtp.listen');
       if (implicitServer && tls?.settings.implicit_listen) implicitAddress = await listenOn(implicitServer, tls.settings.implicit_listen, 'smtp.tls.implicit_listen');

@@ -31,6 +31,7 @@ test('healthz and readyz', async () => {
   assert.equal(body.status, 'ready');
   assert.equal(body.checks.spool_writable, true);
   assert.equal(body.checks.smtp_listening, true);
+  assert.equal(body.checks.spool_disk_space, true);
 });
 
 test('metrics count accepted messages, rejected recipients by reason, deliveries and queue depth', async () => {

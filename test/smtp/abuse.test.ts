@@ -278,6 +278,11 @@ describe('the spool cannot take the message: never 250', () => {
     assert.equal((await smtp.cmd('MAIL FROM:<a@client.test>')).raw, '452 4.3.1 Error: insufficient system storage\r\n');
     await smtp.quit();
     assert.equal(countMessages(full), 0);
+    // Not ready meanwhile: a load balancer sends the mail to an instance that can take it.
+    const ready = await fetch(`${full.httpUrl}/readyz`);
+    assert.equal(ready.status, 503);
+    const body = (await ready.json()) as { checks: Record<string, boolean> };
+    assert.deepEqual([body.checks.spool_disk_space, body.checks.spool_writable, body.checks.smtp_listening], [false, true, true]);
   });
 });
 
