@@ -59,6 +59,9 @@ export interface SmtpService {
   shutdown(graceMs: number): Promise<void>;
 }
 
+/** Socket errors a client causes by going away (smtp-server already drops these outside a transaction). */
+const CLIENT_SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH']);
+
 /** How long a free-disk reading is reused: MAIL commands must not each cost a statfs. */
 const DISK_CHECK_MS = 1000;
 
@@ -164,6 +167,21 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     callback(); // smtp-server adds the recipient (or replaces one) and answers 250 right away
     if (isNew && rcptTo.length === before + 1 && rcptTo[before] === address) return;
     rcptTo.splice(0, rcptTo.length, ...(smtp.lmtp ? accepted.replies : accepted.byId.values()));
+  }
+
+  /** errors already logged: smtp-server emits a failed STARTTLS handshake's error twice */
+  const logged = new WeakSet<Error>();
+  /**
+   * A connection's error, as smtp-server reports it. What any client can cause (a TLS handshake it fails: an old
+   * protocol, no shared cipher, plain text on the TLS port; a reset) is logged once at info, without a stack, so a
+   * scanner cannot fill the log with warnings; anything else stays a warning.
+   */
+  function connectionError(err: Error & { code?: string; library?: string; reason?: string; remoteAddress?: string; meta?: { stage?: string } }): void {
+    if (logged.has(err)) return;
+    logged.add(err);
+    const byClient = err.library === 'SSL routines' || /^ERR_(SSL|TLS)_/.test(err.code ?? '') || CLIENT_SOCKET_ERRORS.has(err.code ?? '');
+    if (!byClient) return log.warn({ err }, 'smtp connection error');
+    log.info({ remote: err.remoteAddress, code: err.code, reason: err.reason ?? err.message.trim(), stage: err.meta?.stage }, 'smtp client connection failed');
   }
 
   /** The reply for a recipient routing refused, counted and logged. */
@@ -293,7 +311,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   const implicitServer = tls?.settings.implicit_listen ? createSmtpServer({ ...options, hooks, secure: true }) : undefined;
   const servers = implicitServer ? [server, implicitServer] : [server];
   // Before listen() resolves, an error is the listener's (reported by listen() itself, see listenOn).
-  for (const s of servers) s.on('error', (err) => listening && log.warn({ err }, 'smtp connection error'));
+  for (const s of servers) s.on('error', (err) => listening && connectionError(err));
   const reloader = tls ? new TlsReloader(tls.files, (m) => servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert })), log) : undefined;
   if (reloader && tls?.settings.watch) reloader.watch();
 
