@@ -20,11 +20,11 @@ export interface ConnectionHooks {
   /** overall time a session may last before 421 4.4.2 (0: no limit); a command or DATA in progress finishes first */
   maxSessionMs: number;
   /** a session was ended by maxSessionMs */
-  onSessionExpired?(remoteAddress: string): void;
+  onSessionExpired?(remoteAddress: string, cid: string): void;
   /** a client sent message content before the 354 (logged by the service) */
-  onPipeliningViolation?(remoteAddress: string): void;
+  onPipeliningViolation?(remoteAddress: string, cid: string): void;
   /** a DATA phase was cut off for being too slow */
-  onDataTimeout?(remoteAddress: string): void;
+  onDataTimeout?(remoteAddress: string, cid: string): void;
   /** connections open on every listener (STARTTLS and implicit TLS): maxClients bounds them together */
   connectionCount?(): number;
 }
@@ -280,7 +280,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
     }
 
     endExpiredSession(): void {
-      hooks.onSessionExpired?.(this.remoteAddress);
+      hooks.onSessionExpired?.(this.remoteAddress, this.id);
       this.send(421, formatReply(Reply.SessionTimeLimit(this.name)));
     }
 
@@ -369,7 +369,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         state.held354 = null;
         if (early) {
           // Postfix smtpd_forbid_unauth_pipelining: answer 554 instead of 354 and hang up; nothing is stored.
-          hooks.onPipeliningViolation?.(this.remoteAddress);
+          hooks.onPipeliningViolation?.(this.remoteAddress, this.id);
           this.send(Reply.PipeliningViolation.code, formatReply(Reply.PipeliningViolation));
           this.close();
           const stream = this._dataStream;
@@ -407,7 +407,7 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
           return;
         }
         state.dataTimer = null;
-        hooks.onDataTimeout?.(this.remoteAddress);
+        hooks.onDataTimeout?.(this.remoteAddress, this.id);
         const stream = this._dataStream;
         this.send(421, formatReply(Reply.DataTimeout(this.name)));
         if (stream) stream.destroy(Object.assign(new Error('DATA slower than the minimum data rate'), { code: 'DATA_TIMEOUT' }));

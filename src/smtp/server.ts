@@ -295,16 +295,16 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     maxErrors: smtp.limits.max_errors,
     minDataRate: smtp.limits.min_data_rate,
     maxSessionMs: smtp.limits.max_session_ms,
-    onSessionExpired(remote: string) {
-      log.info({ remote }, 'session longer than smtp.limits.max_session_ms: 421 and disconnect');
+    onSessionExpired(remote: string, cid: string) {
+      log.info({ cid, remote }, 'session longer than smtp.limits.max_session_ms: 421 and disconnect');
     },
-    onPipeliningViolation(remote: string) {
+    onPipeliningViolation(remote: string, cid: string) {
       metrics.messagesRejected.inc({ reason: 'pipelining' });
-      log.info({ remote }, 'message content sent before the 354 reply: 554 and disconnect');
+      log.info({ cid, remote }, 'message content sent before the 354 reply: 554 and disconnect');
     },
-    onDataTimeout(remote: string) {
+    onDataTimeout(remote: string, cid: string) {
       metrics.messagesRejected.inc({ reason: 'data_timeout' });
-      log.info({ remote }, 'DATA slower than smtp.limits.min_data_rate: 421 and disconnect');
+      log.info({ cid, remote }, 'DATA slower than smtp.limits.min_data_rate: 421 and disconnect');
     },
   };
   const server = createSmtpServer({ ...options, hooks });

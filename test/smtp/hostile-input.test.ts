@@ -112,6 +112,11 @@ describe('pipelining', () => {
     assert.equal((await smtp.read()).raw, '554 5.5.0 Error: SMTP protocol synchronization\r\n');
     await smtp.waitClosed();
     assert.equal(countMessages(app), before);
+    // Logged with the session's connection id, as its other lines are.
+    const lines = app.logs.join('').trim().split('\n').map((l) => JSON.parse(l) as { msg: string; cid?: string });
+    const early = lines.filter((l) => l.msg.startsWith('message content sent before the 354'));
+    assert.equal(early.length, 1);
+    assert.ok(early[0]!.cid && lines.some((l) => l !== early[0] && l.cid === early[0]!.cid), 'the cid of the session\'s other lines');
     await sendOne(app.smtpPort);
   });
 
