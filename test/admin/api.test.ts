@@ -156,6 +156,7 @@ describe('admin API', () => {
       ['/api/messages?since=yesterday', /since: "yesterday" is not a time/],
       ['/api/messages/NOT-AN-ID', /params\/id must match pattern/],
       ['/api/routes?window=2y', /window must match pattern/],
+      ['/api/messages?since=2024-05-02T00:00:00Z&until=2024-05-01T00:00:00Z', /^since \(2024-05-02T00:00:00Z\) must be before until \(2024-05-01T00:00:00Z\): nothing is received in that range; are they swapped\?$/],
     ];
     for (const [path, message] of cases) {
       const r = await call(app, 'GET', path);
@@ -170,6 +171,9 @@ describe('admin API', () => {
     assert.equal(body.status, 400);
     assert.match(body.body.message, /unknown body field "limt"/);
     // Refused before anything is replayed: a time past what a Date holds, more ids than the limit.
+    const swapped = await call(app, 'POST', '/api/deliveries/replay', { body: { since: '1714608000000', until: '1714521600000' } });
+    assert.equal(swapped.status, 400);
+    assert.match(swapped.body.message, /^since \(1714608000000\) must be before until \(1714521600000\)/);
     const far = await call(app, 'POST', '/api/deliveries/replay', { body: { all: true, as_of: '9999999999999999' } });
     assert.equal(far.status, 400);
     assert.match(far.body.message, /as_of: "9999999999999999" is past the latest time there is/);

@@ -163,8 +163,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       recipient: q.recipient,
       key: q.key,
       sender: q.sender,
-      since: parseTime('since', q.since),
-      until: parseTime('until', q.until),
+      ...timeRange(q.since, q.until),
     };
     const cursor = q.cursor !== undefined ? decodeCursor(q.cursor) : undefined;
     const page = spool.queries.listMessages(stripUndefined(filter), { cursor, limit: q.limit });
@@ -486,6 +485,14 @@ export function parseTime(name: string, value: string | undefined): number | und
   return t;
 }
 
+/** since and until as times; a range that holds nothing (since at or after until, often the two swapped) is refused. */
+function timeRange(sinceText: string | undefined, untilText: string | undefined): { since: number | undefined; until: number | undefined } {
+  const since = parseTime('since', sinceText);
+  const until = parseTime('until', untilText);
+  if (since !== undefined && until !== undefined && since >= until) throw problem(400, `since (${sinceText}) must be before until (${untilText}): nothing is received in that range; are they swapped?`);
+  return { since, until };
+}
+
 /** The largest time a JavaScript Date holds (ECMA-262 §21.4.1.1). */
 const MAX_TIME_MS = 8.64e15;
 
@@ -536,7 +543,7 @@ interface BulkBody {
  * "all": true, a guard against an empty body acting on every delivery (`everyone` says what "all" would do).
  */
 function bulkFilter(b: BulkBody, everyone: string): Omit<MessageFilter, 'status'> {
-  const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, since: parseTime('since', b.since), until: parseTime('until', b.until) });
+  const filter = stripUndefined({ route: b.route, recipient: b.recipient, key: b.key, sender: b.sender, ...timeRange(b.since, b.until) });
   const hasFilter = Object.keys(filter).length > 0;
   if (b.ids && hasFilter) throw problem(400, 'give either ids or filter fields (route, recipient, key, sender, since, until), not both');
   if (!b.ids && !hasFilter && b.all !== true) throw problem(400, `name deliveries with ids, narrow with route/recipient/key/sender/since/until, or pass "all": true to ${everyone}`);
