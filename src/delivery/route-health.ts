@@ -8,9 +8,10 @@ export const FAILING_AFTER = 5;
 export const SUMMARY_EVERY_MS = 60_000;
 
 /**
- * What a request's outcome says about the consumer: `fail` for a retry (network error, timeout, 408, 429, 5xx) or
- * a configuration problem that refuses every message (401, 403, a redirect); `ok` once it took a message; `none`
- * for a refusal of this one message (another 4xx: the consumer answers) or when no request was made.
+ * What a request's outcome says about the consumer: `fail` for a retry (network error, timeout, 408, 429, 5xx, and
+ * the other 4xx that the mailgun and postmark formats retry) or a configuration problem that refuses every message
+ * (401, 403, a redirect); `ok` once it took a message; `none` for a refusal of this one message (another 4xx: the
+ * consumer answers) or when no request was made.
  */
 export function verdictOf(outcome: Outcome, sent: boolean): 'ok' | 'fail' | 'none' {
   if (!sent) return 'none';

@@ -128,6 +128,22 @@ describe('TLS', { skip }, () => {
     s.socket.destroy();
   });
 
+  test('a port scan of the implicit-TLS listener (connect and close; plain text) is an info line each, with the address, no warning', async () => {
+    const port = app.smtp.implicitAddress!.port;
+    const logsBefore = app.logs.length;
+    for (const text of ['', 'EHLO plain.test\r\n']) {
+      const socket = createConnection(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.end(text);
+      await once(socket, 'close');
+    }
+    const lines = () => app.logs.slice(logsBefore).join('').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string; remote?: string; code?: string });
+    await until(() => lines().filter((l) => l.msg === 'smtp client connection failed').length === 2, 5000, 'both logged');
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(lines().filter((l) => l.level >= 40), [], 'no warning');
+    assert.deepEqual(lines().filter((l) => l.msg === 'smtp client connection failed').map((l) => [l.level, l.remote]), [[30, '127.0.0.1'], [30, '127.0.0.1']]);
+  });
+
   test('smtp.max_clients bounds the STARTTLS and the implicit-TLS listener together', async () => {
     const capped = await startSmtpApp({ smtp: `  max_clients: 2\n  tls:\n    key_file: ${a.key}\n    cert_file: ${a.cert}\n    implicit_listen: "127.0.0.1:0"\n    watch: false` });
     const open: Array<{ socket: { destroy(): void } }> = [];

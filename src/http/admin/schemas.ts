@@ -285,7 +285,7 @@ export const routesResponse = {
             type: 'object',
             description: 'the delivery loop\'s view of the consumer since mailhook started',
             properties: {
-              failing_since: { ...nullable(time), description: `when ${FAILING_AFTER} requests in a row had failed (network errors, timeouts, 408, 429, 5xx, 401/403, redirects); null once one is delivered or the route has nothing left to deliver` },
+              failing_since: { ...nullable(time), description: `when ${FAILING_AFTER} requests in a row had failed (network errors, timeouts, 408, 429, 5xx, 401/403, redirects; for mailgun and postmark every 4xx but 406/403); null once one is delivered or the route has nothing left to deliver` },
               paused_until: { ...nullable(time), description: `no request of the route starts before then: the consumer answered with Retry-After (at most ${ROUTE_PAUSE_MAX_MS / 60_000} minutes)` },
             },
             required: ['failing_since', 'paused_until'],
