@@ -1,4 +1,5 @@
 // Loads the configuration: YAML file, then MAILHOOK_* environment overrides, then one validation pass.
+import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -441,8 +442,15 @@ export function straySecretVariables(env: Env, config: Pick<Config, 'routes' | '
     });
 }
 
-/** A wildcard host (every address) shares its port with any other host. */
-const WILDCARD_HOSTS = new Set(['', '0.0.0.0', '::']);
+/**
+ * Whether two listeners' hosts take the same port's addresses: the same host; "::" (or no host), which takes IPv4
+ * too; "0.0.0.0" and any IPv4 address or host name (0.0.0.0 and ::1 bind side by side).
+ */
+function hostsOverlap(a: string, b: string): boolean {
+  if (a === b || a === '' || b === '' || a === '::' || b === '::') return true;
+  const v4 = (h: string) => isIP(h) !== 6;
+  return (a === '0.0.0.0' && v4(b)) || (b === '0.0.0.0' && v4(a));
+}
 
 /**
  * Two listeners on one port: start-up would fail with "another program listens there" when the other program is
@@ -452,8 +460,8 @@ function sharedListeners(raw: RawConfig, problems: ConfigProblem[]): void {
   const listeners: Array<[string, ListenAddress]> = [['smtp.listen', raw.smtp.listen], ['http.listen', raw.http.listen]];
   if (raw.smtp.tls?.implicit_listen) listeners.push(['smtp.tls.implicit_listen', raw.smtp.tls.implicit_listen]);
   listeners.forEach(([path, a], i) => {
-    const other = listeners.slice(0, i).find(([, b]) => a.port !== 0 && a.port === b.port && (a.host === b.host || WILDCARD_HOSTS.has(a.host) || WILDCARD_HOSTS.has(b.host)));
-    if (other) problems.push({ path, message: `port ${a.port} is also ${other[0]}'s (${other[1].host}:${other[1].port}); each listener needs a port of its own: give ${path} another port` });
+    const other = listeners.slice(0, i).find(([, b]) => a.port !== 0 && a.port === b.port && hostsOverlap(a.host, b.host));
+    if (other) problems.push({ path, message: `port ${a.port} is also ${other[0]}'s (${other[1].host.includes(':') ? `[${other[1].host}]` : other[1].host}:${other[1].port}); each listener needs a port of its own: give ${path} another port` });
   });
 }
 

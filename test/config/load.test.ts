@@ -331,8 +331,12 @@ test('two listeners on one port are a problem naming both keys (start-up said "a
     "http.listen: port 2600 is also smtp.listen's (0.0.0.0:2600); each listener needs a port of its own: give http.listen another port",
   ]);
   // Different addresses, or port 0 (any free port), do not clash.
-  for (const [smtp, http] of [['127.0.0.1:2600', '127.0.0.2:2600'], ['127.0.0.1:0', '127.0.0.1:0']] as const) {
+  assert.deepEqual(problems(`smtp:\n  listen: "[::]:2600"\nhttp:\n  listen: "127.0.0.1:2600"\n${route()}`), [
+    "http.listen: port 2600 is also smtp.listen's ([::]:2600); each listener needs a port of its own: give http.listen another port",
+  ]);
+  // 0.0.0.0 is IPv4's wildcard: an IPv6 address binds the same port beside it.
+  for (const [smtp, http] of [['127.0.0.1:2600', '127.0.0.2:2600'], ['127.0.0.1:0', '127.0.0.1:0'], ['0.0.0.0:2600', '[::1]:2600']] as const) {
     const config = loadConfigText(`smtp:\n  listen: "${smtp}"\nhttp:\n  listen: "${http}"\n${route()}`, { source: 't.yaml', baseDir: tempDir(), env: {} });
-    assert.equal(config.http.listen.port, Number(http.split(':')[1]));
+    assert.equal(config.http.listen.port, Number(http.split(':').at(-1)));
   }
 });
