@@ -1,5 +1,5 @@
 // Operator subcommands over the admin API: send-test, messages list|show|raw, replay, retry. Tables by default, --json for scripts.
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
@@ -235,8 +235,15 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         const res = await client(o).stream(`/api/messages/${encodeURIComponent(id)}/raw`);
         const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
         if (o.output) {
-          const file = await createOutput(resolve(io.cwd, o.output), o.output, body);
-          await pipeline(body, file.createWriteStream());
+          const path = resolve(io.cwd, o.output);
+          const file = await createOutput(path, o.output, body);
+          try {
+            await pipeline(body, file.createWriteStream());
+          } catch (err) {
+            // A message cut short is not left behind looking whole (and in the way of the next try).
+            await rm(path, { force: true });
+            throw new CliError(`the download of ${id} failed (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); ${o.output} was removed: run the command again`, EXIT.failed);
+          }
         } else {
           for await (const chunk of body) await writeBytes(io, chunk as Buffer);
         }
