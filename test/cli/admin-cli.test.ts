@@ -365,3 +365,25 @@ describe('mailhook CLI output is safe for a terminal', () => {
     }
   });
 });
+
+test('messages raw -o: a download cut short removes its file and says so (a listener that drops the connection mid-body)', async () => {
+  // Not mailhook: a listener that answers 200, sends part of the message and resets the connection, as a proxy or a
+  // network failure would; the CLI is what is tested.
+  const server = createServer((socket) => {
+    socket.once('data', () => {
+      socket.write('HTTP/1.1 200 OK\r\ncontent-type: message/rfc822\r\ncontent-length: 100000\r\n\r\nSubject: cut short\r\n\r\nthe first part');
+      setImmediate(() => socket.resetAndDestroy());
+    });
+  }).listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const dir = tempDir();
+  const out = join(dir, 'cut.eml');
+  try {
+    const r = await mailhook(['messages', 'raw', 'abcdef12', '-o', out, '--url', `http://127.0.0.1:${(server.address() as { port: number }).port}`], { MAILHOOK_ADMIN_TOKEN: ADMIN_TOKEN });
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, new RegExp(`^mailhook: the download of abcdef12 failed \\(.+\\); ${out.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} was removed: run the command again\\n$`));
+    assert.equal(existsSync(out), false, 'no partial file left behind');
+  } finally {
+    server.close();
+  }
+});
