@@ -234,6 +234,9 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
       run(async () => {
         const res = await client(o).stream(`/api/messages/${encodeURIComponent(id)}/raw`);
         const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
+        // The connection can fail while the output file is being opened, before pipeline() listens: the error is
+        // kept by the stream and reported below, not thrown as an unhandled 'error' event.
+        body.on('error', () => undefined);
         if (o.output) {
           const path = resolve(io.cwd, o.output);
           const file = await createOutput(path, o.output, body);
