@@ -22,6 +22,26 @@ export function configWarnings(config: Config): Array<{ path: string; message: s
   return warnings;
 }
 
+/**
+ * A spool made before mailhook created it private (database 0600, message folder 0700) may be readable by other users, and it
+ * holds message bodies: said by path and mode, with the fix. Nothing is changed (an operator may have a reason).
+ */
+export function spoolModeWarnings(path: string): Array<{ path: string; message: string }> {
+  const warnings: Array<{ path: string; message: string }> = [];
+  // The folder holding them is left out: a 0755 state folder (systemd's StateDirectory, a container's volume) shows
+  // only file names.
+  for (const [file, fix] of [[path, "600 it and the database's -wal and -shm files"], [`${path}.blobs`, '700 it']] as const) {
+    let mode: number;
+    try {
+      mode = statSync(file).mode & 0o777;
+    } catch {
+      continue; // not made yet: mailhook creates it private
+    }
+    if ((mode & 0o077) !== 0) warnings.push({ path: 'spool.path', message: `${file} is readable by other users (mode ${mode.toString(8).padStart(4, '0')}) and holds message bodies; chmod ${fix}` });
+  }
+  return warnings;
+}
+
 function isLoopback(host: string): boolean {
   const h = host.toLowerCase().replace(/^\[|\]$/g, '');
   return h === 'localhost' || h === '::1' || /^127\./.test(h);

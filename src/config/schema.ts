@@ -132,7 +132,7 @@ const retentionSchema = z.strictObject({
 });
 
 const spoolSchema = z.strictObject({
-  path: z.string().min(1).default('./data/spool.db').describe('SQLite database file (created readable by its owner only, 0600, its folders 0700: it holds message bodies); message files live beside it, and <path>.lock, which the running mailhook holds locked: a second process on the same spool is refused'),
+  path: z.string().min(1).default('./data/spool.db').describe('SQLite database file (created readable by its owner only, 0600, its folders 0700: it holds message bodies; an older spool readable by others is warned of); message files live beside it, and <path>.lock, which the running mailhook holds locked: a second process on the same spool is refused'),
   inline_max_bytes: nonNegativeInt.default(262_144).describe('messages up to this size are stored inside the database, larger ones as files'),
   retention: retentionSchema.prefault({}),
 });

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SECRET, tempDir } from '../helpers/app.js';
@@ -116,4 +116,26 @@ test('check-config warns of a secret variable that names no route or mailbox (a 
       `${file}: warning: MAILHOOK_ROUTE_RR_SECRET: names no configured route, so it is not used; a route's secret variable is MAILHOOK_ROUTE_<NAME>_SECRET (the name upper-cased, other characters as "_"): MAILHOOK_ROUTE_R_SECRET\n`,
   );
   for (const secret of ['c3RyYXkt', 'stray-refresh', 'the-box-password']) assert.ok(!r.err.includes(secret) && !r.out.includes(secret), secret);
+});
+
+test('check-config warns of a spool database or message folder other users can read (made before mailhook made them private)', async () => {
+  const dir = tempDir();
+  const file = join(dir, 'mailhook.yaml');
+  const spool = join(dir, 'spool.db');
+  writeFileSync(file, `spool:\n  path: ${spool}\n${routes}`);
+  assert.equal((await checkConfig(file)).err, '', 'nothing to warn of before the spool exists');
+  writeFileSync(spool, '');
+  chmodSync(spool, 0o644);
+  mkdirSync(`${spool}.blobs`, { mode: 0o755 });
+  chmodSync(`${spool}.blobs`, 0o755);
+  const r = await checkConfig(file);
+  assert.equal(r.code, 0, r.err);
+  assert.equal(
+    r.err,
+    `${file}: warning: spool.path: ${spool} is readable by other users (mode 0644) and holds message bodies; chmod 600 it and the database's -wal and -shm files\n` +
+      `${file}: warning: spool.path: ${spool}.blobs is readable by other users (mode 0755) and holds message bodies; chmod 700 it\n`,
+  );
+  chmodSync(spool, 0o600);
+  chmodSync(`${spool}.blobs`, 0o700);
+  assert.equal((await checkConfig(file)).err, '');
 });
