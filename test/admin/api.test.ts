@@ -356,7 +356,16 @@ describe('admin API', () => {
       const typo = await call(app, 'POST', path, { body: { route: 'dsek' } });
       assert.equal(typo.status, 404, path);
       assert.equal(typo.body.message, 'no route "dsek"; configured routes: gitlab, desk, archive');
+      // So are ids that name no delivery (a typo, a message id), even beside a real one: nothing is done.
+      const unknown = await call(app, 'POST', path, { body: { ids: [row().id, 'nosuchdelivery1', id] } });
+      assert.equal(unknown.status, 404, path);
+      assert.equal(unknown.body.error, 'not_found');
+      assert.equal(unknown.body.message, `no delivery nosuchdelivery1, ${id} in the spool; ${id} is a message id: GET /api/messages/{id} (mailhook messages show) lists its delivery ids, POST /api/messages/{id}/redeliver sends it again; nothing was done`);
+      const typoOnly = await call(app, 'POST', path, { body: { ids: ['nosuchdelivery1'], dry_run: true } });
+      assert.equal(typoOnly.status, 404, path);
+      assert.match(typoOnly.body.message, /^no delivery nosuchdelivery1 in the spool; GET \/api\/messages\/\{id\} \(mailhook messages show\) lists a message's delivery ids; nothing was done$/);
     }
+    assert.ok(row().next_attempt_at > Date.now() + 3_000_000, 'a request naming an unknown id retries nothing');
     const dry = await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'desk', dry_run: true } });
     assert.deepEqual(dry.body, { retried: 1, dry_run: true, resumed: [], released: 0 });
     assert.deepEqual(await call(app, 'POST', '/api/deliveries/retry', { body: { route: 'gitlab' } }).then((r) => r.body), { retried: 0, dry_run: false, resumed: [], released: 0 }, 'another route: nothing, and its pause stays');

@@ -109,6 +109,21 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     throw problem(404, `no route "${route}"; configured routes: ${config.routes.map((r) => r.name).join(', ')}`);
   }
 
+  /**
+   * Ids a bulk request names must all be deliveries in the spool: a typo or a message id would otherwise answer 0
+   * and look like "nothing to do". 404 naming them, nothing changed; a message id gets its redeliver route.
+   */
+  function knownDeliveries(ids: string[] | undefined): void {
+    const unknown = (ids ?? []).filter((id) => spool.getDelivery(id) === undefined);
+    if (unknown.length === 0) return;
+    const messages = unknown.filter((id) => spool.getMessage(id) !== undefined);
+    const listed = unknown.slice(0, 10).join(', ') + (unknown.length > 10 ? ` and ${unknown.length - 10} more` : '');
+    const hint = messages.length > 0
+      ? `; ${messages.slice(0, 3).join(', ')} ${messages.length === 1 ? 'is a message id' : 'are message ids'}: GET /api/messages/{id} (mailhook messages show) lists its delivery ids, POST /api/messages/{id}/redeliver sends it again`
+      : '; GET /api/messages/{id} (mailhook messages show) lists a message\'s delivery ids';
+    throw problem(404, `no delivery ${listed} in the spool${hint}; nothing was done`);
+  }
+
   /** The routes of these deliveries (whose Retry-After pauses an operator's replay or retry lifts). */
   function routesOf(ids: string[]): string[] {
     return [...new Set(ids.flatMap((id) => spool.getDelivery(id)?.route ?? []))];
@@ -269,6 +284,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     if (b.ids && b.ids.length > b.limit) throw problem(400, `ids: ${b.ids.length} ids but limit is ${b.limit}; raise limit or send fewer ids`);
     const filter = bulkFilter(b, `replay every ${b.status === 'dead' ? 'dead-lettered' : 'delivered'} delivery`);
     knownRoute(filter.route);
+    knownDeliveries(b.ids);
     const now = clock.now();
     const asOf = parseTime('as_of', b.as_of) ?? now;
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
@@ -295,6 +311,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const b = req.body as BulkBody & { dry_run: boolean };
     const filter = bulkFilter(b, 'retry every pending delivery now');
     knownRoute(filter.route);
+    knownDeliveries(b.ids);
     const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
     const now = clock.now();
     // Deliveries already due and held only by their route's Retry-After pause, counted before the retry makes
