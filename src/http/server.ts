@@ -12,6 +12,10 @@ import { registerDashboard } from './dashboard/index.js';
 import { GUESS_LIMIT, LoggedOutSessions, TokenGuesses } from './admin/auth.js';
 import type { RouteState } from '../delivery/worker.js';
 import { DELIVERY_STATUSES } from '../spool/queries.js';
+import { RouteMethods } from './methods.js';
+
+/** the longest path parameter (fastify's default): a longer one is refused before routing (414) */
+const MAX_PARAM_LENGTH = 100;
 
 export interface HttpDeps {
   config: Config;
@@ -32,7 +36,17 @@ export interface HttpDeps {
 export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   const { config, spool, metrics } = deps;
   const clock = deps.clock ?? systemClock;
-  const app = Fastify({ loggerInstance: deps.log.child({ part: 'http' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 1024 * 1024 });
+  const app = Fastify({
+    loggerInstance: deps.log.child({ part: 'http' }) as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    maxParamLength: MAX_PARAM_LENGTH,
+    frameworkErrors: (err, req, reply) => void (reply as FastifyReply).code(err.statusCode ?? 400).send(frameworkError(err, req.url)),
+  });
+  // Every route as registered (the admin API's and dashboard's too): a wrong method is a 405 naming the right ones.
+  const methods = new RouteMethods();
+  app.addHook('onRoute', (r) => methods.add(r.url ?? r.path, r.method));
+  app.setNotFoundHandler((req, reply) => methods.reply(req, reply, (path) => `no route ${req.method} ${path}`));
 
   app.get('/healthz', async () => ({ status: 'ok' }));
 
@@ -105,7 +119,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
 
   // Admin API (/api) and dashboard (/): off, with a message saying how to turn them on, when no admin token is set.
   const loggedOut = new LoggedOutSessions();
-  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => []), routeStates: deps.routeStates ?? (() => new Map()), mailboxes: deps.mailboxes, loggedOut, guesses });
+  registerAdmin(app, { config, spool, log: deps.log.child({ part: 'admin' }), clock, wakeDelivery: deps.wakeDelivery ?? (() => []), routeStates: deps.routeStates ?? (() => new Map()), mailboxes: deps.mailboxes, loggedOut, guesses, methods });
   registerDashboard(app, { config, clock, loggedOut });
 
   app.setErrorHandler((err: { statusCode?: number; message: string; validation?: unknown }, _req, reply) => {
@@ -115,6 +129,15 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   });
 
   return app;
+}
+
+/** fastify's own refusals before routing (a path that is no valid URL, a path segment over maxParamLength), as `{error, message}`. */
+function frameworkError(err: { code?: string; statusCode?: number }, url: string): { error: string; message: string } {
+  const whole = url.split('?')[0] ?? url;
+  const path = whole.length > 200 ? `${whole.slice(0, 200)}…` : whole;
+  if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') return { error: 'uri_too_long', message: `a segment of the path ${path} is over ${MAX_PARAM_LENGTH} characters; ids are at most 64` };
+  if (err.code === 'FST_ERR_BAD_URL') return { error: 'bad_request', message: `the path ${path} is no valid URL (check its percent-encoding)` };
+  return { error: 'internal_error', message: 'internal error; see the mailhook log' };
 }
 
 /**

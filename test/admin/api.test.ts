@@ -208,6 +208,28 @@ describe('admin API', () => {
     const missing = await call(app, 'GET', '/api/messages/zzzzzzzzzz');
     assert.equal(missing.status, 404);
     assert.match(missing.body.message, /no message zzzzzzzzzz/);
+    // A path that exists under another method is a 405 naming the right ones (curl without -X POST), not a 404.
+    const get = await call(app, 'GET', '/api/deliveries/replay');
+    assert.equal(get.status, 405);
+    assert.equal(get.headers.get('allow'), 'POST');
+    assert.deepEqual(get.body, { error: 'method_not_allowed', message: 'GET is not allowed for /api/deliveries/replay; use POST' });
+    const put = await call(app, 'PUT', '/api/messages/zzzzzzzzzz', { body: {} });
+    assert.equal(put.status, 405);
+    assert.equal(put.headers.get('allow'), 'DELETE, GET, HEAD');
+    assert.equal(put.body.message, 'PUT is not allowed for /api/messages/zzzzzzzzzz; use one of DELETE, GET, HEAD');
+    assert.equal((await call(app, 'GET', '/api/messages/zzzzzzzzzz/redeliver/x')).status, 404, 'deeper than any route');
+    assert.equal((await call(app, 'PUT', '/api/messages/zzzzzzzzzz', { body: {}, token: null })).status, 401, 'behind the token like the rest');
+    const xml = await call(app, 'POST', '/api/deliveries/retry', { headers: { 'content-type': 'text/xml' } });
+    assert.equal(xml.status, 415);
+    assert.deepEqual(xml.body, { error: 'unsupported_media_type', message: 'the request needs a JSON object body (Content-Type: application/json), not text/xml' });
+    // fastify's own refusals before routing have the same {error, message} shape.
+    const long = await call(app, 'POST', `/api/messages/${'a'.repeat(101)}/redeliver`, { body: {} });
+    assert.equal(long.status, 414);
+    assert.deepEqual(Object.keys(long.body).sort(), ['error', 'message']);
+    assert.match(long.body.message, /^a segment of the path \/api\/messages\/a{101}\/redeliver is over 100 characters; ids are at most 64$/);
+    const bad = await call(app, 'GET', '/api/messages/%E0%A4%A');
+    assert.equal(bad.status, 400);
+    assert.deepEqual(bad.body, { error: 'bad_request', message: 'the path /api/messages/%E0%A4%A is no valid URL (check its percent-encoding)' });
   });
 
   test('shows a message: envelope, parsed summary, every attempt with status code, latency and error', async () => {

@@ -32,6 +32,14 @@ test('healthz and readyz', async () => {
   assert.equal(body.checks.spool_writable, true);
   assert.equal(body.checks.smtp_listening, true);
   assert.equal(body.checks.spool_disk_space, true);
+  // A probe with the wrong method is told so (405 and Allow), an unknown path gets the listener's {error, message}.
+  const post = await fetch(`${app.httpUrl}/healthz`, { method: 'POST' });
+  assert.equal(post.status, 405);
+  assert.equal(post.headers.get('allow'), 'GET, HEAD');
+  assert.deepEqual(await post.json(), { error: 'method_not_allowed', message: 'POST is not allowed for /healthz; use one of GET, HEAD' });
+  const none = await fetch(`${app.httpUrl}/health?x=1`);
+  assert.equal(none.status, 404);
+  assert.deepEqual(await none.json(), { error: 'not_found', message: 'no route GET /health' });
 });
 
 test('metrics count accepted messages, rejected recipients by reason, deliveries and queue depth', async () => {

@@ -15,6 +15,7 @@ import { authenticate, issueSession, readCookie, sessionCookie, viaHttps, SESSIO
 import { buildOpenApi, type RouteDoc } from './openapi.js';
 import * as S from './schemas.js';
 import { constantTimeEqual } from '../server.js';
+import type { RouteMethods } from '../methods.js';
 import { endpointOf } from '../../core/url.js';
 
 /** One IMAP mailbox's state as the bridge reports it; any further fields are shown as they are. */
@@ -41,6 +42,8 @@ export interface AdminDeps {
   mailboxes?: MailboxProvider;
   /** dashboard sessions logged out, shared with the dashboard's pages */
   loggedOut: LoggedOutSessions;
+  /** the methods each path answers (a wrong one is a 405) */
+  methods: RouteMethods;
   /** wrong admin tokens by remote address, shared with the sink's token check */
   guesses: TokenGuesses;
 }
@@ -162,9 +165,13 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
       log.error({ err, url: req.url }, 'admin API error');
       return reply.code(500).send({ error: 'internal_error', message: 'internal error; see the mailhook log' });
     }
+    if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      const type = String(req.headers['content-type'] ?? '').slice(0, 100);
+      return reply.code(415).send({ error: 'unsupported_media_type', message: `the request needs a JSON object body (Content-Type: application/json), not ${type}` });
+    }
     return reply.code(status).send({ error: ERROR_NAMES[status] ?? 'bad_request', message: validationMessage(err) ?? err.message });
   });
-  api.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'not_found', message: `no admin API route ${req.method} ${req.url.split('?')[0]}; see /api/openapi.json` }));
+  api.setNotFoundHandler((req, reply) => deps.methods.reply(req, reply, (path) => `no admin API route ${req.method} ${path}; see /api/openapi.json`));
 
   const problems = { 400: S.problem, 401: S.problem, 404: S.problem } as const;
 
