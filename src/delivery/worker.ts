@@ -99,6 +99,23 @@ export function leaseDurationMs(config: Config): number {
 /** How often the loop looks even when nothing woke it (expired leases, clock jumps). */
 const IDLE_POLL_MS = 30_000;
 
+/** How often the delivery loop looks again when due work waits on routes at their limit or no longer configured. */
+const BLOCKED_POLL_MS = 1000;
+
+/**
+ * How long the delivery loop waits when due work could not be leased: it belongs to routes at their limit (a
+ * finishing attempt wakes the loop), to routes removed from the configuration (looked for every BLOCKED_POLL_MS), or
+ * to paused routes: then until the first pause ends (`pausesUntil`, monotonic ms; at least 1 ms), or until the next
+ * delivery of a route still open falls due (`openNextDue`, wall ms, null for none), if sooner. An open route's
+ * delivery that is due already is not waited for: that route is at its limit.
+ */
+export function blockedWaitMs(o: { now: number; mono: number; pausesUntil: number[]; openNextDue: Array<number | null> }): number {
+  let wait = BLOCKED_POLL_MS;
+  for (const until of o.pausesUntil) wait = Math.min(wait, Math.max(until - o.mono, 1));
+  for (const at of o.openNextDue) if (at !== null && at > o.now) wait = Math.min(wait, at - o.now);
+  return Math.ceil(wait);
+}
+
 /** How long a finished attempt may wait to be recorded together with others (see settleDelayMs). */
 export const SETTLE_COALESCE_MS = 3;
 
@@ -232,23 +249,14 @@ export class DeliveryWorker {
     if (!was) this.deps.log.info({ route, status: statusCode, until: new Date(this.wallOf(until)).toISOString() }, 'route paused: its consumer asked to wait (Retry-After); no request of the route starts before then');
   }
 
-  /**
-   * How long to wait when due work could not be leased: it belongs to routes at their limit (a finishing attempt
-   * wakes the loop), to routes removed from the configuration (looked for once a second), or to paused routes:
-   * then until the first pause ends, or the next delivery of a route still open falls due, if sooner.
-   */
-  private blockedWaitMs(now: number): number {
-    let wait = 1000;
-    if (this.pausedUntil.size === 0) return wait;
+  /** How long to wait when due work could not be leased (see blockedWaitMs). */
+  private blockedWait(now: number): number {
+    if (this.pausedUntil.size === 0) return BLOCKED_POLL_MS;
     const mono = this.monotonic();
-    for (const until of this.pausedUntil.values()) wait = Math.min(wait, Math.max(until - mono, 1));
-    for (const route of this.routes.keys()) {
-      if (this.paused(route)) continue;
-      const at = this.deps.spool.jobs.nextDueOf(route);
-      // Due already and not leased: the route is at its limit, and a finishing attempt wakes the loop.
-      if (at !== null && at > now) wait = Math.min(wait, at - now);
-    }
-    return Math.ceil(wait);
+    // The pauses as they stand, an ended one included (its route is open again: look at once), then the open routes.
+    const pausesUntil = [...this.pausedUntil.values()];
+    const openNextDue = [...this.routes.keys()].filter((route) => !this.paused(route)).map((route) => this.deps.spool.jobs.nextDueOf(route));
+    return blockedWaitMs({ now, mono, pausesUntil, openNextDue });
   }
 
   get activeCount(): number {
@@ -318,7 +326,7 @@ export class DeliveryWorker {
       const next = spool.jobs.nextDueAt();
       let wait = next === null ? IDLE_POLL_MS : Math.min(Math.max(next - clock.now(), 0), IDLE_POLL_MS);
       // Due work that could not be leased: do not spin (see blockedWaitMs).
-      if (wait === 0 && leases.length === 0) wait = this.blockedWaitMs(clock.now());
+      if (wait === 0 && leases.length === 0) wait = this.blockedWait(clock.now());
       this.schedule(wait);
     } catch (err) {
       this.deps.log.error({ err }, 'delivery loop error; retrying in 1 s');

@@ -6,6 +6,7 @@ import { sendMail } from '../helpers/smtp-client.js';
 import { SECRET, startTestApp, until, type TestApp } from '../helpers/app.js';
 import { adminYaml, call } from '../admin/helpers.js';
 import { ROUTE_PAUSE_MAX_MS } from '../../src/delivery/backoff.js';
+import { blockedWaitMs } from '../../src/delivery/worker.js';
 
 const subjectOf = (body: Buffer) => (JSON.parse(body.toString('utf8')) as { message: { subject: string } }).message.subject;
 
@@ -193,4 +194,14 @@ test('a redeliver or replay lifts the pause of its deliveries\' route only', asy
     await a.stop();
     await b.stop();
   }
+});
+
+test('while a route is paused, the loop sleeps until the first pause ends or an open route\'s next delivery falls due', () => {
+  const now = 1_000_000; // wall ms
+  const mono = 5_000; // monotonic ms
+  assert.equal(blockedWaitMs({ now, mono, pausesUntil: [], openNextDue: [] }), 1000, 'routes at their limit: look again in a second');
+  assert.equal(blockedWaitMs({ now, mono, pausesUntil: [mono + 300, mono + 60_000], openNextDue: [] }), 300, 'the first pause to end');
+  assert.equal(blockedWaitMs({ now, mono, pausesUntil: [mono + 60_000], openNextDue: [null, now + 250.5, now + 400] }), 251, 'an open route\'s retry due before the pause ends');
+  assert.equal(blockedWaitMs({ now, mono, pausesUntil: [mono + 60_000], openNextDue: [now, now - 10] }), 1000, 'open routes\' due deliveries are at their limit: a finishing attempt wakes the loop');
+  assert.equal(blockedWaitMs({ now, mono, pausesUntil: [mono - 50], openNextDue: [now + 500] }), 1, 'a pause just ended: look at once');
 });
