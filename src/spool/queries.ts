@@ -176,7 +176,7 @@ export interface MessageDetail extends Omit<MessageSummary, 'deliveries'> {
 export interface RouteHealth {
   route: string;
   queue: Record<DeliveryStatus, number>;
-  window: { attempts: number; delivered: number; retried: number; dead: number; success_rate: number | null; latency_ms: { avg: number | null; p50: number | null; p95: number | null; max: number | null } };
+  window: { attempts: number; delivered: number; retried: number; dead: number; dropped: number; success_rate: number | null; latency_ms: { avg: number | null; p50: number | null; p95: number | null; max: number | null } };
   last_delivered_at: number | null;
   last_failure: { at: number; status_code: number | null; error: string | null } | null;
 }
@@ -274,7 +274,7 @@ export class SpoolQueries {
         const h: RouteHealth = {
           route,
           queue: { pending: 0, delivering: 0, delivered: 0, dead: 0, dropped: 0 },
-          window: { attempts: 0, delivered: 0, retried: 0, dead: 0, success_rate: null, latency_ms: { avg: null, p50: null, p95: null, max: null } },
+          window: { attempts: 0, delivered: 0, retried: 0, dead: 0, dropped: 0, success_rate: null, latency_ms: { avg: null, p50: null, p95: null, max: null } },
           last_delivered_at: null,
           last_failure: null,
         };
@@ -295,6 +295,11 @@ export class SpoolQueries {
     const lastFailureAt = new Map<string, number>();
     for (const g of groups) {
       const h = get(g.route);
+      // A drop (drop_automatic) sent no request: it says nothing of the consumer's health, so it is no attempt here.
+      if (g.outcome === 'dropped') {
+        h.window.dropped += g.n;
+        continue;
+      }
       h.window.attempts += g.n;
       if (g.outcome === 'delivered') {
         h.window.delivered += g.n;
@@ -308,7 +313,7 @@ export class SpoolQueries {
       hist.set(g.ms, (hist.get(g.ms) ?? 0) + g.n);
       histograms.set(g.route, hist);
     }
-    const lastFailure = this.prepared(`SELECT status_code AS code, error FROM attempts WHERE started_at = ? AND route = ? AND outcome != 'delivered' ORDER BY id DESC LIMIT 1`);
+    const lastFailure = this.prepared(`SELECT status_code AS code, error FROM attempts WHERE started_at = ? AND route = ? AND outcome NOT IN ('delivered', 'dropped') ORDER BY id DESC LIMIT 1`);
     for (const [route, at] of lastFailureAt) {
       const f = lastFailure.get(at, route) as { code: number | null; error: string | null };
       get(route).last_failure = { at, status_code: f.code, error: f.error };

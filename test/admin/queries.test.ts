@@ -223,28 +223,40 @@ test('route health counts and ranks in SQL what a sort of every attempt in the w
     const insertDelivery = db.prepare(`INSERT INTO deliveries (id, message_id, route, recipients, status, attempts, next_attempt_at, created_at, updated_at, received_at) VALUES (?, ?, ?, '[]', 'delivered', 1, 0, 0, 0, ?)`);
     const insertAttempt = db.prepare(`INSERT INTO attempts (delivery_id, route, attempt, started_at, duration_ms, status_code, outcome, error) VALUES (?, ?, 1, ?, ?, ?, ?, ?)`);
     const since = BASE - 3_600_000;
-    const expected = new Map<string, { outcomes: string[]; ms: number[]; lastDelivered: number | null; lastFailure: { at: number; code: number | null; error: string | null } | null }>();
+    const expected = new Map<string, { outcomes: string[]; ms: number[]; dropped: number; lastDelivered: number | null; lastFailure: { at: number; code: number | null; error: string | null } | null }>();
     let seed = 7;
     const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
     db.transaction(() => {
       for (let i = 0; i < 3000; i++) {
         const route = ['a', 'b', 'c'][rand(3)]!;
         const at = since - 600_000 + rand(4_200_000); // some before the window
-        const outcome = ['delivered', 'delivered', 'delivered', 'retry', 'dead'][rand(5)]!;
+        const outcome = ['delivered', 'delivered', 'delivered', 'retry', 'dead', 'dropped'][rand(6)]!;
         const ms = rand(5) === 0 ? rand(30_000) : 20 + rand(40); // a few slow ones among many alike
         const code = outcome === 'delivered' ? 200 : outcome === 'dead' ? 400 : null;
-        const error = outcome === 'delivered' ? null : `e${i}`;
+        const error = outcome === 'delivered' ? null : outcome === 'dropped' ? 'dropped: automatic message (auto-submitted)' : `e${i}`;
         insertMessage.run(`m${i}`, at);
         insertDelivery.run(`d${i}`, `m${i}`, route, at);
         insertAttempt.run(`d${i}`, route, at, ms, code, outcome, error);
         if (at < since) continue;
-        const e = expected.get(route) ?? { outcomes: [], ms: [], lastDelivered: null, lastFailure: null };
+        const e = expected.get(route) ?? { outcomes: [], ms: [], dropped: 0, lastDelivered: null, lastFailure: null };
+        expected.set(route, e);
+        // A drop made no request: counted apart, never an attempt, a latency or a failure.
+        if (outcome === 'dropped') {
+          e.dropped++;
+          continue;
+        }
         e.outcomes.push(outcome);
         e.ms.push(ms);
         if (outcome === 'delivered') e.lastDelivered = Math.max(e.lastDelivered ?? 0, at);
         else if (!e.lastFailure || at >= e.lastFailure.at) e.lastFailure = { at, code, error };
         expected.set(route, e);
       }
+      // A drop in the same millisecond as a route's last failure, recorded after it, is still not that failure.
+      const a = expected.get('a')!;
+      insertMessage.run('mdrop', a.lastFailure!.at);
+      insertDelivery.run('ddrop', 'mdrop', 'a', a.lastFailure!.at);
+      insertAttempt.run('ddrop', 'a', a.lastFailure!.at, 1, null, 'dropped', 'dropped: automatic message (auto-submitted)');
+      a.dropped++;
     })();
     const health = spool.queries.routeHealth(['a', 'b', 'c', 'idle'], since);
     assert.deepEqual(health.map((h) => h.route), ['a', 'b', 'c', 'idle']);
@@ -263,6 +275,7 @@ test('route health counts and ranks in SQL what a sort of every attempt in the w
         delivered,
         retried: e.outcomes.filter((o) => o === 'retry').length,
         dead: e.outcomes.filter((o) => o === 'dead').length,
+        dropped: e.dropped,
         success_rate: delivered / e.outcomes.length,
         latency_ms: { avg: Math.round(sorted.reduce((s, v) => s + v, 0) / sorted.length), p50: pick(0.5), p95: pick(0.95), max: sorted[sorted.length - 1] },
       }, h.route);

@@ -267,6 +267,7 @@ export const routesResponse = {
               delivered: { type: 'integer' },
               retried: { type: 'integer' },
               dead: { type: 'integer' },
+              dropped: { type: 'integer', description: 'deliveries dropped by drop_automatic (no request made; not in attempts)' },
               success_rate: { type: ['number', 'null'], description: 'delivered attempts / attempts in the window' },
               latency_ms: {
                 type: 'object',
@@ -274,7 +275,7 @@ export const routesResponse = {
                 required: ['avg', 'p50', 'p95', 'max'],
               },
             },
-            required: ['attempts', 'delivered', 'retried', 'dead', 'success_rate', 'latency_ms'],
+            required: ['attempts', 'delivered', 'retried', 'dead', 'dropped', 'success_rate', 'latency_ms'],
           },
           last_delivered_at: nullable(time),
           last_failure: {
