@@ -64,7 +64,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
   const lifecycle = new Lifecycle(log);
   const metrics = createMetrics();
   try {
-    const spool = new Spool({ path: config.spool.path, inlineMaxBytes: config.spool.inline_max_bytes, clock });
+    const spool = new Spool({ path: config.spool.path, inlineMaxBytes: config.spool.inline_max_bytes, clock, log: log.child({ part: 'spool' }) });
     lifecycle.onStop('spool', () => spool.close());
 
     // Registered after the spool, so it stops (finishing its batch) before the spool closes.

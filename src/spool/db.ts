@@ -1,8 +1,9 @@
 // Opens the spool database with durable settings and applies schema migrations in order.
 import Database from 'better-sqlite3';
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, statSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MailhookError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
 
 export type Db = Database.Database;
 
@@ -146,7 +147,27 @@ function createPrivate(path: string): void {
   }
 }
 
-export function openDatabase(path: string): Db {
+/**
+ * The most a WAL grown past its usual size (a burst of large inline messages, the one-time rebuild below) keeps of
+ * the disk once the next checkpoint has caught up: SQLite truncates it to this when it starts it again.
+ */
+export const WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024;
+
+/** What the one-time rebuild (VACUUM) needs free beside the spool: its new copy goes through the WAL. */
+export function rebuildNeedsBytes(databaseBytes: number): number {
+  return 2 * databaseBytes + WAL_SIZE_LIMIT_BYTES;
+}
+
+export interface OpenOptions {
+  /** hears of a schema upgrade and the one-time rebuild */
+  log?: Logger;
+  /** bytes free for an unprivileged user in a folder (statfs; tests pass their own) */
+  diskFree?: (dir: string) => number;
+}
+
+/** Opens (creating if absent) and upgrades the spool database. */
+export function openDatabase(path: string, opts: OpenOptions = {}): Db {
+  const { log } = opts;
   let db: Db;
   try {
     if (path !== ':memory:') {
@@ -173,27 +194,65 @@ export function openDatabase(path: string): Db {
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
-  migrate(db);
-  ensureIncrementalVacuum(db);
+  db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
+  migrate(db, log);
+  if (path !== ':memory:') ensureIncrementalVacuum(db, path, log, opts.diskFree ?? diskFree);
   return db;
 }
 
-/** A spool created before auto_vacuum was set is rebuilt once (VACUUM) so the setting takes effect. */
-function ensureIncrementalVacuum(db: Db): void {
+/**
+ * A spool created before auto_vacuum was set is rebuilt once (VACUUM) so the setting takes effect. The rebuild
+ * writes a new copy of the database through the WAL: without room for it, it is put off to a later start (with a
+ * warning; the spool works as before, its file just does not shrink when retention removes messages) rather than
+ * filling the disk the MX receives onto. Afterwards the WAL, as big as the database by then, is cut back.
+ */
+function ensureIncrementalVacuum(db: Db, path: string, log: Logger | undefined, freeIn: (dir: string) => number): void {
   if ((db.pragma('auto_vacuum', { simple: true }) as number) === 2) return;
-  db.pragma('auto_vacuum = INCREMENTAL');
-  db.exec('VACUUM');
+  const bytes = statSync(path).size;
+  const free = freeIn(dirname(path));
+  const needs = rebuildNeedsBytes(bytes);
+  const later = `the spool works as before, but its file does not shrink when retention removes messages; free space and restart mailhook to rebuild it`;
+  if (free < needs) {
+    log?.warn({ databaseBytes: bytes, freeBytes: free, needsBytes: needs }, `spool not rebuilt for incremental vacuum: the rebuild needs ${mib(needs)} free beside ${path}, ${mib(free)} is; ${later}`);
+    return;
+  }
+  log?.info({ databaseBytes: bytes }, `rebuilding the spool once for incremental vacuum (${mib(bytes)}); it is served when this is done`);
+  const started = Date.now();
+  try {
+    db.pragma('auto_vacuum = INCREMENTAL');
+    db.exec('VACUUM');
+  } catch (err) {
+    // SQLite rolled the rebuild back; the spool is as it was.
+    log?.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code } }, `spool rebuild for incremental vacuum failed (${(err as Error).message}); ${later}`);
+  } finally {
+    db.pragma('wal_checkpoint(TRUNCATE)');
+  }
+  if ((db.pragma('auto_vacuum', { simple: true }) as number) === 2) log?.info({ ms: Date.now() - started }, 'spool rebuilt for incremental vacuum');
 }
 
-function migrate(db: Db): void {
+function diskFree(dir: string): number {
+  const fs = statfsSync(dir);
+  return fs.bavail * fs.bsize;
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function migrate(db: Db, log: Logger | undefined): void {
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version > MIGRATIONS.length) {
     throw new MailhookError('SPOOL_UNAVAILABLE', `the spool was written by a newer mailhook (schema ${version}, this one knows ${MIGRATIONS.length}); upgrade mailhook`, { userFault: true });
   }
+  if (version === MIGRATIONS.length) return;
+  // An existing spool's upgrade can take a while (seconds for a few hundred thousand messages): say so first.
+  if (version > 0) log?.info({ from: version, to: MIGRATIONS.length }, `upgrading the spool's schema from ${version} to ${MIGRATIONS.length}; it is served when this is done`);
+  const started = Date.now();
   for (let v = version; v < MIGRATIONS.length; v++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[v] as string);
       db.pragma(`user_version = ${v + 1}`);
     })();
   }
+  if (version > 0) log?.info({ ms: Date.now() - started }, "spool schema upgraded");
 }

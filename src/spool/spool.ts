@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { statSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
 import { MailhookError } from '../core/errors.js';
 import { Acceptor, type AcceptInput, type AcceptResult } from './accept.js';
 import { BlobStore, blobsDirOf } from './blobs.js';
@@ -16,6 +17,10 @@ export interface SpoolOptions {
   path: string;
   inlineMaxBytes: number;
   clock: Clock;
+  /** hears of a schema upgrade and the one-time rebuild at open */
+  log?: Logger;
+  /** free bytes in a folder, for the rebuild's room check (statfs unless given) */
+  diskFree?: (dir: string) => number;
 }
 
 interface MessageDbRow {
@@ -65,7 +70,7 @@ export class Spool {
     let db: Db | undefined;
     let acceptor: Acceptor | undefined;
     try {
-      this.db = db = openDatabase(options.path);
+      this.db = db = openDatabase(options.path, { log: options.log, diskFree: options.diskFree });
       this.blobs = new BlobStore(blobsDirOf(options.path));
       this.acceptor = acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
       this.jobs = new JobQueue(this.db);

@@ -170,6 +170,94 @@ test('a spool from before this version gets the new indexes filled in and auto-v
   }
 });
 
+/** A schema-1 spool (no auto-vacuum) of `n` messages of 4 KiB each, as a mailhook before 010ddb6 left it. */
+function oldSpool(path: string, n: number): void {
+  const old = new Database(path);
+  old.pragma('journal_mode = WAL');
+  old.exec(MIGRATIONS[0]!);
+  old.pragma('user_version = 1');
+  const insert = old.prepare(`INSERT INTO messages (id, received_at, source, mail_from, rcpt_to, size, raw) VALUES (?, ?, 'smtp', 'a@x.test', '["u@in.test"]', 4096, ?)`);
+  old.transaction(() => {
+    for (let i = 0; i < n; i++) insert.run(`m${i}`, T0, Buffer.alloc(4096, i % 251));
+  })();
+  old.pragma('wal_checkpoint(TRUNCATE)');
+  old.close();
+}
+
+function capture(): { log: ReturnType<typeof createLogger>; lines: Array<{ level: number; msg: string; [k: string]: unknown }> } {
+  const lines: Array<{ level: number; msg: string }> = [];
+  const log = createLogger({ level: 'info', destination: new Writable({ write: (c: Buffer, _e, cb) => (lines.push(JSON.parse(c.toString())), cb()) }) });
+  return { log, lines };
+}
+
+test('upgrading an old spool says so, and the one-time rebuild leaves no WAL as big as the spool behind', async () => {
+  const dir = tempDir();
+  const path = join(dir, 'spool.db');
+  try {
+    oldSpool(path, 2000);
+    const { log, lines } = capture();
+    const spool = new Spool({ path, inlineMaxBytes: 100, clock: { now: () => T0 }, log });
+    try {
+      assert.equal(spool.db.pragma('auto_vacuum', { simple: true }), 2);
+      assert.deepEqual(lines.map((l) => l.msg.replace(/\(.*?\)/, '(…)')), [
+        `upgrading the spool's schema from 1 to ${MIGRATIONS.length}; it is served when this is done`,
+        'spool schema upgraded',
+        'rebuilding the spool once for incremental vacuum (…); it is served when this is done',
+        'spool rebuilt for incremental vacuum',
+      ]);
+      assert.ok(statSync(path).size > 8_000_000, 'the messages are there');
+      // The rebuild wrote the whole database through the WAL; it is cut back, not left at the spool's size.
+      assert.ok(statSync(`${path}-wal`).size < 1_000_000, `WAL ${statSync(`${path}-wal`).size} bytes`);
+      assert.equal((spool.db.prepare('SELECT COUNT(*) FROM messages').pluck().get() as number), 2000);
+    } finally {
+      await spool.close();
+    }
+    const again = capture();
+    const reopened = new Spool({ path, inlineMaxBytes: 100, clock: { now: () => T0 }, log: again.log });
+    await reopened.close();
+    assert.deepEqual(again.lines, [], 'an up-to-date spool opens without a word');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('without room for the rebuild an old spool is upgraded and served, the rebuild put off with a warning', async () => {
+  const dir = tempDir();
+  const path = join(dir, 'spool.db');
+  try {
+    oldSpool(path, 500);
+    const size = statSync(path).size;
+    const { log, lines } = capture();
+    const asked: string[] = [];
+    const diskFree = (d: string) => (asked.push(d), 2 * size); // short of twice the spool plus the WAL's limit
+    const spool = new Spool({ path, inlineMaxBytes: 100, clock: { now: () => T0 }, log, diskFree });
+    try {
+      assert.deepEqual(asked, [dir]);
+      assert.equal(spool.db.pragma('user_version', { simple: true }), MIGRATIONS.length, 'upgraded');
+      assert.equal(spool.db.pragma('auto_vacuum', { simple: true }), 0, 'not rebuilt');
+      const warning = lines.find((l) => l.level === 40)!;
+      assert.match(warning.msg, new RegExp(`^spool not rebuilt for incremental vacuum: the rebuild needs [0-9.]+ MiB free beside ${path.replace(/[.]/g, '\\.')}, [0-9.]+ MiB is; the spool works as before, but its file does not shrink when retention removes messages; free space and restart mailhook to rebuild it$`));
+      assert.equal(warning.freeBytes, 2 * size);
+      const m = await spool.accept({
+        source: 'smtp',
+        envelope: { mailFrom: 'a@x.test', rcptTo: ['u@in.test'], remoteAddress: '127.0.0.1', helo: 'c', tls: null },
+        deliveries: [{ route: 'r', recipients: [{ address: 'u@in.test', key: null }], status: 'pending' }],
+        body: (async function* () { yield Buffer.from('Subject: after\r\n\r\nhi\r\n'); })(),
+        maxBytes: 10_000_000,
+      });
+      assert.ok(spool.getMessage(m.id), 'and it takes new mail');
+    } finally {
+      await spool.close();
+    }
+    // With room the next start rebuilds it.
+    const later = new Spool({ path, inlineMaxBytes: 100, clock: { now: () => T0 }, diskFree: () => 1e12 });
+    assert.equal(later.db.pragma('auto_vacuum', { simple: true }), 2);
+    await later.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('the timer runs a pass at start on its own', async () => {
   const s = setup();
   try {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Acceptor, type AcceptInput, type AcceptorOptions } from '../../src/spool/accept.js';
 import { BlobStore, dropWritten } from '../../src/spool/blobs.js';
-import { openDatabase, type Db } from '../../src/spool/db.js';
+import { openDatabase, WAL_SIZE_LIMIT_BYTES, type Db } from '../../src/spool/db.js';
 import { CoalescedSync } from '../../src/spool/fsync.js';
 import { MailhookError } from '../../src/core/errors.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -290,6 +290,27 @@ test('checkpoints run on the worker thread: the main connection does none, the W
     }
   } finally {
     await r.close();
+  }
+});
+
+test('a WAL grown past WAL_SIZE_LIMIT_BYTES by a burst is cut back to it once a checkpoint has caught up', () => {
+  const dir = tempDir();
+  const path = join(dir, 'spool.db');
+  const db = openDatabase(path);
+  try {
+    db.pragma('wal_autocheckpoint = 0'); // as the acceptor runs it: checkpoints come from the checkpoint thread
+    db.exec('CREATE TABLE burst (b BLOB)');
+    const insert = db.prepare('INSERT INTO burst VALUES (?)');
+    db.transaction(() => {
+      for (let i = 0; i < WAL_SIZE_LIMIT_BYTES / 65536 + 64; i++) insert.run(Buffer.alloc(65536, i));
+    })();
+    assert.ok(statSync(`${path}-wal`).size > WAL_SIZE_LIMIT_BYTES);
+    db.pragma('wal_checkpoint(PASSIVE)');
+    insert.run(Buffer.alloc(10)); // the writer starts the WAL again from its beginning, and truncates it
+    assert.ok(statSync(`${path}-wal`).size <= WAL_SIZE_LIMIT_BYTES, `WAL ${statSync(`${path}-wal`).size} bytes`);
+  } finally {
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
