@@ -40,7 +40,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     loggerInstance: deps.log.child({ part: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
-    maxParamLength: MAX_PARAM_LENGTH,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors: (err, req, reply) => void (reply as FastifyReply).code(err.statusCode ?? 400).send(frameworkError(err, req.url)),
   });
   // Every route as registered (the admin API's and dashboard's too): a wrong method is a 405 naming the right ones.

@@ -818,13 +818,21 @@ export class ImapBridge {
     } else if (a.kind === 'flag') {
       ok = await client.messageFlagsAdd(set, ['\\Seen'], { uid: true });
       if (ok && this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
+    } else if (this.claimMode === 'keyword') {
+      // The moved copy must not carry the claim keyword, but a message neither claimed nor read is one another
+      // instance takes (between our STORE and MOVE it did, and delivered it a second time): \Seen goes first, then
+      // the claim, then the MOVE. A MOVE the server refuses (the folder gone, over quota) puts both back, claim
+      // first: claimed and unread, it is moved on the next pass. A connection lost between the STORE and the MOVE
+      // leaves it read in the folder, in the spool and not moved (see docs/imap.md).
+      ok = await client.messageFlagsAdd(set, ['\\Seen'], { uid: true });
+      if (ok) ok = await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
+      if (ok) ok = (await client.messageMove(set, a.folder, { uid: true })) !== false;
+      if (!ok && client.usable) {
+        await client.messageFlagsAdd(set, [CLAIM_KEYWORD], { uid: true }).catch(() => undefined);
+        await client.messageFlagsRemove(set, ['\\Seen'], { uid: true }).catch(() => undefined);
+      }
     } else {
-      // The claim keyword goes first, so the moved copy does not carry it. A MOVE the server refuses (the folder
-      // gone, over quota) puts the claim back: unclaimed and unread in the folder, a message our spool holds
-      // would be taken again by another instance. It is moved on the next pass.
-      if (this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
       ok = (await client.messageMove(set, a.folder, { uid: true })) !== false;
-      if (!ok && this.claimMode === 'keyword' && client.usable) await client.messageFlagsAdd(set, [CLAIM_KEYWORD], { uid: true }).catch(() => undefined);
     }
     if (!ok) {
       if (!client.usable) throw new MailboxError('MAILBOX_NETWORK', 'the connection was lost while marking delivered messages');

@@ -20,6 +20,7 @@ import { createMetrics } from '../../src/core/metrics.js';
 import { createLogger } from '../../src/core/logger.js';
 import type { ImapMailboxSettings } from '../../src/config/mailboxes.js';
 import { count, crlf, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
+import { PausingProxy } from '../helpers/pausing-proxy.js';
 
 const skip = dovecotSkip();
 const fixture = (name: string) => crlf(readFileSync(fileURLToPath(new URL(`../fixtures/imap/${name}`, import.meta.url))));
@@ -30,7 +31,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'reuse', 'unsol', 'unread', 'remark'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'reuse', 'unsol', 'unread', 'remark'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -119,7 +120,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       assert.deepEqual(await dovecot.list('INBOX', 'del'), []);
       assert.deepEqual((await dovecot.list('INBOX', 'flag')).map((m) => m.flags), [['\\Seen'], ['\\Seen']]);
       assert.deepEqual(await dovecot.list('INBOX', 'move'), []);
-      assert.deepEqual((await dovecot.list('Processed', 'move')).map((m) => m.flags), [[], []]);
+      assert.deepEqual((await dovecot.list('Processed', 'move')).map((m) => m.flags), [['\\Seen'], ['\\Seen']], 'with keyword claims (Dovecot has CONDSTORE) moved read: see the next test');
       // Dedupe keys: imap:<mailbox name>:<uidvalidity>:<uid>.
       const keys = (app.spool.db.prepare(`SELECT dedupe_key FROM messages ORDER BY dedupe_key`).all() as Array<{ dedupe_key: string }>).map((r) => r.dedupe_key);
       for (const k of keys) assert.match(k, /^imap:(del|flag|move):\d+:[12]$/);
@@ -153,6 +154,40 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
     } finally {
       await a.close();
       await b?.close();
+      await consumer.stop();
+    }
+  });
+
+  test('keyword claims, after_delivery move: while the MOVE is on its way the message is read, so another instance does not take it', async () => {
+    const consumer = await new Consumer().start();
+    // A's connection goes through a proxy that holds its UID MOVE: the window between its STORE and its MOVE.
+    const proxy = await new PausingProxy(dovecot.port, /UID MOVE/i).start();
+    const entry = (port: number) => imapBlock(mailboxYaml(dovecot, 'kwrace', { after_delivery: 'move:Processed', claim: 'keyword', port }));
+    const a = await startTestApp({ routes: routesYaml(consumer.url), extra: entry(proxy.port) });
+    let b: TestApp | undefined;
+    try {
+      await until(() => bridgeOf(a).status.state === 'idle', 10_000, 'A idle');
+      await dovecot.append([message('r1', { messageId: 'kwrace-1@x' })], { user: 'kwrace' }); // to incoming+r1@: a webhook route
+      await proxy.caught;
+      assert.equal(count(a.spool.db), 1, "in A's spool");
+      assert.deepEqual((await dovecot.list('INBOX', 'kwrace')).map((m) => m.flags), [['\\Seen']], 'read, and no longer claimed (the moved copy carries no claim)');
+      b = await startTestApp({ routes: routesYaml(consumer.url), extra: entry(dovecot.port) });
+      await until(() => bridgeOf(b!).status.state === 'idle', 10_000, 'B finished a pass');
+      assert.equal(count(b.spool.db), 0, 'B did not take it');
+      proxy.go();
+      let moved: Array<{ flags: string[] }> = [];
+      for (const t0 = Date.now(); moved.length === 0 && Date.now() - t0 < 10_000; ) {
+        moved = await dovecot.list('Processed', 'kwrace');
+        if (moved.length === 0) await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(moved.map((m) => m.flags), [['\\Seen']]);
+      assert.deepEqual(await dovecot.list('INBOX', 'kwrace'), []);
+      await consumer.waitFor(1, 5000);
+      assert.equal(consumer.requests.length, 1, 'delivered once');
+    } finally {
+      await a.close();
+      await b?.close();
+      await proxy.stop();
       await consumer.stop();
     }
   });
