@@ -536,7 +536,15 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 
   sharedListeners(raw, problems);
   const smtpTls = resolveSmtpChecks(raw, opts.baseDir, problems, fileProblems);
-  const imap = resolveMailboxes(raw.imap, new Set(routes.map((r) => r.name)), (file, path) => readSecretFile(file, opts.baseDir, path, fileProblems), problems);
+  const imap = resolveMailboxes(
+    raw.imap,
+    new Set(routes.map((r) => r.name)),
+    (file, path) => {
+      const value = readSecretFile(file, opts.baseDir, path, fileProblems);
+      return value === undefined ? undefined : new Secret(value, resolve(opts.baseDir, file));
+    },
+    problems,
+  );
 
   if (problems.length > 0) throw new ConfigError(opts.source, problems);
 

@@ -64,12 +64,13 @@ function trimSlash(url: string): string {
 
 /**
  * Checks what one entry cannot see alone (unique names, routes named by unmatched: route:<name>) and reads
- * secret files. `readSecret` reads a file as the rest of the config does, reporting problems under `path`.
+ * secret files. `readSecret` reads a file as the rest of the config does, reporting problems under `path`; the
+ * Secret it gives reads its file again when asked (a password or token rotated while mailhook runs).
  */
 export function resolveMailboxes(
   raw: readonly MailboxConfig[],
   routeNames: ReadonlySet<string>,
-  readSecret: (file: string, path: string) => string | undefined,
+  readSecret: (file: string, path: string) => Secret | undefined,
   problems: ConfigProblem[],
 ): MailboxSettings[] {
   const names = new Map<string, number>();
@@ -101,10 +102,7 @@ export function resolveMailboxes(
     };
     const secret = (value: string | undefined, file: string | undefined, path: string): Secret | undefined => {
       if (value !== undefined) return new Secret(value);
-      if (file !== undefined) {
-        const text = readSecret(file, path);
-        return text === undefined ? undefined : new Secret(text);
-      }
+      if (file !== undefined) return readSecret(file, path);
       return undefined;
     };
 

@@ -1,13 +1,35 @@
 // A secret value that never prints: logging or serialising it shows "[redacted]".
+import { readFileSync } from 'node:fs';
 import { inspect } from 'node:util';
 
 export class Secret {
-  readonly #value: string;
-  constructor(value: string) {
+  #value: string;
+  readonly #file: string | undefined;
+  /** `file`: the absolute path the value was read from (a *_file setting), which reread() reads again */
+  constructor(value: string, file?: string) {
     this.#value = value;
+    this.#file = file;
   }
   reveal(): string {
     return this.#value;
+  }
+  /**
+   * Reads the secret's file again, trimmed as at start-up (a secret given inline has none: unchanged). `changed`
+   * says whether the value differs from the one read before; a file that cannot be read or is empty leaves the
+   * value as it was, and `error` says why.
+   */
+  reread(): { changed: boolean; error?: string } {
+    if (this.#file === undefined) return { changed: false };
+    let text: string;
+    try {
+      text = readFileSync(this.#file, 'utf8').trim();
+    } catch (err) {
+      return { changed: false, error: `cannot read ${this.#file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); the value read before is used` };
+    }
+    if (!text) return { changed: false, error: `${this.#file} is empty; the value read before is used` };
+    if (text === this.#value) return { changed: false };
+    this.#value = text;
+    return { changed: true };
   }
   toJSON(): string {
     return '[redacted]';

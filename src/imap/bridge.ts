@@ -10,6 +10,7 @@ import { Readable } from 'node:stream';
 import type { Clock, Random } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { ImapMailboxSettings } from '../config/mailboxes.js';
+import type { Secret } from '../config/secret.js';
 import { MailhookError } from '../core/errors.js';
 import { reconnectDelay } from './backoff.js';
 import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
@@ -153,11 +154,19 @@ export class ImapBridge {
     this.status.set('stopped');
   }
 
+  /** A password from password_file is read again at each login: one fixed or rotated while mailhook runs is used. */
+  private reread(secret: Secret, key: string): void {
+    const r = secret.reread();
+    if (r.changed) this.log.info({ mailbox: this.s.name }, `${key} changed; logging in with the new one`);
+    if (r.error) this.log.warn({ mailbox: this.s.name }, `${key}: ${r.error}`);
+  }
+
   private async session(): Promise<void> {
     const s = this.s;
     this.status.set('connecting');
     let closed = false;
     let sessionError: unknown;
+    if (s.auth.kind === 'password') this.reread(s.auth.password, 'password_file');
     const auth = s.auth.kind === 'password' ? { user: s.user, pass: s.auth.password.reveal() } : { user: s.user, accessToken: await this.requireTokens().token() };
     const client = new ImapFlow({
       host: s.host,

@@ -72,6 +72,11 @@ export class OAuthTokenProvider implements TokenProvider {
 
   private async fetchToken(): Promise<string> {
     const s = this.settings;
+    // Secrets from files are read again at each token request: a client secret or refresh token replaced while
+    // mailhook runs is used. A refresh token the endpoint rotated stays in use unless the file changed since it
+    // was last read (an operator's new token wins). A file that cannot be read keeps the value read before.
+    s.clientSecret?.reread();
+    if (s.refreshToken?.reread().changed) this.refreshToken = s.refreshToken.reveal();
     const form = new URLSearchParams({ grant_type: s.grant, client_id: s.clientId });
     if (s.clientSecret) form.set('client_secret', s.clientSecret.reveal());
     if (s.grant === 'refresh_token') form.set('refresh_token', this.refreshToken ?? '');

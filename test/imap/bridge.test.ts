@@ -2,7 +2,7 @@
 // unmatched policies, XOAUTH2 with both token grants, and failures that back off instead of crashing.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
@@ -31,7 +31,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'reuse', 'unsol', 'unread', 'remark'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'pwfile', 'reuse', 'unsol', 'unread', 'remark'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -328,6 +328,32 @@ ${oauth2}`;
     } finally {
       await app.close();
       await consumer.stop();
+    }
+  });
+
+  test('password_file is read again at each login: a wrong password fixed in the file is used without a restart', async () => {
+    const dir = tempDir();
+    const consumer = await new Consumer().start();
+    const file = join(dir, 'imap-password');
+    writeFileSync(file, 'not-the-password\n');
+    const entry = mailboxYaml(dovecot, 'pwfile', { reconnect_delay_ms: 50, reconnect_max_delay_ms: 200 }).replace(/\n {4}password: .*\n/, `\n    password_file: ${file}\n`);
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(entry) });
+    try {
+      // Dovecot answers a login from an address with earlier failures late (its auth penalty; the test above failed some).
+      await until(() => bridgeOf(app).status.consecutiveFailures >= 1, 30_000, 'a refused login');
+      assert.equal(bridgeOf(app).status.lastError?.kind, 'auth');
+      const password = dovecot.users.find((u) => u.user === 'pwfile')!.password;
+      writeFileSync(file, `${password}\n`);
+      await until(() => bridgeOf(app).status.state === 'idle', 30_000, 'logged in with the fixed password');
+      await dovecot.append([message('pw1')], { user: 'pwfile' });
+      await consumer.waitFor(1, 5000);
+      const lines = app.logs.map((l) => JSON.parse(l) as { msg: string; mailbox?: string });
+      assert.equal(lines.filter((l) => l.msg === 'password_file changed; logging in with the new one' && l.mailbox === 'pwfile').length, 1);
+      assert.ok(!app.logs.some((l) => l.includes(password) || l.includes('not-the-password')), 'neither password is logged');
+    } finally {
+      await app.close();
+      await consumer.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -6,7 +6,9 @@ import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { OAuthTokenProvider, refreshMargin, RENEW_RETRY_MS } from '../../src/imap/oauth.js';
-import { until } from '../helpers/app.js';
+import { tempDir, until } from '../helpers/app.js';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { MailboxError } from '../../src/imap/errors.js';
 import { Secret } from '../../src/config/secret.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
@@ -90,6 +92,62 @@ test('refresh token: the rotated refresh token is used next time', async () => {
   const second = await p.token(); // would fail with invalid_grant if rt-1 were sent again
   assert.ok(as.isValid(first) && as.isValid(second) && first !== second);
   as.rotateRefreshTokens = false;
+});
+
+test('secrets from files are read again at each token request: a fixed client secret or a new refresh token is used without a restart', async () => {
+  const dir = tempDir();
+  try {
+    const secretFile = join(dir, 'client-secret');
+    const tokenFile = join(dir, 'refresh-token');
+    writeFileSync(secretFile, 'wrong-secret\n');
+    writeFileSync(tokenFile, 'rt-file-1\n');
+    as.rotateRefreshTokens = true;
+    as.refreshTokens.set('rt-file-1', { clientId: 'gmail', username: 'me' });
+    const clock = clockAt(Date.now());
+    const p = new OAuthTokenProvider({ grant: 'refresh_token', tokenUrl: `${as.url}/token`, clientId: 'gmail', clientSecret: new Secret('wrong-secret', secretFile), refreshToken: new Secret('rt-file-1', tokenFile), scope: undefined }, { clock });
+    await assert.rejects(p.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED', 'the wrong client secret');
+    writeFileSync(secretFile, 'gmail-secret\n');
+    const first = await p.token();
+    assert.ok(as.isValid(first), 'the fixed client secret, read again');
+    assert.ok(!as.refreshTokens.has('rt-file-1'), 'the stand-in rotated the refresh token');
+    p.invalidate();
+    assert.ok(as.isValid(await p.token()), 'the rotated token is kept while the file is unchanged (rt-file-1 is spent)');
+    // The operator consents again and writes a new refresh token: it replaces the rotated one.
+    as.refreshTokens.set('rt-file-2', { clientId: 'gmail', username: 'me' });
+    writeFileSync(tokenFile, 'rt-file-2\n');
+    p.invalidate();
+    assert.ok(as.isValid(await p.token()));
+    assert.ok(!as.refreshTokens.has('rt-file-2'), 'rt-file-2 was sent (and rotated)');
+    // A file that went missing keeps the value read before.
+    rmSync(secretFile);
+    p.invalidate();
+    assert.ok(as.isValid(await p.token()));
+  } finally {
+    as.rotateRefreshTokens = false;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('Secret.reread: a value from a file is read again, trimmed; an inline value or an unreadable or empty file keeps it', () => {
+  const dir = tempDir();
+  try {
+    const file = join(dir, 'pw');
+    writeFileSync(file, 'one\n');
+    const s = new Secret('one', file);
+    assert.deepEqual(s.reread(), { changed: false });
+    writeFileSync(file, '  two \n');
+    assert.deepEqual(s.reread(), { changed: true });
+    assert.equal(s.reveal(), 'two');
+    writeFileSync(file, '\n');
+    assert.deepEqual(s.reread(), { changed: false, error: `${file} is empty; the value read before is used` });
+    rmSync(file);
+    assert.deepEqual(s.reread(), { changed: false, error: `cannot read ${file} (ENOENT); the value read before is used` });
+    assert.equal(s.reveal(), 'two');
+    assert.deepEqual(new Secret('inline').reread(), { changed: false });
+    assert.equal(String(s), '[redacted]');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('refusals and unreachable endpoints become OAUTH_TOKEN_FAILED without the secret', async () => {
