@@ -67,6 +67,14 @@ export async function startApp(deps: AppDeps): Promise<App> {
     const spool = new Spool({ path: config.spool.path, inlineMaxBytes: config.spool.inline_max_bytes, clock, log: log.child({ part: 'spool' }) });
     lifecycle.onStop('spool', () => spool.close());
 
+    // Renamed routes first: the delivery loop dead-letters deliveries of routes it does not know.
+    for (const route of config.routes) {
+      for (const old of route.renamedFrom ?? []) {
+        const moved = spool.jobs.renameRoute(old, route.name);
+        if (moved > 0) log.info({ from: old, route: route.name, deliveries: moved }, `route renamed: the spool's deliveries under "${old}" are now "${route.name}"'s`);
+      }
+    }
+
     // Registered after the spool, so it stops (finishing its batch) before the spool closes.
     const retention = new Retention(
       { db: spool.db, blobs: spool.blobs, clock, log: log.child({ part: 'retention' }), onRemoved: (n) => metrics.spoolRemoved.inc(n) },

@@ -38,6 +38,8 @@ export interface ResolvedRoute {
   verify?: { url: string; timeoutMs: number; cacheTtlMs: number };
   /** refuse messages whose DMARC check fails under p=reject */
   dmarcReject?: boolean;
+  /** earlier names: the spool's deliveries under them are renamed to this route at start-up */
+  renamedFrom?: string[];
 }
 
 export interface Config {
@@ -483,8 +485,24 @@ function sharedSecretVariables(names: readonly string[], section: 'routes' | 'im
     if (seen === undefined) first.set(variable, i);
     else if (names[seen] !== name) {
       const what = section === 'routes' ? 'route' : 'mailbox';
-      problems.push({ path: `${section}[${i}].name`, message: `"${name}" and ${section}[${seen}] "${names[seen]}" would both read their secrets from ${variables(name).join(', ')}; rename one so the ${what} names differ in more than case and punctuation` });
+      problems.push({ path: `${section}[${i}].name`, message: `"${name}" and ${section}[${seen}] "${names[seen]}" would both read their secrets from ${variables(name).join(', ')}; rename one so the ${what} names differ in more than case and punctuation${section === 'routes' ? ' (renamed_from: [<old name>] on the renamed route keeps the mail the spool holds for it)' : ''}` });
     }
+  });
+}
+
+/** renamed_from names no route has now, each claimed by one route: deliveries under it go to that route. */
+function renamedRoutes(routes: RawConfig['routes'], problems: ConfigProblem[]): void {
+  const current = new Map(routes.map((r, i) => [r.name, i]));
+  const claimedBy = new Map<string, number>();
+  routes.forEach((route, i) => {
+    route.renamed_from?.forEach((old, j) => {
+      const path = `routes[${i}].renamed_from[${j}]`;
+      const now = current.get(old);
+      const other = claimedBy.get(old);
+      if (now !== undefined) problems.push({ path, message: `"${old}" is the name of routes[${now}]${now === i ? ' itself' : ''}; renamed_from lists earlier names that no route has now` });
+      else if (other !== undefined) problems.push({ path, message: `"${old}" is in routes[${other}].renamed_from already; the deliveries under an earlier name go to one route` });
+      else claimedBy.set(old, i);
+    });
   });
 }
 
@@ -511,6 +529,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
     routes.push(resolveRoute(route, at, raw.delivery.timeout_ms, opts, problems));
   });
 
+  renamedRoutes(raw.routes, problems);
   sharedSecretVariables(raw.routes.map((r) => r.name), 'routes', (name) => [routeSecretEnvName(name)], problems);
   sharedSecretVariables(raw.imap.map((m) => m.name), 'imap', (name) => MAILBOX_SECRET_ENV.map((e) => mailboxSecretEnvName(name, e.what)), problems);
 
@@ -562,6 +581,7 @@ function resolveConfig(raw: RawConfig, opts: { source: string; baseDir: string; 
 
 function resolveRoute(route: RouteConfig, at: string, defaultTimeout: number, opts: { baseDir: string } & LoadOptions, problems: ConfigProblem[]): ResolvedRoute {
   const out: ResolvedRoute = { name: route.name, addresses: route.addresses, sink: route.sink === true, dropAutomatic: route.drop_automatic, webhook: undefined, dmarcReject: route.dmarc_reject };
+  if (route.renamed_from) out.renamedFrom = route.renamed_from;
   if (route.verify) out.verify = { url: route.verify.url, timeoutMs: route.verify.timeout_ms, cacheTtlMs: route.verify.cache_ttl_s * 1000 };
   if (route.verify && hasCredentials(route.verify.url)) {
     problems.push({ path: `${at}.verify.url`, message: 'credentials in the URL (user:password@) are not sent with verify requests; remove them (the requests are signed with the route\'s webhook secret, when it has one)' });

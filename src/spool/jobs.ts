@@ -237,6 +237,18 @@ export class JobQueue {
   }
 
   /**
+   * A route renamed in the configuration (routes[].renamed_from): every delivery under its old name, whatever its
+   * state, and their attempts, become the new route's. Returns the deliveries moved (0 once done: a cheap no-op).
+   */
+  renameRoute(from: string, to: string): number {
+    return this.db.transaction(() => {
+      // Their attempts follow them (route health), found through the deliveries (both by index).
+      this.db.prepare(`UPDATE attempts SET route = ? WHERE delivery_id IN (SELECT id FROM deliveries WHERE route = ?)`).run(to, from);
+      return this.db.prepare(`UPDATE deliveries SET route = ? WHERE route = ?`).run(to, from).changes;
+    })();
+  }
+
+  /**
    * At start-up the spool belongs to this process alone (spool lock), so any 'delivering' row was left by a process
    * that ended during the attempt: killed, or crashed, possibly on this very message (a parse that ran out of memory,
    * a native crash). The attempt it counted stays counted. One that used up `maxAttempts` is dead-lettered now (with

@@ -228,8 +228,8 @@ test('route or mailbox names that map to one secret variable are a problem namin
     ${hook}
 `);
   assert.deepEqual(p, [
-    'routes[1].name: "gitlab_desk" and routes[0] "gitlab-desk" would both read their secrets from MAILHOOK_ROUTE_GITLAB_DESK_SECRET; rename one so the route names differ in more than case and punctuation',
-    'routes[2].name: "Gitlab.Desk" and routes[0] "gitlab-desk" would both read their secrets from MAILHOOK_ROUTE_GITLAB_DESK_SECRET; rename one so the route names differ in more than case and punctuation',
+    'routes[1].name: "gitlab_desk" and routes[0] "gitlab-desk" would both read their secrets from MAILHOOK_ROUTE_GITLAB_DESK_SECRET; rename one so the route names differ in more than case and punctuation (renamed_from: [<old name>] on the renamed route keeps the mail the spool holds for it)',
+    'routes[2].name: "Gitlab.Desk" and routes[0] "gitlab-desk" would both read their secrets from MAILHOOK_ROUTE_GITLAB_DESK_SECRET; rename one so the route names differ in more than case and punctuation (renamed_from: [<old name>] on the renamed route keeps the mail the spool holds for it)',
   ]);
   const m = problems(`${route()}imap:
   - { name: support-in, host: imap.x.test, user: u, password: p1 }
@@ -237,6 +237,40 @@ test('route or mailbox names that map to one secret variable are a problem namin
 `);
   assert.equal(m.length, 1, m.join('\n'));
   assert.match(m[0]!, /^imap\[1\]\.name: "support_in" and imap\[0\] "support-in" would both read their secrets from MAILHOOK_IMAP_SUPPORT_IN_PASSWORD, MAILHOOK_IMAP_SUPPORT_IN_CLIENT_SECRET/);
+});
+
+test('renamed_from names earlier names no route has now, each for one route', () => {
+  const hook = `webhook: { url: "http://h/x", secret: "${SECRET}" }`;
+  const c = loadConfigText(`routes:\n  - name: desk\n    renamed_from: [app-desk, old.desk]\n    addresses: ["a@x.test"]\n    ${hook}\n`, { source: 't', baseDir: tempDir(), env: {} });
+  assert.deepEqual(c.routes[0]?.renamedFrom, ['app-desk', 'old.desk']);
+  const p = problems(`routes:
+  - name: desk
+    renamed_from: [desk, tracker, old]
+    addresses: ["a@x.test"]
+    ${hook}
+  - name: tracker
+    renamed_from: [old, "bad name"]
+    addresses: ["b@x.test"]
+    ${hook}
+`);
+  assert.deepEqual(p, [
+    'routes[1].renamed_from[1]: use letters, digits, "-", "_" and "." (an earlier name of this route)',
+  ]);
+  const q = problems(`routes:
+  - name: desk
+    renamed_from: [desk, tracker, old]
+    addresses: ["a@x.test"]
+    ${hook}
+  - name: tracker
+    renamed_from: [old]
+    addresses: ["b@x.test"]
+    ${hook}
+`);
+  assert.deepEqual(q, [
+    'routes[0].renamed_from[0]: "desk" is the name of routes[0] itself; renamed_from lists earlier names that no route has now',
+    'routes[0].renamed_from[1]: "tracker" is the name of routes[1]; renamed_from lists earlier names that no route has now',
+    'routes[1].renamed_from[0]: "old" is in routes[0].renamed_from already; the deliveries under an earlier name go to one route',
+  ]);
 });
 
 test('secret key bytes do not show when the config is serialised or inspected (action_mailbox password)', () => {

@@ -179,6 +179,50 @@ test('a backlog follows the route as now configured: fixed URL delivers, removed
   }
 });
 
+test('a route renamed with renamed_from keeps its backlog: pending mail of the old name goes to the new route', async (t) => {
+  const own = owned(t);
+  const dir = own.dir();
+  const down = await holdPort();
+  t.after(() => down.release());
+  const cfg = join(dir, 'mailhook.yaml');
+  const write = (routes: string) => writeFileSync(cfg, configYaml({ dir, routes }));
+  write(`
+  - name: app-desk
+    addresses: ["*@desk.test"]
+    webhook: { url: "http://127.0.0.1:${down.port}/hook", secret: "${SECRET}" }
+`);
+  const first = own.proc(spawnMailhook(['serve', '--config', cfg]));
+  await first.started;
+  await sendMail(first.smtpPort, { from: 'a@s.test', to: ['x@desk.test'], subject: 'waiting', text: 'x' });
+  await first.waitForLog((l) => l.msg === 'delivery failed; will retry' && l.route === 'app-desk');
+  first.child.kill('SIGTERM');
+  assert.equal((await first.exit).code, 0);
+
+  // Renamed (app_desk would share app-desk's secret variable; the message says how to keep the mail).
+  const consumer = await new Consumer().start();
+  write(`
+  - name: desk
+    renamed_from: [app-desk]
+    addresses: ["*@desk.test"]
+    webhook: { url: "${consumer.url}", secret: "${SECRET}" }
+`);
+  const second = own.proc(spawnMailhook(['serve', '--config', cfg]));
+  try {
+    await second.started;
+    const renamed = await second.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('route renamed'));
+    assert.deepEqual({ from: renamed.from, route: renamed.route, deliveries: renamed.deliveries }, { from: 'app-desk', route: 'desk', deliveries: 1 });
+    const [req] = await consumer.waitFor(1);
+    const payload = JSON.parse(req!.body.toString('utf8')) as { route: string; message: { subject: string } };
+    assert.deepEqual({ route: payload.route, subject: payload.message.subject }, { route: 'desk', subject: 'waiting' });
+    second.child.kill('SIGTERM');
+    assert.equal((await second.exit).code, 0);
+    assert.ok(!second.lines.some((l) => /dead-lettered/.test(String(l.msg))), 'nothing dead-lettered');
+  } finally {
+    if (second.child.exitCode === null) second.child.kill('SIGKILL');
+    await consumer.stop();
+  }
+});
+
 test('SIGTERM: SMTP stops taking mail, the process closes the spool and exits 0', async (t) => {
   const own = owned(t);
   const dir = own.dir();

@@ -152,3 +152,21 @@ test('a route’s due deliveries are found through their own index, not by readi
     await close();
   }
 });
+
+test('renameRoute moves every delivery of the old name, whatever its state, with its attempts; once done it is a no-op', async () => {
+  const { spool, close } = await spoolWith(['old', 'old', 'old', 'other']);
+  try {
+    const db = spool.db;
+    const ids = (db.prepare(`SELECT id FROM deliveries WHERE route = 'old' ORDER BY id`).pluck().all() as string[]);
+    db.prepare(`UPDATE deliveries SET status = 'dead', finished_at = ? WHERE id = ?`).run(NOW, ids[0]);
+    db.prepare(`UPDATE deliveries SET status = 'delivered', finished_at = ? WHERE id = ?`).run(NOW, ids[1]);
+    const attempt = db.prepare(`INSERT INTO attempts (delivery_id, route, attempt, started_at, duration_ms, status_code, outcome, error) VALUES (?, 'old', 1, ?, 5, 500, 'retry', 'e')`);
+    for (const id of ids) attempt.run(id, NOW);
+    assert.equal(spool.jobs.renameRoute('old', 'new'), 3);
+    assert.deepEqual(db.prepare(`SELECT route, COUNT(*) AS n FROM deliveries GROUP BY route ORDER BY route`).all(), [{ route: 'new', n: 3 }, { route: 'other', n: 1 }]);
+    assert.deepEqual(db.prepare(`SELECT DISTINCT route FROM attempts`).pluck().all(), ['new'], 'route health follows');
+    assert.equal(spool.jobs.renameRoute('old', 'new'), 0);
+  } finally {
+    await close();
+  }
+});
