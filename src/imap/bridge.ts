@@ -64,6 +64,13 @@ export class ImapBridge {
   /** move claims: processing-folder UIDs this process moved and has not finished (a session died meanwhile) */
   private readonly held = new Set<number>();
   private heldValidity: bigint | undefined;
+  /**
+   * Keyword claims: messages this process claimed and has not finished, with the mod-sequence the claim gave them
+   * and when. A session that died between claim and commit leaves them claimed; the next session (same UIDVALIDITY)
+   * takes back those whose claim is still as we left it, younger than claim_timeout, at once instead of waiting
+   * claim_timeout as for another instance's.
+   */
+  private readonly ownClaims = new Map<number, { modseq: bigint; at: number }>();
   /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
   private readonly skipped = new Set<number>();
   private skippedFor: bigint | undefined;
@@ -324,6 +331,7 @@ export class ImapBridge {
       // RFC 3501 §2.3.1.1: a new UIDVALIDITY invalidates every UID we remember.
       this.skipped.clear();
       this.claims.clear();
+      this.ownClaims.clear();
       this.skippedFor = box.uidValidity;
     }
     const prefix = `imap:${s.name}:`;
@@ -412,6 +420,7 @@ export class ImapBridge {
     const finish: number[] = [];
     const toClaim: FetchMessageObject[] = [];
     const stale: FetchMessageObject[] = [];
+    const reclaimed: FetchMessageObject[] = [];
     for (const m of fetched) {
       if (m.flags?.has('\\Seen') || m.flags?.has('\\Deleted')) continue; // changed since the search
       if (this.ingest.isCommitted(this.dedupeKey(box, m.uid))) {
@@ -420,10 +429,14 @@ export class ImapBridge {
         continue;
       }
       if (this.claimMode === 'keyword' && m.flags?.has(CLAIM_KEYWORD)) {
-        if (this.claims.isStale(m.uid, m.modseq ?? 0n, now)) stale.push(m);
+        if (this.isOwnClaim(m, now)) reclaimed.push(m);
+        else if (this.claims.isStale(m.uid, m.modseq ?? 0n, now)) stale.push(m);
         continue;
       }
       toClaim.push(m);
+    }
+    if (reclaimed.length > 0) {
+      this.log.info({ mailbox: this.s.name, count: reclaimed.length, uids: reclaimed.slice(0, 20).map((m) => m.uid) }, 'taking back messages this process claimed before its connection was lost (not waiting claim_timeout)');
     }
 
     let mine = toClaim;
@@ -435,19 +448,44 @@ export class ImapBridge {
       const refused = new Set(await this.timed(conditionalStore(client, toClaim.map((m) => m.uid), '+FLAGS', [CLAIM_KEYWORD], highest), 'STORE (claim)'));
       mine = toClaim.filter((m) => !refused.has(m.uid));
       if (refused.size > 0) this.log.debug({ mailbox: this.s.name, uids: [...refused] }, 'messages claimed by another instance');
+      await this.rememberOwnClaims(client, mine, now);
     }
+    mine = [...reclaimed, ...mine].sort((a, b) => a.uid - b.uid);
     for (const m of stale) {
       // Take over a claim whose holder died: remove it only if nothing changed since we first saw it.
       const refused = await this.timed(conditionalStore(client, [m.uid], '-FLAGS', [CLAIM_KEYWORD], this.claims.modseqOf(m.uid) ?? m.modseq ?? 0n), 'STORE (release stale claim)');
       this.claims.forget(m.uid);
       if (refused.length === 0) {
-        this.log.warn({ mailbox: this.s.name, uid: m.uid, timeoutS: this.s.claimTimeoutMs / 1000 }, 'took over a stale claim (its instance stopped before committing)');
+        this.log.warn({ mailbox: this.s.name, uid: m.uid, timeoutS: this.s.claimTimeoutMs / 1000 }, 'took over a stale claim (unchanged for claim_timeout: its holder stopped or lost its connection before committing)');
         this.dirty = true;
       }
     }
 
     const worked = await this.work(client, box, mine, finish);
+    // Committed and marked, left, or released: no longer ours to take back (a session that dies in work() keeps them).
+    for (const m of mine) this.ownClaims.delete(m.uid);
     return worked || stale.length > 0;
+  }
+
+  /** The mod-sequence our claim gave each message (one FETCH), so a later session can tell the claim is still ours. */
+  private async rememberOwnClaims(client: ImapFlow, mine: FetchMessageObject[], now: number): Promise<void> {
+    if (mine.length === 0) return;
+    const asked = new Set(mine.map((m) => m.uid));
+    for await (const m of client.fetch(toSequenceSet([...asked]), { uid: true, flags: true }, { uid: true })) {
+      if (asked.has(m.uid) && m.modseq !== undefined && m.flags?.has(CLAIM_KEYWORD)) this.ownClaims.set(m.uid, { modseq: m.modseq, at: now });
+    }
+  }
+
+  /**
+   * A claimed message is still ours when our claim left it at this mod-sequence (nobody changed it since) and is
+   * younger than claim_timeout (past it, another instance may be taking it over: it goes the usual stale way).
+   */
+  private isOwnClaim(m: FetchMessageObject, now: number): boolean {
+    const own = this.ownClaims.get(m.uid);
+    if (!own) return false;
+    if (own.modseq === m.modseq && now - own.at < this.s.claimTimeoutMs) return true;
+    this.ownClaims.delete(m.uid);
+    return false;
   }
 
   /**

@@ -1,4 +1,4 @@
-// A loopback TCP proxy that holds a client's bytes from the first chunk matching a pattern until the test releases them: opens the window between two commands of a client.
+// A loopback TCP proxy that holds a client's bytes from the first chunk matching a pattern until the test releases them (or cuts the connection): opens the window between two commands of a client.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 
@@ -11,6 +11,8 @@ export class PausingProxy {
   readonly caught: Promise<void>;
   private onCaught: () => void = () => undefined;
   port = 0;
+  /** only the first matching chunk (of any connection) is held */
+  private armed = true;
 
   constructor(private readonly targetPort: number, private readonly pattern: RegExp) {
     this.released = new Promise((resolve) => (this.release = resolve));
@@ -30,8 +32,9 @@ export class PausingProxy {
       upstream.pipe(client);
       let holding = false;
       client.on('data', (chunk: Buffer) => {
-        if (!holding && this.pattern.test(chunk.toString('latin1'))) {
+        if (!holding && this.armed && this.pattern.test(chunk.toString('latin1'))) {
           holding = true;
+          this.armed = false;
           client.pause();
           this.onCaught();
           void this.released.then(() => {
@@ -52,6 +55,11 @@ export class PausingProxy {
   /** Lets the held bytes, and everything after them, through. */
   go(): void {
     this.release();
+  }
+
+  /** Drops every connection open now, the held bytes never sent (a network failure at that moment); later ones pass. */
+  cut(): void {
+    for (const s of this.sockets) s.destroy();
   }
 
   async stop(): Promise<void> {

@@ -31,7 +31,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'pwfile', 'reuse', 'unsol', 'unread', 'remark'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'reuse', 'unsol', 'unread', 'remark'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -187,6 +187,59 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
     } finally {
       await a.close();
       await b?.close();
+      await proxy.stop();
+      await consumer.stop();
+    }
+  });
+
+  test('keyword claims: a connection lost between claim and commit; the next session takes its own claim back at once, not after claim_timeout', async () => {
+    const consumer = await new Consumer().start();
+    // The proxy holds the first body FETCH (the message is claimed by then) and the test drops the connection there.
+    const proxy = await new PausingProxy(dovecot.port, /BODY\.PEEK\[\]/i).start();
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'kwcut', { after_delivery: 'delete', claim: 'keyword', claim_timeout: 300, port: proxy.port })) });
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
+      await dovecot.append([message('cut1', { messageId: 'kwcut-1@x' })], { user: 'kwcut' });
+      await proxy.caught;
+      assert.deepEqual((await dovecot.list('INBOX', 'kwcut')).map((m) => m.flags), [[CLAIM_KEYWORD]], 'claimed, not yet fetched');
+      proxy.cut();
+      await consumer.waitFor(1, 15_000); // claim_timeout is 300 s
+      for (const t0 = Date.now(); (await dovecot.list('INBOX', 'kwcut')).length > 0; ) {
+        assert.ok(Date.now() - t0 < 10_000, 'deleted after delivery');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(count(app.spool.db), 1);
+      const lines = app.logs.map((l) => JSON.parse(l) as { msg: string; count?: number });
+      assert.equal(lines.find((l) => l.msg.startsWith('taking back messages this process claimed'))?.count, 1);
+      assert.ok(!lines.some((l) => l.msg.startsWith('took over a stale claim')));
+    } finally {
+      await app.close();
+      await proxy.stop();
+      await consumer.stop();
+    }
+  });
+
+  test('keyword claims: a claim changed by someone else while the connection was down is not taken back (it waits as another instance\'s)', async () => {
+    const consumer = await new Consumer().start();
+    const proxy = await new PausingProxy(dovecot.port, /BODY\.PEEK\[\]/i).start();
+    const app = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'kwcut2', { after_delivery: 'delete', claim: 'keyword', claim_timeout: 300, port: proxy.port, reconnect_delay_ms: 1500, reconnect_max_delay_ms: 1500 })) });
+    try {
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
+      await dovecot.append([message('cut2', { messageId: 'kwcut-2@x' })], { user: 'kwcut2' });
+      await proxy.caught;
+      proxy.cut();
+      // Another instance took the claim over meanwhile (released and claimed it afresh: a new mod-sequence).
+      const other = await dovecot.client('kwcut2');
+      await other.mailboxOpen('INBOX');
+      await other.messageFlagsRemove('1:*', [CLAIM_KEYWORD], { uid: true });
+      await other.messageFlagsAdd('1:*', [CLAIM_KEYWORD], { uid: true });
+      await other.logout();
+      await until(() => bridgeOf(app).status.consecutiveFailures === 0 && bridgeOf(app).status.state === 'idle', 10_000, 'reconnected and idle');
+      assert.equal(count(app.spool.db), 0, 'left to the claim\'s new holder');
+      assert.equal(consumer.requests.length, 0);
+      assert.deepEqual((await dovecot.list('INBOX', 'kwcut2')).map((m) => m.flags), [[CLAIM_KEYWORD]]);
+    } finally {
+      await app.close();
       await proxy.stop();
       await consumer.stop();
     }
