@@ -41,7 +41,7 @@ export function createMetrics() {
     spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),
     mailboxState: new Gauge({ name: 'mailhook_mailbox_state', help: 'IMAP/Graph mailbox state: 1 for the current state (connecting, connected, idle, polling, backoff, stopped), 0 for the others', labelNames: ['mailbox', 'state'], registers: [registry] }),
     mailboxErrors: new Counter({ name: 'mailhook_mailbox_errors_total', help: 'IMAP/Graph mailbox session failures by kind (network, tls, auth, server, token, …)', labelNames: ['mailbox', 'kind'], registers: [registry] }),
-    mailboxMessages: new Counter({ name: 'mailhook_mailbox_messages_total', help: 'Messages taken from IMAP/Graph mailboxes by outcome (accepted, duplicate, unmatched, too_large)', labelNames: ['mailbox', 'outcome'], registers: [registry] }),
+    mailboxMessages: new Counter({ name: 'mailhook_mailbox_messages_total', help: 'Messages taken from IMAP/Graph mailboxes by outcome (accepted, duplicate, unmatched, too_large, refused)', labelNames: ['mailbox', 'outcome'], registers: [registry] }),
   };
 }
 

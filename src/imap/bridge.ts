@@ -12,6 +12,7 @@ import type { Logger } from '../core/logger.js';
 import type { ImapMailboxSettings } from '../config/mailboxes.js';
 import type { Secret } from '../config/secret.js';
 import { MailhookError } from '../core/errors.js';
+import { MessageRefused } from '../smtp/replies.js';
 import { reconnectDelay } from './backoff.js';
 import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
 import { MailboxError, classify } from './errors.js';
@@ -44,7 +45,7 @@ export interface ImapBridgeDeps {
 /** What the dedupe key is made of (see keyOf). */
 type Ident = Pick<FetchMessageObject, 'uid' | 'size' | 'internalDate'> & { messageId?: string | undefined };
 
-type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'failed' | 'gone' | 'unreadable';
+type Outcome = 'committed' | 'duplicate' | 'unmatched' | 'too_large' | 'refused' | 'failed' | 'gone' | 'unreadable';
 
 /** The server answered NO to a command (as opposed to a lost connection or a protocol error). */
 const refused = (err: unknown) => (err as { responseStatus?: unknown } | undefined)?.responseStatus === 'NO';
@@ -569,7 +570,7 @@ export class ImapBridge {
     const moveTo = new Map<string, number[]>();
     for (const [uid, { outcome, plan }] of outcomes) {
       if (outcome === 'committed' || outcome === 'duplicate') committed.push(uid);
-      else if (outcome === 'too_large') leave.push(uid);
+      else if (outcome === 'too_large' || outcome === 'refused') leave.push(uid);
       else if (outcome === 'unmatched' && plan?.kind === 'unmatched') {
         if (plan.policy.kind === 'move') moveTo.set(plan.policy.folder, [...(moveTo.get(plan.policy.folder) ?? []), uid]);
         else leave.push(uid);
@@ -842,6 +843,13 @@ export class ImapBridge {
         this.ingest.count('too_large');
         this.log.warn(log, `message exceeds ${this.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox, marked ${SKIP_KEYWORD}`);
         return { outcome: 'too_large', plan };
+      }
+      if (err instanceof MessageRefused) {
+        // What SMTP refuses with 5xx (too many MIME parts, a header section too large, a mail loop) could be stored
+        // but never parsed for its webhook: dead-lettered at its first attempt. Left in the mailbox instead, seen.
+        this.ingest.count('refused');
+        this.log.warn({ ...log, reason: err.reason, messageId: plan.messageId }, `message refused by smtp.limits (${err.reason}); left in the mailbox, marked ${SKIP_KEYWORD}`);
+        return { outcome: 'refused', plan };
       }
       this.spoolError ??= err;
       this.log.error({ ...log, err }, 'message not stored');

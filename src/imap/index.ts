@@ -9,7 +9,7 @@ import type { Router } from '../routing/router.js';
 import type { Spool } from '../spool/spool.js';
 import { ImapBridge } from './bridge.js';
 import { GraphInbox } from './graph/inbox.js';
-import { MailboxIngest } from './ingest.js';
+import { MailboxIngest, ingestLimits } from './ingest.js';
 import { OAuthTokenProvider } from './oauth.js';
 import { MailboxState } from './state.js';
 import type { MailboxStatus, MailboxStatusView } from './status.js';
@@ -46,7 +46,7 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
   const { config } = deps;
   const log = deps.log.child({ part: 'imap' });
   const bridges: Bridge[] = config.imap.map((settings) => {
-    const ingestDeps = { router: deps.router, routes: config.routes, spool: deps.spool, metrics: deps.metrics, maxBytes: config.smtp.max_message_bytes };
+    const ingestDeps = { router: deps.router, routes: config.routes, spool: deps.spool, metrics: deps.metrics, maxBytes: config.smtp.max_message_bytes, limits: ingestLimits(config.smtp.limits) };
     if (settings.method === 'microsoft_graph') {
       const tokens = new OAuthTokenProvider(
         { grant: 'client_credentials', tokenUrl: settings.tokenUrl, clientId: settings.clientId, clientSecret: settings.clientSecret, refreshToken: undefined, scope: `${settings.graphEndpoint}/.default` },

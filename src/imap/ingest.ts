@@ -1,8 +1,11 @@
 // From a mailbox message to spool.accept: the recipient from headers (routing decides route and key), the
 // unmatched policy, the envelope IMAP does not carry, and dedupe lookups. Shared by the IMAP and Graph bridges.
+import { Readable, pipeline } from 'node:stream';
 import { MailhookError } from '../core/errors.js';
+import { createDataFilter } from '../smtp/data-filter.js';
+import { MessageRefused } from '../smtp/replies.js';
 import type { Metrics } from '../core/metrics.js';
-import type { ResolvedRoute } from '../config/load.js';
+import type { Config, ResolvedRoute } from '../config/load.js';
 import type { UnmatchedPolicy } from '../config/mailboxes.js';
 import type { RecipientHeader } from '../config/schema.js';
 import type { Router } from '../routing/router.js';
@@ -30,6 +33,16 @@ export interface IngestDeps {
   metrics: Metrics;
   /** the same limit as SMTP (smtp.max_message_bytes) */
   maxBytes: number;
+  /**
+   * SMTP's structure limits (smtp.limits): a message past them could be stored but never parsed for its webhook,
+   * so it is left in the mailbox as SMTP would refuse it
+   */
+  limits: { maxHeaderBytes: number; maxReceived: number; maxMimeParts: number; maxMimeDepth: number };
+}
+
+/** smtp.limits as a mailbox's messages are checked against them. */
+export function ingestLimits(limits: Config['smtp']['limits']): IngestDeps['limits'] {
+  return { maxHeaderBytes: limits.max_header_bytes, maxReceived: limits.max_received_headers, maxMimeParts: limits.max_mime_parts, maxMimeDepth: limits.max_mime_depth };
 }
 
 export interface MailboxRef {
@@ -138,19 +151,22 @@ export class MailboxIngest {
   /** Stores the message; resolves after the durable commit (or with duplicate: true when the key was known). */
   async accept(plan: Extract<Plan, { kind: 'deliver' }>, body: AsyncIterable<Buffer>, dedupeKey: string, meta: Record<string, unknown>): Promise<AcceptResult> {
     let result: AcceptResult;
+    // Through the SMTP path's checks, the bytes kept as the server holds them (a lone LF stays one).
+    const checked = pipeline(Readable.from(body), createDataFilter({ bareLf: 'keep', maxBytes: this.deps.maxBytes, ...this.deps.limits }), () => undefined);
     try {
       result = await this.deps.spool.accept({
         source: this.source,
         envelope: plan.envelope,
         deliveries: plan.deliveries,
-        body,
+        body: checked,
         maxBytes: this.deps.maxBytes,
         dedupeKey,
         meta: { mailbox: this.mailbox.name, messageId: plan.messageId ?? null, recipientHeader: plan.header, ...meta },
       });
     } catch (err) {
-      // Only a failure of the spool can leave a committed row behind; a refusal of the message (too large) cannot.
-      if (!(err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE')) this.unsure.add(dedupeKey);
+      // Only a failure of the spool can leave a committed row behind; a refusal of the message (too large, past a
+      // structure limit) cannot.
+      if (!(err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') && !(err instanceof MessageRefused)) this.unsure.add(dedupeKey);
       throw err;
     }
     this.unsure.delete(dedupeKey);
@@ -159,8 +175,11 @@ export class MailboxIngest {
     return result;
   }
 
-  /** Counts messages not accepted here: unmatched, too large, or already in the spool (`duplicate`: not stored again). */
-  count(outcome: 'unmatched' | 'too_large' | 'duplicate', n = 1): void {
+  /**
+   * Counts messages not accepted here: unmatched, too large, past an smtp.limits structure limit (`refused`), or
+   * already in the spool (`duplicate`: not stored again).
+   */
+  count(outcome: 'unmatched' | 'too_large' | 'refused' | 'duplicate', n = 1): void {
     if (n > 0) this.deps.metrics.mailboxMessages.inc({ mailbox: this.mailbox.name, outcome }, n);
   }
 

@@ -1,14 +1,17 @@
-// The DATA stream transform: bare CR/LF policy, header-section, hop-count and MIME structure limits, in one streaming pass.
+// The DATA stream transform: bare CR/LF policy, header-section, hop-count and MIME structure limits, in one streaming pass (mailbox messages pass it too).
 import { createRequire } from 'node:module';
 import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { MailhookError } from '../core/errors.js';
 import { MessageRefused, Reply } from './replies.js';
 
-export type BareLfPolicy = 'normalize' | 'reject';
+export type BareLfPolicy = 'normalize' | 'reject' | 'keep';
 
 export interface DataFilterOptions {
-  /** normalize: a lone CR or LF becomes CRLF; reject: the message is refused with 550 5.5.2 */
+  /**
+   * normalize: a lone CR or LF becomes CRLF; reject: the message is refused with 550 5.5.2; keep: the bytes pass as
+   * they are (a message read from a mailbox is stored as the server holds it), a lone CR or LF still ends a line
+   */
   bareLf: BareLfPolicy;
   /** message bytes as received (after dot-unstuffing); more is refused as too large */
   maxBytes: number;
@@ -131,9 +134,11 @@ export class DataFilter extends Transform {
       this.pendingCR = false;
       if (this.bare()) {
         this.lineEnd();
-        this.stats.bytesOut += 1;
-        this.opts.tap?.write(LF_BUF);
-        this.push(LF_BUF);
+        if (this.inserting) {
+          this.stats.bytesOut += 1;
+          this.opts.tap?.write(LF_BUF);
+          this.push(LF_BUF);
+        }
       }
     }
     this.opts.tap?.end(this.stats, this.violation !== undefined);
@@ -149,14 +154,19 @@ export class DataFilter extends Transform {
     this.violation ??= err;
   }
 
-  /** A lone CR or LF: true when normalized, false when the message is refused. */
+  /** A lone CR or LF: true when it ends a line (normalized or kept), false when the message is refused. */
   private bare(): boolean {
     if (this.opts.bareLf === 'reject') {
       this.fail(new MessageRefused(Reply.BareNewline, 'bare CR or LF'));
       return false;
     }
-    this.stats.normalized++;
+    if (this.inserting) this.stats.normalized++;
     return true;
+  }
+
+  /** Whether a lone CR or LF gets the byte that makes it CRLF. */
+  private get inserting(): boolean {
+    return this.opts.bareLf === 'normalize';
   }
 
   /** Finds the line ends of one chunk (native indexOf, no per-byte JS loop) and returns the bytes to store. */
@@ -172,7 +182,7 @@ export class DataFilter extends Transform {
         i = 1;
       } else {
         if (!this.bare()) return chunk;
-        pieces = [LF_BUF];
+        if (this.inserting) pieces = [LF_BUF];
         this.lineEnd();
       }
     }
@@ -199,8 +209,10 @@ export class DataFilter extends Transform {
         } else {
           // A lone CR: keep it and add the LF.
           if (!this.bare()) return chunk;
-          (pieces ??= []).push(chunk.subarray(segStart, t + 1), LF_BUF);
-          segStart = t + 1;
+          if (this.inserting) {
+            (pieces ??= []).push(chunk.subarray(segStart, t + 1), LF_BUF);
+            segStart = t + 1;
+          }
           this.lineEnd();
           i = t + 1;
         }
@@ -210,8 +222,10 @@ export class DataFilter extends Transform {
         const t = nextLF;
         this.lineData(chunk, i, t);
         if (!this.bare()) return chunk;
-        (pieces ??= []).push(chunk.subarray(segStart, t), CR_BUF);
-        segStart = t;
+        if (this.inserting) {
+          (pieces ??= []).push(chunk.subarray(segStart, t), CR_BUF);
+          segStart = t;
+        }
         this.lineEnd();
         i = t + 1;
         nextLF = chunk.indexOf(LF, i);

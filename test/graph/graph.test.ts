@@ -134,6 +134,23 @@ test('after_delivery delete and move:<folder>; unmatched leave (untouched) and r
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('a message past an smtp.limits check (a mail loop of 101 Received headers) is left unread in the inbox, not taken to be dead-lettered', async () => {
+  const hops = Array.from({ length: 101 }, (_, i) => `Received: from hop${i}.example.test by mx.example.test; Mon, 3 Mar 2025 10:00:00 +0000`).join('\r\n');
+  const loop = g.add(message('loop', { to: 'desk@in.test', messageId: 'loop@x', headers: hops }));
+  const fine = g.add(message('fine', { to: 'desk@in.test', messageId: 'fine@x' }));
+  const app = await start([graphYaml('g-limits')]);
+  try {
+    await until(() => g.messages.get(fine)?.isRead, 10_000, 'the other message taken and marked read');
+    await until(() => app.logs.some((l) => l.includes('message refused by smtp.limits')), 5000, 'the warning');
+    assert.equal(count(app.spool.db), 1);
+    assert.equal(g.messages.get(loop)?.isRead, false, 'left as it was');
+    assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_messages_total\{mailbox="g-limits",outcome="refused"\} 1$/m);
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('429 and 503 are retried after Retry-After; a failed PATCH leaves the message for the next pass, stored once', async () => {
   const app = await start([graphYaml('g-throttle')]);
   try {

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
 import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
-import { MailboxIngest } from '../../src/imap/ingest.js';
+import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
 import { Router } from '../../src/routing/router.js';
 import { createMetrics } from '../../src/core/metrics.js';
@@ -31,7 +31,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'reuse', 'unsol', 'unread', 'remark'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'limits', 'reuse', 'unsol', 'unread', 'remark'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -241,6 +241,37 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
     } finally {
       await app.close();
       await proxy.stop();
+      await consumer.stop();
+    }
+  });
+
+  test('smtp.limits apply to mailbox messages: one SMTP would refuse is left in the mailbox, marked, not dead-lettered after taking it', async () => {
+    const consumer = await new Consumer().start();
+    const parts = Array.from({ length: 8 }, (_, i) => `--b1\r\nContent-Type: text/plain\r\n\r\npart ${i}\r\n`).join('') + '--b1--';
+    const received = Array.from({ length: 4 }, (_, i) => `Received: from hop${i}.example.test by mx.example.test; Mon, 3 Mar 2025 10:00:0${i} +0000`).join('\r\n');
+    await dovecot.append(
+      [
+        message('parts', { headers: 'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"', body: parts }),
+        message('loop', { headers: received }),
+        message('fine'),
+      ],
+      { user: 'limits' },
+    );
+    const limits = '  greeting_delay_ms: 0\n  limits:\n    max_mime_parts: 5\n    max_received_headers: 3\n';
+    const app = await startTestApp({ routes: '', yaml: (dir) => configYaml({ routes: routesYaml(consumer.url), dir, extra: imapBlock(mailboxYaml(dovecot, 'limits', { after_delivery: 'delete' })) }).replace('  greeting_delay_ms: 0\n', limits) });
+    try {
+      const [req] = await consumer.waitFor(1, 10_000);
+      await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
+      assert.match(req!.body.toString(), /test fine/);
+      assert.equal(count(app.spool.db), 1, 'only the message within the limits is in the spool');
+      assert.deepEqual((await dovecot.list('INBOX', 'limits')).map((m) => m.flags), [[SKIP_KEYWORD], [SKIP_KEYWORD]], 'the two others stay, marked');
+      const warnings = app.logs.map((l) => JSON.parse(l) as { msg: string; reason?: string }).filter((l) => l.msg.startsWith('message refused by smtp.limits'));
+      assert.deepEqual(warnings.map((w) => w.reason).sort(), ['more than 3 Received headers', 'more than 5 MIME parts']);
+      assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_messages_total\{mailbox="limits",outcome="refused"\} 2$/m);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(consumer.requests.length, 1, 'nothing else delivered');
+    } finally {
+      await app.close();
       await consumer.stop();
     }
   });
@@ -663,7 +694,7 @@ ${oauth2}`;
     const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
     const metrics = createMetrics();
     const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000, limits: ingestLimits(config.smtp.limits) }, settings, 'imap');
     // A command's time shortened to 1 s (as poll_interval 120 s against idle_timeout 60 s + 60 s in production).
     const bridge = new ImapBridge({ settings, ingest, log: createLogger({ level: 'silent' }), metrics, clock: { now: () => Date.now() }, random: Math.random, timeouts: { commandMs: 1000, connectMs: 2000 } });
     bridge.start();

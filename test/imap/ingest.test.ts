@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import type { ImapMailboxSettings } from '../../src/config/mailboxes.js';
 import { MailhookError } from '../../src/core/errors.js';
 import { createMetrics } from '../../src/core/metrics.js';
-import { MailboxIngest } from '../../src/imap/ingest.js';
+import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
 import { Router } from '../../src/routing/router.js';
 import { Spool } from '../../src/spool/spool.js';
 import { configYaml, parseTestConfig, tempDir } from '../helpers/app.js';
@@ -24,7 +24,7 @@ function rig() {
 `;
   const config = parseTestConfig(configYaml({ dir, routes: routesYaml('http://127.0.0.1:9/unused'), extra: imapBlock(mailbox) }), dir);
   const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
-  const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics: createMetrics(), maxBytes: 400 }, config.imap[0] as ImapMailboxSettings, 'imap');
+  const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics: createMetrics(), maxBytes: 400, limits: ingestLimits(config.smtp.limits) }, config.imap[0] as ImapMailboxSettings, 'imap');
   const take = (raw: string, key: string) => {
     const bytes = Buffer.from(raw);
     const plan = ingest.plan(bytes);

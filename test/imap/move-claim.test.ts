@@ -11,7 +11,7 @@ import { Consumer } from '../helpers/consumer.js';
 import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
-import { MailboxIngest } from '../../src/imap/ingest.js';
+import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
 import { Router } from '../../src/routing/router.js';
 import { createMetrics } from '../../src/core/metrics.js';
@@ -41,7 +41,7 @@ function ingestRig(dovecot: Dovecot, user: string, opts: Record<string, string |
   const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
   const metrics = createMetrics();
   const settings = config.imap[0] as ImapMailboxSettings;
-  const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+  const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000, limits: ingestLimits(config.smtp.limits) }, settings, 'imap');
   return {
     spool,
     metrics,

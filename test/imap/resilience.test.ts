@@ -13,7 +13,7 @@ import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { ImapBridge } from '../../src/imap/bridge.js';
-import { MailboxIngest } from '../../src/imap/ingest.js';
+import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
 import { Router } from '../../src/routing/router.js';
 import { createMetrics } from '../../src/core/metrics.js';
@@ -112,7 +112,7 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
     const logs: string[] = [];
     const log = createLogger({ level: 'debug', destination: new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) }) });
     const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000, limits: ingestLimits(config.smtp.limits) }, settings, 'imap');
     const bridge = new ImapBridge({ settings, ingest, log, metrics, clock: { now: () => Date.now() }, random: Math.random, timeouts: { commandMs: 500, connectMs: 2000 } });
     bridge.start();
     try {
@@ -141,7 +141,7 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
     const metrics = createMetrics();
     const log = createLogger({ level: 'silent' });
     const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000, limits: ingestLimits(config.smtp.limits) }, settings, 'imap');
     let failing = true;
     const accept = ingest.accept.bind(ingest);
     ingest.accept = async (plan, body, key, meta) => {
@@ -182,7 +182,7 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
     const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 65536, clock: { now: () => Date.now() } });
     const metrics = createMetrics();
     const settings = config.imap[0] as ImapMailboxSettings;
-    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000 }, settings, 'imap');
+    const ingest = new MailboxIngest({ router: new Router(config.routes), routes: config.routes, spool, metrics, maxBytes: 1_000_000, limits: ingestLimits(config.smtp.limits) }, settings, 'imap');
     // The rows are committed, then the fdatasync of the WAL fails: accept rejects (as Acceptor.finishBatch does).
     const results: string[] = [];
     const accept = spool.accept.bind(spool);

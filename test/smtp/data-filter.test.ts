@@ -51,6 +51,29 @@ test('clean input passes through unchanged (the same buffers, no copy)', async (
   seen.forEach((c, i) => assert.equal(c, chunks[i], `chunk ${i} is the buffer that came in`));
 });
 
+test('keep passes lone CRs and LFs as they are, yet ends lines at them: MIME parts and headers are still counted', async () => {
+  const input = Buffer.from('a\nb\rc\r\nd\r\re\n\nf\r');
+  for (const size of [1, 2, 3, 5, 64]) {
+    const { out, err, filter } = await run(input, size, { bareLf: 'keep' });
+    assert.equal(err, undefined);
+    assert.deepEqual(out, input, `chunk size ${size}`);
+    assert.equal(filter.stats.normalized, 0);
+  }
+  // A message with LF line ends (as some mailbox servers keep it): its three parts break the limit of 2.
+  const lf = Buffer.from('Received: a\nReceived: b\nContent-Type: multipart/mixed; boundary=q\n\n--q\n\none\n--q\n\ntwo\n--q--\n');
+  for (const size of [1, 7, 1000]) {
+    const parts = await run(lf, size, { bareLf: 'keep', maxMimeParts: 2 });
+    assert.ok(parts.err instanceof MessageRefused, `chunk size ${size}`);
+    assert.equal(parts.err.reason, 'more than 2 MIME parts');
+    const hops = await run(lf, size, { bareLf: 'keep', maxReceived: 1 });
+    assert.ok(hops.err instanceof MessageRefused);
+    assert.equal(hops.err.reason, 'more than 1 Received headers');
+    const fine = await run(lf, size, { bareLf: 'keep' });
+    assert.deepEqual(fine.out, lf);
+    assert.equal(fine.filter.stats.mimeParts, 3);
+  }
+});
+
 test('reject refuses a lone LF with 550 5.5.2 and passes nothing further', async () => {
   const { err } = await run(Buffer.from('Subject: x\r\n\r\nline\nmore\r\n'), 4, { bareLf: 'reject' });
   assert.ok(err instanceof MessageRefused);
