@@ -1,4 +1,4 @@
-// Operator subcommands over the admin API: send-test, messages list|show|raw, replay, retry. Tables by default, --json for scripts.
+// Operator subcommands over the admin API: status, send-test, messages list|show|raw, replay, retry. Tables by default, --json for scripts.
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -39,6 +39,24 @@ interface MessageDetail extends Omit<MessageSummary, 'deliveries'> {
   summary: { subject: string | null; from: string | null; to: string[]; date: string | null; message_id: string | null; attachments: Array<{ filename: string | null; content_type: string; size: number }> } | null;
   parse_error: string | null;
   deliveries: Array<Delivery & { attempt_log: Array<{ attempt: number; started_at: string; latency_ms: number; status_code: number | null; outcome: string; error: string | null }> }>;
+}
+interface RouteHealth {
+  route: string;
+  configured: boolean;
+  kind: string;
+  queue: Record<'pending' | 'delivering' | 'delivered' | 'dead' | 'dropped', number>;
+  window: { attempts: number; success_rate: number | null };
+  last_failure: { at: string; status_code: number | null; error: string | null } | null;
+  consumer: { failing_since: string | null; paused_until: string | null };
+}
+interface MailboxView {
+  name: string;
+  method: string;
+  state: string;
+  since: string;
+  healthy: boolean;
+  consecutive_failures: number;
+  last_error: { kind: string; message: string; at: string } | null;
 }
 interface ReplayResult {
   replayed: number;
@@ -166,6 +184,43 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
       return outcome === 'delivered' ? EXIT.ok : outcome === 'failed' ? EXIT.failed : EXIT.tempfail;
     }),
   );
+
+  connection(program.command('status').description('each route\'s queue and consumer, each mailbox\'s state; exits 1 when a consumer is failing or a mailbox is not read'))
+    .option('--window <w>', 'attempts and success rate over this window (1m…7d)', '1h')
+    .option('--json', 'print the API responses as JSON')
+    .action((o: ConnectionOptions & { window: string; json?: boolean }) =>
+      run(async () => {
+        const api = client(o);
+        const routes = await api.json<{ window: string; routes: RouteHealth[] }>('GET', `/api/routes?window=${encodeURIComponent(o.window)}`);
+        const boxes = await api.json<{ enabled: boolean; mailboxes: MailboxView[] }>('GET', '/api/mailboxes');
+        const trouble = routes.routes.some((r) => r.consumer.failing_since !== null) || boxes.mailboxes.some((m) => !m.healthy);
+        if (o.json) {
+          io.stdout(`${JSON.stringify({ routes, mailboxes: boxes }, null, 2)}\n`);
+          return trouble ? EXIT.failed : EXIT.ok;
+        }
+        io.stdout(formatTable(['ROUTE', 'KIND', 'PENDING', 'DEAD', `SUCCESS (${o.window})`, 'CONSUMER', 'LAST FAILURE'], routes.routes.map((r) => [
+          r.configured ? r.route : `${r.route} (not configured)`,
+          r.kind,
+          r.queue.pending + r.queue.delivering,
+          r.queue.dead,
+          r.window.success_rate === null ? '-' : `${Math.round(r.window.success_rate * 1000) / 10}% of ${r.window.attempts}`,
+          r.consumer.failing_since ? `FAILING since ${shortTime(r.consumer.failing_since)}` : r.consumer.paused_until ? `paused until ${shortTime(r.consumer.paused_until)}` : 'ok',
+          r.last_failure ? `${shortTime(r.last_failure.at)} ${r.last_failure.status_code ?? ''} ${oneLine(r.last_failure.error ?? '')}`.replace(/\s+/g, ' ').trim() : '',
+        ]), 60));
+        if (boxes.enabled) {
+          io.stdout('\n');
+          io.stdout(formatTable(['MAILBOX', 'METHOD', 'STATE', 'SINCE (UTC)', 'FAILURES', 'LAST ERROR'], boxes.mailboxes.map((m) => [
+            m.healthy ? m.name : `${m.name} (NOT READ)`,
+            m.method,
+            m.state,
+            shortTime(m.since),
+            m.consecutive_failures,
+            m.last_error ? `${m.last_error.kind}: ${oneLine(m.last_error.message)}` : '',
+          ]), 60));
+        }
+        return trouble ? EXIT.failed : EXIT.ok;
+      }),
+    );
 
   const messages = program.command('messages').description('look at the messages in the spool');
 

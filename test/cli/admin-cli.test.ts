@@ -195,6 +195,34 @@ describe('mailhook CLI against a running server', () => {
     assert.deepEqual(JSON.parse((await mailhook(['retry', '--all', '--json', ...conn], env)).out), { retried: 0, dry_run: false, resumed: [], released: 0 });
   });
 
+  test('status: each route\'s queue, success and consumer, each mailbox\'s state; exit 1 when a mailbox is not read', async () => {
+    const r = await mailhook(['status', ...conn], env);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out.split('\n')[0]!, /^ROUTE +KIND +PENDING +DEAD +SUCCESS \(1h\) +CONSUMER +LAST FAILURE$/);
+    assert.match(r.out, /^app +webhook +0 +0 +100% of [1-9]\d* +ok *$/m);
+    assert.match(r.out, /^desk +webhook +0 +\d+ +[\d.]+% of [1-9]\d* +ok +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ 503 HTTP 503$/m, 'the failures of the earlier tests, the last one (the retry test\'s 503)');
+    assert.doesNotMatch(r.out, /MAILBOX/, 'no mailbox table without a bridge');
+    const json = JSON.parse((await mailhook(['status', '--json', ...conn], env)).out) as { routes: { routes: Array<{ route: string }> }; mailboxes: { enabled: boolean } };
+    assert.deepEqual(json.routes.routes.map((x) => x.route), ['app', 'desk']);
+    assert.equal(json.mailboxes.enabled, false);
+    // A mailbox whose server refuses connections: listed as not read, and the exit status says so.
+    const closed = createServer();
+    await new Promise<void>((ok) => closed.listen(0, '127.0.0.1', ok));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise<void>((ok) => closed.close(() => ok()));
+    const imap = `imap:\n  - name: support\n    host: 127.0.0.1\n    port: ${port}\n    ssl: false\n    user: u\n    password: p\n    reconnect_delay_ms: 50\n    reconnect_max_delay_ms: 100\n`;
+    const other = await startTestApp({ routes: '', yaml: (dir) => `${adminYaml({ routes: '  - name: keep\n    addresses: ["*@keep.test"]\n    sink: true\n', dir })}${imap}` });
+    try {
+      await until(() => other.mailboxes.bridges[0]!.status.consecutiveFailures >= 1, 10_000, 'the mailbox to fail');
+      const bad = await mailhook(['status', '--url', other.httpUrl], env);
+      assert.equal(bad.code, 1, bad.err);
+      assert.match(bad.out, /^MAILBOX +METHOD +STATE +SINCE \(UTC\) +FAILURES +LAST ERROR$/m);
+      assert.match(bad.out, /^support \(NOT READ\) +imap +(backoff|connecting) +\S+ \S+ +[1-9]\d* +network: /m);
+    } finally {
+      await other.close();
+    }
+  });
+
   test('errors: a wrong token, no token, no server, nothing to replay, a token file', async () => {
     const wrong = await mailhook(['messages', 'list', ...conn], { MAILHOOK_ADMIN_TOKEN: 'wrong-token-wrong-token' });
     assert.equal(wrong.code, 77);
