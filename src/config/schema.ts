@@ -214,7 +214,7 @@ export const routeSchema = z
       .array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'use letters, digits, "-", "_" and "." (an earlier name of this route)'))
       .min(1)
       .optional()
-      .describe('earlier names of this route: at start-up the spool\'s deliveries under them become this route\'s (pending ones go to this webhook, dead ones are replayed here), where a removed route\'s would be dead-lettered'),
+      .describe('earlier names of this route: at start-up the spool\'s deliveries under them become this route\'s (pending ones go to this webhook, dead ones can be replayed to it), where a removed route\'s would be dead-lettered'),
     addresses: z.array(addressPattern).min(1, 'a route needs at least one address'),
     webhook: webhookSchema.optional(),
     sink: z.boolean().optional().describe('keep messages in the spool and list them at /sink/messages instead of calling a webhook'),

@@ -14,7 +14,7 @@ import type { Secret } from '../config/secret.js';
 import { MailhookError } from '../core/errors.js';
 import { MessageRefused } from '../smtp/replies.js';
 import { reconnectDelay } from './backoff.js';
-import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
+import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, TOUCH_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
 import { MailboxError, classify } from './errors.js';
 import { MAX_HEADER_BYTES, headerSection, messageIdOf, parseHeaderFields } from './headers.js';
 import { peekHeaders, type MailboxIngest, type Plan } from './ingest.js';
@@ -68,8 +68,8 @@ export class ImapBridge {
   /**
    * Keyword claims: messages this process claimed and has not finished, with the mod-sequence the claim gave them
    * and when. A session that died between claim and commit leaves them claimed; the next session (same UIDVALIDITY)
-   * takes back those whose claim is still as we left it, younger than claim_timeout, at once instead of waiting
-   * claim_timeout as for another instance's.
+   * takes back those whose claim is still as we left it, younger than half of claim_timeout (see isOwnClaim), at once
+   * instead of waiting claim_timeout as for another instance's.
    */
   private readonly ownClaims = new Map<number, { modseq: bigint; at: number }>();
   /** UIDs left alone for good in this UIDVALIDITY (for servers that cannot store the skip keyword) */
@@ -89,6 +89,8 @@ export class ImapBridge {
   /** move claims: when the processing folder is next looked at for claims left by dead instances */
   private nextClaimScanAt = 0;
   private spoolError: unknown;
+  /** the server's text for the last command it refused (NO/BAD) in this session */
+  private lastRefusal: string | undefined;
 
   constructor(private readonly deps: ImapBridgeDeps) {
     this.s = deps.settings;
@@ -184,7 +186,8 @@ export class ImapBridge {
       doSTARTTLS: s.ssl ? undefined : s.startTls,
       servername: isIP(s.host) ? undefined : s.host,
       auth,
-      logger: false,
+      // Only what the server answered a refused command (imapflow tells its logger alone), for our own messages.
+      logger: refusalLogger((text) => (this.lastRefusal = text)),
       disableAutoIdle: true,
       clientInfo: { name: 'mailhook' },
       connectionTimeout: this.deps.timeouts?.connectMs ?? 30_000,
@@ -389,7 +392,11 @@ export class ImapBridge {
       const found = await this.timed(client.search({ seen: false, deleted: false, unKeyword: SKIP_KEYWORD }, { uid: true }), 'SEARCH');
       if (!Array.isArray(found)) throw new MailboxError('MAILBOX_SERVER', `SEARCH in ${this.s.mailbox} failed`);
       const uids = found.filter((u) => !this.skipped.has(u) && !this.passedOver.has(u)).sort((a, b) => a - b);
-      if (this.claimMode !== 'move') this.claims.retain(new Set(uids));
+      if (this.claimMode !== 'move') {
+        this.claims.retain(new Set(uids));
+        const unread = new Set(found);
+        for (const uid of this.ownClaims.keys()) if (!unread.has(uid)) this.ownClaims.delete(uid);
+      }
       if (uids.length === 0) return;
       let progressed = false;
       for (let i = 0; i < uids.length && !this.stopping; i += this.s.batchSize) {
@@ -479,12 +486,14 @@ export class ImapBridge {
 
   /**
    * A claimed message is still ours when our claim left it at this mod-sequence (nobody changed it since) and is
-   * younger than claim_timeout (past it, another instance may be taking it over: it goes the usual stale way).
+   * younger than half of claim_timeout. Another instance may take it over for stale one claim_timeout after it first
+   * saw it, which is after our claim: taken back by then, its batch has at least half of claim_timeout to finish,
+   * as any batch has the whole of it. Older, it goes the usual stale way.
    */
   private isOwnClaim(m: FetchMessageObject, now: number): boolean {
     const own = this.ownClaims.get(m.uid);
     if (!own) return false;
-    if (own.modseq === m.modseq && now - own.at < this.s.claimTimeoutMs) return true;
+    if (own.modseq === m.modseq && now - own.at < this.s.claimTimeoutMs / 2) return true;
     this.ownClaims.delete(m.uid);
     return false;
   }
@@ -846,7 +855,7 @@ export class ImapBridge {
       }
       if (err instanceof MessageRefused) {
         // What SMTP refuses with 5xx (too many MIME parts, a header section too large, a mail loop) could be stored
-        // but never parsed for its webhook: dead-lettered at its first attempt. Left in the mailbox instead, seen.
+        // but never parsed for its webhook: dead-lettered at its first attempt. Left in the mailbox instead, marked.
         this.ingest.count('refused');
         this.log.warn({ ...log, reason: err.reason, messageId: plan.messageId }, `message refused by smtp.limits (${err.reason}); left in the mailbox, marked ${SKIP_KEYWORD}`);
         return { outcome: 'refused', plan };
@@ -873,27 +882,51 @@ export class ImapBridge {
     } else if (a.kind === 'flag') {
       ok = await client.messageFlagsAdd(set, ['\\Seen'], { uid: true });
       if (ok && this.claimMode === 'keyword') await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
-    } else if (this.claimMode === 'keyword') {
-      // The moved copy must not carry the claim keyword, but a message neither claimed nor read is one another
-      // instance takes (between our STORE and MOVE it did, and delivered it a second time): \Seen goes first, then
-      // the claim, then the MOVE. A MOVE the server refuses (the folder gone, over quota) puts both back, claim
-      // first: claimed and unread, it is moved on the next pass. A connection lost between the STORE and the MOVE
-      // leaves it read in the folder, in the spool and not moved (see docs/imap.md).
-      ok = await client.messageFlagsAdd(set, ['\\Seen'], { uid: true });
-      if (ok) ok = await client.messageFlagsRemove(set, [CLAIM_KEYWORD], { uid: true });
-      if (ok) ok = (await client.messageMove(set, a.folder, { uid: true })) !== false;
-      if (!ok && client.usable) {
-        await client.messageFlagsAdd(set, [CLAIM_KEYWORD], { uid: true }).catch(() => undefined);
-        await client.messageFlagsRemove(set, ['\\Seen'], { uid: true }).catch(() => undefined);
-      }
     } else {
+      // One UID MOVE, the claim keyword (keyword claims) travelling with the message: removing it first left the
+      // message neither claimed nor read in the folder for a moment, and another instance took it then (and a
+      // connection lost in that moment would have stranded it). A MOVE the server refuses (the folder gone, over
+      // quota) leaves it claimed where it was, the claim touched so no other instance takes it for stale while we
+      // retry; it is moved on the next pass.
+      this.lastRefusal = undefined;
       ok = (await client.messageMove(set, a.folder, { uid: true })) !== false;
+      if (!ok && this.claimMode === 'keyword' && client.usable) {
+        const refusal = this.lastRefusal;
+        await client.messageFlagsAdd(set, [TOUCH_KEYWORD], { uid: true }).catch(() => undefined);
+        await client.messageFlagsRemove(set, [TOUCH_KEYWORD], { uid: true }).catch(() => undefined);
+        this.lastRefusal = refusal;
+      }
     }
     if (!ok) {
       if (!client.usable) throw new MailboxError('MAILBOX_NETWORK', 'the connection was lost while marking delivered messages');
-      throw new MailboxError('MAILBOX_SERVER', `after_delivery ${a.kind === 'move' ? `move:${a.folder}` : a.kind} failed for ${uids.length} message(s); they are in the spool and are marked on the next pass`);
+      const said = a.kind === 'move' && this.lastRefusal ? ` (the server: ${this.lastRefusal})` : '';
+      throw new MailboxError('MAILBOX_SERVER', `after_delivery ${a.kind === 'move' ? `move:${a.folder}` : a.kind} failed for ${uids.length} message(s)${said}; they are in the spool and are marked on the next pass`);
     }
   }
+}
+
+/**
+ * A logger for imapflow that keeps only the server's text of a refused command (imapflow logs `{err}` at warn,
+ * `err.response` the text after NO/BAD, `err.serverResponseCode` its code) and drops everything else, error and
+ * fatal included (imapflow prints those on the console when its logger has no method for them).
+ */
+function refusalLogger(keep: (text: string) => void): Record<'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal', (entry?: unknown) => void> {
+  const drop = () => undefined;
+  return {
+    trace: drop,
+    debug: drop,
+    info: drop,
+    error: drop,
+    fatal: drop,
+    warn: (entry) => {
+      const err = (entry as { err?: { response?: unknown; serverResponseCode?: unknown } } | undefined)?.err;
+      if (typeof err?.response !== 'string' || !err.response) return;
+      const code = typeof err.serverResponseCode === 'string' ? `[${err.serverResponseCode}] ` : '';
+      // "<tag> NO [CODE] text": the part after NO/BAD, which holds the code.
+      const text = /^\S+\s+(?:NO|BAD)\s+(.*)$/is.exec(err.response)?.[1] ?? `${code}${err.response}`;
+      keep(text.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim().slice(0, 300));
+    },
+  };
 }
 
 function groupBySize(list: FetchMessageObject[], maxBytes: number): FetchMessageObject[][] {

@@ -4,6 +4,11 @@ import type { ImapFlow } from 'imapflow';
 
 /** Set on a message by the instance that takes it; removed by after_delivery (or kept with delete). */
 export const CLAIM_KEYWORD = '$MailhookClaimed';
+/**
+ * Set and removed at once on a claimed message whose move the server refused: the message stays claimed, and its
+ * changed mod-sequence tells other instances the claim's holder is alive (their stale-claim timers start again).
+ */
+export const TOUCH_KEYWORD = '$MailhookTouched';
 /** Set on a message the bridge leaves in the mailbox for good (unmatched with "leave", over the size limit). */
 export const SKIP_KEYWORD = '$MailhookSkipped';
 

@@ -50,7 +50,7 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
     if (settings.method === 'microsoft_graph') {
       const tokens = new OAuthTokenProvider(
         { grant: 'client_credentials', tokenUrl: settings.tokenUrl, clientId: settings.clientId, clientSecret: settings.clientSecret, refreshToken: undefined, scope: `${settings.graphEndpoint}/.default` },
-        { clock: deps.clock, dispatcher: deps.dispatcher },
+        { clock: deps.clock, dispatcher: deps.dispatcher, log: log.child({ mailbox: settings.name }) },
       );
       const state = new MailboxState(deps.spool.db, settings.name, deps.clock);
       return new GraphInbox({ settings, ingest: new MailboxIngest(ingestDeps, settings, 'graph'), tokens, state, log, metrics: deps.metrics, clock: deps.clock, random: deps.random, dispatcher: deps.dispatcher });
@@ -59,7 +59,7 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
       settings.auth.kind === 'oauth2'
         ? new OAuthTokenProvider(
             { grant: settings.auth.grant, tokenUrl: settings.auth.tokenUrl, clientId: settings.auth.clientId, clientSecret: settings.auth.clientSecret, refreshToken: settings.auth.refreshToken, scope: settings.auth.scope },
-            { clock: deps.clock, dispatcher: deps.dispatcher },
+            { clock: deps.clock, dispatcher: deps.dispatcher, log: log.child({ mailbox: settings.name }) },
           )
         : undefined;
     return new ImapBridge({ settings, ingest: new MailboxIngest(ingestDeps, settings, 'imap'), tokens, log, metrics: deps.metrics, clock: deps.clock, random: deps.random });

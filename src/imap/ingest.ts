@@ -34,15 +34,19 @@ export interface IngestDeps {
   /** the same limit as SMTP (smtp.max_message_bytes) */
   maxBytes: number;
   /**
-   * SMTP's structure limits (smtp.limits): a message past them could be stored but never parsed for its webhook,
-   * so it is left in the mailbox as SMTP would refuse it
+   * SMTP's structure limits (smtp.limits, see ingestLimits): a message past them could be stored but never parsed
+   * for its webhook, so it is left in the mailbox as SMTP would refuse it
    */
   limits: { maxHeaderBytes: number; maxReceived: number; maxMimeParts: number; maxMimeDepth: number };
 }
 
-/** smtp.limits as a mailbox's messages are checked against them. */
+/**
+ * smtp.limits as a mailbox's messages are checked against them: those that keep a message parseable. Not
+ * max_received_headers: a hop count stops a relay loop, and a message read from a mailbox has arrived (mailhook
+ * relays nothing on); a long forwarding chain is still delivered.
+ */
 export function ingestLimits(limits: Config['smtp']['limits']): IngestDeps['limits'] {
-  return { maxHeaderBytes: limits.max_header_bytes, maxReceived: limits.max_received_headers, maxMimeParts: limits.max_mime_parts, maxMimeDepth: limits.max_mime_depth };
+  return { maxHeaderBytes: limits.max_header_bytes, maxReceived: Number.MAX_SAFE_INTEGER, maxMimeParts: limits.max_mime_parts, maxMimeDepth: limits.max_mime_depth };
 }
 
 export interface MailboxRef {

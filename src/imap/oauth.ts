@@ -2,6 +2,7 @@
 // (Gmail), cached and refreshed before they expire; one request in flight at a time.
 import { request, type Dispatcher } from 'undici';
 import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
 import type { Secret } from '../config/secret.js';
 import { MailboxError } from './errors.js';
 import { endpointOf } from '../core/url.js';
@@ -39,7 +40,7 @@ export class OAuthTokenProvider implements TokenProvider {
 
   constructor(
     private readonly settings: OAuthSettings,
-    private readonly deps: { clock: Clock; dispatcher?: Dispatcher },
+    private readonly deps: { clock: Clock; dispatcher?: Dispatcher; log?: Logger },
   ) {
     this.refreshToken = settings.refreshToken?.reveal();
   }
@@ -75,8 +76,11 @@ export class OAuthTokenProvider implements TokenProvider {
     // Secrets from files are read again at each token request: a client secret or refresh token replaced while
     // mailhook runs is used. A refresh token the endpoint rotated stays in use unless the file changed since it
     // was last read (an operator's new token wins). A file that cannot be read keeps the value read before.
-    s.clientSecret?.reread();
-    if (s.refreshToken?.reread().changed) this.refreshToken = s.refreshToken.reveal();
+    const secret = s.clientSecret?.reread();
+    if (secret?.error) this.deps.log?.warn(`client_secret_file: ${secret.error}`);
+    const refresh = s.refreshToken?.reread();
+    if (refresh?.error) this.deps.log?.warn(`refresh_token_file: ${refresh.error}`);
+    if (refresh?.changed) this.refreshToken = s.refreshToken!.reveal();
     const form = new URLSearchParams({ grant_type: s.grant, client_id: s.clientId });
     if (s.clientSecret) form.set('client_secret', s.clientSecret.reveal());
     if (s.grant === 'refresh_token') form.set('refresh_token', this.refreshToken ?? '');

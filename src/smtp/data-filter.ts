@@ -10,7 +10,8 @@ export type BareLfPolicy = 'normalize' | 'reject' | 'keep';
 export interface DataFilterOptions {
   /**
    * normalize: a lone CR or LF becomes CRLF; reject: the message is refused with 550 5.5.2; keep: the bytes pass as
-   * they are (a message read from a mailbox is stored as the server holds it), a lone CR or LF still ends a line
+   * they are (a message read from a mailbox is stored as the server holds it), read as mailparser's splitter reads
+   * them: a lone LF ends a line, a lone CR is part of its line
    */
   bareLf: BareLfPolicy;
   /** message bytes as received (after dot-unstuffing); more is refused as too large */
@@ -132,13 +133,12 @@ export class DataFilter extends Transform {
     if (!this.violation && this.pendingCR) {
       // The message ended on a lone CR.
       this.pendingCR = false;
-      if (this.bare()) {
+      if (this.opts.bareLf === 'keep') this.lineData(CR_BUF, 0, 1);
+      else if (this.bare()) {
         this.lineEnd();
-        if (this.inserting) {
-          this.stats.bytesOut += 1;
-          this.opts.tap?.write(LF_BUF);
-          this.push(LF_BUF);
-        }
+        this.stats.bytesOut += 1;
+        this.opts.tap?.write(LF_BUF);
+        this.push(LF_BUF);
       }
     }
     this.opts.tap?.end(this.stats, this.violation !== undefined);
@@ -154,7 +154,7 @@ export class DataFilter extends Transform {
     this.violation ??= err;
   }
 
-  /** A lone CR or LF: true when it ends a line (normalized or kept), false when the message is refused. */
+  /** A lone CR or LF that ends a line (a lone LF when kept): true when normalized or kept, false when refused. */
   private bare(): boolean {
     if (this.opts.bareLf === 'reject') {
       this.fail(new MessageRefused(Reply.BareNewline, 'bare CR or LF'));
@@ -180,9 +180,11 @@ export class DataFilter extends Transform {
       if (chunk[0] === LF) {
         this.lineEnd();
         i = 1;
+      } else if (this.opts.bareLf === 'keep') {
+        this.lineData(CR_BUF, 0, 1); // the CR of the last chunk was part of its line
       } else {
         if (!this.bare()) return chunk;
-        if (this.inserting) pieces = [LF_BUF];
+        pieces = [LF_BUF];
         this.lineEnd();
       }
     }
@@ -206,13 +208,15 @@ export class DataFilter extends Transform {
           this.lineEnd();
           i = t + 2;
           nextLF = chunk.indexOf(LF, i);
+        } else if (this.opts.bareLf === 'keep') {
+          // A lone CR is no line end to mailparser's splitter (it splits at LF): part of the line.
+          this.lineData(chunk, t, t + 1);
+          i = t + 1;
         } else {
           // A lone CR: keep it and add the LF.
           if (!this.bare()) return chunk;
-          if (this.inserting) {
-            (pieces ??= []).push(chunk.subarray(segStart, t + 1), LF_BUF);
-            segStart = t + 1;
-          }
+          (pieces ??= []).push(chunk.subarray(segStart, t + 1), LF_BUF);
+          segStart = t + 1;
           this.lineEnd();
           i = t + 1;
         }

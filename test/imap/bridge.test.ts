@@ -2,7 +2,7 @@
 // unmatched policies, XOAUTH2 with both token grants, and failures that back off instead of crashing.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
@@ -31,7 +31,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'limits', 'reuse', 'unsol', 'unread', 'remark'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwheld', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'limits', 'reuse', 'unsol', 'unread', 'remark'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -120,7 +120,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       assert.deepEqual(await dovecot.list('INBOX', 'del'), []);
       assert.deepEqual((await dovecot.list('INBOX', 'flag')).map((m) => m.flags), [['\\Seen'], ['\\Seen']]);
       assert.deepEqual(await dovecot.list('INBOX', 'move'), []);
-      assert.deepEqual((await dovecot.list('Processed', 'move')).map((m) => m.flags), [['\\Seen'], ['\\Seen']], 'with keyword claims (Dovecot has CONDSTORE) moved read: see the next test');
+      assert.deepEqual((await dovecot.list('Processed', 'move')).map((m) => m.flags), [[CLAIM_KEYWORD], [CLAIM_KEYWORD]], 'keyword claims (Dovecot has CONDSTORE): the claim travels with the moved copy (see the race test)');
       // Dedupe keys: imap:<mailbox name>:<uidvalidity>:<uid>.
       const keys = (app.spool.db.prepare(`SELECT dedupe_key FROM messages ORDER BY dedupe_key`).all() as Array<{ dedupe_key: string }>).map((r) => r.dedupe_key);
       for (const k of keys) assert.match(k, /^imap:(del|flag|move):\d+:[12]$/);
@@ -146,6 +146,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       await c.logout();
       await dovecot.append([message('k1', { to: 'desk@in.test', messageId: 'kwmove-1@x' })], { user: 'kwmove' });
       await until(() => bridgeOf(a).status.state === 'backoff', 10_000, 'the MOVE refused');
+      assert.match(bridgeOf(a).status.lastError?.message ?? '', /^after_delivery move:Archive failed for 1 message\(s\) \(the server: \[TRYCREATE\] Mailbox doesn't exist: Archive.*\); they are in the spool/, 'the server\'s reason is shown');
       assert.equal(count(a.spool.db), 1, 'in A\'s spool');
       assert.deepEqual((await dovecot.list('INBOX', 'kwmove')).map((m) => m.flags), [[CLAIM_KEYWORD]], 'still claimed');
       b = await startTestApp({ routes: routesYaml(consumer.url), extra: entry(100) });
@@ -158,7 +159,36 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
     }
   });
 
-  test('keyword claims, after_delivery move: while the MOVE is on its way the message is read, so another instance does not take it', async () => {
+  test('keyword claims: a MOVE refused again and again touches the claim each time, so another instance does not take it for stale', async () => {
+    const consumer = await new Consumer().start();
+    const a = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'kwheld', { after_delivery: 'move:Archive', claim: 'keyword', reconnect_delay_ms: 100, reconnect_max_delay_ms: 100 })) });
+    const archive = ['tmp', 'new', 'cur'].map((sub) => join(dovecot.dir, 'home', 'kwheld', 'Maildir', '.Archive', sub));
+    let b: TestApp | undefined;
+    try {
+      await until(() => bridgeOf(a).status.state === 'idle', 10_000, 'A idle (Archive created)');
+      // Archive stays, but Dovecot (running as nobody) cannot write into it: every MOVE is refused, session after session.
+      for (const sub of archive) chmodSync(sub, 0o555);
+      await dovecot.append([message('h1', { to: 'desk@in.test', messageId: 'kwheld-1@x' })], { user: 'kwheld' });
+      await until(() => bridgeOf(a).status.consecutiveFailures >= 1, 10_000, 'the MOVE refused');
+      // B would take over a claim left unchanged for 1 s.
+      b = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'kwheld', { after_delivery: 'move:Archive', claim: 'keyword', claim_timeout: 1 })) });
+      await until(() => bridgeOf(b!).status.state === 'idle', 10_000, 'B finished a pass');
+      const t0 = Date.now();
+      const refusals = () => a.logs.filter((l) => l.includes('after_delivery move:Archive failed')).length;
+      const r0 = refusals();
+      await until(() => Date.now() - t0 > 3000 && refusals() >= r0 + 10, 15_000, 'three claim timeouts of B, and ten more refused moves of A');
+      assert.equal(count(b.spool.db), 0, 'B left it to its claimant');
+      assert.ok(!b.logs.some((l) => l.includes('took over a stale claim')));
+      assert.deepEqual((await dovecot.list('INBOX', 'kwheld')).map((m) => m.flags), [[CLAIM_KEYWORD]], 'claimed, the touch keyword gone again');
+    } finally {
+      for (const sub of archive) chmodSync(sub, 0o700);
+      await a.close();
+      await b?.close();
+      await consumer.stop();
+    }
+  });
+
+  test('keyword claims, after_delivery move: while the MOVE is on its way the message stays claimed, so another instance does not take it', async () => {
     const consumer = await new Consumer().start();
     // A's connection goes through a proxy that holds its UID MOVE: the window between its STORE and its MOVE.
     const proxy = await new PausingProxy(dovecot.port, /UID MOVE/i).start();
@@ -170,7 +200,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       await dovecot.append([message('r1', { messageId: 'kwrace-1@x' })], { user: 'kwrace' }); // to incoming+r1@: a webhook route
       await proxy.caught;
       assert.equal(count(a.spool.db), 1, "in A's spool");
-      assert.deepEqual((await dovecot.list('INBOX', 'kwrace')).map((m) => m.flags), [['\\Seen']], 'read, and no longer claimed (the moved copy carries no claim)');
+      assert.deepEqual((await dovecot.list('INBOX', 'kwrace')).map((m) => m.flags), [[CLAIM_KEYWORD]], 'still claimed');
       b = await startTestApp({ routes: routesYaml(consumer.url), extra: entry(dovecot.port) });
       await until(() => bridgeOf(b!).status.state === 'idle', 10_000, 'B finished a pass');
       assert.equal(count(b.spool.db), 0, 'B did not take it');
@@ -180,7 +210,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
         moved = await dovecot.list('Processed', 'kwrace');
         if (moved.length === 0) await new Promise((r) => setTimeout(r, 20));
       }
-      assert.deepEqual(moved.map((m) => m.flags), [['\\Seen']]);
+      assert.deepEqual(moved.map((m) => m.flags), [[CLAIM_KEYWORD]], 'moved with its claim');
       assert.deepEqual(await dovecot.list('INBOX', 'kwrace'), []);
       await consumer.waitFor(1, 5000);
       assert.equal(consumer.requests.length, 1, 'delivered once');
@@ -245,31 +275,33 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
     }
   });
 
-  test('smtp.limits apply to mailbox messages: one SMTP would refuse is left in the mailbox, marked, not dead-lettered after taking it', async () => {
+  test('smtp.limits apply to mailbox messages: one SMTP would refuse as unparseable is left in the mailbox, marked, not dead-lettered after taking it', async () => {
     const consumer = await new Consumer().start();
     const parts = Array.from({ length: 8 }, (_, i) => `--b1\r\nContent-Type: text/plain\r\n\r\npart ${i}\r\n`).join('') + '--b1--';
     const received = Array.from({ length: 4 }, (_, i) => `Received: from hop${i}.example.test by mx.example.test; Mon, 3 Mar 2025 10:00:0${i} +0000`).join('\r\n');
     await dovecot.append(
       [
         message('parts', { headers: 'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"', body: parts }),
-        message('loop', { headers: received }),
+        message('head', { headers: `X-Long: ${'h'.repeat(5000)}` }),
+        message('hops', { headers: received }),
         message('fine'),
       ],
       { user: 'limits' },
     );
-    const limits = '  greeting_delay_ms: 0\n  limits:\n    max_mime_parts: 5\n    max_received_headers: 3\n';
+    const limits = '  greeting_delay_ms: 0\n  limits:\n    max_mime_parts: 5\n    max_header_bytes: 4096\n    max_received_headers: 3\n';
     const app = await startTestApp({ routes: '', yaml: (dir) => configYaml({ routes: routesYaml(consumer.url), dir, extra: imapBlock(mailboxYaml(dovecot, 'limits', { after_delivery: 'delete' })) }).replace('  greeting_delay_ms: 0\n', limits) });
     try {
-      const [req] = await consumer.waitFor(1, 10_000);
+      const reqs = await consumer.waitFor(2, 10_000);
       await until(() => bridgeOf(app).status.state === 'idle', 10_000, 'idle');
-      assert.match(req!.body.toString(), /test fine/);
-      assert.equal(count(app.spool.db), 1, 'only the message within the limits is in the spool');
+      // A hop count stops relay loops; a message in a mailbox has arrived, and a long forwarding chain is delivered.
+      assert.deepEqual(reqs.map((r) => /test (\w+)/.exec(r.body.toString())?.[1]).sort(), ['fine', 'hops']);
+      assert.equal(count(app.spool.db), 2, 'only the messages that can be parsed are in the spool');
       assert.deepEqual((await dovecot.list('INBOX', 'limits')).map((m) => m.flags), [[SKIP_KEYWORD], [SKIP_KEYWORD]], 'the two others stay, marked');
       const warnings = app.logs.map((l) => JSON.parse(l) as { msg: string; reason?: string }).filter((l) => l.msg.startsWith('message refused by smtp.limits'));
-      assert.deepEqual(warnings.map((w) => w.reason).sort(), ['more than 3 Received headers', 'more than 5 MIME parts']);
+      assert.deepEqual(warnings.map((w) => w.reason).sort(), ['header section over 4096 bytes', 'more than 5 MIME parts']);
       assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_messages_total\{mailbox="limits",outcome="refused"\} 2$/m);
       await new Promise((r) => setTimeout(r, 300));
-      assert.equal(consumer.requests.length, 1, 'nothing else delivered');
+      assert.equal(consumer.requests.length, 2, 'nothing else delivered');
     } finally {
       await app.close();
       await consumer.stop();

@@ -9,6 +9,8 @@ import { OAuthTokenProvider, refreshMargin, RENEW_RETRY_MS } from '../../src/ima
 import { tempDir, until } from '../helpers/app.js';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { createLogger } from '../../src/core/logger.js';
 import { MailboxError } from '../../src/imap/errors.js';
 import { Secret } from '../../src/config/secret.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
@@ -104,7 +106,9 @@ test('secrets from files are read again at each token request: a fixed client se
     as.rotateRefreshTokens = true;
     as.refreshTokens.set('rt-file-1', { clientId: 'gmail', username: 'me' });
     const clock = clockAt(Date.now());
-    const p = new OAuthTokenProvider({ grant: 'refresh_token', tokenUrl: `${as.url}/token`, clientId: 'gmail', clientSecret: new Secret('wrong-secret', secretFile), refreshToken: new Secret('rt-file-1', tokenFile), scope: undefined }, { clock });
+    const lines: Array<{ level: number; msg: string }> = [];
+    const log = createLogger({ level: 'info', destination: new Writable({ write: (c: Buffer, _e, cb) => (lines.push(JSON.parse(c.toString())), cb()) }) });
+    const p = new OAuthTokenProvider({ grant: 'refresh_token', tokenUrl: `${as.url}/token`, clientId: 'gmail', clientSecret: new Secret('wrong-secret', secretFile), refreshToken: new Secret('rt-file-1', tokenFile), scope: undefined }, { clock, log });
     await assert.rejects(p.token(), (err: unknown) => err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED', 'the wrong client secret');
     writeFileSync(secretFile, 'gmail-secret\n');
     const first = await p.token();
@@ -118,10 +122,12 @@ test('secrets from files are read again at each token request: a fixed client se
     p.invalidate();
     assert.ok(as.isValid(await p.token()));
     assert.ok(!as.refreshTokens.has('rt-file-2'), 'rt-file-2 was sent (and rotated)');
-    // A file that went missing keeps the value read before.
+    // A file that went missing keeps the value read before, and says so.
+    assert.equal(lines.length, 0);
     rmSync(secretFile);
     p.invalidate();
     assert.ok(as.isValid(await p.token()));
+    assert.deepEqual(lines.map((l) => [l.level, l.msg]), [[40, `client_secret_file: cannot read ${secretFile} (ENOENT); the value read before is used`]]);
   } finally {
     as.rotateRefreshTokens = false;
     rmSync(dir, { recursive: true, force: true });

@@ -72,6 +72,21 @@ test('keep passes lone CRs and LFs as they are, yet ends lines at them: MIME par
     assert.deepEqual(fine.out, lf);
     assert.equal(fine.filter.stats.mimeParts, 3);
   }
+  // A lone CR ends no line for mailparser's splitter: the Content-Type after it is part of the X field, the message
+  // no multipart, and a limit of 1 part holds (normalize, which stores a CRLF there, sees three parts).
+  const cr = Buffer.from('X: a\rContent-Type: multipart/mixed; boundary=q\n\n--q\n\none\n--q\n\ntwo\n--q--\n');
+  for (const size of [1, 4, 1000]) {
+    const kept = await run(cr, size, { bareLf: 'keep', maxMimeParts: 1 });
+    assert.equal(kept.err, undefined, `chunk size ${size}`);
+    assert.deepEqual(kept.out, cr);
+    assert.equal(kept.filter.stats.mimeParts, 1);
+    const { message } = await parseMessage(kept.out, { htmlToText: false });
+    assert.equal(message.attachments.length, 0);
+    assert.equal(message.text?.includes('--q'), true, 'mailparser reads it the same way: no parts, the body is text');
+    assert.equal((await run(cr, size)).filter.stats.mimeParts, 3);
+  }
+  const endsOnCr = await run(Buffer.from('Subject: x\n\nbody\r'), 3, { bareLf: 'keep' });
+  assert.deepEqual(endsOnCr.out, Buffer.from('Subject: x\n\nbody\r'));
 });
 
 test('reject refuses a lone LF with 550 5.5.2 and passes nothing further', async () => {
