@@ -5,6 +5,8 @@ export type ErrorCode =
   | 'SPOOL_UNAVAILABLE'
   | 'SPOOL_CLOSED'
   | 'MESSAGE_TOO_LARGE'
+  /** refused for what it is (a structure limit, DMARC): details[0] says why */
+  | 'MESSAGE_REFUSED'
   | 'MESSAGE_NOT_FOUND'
   | 'ROUTE_NOT_FOUND'
   | 'WEBHOOK_BAD_SECRET'

@@ -12,7 +12,6 @@ import type { Logger } from '../core/logger.js';
 import type { ImapMailboxSettings } from '../config/mailboxes.js';
 import type { Secret } from '../config/secret.js';
 import { MailhookError } from '../core/errors.js';
-import { MessageRefused } from '../smtp/replies.js';
 import { reconnectDelay } from './backoff.js';
 import { CLAIM_KEYWORD, ClaimTracker, SKIP_KEYWORD, TOUCH_KEYWORD, conditionalStore, toSequenceSet } from './claim.js';
 import { MailboxError, classify } from './errors.js';
@@ -853,11 +852,12 @@ export class ImapBridge {
         this.log.warn(log, `message exceeds ${this.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox, marked ${SKIP_KEYWORD}`);
         return { outcome: 'too_large', plan };
       }
-      if (err instanceof MessageRefused) {
+      if (err instanceof MailhookError && err.code === 'MESSAGE_REFUSED') {
         // What SMTP refuses with 5xx (too many MIME parts, a header section too large, a mail loop) could be stored
         // but never parsed for its webhook: dead-lettered at its first attempt. Left in the mailbox instead, marked.
         this.ingest.count('refused');
-        this.log.warn({ ...log, reason: err.reason, messageId: plan.messageId }, `message refused by smtp.limits (${err.reason}); left in the mailbox, marked ${SKIP_KEYWORD}`);
+        const reason = err.details[0] ?? err.message;
+        this.log.warn({ ...log, reason, messageId: plan.messageId }, `message refused by smtp.limits (${reason}); left in the mailbox, marked ${SKIP_KEYWORD}`);
         return { outcome: 'refused', plan };
       }
       this.spoolError ??= err;

@@ -3,7 +3,6 @@
 import { Readable, pipeline } from 'node:stream';
 import { MailhookError } from '../core/errors.js';
 import { createDataFilter } from '../smtp/data-filter.js';
-import { MessageRefused } from '../smtp/replies.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Config, ResolvedRoute } from '../config/load.js';
 import type { UnmatchedPolicy } from '../config/mailboxes.js';
@@ -170,7 +169,7 @@ export class MailboxIngest {
     } catch (err) {
       // Only a failure of the spool can leave a committed row behind; a refusal of the message (too large, past a
       // structure limit) cannot.
-      if (!(err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') && !(err instanceof MessageRefused)) this.unsure.add(dedupeKey);
+      if (!(err instanceof MailhookError && (err.code === 'MESSAGE_TOO_LARGE' || err.code === 'MESSAGE_REFUSED'))) this.unsure.add(dedupeKey);
       throw err;
     }
     this.unsure.delete(dedupeKey);

@@ -75,7 +75,7 @@ export class MessageRefused extends MailhookError {
     readonly reply: Reply,
     readonly reason: string,
   ) {
-    super('INVALID_INPUT', `message refused: ${reason}`, { userFault: true });
+    super('MESSAGE_REFUSED', `message refused: ${reason}`, { userFault: true, details: [reason] });
   }
 }
 

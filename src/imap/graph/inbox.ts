@@ -8,7 +8,6 @@ import type { Clock, Random } from '../../core/clock.js';
 import type { Logger } from '../../core/logger.js';
 import type { Metrics } from '../../core/metrics.js';
 import { MailhookError } from '../../core/errors.js';
-import { MessageRefused } from '../../smtp/replies.js';
 import type { GraphMailboxSettings } from '../../config/mailboxes.js';
 import { reconnectDelay } from '../backoff.js';
 import { MailboxError, classify } from '../errors.js';
@@ -325,11 +324,12 @@ export class GraphInbox {
         this.deps.log.warn(log, `message exceeds ${this.deps.ingest.maxBytes} bytes (smtp.max_message_bytes); left in the mailbox`);
         return;
       }
-      if (err instanceof MessageRefused) {
+      if (err instanceof MailhookError && err.code === 'MESSAGE_REFUSED') {
         // Past an smtp.limits structure limit: it could never be parsed for its webhook (see the IMAP bridge).
         await this.leave(id, ident);
         this.deps.ingest.count('refused');
-        this.deps.log.warn({ ...log, reason: err.reason, messageId: plan.messageId }, `message refused by smtp.limits (${err.reason}); left in the mailbox`);
+        const reason = err.details[0] ?? err.message;
+        this.deps.log.warn({ ...log, reason, messageId: plan.messageId }, `message refused by smtp.limits (${reason}); left in the mailbox`);
         return;
       }
       throw err;
