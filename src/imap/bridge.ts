@@ -853,7 +853,7 @@ export class ImapBridge {
         return { outcome: 'too_large', plan };
       }
       if (err instanceof MailhookError && err.code === 'MESSAGE_REFUSED') {
-        // What SMTP refuses with 5xx (too many MIME parts, a header section too large, a mail loop) could be stored
+        // What SMTP refuses with 5xx for its structure (too many MIME parts, a header section too large) could be stored
         // but never parsed for its webhook: dead-lettered at its first attempt. Left in the mailbox instead, marked.
         this.ingest.count('refused');
         const reason = err.details[0] ?? err.message;
