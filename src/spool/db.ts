@@ -225,7 +225,12 @@ function ensureIncrementalVacuum(db: Db, path: string, log: Logger | undefined, 
     // SQLite rolled the rebuild back; the spool is as it was.
     log?.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code } }, `spool rebuild for incremental vacuum failed (${(err as Error).message}); ${later}`);
   } finally {
-    db.pragma('wal_checkpoint(TRUNCATE)');
+    try {
+      db.pragma('wal_checkpoint(TRUNCATE)');
+    } catch (err) {
+      // The spool is whole either way; the WAL is cut back at a later checkpoint (journal_size_limit).
+      log?.warn({ err: { message: (err as Error).message } }, 'could not cut the WAL back after the rebuild; a later checkpoint does');
+    }
   }
   if ((db.pragma('auto_vacuum', { simple: true }) as number) === 2) log?.info({ ms: Date.now() - started }, 'spool rebuilt for incremental vacuum');
 }
