@@ -1,5 +1,4 @@
 // The SMTP edge: thin smtp-server handlers that ask routing who a recipient is and hand DATA to the spool.
-import { statfsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname } from 'node:path';
 import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
@@ -17,6 +16,7 @@ import { PER_RECIPIENT_FORMATS } from '../config/schema.js';
 import { isLocalPart, type Router, type RouteMatch } from '../routing/router.js';
 import { lowerAscii } from '../routing/template.js';
 import type { Spool } from '../spool/spool.js';
+import { diskFree } from '../spool/disk.js';
 import type { PlannedDelivery, Recipient, TlsInfo } from '../spool/types.js';
 import { createSmtpServer } from './adapter.js';
 import { SenderAuthenticator, type AuthenticationRun } from './auth-results.js';
@@ -108,8 +108,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     if (now - disk.at < DISK_CHECK_MS) return disk.free;
     let free = Infinity;
     try {
-      const s = statfsSync(dirname(config.spool.path));
-      free = Number(s.bavail) * Number(s.bsize);
+      free = diskFree(dirname(config.spool.path));
     } catch (err) {
       log.warn({ err }, 'cannot read the free space of the spool file system');
     }

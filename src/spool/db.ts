@@ -1,9 +1,10 @@
 // Opens the spool database with durable settings and applies schema migrations in order.
 import Database from 'better-sqlite3';
-import { closeSync, mkdirSync, openSync, statSync, statfsSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MailhookError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import { diskFree } from './disk.js';
 
 export type Db = Database.Database;
 
@@ -233,11 +234,6 @@ function ensureIncrementalVacuum(db: Db, path: string, log: Logger | undefined, 
     }
   }
   if ((db.pragma('auto_vacuum', { simple: true }) as number) === 2) log?.info({ ms: Date.now() - started }, 'spool rebuilt for incremental vacuum');
-}
-
-function diskFree(dir: string): number {
-  const fs = statfsSync(dir);
-  return fs.bavail * fs.bsize;
 }
 
 function mib(bytes: number): string {
