@@ -127,7 +127,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     mailboxes.start();
     lifecycle.onStop('mailboxes', () => mailboxes.stop(SHUTDOWN_GRACE_MS));
 
-    const http = buildHttpApp({ config, spool, log, metrics, clock, wakeDelivery: (routes) => worker.resume(routes), routeStates: () => worker.routeStates(), readiness: () => ({ smtp_listening: smtp.isListening(), spool_disk_space: smtp.hasDiskSpace(), ...mailboxes.readiness() }), mailboxes: config.imap.length > 0 ? () => mailboxes.statuses() : undefined });
+    const http = buildHttpApp({ config, spool, log, metrics, clock, wakeDelivery: (routes) => worker.resume(routes), routeStates: () => worker.routeStates(), readiness: () => ({ smtp_listening: smtp.isListening(), spool_disk_space: smtp.hasDiskSpace() }), mailboxes: config.imap.length > 0 ? () => mailboxes.statuses() : undefined });
     let httpAddress: { host: string; port: number };
     try {
       await http.listen({ host: config.http.listen.host, port: config.http.listen.port });

@@ -22,7 +22,7 @@ export interface HttpDeps {
   spool: Spool;
   log: Logger;
   metrics: Metrics;
-  /** readiness checks beyond the spool, e.g. "SMTP is listening" */
+  /** readiness checks beyond the spool, e.g. "SMTP is listening": what taking mail over SMTP needs */
   readiness: () => Record<string, boolean>;
   clock?: Clock;
   /** wakes the delivery worker after an operator replays or retries deliveries, lifting routes' Retry-After pauses */
@@ -50,11 +50,22 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
 
   app.get('/healthz', async () => ({ status: 'ok' }));
 
-  app.get('/readyz', async (_req, reply) => {
-    const checks = { spool_writable: spool.isWritable(), ...deps.readiness() };
+  // Ready means able to take mail: a load balancer or Kubernetes Service that stops sending SMTP to an instance
+  // whose IMAP mailbox cannot be read would stop all mail for a problem of one mailbox's. The mailboxes' states are
+  // in the body; ?mailboxes=required counts them too (for a monitor, or an instance that reads mailboxes only).
+  app.get('/readyz', async (req, reply) => {
+    const { mailboxes: mode, ...rest } = req.query as Record<string, unknown>;
+    const unknown = Object.keys(rest);
+    if ((mode !== undefined && mode !== 'required') || unknown.length > 0) {
+      const what = unknown.length > 0 ? `unknown parameter ${unknown.map((k) => JSON.stringify(k)).join(', ')}` : `mailboxes=${JSON.stringify(mode)}`;
+      return reply.code(400).send({ error: 'bad_request', message: `${what}: /readyz takes only mailboxes=required (count IMAP/Graph mailboxes not being read as not ready)` });
+    }
+    const states = deps.mailboxes ? await deps.mailboxes() : undefined;
+    const mailboxChecks = mode === 'required' && states ? Object.fromEntries(states.map((m) => [`mailbox:${m.name}`, m.healthy])) : {};
+    const checks = { spool_writable: spool.isWritable(), ...deps.readiness(), ...mailboxChecks };
     const ready = Object.values(checks).every(Boolean);
-    // Mailbox states (connected, idle, backoff, last error) say why a "mailbox:<name>" check is false.
-    const mailboxes = deps.mailboxes ? { mailboxes: await deps.mailboxes() } : {};
+    // Mailbox states (connected, idle, backoff, last error) say whether each is read, and why not.
+    const mailboxes = states ? { mailboxes: states } : {};
     return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks, ...mailboxes });
   });
 

@@ -38,8 +38,6 @@ export interface Mailboxes {
   /** Stops every bridge (each finishes the batch in hand within graceMs). */
   stop(graceMs: number): Promise<void>;
   statuses(): MailboxStatusView[];
-  /** readiness checks: "mailbox:<name>" is true while the mailbox is being read */
-  readiness(): Record<string, boolean>;
 }
 
 export function createMailboxes(deps: MailboxesDeps): Mailboxes {
@@ -71,6 +69,5 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
       await Promise.all(bridges.map((b) => b.stop(graceMs)));
     },
     statuses: () => bridges.map((b) => b.status.view()),
-    readiness: () => Object.fromEntries(bridges.map((b) => [`mailbox:${b.status.name}`, b.status.healthy])),
   };
 }

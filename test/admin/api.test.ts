@@ -497,12 +497,12 @@ describe('mailbox states', () => {
       log: createLogger({ level: 'silent' }),
       metrics: createMetrics(),
       readiness: () => ({}),
-      mailboxes: async () => [{ name: 'support', state: 'idle', last_error: null, uid_next: 42 }],
+      mailboxes: async () => [{ name: 'support', state: 'idle', healthy: true, last_error: null, uid_next: 42 }],
     });
     try {
       const r = await http.inject({ method: 'GET', url: '/api/mailboxes', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
       assert.equal(r.statusCode, 200);
-      assert.deepEqual(r.json(), { enabled: true, mailboxes: [{ name: 'support', state: 'idle', last_error: null, uid_next: 42 }] });
+      assert.deepEqual(r.json(), { enabled: true, mailboxes: [{ name: 'support', state: 'idle', healthy: true, last_error: null, uid_next: 42 }] });
     } finally {
       await http.close();
       await spool.close();

@@ -402,7 +402,7 @@ ${oauth2}`;
     }
   });
 
-  test('network, TLS and authentication failures back off and show in /readyz and metrics; the process keeps serving', async () => {
+  test('network, TLS and authentication failures back off and show in /readyz (503 only with mailboxes=required) and metrics; the process keeps serving', async () => {
     const consumer = await new Consumer().start();
     const closedPort = await (async () => {
       const { createServer } = await import('node:net');
@@ -422,13 +422,21 @@ ${oauth2}`;
       await until(() => app.mailboxes.bridges.every((b) => b.status.consecutiveFailures >= 3), 10_000, 'every mailbox to fail three times');
       const kinds = Object.fromEntries(app.mailboxes.bridges.map((b) => [b.status.name, b.status.lastError?.kind]));
       assert.deepEqual(kinds, { refused: 'network', tls: 'tls', badpass: 'auth' }, JSON.stringify(app.mailboxes.statuses()));
+      type Ready = { status: string; checks: Record<string, boolean>; mailboxes: Array<{ name: string; state: string; healthy: boolean; last_error: { kind: string } | null }> };
+      // Ready to take mail over SMTP (a Service keeps sending it), the mailboxes' trouble in the body.
       const ready = await fetch(`${app.httpUrl}/readyz`);
-      assert.equal(ready.status, 503);
-      const body = (await ready.json()) as { checks: Record<string, boolean>; mailboxes: Array<{ name: string; state: string; last_error: { kind: string } | null }> };
-      assert.equal(body.checks['mailbox:refused'], false);
-      assert.equal(body.checks.smtp_listening, true);
+      assert.equal(ready.status, 200);
+      const body = (await ready.json()) as Ready;
+      assert.deepEqual(Object.keys(body.checks).sort(), ['smtp_listening', 'spool_disk_space', 'spool_writable']);
       assert.deepEqual(body.mailboxes.map((m) => m.name), ['refused', 'tls', 'badpass']);
-      assert.ok(body.mailboxes.every((m) => m.last_error !== null && ['backoff', 'connecting'].includes(m.state)));
+      assert.ok(body.mailboxes.every((m) => !m.healthy && m.last_error !== null && ['backoff', 'connecting'].includes(m.state)));
+      // A monitor that counts the mailboxes asks for them.
+      const strict = await fetch(`${app.httpUrl}/readyz?mailboxes=required`);
+      assert.equal(strict.status, 503);
+      const strictBody = (await strict.json()) as Ready;
+      assert.equal(strictBody.status, 'not ready');
+      assert.equal(strictBody.checks['mailbox:refused'], false);
+      assert.equal(strictBody.checks.smtp_listening, true);
       const metrics = await (await fetch(`${app.httpUrl}/metrics`)).text();
       assert.match(metrics, /mailhook_mailbox_errors_total\{mailbox="badpass",kind="auth"\} [1-9]/);
       assert.match(metrics, /mailhook_mailbox_state\{mailbox="refused",state="(backoff|connecting)"\} 1/);

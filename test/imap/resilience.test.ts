@@ -88,11 +88,11 @@ describe('IMAP bridge resilience against Dovecot', { skip }, () => {
       await dovecot.stop();
       await until(() => bridge.status.state === 'backoff', 5000, 'backoff after the server went away');
       assert.equal(bridge.status.lastError?.kind, 'network');
-      assert.ok((await fetch(`${app.httpUrl}/readyz`)).status === 503);
+      assert.equal((await fetch(`${app.httpUrl}/readyz?mailboxes=required`)).status, 503);
       await dovecot.start();
       await until(() => bridge.status.state === 'idle', 10_000, 'idle again after the restart');
       assert.equal(bridge.status.consecutiveFailures, 0);
-      assert.equal((await fetch(`${app.httpUrl}/readyz`)).status, 200);
+      assert.equal((await fetch(`${app.httpUrl}/readyz?mailboxes=required`)).status, 200);
       await dovecot.append([message('after-restart')], { user: 'restart' });
       const [req] = await consumer.waitFor(1, 5000);
       assert.match(req!.body.toString(), /incoming\+after-restart@in\.test/);

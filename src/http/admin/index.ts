@@ -22,6 +22,8 @@ import { endpointOf } from '../../core/url.js';
 export interface MailboxState {
   name: string;
   state: string;
+  /** being read (connected, idle or polling) */
+  healthy: boolean;
   [field: string]: unknown;
 }
 export type MailboxProvider = () => MailboxState[] | Promise<MailboxState[]>;
