@@ -4,7 +4,7 @@ import { systemClock } from '../core/clock.js';
 import { ConfigError, MailhookError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import { loadConfigFile } from '../config/load.js';
-import { configWarnings, spoolModeWarnings } from '../config/check.js';
+import { configWarnings, spoolDiskWarnings, spoolModeWarnings } from '../config/check.js';
 import type { CliIo } from './index.js';
 
 export async function runServe(io: CliIo & { configFile: string }): Promise<number> {
@@ -19,7 +19,7 @@ export async function runServe(io: CliIo & { configFile: string }): Promise<numb
     throw err;
   }
   const log = createLogger({ level: config.log.level });
-  for (const w of [...configWarnings(config), ...spoolModeWarnings(config.spool.path)]) log.warn({ key: w.path }, `${w.path}: ${w.message}`);
+  for (const w of [...configWarnings(config), ...spoolModeWarnings(config.spool.path), ...spoolDiskWarnings(config)]) log.warn({ key: w.path }, `${w.path}: ${w.message}`);
   let app;
   try {
     app = await startApp({ config, log, clock: systemClock, random: Math.random });

@@ -1,5 +1,5 @@
 // What check-config tries beyond the schema, as serve would: the TLS key and certificate make a pair, the spool folder is writable.
-import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { ConfigProblem } from '../core/errors.js';
 import { isErrnoException } from '../core/errors.js';
@@ -40,6 +40,48 @@ export function spoolModeWarnings(path: string): Array<{ path: string; message: 
     if ((mode & 0o077) !== 0) warnings.push({ path: 'spool.path', message: `${file} is readable by other users (mode ${mode.toString(8).padStart(4, '0')}) and holds message bodies; chmod ${fix}` });
   }
   return warnings;
+}
+
+/** A file system's size and free space as an unprivileged process may use them (root's reserve left out). */
+export interface DiskSize {
+  usable: number;
+  free: number;
+}
+
+/**
+ * smtp.limits.min_free_disk_bytes against the spool's file system: more than it can ever have free means every MAIL
+ * gets 452 4.3.1 for good; less free than it now means 452 until room is made. Nothing is refused (a volume can
+ * grow, files can be deleted), but a mistyped size should not be found out from senders' queues.
+ */
+export function spoolDiskWarnings(config: Config, size: (dir: string) => DiskSize = diskSize): Array<{ path: string; message: string }> {
+  const min = config.smtp.limits.min_free_disk_bytes;
+  if (min === 0) return [];
+  let dir = dirname(config.spool.path);
+  let disk: DiskSize | undefined;
+  for (;;) {
+    try {
+      disk = size(dir);
+      break;
+    } catch {
+      const up = dirname(dir); // not made yet: the file system it will be made on
+      if (up === dir) return [];
+      dir = up;
+    }
+  }
+  const key = 'smtp.limits.min_free_disk_bytes';
+  if (min >= disk.usable) return [{ path: key, message: `${bytes(min)} is more than the spool's file system (${dir}) holds, ${bytes(disk.usable)}: every MAIL would get 452 4.3.1 for good; lower it (the default is 100 MiB) or give the spool a larger volume` }];
+  if (disk.free < min) return [{ path: key, message: `the spool's file system (${dir}) has ${bytes(disk.free)} free, less than ${bytes(min)}: every MAIL gets 452 4.3.1 until room is made` }];
+  return [];
+}
+
+function diskSize(dir: string): DiskSize {
+  const s = statfsSync(dir);
+  const block = Number(s.bsize);
+  return { usable: (Number(s.blocks) - Number(s.bfree) + Number(s.bavail)) * block, free: Number(s.bavail) * block };
+}
+
+function bytes(n: number): string {
+  return n >= 1024 * 1024 ? `${n} bytes (${(n / 1024 / 1024).toFixed(1)} MiB)` : `${n} bytes`;
 }
 
 function isLoopback(host: string): boolean {

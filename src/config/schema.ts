@@ -59,7 +59,7 @@ const limitsSchema = z.strictObject({
   max_errors: nonNegativeInt.default(20).describe('error replies in one session before 421 4.7.0 and disconnect, 0 for no limit (Postfix smtpd_hard_error_limit)'),
   min_data_rate: nonNegativeInt.default(500).describe('bytes/s a DATA phase must average after its first socket_timeout_ms, 0 for no minimum; slower gets 421 4.4.2 (Postfix smtpd_min_data_rate)'),
   max_session_ms: nonNegativeInt.max(MAX_TIMER_MS, TIMER_MESSAGE).default(3_600_000).describe('how long one SMTP session may last, 0 for no limit; then 421 4.4.2, after the reply to a command or message in progress (a client sending a command every few minutes holds a connection slot otherwise)'),
-  min_free_disk_bytes: nonNegativeInt.default(104_857_600).describe('free space the spool file system must keep; below it MAIL gets 452 4.3.1 (Postfix queue_minfree)'),
+  min_free_disk_bytes: nonNegativeInt.default(104_857_600).describe('free space the spool file system must keep; below it MAIL gets 452 4.3.1 (Postfix queue_minfree); start-up and check-config warn when the file system is smaller than this or has less free'),
 });
 
 const senderAuthSchema = z.strictObject({

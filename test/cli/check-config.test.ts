@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SECRET, tempDir } from '../helpers/app.js';
@@ -138,4 +138,25 @@ test('check-config warns of a spool database or message folder other users can r
   chmodSync(spool, 0o600);
   chmodSync(`${spool}.blobs`, 0o700);
   assert.equal((await checkConfig(file)).err, '');
+});
+
+test('check-config warns of a min_free_disk_bytes the spool\'s file system cannot have free, or does not have now (every MAIL would get 452)', async () => {
+  const dir = tempDir();
+  const file = join(dir, 'mailhook.yaml');
+  // The spool's folder does not exist yet: the file system it will be made on is measured.
+  const spool = join(dir, 'not', 'yet', 'spool.db');
+  const s = statfsSync(dir);
+  const usable = (Number(s.blocks) - Number(s.bfree) + Number(s.bavail)) * Number(s.bsize);
+  const config = (min: number) => {
+    writeFileSync(file, `smtp:\n  limits: { min_free_disk_bytes: ${min} }\nspool:\n  path: ${spool}\n${routes}`);
+    return file;
+  };
+  const never = await checkConfig(config(usable));
+  assert.equal(never.code, 0, never.err);
+  assert.match(never.err, new RegExp(`^${file.replace(/[.]/g, '\\.')}: warning: smtp\\.limits\\.min_free_disk_bytes: ${usable} bytes \\([0-9.]+ MiB\\) is more than the spool's file system \\(${dir.replace(/[.]/g, '\\.')}\\) holds, ${usable} bytes .*every MAIL would get 452 4\\.3\\.1 for good; lower it`));
+  // Used space is never 0 on a mounted file system: one byte less than it holds is more than it has free.
+  const now = await checkConfig(config(usable - 1));
+  assert.match(now.err, /warning: smtp\.limits\.min_free_disk_bytes: the spool's file system \(.*\) has \d+ bytes .*free, less than \d+ bytes .*: every MAIL gets 452 4\.3\.1 until room is made\n$/);
+  assert.equal((await checkConfig(config(1024))).err, '');
+  assert.equal((await checkConfig(config(0))).err, '');
 });
