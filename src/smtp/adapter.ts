@@ -39,6 +39,8 @@ const ENHANCED_RE = /^\d\.\d{1,3}\.\d{1,3} /;
 const DOT = 0x2e;
 const CR = 0x0d;
 const LF = 0x0a;
+/** a line that starts with a period */
+const LF_DOT = Buffer.from('\n.');
 
 /**
  * MAIL parameters of the extensions mailhook advertises: SIZE, 8BITMIME, SMTPUTF8. Not DSN (smtp-server hides it),
@@ -136,26 +138,26 @@ class MailhookStream extends SMTPStream {
       this._atDataStart = false;
     }
     const pieces: Buffer[] = [];
-    // Each removed period restarts the scan on what follows it, as the library does (its next two bytes cannot start a line).
-    scan: for (;;) {
-      const len = chunk.length;
-      for (let i = 2; i < len - 2; i++) {
-        if (chunk[i] !== DOT || chunk[i - 1] !== LF) continue;
-        if (chunk[i - 2] === CR && chunk[i + 1] === CR && chunk[i + 2] === LF) {
-          // Everything before the terminator is content, the CRLF ending the last line included.
-          this.emitData(dataStream, pieces);
-          const last = chunk.subarray(0, i);
-          this._countDataBytes(last.length);
-          this._endDataMode(last, chunk.subarray(i + 3), done);
-          return;
-        }
-        if (chunk[i + 1] !== CR && chunk[i + 1] !== LF) {
-          pieces.push(chunk.subarray(0, i));
-          chunk = chunk.subarray(i + 1);
-          continue scan;
-        }
+    // A period at index i >= 2 that follows an LF, with two bytes after it, is looked at: found by the native
+    // indexOf of "\n." (a byte-by-byte loop here cost ~3.5 ms of CPU per MB). Each removed period restarts the scan on
+    // what follows it, as the library does (its next two bytes cannot start a line).
+    let from = 1;
+    for (;;) {
+      const i = chunk.indexOf(LF_DOT, from) + 1;
+      if (i === 0 || i >= chunk.length - 2) break;
+      if (chunk[i - 2] === CR && chunk[i + 1] === CR && chunk[i + 2] === LF) {
+        // Everything before the terminator is content, the CRLF ending the last line included.
+        this.emitData(dataStream, pieces);
+        const last = chunk.subarray(0, i);
+        this._countDataBytes(last.length);
+        this._endDataMode(last, chunk.subarray(i + 3), done);
+        return;
       }
-      break;
+      if (chunk[i + 1] !== CR && chunk[i + 1] !== LF) {
+        pieces.push(chunk.subarray(0, i));
+        chunk = chunk.subarray(i + 1);
+        from = 1;
+      } else from = i + 1;
     }
     // The last 4 bytes wait for the next chunk: they may begin a line or the terminator.
     this._lastBytes = chunk.length < 4 ? chunk : chunk.subarray(chunk.length - 4);
