@@ -1,6 +1,7 @@
 // TLS key and certificate: load and check them, and reload them (SIGHUP or a file change) without dropping connections.
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { MailhookError, isErrnoException } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -31,15 +32,20 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
   return material;
 }
 
+type IdentityProblem = { key: 'key_file' | 'cert_file'; message: string; cause: unknown };
+
+const NOT_THE_KEY = (why: string) => `does not belong to the certificate in smtp.tls.cert_file (${why}); give the key the certificate was issued for`;
+
 /**
  * Which of the two files keeps them from making a usable TLS identity, and how (the certificate alone, the key
  * alone, then the pair); undefined when they do. The message gives OpenSSL's reason, never the key material.
+ * The pair is matched by the key's public part too: OpenSSL keeps an RSA and an ECDSA key in separate slots, so a
+ * key of another type than the certificate's loads without complaint and then every handshake fails.
  */
-export function tlsIdentityProblem(material: TlsMaterial): { key: 'key_file' | 'cert_file'; message: string; cause: unknown } | undefined {
+export function tlsIdentityProblem(material: TlsMaterial): IdentityProblem | undefined {
   const attempts = [
     { options: { cert: material.cert }, key: 'cert_file', fix: (why: string) => `is not a usable PEM certificate chain (${why}); give the certificate file (leaf first), e.g. fullchain.pem` },
     { options: { key: material.key }, key: 'key_file', fix: (why: string) => `is not a usable PEM private key (${why}); give the unencrypted private key file, e.g. privkey.pem` },
-    { options: material, key: 'key_file', fix: (why: string) => `does not belong to the certificate in smtp.tls.cert_file (${why}); give the key the certificate was issued for` },
   ] as const;
   for (const a of attempts) {
     try {
@@ -48,7 +54,40 @@ export function tlsIdentityProblem(material: TlsMaterial): { key: 'key_file' | '
       return { key: a.key, message: a.fix(opensslReason(err)), cause: err };
     }
   }
+  const pair = keyPairProblem(material);
+  if (pair) return pair;
+  try {
+    createSecureContext(material);
+  } catch (err) {
+    return { key: 'key_file', message: NOT_THE_KEY(opensslReason(err)), cause: err };
+  }
   return undefined;
+}
+
+/** The first certificate of cert_file must be the key's: another type, another key, or the key's further down. */
+function keyPairProblem(material: TlsMaterial): IdentityProblem | undefined {
+  let key: KeyObject;
+  let certs: X509Certificate[];
+  try {
+    key = createPrivateKey(material.key);
+    certs = pemCertificates(material.cert);
+  } catch {
+    return undefined; // what OpenSSL loads and Node's parser does not: left to the secure context's own check
+  }
+  const leaf = certs[0];
+  if (!leaf || leaf.checkPrivateKey(key)) return undefined;
+  const at = certs.findIndex((c) => c.checkPrivateKey(key));
+  if (at > 0) {
+    return { key: 'cert_file', message: `has the certificate of smtp.tls.key_file's key in place ${at + 1}, not first: put the server's own certificate (the leaf) first, then its intermediates, as fullchain.pem has them`, cause: undefined };
+  }
+  const certType = leaf.publicKey.asymmetricKeyType;
+  const why = key.asymmetricKeyType === certType ? 'the key is not the one in the certificate' : `the key is ${key.asymmetricKeyType?.toUpperCase()}, the certificate's ${certType?.toUpperCase()}`;
+  return { key: 'key_file', message: NOT_THE_KEY(why), cause: undefined };
+}
+
+/** The certificates of a PEM file, in their order. */
+export function pemCertificates(pem: Buffer): X509Certificate[] {
+  return (pem.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((block) => new X509Certificate(block));
 }
 
 /** OpenSSL's reason (e.g. "key values mismatch"), without its error-code prefix. */

@@ -46,6 +46,32 @@ test('check-config: a TLS key that is not the certificate\'s, or junk PEM, is re
   assert.match(junkCert.err, /smtp\.tls\.cert_file: is not a usable PEM certificate chain/);
 });
 
+test('check-config: a key of another type than the certificate\'s (RSA for ECDSA, as a renewal that changes key type leaves it) is refused, and so is a chain with the leaf not first', { skip: opensslMissing() }, async () => {
+  const dir = tempDir();
+  const ec = makeCert(join(dir, 'ec'), 'ec');
+  const rsa = makeCert(join(dir, 'rsa'), 'rsa', 'mx.test', 'rsa');
+  const cfg = (key: string, cert: string) => {
+    const file = join(dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(file, `smtp:\n  tls: { key_file: ${key}, cert_file: ${cert} }\nspool:\n  path: ${join(dir, 'spool.db')}\n${routes}`);
+    return file;
+  };
+  assert.equal((await checkConfig(cfg(rsa.key, rsa.cert))).code, 0);
+  const rsaForEc = await checkConfig(cfg(rsa.key, ec.cert));
+  assert.equal(rsaForEc.code, 2, rsaForEc.out);
+  assert.match(rsaForEc.err, /smtp\.tls\.key_file: does not belong to the certificate in smtp\.tls\.cert_file \(the key is RSA, the certificate's EC\); give the key the certificate was issued for/);
+  const ecForRsa = await checkConfig(cfg(ec.key, rsa.cert));
+  assert.equal(ecForRsa.code, 2, ecForRsa.out);
+  assert.match(ecForRsa.err, /\(the key is EC, the certificate's RSA\)/);
+  // An intermediate (here any other certificate) before the leaf.
+  const chain = join(dir, 'wrong-order.pem');
+  writeFileSync(chain, Buffer.concat([readFileSync(rsa.cert), readFileSync(ec.cert)]));
+  const wrongOrder = await checkConfig(cfg(ec.key, chain));
+  assert.equal(wrongOrder.code, 2, wrongOrder.out);
+  assert.match(wrongOrder.err, /smtp\.tls\.cert_file: has the certificate of smtp\.tls\.key_file's key in place 2, not first: put the server's own certificate \(the leaf\) first/);
+  writeFileSync(chain, Buffer.concat([readFileSync(ec.cert), readFileSync(rsa.cert)]));
+  assert.equal((await checkConfig(cfg(ec.key, chain))).code, 0);
+});
+
 test('check-config: a spool path whose folder cannot be made is refused naming spool.path', async () => {
   const dir = tempDir();
   writeFileSync(join(dir, 'afile'), 'x');

@@ -151,11 +151,12 @@ export async function startTls(smtp: RawSmtp, options: ConnectionOptions = {}): 
 }
 
 /** A self-signed certificate for CN (an EC key: quick to make), written to dir/<name>.key and .crt. */
-export function makeCert(dir: string, name: string, cn = 'mx.test'): { key: string; cert: string } {
+export function makeCert(dir: string, name: string, cn = 'mx.test', type: 'ec' | 'rsa' = 'ec'): { key: string; cert: string } {
   mkdirSync(dir, { recursive: true });
   const key = join(dir, `${name}.key`);
   const cert = join(dir, `${name}.crt`);
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}`], { stdio: 'ignore' });
+  const keyOptions = type === 'ec' ? ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'] : ['-newkey', 'rsa:2048'];
+  execFileSync('openssl', ['req', '-x509', ...keyOptions, '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${cn}`], { stdio: 'ignore' });
   return { key, cert };
 }
 

@@ -265,7 +265,22 @@ describe('TLS', { skip }, () => {
     const s3 = await startTls(after.smtp);
     assert.equal((s3.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
     s3.socket.destroy();
+    // A renewal that changes key type, caught between its two files: an ECDSA certificate beside the old RSA key
+    // loads in OpenSSL without complaint (each type has its own slot) and every handshake would fail. Refused too.
+    const rsa = makeCert(join(dir, 'certs'), 'rsa', 'mx.test', 'rsa');
+    copyFileSync(rsa.key, live().key);
+    copyFileSync(rsa.cert, live().cert);
+    assert.equal(app.smtp.reloadTls('test'), true);
+    replaceFile(a.cert, live().cert);
+    assert.equal(app.smtp.reloadTls('test'), false);
+    const mixed = await RawSmtp.open(app.smtpPort);
+    await mixed.smtp.cmd('EHLO client.test');
+    const s4 = await startTls(mixed.smtp);
+    assert.equal((s4.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(rsa.cert));
+    s4.socket.destroy();
     copyFileSync(b.key, live().key);
+    copyFileSync(b.cert, live().cert);
+    assert.equal(app.smtp.reloadTls('test'), true);
   });
 
   test('reload on file change (smtp.tls.watch)', async () => {
