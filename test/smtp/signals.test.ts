@@ -70,3 +70,37 @@ test('SIGHUP reloads the key and certificate; SIGTERM: 421 for new commands, 250
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a SIGHUP or SIGTERM during start-up does not end the process where it is: the reload or stop follows the start', async () => {
+  const dir = tempDir();
+  const cfg = join(dir, 'mailhook.yaml');
+  writeFileSync(cfg, configYaml({ dir, routes: '\n  - name: sink\n    addresses: ["user@in.test"]\n    sink: true\n' }));
+  // A secret variable naming no route is warned of before the start begins: the signal is sent on seeing that line.
+  const env = { MAILHOOK_ROUTE_NONE_SECRET: 'whsec_x' };
+  const early = (l: Record<string, unknown>) => l.key === 'MAILHOOK_ROUTE_NONE_SECRET';
+  const hup = spawnMailhook(['serve', '--config', cfg], env);
+  try {
+    await hup.waitForLog(early);
+    hup.child.kill('SIGHUP');
+    await hup.started;
+    await hup.waitForLog((l) => l.msg === 'reloading');
+    // The handler runs when the start's synchronous work lets it: noted during the start, or right after it.
+    const seen = hup.lines.map((l) => l.msg).filter((m) => typeof m === 'string' && /SIGHUP during|mailhook started|^reloading/.test(m));
+    assert.deepEqual(seen.filter((m) => !/SIGHUP during/.test(m as string)), ['mailhook started', 'reloading']);
+    assert.equal(hup.child.exitCode, null, 'still running');
+    hup.child.kill('SIGTERM');
+    assert.equal((await hup.exit).code, 0);
+  } finally {
+    if (hup.child.exitCode === null) hup.child.kill('SIGKILL');
+  }
+  const term = spawnMailhook(['serve', '--config', cfg], env);
+  try {
+    await term.waitForLog(early);
+    term.child.kill('SIGTERM');
+    assert.deepEqual(await term.exit, { code: 0, signal: null });
+    assert.deepEqual(term.lines.filter((l) => l.part === undefined && typeof l.msg === 'string' && /^(mailhook started|stopping|stopped)$/.test(l.msg)).map((l) => l.msg), ['mailhook started', 'stopping', 'stopped']);
+  } finally {
+    if (term.child.exitCode === null) term.child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
