@@ -38,6 +38,8 @@ export interface AppDeps {
   settleCoalesceMs?: number;
   /** see WorkerDeps.preparedMaxAgeMs */
   preparedMaxAgeMs?: number;
+  /** see SmtpDeps.tlsPollMs */
+  tlsPollMs?: number;
 }
 
 export interface App {
@@ -120,7 +122,7 @@ export async function startApp(deps: AppDeps): Promise<App> {
     lifecycle.onStop('delivery', () => worker.stop(SHUTDOWN_GRACE_MS));
 
     const router = new Router(config.routes, { postmasterRoute: config.smtp.postmaster_route });
-    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}) });
+    const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}), tlsPollMs: deps.tlsPollMs });
 
     // Mailbox bridges feed spool.accept as SMTP does; registered after delivery, so they stop before it and the spool.
     const mailboxes = createMailboxes({ config, spool, router, log, metrics, clock, random, dispatcher });

@@ -42,7 +42,7 @@ const tlsSchema = z.strictObject({
   min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2').describe('oldest TLS version accepted'),
   required: z.boolean().default(false).describe('refuse MAIL before STARTTLS (530 5.7.0); an MX facing the internet should leave this off (RFC 3207 §4)'),
   implicit_listen: listenAddress.optional().describe('an extra listener speaking TLS from the first byte (port 465 style), host:port'),
-  watch: z.boolean().default(true).describe('reload the key and certificate when their files change (SIGHUP always reloads)'),
+  watch: z.boolean().default(true).describe('reload the key and certificate when their files change: their folder is watched, and the paths are looked at every 5 s through their links (a Kubernetes Secret volume, a swapped folder link); SIGHUP always reloads'),
 });
 
 const limitsSchema = z.strictObject({

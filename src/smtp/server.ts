@@ -40,6 +40,8 @@ export interface SmtpDeps {
   verifyDispatcher?: Dispatcher;
   /** DNS for SPF/DKIM/DMARC/ARC; dns.promises.resolve when absent (tests answer in-process) */
   dnsResolver?: DNSResolver;
+  /** how often smtp.tls.watch looks at the TLS files through their links; TLS_POLL_MS when absent */
+  tlsPollMs?: number;
 }
 
 export interface SmtpService {
@@ -314,7 +316,7 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   const servers = implicitServer ? [server, implicitServer] : [server];
   // Before listen() resolves, an error is the listener's (reported by listen() itself, see listenOn).
   for (const s of servers) s.on('error', (err) => listening && connectionError(err));
-  const reloader = tls ? new TlsReloader(tls.files, (m) => servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert })), log) : undefined;
+  const reloader = tls ? new TlsReloader(tls.files, (m) => servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert })), log, undefined, deps.tlsPollMs) : undefined;
   if (reloader && tls?.settings.watch) reloader.watch();
 
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {

@@ -1,5 +1,5 @@
 // TLS key and certificate: load and check them, and reload them (SIGHUP or a file change) without dropping connections.
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, unwatchFile, watch, watchFile, type FSWatcher, type Stats } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
@@ -96,6 +96,9 @@ function opensslReason(err: unknown): string {
   return (text.split('\n')[0] ?? '').replace(/^error:[0-9A-F]+:/, '').slice(0, 200);
 }
 
+/** How often the TLS files are looked at through their links (see TlsReloader.watch). */
+export const TLS_POLL_MS = 5000;
+
 /**
  * Keeps the servers' TLS identity current. A reload builds a new secure context for new handshakes only:
  * established sessions keep theirs, so nothing is dropped. A key and certificate that fail to load are logged
@@ -103,6 +106,7 @@ function opensslReason(err: unknown): string {
  */
 export class TlsReloader {
   private watchers: FSWatcher[] = [];
+  private polled: Array<[string, (now: Stats, before: Stats) => void]> = [];
   private timer: NodeJS.Timeout | undefined;
   /** how many reloads took effect, for tests and logs */
   generation = 0;
@@ -112,6 +116,7 @@ export class TlsReloader {
     private readonly apply: (material: TlsMaterial) => void,
     private readonly log: Logger,
     private readonly debounceMs = 200,
+    private readonly pollMs = TLS_POLL_MS,
   ) {}
 
   /** Loads the files now; true when the new identity is in use. */
@@ -129,8 +134,20 @@ export class TlsReloader {
     return true;
   }
 
-  /** Watches the files' folders (renewal tools replace files by rename) and reloads after changes settle. */
+  /**
+   * Watches the files' folders (renewal tools replace files by rename: seen at once) and looks at the files
+   * themselves every pollMs through their symbolic links: a Kubernetes Secret volume or a swapped folder link
+   * changes what a path leads to without an event in its folder. Reloads after changes settle.
+   */
   watch(): void {
+    const changed = () => {
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.reload('file change');
+      }, this.debounceMs);
+      this.timer.unref();
+    };
     const names = new Map<string, Set<string>>();
     for (const f of [this.files.keyFile, this.files.certFile]) {
       const set = names.get(dirname(f)) ?? new Set<string>();
@@ -141,18 +158,21 @@ export class TlsReloader {
       try {
         const w = watch(dir, { persistent: false }, (_event, filename) => {
           if (filename && !files.has(filename.toString())) return;
-          if (this.timer) clearTimeout(this.timer);
-          this.timer = setTimeout(() => {
-            this.timer = undefined;
-            this.reload('file change');
-          }, this.debounceMs);
-          this.timer.unref();
+          changed();
         });
-        w.on('error', (err) => this.log.warn({ err, dir }, 'cannot watch the TLS files; reload with SIGHUP'));
+        w.on('error', (err) => this.log.warn({ err, dir }, 'cannot watch the TLS files\' folder; their changes are seen by looking at them every few seconds, or at SIGHUP'));
         this.watchers.push(w);
       } catch (err) {
-        this.log.warn({ err, dir }, 'cannot watch the TLS files; reload with SIGHUP');
+        this.log.warn({ err, dir }, 'cannot watch the TLS files\' folder; their changes are seen by looking at them every few seconds, or at SIGHUP');
       }
+    }
+    for (const f of new Set([this.files.keyFile, this.files.certFile])) {
+      // stat follows links: another file behind the path has another inode, a rewritten one another mtime or size.
+      const listener = (now: Stats, before: Stats) => {
+        if (now.ino !== before.ino || now.dev !== before.dev || now.mtimeMs !== before.mtimeMs || now.size !== before.size) changed();
+      };
+      watchFile(f, { persistent: false, interval: this.pollMs }, listener);
+      this.polled.push([f, listener]);
     }
   }
 
@@ -160,5 +180,7 @@ export class TlsReloader {
     if (this.timer) clearTimeout(this.timer);
     for (const w of this.watchers) w.close();
     this.watchers = [];
+    for (const [f, listener] of this.polled) unwatchFile(f, listener);
+    this.polled = [];
   }
 }

@@ -8,6 +8,7 @@ import { connect as tlsConnect, type TLSSocket, type ConnectionOptions } from 'n
 import { RawSmtp, type SmtpReply } from '../helpers/smtp-client.js';
 import { configYaml, startTestApp, type TestApp } from '../helpers/app.js';
 import type { DNSResolver } from 'mailauth';
+import type { AppDeps } from '../../src/app.js';
 
 export const SINK_ROUTES = `
   - name: sink
@@ -16,14 +17,14 @@ export const SINK_ROUTES = `
 `;
 
 /** An app whose smtp: section gets `smtpExtra` (YAML lines indented by two spaces) after the test defaults. */
-export async function startSmtpApp(opts: { smtp?: string; routes?: string; extra?: string; dir?: string; dnsResolver?: DNSResolver } = {}): Promise<TestApp> {
+export async function startSmtpApp(opts: { smtp?: string; routes?: string; extra?: string; dir?: string; dnsResolver?: DNSResolver; deps?: Partial<AppDeps> } = {}): Promise<TestApp> {
   const yaml = (dir: string): string => {
     const text = configYaml({ dir, routes: opts.routes ?? SINK_ROUTES, ...(opts.extra ? { extra: opts.extra } : {}) });
     if (!opts.smtp) return text;
     const keep = /^\s*greeting_delay_ms:/m.test(opts.smtp) ? '' : '  greeting_delay_ms: 0\n';
     return text.replace('  greeting_delay_ms: 0\n', `${keep}${opts.smtp.replace(/^\n+/, '').replace(/\s+$/, '')}\n`);
   };
-  return startTestApp({ routes: '', yaml, ...(opts.dir ? { dir: opts.dir } : {}), ...(opts.dnsResolver ? { deps: { dnsResolver: opts.dnsResolver } } : {}) });
+  return startTestApp({ routes: '', yaml, ...(opts.dir ? { dir: opts.dir } : {}), deps: { ...opts.deps, ...(opts.dnsResolver ? { dnsResolver: opts.dnsResolver } : {}) } });
 }
 
 export function countMessages(app: TestApp): number {

@@ -1,7 +1,7 @@
 // TLS (STARTTLS, minimum version, required TLS, implicit TLS, reload without dropping sessions) and the PROXY protocol.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
@@ -299,6 +299,60 @@ describe('TLS', { skip }, () => {
       s.socket.destroy();
     } finally {
       await watched.close();
+    }
+  });
+
+  test('reload on file change behind links: a Kubernetes Secret volume\'s ..data swap, then a swapped folder link', async () => {
+    const servedBy = async (port: number) => {
+      const { smtp } = await RawSmtp.open(port);
+      await smtp.cmd('EHLO client.test');
+      const s = await startTls(smtp);
+      const fp = (s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256;
+      s.socket.destroy();
+      return fp;
+    };
+    // As kubelet writes a Secret: files in a timestamped folder, ..data links to it, tls.key and tls.crt link
+    // through ..data; an update writes a new folder, renames a new link over ..data and removes the old folder.
+    // Nothing named tls.key or tls.crt changes in the mounted folder.
+    const vol = tempDir();
+    const version = (name: string, pair: { key: string; cert: string }) => {
+      mkdirSync(join(vol, name));
+      copyFileSync(pair.key, join(vol, name, 'tls.key'));
+      copyFileSync(pair.cert, join(vol, name, 'tls.crt'));
+    };
+    version('..2026_11_27_1', a);
+    symlinkSync('..2026_11_27_1', join(vol, '..data'));
+    symlinkSync('..data/tls.key', join(vol, 'tls.key'));
+    symlinkSync('..data/tls.crt', join(vol, 'tls.crt'));
+    const watched = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(vol, 'tls.key')}\n    cert_file: ${join(vol, 'tls.crt')}`, deps: { tlsPollMs: 50 } });
+    try {
+      assert.equal(await servedBy(watched.smtpPort), fingerprint(a.cert));
+      version('..2026_11_27_2', b);
+      symlinkSync('..2026_11_27_2', join(vol, '..data_tmp'));
+      renameSync(join(vol, '..data_tmp'), join(vol, '..data'));
+      rmSync(join(vol, '..2026_11_27_1'), { recursive: true });
+      await until(() => watched.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the ..data swap');
+      assert.equal(await servedBy(watched.smtpPort), fingerprint(b.cert));
+    } finally {
+      await watched.close();
+    }
+    // A folder link swapped to a new folder (ln -s v2 current.tmp && mv -T current.tmp current).
+    const root = tempDir();
+    for (const [v, pair] of [['v1', a], ['v2', b]] as const) {
+      mkdirSync(join(root, v));
+      copyFileSync(pair.key, join(root, v, 'key.pem'));
+      copyFileSync(pair.cert, join(root, v, 'fullchain.pem'));
+    }
+    symlinkSync('v1', join(root, 'current'));
+    const linked = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(root, 'current', 'key.pem')}\n    cert_file: ${join(root, 'current', 'fullchain.pem')}`, deps: { tlsPollMs: 50 } });
+    try {
+      assert.equal(await servedBy(linked.smtpPort), fingerprint(a.cert));
+      symlinkSync('v2', join(root, 'current.tmp'));
+      renameSync(join(root, 'current.tmp'), join(root, 'current'));
+      await until(() => linked.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the folder link swap');
+      assert.equal(await servedBy(linked.smtpPort), fingerprint(b.cert));
+    } finally {
+      await linked.close();
     }
   });
 });
