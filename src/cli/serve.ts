@@ -2,8 +2,8 @@
 import { startApp } from '../app.js';
 import { systemClock } from '../core/clock.js';
 import { ConfigError, MailhookError } from '../core/errors.js';
-import { createLogger } from '../core/logger.js';
-import { loadConfigFile } from '../config/load.js';
+import { createLogger, type Logger } from '../core/logger.js';
+import { loadConfigFile, type Config } from '../config/load.js';
 import { configWarnings, spoolDiskWarnings, spoolModeWarnings } from '../config/check.js';
 import type { CliIo } from './index.js';
 
@@ -31,6 +31,7 @@ export async function runServe(io: CliIo & { configFile: string }): Promise<numb
   const reload = (started: App) => {
     log.info({ signal: 'SIGHUP' }, 'reloading');
     started.reload();
+    reviewConfigFile(io, config, log);
   };
   const stop = (started: App, signal: string) => {
     log.info({ signal }, 'stopping');
@@ -69,4 +70,26 @@ export async function runServe(io: CliIo & { configFile: string }): Promise<numb
   if (pending.stop) stop(app, pending.stop);
   else if (pending.reload) reload(app);
   return stopped;
+}
+
+/** What a Config holds besides settings: where it came from and what was warned of. */
+const NOT_SETTINGS = new Set(['source', 'fromEnvironment', 'fileWarnings', 'envWarnings']);
+
+/**
+ * SIGHUP reloads the TLS key and certificate, not the configuration: the file is read again only to say whether
+ * it changed (which sections; a restart applies them) or now has problems (the running configuration stays, and a
+ * restart would fail until they are fixed). Values are never logged, only section names and the loader's problems.
+ */
+export function reviewConfigFile(io: CliIo & { configFile: string }, running: Config, log: Logger): void {
+  let next: Config;
+  try {
+    next = loadConfigFile(io.configFile, io.env, io.cwd);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    log.error({ problems: err.problems.map((p) => `${p.path || '(top level)'}: ${p.message}`) }, `${io.configFile} has problems now: the running configuration stays, but a restart would fail until they are fixed (mailhook check-config)`);
+    return;
+  }
+  const sections = [...new Set([...Object.keys(running), ...Object.keys(next)])].filter((k) => !NOT_SETTINGS.has(k));
+  const changed = sections.filter((k) => JSON.stringify(running[k as keyof Config]) !== JSON.stringify(next[k as keyof Config]));
+  if (changed.length > 0) log.warn({ changed }, `${io.configFile} has changed (${changed.join(', ')}): SIGHUP reloads only the TLS key and certificate; restart mailhook to apply the rest`);
 }

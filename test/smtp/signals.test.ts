@@ -104,3 +104,37 @@ test('a SIGHUP or SIGTERM during start-up does not end the process where it is: 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('SIGHUP reads the configuration file again only to say what changed (a restart applies it) or that it has problems now (the running one stays)', async () => {
+  const dir = tempDir();
+  const cfg = join(dir, 'mailhook.yaml');
+  const yaml = configYaml({ dir, routes: '\n  - name: sink\n    addresses: ["user@in.test"]\n    sink: true\n' });
+  writeFileSync(cfg, yaml);
+  const proc = spawnMailhook(['serve', '--config', cfg]);
+  try {
+    await proc.started;
+    proc.child.kill('SIGHUP');
+    await proc.waitForLog((l) => l.msg === 'reloading');
+    writeFileSync(cfg, yaml.replace('user@in.test', 'other@in.test'));
+    proc.child.kill('SIGHUP');
+    const changed = await proc.waitForLog((l) => typeof l.msg === 'string' && l.msg.includes('has changed'));
+    assert.deepEqual(changed.changed, ['routes']);
+    assert.equal(changed.msg, `${cfg} has changed (routes): SIGHUP reloads only the TLS key and certificate; restart mailhook to apply the rest`);
+    assert.equal(proc.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('has changed')).length, 1, 'the first SIGHUP, file unchanged, said nothing');
+    writeFileSync(cfg, `${yaml}\nsmtp: [unclosed\n`);
+    proc.child.kill('SIGHUP');
+    const broken = await proc.waitForLog((l) => typeof l.msg === 'string' && l.msg.includes('has problems now'));
+    assert.equal(broken.level, 50);
+    assert.ok(Array.isArray(broken.problems) && (broken.problems as string[]).length > 0, JSON.stringify(broken));
+    // Still serving with the configuration it started with.
+    const s = await session(proc.smtpPort);
+    assert.equal((await s.cmd('MAIL FROM:<a@client.test>')).code, 250);
+    assert.equal((await s.cmd('RCPT TO:<user@in.test>')).code, 250);
+    assert.equal(proc.child.exitCode, null);
+    proc.child.kill('SIGTERM');
+    assert.equal((await proc.exit).code, 0);
+  } finally {
+    if (proc.child.exitCode === null) proc.child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
