@@ -5,7 +5,7 @@ import { loadConfigFile, type Env } from '../config/load.js';
 import { ConfigError, MailhookError } from '../core/errors.js';
 import { backupSpool } from '../spool/backup.js';
 import { resolve } from 'node:path';
-import { checkResources, configWarnings, spoolDiskWarnings, spoolModeWarnings } from '../config/check.js';
+import { checkResources, configWarnings, spoolDiskWarnings, spoolModeWarnings, tlsWarnings } from '../config/check.js';
 import { runServe } from './serve.js';
 import { configReferenceMarkdown } from '../config/reference.js';
 import { registerAdminCommands } from './admin-commands.js';
@@ -63,7 +63,7 @@ export async function runCli(io: CliIo): Promise<number> {
         const config = loadConfigFile(opts.config, io.env, io.cwd);
         const problems = checkResources(config);
         if (problems.length > 0) throw new ConfigError(opts.config, problems);
-        for (const w of [...configWarnings(config), ...spoolModeWarnings(config.spool.path), ...spoolDiskWarnings(config)]) io.stderr(`${opts.config}: warning: ${w.path}: ${w.message}\n`);
+        for (const w of [...configWarnings(config), ...spoolModeWarnings(config.spool.path), ...spoolDiskWarnings(config), ...tlsWarnings(config, Date.now())]) io.stderr(`${opts.config}: warning: ${w.path}: ${w.message}\n`);
         io.stdout(`${opts.config}: ok (${config.routes.length} route${config.routes.length === 1 ? '' : 's'}: ${config.routes.map((r) => r.name).join(', ')})\n`);
       } catch (err) {
         if (!(err instanceof ConfigError)) throw err;

@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import type { ConfigProblem } from '../core/errors.js';
 import { isErrnoException } from '../core/errors.js';
 import type { Config } from './load.js';
-import { tlsIdentityProblem } from '../smtp/tls.js';
+import { certificateWarnings, tlsIdentityProblem } from '../smtp/tls.js';
 
 /**
  * Settings that work but are probably a mistake, logged at start-up (warn) and printed by check-config; not
@@ -87,6 +87,19 @@ function bytes(n: number): string {
 function isLoopback(host: string): boolean {
   const h = host.toLowerCase().replace(/^\[|\]$/g, '');
   return h === 'localhost' || h === '::1' || /^127\./.test(h);
+}
+
+/** What serve warns of when it loads the TLS certificate (see certificateWarnings), for check-config. */
+export function tlsWarnings(config: Config, nowMs: number): Array<{ path: string; message: string }> {
+  const tls = config.smtp.tls;
+  if (!tls) return [];
+  let material: { key: Buffer; cert: Buffer };
+  try {
+    material = { key: readFileSync(tls.key_file), cert: readFileSync(tls.cert_file) };
+  } catch {
+    return []; // reported by the loader
+  }
+  return certificateWarnings(material, config.smtp.hostname, nowMs).map((message) => ({ path: 'smtp.tls.cert_file', message }));
 }
 
 /** Problems serve would meet at start-up that a loaded configuration does not show; nothing is created or changed. */

@@ -37,6 +37,7 @@ export function createMetrics() {
       labelNames: ['route'],
       registers: [registry],
     }),
+    tlsCertificateExpiry: new Gauge({ name: 'mailhook_tls_certificate_expiry_timestamp_seconds', help: 'When the certificate STARTTLS serves stops being valid, as a Unix time, by smtp.tls.cert_file; absent without TLS', labelNames: ['file'], registers: [registry] }),
     spoolBytes: new Gauge({ name: 'mailhook_spool_bytes', help: 'Spool size on disk (database, WAL and message files)', registers: [registry] }),
     spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),
     mailboxState: new Gauge({ name: 'mailhook_mailbox_state', help: 'IMAP/Graph mailbox state: 1 for the current state (connecting, connected, idle, polling, backoff, stopped), 0 for the others', labelNames: ['mailbox', 'state'], registers: [registry] }),

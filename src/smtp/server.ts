@@ -23,7 +23,7 @@ import { SenderAuthenticator, type AuthenticationRun } from './auth-results.js';
 import { createDataFilter } from './data-filter.js';
 import { ClientLimits } from './limits.js';
 import { MessageRefused, Reply, SmtpReplyError, formatReply } from './replies.js';
-import { TlsReloader, loadTlsMaterial } from './tls.js';
+import { TlsReloader, certificateFacts, certificateWarnings, loadTlsMaterial, type TlsMaterial } from './tls.js';
 import { RecipientVerifier } from './verify.js';
 
 export interface SmtpDeps {
@@ -103,6 +103,13 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
 
   const tls = smtp.tls ? { files: { keyFile: smtp.tls.key_file, certFile: smtp.tls.cert_file }, settings: smtp.tls } : undefined;
   const material = tls ? loadTlsMaterial(tls.files) : undefined;
+  /** The certificate now served: its end as a metric, and what senders that check it would refuse, as warnings. */
+  const noteCertificate = (m: TlsMaterial, certFile: string): void => {
+    const facts = certificateFacts(m);
+    if (facts) metrics.tlsCertificateExpiry.set({ file: certFile }, facts.notAfter.getTime() / 1000);
+    for (const w of certificateWarnings(m, smtp.hostname, clock.now())) log.warn({ key: 'smtp.tls.cert_file', file: certFile }, `smtp.tls.cert_file: ${w}`);
+  };
+  if (tls && material) noteCertificate(material, tls.files.certFile);
 
   let disk = { at: -Infinity, free: Infinity };
   function freeDisk(): number {
@@ -316,7 +323,18 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
   const servers = implicitServer ? [server, implicitServer] : [server];
   // Before listen() resolves, an error is the listener's (reported by listen() itself, see listenOn).
   for (const s of servers) s.on('error', (err) => listening && connectionError(err));
-  const reloader = tls ? new TlsReloader(tls.files, (m) => servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert })), log, undefined, deps.tlsPollMs) : undefined;
+  const reloader = tls
+    ? new TlsReloader(
+        tls.files,
+        (m) => {
+          servers.forEach((s) => s.updateSecureContext({ key: m.key, cert: m.cert }));
+          noteCertificate(m, tls.files.certFile);
+        },
+        log,
+        undefined,
+        deps.tlsPollMs,
+      )
+    : undefined;
   if (reloader && tls?.settings.watch) reloader.watch();
 
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {

@@ -85,6 +85,67 @@ function keyPairProblem(material: TlsMaterial): IdentityProblem | undefined {
   return { key: 'key_file', message: NOT_THE_KEY(why), cause: undefined };
 }
 
+/** The served certificate (cert_file's first), as logs and the expiry metric tell it; undefined if Node cannot read it. */
+export interface CertificateFacts {
+  subject: string;
+  notBefore: Date;
+  notAfter: Date;
+  fingerprint256: string;
+}
+
+export function certificateFacts(material: TlsMaterial): CertificateFacts | undefined {
+  const leaf = leafOf(material);
+  if (!leaf) return undefined;
+  return { subject: leaf.subject.replace(/\n/g, ', '), notBefore: new Date(leaf.validFrom), notAfter: new Date(leaf.validTo), fingerprint256: leaf.fingerprint256 };
+}
+
+/** Days before its end a certificate is warned of at start-up, on reload and by check-config (the alert's too). */
+export const EXPIRY_WARNING_DAYS = 14;
+
+/**
+ * What makes senders that check certificates (MTA-STS, DANE, many large providers) refuse or fall back, each
+ * with its fix: out of date or close to it, not for smtp.hostname, or the server's certificate without the
+ * intermediate that issued it. STARTTLS still works for senders that do not check. Empty when nothing is wrong.
+ */
+export function certificateWarnings(material: TlsMaterial, hostname: string, nowMs: number): string[] {
+  let certs: X509Certificate[];
+  try {
+    certs = pemCertificates(material.cert);
+  } catch {
+    return [];
+  }
+  const leaf = certs[0];
+  if (!leaf) return [];
+  const warnings: string[] = [];
+  const notBefore = new Date(leaf.validFrom).getTime();
+  const notAfter = new Date(leaf.validTo).getTime();
+  const day = 86_400_000;
+  const checking = 'senders that check certificates (MTA-STS, DANE) will not deliver';
+  if (nowMs >= notAfter) warnings.push(`the certificate expired on ${iso(notAfter)}: ${checking}; renew it`);
+  else if (nowMs < notBefore) warnings.push(`the certificate is not valid before ${iso(notBefore)}: ${checking} until then; check the machine's clock or the certificate`);
+  else if (notAfter - nowMs < EXPIRY_WARNING_DAYS * day) warnings.push(`the certificate expires on ${iso(notAfter)}, in ${Math.max(0, Math.floor((notAfter - nowMs) / day))} days; renew it`);
+  if (leaf.checkHost(hostname) === undefined) {
+    const names = leaf.subjectAltName ?? leaf.subject.replace(/\n/g, ', ');
+    warnings.push(`the certificate is for ${names}, not for smtp.hostname ${hostname}: ${checking}; use a certificate for ${hostname} or set smtp.hostname to the MX name it is for`);
+  }
+  if (certs.length === 1 && leaf.issuer !== leaf.subject) {
+    warnings.push(`the file holds the server's certificate only, without the intermediate that issued it (${leaf.issuer.replace(/\n/g, ', ')}): senders cannot build the chain; give the full chain, e.g. fullchain.pem`);
+  }
+  return warnings;
+}
+
+function leafOf(material: TlsMaterial): X509Certificate | undefined {
+  try {
+    return pemCertificates(material.cert)[0];
+  } catch {
+    return undefined;
+  }
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
 /** The certificates of a PEM file, in their order. */
 export function pemCertificates(pem: Buffer): X509Certificate[] {
   return (pem.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((block) => new X509Certificate(block));
@@ -130,7 +191,8 @@ export class TlsReloader {
     }
     this.apply(material);
     this.generation++;
-    this.log.info({ reason, generation: this.generation }, 'TLS key and certificate reloaded');
+    const facts = certificateFacts(material);
+    this.log.info({ reason, generation: this.generation, ...(facts ? { certificate: { subject: facts.subject, not_after: facts.notAfter.toISOString(), fingerprint256: facts.fingerprint256 } } : {}) }, 'TLS key and certificate reloaded');
     return true;
   }
 
