@@ -123,7 +123,10 @@ export function certificateWarnings(material: TlsMaterial, hostname: string, now
   const checking = 'senders that check certificates (MTA-STS, DANE) will not deliver';
   if (nowMs >= notAfter) warnings.push(`the certificate expired on ${iso(notAfter)}: ${checking}; renew it`);
   else if (nowMs < notBefore) warnings.push(`the certificate is not valid before ${iso(notBefore)}: ${checking} until then; check the machine's clock or the certificate`);
-  else if (notAfter - nowMs < EXPIRY_WARNING_DAYS * day) warnings.push(`the certificate expires on ${iso(notAfter)}, in ${Math.max(0, Math.floor((notAfter - nowMs) / day))} days; renew it`);
+  else if (notAfter - nowMs < EXPIRY_WARNING_DAYS * day) {
+    const days = Math.floor((notAfter - nowMs) / day);
+    warnings.push(`the certificate expires on ${iso(notAfter)}, in ${days} day${days === 1 ? '' : 's'}; renew it`);
+  }
   if (leaf.checkHost(hostname) === undefined) {
     const names = leaf.subjectAltName ?? leaf.subject.replace(/\n/g, ', ');
     warnings.push(`the certificate is for ${names}, not for smtp.hostname ${hostname}: ${checking}; use a certificate for ${hostname} or set smtp.hostname to the MX name it is for`);
@@ -186,7 +189,9 @@ export class TlsReloader {
     try {
       material = loadTlsMaterial(this.files);
     } catch (err) {
-      this.log.error({ err, reason }, 'TLS key or certificate not reloaded; the previous ones stay in use');
+      // A file's problem is its message (which names the key and the fix); a stack only for anything else.
+      if (err instanceof MailhookError && err.userFault) this.log.error({ reason, problem: err.message }, 'TLS key or certificate not reloaded; the previous ones stay in use');
+      else this.log.error({ err, reason }, 'TLS key or certificate not reloaded; the previous ones stay in use');
       return false;
     }
     this.apply(material);

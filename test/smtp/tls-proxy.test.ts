@@ -260,6 +260,10 @@ describe('TLS', { skip }, () => {
     // A half-written renewal: the reload is refused and the identity in use stays.
     writeFileSync(live().key, 'not a key');
     assert.equal(app.smtp.reloadTls('test'), false);
+    const refused = app.logs.map((l) => JSON.parse(l) as { level: number; msg: string; problem?: string; err?: unknown }).filter((l) => l.msg === 'TLS key or certificate not reloaded; the previous ones stay in use').at(-1);
+    assert.equal(refused?.level, 50);
+    assert.match(refused?.problem ?? '', /^smtp\.tls\.key_file: is not a usable PEM private key \(.+\); give the unencrypted private key file/);
+    assert.equal(refused?.err, undefined, 'a file\'s problem is logged without a stack');
     const after = await RawSmtp.open(app.smtpPort);
     await after.smtp.cmd('EHLO client.test');
     const s3 = await startTls(after.smtp);
