@@ -276,7 +276,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
           io.stdout(`  to ${oneLine(d.recipients.map((r) => r.address + (r.key ? ` (key ${r.key})` : '')).join(', '))}\n`);
           if (d.status === 'pending') io.stdout(`  next attempt ${shortTime(d.next_attempt_at)}\n`);
           if (d.attempt_log.length > 0) {
-            io.stdout(formatTable(['#', 'STARTED (UTC)', 'HTTP', 'LATENCY', 'OUTCOME', 'ERROR'], d.attempt_log.map((a) => [a.attempt, shortTime(a.started_at), a.status_code, `${a.latency_ms} ms`, a.outcome, a.error]), 80).replace(/^/gm, '  '));
+            io.stdout(formatTable(['#', 'STARTED (UTC)', 'HTTP', 'LATENCY', 'OUTCOME', 'ERROR'], d.attempt_log.map((a) => [a.attempt, shortTime(a.started_at), a.status_code, `${a.latency_ms} ms`, a.outcome, a.error]), 80).replace(/^(?=.)/gm, '  '));
           }
         }
         return EXIT.ok;

@@ -113,6 +113,7 @@ describe('mailhook CLI against a running server', () => {
     assert.match(show.out, /^subject +mailhook send-test$/m);
     assert.match(show.out, /^delivery \w+ +route desk +dead +1 attempt\(s\)$/m);
     assert.match(show.out, /^ +1 +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ +422 +\d+ ms +dead +HTTP 422.*no such ticket/m);
+    assert.ok(show.out.endsWith('\n') && !/ +$/m.test(show.out), `no line ends in spaces, the output ends with a newline: ${JSON.stringify(show.out.slice(-40))}`);
     const raw = await mailhook(['messages', 'raw', id, ...conn], env);
     assert.equal(raw.code, 0, raw.err);
     assert.deepEqual(raw.stdout, await app.spool.readRaw(id));

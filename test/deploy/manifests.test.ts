@@ -196,6 +196,7 @@ test('Kubernetes: one replica recreated, probes on /readyz and /healthz, the spo
             ports: Array<{ name: string; containerPort: number }>;
             readinessProbe: { httpGet: { path: string; port: string } };
             livenessProbe: { httpGet: { path: string; port: string } };
+            startupProbe?: { httpGet: { path: string; port: string }; periodSeconds: number; failureThreshold: number };
             volumeMounts: Array<{ name: string; mountPath: string }>;
           }>;
           volumes: Array<{ name: string; persistentVolumeClaim?: { claimName: string }; configMap?: { name: string } }>;
@@ -214,6 +215,9 @@ test('Kubernetes: one replica recreated, probes on /readyz and /healthz, the spo
   assert.equal(port('http'), listenAddress.parse(env.MAILHOOK_HTTP_LISTEN).port);
   assert.deepEqual(c.readinessProbe.httpGet, { path: '/readyz', port: 'http' });
   assert.deepEqual(c.livenessProbe.httpGet, { path: '/healthz', port: 'http' });
+  // A spool upgrade or rebuild runs before anything listens: liveness must not kill that start.
+  assert.deepEqual(c.startupProbe?.httpGet, { path: '/healthz', port: 'http' });
+  assert.ok(c.startupProbe.periodSeconds * c.startupProbe.failureThreshold >= 300, 'the start gets at least 5 minutes');
 
   const volumeOf = (mountPath: string) => pod.volumes.find((v) => v.name === c.volumeMounts.find((m) => m.mountPath === mountPath)?.name);
   const spoolVolume = volumeOf(dirname(env.MAILHOOK_SPOOL_PATH!));
