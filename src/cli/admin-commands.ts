@@ -310,7 +310,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
     );
 
   filterFlags(connection(program.command('replay').description('replay dead-lettered deliveries (or send delivered ones again), in batches with progress')))
-    .option('--dead', 'dead-lettered deliveries (the default); alone it means every one of them')
+    .option('--dead', 'dead-lettered deliveries (what the filters select unless --delivered); alone, every one of them: a replay with no flag at all is refused')
     .option('--delivered', 'deliveries that succeeded: send them again')
     .option('--delivery <ids...>', 'these delivery ids')
     .option('--batch <n>', 'deliveries per request (1–5000)', '500')
