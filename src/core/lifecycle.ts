@@ -43,3 +43,28 @@ export async function waitWithGrace(work: Promise<unknown>, graceMs: number): Pr
     clearTimeout(timer);
   }
 }
+
+/**
+ * `work`'s result, or the signal's reason as soon as it aborts: for work that cannot be told to stop (a parse on a
+ * worker thread), so that whoever waits for it is not held by it. Its later result or failure is dropped.
+ */
+export function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => {});
+    return Promise.reject(signal.reason as Error);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
+}

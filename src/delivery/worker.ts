@@ -1,5 +1,5 @@
 // The delivery loop: lease due deliveries, call the route's webhook, record the outcome, schedule retries.
-import { waitWithGrace } from '../core/lifecycle.js';
+import { untilAborted, waitWithGrace } from '../core/lifecycle.js';
 import type { Dispatcher } from 'undici';
 import type { Clock, Random } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
@@ -185,6 +185,12 @@ export class DeliveryWorker {
     for (const d of dead) {
       metrics.deliveries.inc({ route: d.route, outcome: 'dead' });
       log.warn({ msgId: d.messageId, deliveryId: d.id, route: d.route, attempt: d.attempts, error: d.reason }, 'delivery dead-lettered');
+    }
+    // A route removed from the configuration: its deliveries waiting for a retry (up to a day, Retry-After) would
+    // otherwise show as pending until they fall due. Dead letters now, to replay once a route serves them again.
+    for (const [route, n] of spool.jobs.deadLetterUnrouted([...this.routes.keys()], now, (r) => `route "${r}" no longer exists in the configuration`)) {
+      metrics.deliveries.inc({ route, outcome: 'dead' }, n);
+      log.warn({ route, deliveries: n }, `route "${route}" is no longer in the configuration: its ${n} pending deliveries are dead-lettered (replay them once a route serves them again; a renamed route keeps them with renamed_from)`);
     }
     for (const r of config.routes) {
       if (!r.webhook) continue;
@@ -459,6 +465,8 @@ export class DeliveryWorker {
     const { config, spool, log, metrics, clock, random, dispatcher } = this.deps;
     const d = lease.delivery;
     let startedAt = clock.now();
+    /** the same moment on the monotonic clock: the attempt's duration must not take a step of the wall clock */
+    let startedMono = this.monotonic();
     let outcome: Outcome;
     let statusCode: number | null = null;
     let retryAfterMs: number | undefined;
@@ -466,6 +474,8 @@ export class DeliveryWorker {
     let sent = false;
     /** its route was paused (Retry-After) when its slot came: given back uncounted, sent after the pause */
     let heldBack = false;
+    /** the delivery was removed while it was prepared (its message deleted with force): never sent */
+    let removed = false;
 
     const route = this.routes.get(d.route);
     if (!route) {
@@ -499,7 +509,7 @@ export class DeliveryWorker {
             encodedAt = clock.now();
             return format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(encodedAt / 1000), hostname: config.smtp.hostname, parse: this.deps.parse, parseInbound: this.deps.parseInbound });
           };
-          req = await encode();
+          req = await untilAborted(encode(), signal);
         }
       } catch (err) {
         if (held) slots.release();
@@ -520,7 +530,7 @@ export class DeliveryWorker {
           signal.throwIfAborted();
           if (encode && clock.now() - encodedAt > (this.deps.preparedMaxAgeMs ?? PREPARED_MAX_AGE_MS)) {
             try {
-              req = await encode();
+              req = await untilAborted(encode(), signal);
             } catch (err) {
               throw new BuildFailed(signal.aborted ? classifyError(signal.reason) : buildFailure(err, webhook.format));
             }
@@ -531,7 +541,14 @@ export class DeliveryWorker {
             heldBack = true;
             throw new Error('route paused');
           }
+          // An operator may have deleted the message (force) while this waited for its slot: the delete promised
+          // that nothing more is sent.
+          if (!spool.jobs.holds(lease)) {
+            removed = true;
+            throw new Error('delivery removed');
+          }
           startedAt = clock.now();
+          startedMono = this.monotonic();
           sent = true;
           onSent();
           const res = await sendWebhook(dispatcher, this.targets.of(req.url ?? webhook.url), req, webhook.timeoutMs, signal);
@@ -549,13 +566,14 @@ export class DeliveryWorker {
     }
 
     const finishedAt = clock.now();
-    const durationMs = finishedAt - startedAt;
+    const durationMs = Math.round(this.monotonic() - startedMono);
     // Shutdown stopped the attempt before its request went out (it was being prepared or waited for a request
     // slot), or its route was paused meanwhile: the lease is given back uncounted, so restarts and pauses do not use
     // up max_attempts of deliveries never tried.
-    if ((signal.aborted || heldBack) && !sent && route?.webhook) {
+    if ((signal.aborted || heldBack || removed) && !sent && route?.webhook) {
       const completion: Completion = { lease, attempt: { attempt: d.attempts, startedAt, durationMs, statusCode: null, outcome: 'retry', error: null }, next: { status: 'given-back' }, now: finishedAt };
       const report = (kept: boolean): void => {
+        if (removed) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery removed while it was prepared (its message was deleted); not sent');
         if (!kept) return;
         if (signal.aborted) log.info({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery not attempted before shutdown; given back uncounted');
         else log.debug({ msgId: d.messageId, deliveryId: d.id, route: d.route }, 'delivery held back: its route is paused (Retry-After); given back uncounted');

@@ -289,6 +289,35 @@ export class JobQueue {
   }
   private abandoned: { select: Database.Statement; resume: Database.Statement; bury: Database.Statement } | undefined;
 
+  /** Whether the lease is still this delivery's: false once an operator deleted it (or its message) meanwhile. */
+  holds(lease: Lease): boolean {
+    this.held ??= this.db.prepare(`SELECT 1 FROM deliveries WHERE id = ? AND lease_token = ?`);
+    return this.held.get(lease.delivery.id, lease.token) !== undefined;
+  }
+  private held: Database.Statement | undefined;
+
+  /**
+   * Dead-letters the pending deliveries of routes not in `routes` (removed from the configuration), with an attempt
+   * row saying why (its attempt number the last one made: no request is counted). One transaction; counts by route.
+   */
+  deadLetterUnrouted(routes: readonly string[], now: number, reason: (route: string) => string): Map<string, number> {
+    const select = this.db.prepare(`SELECT id, route, attempts FROM deliveries WHERE status = 'pending' AND route NOT IN (SELECT value FROM json_each(?))`);
+    const bury = this.db.prepare(
+      `UPDATE deliveries SET status = 'dead', last_status_code = NULL, last_error = @error, updated_at = @now, finished_at = @now
+       WHERE id = @id AND status = 'pending'`,
+    );
+    const counts = new Map<string, number>();
+    this.db.transaction(() => {
+      for (const r of select.all(JSON.stringify(routes)) as Array<{ id: string; route: string; attempts: number }>) {
+        const error = reason(r.route);
+        bury.run({ id: r.id, error, now });
+        this.insertAttempt.run({ delivery_id: r.id, route: r.route, attempt: r.attempts, started_at: now, duration_ms: 0, status_code: null, outcome: 'dead', error });
+        counts.set(r.route, (counts.get(r.route) ?? 0) + 1);
+      }
+    })();
+    return counts;
+  }
+
   /**
    * Reclaims leases that expired while this process runs (a stuck request past its deadline), except `own`: the
    * tokens of attempts this process still runs. Expiry is wall-clock time, and a forward step of the clock (NTP,

@@ -75,3 +75,33 @@ test('a backward clock step does not pause the once-a-second look for expired le
     await consumer.stop();
   }
 });
+
+test('an attempt\'s duration is not the wall clock\'s step: a step back of an hour during a request records its real latency', async () => {
+  const consumer = await new Consumer().start();
+  let release: () => void = () => {};
+  const held = new Promise<void>((r) => (release = r));
+  consumer.respond = async () => {
+    await held;
+    return { status: 200 };
+  };
+  let offset = 0;
+  const app = await startTestApp({ routes: routes(consumer.url), deps: { clock: { now: () => Date.now() + offset } } });
+  try {
+    const t0 = performance.now();
+    await sendMail(app.smtpPort, { from: 'a@example.test', to: 'one@app.test', subject: 'first', text: 'one' });
+    await consumer.received(1);
+    offset = -3_600_000;
+    release();
+    await until(() => app.spool.jobs.counts().delivered === 1, 5000, 'delivered');
+    const elapsed = performance.now() - t0;
+    const { duration_ms } = app.spool.db.prepare(`SELECT duration_ms FROM attempts`).get() as { duration_ms: number };
+    assert.ok(duration_ms >= 0 && duration_ms <= elapsed, `duration_ms ${duration_ms}, ${Math.round(elapsed)} ms in all`);
+    const metrics = await (await fetch(`${app.httpUrl}/metrics`)).text();
+    const sum = Number(/^mailhook_delivery_duration_seconds_sum\{route="app"\} (\S+)$/m.exec(metrics)?.[1]);
+    assert.ok(sum >= 0 && sum <= elapsed / 1000, `latency sum ${sum}`);
+  } finally {
+    release();
+    await app.close();
+    await consumer.stop();
+  }
+});

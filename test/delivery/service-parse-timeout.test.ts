@@ -84,3 +84,36 @@ test('a mailgun route: a parse past the timeout on its thread is PARSE_TIMEOUT a
     await consumer.stop();
   }
 });
+
+test('shutdown does not wait for a parse still running on its thread: the delivery is given back uncounted at once', { timeout: 60_000 }, async () => {
+  const consumer = await new Consumer().start();
+  let stuck: () => void = () => {};
+  const parsing = new Promise<void>((r) => (stuck = r));
+  const startThread = () => {
+    const worker = new Worker(STUCK_THREAD, { eval: true });
+    worker.on('message', (m: { stuckOn?: ParseRequest }) => m.stuckOn && stuck());
+    return worker;
+  };
+  // The parse would be abandoned only after delivery.timeout_ms, 10 minutes here: past the test's own timeout.
+  const app = await startTestApp({
+    routes: '',
+    yaml: (dir) =>
+      configYaml({ dir, routes: `
+  - name: app
+    addresses: ["*@app.test"]
+    webhook: { url: "${consumer.url}", secret: "whsec_${Buffer.alloc(32, 7).toString('base64')}" }
+` }).replace('delivery:\n  timeout_ms: 5000\n', 'delivery:\n  timeout_ms: 600000\n  parse_threads: 1\n'),
+    deps: { startParseThread: startThread },
+  });
+  try {
+    await sendRaw(app.smtpPort, Buffer.from('Subject: parsed at shutdown\r\n\r\nx\r\n'), ['one@app.test']);
+    await parsing;
+    await app.close();
+    const lines = app.logs.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string });
+    assert.ok(lines.some((l) => l.msg === 'delivery not attempted before shutdown; given back uncounted'), 'given back');
+    assert.equal(consumer.requests.length, 0);
+  } finally {
+    await app.close();
+    await consumer.stop();
+  }
+});
