@@ -78,6 +78,13 @@ export function enhanceReply(code: number, data: string, context: string | false
  * was accepted (RFC 2920 §3.1: DATA ends a pipelined group, the content must wait for the 354), and it reports
  * the end of each DATA phase.
  */
+/** The address of a MAIL or RCPT command as written, without its brackets and any source route; undefined if none. */
+function writtenAddress(command: string): string | undefined {
+  const path = command.slice(command.indexOf(':') + 1).trim().split(/\s+/)[0] ?? '';
+  if (!/^<[^<>]*>$/.test(path)) return undefined;
+  return path.slice(1, -1).replace(/^@[^\s,:@]+(?:,@[^\s,:@]+)*:/, '');
+}
+
 class MailhookStream extends SMTPStream {
   /** length of the chunk smtp-server's Writable is processing (every nested _write is a tail of it) */
   private topLen = 0;
@@ -328,6 +335,21 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
         state.errors = 0; // a delivered message clears the slate, as Postfix does
         state.overshoot = 0;
       }
+    }
+
+    /**
+     * The address as the client wrote it: smtp-server turns an A-label domain into Unicode
+     * (sender@xn--bcher-kva.example → sender@bücher.example), which would put into the payload an address that
+     * needs SMTPUTF8 and that the sender never used. Routing compares domains as A-labels either way.
+     */
+    override _parseAddressCommand(rawName: string, rawCommand: Buffer | string): ReturnType<SMTPConnection['_parseAddressCommand']> {
+      const parsed = super._parseAddressCommand(rawName, rawCommand);
+      if (!parsed || !parsed.address) return parsed;
+      const written = writtenAddress(rawCommand.toString());
+      if (written !== undefined && written !== parsed.address && written.slice(0, written.lastIndexOf('@')) === parsed.address.slice(0, parsed.address.lastIndexOf('@'))) {
+        parsed.address = written;
+      }
+      return parsed;
     }
 
     override handler_MAIL(command: Buffer, callback: () => void): void {

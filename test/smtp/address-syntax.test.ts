@@ -114,3 +114,31 @@ test('MAIL FROM is left as smtp-server parses it: a sender with an unquoted spec
   await smtp.quit();
   assert.equal(app.spool.getMessage(id)?.envelope.mailFrom, 'x"y@client.test');
 });
+
+test('addresses are stored as the client wrote their domains: an A-label stays ASCII (smtp-server turned it into Unicode), a U-label stays Unicode', async () => {
+  const idn = await startSmtpApp({ routes: '\n  - name: idn\n    addresses: ["*@münchen.test", "*@xn--bcher-kva.example"]\n    sink: true\n' });
+  try {
+    const smtp = await session(idn.smtpPort);
+    assert.equal((await smtp.cmd('MAIL FROM:<sender@xn--bcher-kva.example>')).raw, '250 2.1.0 Accepted\r\n');
+    assert.equal((await smtp.cmd('RCPT TO:<alabel@xn--mnchen-3ya.test>')).raw, ACCEPTED);
+    assert.equal((await smtp.cmd('RCPT TO:<Info@XN--BCHER-KVA.example>')).raw, ACCEPTED);
+    assert.equal((await smtp.cmd('DATA')).code, 354);
+    smtp.write('Subject: idn\r\n\r\nx\r\n.\r\n');
+    const ascii = queuedId(await smtp.read());
+    assert.equal((await smtp.cmd('MAIL FROM:<jörg@bücher.example> SMTPUTF8')).raw, '250 2.1.0 Accepted\r\n');
+    assert.equal((await smtp.cmd('RCPT TO:<ulabel@münchen.test>')).raw, ACCEPTED);
+    assert.equal((await smtp.cmd('DATA')).code, 354);
+    smtp.write('Subject: idn\r\n\r\nx\r\n.\r\n');
+    const unicode = queuedId(await smtp.read());
+    await smtp.quit();
+    const envelope = (id: string) => {
+      const m = idn.spool.getMessage(id)!;
+      const rows = idn.spool.db.prepare('SELECT recipients FROM deliveries WHERE message_id = ?').all(id) as Array<{ recipients: string }>;
+      return { mailFrom: m.envelope.mailFrom, rcptTo: m.envelope.rcptTo, recipients: rows.flatMap((r) => (JSON.parse(r.recipients) as Array<{ address: string }>).map((x) => x.address)) };
+    };
+    assert.deepEqual(envelope(ascii), { mailFrom: 'sender@xn--bcher-kva.example', rcptTo: ['alabel@xn--mnchen-3ya.test', 'Info@XN--BCHER-KVA.example'], recipients: ['alabel@xn--mnchen-3ya.test', 'Info@XN--BCHER-KVA.example'] });
+    assert.deepEqual(envelope(unicode), { mailFrom: 'jörg@bücher.example', rcptTo: ['ulabel@münchen.test'], recipients: ['ulabel@münchen.test'] });
+  } finally {
+    await idn.close();
+  }
+});
