@@ -85,7 +85,8 @@ export function reviewConfigFile(io: CliIo & { configFile: string }, running: Co
   try {
     next = loadConfigFile(io.configFile, io.env, io.cwd);
   } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
+    // Never thrown out of a signal handler: the MX keeps running whatever the file holds.
+    if (!(err instanceof ConfigError)) return void log.error({ err }, `${io.configFile} could not be read again; the running configuration stays`);
     log.error({ problems: err.problems.map((p) => `${p.path || '(top level)'}: ${p.message}`) }, `${io.configFile} has problems now: the running configuration stays, but a restart would fail until they are fixed (mailhook check-config)`);
     return;
   }
