@@ -123,6 +123,8 @@ export async function startApp(deps: AppDeps): Promise<App> {
 
     const router = new Router(config.routes, { postmasterRoute: config.smtp.postmaster_route });
     const smtp = createSmtpService({ config, router, spool, log: log.child({ part: 'smtp' }), metrics, clock, ...(deps.dnsResolver ? { dnsResolver: deps.dnsResolver } : {}), tlsPollMs: deps.tlsPollMs });
+    // Its TLS files are watched from here: a start that fails later must not leave the watch behind.
+    lifecycle.onStop('tls watch', () => smtp.stopTlsWatch());
 
     // Mailbox bridges feed spool.accept as SMTP does; registered after delivery, so they stop before it and the spool.
     const mailboxes = createMailboxes({ config, spool, router, log, metrics, clock, random, dispatcher });

@@ -6,6 +6,8 @@ import { createLogger, type Logger } from '../core/logger.js';
 import { loadConfigFile, type Config } from '../config/load.js';
 import { configWarnings, spoolDiskWarnings, spoolModeWarnings } from '../config/check.js';
 import type { CliIo } from './index.js';
+import { createHash } from 'node:crypto';
+import { Secret } from '../config/secret.js';
 
 type App = Awaited<ReturnType<typeof startApp>>;
 
@@ -91,6 +93,19 @@ export function reviewConfigFile(io: CliIo & { configFile: string }, running: Co
     return;
   }
   const sections = [...new Set([...Object.keys(running), ...Object.keys(next)])].filter((k) => !NOT_SETTINGS.has(k));
-  const changed = sections.filter((k) => JSON.stringify(running[k as keyof Config]) !== JSON.stringify(next[k as keyof Config]));
+  const changed = sections.filter((k) => settingsText(running[k as keyof Config]) !== settingsText(next[k as keyof Config]));
   if (changed.length > 0) log.warn({ changed }, `${io.configFile} has changed (${changed.join(', ')}): SIGHUP reloads only the TLS key and certificate; restart mailhook to apply the rest`);
+}
+
+/**
+ * A section's settings as text to compare, secrets included: a Secret serialises as "[redacted]", so a rotated
+ * webhook secret or admin token would look unchanged. Each stands as a hash of its value (compared, never logged),
+ * except a secret read from a file that mailhook reads again at each use (IMAP/Graph): its file stands for it.
+ */
+function settingsText(value: unknown): string {
+  return JSON.stringify(value, function (this: Record<string, unknown>, key: string, v: unknown) {
+    const original = this[key];
+    if (!(original instanceof Secret)) return v;
+    return original.file !== undefined ? `secret file ${original.file}` : `secret ${createHash('sha256').update(original.reveal()).digest('hex')}`;
+  });
 }

@@ -1,5 +1,6 @@
 // What check-config tries beyond the schema, as serve would: the TLS key and certificate make a pair, the spool folder is writable.
-import { accessSync, constants, readFileSync, statSync, statfsSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { diskSize } from '../spool/disk.js';
 import { dirname } from 'node:path';
 import type { ConfigProblem } from '../core/errors.js';
 import { isErrnoException } from '../core/errors.js';
@@ -77,12 +78,6 @@ export function spoolDiskWarnings(config: Config, size: (dir: string) => DiskSiz
   if (min >= disk.usable) return [{ path: key, message: `${bytes(min)} is more than the spool's file system (${dir}) holds, ${bytes(disk.usable)}: every MAIL would get 452 4.3.1 for good; lower it (the default is 100 MiB) or give the spool a larger volume` }];
   if (disk.free < min) return [{ path: key, message: `the spool's file system (${dir}) has ${bytes(disk.free)} free, less than ${bytes(min)}: every MAIL gets 452 4.3.1 until room is made` }];
   return [];
-}
-
-function diskSize(dir: string): DiskSize {
-  const s = statfsSync(dir);
-  const block = Number(s.bsize);
-  return { usable: (Number(s.blocks) - Number(s.bfree) + Number(s.bavail)) * block, free: Number(s.bavail) * block };
 }
 
 function bytes(n: number): string {

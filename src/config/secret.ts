@@ -13,6 +13,10 @@ export class Secret {
   reveal(): string {
     return this.#value;
   }
+  /** The file reread() reads (an IMAP/Graph secret's *_file), or undefined: such a value is followed at run time. */
+  get file(): string | undefined {
+    return this.#file;
+  }
   /**
    * Reads the secret's file again, trimmed as at start-up (a secret given inline has none: unchanged). `changed`
    * says whether the value differs from the one read before; a file that cannot be read or is empty leaves the

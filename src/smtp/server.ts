@@ -57,6 +57,8 @@ export interface SmtpService {
   hasDiskSpace(): boolean;
   /** Reload the TLS key and certificate (SIGHUP); established sessions keep theirs. False when not reloaded. */
   reloadTls(reason: string): boolean;
+  /** Stops watching the TLS files (shutdown does too): for a start that fails before SMTP is up. */
+  stopTlsWatch(): void;
   /** Refuse new sessions and commands with 421, wait for DATA in flight, then close. */
   shutdown(graceMs: number): Promise<void>;
 }
@@ -478,6 +480,9 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     },
     reloadTls(reason: string) {
       return reloader ? reloader.reload(reason) : false;
+    },
+    stopTlsWatch() {
+      reloader?.close();
     },
     async shutdown(graceMs: number) {
       draining = true;

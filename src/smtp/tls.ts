@@ -1,5 +1,5 @@
 // TLS key and certificate: load and check them, and reload them (SIGHUP or a file change) without dropping connections.
-import { readFileSync, unwatchFile, watch, watchFile, type FSWatcher, type Stats } from 'node:fs';
+import { readFileSync, statSync, unwatchFile, watch, watchFile, type FSWatcher, type Stats } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
@@ -172,6 +172,8 @@ export class TlsReloader {
   private watchers: FSWatcher[] = [];
   private polled: Array<[string, (now: Stats, before: Stats) => void]> = [];
   private timer: NodeJS.Timeout | undefined;
+  /** each file as it was at the last load (see statKey): the polling reloads only for another one */
+  private loaded = new Map<string, string>();
   /** how many reloads took effect, for tests and logs */
   generation = 0;
 
@@ -185,6 +187,7 @@ export class TlsReloader {
 
   /** Loads the files now; true when the new identity is in use. */
   reload(reason: string): boolean {
+    this.noteLoaded();
     let material: TlsMaterial;
     try {
       material = loadTlsMaterial(this.files);
@@ -207,6 +210,7 @@ export class TlsReloader {
    * changes what a path leads to without an event in its folder. Reloads after changes settle.
    */
   watch(): void {
+    this.noteLoaded();
     const changed = () => {
       if (this.timer) clearTimeout(this.timer);
       this.timer = setTimeout(() => {
@@ -235,11 +239,26 @@ export class TlsReloader {
     }
     for (const f of new Set([this.files.keyFile, this.files.certFile])) {
       // stat follows links: another file behind the path has another inode, a rewritten one another mtime or size.
-      const listener = (now: Stats, before: Stats) => {
-        if (now.ino !== before.ino || now.dev !== before.dev || now.mtimeMs !== before.mtimeMs || now.size !== before.size) changed();
+      // Against the file as last loaded, not the last poll: a rename the folder watch already reloaded for is no
+      // second reload (nor is a broken file retried every poll until it changes again).
+      const listener = (now: Stats) => {
+        if (statKey(now) !== this.loaded.get(f)) changed();
       };
       watchFile(f, { persistent: false, interval: this.pollMs }, listener);
       this.polled.push([f, listener]);
+    }
+  }
+
+  /** What the files are now, as the loads about to happen (or just made) read them. */
+  private noteLoaded(): void {
+    for (const f of [this.files.keyFile, this.files.certFile]) {
+      let key = '';
+      try {
+        key = statKey(statSync(f));
+      } catch {
+        // absent: the load reports it
+      }
+      this.loaded.set(f, key);
     }
   }
 
@@ -250,4 +269,10 @@ export class TlsReloader {
     for (const [f, listener] of this.polled) unwatchFile(f, listener);
     this.polled = [];
   }
+}
+
+/** A file's identity and version as stat (through links) sees it: another file behind the path, or rewritten. */
+function statKey(s: Stats): string {
+  // watchFile reports an absent file with zeros, which statSync of an absent file (key '') must equal.
+  return s.ino === 0 && s.mtimeMs === 0 ? '' : `${s.dev}:${s.ino}:${s.mtimeMs}:${s.size}`;
 }

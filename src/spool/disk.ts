@@ -1,8 +1,14 @@
-// Free space of the file system a spool folder is on, as an unprivileged process may use it.
+// Size and free space of the file system a spool folder is on, as an unprivileged process may use them.
 import { statfsSync } from 'node:fs';
 
 /** Bytes free in `dir`'s file system for a process without root's reserve (statfs bavail × bsize). Throws as statfs does. */
 export function diskFree(dir: string): number {
+  return diskSize(dir).free;
+}
+
+/** `dir`'s file system: bytes it can hold and has free for a process without root's reserve. Throws as statfs does. */
+export function diskSize(dir: string): { usable: number; free: number } {
   const s = statfsSync(dir);
-  return Number(s.bavail) * Number(s.bsize);
+  const block = Number(s.bsize);
+  return { usable: (Number(s.blocks) - Number(s.bfree) + Number(s.bavail)) * block, free: Number(s.bavail) * block };
 }

@@ -3,11 +3,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
-import { certificateWarnings } from '../../src/smtp/tls.js';
-import { configYaml, tempDir, until } from '../helpers/app.js';
+import { TlsReloader, certificateWarnings } from '../../src/smtp/tls.js';
+import { createLogger } from '../../src/core/logger.js';
+import { configYaml, parseTestConfig, tempDir, until } from '../helpers/app.js';
+import { createServer, type AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { startApp } from '../../src/app.js';
 import { BIN } from '../helpers/process.js';
 import { SINK_ROUTES, makeCert, opensslMissing, startSmtpApp } from './support.js';
 
@@ -42,11 +46,13 @@ test('certificateWarnings: out of date, not yet valid, close to its end, another
 
   const signed = caSigned(join(dir, 'chain'), 'mx.example.com');
   const leafOnly = { key: readFileSync(signed.key), cert: readFileSync(signed.cert) };
-  assert.deepEqual(certificateWarnings(leafOnly, 'mx.example.com', now), ["the file holds the server's certificate only, without the intermediate that issued it (CN=Test Issuing CA): senders cannot build the chain; give the full chain, e.g. fullchain.pem"]);
+  // Certificates count from the second they were made: "now" for these is after that, not before.
+  const later = Date.now() + 1000;
+  assert.deepEqual(certificateWarnings(leafOnly, 'mx.example.com', later), ["the file holds the server's certificate only, without the intermediate that issued it (CN=Test Issuing CA): senders cannot build the chain; give the full chain, e.g. fullchain.pem"]);
   const full = { key: leafOnly.key, cert: Buffer.concat([leafOnly.cert, readFileSync(signed.ca)]) };
-  assert.deepEqual(certificateWarnings(full, 'mx.example.com', now), []);
-  assert.deepEqual(certificateWarnings(full, 'MX.Example.com', now), [], 'names compare without case');
-  assert.equal(certificateWarnings(full, 'other.example.com', now).length, 1);
+  assert.deepEqual(certificateWarnings(full, 'mx.example.com', later), []);
+  assert.deepEqual(certificateWarnings(full, 'MX.Example.com', later), [], 'names compare without case');
+  assert.equal(certificateWarnings(full, 'other.example.com', later).length, 1);
 });
 
 test('serve warns of the certificate, exports its end, and names the certificate a reload put in use; check-config warns as serve does', { skip }, async () => {
@@ -91,4 +97,60 @@ test('serve warns of the certificate, exports its end, and names the certificate
       `${file}: warning: smtp.tls.cert_file: the file holds the server's certificate only, without the intermediate that issued it (CN=Test Issuing CA): senders cannot build the chain; give the full chain, e.g. fullchain.pem`,
     ],
   );
+});
+
+test('TlsReloader: one renewal (files renamed into place) is one reload; the polling compares with the files as last loaded', { skip }, async () => {
+  const dir = tempDir();
+  const a = makeCert(join(dir, 'a'), 'a');
+  const b = makeCert(join(dir, 'b'), 'b');
+  const files = { keyFile: join(dir, 'live.key'), certFile: join(dir, 'live.crt') };
+  copyFileSync(a.key, files.keyFile);
+  copyFileSync(a.cert, files.certFile);
+  // Settling of 1 ms and a poll every 100 ms: the folder watch's reload comes first, the polls see the new files after it.
+  const reloader = new TlsReloader(files, () => {}, createLogger({ level: 'silent' }), 1, 100);
+  reloader.watch();
+  try {
+    for (const [from, to] of [[b.key, files.keyFile], [b.cert, files.certFile]] as const) {
+      copyFileSync(from, `${to}.tmp`);
+      renameSync(`${to}.tmp`, to);
+    }
+    await until(() => reloader.generation >= 1, 5000, 'the reload');
+    // Absence takes a wait: five polls.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(reloader.generation, 1);
+  } finally {
+    reloader.close();
+  }
+});
+
+test('a start that fails after SMTP was set up (HTTP port taken) leaves no TLS file watch behind', { skip }, async () => {
+  const dir = tempDir();
+  const a = makeCert(join(dir, 'a'), 'a');
+  const b = makeCert(join(dir, 'b'), 'b');
+  copyFileSync(a.key, join(dir, 'live.key'));
+  copyFileSync(a.cert, join(dir, 'live.crt'));
+  const taken = createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  const port = (taken.address() as AddressInfo).port;
+  const yaml = configYaml({ dir, routes: SINK_ROUTES })
+    .replace('http:\n  listen: "127.0.0.1:0"', `http:\n  listen: "127.0.0.1:${port}"`)
+    .replace('  greeting_delay_ms: 0\n', `  greeting_delay_ms: 0\n  tls:\n    key_file: ${join(dir, 'live.key')}\n    cert_file: ${join(dir, 'live.crt')}\n`);
+  const logs: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(chunk.toString('utf8'));
+      cb();
+    },
+  });
+  try {
+    await assert.rejects(startApp({ config: parseTestConfig(yaml, dir), log: createLogger({ level: 'debug', destination }), clock: { now: () => Date.now() }, random: Math.random, tlsPollMs: 20 }), /http\.listen/);
+    logs.length = 0;
+    copyFileSync(b.key, join(dir, 'live.key'));
+    copyFileSync(b.cert, join(dir, 'live.crt'));
+    // Absence takes a wait: the folder watch's settling (200 ms) and many polls.
+    await new Promise((r) => setTimeout(r, 600));
+    assert.deepEqual(logs.filter((l) => l.includes('TLS key')), []);
+  } finally {
+    taken.close();
+  }
 });
