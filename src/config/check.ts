@@ -91,15 +91,19 @@ function isLoopback(host: string): boolean {
 
 /** What serve warns of when it loads the TLS certificate (see certificateWarnings), for check-config. */
 export function tlsWarnings(config: Config, nowMs: number): Array<{ path: string; message: string }> {
+  const material = tlsFiles(config);
+  return material ? certificateWarnings(material, config.smtp.hostname, nowMs).map((message) => ({ path: 'smtp.tls.cert_file', message })) : [];
+}
+
+/** smtp.tls's key and certificate as serve reads them; undefined without TLS or when one cannot be read (the loader reports that). */
+function tlsFiles(config: Config): { key: Buffer; cert: Buffer } | undefined {
   const tls = config.smtp.tls;
-  if (!tls) return [];
-  let material: { key: Buffer; cert: Buffer };
+  if (!tls) return undefined;
   try {
-    material = { key: readFileSync(tls.key_file), cert: readFileSync(tls.cert_file) };
+    return { key: readFileSync(tls.key_file), cert: readFileSync(tls.cert_file) };
   } catch {
-    return []; // reported by the loader
+    return undefined;
   }
-  return certificateWarnings(material, config.smtp.hostname, nowMs).map((message) => ({ path: 'smtp.tls.cert_file', message }));
 }
 
 /** Problems serve would meet at start-up that a loaded configuration does not show; nothing is created or changed. */
@@ -108,14 +112,8 @@ export function checkResources(config: Config): ConfigProblem[] {
 }
 
 function checkTls(config: Config): ConfigProblem[] {
-  const tls = config.smtp.tls;
-  if (!tls) return [];
-  let material: { key: Buffer; cert: Buffer };
-  try {
-    material = { key: readFileSync(tls.key_file), cert: readFileSync(tls.cert_file) };
-  } catch {
-    return []; // reported by the loader
-  }
+  const material = tlsFiles(config);
+  if (!material) return [];
   // The check serve's start makes (loadTlsMaterial), as a problem instead of an error.
   const problem = tlsIdentityProblem(material);
   return problem ? [{ path: `smtp.tls.${problem.key}`, message: problem.message }] : [];

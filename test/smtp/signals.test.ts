@@ -4,11 +4,9 @@ import assert from 'node:assert/strict';
 import { copyFileSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
-import { RawSmtp } from '../helpers/smtp-client.js';
 import { configYaml, tempDir } from '../helpers/app.js';
 import { spawnMailhook } from '../helpers/process.js';
-import { makeCert, opensslMissing, queuedId, session, startData, startTls, writeFlushed } from './support.js';
+import { makeCert, opensslMissing, queuedId, servedFingerprint, session, startData, writeFlushed } from './support.js';
 
 const skip = opensslMissing();
 
@@ -16,14 +14,6 @@ function fingerprintOf(file: string): string {
   return new X509Certificate(readFileSync(file)).fingerprint256;
 }
 
-async function servedFingerprint(port: number): Promise<string | undefined> {
-  const { smtp } = await RawSmtp.open(port);
-  await smtp.cmd('EHLO client.test');
-  const s = await startTls(smtp);
-  const fp = (s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256;
-  s.socket.destroy();
-  return fp;
-}
 
 test('SIGHUP reloads the key and certificate; SIGTERM: 421 for new commands, 250 for the DATA in flight, exit 0', { skip }, async () => {
   const dir = tempDir();

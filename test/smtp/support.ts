@@ -180,3 +180,13 @@ export function proxyV2v4(ip: number[], port: number): Buffer {
   body.writeUInt16BE(25, 10);
   return Buffer.concat([PROXY_V2_SIG, Buffer.from([0x21, 0x11, 0x00, 12]), body]);
 }
+
+/** The fingerprint of the certificate a new STARTTLS session on `port` is served. */
+export async function servedFingerprint(port: number): Promise<string | undefined> {
+  const { smtp } = await RawSmtp.open(port);
+  await smtp.cmd('EHLO client.test');
+  const s = await startTls(smtp);
+  const fp = (s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256;
+  s.socket.destroy();
+  return fp;
+}

@@ -11,7 +11,7 @@ import { freePort } from '../helpers/process.js';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import { Consumer } from '../helpers/consumer.js';
 import { SECRET, configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
-import { Lines, PROXY_V2_SIG, SINK_ROUTES, countMessages, makeCert, opensslMissing, proxyV2v4 as v2v4, queuedId, session, startData, startSmtpApp, startTls } from './support.js';
+import { Lines, PROXY_V2_SIG, SINK_ROUTES, countMessages, makeCert, opensslMissing, proxyV2v4 as v2v4, queuedId, servedFingerprint, session, startData, startSmtpApp, startTls } from './support.js';
 
 const skip = opensslMissing();
 
@@ -307,14 +307,6 @@ describe('TLS', { skip }, () => {
   });
 
   test('reload on file change behind links: a Kubernetes Secret volume\'s ..data swap, then a swapped folder link', async () => {
-    const servedBy = async (port: number) => {
-      const { smtp } = await RawSmtp.open(port);
-      await smtp.cmd('EHLO client.test');
-      const s = await startTls(smtp);
-      const fp = (s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256;
-      s.socket.destroy();
-      return fp;
-    };
     // As kubelet writes a Secret: files in a timestamped folder, ..data links to it, tls.key and tls.crt link
     // through ..data; an update writes a new folder, renames a new link over ..data and removes the old folder.
     // Nothing named tls.key or tls.crt changes in the mounted folder.
@@ -330,13 +322,13 @@ describe('TLS', { skip }, () => {
     symlinkSync('..data/tls.crt', join(vol, 'tls.crt'));
     const watched = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(vol, 'tls.key')}\n    cert_file: ${join(vol, 'tls.crt')}`, deps: { tlsPollMs: 50 } });
     try {
-      assert.equal(await servedBy(watched.smtpPort), fingerprint(a.cert));
+      assert.equal(await servedFingerprint(watched.smtpPort), fingerprint(a.cert));
       version('..2026_11_27_2', b);
       symlinkSync('..2026_11_27_2', join(vol, '..data_tmp'));
       renameSync(join(vol, '..data_tmp'), join(vol, '..data'));
       rmSync(join(vol, '..2026_11_27_1'), { recursive: true });
       await until(() => watched.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the ..data swap');
-      assert.equal(await servedBy(watched.smtpPort), fingerprint(b.cert));
+      assert.equal(await servedFingerprint(watched.smtpPort), fingerprint(b.cert));
     } finally {
       await watched.close();
     }
@@ -350,11 +342,11 @@ describe('TLS', { skip }, () => {
     symlinkSync('v1', join(root, 'current'));
     const linked = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(root, 'current', 'key.pem')}\n    cert_file: ${join(root, 'current', 'fullchain.pem')}`, deps: { tlsPollMs: 50 } });
     try {
-      assert.equal(await servedBy(linked.smtpPort), fingerprint(a.cert));
+      assert.equal(await servedFingerprint(linked.smtpPort), fingerprint(a.cert));
       symlinkSync('v2', join(root, 'current.tmp'));
       renameSync(join(root, 'current.tmp'), join(root, 'current'));
       await until(() => linked.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the folder link swap');
-      assert.equal(await servedBy(linked.smtpPort), fingerprint(b.cert));
+      assert.equal(await servedFingerprint(linked.smtpPort), fingerprint(b.cert));
     } finally {
       await linked.close();
     }
