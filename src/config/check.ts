@@ -1,6 +1,6 @@
-// What check-config tries beyond the schema, as serve would: the TLS key and certificate make a pair, the spool folder is writable.
+// What check-config tries beyond the schema, as serve would (the TLS key and certificate make a pair, the spool folder is writable), and the warnings serve logs at start-up.
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
-import { diskSize } from '../spool/disk.js';
+import { diskSize, type DiskSize } from '../spool/disk.js';
 import { dirname } from 'node:path';
 import type { ConfigProblem } from '../core/errors.js';
 import { isErrnoException } from '../core/errors.js';
@@ -46,12 +46,6 @@ export function spoolModeWarnings(path: string): Array<{ path: string; message: 
     if ((mode & 0o077) !== 0) warnings.push({ path: 'spool.path', message: `${file} is readable by other users (mode ${mode.toString(8).padStart(4, '0')}) and holds message bodies; chmod ${fix}` });
   }
   return warnings;
-}
-
-/** A file system's size and free space as an unprivileged process may use them (root's reserve left out). */
-export interface DiskSize {
-  usable: number;
-  free: number;
 }
 
 /**
