@@ -404,14 +404,12 @@ ${oauth2}`;
 
   test('network, TLS and authentication failures back off and show in /readyz (503 only with mailboxes=required) and metrics; the process keeps serving', async () => {
     const consumer = await new Consumer().start();
-    const closedPort = await (async () => {
-      const { createServer } = await import('node:net');
-      const s = createServer();
-      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-      const p = (s.address() as { port: number }).port;
-      await new Promise<void>((r) => s.close(() => r()));
-      return p;
-    })();
+    // A port held for the test that drops every connection at once (a port closed after binding it could be taken by
+    // another test's server meanwhile: CI once saw an IMAP server there, and an authentication failure).
+    const { createServer } = await import('node:net');
+    const dropping = createServer((socket) => socket.destroy());
+    await new Promise<void>((r) => dropping.listen(0, '127.0.0.1', r));
+    const closedPort = (dropping.address() as { port: number }).port;
     const yaml = imapBlock(
       mailboxYaml(dovecot, 'big', { port: closedPort }, 'refused'),
       mailboxYaml(dovecot, 'big', { ssl: true }, 'tls'),
@@ -452,6 +450,7 @@ ${oauth2}`;
     } finally {
       await app.close();
       await consumer.stop();
+      dropping.close();
     }
   });
 
