@@ -179,7 +179,10 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       await until(() => Date.now() - t0 > 3000 && refusals() >= r0 + 10, 15_000, 'three claim timeouts of B, and ten more refused moves of A');
       assert.equal(count(b.spool.db), 0, 'B left it to its claimant');
       assert.ok(!b.logs.some((l) => l.includes('took over a stale claim')));
-      assert.deepEqual((await dovecot.list('INBOX', 'kwheld')).map((m) => m.flags), [[CLAIM_KEYWORD]], 'claimed, the touch keyword gone again');
+      const listed = await dovecot.list('INBOX', 'kwheld');
+      // Once in a fresh-clone CI run (Node 24) INBOX listed two claimed messages here: the listing and Dovecot's log
+      // say more next time.
+      assert.deepEqual(listed.map((m) => m.flags), [[CLAIM_KEYWORD]], `claimed, the touch keyword gone again: ${JSON.stringify(listed)}; Dovecot: ${dovecot.log().slice(-2000)}`);
     } finally {
       for (const sub of archive) chmodSync(sub, 0o700);
       await a.close();
