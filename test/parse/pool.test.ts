@@ -11,6 +11,9 @@ import { MailhookError } from '../../src/core/errors.js';
 import { forTransfer, parseInboundMessage, type InboundMessage } from '../../src/parse/inbound.js';
 import { inboundView, type InboundView } from '../../src/delivery/formats/inbound.js';
 import { fixture } from '../formats/support.js';
+import { currentThreadId, PARSE_THREAD_NICE_STEPS } from '../../src/parse/priority.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { getPriority } from 'node:os';
 
 const RAW = Buffer.from(
   'From: "Zoë" <zoe@sender.test>\r\nTo: incoming+abc@gitlab.test\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\nMessage-ID: <p1@sender.test>\r\n' +
@@ -52,6 +55,24 @@ test('a thread parses exactly what the main thread would, off the main thread', 
     const threads = (p as unknown as { slots: Array<{ worker: { threadId: number } }> }).slots.map((s) => s.worker.threadId);
     assert.equal(threads.length, 2);
     assert.ok(threads.every((id) => id !== threadId));
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a parse thread runs PARSE_THREAD_NICE_STEPS below the process (Linux), so SMTP intake runs first when the cores are busy; the main thread is left as it was', async (t) => {
+  if (currentThreadId() === undefined) return t.skip('no /proc/thread-self: thread priorities are Linux only');
+  /** nice value of each of this process's threads, by thread id (field 19 of /proc/self/task/<tid>/stat) */
+  const niceByThread = () => new Map(readdirSync('/proc/self/task').map((tid) => [Number(tid), Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[16])]));
+  const base = getPriority(currentThreadId());
+  const before = niceByThread();
+  const { pool: p } = pool(1);
+  try {
+    assert.equal(subjectOf(await p.parse(RAW)), 'Héllo'); // the thread is up and has parsed
+    const lowered = [...niceByThread()].filter(([tid, nice]) => !before.has(tid) && nice === Math.min(19, base + PARSE_THREAD_NICE_STEPS));
+    assert.equal(lowered.length, 1, `one new thread at nice ${base + PARSE_THREAD_NICE_STEPS}: ${JSON.stringify([...niceByThread()])}`);
+    assert.equal(getPriority(currentThreadId()), base, 'the calling thread keeps its priority');
+    assert.equal(getPriority(), base, 'and so does the process');
   } finally {
     await p.stop();
   }
