@@ -12,6 +12,8 @@ import { forTransfer, parseInboundMessage, type InboundMessage } from '../../src
 import { inboundView, type InboundView } from '../../src/delivery/formats/inbound.js';
 import { fixture } from '../formats/support.js';
 import { currentThreadId, PARSE_THREAD_NICE_STEPS } from '../../src/parse/priority.js';
+import { buildJsonBody } from '../../src/delivery/formats/json-body.js';
+import { webhookSignature } from '../../src/delivery/sign.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { getPriority } from 'node:os';
 
@@ -73,6 +75,33 @@ test('a parse thread runs PARSE_THREAD_NICE_STEPS below the process (Linux), so 
     assert.equal(lowered.length, 1, `one new thread at nice ${base + PARSE_THREAD_NICE_STEPS}: ${JSON.stringify([...niceByThread()])}`);
     assert.equal(getPriority(currentThreadId()), base, 'the calling thread keeps its priority');
     assert.equal(getPriority(), base, 'and so does the process');
+  } finally {
+    await p.stop();
+  }
+});
+
+test('the json body: a thread lays out and signs exactly what the calling thread would; bodies small enough for Node\'s Buffer pool come back whole, one after another', async () => {
+  const { pool: p, logs } = pool(1);
+  const signing = { key: new Uint8Array(32).fill(7), id: 'del_1', timestamp: 1_700_000_000 };
+  const head = JSON.stringify({ id: 'del_1', route: 'app' });
+  try {
+    for (const [raw, request] of [
+      [RAW, { head, signing }],
+      [RAW, { head, signing: null }],
+      [Buffer.concat([RAW, Buffer.from('x'.repeat(20_000))]), { head, signing }],
+      ...Array.from({ length: 5 }, (_, i) => [RAW, { head: JSON.stringify({ id: `del_${i}` }), signing }] as const),
+    ] as const) {
+      const there = await p.jsonBody(raw, request);
+      const here = await buildJsonBody(raw, request);
+      assert.ok(there.body.equals(here.body), 'the same bytes');
+      // Moved in memory of its own: not a view of the thread's Buffer pool, which posting would copy whole (8 KiB of
+      // other buffers' bytes; Node 20) or refuse to transfer (DataCloneError; later Node versions).
+      assert.equal(there.body.buffer.byteLength, there.body.length, 'the body alone came back');
+      assert.equal(there.signature, here.signature);
+      assert.equal(there.signature, request.signing ? webhookSignature(signing.key, signing.id, signing.timestamp, there.body) : null);
+      assert.equal(JSON.parse(there.body.toString('utf8')).message.subject, 'Héllo');
+    }
+    assert.deepEqual(logs, [], 'no thread failed');
   } finally {
     await p.stop();
   }
