@@ -11,15 +11,17 @@ import { certificateWarnings, tlsIdentityProblem } from '../smtp/tls.js';
  * Settings that work but are probably a mistake, logged at start-up (warn) and printed by check-config; not
  * problems: what the file's text showed (Config.fileWarnings: a secret cut short by a comment), a secret variable
  * in the environment that names no route or mailbox (Config.envWarnings), sender authentication behind a local
- * relay (it would judge the relay's address), and a plain IMAP connection (ssl: false, start_tls: false), which
- * sends the password or token in clear: on loopback that is a local server's choice, elsewhere worth a warning.
+ * relay that does not forward its client (XFORWARD, smtp.xforward_hosts: else SPF judges the relay's address),
+ * and a plain IMAP connection (ssl: false, start_tls: false), which sends the password or token in clear: on
+ * loopback that is a local server's choice, elsewhere worth a warning.
  */
 export function configWarnings(config: Config): Array<{ path: string; message: string }> {
   const warnings: Array<{ path: string; message: string }> = [...(config.fileWarnings ?? []), ...(config.envWarnings ?? [])];
   const smtp = config.smtp;
   const listeners = [smtp.listen, ...(smtp.tls?.implicit_listen ? [smtp.tls.implicit_listen] : [])];
-  if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && listeners.every((l) => isLoopback(l.host))) {
-    warnings.push({ path: 'smtp.sender_auth.enabled', message: `SMTP listens on loopback only (${listeners.map((l) => `${l.host}:${l.port}`).join(', ')}), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Behind a relay leave sender_auth off and check SPF, DKIM and DMARC in the relay (deploy/postfix/README.md); a load balancer on this machine can pass the client's address with smtp.proxy_protocol` });
+  // A relay trusted for XFORWARD (smtp.xforward_hosts) names the client itself, as a PROXY balancer does.
+  if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && smtp.xforward_hosts.length === 0 && listeners.every((l) => isLoopback(l.host))) {
+    warnings.push({ path: 'smtp.sender_auth.enabled', message: `SMTP listens on loopback only (${listeners.map((l) => `${l.host}:${l.port}`).join(', ')}), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and set smtp_send_xforward_command = yes in Postfix (deploy/postfix/README.md); a load balancer on this machine can pass the client's address with smtp.proxy_protocol` });
   }
   config.imap.forEach((m, i) => {
     if (m.method !== 'imap' || m.ssl || m.startTls || isLoopback(m.host)) return;

@@ -36,6 +36,19 @@ const ipOrCidr = z.string().refine((v) => {
 }, 'must be an IP address or CIDR range, e.g. "192.0.2.10" or "10.0.0.0/8"');
 const ipAddress = z.string().refine((v) => isIP(v.trim()) !== 0, 'must be an IP address');
 
+/**
+ * smtp.xforward_hosts: the relays' addresses, one by one. Trusting every peer (true, "*", a range) is not offered:
+ * on a listener the internet reaches, any client could then name any address as its own and pass SPF.
+ */
+const EVERY_PEER = 'trusting every peer is not offered: any client could then name any address as its own and pass SPF';
+const xforwardHost = z.string().transform((value, ctx) => {
+  const v = value.trim();
+  if (isIP(v) !== 0) return v;
+  ctx.addIssue({ code: 'custom', message: v === '*' || v.includes('/') ? `must be one relay's IP address, e.g. "127.0.0.1": ${EVERY_PEER} (nor a range)` : `must be a relay's IP address, e.g. "127.0.0.1" (not a host name)` });
+  return z.NEVER;
+});
+const xforwardHosts = z.array(xforwardHost, { error: `must be a list of the relays' IP addresses, e.g. ["127.0.0.1"]; true is not accepted: ${EVERY_PEER}` });
+
 const tlsSchema = z.strictObject({
   key_file: z.string().min(1).describe('PEM private key; reloaded on SIGHUP or when the file changes'),
   cert_file: z.string().min(1).describe('PEM certificate chain (leaf first); reloaded with the key'),
@@ -79,6 +92,11 @@ const smtpSchema = z.strictObject({
   lmtp: z.boolean().default(false).describe('speak LMTP (RFC 2033) instead of SMTP, for an MTA in front (Postfix lmtp: transport); one reply per recipient after DATA'),
   tls: tlsSchema.optional().describe('STARTTLS (and optionally implicit TLS) with this key and certificate'),
   proxy_protocol: z.union([z.boolean(), z.array(ipAddress)], { error: 'write true (from every peer), false, or a list of the balancers\' IP addresses' }).default(false).describe('expect a PROXY protocol v1/v2 header (TCP load balancer in front): true from every peer, or a list of the balancers\' addresses'),
+  xforward_hosts: xforwardHosts
+    .default([])
+    .describe(
+      "IP addresses of relays whose XFORWARD is trusted (Postfix in front with smtp_send_xforward_command = yes, deploy/postfix/README.md); empty: XFORWARD is not offered. For a message a listed relay forwards, sender_auth judges SPF for the client and HELO it names, and the payload's envelope.remote_address and helo are that client's (null when the relay does not know them: [UNAVAILABLE], or mail submitted on the relay's machine; SPF is then none, DKIM and DMARC still run); the relay's own address and HELO are kept in the message's meta.relay (admin API). The per-IP limits keep counting the relay. Any other peer's XFORWARD gets 550 5.7.0, and only listed peers see it in the EHLO reply",
+    ),
   bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
   postmaster_route: z
     .string()

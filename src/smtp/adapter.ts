@@ -9,6 +9,7 @@ import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { DEFAULT_ENHANCED, LIBRARY_REPLY_REWRITES, Reply, formatReply } from './replies.js';
+import { parseXforward } from './xforward.js';
 
 export interface ConnectionHooks {
   /** true once shutdown has begun: every further command gets 421 */
@@ -382,6 +383,37 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
       const reply = Reply.UnsupportedParameter(unknown);
       this.send(reply.code, formatReply(reply));
       return true;
+    }
+
+    /**
+     * XFORWARD from a peer in useXForward (smtp.xforward_hosts). smtp-server's own handler overwrites the connection's
+     * address and HELO and keeps them for the rest of the connection; this one records the attributes for the next
+     * transaction only, in session.xForward (transactionClient reads them), as Postfix's smtpd does: they are reset
+     * at the end of each transaction (after DATA, RSET, EHLO/HELO, STARTTLS: every _resetSession below). So with
+     * Postfix reusing a connection for several messages, a message it forwards with ADDR=[UNAVAILABLE] is never judged
+     * by the previous message's client; HELO=[UNAVAILABLE] does not undo the relay's EHLO (smtp-server then answered
+     * MAIL with 503 "send HELO/EHLO first"); and connection-level state (onConnect, the per-IP connection count,
+     * the connect event) is never run again for a forwarded address.
+     */
+    override handler_XFORWARD(command: Buffer, callback: () => void): void {
+      const answer = (reply: Reply) => {
+        this.send(reply.code, formatReply(reply));
+        callback();
+      };
+      // smtp-server's check: the peer the connection came from is listed (and XFORWARD is not disabled).
+      if (!this._proxyCommandAllowed('XFORWARD', 'useXForward')) return answer(Reply.XforwardNotAuthorized);
+      if (this.session.envelope.mailFrom) return answer(Reply.XforwardInTransaction);
+      const parsed = parseXforward(command.toString().trim().split(/\s+/).slice(1));
+      if ('error' in parsed) return answer(parsed.error === 'attribute' ? Reply.XforwardBadAttribute : parsed.error === 'address' ? Reply.XforwardBadAddress : Reply.XforwardSyntax);
+      // Postfix splits the attributes over several XFORWARD commands when a line would be too long: they add up.
+      for (const [name, value] of parsed.attributes) this._xForward.set(name, value);
+      answer(Reply.XforwardOk);
+    }
+
+    override _resetSession(): void {
+      // The constructor has not made the map yet when smtp-server's own set-up runs.
+      this._xForward?.clear();
+      super._resetSession();
     }
 
     override handler_DATA(command: Buffer, callback: () => void): void {

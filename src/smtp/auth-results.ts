@@ -1,6 +1,6 @@
 // Sender authentication at the end of DATA: SPF, DKIM, DMARC and ARC with mailauth, the DNS resolver passed in.
 import { PassThrough } from 'node:stream';
-import type { AuthenticateResult, DNSResolver } from 'mailauth';
+import type { ARCData, AuthenticateResult, DNSResolver } from 'mailauth';
 
 /** mailauth takes most of a second to load; only deployments that enable sender authentication pay for it. */
 let mailauth: Promise<typeof import('mailauth')> | undefined;
@@ -29,7 +29,11 @@ export interface AuthenticationOutcome {
 }
 
 export interface SessionFacts {
-  ip: string;
+  /**
+   * the client's address; null when unknown (a trusted relay's XFORWARD gave ADDR=[UNAVAILABLE], or no ADDR): SPF
+   * cannot be judged and is recorded as none, while DKIM, ARC and DMARC, which need no address, still run
+   */
+  ip: string | null;
   helo: string | null;
   /** MAIL FROM, '' for the null sender */
   sender: string;
@@ -129,6 +133,7 @@ export class SenderAuthenticator {
 
   private async run(input: PassThrough, facts: SessionFacts): Promise<AuthenticationOutcome> {
     try {
+      if (facts.ip === null) return await this.runWithoutClient(input, facts);
       const { authenticate } = await loadMailauth();
       const r = await authenticate(input, {
         ip: facts.ip,
@@ -146,8 +151,40 @@ export class SenderAuthenticator {
     }
   }
 
+  /**
+   * mailauth's authenticate() without its SPF step, for a client whose address is unknown: SPF is none (RFC 8601
+   * §2.7.2 has no "not checked"; none passes nothing and fails nothing), DMARC is judged on DKIM alone (RFC 7489 §4.2:
+   * either aligned pass will do). The same steps and order as authenticate() in mailauth 4.13, BIMI left out as there.
+   */
+  private async runWithoutClient(input: PassThrough, facts: SessionFacts): Promise<AuthenticationOutcome> {
+    const { dkimVerify, arc, dmarc } = await loadMailauth();
+    const resolver = this.opts.resolver ? { resolver: this.opts.resolver } : {};
+    const dkim = await dkimVerify(input, { ...resolver, ...(facts.sender ? { sender: facts.sender } : {}) });
+    const arcResult = dkim.arc ? await arc(dkim.arc as ARCData, resolver) : false;
+    const dmarcResult = dkim.headerFrom
+      ? await dmarc({
+          headerFrom: dkim.headerFrom,
+          spfDomains: [],
+          dkimDomains: (dkim.results ?? [])
+            .filter((r) => r.status.result === 'pass')
+            // As authenticate() passes them (DMARC reads domain and underSized, a key size, not a flag).
+            .map((r) => ({ id: r.id, domain: r.signingDomain, aligned: r.status.aligned, underSized: r.status.underSized })),
+          ...(arcResult ? { arcResult } : {}),
+          ...resolver,
+        })
+      : false;
+    const parts = [...(dkim.results ?? []).map((r) => r.info), SPF_NONE, ...(arcResult && arcResult.info ? [arcResult.info] : []), ...(dmarcResult && dmarcResult.info ? [dmarcResult.info] : [])];
+    // spf: false is summarized as { result: 'none', domain: null }.
+    return summarize({ dkim, spf: false, dmarc: dmarcResult, arc: arcResult, bimi: false, headers: `Authentication-Results: ${this.opts.mta}; ${parts.map(unfold).join('; ')}\r\n` }, this.opts.mta);
+  }
+
   private async spfOnly(facts: SessionFacts, reason: string): Promise<AuthenticationOutcome> {
     const base = { ...errorOutcome(this.opts.mta, 'permerror', reason), unevaluated: true };
+    if (facts.ip === null) {
+      base.authentication.spf = { result: 'none', domain: null };
+      base.authenticationResults = `${this.opts.mta}; ${SPF_NONE}; dkim=permerror (${reason}); dmarc=permerror (${reason})`;
+      return base;
+    }
     try {
       const { spf: checkSpf } = await loadMailauth();
       const r = await checkSpf({ ip: facts.ip, helo: facts.helo ?? undefined, sender: facts.sender || undefined, mta: this.opts.mta, ...(this.opts.resolver ? { resolver: this.opts.resolver } : {}) });
@@ -173,6 +210,9 @@ function errorOutcome(mta: string, result: string, reason: string): Authenticati
     unevaluated: false,
   };
 }
+
+/** The Authentication-Results entry for SPF when the client's address is unknown: not checked for any domain. */
+const SPF_NONE = 'spf=none (client address unknown: the relay did not give it)';
 
 function unfold(s: string): string {
   return s.replace(/\r?\n[ \t]+/g, ' ').trim();

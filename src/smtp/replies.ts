@@ -52,6 +52,13 @@ export const Reply = {
   DmarcReject: (domain: string) => reply(550, '5.7.1', `Error: message rejected per DMARC policy of ${domain}`),
   // A header too big to check (sender_auth size bounds) on a route that enforces DMARC: not let through unchecked.
   DmarcUnevaluated: reply(550, '5.7.1', 'Error: header section too large for a DMARC check'),
+  // XFORWARD (Postfix XFORWARD_README), with Postfix smtpd's replies: the relay's client details for the next transaction
+  XforwardOk: reply(250, '2.0.0', 'Ok'),
+  XforwardNotAuthorized: reply(550, '5.7.0', 'Error: insufficient authorization'),
+  XforwardInTransaction: reply(503, '5.5.1', 'Error: MAIL transaction in progress'),
+  XforwardSyntax: reply(501, '5.5.4', 'Syntax: XFORWARD attribute=value...'),
+  XforwardBadAttribute: reply(501, '5.5.4', 'Bad XFORWARD attribute name'),
+  XforwardBadAddress: reply(501, '5.5.4', 'Bad XFORWARD ADDR: not an IP address'),
   // Live recipient verification: never 250 for a recipient that could not be checked
   VerifyUnavailable: reply(451, '4.3.0', 'Error: recipient verification unavailable, try again later'),
 } as const;

@@ -25,6 +25,7 @@ import { ClientLimits } from './limits.js';
 import { MessageRefused, Reply, SmtpReplyError, formatReply } from './replies.js';
 import { TlsReloader, certificateFacts, certificateWarnings, loadTlsMaterial, type TlsMaterial } from './tls.js';
 import { RecipientVerifier } from './verify.js';
+import { transactionClient } from './xforward.js';
 
 export interface SmtpDeps {
   config: Config;
@@ -214,9 +215,12 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     // RFC 2033: LHLO instead of EHLO, and after DATA one reply per accepted recipient (smtp-server sends them).
     lmtp: smtp.lmtp,
     authOptional: true,
-    // No AUTH (an MX takes mail for its own domains only), no proxy-override commands, none of sendmail's jokes.
-    disabledCommands: ['AUTH', 'XCLIENT', 'XFORWARD', 'WIZ', 'SHELL', 'KILL', ...(tls ? [] : ['STARTTLS'])],
+    // No AUTH (an MX takes mail for its own domains only), no XCLIENT, none of sendmail's jokes; XFORWARD only when
+    // relays are listed (the adapter's handler_XFORWARD refuses any other peer with 550 5.7.0, and smtp-server
+    // announces it in the EHLO reply to listed peers only).
+    disabledCommands: ['AUTH', 'XCLIENT', ...(smtp.xforward_hosts.length ? [] : ['XFORWARD']), 'WIZ', 'SHELL', 'KILL', ...(tls ? [] : ['STARTTLS'])],
     useProxy: smtp.proxy_protocol,
+    useXForward: smtp.xforward_hosts.length ? smtp.xforward_hosts : false,
     // No reverse DNS lookup of each client: mailhook uses the address, never the name (logs, Received fields and
     // SPF take the IP and HELO), and smtp-server holds the greeting until the lookup answers (up to 1.5 s).
     disableReverseLookup: true,
@@ -343,9 +347,13 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     const recipients = recipientsOf(session);
     const deliveries = planDeliveries(recipients);
     const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    // The client a trusted relay forwarded with XFORWARD, else the peer: what SPF judges and the envelope records.
+    const client = transactionClient(session);
     const meta: Record<string, unknown> = {};
+    // The relay itself is kept with the message (the admin API shows meta), not in the webhook payload.
+    if (client.relay) meta.relay = client.relay;
     let auth: AuthenticationRun | undefined;
-    if (authenticator) auth = authenticator.start({ ip: session.remoteAddress, helo: session.hostNameAppearsAs || null, sender });
+    if (authenticator) auth = authenticator.start({ ip: client.address, helo: client.helo, sender });
     const run = auth;
     const filter = createDataFilter({
       bareLf: smtp.bare_lf,
@@ -382,18 +390,18 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
         envelope: {
           mailFrom: sender,
           rcptTo: recipients,
-          remoteAddress: session.remoteAddress,
-          helo: session.hostNameAppearsAs || null,
+          remoteAddress: client.address,
+          helo: client.helo,
           tls: tlsInfo(session),
         },
         deliveries,
         body: filter,
         // The filter enforces max_message_bytes on the bytes received; normalizing bare LFs may add up to as many again.
         maxBytes: smtp.max_message_bytes * 2,
-        ...(run ? { meta } : {}),
+        ...(run || client.relay ? { meta } : {}),
       });
       metrics.messagesAccepted.inc({ source: 'smtp' });
-      log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: recipients.length, routes: deliveries.map((d) => d.route), normalized: filter.stats.normalized }, 'message accepted');
+      log.info({ cid: session.id, msgId: result.id, size: result.size, rcpts: recipients.length, routes: deliveries.map((d) => d.route), normalized: filter.stats.normalized, ...(client.relay ? { remote: client.address, relay: client.relay.address } : {}) }, 'message accepted');
       return result.id;
     } catch (err) {
       // smtp-server answers once the client's final dot arrived: keep reading what is still coming.

@@ -187,7 +187,7 @@ test('check-config warns of a min_free_disk_bytes the spool\'s file system canno
   assert.equal((await checkConfig(config(0))).err, '');
 });
 
-test('check-config warns of sender_auth on a loopback-only listener (behind Postfix SPF would judge the relay), not on a public one or behind a PROXY balancer', async () => {
+test('check-config warns of sender_auth on a loopback-only listener (behind Postfix SPF would judge the relay), not on a public one, behind a PROXY balancer, or with the relay\'s XFORWARD trusted', async () => {
   const dir = tempDir();
   const file = join(dir, 'mailhook.yaml');
   const check = async (smtp: string) => {
@@ -198,8 +198,9 @@ test('check-config warns of sender_auth on a loopback-only listener (behind Post
   };
   assert.equal(
     await check('  listen: "127.0.0.1:2525"\n'),
-    `${file}: warning: smtp.sender_auth.enabled: SMTP listens on loopback only (127.0.0.1:2525), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Behind a relay leave sender_auth off and check SPF, DKIM and DMARC in the relay (deploy/postfix/README.md); a load balancer on this machine can pass the client's address with smtp.proxy_protocol\n`,
+    `${file}: warning: smtp.sender_auth.enabled: SMTP listens on loopback only (127.0.0.1:2525), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and set smtp_send_xforward_command = yes in Postfix (deploy/postfix/README.md); a load balancer on this machine can pass the client's address with smtp.proxy_protocol\n`,
   );
   assert.equal(await check('  listen: "0.0.0.0:2525"\n'), '');
   assert.equal(await check('  listen: "[::1]:2525"\n  proxy_protocol: true\n'), '');
+  assert.equal(await check('  listen: "127.0.0.1:2525"\n  xforward_hosts: ["127.0.0.1"]\n'), '');
 });

@@ -58,6 +58,20 @@ test('problems name the key and the fix', () => {
   assert.deepEqual(problems('', `${ROUTES}    verify:\n      url: ftp://x\n`), ['routes[0].verify.url: must be an http:// or https:// URL']);
 });
 
+test('smtp.xforward_hosts: off by default; a list of relay addresses, never every peer (true, "*" or a range), each refusal naming the key and the fix', () => {
+  const dir = tempDir();
+  assert.deepEqual(parseTestConfig(configYaml({ dir, routes: ROUTES }), dir).smtp.xforward_hosts, []);
+  const c = parseTestConfig(configYaml({ dir, routes: ROUTES }).replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  xforward_hosts: [" 127.0.0.1 ", "::1", "10.0.0.5"]\n'), dir);
+  assert.deepEqual(c.smtp.xforward_hosts, ['127.0.0.1', '::1', '10.0.0.5']);
+  const everyPeer = 'trusting every peer is not offered: any client could then name any address as its own and pass SPF';
+  assert.deepEqual(problems('  xforward_hosts: true'), [`smtp.xforward_hosts: must be a list of the relays' IP addresses, e.g. ["127.0.0.1"]; true is not accepted: ${everyPeer}`]);
+  assert.deepEqual(problems('  xforward_hosts: ["127.0.0.1", "*", "10.0.0.0/8", "relay.example.com"]'), [
+    `smtp.xforward_hosts[1]: must be one relay's IP address, e.g. "127.0.0.1": ${everyPeer} (nor a range)`,
+    `smtp.xforward_hosts[2]: must be one relay's IP address, e.g. "127.0.0.1": ${everyPeer} (nor a range)`,
+    'smtp.xforward_hosts[3]: must be a relay\'s IP address, e.g. "127.0.0.1" (not a host name)',
+  ]);
+});
+
 test('routes[].verify resolves with its defaults', () => {
   const dir = tempDir();
   const c = parseTestConfig(configYaml({ dir, routes: `${ROUTES}    verify:\n      url: http://127.0.0.1:9/verify\n` }), dir);
