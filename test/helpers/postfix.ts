@@ -6,10 +6,13 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { RawSmtp, type SmtpReply } from './smtp-client.js';
 
 const run = promisify(execFile);
 const SNIPPETS = join(import.meta.dirname, '..', '..', 'deploy', 'postfix');
 export const POSTFIX = '/usr/sbin/postfix';
+export const SWAKS = '/usr/bin/swaks';
 
 /**
  * Whether the test can run: Postfix installed and we are root (Postfix's master runs as root here).
@@ -21,6 +24,32 @@ export function requirePostfix(t: TestContext): boolean {
   if (process.env.CI === 'true') throw new Error(`${missing}; .ci/run installs it`);
   t.skip(`${missing}; skipped (CI=true makes this a failure)`);
   return false;
+}
+
+/** Whether swaks is installed (Debian package "swaks"); as requirePostfix, a failure under CI=true, else a skip. */
+export function requireSwaks(t: TestContext): boolean {
+  if (existsSync(SWAKS)) return true;
+  const missing = 'swaks is not installed (Debian package "swaks")';
+  if (process.env.CI === 'true') throw new Error(`${missing}; .ci/run installs it`);
+  t.skip(`${missing}; skipped (CI=true makes this a failure)`);
+  return false;
+}
+
+/**
+ * RCPT through Postfix. Under reject_unverified_recipient the first answer for a new address may be
+ * "450 4.1.1 … Address verification in progress"; a sending MTA retries, and so does this, on a new session.
+ */
+export async function rcptUntilDecided(port: number, rcpt: string, timeoutMs = 20_000): Promise<SmtpReply> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { smtp, banner } = await RawSmtp.open(port);
+    assert.equal(banner.code, 220, banner.raw);
+    await smtp.cmd('EHLO sender.example.net');
+    await smtp.cmd('MAIL FROM:<someone@example.net>');
+    const r = await smtp.cmd(`RCPT TO:<${rcpt}>`);
+    await smtp.quit();
+    if (!(r.code === 450 && /verification in progress/i.test(r.text)) || Date.now() > deadline) return r;
+  }
 }
 
 /** A free loopback port: Postfix needs a number in master.cf, so one is picked by binding port 0. */
@@ -46,6 +75,8 @@ export interface PostfixOptions {
   lmtp?: boolean;
   /** also enable option 2 of deploy/postfix/main.cf: relay_recipient_maps with deploy/postfix/mailhook_recipients */
   relayRecipientMaps?: boolean;
+  /** let the test client on 127.0.0.1 pose as another client with XCLIENT (smtpd_authorized_xclient_hosts; tests only) */
+  xclient?: boolean;
 }
 
 export interface PostfixInstance {
@@ -146,7 +177,7 @@ smtpd_tls_security_level = none
 smtp_tls_security_level = none
 lmtp_tls_security_level = none
 address_verify_poll_delay = 1s
-`;
+${opts.xclient ? 'smtpd_authorized_xclient_hosts = 127.0.0.1\n' : ''}`;
   writeFileSync(join(etc, 'main.cf'), base + '\n' + mainSnippet);
   writeFileSync(join(etc, 'master.cf'), masterCf(port));
   await run('/usr/sbin/postmap', ['-c', etc, join(etc, 'transport')]);

@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { configYaml, startTestApp, SECRET, tempDir, type TestApp } from '../helpers/app.js';
 import { Consumer } from '../helpers/consumer.js';
 import { RawSmtp, type SmtpReply } from '../helpers/smtp-client.js';
-import { requirePostfix, startPostfix, type PostfixInstance } from '../helpers/postfix.js';
+import { rcptUntilDecided, requirePostfix, startPostfix, type PostfixInstance } from '../helpers/postfix.js';
 
 const DOMAIN = 'incoming.example.com';
 
@@ -42,23 +42,6 @@ async function withRelay(opts: { lmtp: boolean; relayRecipientMaps: boolean }, b
     await app?.close();
     await consumer.stop();
     rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/**
- * RCPT through Postfix. Under reject_unverified_recipient the first answer for a new address may be
- * "450 4.1.1 … Address verification in progress"; a sending MTA retries, and so does this, on a new session.
- */
-async function rcptUntilDecided(port: number, rcpt: string, timeoutMs = 20_000): Promise<SmtpReply> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const { smtp, banner } = await RawSmtp.open(port);
-    assert.equal(banner.code, 220, banner.raw);
-    await smtp.cmd('EHLO sender.example.net');
-    await smtp.cmd('MAIL FROM:<someone@example.net>');
-    const r = await smtp.cmd(`RCPT TO:<${rcpt}>`);
-    await smtp.quit();
-    if (!(r.code === 450 && /verification in progress/i.test(r.text)) || Date.now() > deadline) return r;
   }
 }
 
