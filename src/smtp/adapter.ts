@@ -488,7 +488,12 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
     override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
       const connection = new MailhookConnection(this, socket, socketOptions);
       this.connections.add(connection);
-      connection.on('error', (err: Error) => this._onError(err));
+      // The connection's id goes with its error (a failed STARTTLS handshake, a reset), so the log line that
+      // reports it joins the session's other lines (cid).
+      connection.on('error', (err: Error & { cid?: string }) => {
+        err.cid ??= connection.id;
+        this._onError(err);
+      });
       connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));
       connection.init();
     }

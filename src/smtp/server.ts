@@ -187,15 +187,15 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
    * protocol, no shared cipher, plain text on the TLS port; a reset) is logged once at info, without a stack, so a
    * scanner cannot fill the log with warnings; anything else stays a warning.
    */
-  function connectionError(err: Error & { code?: string; library?: string; reason?: string; remoteAddress?: string; report?: boolean; meta?: { stage?: string; remoteAddress?: string } }): void {
+  function connectionError(err: Error & { cid?: string; code?: string; library?: string; reason?: string; remoteAddress?: string; report?: boolean; meta?: { stage?: string; remoteAddress?: string } }): void {
     if (logged.has(err)) return;
     logged.add(err);
     // report: false is smtp-server's mark for a socket closed during the TLS start (a port scan, a TCP health check).
     const byClient = err.library === 'SSL routines' || /^ERR_(SSL|TLS)_/.test(err.code ?? '') || CLIENT_SOCKET_ERRORS.has(err.code ?? '') || err.report === false;
-    if (!byClient) return log.warn({ err }, 'smtp connection error');
-    // The implicit-TLS listener's errors carry the address in meta only.
+    if (!byClient) return log.warn({ cid: err.cid, err }, 'smtp connection error');
+    // The implicit-TLS listener's errors carry the address in meta only, and no cid (no session was made).
     const remote = err.remoteAddress ?? err.meta?.remoteAddress;
-    log.info({ remote, code: err.code, reason: err.reason ?? err.message.trim(), stage: err.meta?.stage }, 'smtp client connection failed');
+    log.info({ cid: err.cid, remote, code: err.code, reason: err.reason ?? err.message.trim(), stage: err.meta?.stage }, 'smtp client connection failed');
   }
 
   /** The reply for a recipient routing refused, counted and logged. */

@@ -92,17 +92,22 @@ describe('TLS', { skip }, () => {
   });
 
   test('minimum TLS 1.2: a TLS 1.1 client cannot complete the handshake; TLS 1.2 can', async () => {
+    const logsBefore = app.logs.length;
     const { smtp } = await RawSmtp.open(app.smtpPort);
     await smtp.cmd('EHLO client.test');
     // Refused for its version (a protocol_version alert), not for anything else about the handshake.
-    const logsBefore = app.logs.length;
     await assert.rejects(startTls(smtp, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }), (err: Error & { code?: string }) => /PROTOCOL_VERSION/.test(err.code ?? ''));
     smtp.destroy();
     // Any client can do that: one info line, no stack (smtp-server reports the error twice; it was two warnings).
-    const failed = () => app.logs.slice(logsBefore).join('').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string; code?: string; reason?: string; err?: unknown }).filter((l) => /connection (error|failed)/.test(l.msg));
+    const lines = () => app.logs.slice(logsBefore).join('').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string; cid?: string; code?: string; reason?: string; err?: unknown });
+    const failed = () => lines().filter((l) => /connection (error|failed)/.test(l.msg));
     await until(() => failed().length > 0, 5000, 'the handshake failure logged');
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(failed().map((l) => [l.level, l.msg, l.code, l.reason, l.err]), [[30, 'smtp client connection failed', 'ERR_SSL_UNSUPPORTED_PROTOCOL', 'unsupported protocol', undefined]]);
+    // It names the session (cid) as the session's other lines do, here its connect line.
+    const ehloCid = lines().find((l) => l.msg === 'smtp connect')?.cid;
+    assert.ok(ehloCid, 'the session logged its connect');
+    assert.equal(failed()[0]?.cid, ehloCid);
     const ok = await RawSmtp.open(app.smtpPort);
     await ok.smtp.cmd('EHLO client.test');
     const s = await startTls(ok.smtp, { maxVersion: 'TLSv1.2' });
