@@ -56,7 +56,7 @@ export interface Dovecot {
   append(messages: Array<string | Buffer>, opts?: { user?: string; folder?: string; flags?: string[]; internalDate?: Date }): Promise<void>;
   /** writes messages straight into the Maildir new/ folder: fastest for large backlogs */
   deliverToMaildir(messages: Array<string | Buffer>, user?: string): void;
-  /** UIDs and flags of every message in a folder */
+  /** UIDs and flags of every message in a folder, once each (flag updates the server sends meanwhile are merged) */
   list(folder?: string, user?: string): Promise<Array<{ uid: number; flags: string[] }>>;
   log(): string;
   start(): Promise<void>;
@@ -249,8 +249,21 @@ userdb {
       try {
         const box = await c.mailboxOpen(folder, { readOnly: true });
         if (box.exists === 0) return [];
-        const out: Array<{ uid: number; flags: string[] }> = [];
-        for await (const m of c.fetch('1:*', { uid: true, flags: true })) out.push({ uid: m.uid, flags: [...(m.flags ?? [])].filter((f) => f !== '\\Recent').sort() });
+        // One entry per message, by sequence number. When another session changes a message's flags while this FETCH
+        // runs, Dovecot ends the command with an unsolicited "* n FETCH (MODSEQ (m) FLAGS (...))" for it (no UID, even
+        // in a UID FETCH), and imapflow's fetch() yields that row as well: listed as is, one message looked like two
+        // (a bridge touching its claim did that). A second message has a sequence number of its own and stays listed.
+        const bySeq = new Map<number, { uid: number | undefined; flags: string[] }>();
+        for await (const m of c.fetch('1:*', { uid: true, flags: true })) {
+          const prev = bySeq.get(m.seq);
+          if (prev?.uid !== undefined && m.uid !== undefined && prev.uid !== m.uid) throw new Error(`list ${folder}: message ${m.seq} has UIDs ${prev.uid} and ${m.uid}`);
+          // The later row is the newer state of its flags.
+          bySeq.set(m.seq, { uid: m.uid ?? prev?.uid, flags: m.flags ? [...m.flags].filter((f) => f !== '\\Recent').sort() : (prev?.flags ?? []) });
+        }
+        const out = [...bySeq].map(([seq, m]) => {
+          if (m.uid === undefined) throw new Error(`list ${folder}: message ${seq} was listed without its UID`);
+          return { uid: m.uid, flags: m.flags };
+        });
         return out.sort((a, b) => a.uid - b.uid);
       } finally {
         await c.logout().catch(() => c.close());

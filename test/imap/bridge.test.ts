@@ -10,7 +10,7 @@ import { Consumer } from '../helpers/consumer.js';
 import { OAuthStandin } from '../helpers/oauth-standin.js';
 import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { createHash } from 'node:crypto';
-import { CLAIM_KEYWORD, SKIP_KEYWORD } from '../../src/imap/claim.js';
+import { CLAIM_KEYWORD, SKIP_KEYWORD, TOUCH_KEYWORD } from '../../src/imap/claim.js';
 import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
 import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
@@ -31,7 +31,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
   before(async () => {
     oauth = await new OAuthStandin().start();
     dovecot = await startDovecot({
-      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwheld', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'limits', 'reuse', 'unsol', 'unread', 'remark'],
+      users: ['idle', 'order', 'del', 'flag', 'move', 'leave', 'unmove', 'unroute', 'o365', 'gmail', 'big', 'interrupted', 'gen', 'large', 'retry', 'kwmove', 'kwheld', 'kwrace', 'kwcut', 'kwcut2', 'pwfile', 'limits', 'reuse', 'unsol', 'unread', 'remark', 'lister'],
       introspectionUrl: oauth.introspectionUrl,
     });
   });
@@ -164,6 +164,7 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
     const a = await startTestApp({ routes: routesYaml(consumer.url), extra: imapBlock(mailboxYaml(dovecot, 'kwheld', { after_delivery: 'move:Archive', claim: 'keyword', reconnect_delay_ms: 100, reconnect_max_delay_ms: 100 })) });
     const archive = ['tmp', 'new', 'cur'].map((sub) => join(dovecot.dir, 'home', 'kwheld', 'Maildir', '.Archive', sub));
     let b: TestApp | undefined;
+    let aClosed = false;
     try {
       await until(() => bridgeOf(a).status.state === 'idle', 10_000, 'A idle (Archive created)');
       // Archive stays, but Dovecot (running as nobody) cannot write into it: every MOVE is refused, session after session.
@@ -179,15 +180,47 @@ describe('IMAP bridge against Dovecot', { skip }, () => {
       await until(() => Date.now() - t0 > 3000 && refusals() >= r0 + 10, 15_000, 'three claim timeouts of B, and ten more refused moves of A');
       assert.equal(count(b.spool.db), 0, 'B left it to its claimant');
       assert.ok(!b.logs.some((l) => l.includes('took over a stale claim')));
+      // INBOX is looked at with both instances stopped, B first (once A's touches end, B would take the claim a second
+      // later). While A runs it touches the claim every ~150 ms, and a listing then can see the message mid-touch
+      // ($MailhookTouched set for the moment between A's two STOREs), a real but passing state this assertion is not
+      // about. (The one CI failure here, two claimed messages listed, was the listing helper taking Dovecot's unsolicited
+      // FLAGS update for a second message; see dovecot.ts list().) What mailhook leaves stays: two messages, a lost
+      // claim or a touch keyword left set still fail.
+      await b.close();
+      b = undefined;
+      await a.close();
+      aClosed = true;
       const listed = await dovecot.list('INBOX', 'kwheld');
-      // Once in a fresh-clone CI run (Node 24) INBOX listed two claimed messages here: the listing and Dovecot's log
-      // say more next time.
       assert.deepEqual(listed.map((m) => m.flags), [[CLAIM_KEYWORD]], `claimed, the touch keyword gone again: ${JSON.stringify(listed)}; Dovecot: ${dovecot.log().slice(-2000)}`);
     } finally {
       for (const sub of archive) chmodSync(sub, 0o700);
-      await a.close();
+      if (!aClosed) await a.close();
       await b?.close();
       await consumer.stop();
+    }
+  });
+
+  test('the test listing (dovecot.list) lists each message once while another session changes their flags', async () => {
+    // Dovecot ends a FETCH with an unsolicited "* n FETCH (MODSEQ (m) FLAGS (...))" for a message another session
+    // changed meanwhile, and imapflow's fetch() yields it too: the helper listed such a message twice (the refused-MOVE
+    // test above failed so while its instance touched the claim). Two real messages must still list as two.
+    await dovecot.append([message('l1', { messageId: 'lister-1@x' }), message('l2', { messageId: 'lister-2@x' })], { user: 'lister' });
+    const c = await dovecot.client('lister');
+    let stop = false;
+    let toucher: Promise<void> | undefined;
+    try {
+      await c.mailboxOpen('INBOX');
+      toucher = (async () => {
+        while (!stop) {
+          await c.messageFlagsAdd('1:2', [TOUCH_KEYWORD], { uid: true });
+          await c.messageFlagsRemove('1:2', [TOUCH_KEYWORD], { uid: true });
+        }
+      })();
+      for (let i = 0; i < 20; i++) assert.deepEqual((await dovecot.list('INBOX', 'lister')).map((m) => m.uid), [1, 2], `listing ${i + 1}`);
+    } finally {
+      stop = true;
+      await toucher;
+      await c.logout();
     }
   });
 
