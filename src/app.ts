@@ -16,7 +16,6 @@ import { ParsePool, type ParsePoolOptions } from './parse/pool.js';
 import type { PayloadMessageJson } from './parse/message.js';
 import type { ParseInbound } from './parse/inbound.js';
 import { createFormats, parseNeeded } from './delivery/formats/index.js';
-import type { JsonBodyRequest } from './delivery/formats/json-body.js';
 import { buildHttpApp } from './http/server.js';
 import { listenError } from './core/listen.js';
 import { createMailboxes, type Mailboxes } from './imap/index.js';
@@ -113,8 +112,6 @@ export async function startApp(deps: AppDeps): Promise<App> {
       random,
       dispatcher,
       parse: deps.parse ?? ((raw) => parsePool.parse(raw)),
-      // A parse passed in (tests) is the json format's parse: the body is then laid out and signed here around it.
-      ...(deps.parse ? {} : { buildJsonBody: (raw: Buffer, request: JsonBodyRequest) => parsePool.jsonBody(raw, request) }),
       parseInbound: deps.parseInbound ?? ((raw, options) => parsePool.parseInbound(raw, options)),
       formats,
       settleCoalesceMs: deps.settleCoalesceMs,

@@ -167,7 +167,7 @@ const deliverySchema = z.strictObject({
   concurrency: positiveInt.default(16).describe('webhook requests in flight at once, all routes together'),
   per_route_concurrency: positiveInt.default(4).describe('webhook requests in flight at once for one route; as many more of its deliveries (up to 1 MiB each) are read, parsed and signed meanwhile; a message over 4 MiB is delivered one at a time per route (memory)'),
   timeout_ms: timerMs.default(30_000).describe('time allowed for one webhook request'),
-  parse_threads: nonNegativeInt.max(16).default(1).describe('worker threads that parse messages of up to 4 MiB for the json, mailgun, postmark and sendgrid formats (and lay out and sign the json body), off the main thread that serves SMTP sessions and at a lower CPU priority (Linux); a parse there that runs past delivery.timeout_ms (counted from when its thread starts it) is abandoned and retried, and a message that ends two threads (each has a 512 MB heap) is dead-lettered. 0 parses on the main thread. Larger messages are parsed on the main thread, with no parse timeout (Mailgun mime and SendGrid send_raw read only the header section)'),
+  parse_threads: nonNegativeInt.max(16).default(1).describe('worker threads that parse messages of up to 4 MiB for the json, mailgun, postmark and sendgrid formats, off the main thread that serves SMTP sessions; a parse there that runs past delivery.timeout_ms (counted from when its thread starts it) is abandoned and retried, and a message that ends two threads (each has a 512 MB heap) is dead-lettered. 0 parses on the main thread. Larger messages are parsed on the main thread, with no parse timeout (Mailgun mime and SendGrid send_raw read only the header section)'),
   retry: retrySchema.prefault({}),
 });
 

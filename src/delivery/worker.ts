@@ -13,7 +13,7 @@ import { sendWebhook, WebhookTargets } from './client.js';
 import { Slots } from './slots.js';
 import { RouteHealth, verdictOf, type HealthEvent } from './route-health.js';
 import { isErrnoException, MailhookError } from '../core/errors.js';
-import type { EncodedRequest, FormatContext } from './formats/types.js';
+import type { EncodedRequest } from './formats/types.js';
 import { createFormats, type Formats } from './formats/index.js';
 import { automaticOf } from '../parse/automatic.js';
 import { THREAD_MAX_BYTES } from '../parse/pool.js';
@@ -30,8 +30,6 @@ export interface WorkerDeps {
   dispatcher: Dispatcher;
   /** parses messages for the json format off the event loop (the parse pool); on this thread when absent */
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
-  /** the json format's body and signature made off the event loop (the parse pool); with `parse`, here, when absent */
-  buildJsonBody?: FormatContext['buildJsonBody'];
   /** parses messages for the mailgun, postmark and sendgrid formats off the event loop (the parse pool); on this thread when absent */
   parseInbound?: ParseInbound;
   /** the payload formats (createFormats), made here when absent */
@@ -509,7 +507,7 @@ export class DeliveryWorker {
           // The age counts from when the timestamp is taken, before the parse (which may wait for a parse thread).
           encode = () => {
             encodedAt = clock.now();
-            return format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(encodedAt / 1000), hostname: config.smtp.hostname, parse: this.deps.parse, buildJsonBody: this.deps.buildJsonBody, parseInbound: this.deps.parseInbound });
+            return format.encode({ message, delivery: d, route, webhook, raw, nowSeconds: Math.floor(encodedAt / 1000), hostname: config.smtp.hostname, parse: this.deps.parse, parseInbound: this.deps.parseInbound });
           };
           req = await untilAborted(encode(), signal);
         }

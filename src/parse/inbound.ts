@@ -94,17 +94,13 @@ function defaultFilename(i: number, contentType: string): string {
 export function forTransfer(message: InboundMessage): { message: InboundMessage; transfer: ArrayBuffer[] } {
   const transfer = new Set<ArrayBuffer>();
   const attachments = message.attachments.map((a) => {
-    const own = ownBytes(a.content);
+    const c = a.content;
+    const owned = c.buffer instanceof ArrayBuffer && c.byteOffset === 0 && c.byteLength === c.buffer.byteLength;
+    const own = owned ? c : Buffer.from(new Uint8Array(c).buffer); // new Uint8Array(c): one copy, in a buffer of its own
     transfer.add(own.buffer as ArrayBuffer);
     return { ...a, content: own };
   });
   return { message: { ...message, attachments }, transfer: [...transfer] };
-}
-
-/** The bytes in an ArrayBuffer of their own, safe to transfer: as they are when they already are, else one copy. */
-export function ownBytes(c: Buffer): Buffer {
-  const owned = c.buffer instanceof ArrayBuffer && c.byteOffset === 0 && c.byteLength === c.buffer.byteLength;
-  return owned ? c : Buffer.from(new Uint8Array(c).buffer); // new Uint8Array(c): one copy, in a buffer of its own
 }
 
 /** The message as it arrives from another thread: the attachments' bytes come as Uint8Array, made Buffers again (no copy). */

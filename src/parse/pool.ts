@@ -6,7 +6,6 @@ import type { Logger } from '../core/logger.js';
 import type { InboundMessage, InboundParseOptions } from './inbound.js';
 import { fromPost, parseHere, type ParseRequest, type ParseResult } from './job.js';
 import type { PayloadMessageJson } from './message.js';
-import type { JsonBody, JsonBodyRequest } from '../delivery/formats/json-body.js';
 
 export interface ParsePoolOptions {
   /** worker threads; 0 parses on the calling thread */
@@ -134,15 +133,6 @@ export class ParsePool {
   /** The payload's message as JSON text (PayloadMessageJson), for the json format. */
   parse(raw: Buffer): Promise<PayloadMessageJson> {
     return this.submit(raw, { kind: 'json' });
-  }
-
-  /**
-   * The json format's whole body and its signature (json-body.ts), made on a thread: the parse, the layout and the
-   * HMAC all grow with the message, and none of it then runs on the event loop. The body's bytes are moved back,
-   * not copied. The signing key crosses to the thread in the request (in-process memory, never logged).
-   */
-  jsonBody(raw: Buffer, request: JsonBodyRequest): Promise<JsonBody> {
-    return this.submit(raw, { kind: 'jsonBody', ...request });
   }
 
   /**

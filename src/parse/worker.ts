@@ -1,7 +1,6 @@
 // Worker-thread entry of the parse pool: parses messages with mailparser (json payload or inbound view, see job.ts) off the event loop that serves SMTP.
 import { parentPort } from 'node:worker_threads';
 import { parseHere, toPost, type ParseRequest } from './job.js';
-import { lowerThreadPriority, PARSE_THREAD_NICE_STEPS } from './priority.js';
 
 interface Request {
   id: number;
@@ -11,8 +10,6 @@ interface Request {
 
 if (!parentPort) throw new Error('src/parse/worker is a worker-thread entry point');
 const port = parentPort;
-// Below the event loop that serves SMTP, when every core is busy (priority.ts).
-lowerThreadPriority(PARSE_THREAD_NICE_STEPS);
 // One message at a time, in the order given (the pool times the first it is waiting for; pool.ts PIPELINE_DEPTH).
 let previous: Promise<void> = Promise.resolve();
 port.on('message', (req: Request) => {

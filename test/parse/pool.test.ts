@@ -11,11 +11,6 @@ import { MailhookError } from '../../src/core/errors.js';
 import { forTransfer, parseInboundMessage, type InboundMessage } from '../../src/parse/inbound.js';
 import { inboundView, type InboundView } from '../../src/delivery/formats/inbound.js';
 import { fixture } from '../formats/support.js';
-import { currentThreadId, PARSE_THREAD_NICE_STEPS } from '../../src/parse/priority.js';
-import { buildJsonBody } from '../../src/delivery/formats/json-body.js';
-import { webhookSignature } from '../../src/delivery/sign.js';
-import { readdirSync, readFileSync } from 'node:fs';
-import { getPriority } from 'node:os';
 
 const RAW = Buffer.from(
   'From: "Zoë" <zoe@sender.test>\r\nTo: incoming+abc@gitlab.test\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\nMessage-ID: <p1@sender.test>\r\n' +
@@ -57,51 +52,6 @@ test('a thread parses exactly what the main thread would, off the main thread', 
     const threads = (p as unknown as { slots: Array<{ worker: { threadId: number } }> }).slots.map((s) => s.worker.threadId);
     assert.equal(threads.length, 2);
     assert.ok(threads.every((id) => id !== threadId));
-  } finally {
-    await p.stop();
-  }
-});
-
-test('a parse thread runs PARSE_THREAD_NICE_STEPS below the process (Linux), so SMTP intake runs first when the cores are busy; the main thread is left as it was', async (t) => {
-  if (currentThreadId() === undefined) return t.skip('no /proc/thread-self: thread priorities are Linux only');
-  /** nice value of each of this process's threads, by thread id (field 19 of /proc/self/task/<tid>/stat) */
-  const niceByThread = () => new Map(readdirSync('/proc/self/task').map((tid) => [Number(tid), Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[16])]));
-  const base = getPriority(currentThreadId());
-  const before = niceByThread();
-  const { pool: p } = pool(1);
-  try {
-    assert.equal(subjectOf(await p.parse(RAW)), 'Héllo'); // the thread is up and has parsed
-    const lowered = [...niceByThread()].filter(([tid, nice]) => !before.has(tid) && nice === Math.min(19, base + PARSE_THREAD_NICE_STEPS));
-    assert.equal(lowered.length, 1, `one new thread at nice ${base + PARSE_THREAD_NICE_STEPS}: ${JSON.stringify([...niceByThread()])}`);
-    assert.equal(getPriority(currentThreadId()), base, 'the calling thread keeps its priority');
-    assert.equal(getPriority(), base, 'and so does the process');
-  } finally {
-    await p.stop();
-  }
-});
-
-test('the json body: a thread lays out and signs exactly what the calling thread would; bodies small enough for Node\'s Buffer pool come back whole, one after another', async () => {
-  const { pool: p, logs } = pool(1);
-  const signing = { key: new Uint8Array(32).fill(7), id: 'del_1', timestamp: 1_700_000_000 };
-  const head = JSON.stringify({ id: 'del_1', route: 'app' });
-  try {
-    for (const [raw, request] of [
-      [RAW, { head, signing }],
-      [RAW, { head, signing: null }],
-      [Buffer.concat([RAW, Buffer.from('x'.repeat(20_000))]), { head, signing }],
-      ...Array.from({ length: 5 }, (_, i) => [RAW, { head: JSON.stringify({ id: `del_${i}` }), signing }] as const),
-    ] as const) {
-      const there = await p.jsonBody(raw, request);
-      const here = await buildJsonBody(raw, request);
-      assert.ok(there.body.equals(here.body), 'the same bytes');
-      // Moved in memory of its own: not a view of the thread's Buffer pool, which posting would copy whole (8 KiB of
-      // other buffers' bytes; Node 20) or refuse to transfer (DataCloneError; later Node versions).
-      assert.equal(there.body.buffer.byteLength, there.body.length, 'the body alone came back');
-      assert.equal(there.signature, here.signature);
-      assert.equal(there.signature, request.signing ? webhookSignature(signing.key, signing.id, signing.timestamp, there.body) : null);
-      assert.equal(JSON.parse(there.body.toString('utf8')).message.subject, 'Héllo');
-    }
-    assert.deepEqual(logs, [], 'no thread failed');
   } finally {
     await p.stop();
   }

@@ -4,7 +4,6 @@ import type { DeliveryRow, StoredMessage } from '../../spool/types.js';
 import type { Outcome } from '../classify.js';
 import type { PayloadMessageJson } from '../../parse/message.js';
 import type { ParseInbound } from '../../parse/inbound.js';
-import type { JsonBody, JsonBodyRequest } from './json-body.js';
 
 /** The parse a payload is built from: the json message (FormatContext.parse) or the service formats' view (parseInbound). */
 export type ParseKind = 'json' | 'inbound';
@@ -22,8 +21,6 @@ export interface FormatContext {
   hostname: string;
   /** parses `raw` into the payload's message as JSON text (the parse pool); parseMessageJson here when absent */
   parse?: (raw: Buffer) => Promise<PayloadMessageJson>;
-  /** the json format's whole body and signature (the parse pool: json-body.ts); made here, parsing with `parse`, when absent */
-  buildJsonBody?: (raw: Buffer, request: JsonBodyRequest) => Promise<JsonBody>;
   /** parses `raw` for the mailgun, postmark and sendgrid formats (the parse pool); parseInboundMessage here when absent */
   parseInbound?: ParseInbound;
 }
