@@ -95,7 +95,7 @@ const smtpSchema = z.strictObject({
   xforward_hosts: xforwardHosts
     .default([])
     .describe(
-      "IP addresses of relays whose XFORWARD is trusted (Postfix in front with smtp_send_xforward_command = yes, deploy/postfix/README.md); empty: XFORWARD is not offered. For a message a listed relay forwards, sender_auth judges SPF for the client and HELO it names, and the payload's envelope.remote_address and helo are that client's (null when the relay does not know them: [UNAVAILABLE], or mail submitted on the relay's machine; SPF is then none, DKIM and DMARC still run); the relay's own address and HELO are kept in the message's meta.relay (admin API). The per-IP limits keep counting the relay. Any other peer's XFORWARD gets 550 5.7.0, and only listed peers see it in the EHLO reply",
+      "IP addresses of relays whose XFORWARD is trusted (Postfix in front with smtp_send_xforward_command=yes on mailhook's transport, deploy/postfix/master.cf); empty: XFORWARD is not offered. For a message a listed relay forwards, sender_auth judges SPF for the client and HELO it names, and the payload's envelope.remote_address and helo are that client's (null when the relay does not know them: [UNAVAILABLE], or mail submitted on the relay's machine; SPF is then none, DKIM and DMARC still run); the relay's own address and HELO are kept in the message's meta.relay (admin API). The per-IP limits keep counting the relay. Any other peer's XFORWARD gets 550 5.7.0, and only listed peers see it in the EHLO reply",
     ),
   bare_lf: z.enum(['normalize', 'reject']).default('normalize').describe('a lone CR or LF in DATA: normalize it to CRLF, or reject the message (550 5.5.2)'),
   postmaster_route: z

@@ -146,10 +146,10 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
   if (opts.relayRecipientMaps) mainSnippet = substitute(mainSnippet, '#relay_recipient_maps = ', 'relay_recipient_maps = ', 'main.cf');
   let transport = readFileSync(join(SNIPPETS, 'transport'), 'utf8');
   if (opts.lmtp) {
-    transport = substitute(transport, 'incoming.example.com    smtp:[127.0.0.1]:2525', '#(smtp line off for the LMTP test)', 'transport');
-    transport = substitute(transport, '#incoming.example.com    lmtp:inet:[127.0.0.1]:2424', `incoming.example.com    lmtp:inet:[127.0.0.1]:${opts.mailhookPort}`, 'transport');
+    transport = substitute(transport, 'incoming.example.com    mailhook:[127.0.0.1]:2525', '#(smtp line off for the LMTP test)', 'transport');
+    transport = substitute(transport, '#incoming.example.com    mailhook-lmtp:inet:[127.0.0.1]:2424', `incoming.example.com    mailhook-lmtp:inet:[127.0.0.1]:${opts.mailhookPort}`, 'transport');
   } else {
-    transport = substitute(transport, 'smtp:[127.0.0.1]:2525', `smtp:[127.0.0.1]:${opts.mailhookPort}`, 'transport');
+    transport = substitute(transport, 'mailhook:[127.0.0.1]:2525', `mailhook:[127.0.0.1]:${opts.mailhookPort}`, 'transport');
   }
   writeFileSync(join(etc, 'transport'), transport);
   writeFileSync(join(etc, 'mailhook_recipient_access'), readFileSync(join(SNIPPETS, 'mailhook_recipient_access')));
@@ -179,7 +179,8 @@ lmtp_tls_security_level = none
 address_verify_poll_delay = 1s
 ${opts.xclient ? 'smtpd_authorized_xclient_hosts = 127.0.0.1\n' : ''}`;
   writeFileSync(join(etc, 'main.cf'), base + '\n' + mainSnippet);
-  writeFileSync(join(etc, 'master.cf'), masterCf(port));
+  // Postfix's own services, then the snippet's (mailhook's transports) as it is.
+  writeFileSync(join(etc, 'master.cf'), masterCf(port) + readFileSync(join(SNIPPETS, 'master.cf'), 'utf8'));
   await run('/usr/sbin/postmap', ['-c', etc, join(etc, 'transport')]);
   await run('/usr/sbin/postmap', ['-c', etc, join(etc, 'mailhook_recipient_access')]);
 
