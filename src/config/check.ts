@@ -19,8 +19,9 @@ export function configWarnings(config: Config): Array<{ path: string; message: s
   const warnings: Array<{ path: string; message: string }> = [...(config.fileWarnings ?? []), ...(config.envWarnings ?? [])];
   const smtp = config.smtp;
   const listeners = [smtp.listen, ...(smtp.tls?.implicit_listen ? [smtp.tls.implicit_listen] : [])];
-  // A relay trusted for XFORWARD (smtp.xforward_hosts) names the client itself, as a PROXY balancer does.
-  if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && smtp.xforward_hosts.length === 0 && listeners.every((l) => isLoopback(l.host))) {
+  // A relay trusted for XFORWARD (smtp.xforward_hosts) names the client itself, as a PROXY balancer does; on a
+  // loopback-only listener that relay has a loopback address (one listed elsewhere cannot even connect).
+  if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && !smtp.xforward_hosts.some(isLoopback) && listeners.every((l) => isLoopback(l.host))) {
     warnings.push({ path: 'smtp.sender_auth.enabled', message: `SMTP listens on loopback only (${listeners.map((l) => `${l.host}:${l.port}`).join(', ')}), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and have Postfix send it to mailhook (smtp_send_xforward_command=yes on mailhook's transport, deploy/postfix/master.cf); a load balancer on this machine can pass the client's address with smtp.proxy_protocol` });
   }
   config.imap.forEach((m, i) => {

@@ -39,7 +39,9 @@ export function parseXforward(args: readonly string[]): { attributes: XforwardAt
       const ip = value.replace(/^IPV6:/i, '');
       const family = isIP(ip);
       if (family === 0) return { error: 'address' };
-      attributes.set(name, family === 6 ? normalizeIPv6(ip).toLowerCase() : ip);
+      // An IPv4 address in IPv6 form (::ffff:a.b.c.d) is the IPv4 address, as smtp-server writes a socket's peer.
+      const v6 = family === 6 ? normalizeIPv6(ip).toLowerCase() : ip;
+      attributes.set(name, /^::ffff:\d+\.\d+\.\d+\.\d+$/.test(v6) ? v6.slice(7) : v6);
       continue;
     }
     attributes.set(name, name === 'HELO' ? value.toLowerCase() : value);
@@ -47,16 +49,29 @@ export function parseXforward(args: readonly string[]): { attributes: XforwardAt
   return { attributes };
 }
 
-/** xtext (RFC 3461 §4): "+XX" is the byte XX; undefined when a "+" is not followed by two hex digits. */
+/**
+ * xtext (RFC 3461 §4): "+XX" is the byte XX, and the bytes are UTF-8 (Postfix encodes every byte of an SMTPUTF8
+ * client's HELO this way: "m+C3+BCller.test" is müller.test); undefined when a "+" is not followed by two hex
+ * digits or the bytes are not UTF-8.
+ */
 function decodeXtext(text: string): string | undefined {
   if (!text.includes('+')) return text;
-  let bad = false;
-  const decoded = text.replace(/\+([0-9A-Fa-f]{2})?/g, (_, hex: string | undefined) => {
-    if (hex === undefined) bad = true;
-    return hex === undefined ? '' : String.fromCharCode(parseInt(hex, 16));
-  });
-  return bad ? undefined : decoded;
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (const m of text.matchAll(/\+([0-9A-Fa-f]{2})?/g)) {
+    if (m[1] === undefined) return undefined;
+    parts.push(Buffer.from(text.slice(at, m.index), 'utf8'), Buffer.from([parseInt(m[1], 16)]));
+    at = m.index + m[0].length;
+  }
+  parts.push(Buffer.from(text.slice(at), 'utf8'));
+  try {
+    return UTF8.decode(Buffer.concat(parts));
+  } catch {
+    return undefined;
+  }
 }
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Who sent the message of the transaction in progress. */
 export interface TransactionClient {

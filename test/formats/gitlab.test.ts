@@ -298,6 +298,14 @@ test('trace fields: bare-LF messages get bare LF, IPv6 and mapped IPv4 literals,
     hostname: 'h',
   });
   assert.equal(body.toString(), 'Delivered-To: a@b\r\nReceived: by h (mailhook) id m2\r\n\tfor <a@b>; Thu, 1 Jan 1970 00:00:00 +0000\r\nS: x\r\n\r\nb');
+  // Forwarded by a relay (XFORWARD, meta.relay): "from" names the relay, the hop's client, not the client it forwarded.
+  const relayed = gitlabBody({
+    message: { id: 'm3', receivedAt: 0, source: 'smtp', envelope: { ...env, remoteAddress: '203.0.113.10', helo: 'mail.sender.test', tls: null }, size: 0, dedupeKey: null, meta: { relay: { address: '127.0.0.1', helo: 'postfix.test' } } },
+    delivery: { recipients: [{ address: 'a@b', key: null }] } as never,
+    raw: Buffer.from('S: x\r\n\r\nb'),
+    hostname: 'h',
+  });
+  assert.equal(relayed.toString(), 'Delivered-To: a@b\r\nReceived: from postfix.test ([127.0.0.1])\r\n\tby h (mailhook) with ESMTP id m3\r\n\tfor <a@b>; Thu, 1 Jan 1970 00:00:00 +0000\r\nS: x\r\n\r\nb');
 });
 
 test('config: GitLab\'s address template as is, its secret file, and the endpoint URL checked', () => {

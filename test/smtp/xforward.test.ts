@@ -117,6 +117,23 @@ describe('XFORWARD from a listed relay (smtp.xforward_hosts: ["127.0.0.1"])', ()
     assert.equal(app.spool.getMessage(direct)?.meta?.relay, undefined);
   });
 
+  test('RSET and a new EHLO end what an XFORWARD said, as the end of a transaction does: the next message is the relay\'s', async () => {
+    const smtp = await relaySession();
+    assert.equal((await smtp.cmd('XFORWARD ADDR=203.0.113.10 HELO=mail.sender.test')).code, 250);
+    assert.equal((await smtp.cmd('RSET')).code, 250);
+    const afterRset = await send(smtp, 'alice@sender.test', 'after rset');
+    assert.equal((await smtp.cmd('XFORWARD ADDR=203.0.113.10 HELO=mail.sender.test')).code, 250);
+    assert.equal((await smtp.cmd('EHLO relay.test')).code, 250);
+    const afterEhlo = await send(smtp, 'alice@sender.test', 'after ehlo');
+    await smtp.quit();
+    for (const id of [afterRset, afterEhlo]) {
+      const p = await payloadFor(id);
+      assert.equal(p.envelope.remote_address, '127.0.0.1', id);
+      assert.deepEqual(p.authentication?.spf, { result: 'fail', domain: 'sender.test' });
+      assert.equal(app.spool.getMessage(id)?.meta?.relay, undefined);
+    }
+  });
+
   test('an IPv6 client as Postfix writes it (ADDR=IPV6:…) is judged by its address', async () => {
     const smtp = await relaySession();
     assert.equal((await smtp.cmd('XFORWARD ADDR=IPV6:2001:DB8:0:0:0:0:0:10 HELO=v6.sender.test')).code, 250);
@@ -281,6 +298,10 @@ describe('parseXforward and transactionClient (pure)', () => {
     assert.deepEqual(parseXforward(['LOGIN=root']), { error: 'attribute' });
     assert.deepEqual(parseXforward(['ADDR=999.1.1.1']), { error: 'address' });
     assert.deepEqual(parseXforward(['ADDR=IPV6:[UNAVAILABLE]']), { error: 'address' });
+    // xtext bytes are UTF-8, as Postfix encodes an SMTPUTF8 client's HELO; bytes that are not UTF-8 are refused.
+    assert.deepEqual(parseXforward(['HELO=M+C3+BCller.test']), { attributes: new Map([['HELO', 'müller.test']]) });
+    assert.deepEqual(parseXforward(['HELO=a+FF.test']), { error: 'syntax' });
+    assert.deepEqual(parseXforward(['ADDR=IPV6:::ffff:203.0.113.10']), { attributes: new Map([['ADDR', '203.0.113.10']]) });
   });
 
   test('the client is the peer unless the transaction has an XFORWARD; then the peer is the relay, and what it did not send is unknown', () => {

@@ -59,18 +59,30 @@ export function traceFields(input: {
   source: string;
   hostname: string;
   newline: string;
+  /** the relay the message came through with XFORWARD (meta.relay): the client of this hop, which "from" names */
+  relay?: { address: string; helo: string | null } | null;
 }): string {
   const { envelope, recipients, newline: nl } = input;
   const lines: string[] = [];
   for (const r of recipients) lines.push(`Delivered-To: ${clean(r.address)}`);
-  const from = envelope.remoteAddress
-    ? `from ${envelope.helo ? clean(envelope.helo).replace(/[\s();]/g, '') || 'unknown' : 'unknown'} (${addressLiteral(envelope.remoteAddress)})${nl}\t`
+  // RFC 5321 §4.4: "from" is the client that sent mailhook the message. Behind a relay that forwarded its own
+  // client (XFORWARD), that is the relay, whose own Received field names the client before it.
+  const client = input.relay ?? { address: envelope.remoteAddress, helo: envelope.helo };
+  const from = client.address
+    ? `from ${client.helo ? clean(client.helo).replace(/[\s();]/g, '') || 'unknown' : 'unknown'} (${addressLiteral(client.address)})${nl}\t`
     : '';
   const protocol = input.source === 'smtp' ? ` with ${envelope.tls ? 'ESMTPS' : 'ESMTP'}` : '';
   // RFC 5321 §4.4: "for" names one recipient; with several it would disclose the others.
   const forClause = recipients.length === 1 ? `${nl}\tfor <${clean(recipients[0]!.address)}>` : '';
   lines.push(`Received: ${from}by ${clean(input.hostname)} (mailhook)${protocol} id ${input.messageId}${forClause}; ${rfc5322Date(input.receivedAt)}`);
   return lines.map((l) => l + nl).join('');
+}
+
+/** meta.relay as the SMTP service records it (smtp/xforward.ts TransactionClient.relay); null when absent or not that shape. */
+function relayOf(meta: Record<string, unknown> | null | undefined): { address: string; helo: string | null } | null {
+  const r = meta?.relay as { address?: unknown; helo?: unknown } | undefined;
+  if (!r || typeof r.address !== 'string') return null;
+  return { address: r.address, helo: typeof r.helo === 'string' ? r.helo : null };
 }
 
 /** The line ending the message itself uses, so added fields match it (CRLF unless the first line ends in a bare LF). */
@@ -90,6 +102,7 @@ export function gitlabBody(ctx: Pick<FormatContext, 'message' | 'delivery' | 'ra
     source: m.source,
     hostname: ctx.hostname,
     newline: newlineOf(ctx.raw),
+    relay: relayOf(m.meta),
   });
   return Buffer.concat([Buffer.from(trace, 'utf8'), ctx.raw]);
 }
