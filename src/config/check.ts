@@ -12,6 +12,7 @@ import { certificateWarnings, tlsIdentityProblem } from '../smtp/tls.js';
  * problems: what the file's text showed (Config.fileWarnings: a secret cut short by a comment), a secret variable
  * in the environment that names no route or mailbox (Config.envWarnings), sender authentication behind a local
  * relay that does not forward its client (XFORWARD, smtp.xforward_hosts: else SPF judges the relay's address),
+ * a route refusing DMARC failures behind such a relay (the relay bounces what mailhook refuses: backscatter),
  * and a plain IMAP connection (ssl: false, start_tls: false), which sends the password or token in clear: on
  * loopback that is a local server's choice, elsewhere worth a warning.
  */
@@ -23,6 +24,13 @@ export function configWarnings(config: Config): Array<{ path: string; message: s
   // loopback-only listener that relay has a loopback address (one listed elsewhere cannot even connect).
   if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && !smtp.xforward_hosts.some(isLoopback) && listeners.every((l) => isLoopback(l.host))) {
     warnings.push({ path: 'smtp.sender_auth.enabled', message: `SMTP listens on loopback only (${listeners.map((l) => `${l.host}:${l.port}`).join(', ')}), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and have Postfix send it to mailhook (smtp_send_xforward_command=yes on mailhook's transport, deploy/postfix/master.cf); a load balancer on this machine can pass the client's address with smtp.proxy_protocol` });
+  }
+  // Behind a relay the refusal comes after the relay accepted the message, so the relay bounces it, to an envelope
+  // sender that for a DMARC failure is usually forged: backscatter (deploy/postfix/README.md).
+  if (smtp.proxy_protocol === false && listeners.every((l) => isLoopback(l.host))) {
+    config.routes.forEach((r, i) => {
+      if (r.dmarcReject) warnings.push({ path: `routes[${i}].dmarc_reject`, message: `SMTP listens on loopback only, so its client is a relay on this machine (Postfix), which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected` });
+    });
   }
   config.imap.forEach((m, i) => {
     if (m.method !== 'imap' || m.ssl || m.startTls || isLoopback(m.host)) return;

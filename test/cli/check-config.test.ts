@@ -204,3 +204,19 @@ test('check-config warns of sender_auth on a loopback-only listener (behind Post
   assert.equal(await check('  listen: "[::1]:2525"\n  proxy_protocol: true\n'), '');
   assert.equal(await check('  listen: "127.0.0.1:2525"\n  xforward_hosts: ["127.0.0.1"]\n'), '');
 });
+
+test('check-config warns of dmarc_reject behind a relay (a loopback-only listener): the relay would bounce what mailhook refuses; not on a public listener', async () => {
+  const dir = tempDir();
+  const file = join(dir, 'mailhook.yaml');
+  const check = async (listen: string) => {
+    writeFileSync(file, `smtp:\n  listen: "${listen}"\n  xforward_hosts: ["127.0.0.1"]\n  sender_auth: { enabled: true }\nspool:\n  path: ${join(dir, 'spool.db')}\nroutes:\n  - name: app\n    addresses: ["a@in.test"]\n    sink: true\n  - name: strict\n    addresses: ["b@in.test"]\n    sink: true\n    dmarc_reject: true\n`);
+    const r = await checkConfig(file);
+    assert.equal(r.code, 0, r.err);
+    return r.err;
+  };
+  assert.equal(
+    await check('127.0.0.1:2525'),
+    `${file}: warning: routes[1].dmarc_reject: SMTP listens on loopback only, so its client is a relay on this machine (Postfix), which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected\n`,
+  );
+  assert.equal(await check('0.0.0.0:2525'), '');
+});
