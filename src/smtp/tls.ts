@@ -107,6 +107,14 @@ export const EXPIRY_WARNING_DAYS = 14;
  * with its fix: out of date or close to it, not for smtp.hostname, or the server's certificate without the
  * intermediate that issued it. STARTTLS still works for senders that do not check. Empty when nothing is wrong.
  */
+/** Whole days left, or on the last day whole hours ("in 0 days" said nothing of how soon). */
+function timeLeft(ms: number): string {
+  const days = Math.floor(ms / 86_400_000);
+  if (days >= 1) return `${days} day${days === 1 ? '' : 's'}`;
+  const hours = Math.floor(ms / 3_600_000);
+  return hours >= 1 ? `${hours} hour${hours === 1 ? '' : 's'}` : 'less than an hour';
+}
+
 export function certificateWarnings(material: TlsMaterial, hostname: string, nowMs: number): string[] {
   let certs: X509Certificate[];
   try {
@@ -124,8 +132,7 @@ export function certificateWarnings(material: TlsMaterial, hostname: string, now
   if (nowMs >= notAfter) warnings.push(`the certificate expired on ${iso(notAfter)}: ${checking}; renew it`);
   else if (nowMs < notBefore) warnings.push(`the certificate is not valid before ${iso(notBefore)}: ${checking} until then; check the machine's clock or the certificate`);
   else if (notAfter - nowMs < EXPIRY_WARNING_DAYS * day) {
-    const days = Math.floor((notAfter - nowMs) / day);
-    warnings.push(`the certificate expires on ${iso(notAfter)}, in ${days} day${days === 1 ? '' : 's'}; renew it`);
+    warnings.push(`the certificate expires on ${iso(notAfter)}, in ${timeLeft(notAfter - nowMs)}; renew it`);
   }
   if (leaf.checkHost(hostname) === undefined) {
     const names = leaf.subjectAltName ?? leaf.subject.replace(/\n/g, ', ');

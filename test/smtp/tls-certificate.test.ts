@@ -40,6 +40,9 @@ test('certificateWarnings: out of date, not yet valid, close to its end, another
   assert.deepEqual(certificateWarnings(material, 'mx.test', notAfter - 30 * DAY), ['the certificate is not valid before ' + new Date(new X509Certificate(material.cert).validFrom).toISOString() + ': senders that check certificates (MTA-STS, DANE) will not deliver until then; check the machine\'s clock or the certificate']);
   assert.deepEqual(certificateWarnings(material, 'mx.test', notAfter + 1000), [`the certificate expired on ${new Date(notAfter).toISOString()}: senders that check certificates (MTA-STS, DANE) will not deliver; renew it`]);
   assert.deepEqual(certificateWarnings(material, 'mx.test', now), [`the certificate expires on ${new Date(notAfter).toISOString()}, in 1 day; renew it`]);
+  // The last day counts hours, the last hour says so.
+  assert.deepEqual(certificateWarnings(material, 'mx.test', notAfter - 5.5 * 3_600_000), [`the certificate expires on ${new Date(notAfter).toISOString()}, in 5 hours; renew it`]);
+  assert.deepEqual(certificateWarnings(material, 'mx.test', notAfter - 60_000), [`the certificate expires on ${new Date(notAfter).toISOString()}, in less than an hour; renew it`]);
   const wrongName = certificateWarnings(material, 'mx.example.com', now);
   assert.equal(wrongName.length, 2);
   assert.equal(wrongName[1], 'the certificate is for CN=mx.test, not for smtp.hostname mx.example.com: senders that check certificates (MTA-STS, DANE) will not deliver; use a certificate for mx.example.com or set smtp.hostname to the MX name it is for');
