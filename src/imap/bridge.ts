@@ -415,12 +415,7 @@ export class ImapBridge {
 
   /** One bounded batch: claim, fetch, commit, then mark. Returns true when any message was dealt with. */
   private async processBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
-    const fetched: FetchMessageObject[] = [];
-    const asked = new Set(uids);
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true })) {
-      // Another client changing flags makes the server send unsolicited FETCH (FLAGS) updates, without UID or size.
-      if (asked.has(m.uid)) fetched.push(m);
-    }
+    const fetched = await onePerUid(client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true }), new Set(uids));
     fetched.sort((a, b) => a.uid - b.uid);
     this.log.debug({ mailbox: this.s.name, count: fetched.length, first: fetched[0]?.uid, last: fetched.at(-1)?.uid }, 'batch fetched');
     const now = this.deps.clock.now();
@@ -478,8 +473,8 @@ export class ImapBridge {
   private async rememberOwnClaims(client: ImapFlow, mine: FetchMessageObject[], now: number): Promise<void> {
     if (mine.length === 0) return;
     const asked = new Set(mine.map((m) => m.uid));
-    for await (const m of client.fetch(toSequenceSet([...asked]), { uid: true, flags: true }, { uid: true })) {
-      if (asked.has(m.uid) && m.modseq !== undefined && m.flags?.has(CLAIM_KEYWORD)) this.ownClaims.set(m.uid, { modseq: m.modseq, at: now });
+    for (const m of await onePerUid(client.fetch(toSequenceSet([...asked]), { uid: true, flags: true }, { uid: true }), asked)) {
+      if (m.modseq !== undefined && m.flags?.has(CLAIM_KEYWORD)) this.ownClaims.set(m.uid, { modseq: m.modseq, at: now });
     }
   }
 
@@ -656,14 +651,8 @@ export class ImapBridge {
 
   /** Reads the claimed messages in the (selected) processing folder: flags, size and Message-ID. */
   private async fetchClaimed(client: ImapFlow, uids: number[]): Promise<Array<FetchMessageObject & { messageId: string | undefined }>> {
-    const out: Array<FetchMessageObject & { messageId: string | undefined }> = [];
-    const asked = new Set(uids);
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, internalDate: true, headers: ['message-id'] }, { uid: true })) {
-      // Another instance working in the same folder makes the server send unsolicited FETCH (FLAGS) updates.
-      if (!asked.has(m.uid)) continue;
-      out.push({ ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined });
-    }
-    return out.sort((a, b) => a.uid - b.uid);
+    const rows = await onePerUid(client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true, internalDate: true, headers: ['message-id'] }, { uid: true }), new Set(uids));
+    return rows.map((m) => ({ ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined })).sort((a, b) => a.uid - b.uid);
   }
 
   /**
@@ -672,10 +661,8 @@ export class ImapBridge {
    */
   private async processMoveBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
     const candidates: number[] = [];
-    const asked = new Set(uids);
     const keyed = this.skippedKeys.size > 0;
-    for await (const m of client.fetch(toSequenceSet(uids), { uid: true, flags: true, ...(keyed ? { size: true, internalDate: true, headers: ['message-id'] } : {}) }, { uid: true })) {
-      if (!asked.has(m.uid)) continue; // an unsolicited update
+    for (const m of await onePerUid(client.fetch(toSequenceSet(uids), { uid: true, flags: true, ...(keyed ? { size: true, internalDate: true, headers: ['message-id'] } : {}) }, { uid: true }), new Set(uids))) {
       if (m.flags?.has('\\Seen') || m.flags?.has('\\Deleted')) continue; // changed since the search
       if (keyed && this.skippedKeys.has(this.keyOf(box, { ...m, messageId: m.headers ? messageIdOf(parseHeaderFields(m.headers)) : undefined }))) {
         this.skipped.add(m.uid); // left alone already, back under a new UID
@@ -927,6 +914,27 @@ function refusalLogger(keep: (text: string) => void): Record<'trace' | 'debug' |
       keep(text.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim().slice(0, 300));
     },
   };
+}
+
+/**
+ * The rows of one UID FETCH, one per UID asked for (in the order each UID first came; rows without a UID or for one
+ * not asked are dropped). While a FETCH runs the server may add unsolicited FETCH responses for messages another
+ * session changes (RFC 3501 §7.4.2: FLAGS, with MODSEQ under CONDSTORE), and imapflow yields them as rows of the
+ * command. Dovecot sends them without the UID; a server may name it (RFC 7162 requires it once QRESYNC is enabled,
+ * some servers always do), and such a row, lacking the solicited size, INTERNALDATE and header fields, was taken for
+ * the message a second time: move claims keyed it without its Message-ID and stored and delivered the message twice;
+ * keyword claims and none took it twice in one batch (the spool kept one, counted a duplicate). Rows for one UID are
+ * merged: each attribute as the latest row carrying it has it, so a later update gives the newer FLAGS and MODSEQ
+ * (together, as the server sent them) and the solicited attributes stay.
+ */
+export async function onePerUid<T extends { uid?: number | undefined }>(rows: AsyncIterable<T>, asked: ReadonlySet<number>): Promise<T[]> {
+  const byUid = new Map<number, T>();
+  for await (const row of rows) {
+    if (row.uid === undefined || !asked.has(row.uid)) continue;
+    const prev = byUid.get(row.uid);
+    byUid.set(row.uid, prev ? ({ ...prev, ...Object.fromEntries(Object.entries(row).filter(([, v]) => v !== undefined)) } as T) : row);
+  }
+  return [...byUid.values()];
 }
 
 function groupBySize(list: FetchMessageObject[], maxBytes: number): FetchMessageObject[][] {

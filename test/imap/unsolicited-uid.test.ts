@@ -1,0 +1,97 @@
+// A server that names the UID in unsolicited FETCH (FLAGS) updates (RFC 7162 requires it under QRESYNC; some servers
+// always do), through a proxy in front of Dovecot that follows every FETCH row with such an update for the same
+// message: in each claim mode, each message is stored once, delivered once and marked as after_delivery says.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
+import { Consumer } from '../helpers/consumer.js';
+import { EchoFetchProxy } from '../helpers/echo-fetch-proxy.js';
+import { startTestApp, until } from '../helpers/app.js';
+import { CLAIM_KEYWORD } from '../../src/imap/claim.js';
+import { count, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
+
+const skip = dovecotSkip();
+const PROCESSING = 'mailhook-processing';
+
+async function untilAsync(fn: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const start = Date.now();
+  while (!(await fn())) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+type Claim = 'keyword' | 'move' | 'none';
+type After = 'flag' | 'delete' | 'move:Archive';
+const cases: Array<[Claim, After]> = [
+  ['keyword', 'flag'],
+  ['keyword', 'delete'],
+  ['keyword', 'move:Archive'],
+  ['move', 'flag'],
+  ['move', 'delete'],
+  ['move', 'move:Archive'],
+  ['none', 'flag'],
+  ['none', 'delete'],
+];
+const userOf = (claim: Claim, after: After) => `${claim}-${after.replace(':', '-')}`.toLowerCase(); // Dovecot lowercases user names
+
+describe('unsolicited FETCH updates that carry the UID (a proxy adds one after every FETCH row)', { skip }, () => {
+  let dovecot: Dovecot;
+  before(async () => {
+    dovecot = await startDovecot({ users: cases.map(([c, a]) => userOf(c, a)) });
+  });
+  after(async () => {
+    await dovecot?.close();
+  });
+
+  for (const [claim, afterDelivery] of cases) {
+    test(`claim: ${claim}, after_delivery: ${afterDelivery}: each message stored once, delivered once, marked`, async (t) => {
+      const user = userOf(claim, afterDelivery);
+      const keys = [1, 2, 3].map((i) => `${user}-${i}`);
+      await dovecot.append(keys.map((k) => message(k)), { user });
+      const consumer = await new Consumer().start();
+      const proxy = await new EchoFetchProxy(dovecot.port).start();
+      const app = await startTestApp({
+        routes: routesYaml(consumer.url),
+        extra: imapBlock(mailboxYaml(dovecot, user, { port: proxy.port, claim, after_delivery: afterDelivery, claim_timeout: 1 })),
+      });
+      const bridge = app.mailboxes.bridges[0]!;
+      try {
+        await until(() => count(app.spool.db) >= keys.length, 10_000, 'the messages in the spool');
+        await consumer.waitFor(keys.length, 10_000);
+        await until(() => bridge.status.state === 'idle', 10_000, 'idle');
+        // Deliveries of a message stored twice would follow the first ones: give them time to arrive.
+        await new Promise((r) => setTimeout(r, 500));
+        const rows = app.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') AS id, dedupe_key AS key FROM messages ORDER BY id`).all() as Array<{ id: string; key: string }>;
+        t.diagnostic(`spool: ${JSON.stringify(rows)}; webhooks: ${consumer.requests.length}; logged as already in the spool: ${app.logs.filter((l) => l.includes('message was already in the spool')).length}; proxy added ${proxy.echoed.length} rows, e.g. ${JSON.stringify(proxy.echoed.slice(0, 2))}`);
+        assert.ok(proxy.echoed.some((e) => /RFC822\.SIZE/.test(e.original)), 'the batch FETCH rows were followed by flags-only rows with the UID');
+        assert.ok(proxy.echoed.some((e) => /BODY\[\] \{\d+\}$/.test(e.original)), 'the source FETCH rows too');
+        assert.deepEqual(rows.map((r) => r.id), keys.map((k) => `${k}@example.test`), 'each message stored once');
+        const delivered = consumer.requests.map((r) => (JSON.parse(r.body.toString()) as { recipients: Array<{ key: string }> }).recipients[0]!.key).sort();
+        assert.deepEqual(delivered, keys, 'each webhook delivered once');
+        const errors = app.logs.map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => l.level >= 50);
+        assert.deepEqual(errors, [], 'no error logged');
+        assert.equal(bridge.status.lastError, null, 'the session went on');
+        assert.ok(!app.logs.some((l) => l.includes('message was already in the spool')), 'no message taken twice in a batch');
+        if (afterDelivery === 'flag') {
+          const folder = claim === 'move' ? PROCESSING : 'INBOX';
+          assert.deepEqual((await dovecot.list(folder, user)).map((m) => m.flags), keys.map(() => ['\\Seen']), `\\Seen in ${folder}`);
+        } else {
+          assert.deepEqual(await dovecot.list('INBOX', user), [], 'gone from INBOX');
+        }
+        if (afterDelivery === 'move:Archive') {
+          // Keyword claims: the claim travels with the moved message (see bridge.test.ts).
+          assert.deepEqual((await dovecot.list('Archive', user)).map((m) => m.flags), keys.map(() => (claim === 'keyword' ? [CLAIM_KEYWORD] : [])), 'moved to Archive');
+        }
+        if (claim === 'move' && afterDelivery !== 'flag') {
+          await untilAsync(async () => (await dovecot.list(PROCESSING, user)).length === 0, 10_000, 'the delivered copies expunged from the processing folder');
+        }
+        if (claim === 'move') assert.ok(proxy.echoed.some((e) => /BODY\[HEADER\.FIELDS/i.test(e.original)), 'the processing-folder FETCH rows too');
+      } finally {
+        await app.close();
+        await proxy.stop();
+        await consumer.stop();
+      }
+    });
+  }
+});
