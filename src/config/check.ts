@@ -26,10 +26,16 @@ export function configWarnings(config: Config): Array<{ path: string; message: s
     warnings.push({ path: 'smtp.sender_auth.enabled', message: `SMTP listens on loopback only (${listeners.map((l) => `${l.host}:${l.port}`).join(', ')}), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and have Postfix send it to mailhook (smtp_send_xforward_command=yes on mailhook's transport, deploy/postfix/master.cf); a load balancer on this machine can pass the client's address with smtp.proxy_protocol` });
   }
   // Behind a relay the refusal comes after the relay accepted the message, so the relay bounces it, to an envelope
-  // sender that for a DMARC failure is usually forged: backscatter (deploy/postfix/README.md).
-  if (smtp.proxy_protocol === false && listeners.every((l) => isLoopback(l.host))) {
+  // sender that for a DMARC failure is usually forged: backscatter (deploy/postfix/README.md). A relay is in front
+  // when SMTP listens on loopback only, speaks LMTP (only an MTA does), or takes XFORWARD.
+  const relay =
+    smtp.lmtp ? 'SMTP speaks LMTP, so its client is a relay (an MTA)'
+    : smtp.xforward_hosts.length > 0 ? 'smtp.xforward_hosts is set, so a relay (an MTA) forwards its clients\' mail'
+    : smtp.proxy_protocol === false && listeners.every((l) => isLoopback(l.host)) ? 'SMTP listens on loopback only, so its client is a relay on this machine (Postfix)'
+    : undefined;
+  if (relay) {
     config.routes.forEach((r, i) => {
-      if (r.dmarcReject) warnings.push({ path: `routes[${i}].dmarc_reject`, message: `SMTP listens on loopback only, so its client is a relay on this machine (Postfix), which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected` });
+      if (r.dmarcReject) warnings.push({ path: `routes[${i}].dmarc_reject`, message: `${relay}, which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected` });
     });
   }
   config.imap.forEach((m, i) => {

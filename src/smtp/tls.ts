@@ -102,11 +102,6 @@ export function certificateFacts(material: TlsMaterial): CertificateFacts | unde
 /** Days before its end a certificate is warned of at start-up, on reload and by check-config (the alert's too). */
 export const EXPIRY_WARNING_DAYS = 14;
 
-/**
- * What makes senders that check certificates (MTA-STS, DANE, many large providers) refuse or fall back, each
- * with its fix: out of date or close to it, not for smtp.hostname, or the server's certificate without the
- * intermediate that issued it. STARTTLS still works for senders that do not check. Empty when nothing is wrong.
- */
 /** Whole days left, or on the last day whole hours ("in 0 days" said nothing of how soon). */
 function timeLeft(ms: number): string {
   const days = Math.floor(ms / 86_400_000);
@@ -115,6 +110,11 @@ function timeLeft(ms: number): string {
   return hours >= 1 ? `${hours} hour${hours === 1 ? '' : 's'}` : 'less than an hour';
 }
 
+/**
+ * What makes senders that check certificates (MTA-STS, DANE, many large providers) refuse or fall back, each
+ * with its fix: out of date or close to it, not for smtp.hostname, or the server's certificate without the
+ * intermediate that issued it. STARTTLS still works for senders that do not check. Empty when nothing is wrong.
+ */
 export function certificateWarnings(material: TlsMaterial, hostname: string, nowMs: number): string[] {
   let certs: X509Certificate[];
   try {

@@ -39,14 +39,25 @@ export function parseXforward(args: readonly string[]): { attributes: XforwardAt
       const ip = value.replace(/^IPV6:/i, '');
       const family = isIP(ip);
       if (family === 0) return { error: 'address' };
-      // An IPv4 address in IPv6 form (::ffff:a.b.c.d) is the IPv4 address, as smtp-server writes a socket's peer.
-      const v6 = family === 6 ? normalizeIPv6(ip).toLowerCase() : ip;
-      attributes.set(name, /^::ffff:\d+\.\d+\.\d+\.\d+$/.test(v6) ? v6.slice(7) : v6);
+      attributes.set(name, family === 6 ? unmapped(normalizeIPv6(ip).toLowerCase()) : ip);
       continue;
     }
     attributes.set(name, name === 'HELO' ? value.toLowerCase() : value);
   }
   return { attributes };
+}
+
+/**
+ * An IPv4 address in IPv6 form (::ffff:a.b.c.d or ::ffff:XXXX:XXXX, normalized) is the IPv4 address, as smtp-server
+ * writes a socket's peer: SPF's ip4: mechanisms judge it. Any other address as it is.
+ */
+function unmapped(v6: string): string {
+  const dotted = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(v6);
+  if (dotted) return dotted[1]!;
+  const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
+  if (!hex) return v6;
+  const [hi, lo] = [parseInt(hex[1]!, 16), parseInt(hex[2]!, 16)];
+  return [hi >> 8, hi & 255, lo >> 8, lo & 255].join('.');
 }
 
 /**

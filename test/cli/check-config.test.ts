@@ -208,15 +208,22 @@ test('check-config warns of sender_auth on a loopback-only listener (behind Post
 test('check-config warns of dmarc_reject behind a relay (a loopback-only listener): the relay would bounce what mailhook refuses; not on a public listener', async () => {
   const dir = tempDir();
   const file = join(dir, 'mailhook.yaml');
-  const check = async (listen: string) => {
-    writeFileSync(file, `smtp:\n  listen: "${listen}"\n  xforward_hosts: ["127.0.0.1"]\n  sender_auth: { enabled: true }\nspool:\n  path: ${join(dir, 'spool.db')}\nroutes:\n  - name: app\n    addresses: ["a@in.test"]\n    sink: true\n  - name: strict\n    addresses: ["b@in.test"]\n    sink: true\n    dmarc_reject: true\n`);
+  const check = async (listen: string, extra = '  xforward_hosts: ["127.0.0.1"]\n') => {
+    writeFileSync(file, `smtp:\n  listen: "${listen}"\n${extra}  sender_auth: { enabled: true }\nspool:\n  path: ${join(dir, 'spool.db')}\nroutes:\n  - name: app\n    addresses: ["a@in.test"]\n    sink: true\n  - name: strict\n    addresses: ["b@in.test"]\n    sink: true\n    dmarc_reject: true\n`);
     const r = await checkConfig(file);
     assert.equal(r.code, 0, r.err);
     return r.err;
   };
   assert.equal(
     await check('127.0.0.1:2525'),
-    `${file}: warning: routes[1].dmarc_reject: SMTP listens on loopback only, so its client is a relay on this machine (Postfix), which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected\n`,
+    `${file}: warning: routes[1].dmarc_reject: smtp.xforward_hosts is set, so a relay (an MTA) forwards its clients' mail, which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected\n`,
   );
-  assert.equal(await check('0.0.0.0:2525'), '');
+  const tail = ", which has accepted the message when mailhook refuses it: the relay bounces it to the sender, for a DMARC failure usually forged (backscatter). Behind a relay remove dmarc_reject (the payload's authentication still says dmarc=fail, for the application to decide) and refuse in the relay instead (OpenDMARC), while the client is still connected\n";
+  // (with sender_auth's own warning there too)
+  const dmarcLines = (out: string) => out.split('\n').filter((l) => l.includes('dmarc_reject')).map((l) => `${l}\n`);
+  assert.deepEqual(dmarcLines(await check('127.0.0.1:2525', '')), [`${file}: warning: routes[1].dmarc_reject: SMTP listens on loopback only, so its client is a relay on this machine (Postfix)${tail}`]);
+  assert.equal(await check('0.0.0.0:2424', '  lmtp: true\n'), `${file}: warning: routes[1].dmarc_reject: SMTP speaks LMTP, so its client is a relay (an MTA)${tail}`);
+  assert.equal(await check('0.0.0.0:2525', '  xforward_hosts: ["10.0.0.5"]\n'), `${file}: warning: routes[1].dmarc_reject: smtp.xforward_hosts is set, so a relay (an MTA) forwards its clients' mail${tail}`);
+  // An MX facing the internet itself: refusing at the end of DATA is no backscatter (the client is still there).
+  assert.equal(await check('0.0.0.0:2525', ''), '');
 });

@@ -302,6 +302,8 @@ describe('parseXforward and transactionClient (pure)', () => {
     assert.deepEqual(parseXforward(['HELO=M+C3+BCller.test']), { attributes: new Map([['HELO', 'müller.test']]) });
     assert.deepEqual(parseXforward(['HELO=a+FF.test']), { error: 'syntax' });
     assert.deepEqual(parseXforward(['ADDR=IPV6:::ffff:203.0.113.10']), { attributes: new Map([['ADDR', '203.0.113.10']]) });
+    assert.deepEqual(parseXforward(['ADDR=IPV6:::FFFF:CB00:710A']), { attributes: new Map([['ADDR', '203.0.113.10']]) });
+    assert.deepEqual(parseXforward(['ADDR=IPV6:::1:CB00:710A']), { attributes: new Map([['ADDR', '::1:cb00:710a']]) });
   });
 
   test('the client is the peer unless the transaction has an XFORWARD; then the peer is the relay, and what it did not send is unknown', () => {
