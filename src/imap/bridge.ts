@@ -415,7 +415,8 @@ export class ImapBridge {
 
   /** One bounded batch: claim, fetch, commit, then mark. Returns true when any message was dealt with. */
   private async processBatch(client: ImapFlow, box: MailboxObject, uids: number[]): Promise<boolean> {
-    const fetched = await onePerUid(client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true }), new Set(uids));
+    const changed = new Set<number>();
+    const fetched = await onePerUid(client.fetch(toSequenceSet(uids), { uid: true, flags: true, size: true }, { uid: true }), new Set(uids), changed);
     fetched.sort((a, b) => a.uid - b.uid);
     this.log.debug({ mailbox: this.s.name, count: fetched.length, first: fetched[0]?.uid, last: fetched.at(-1)?.uid }, 'batch fetched');
     const now = this.deps.clock.now();
@@ -435,6 +436,11 @@ export class ImapBridge {
         else if (this.claims.isStale(m.uid, m.modseq ?? 0n, now)) stale.push(m);
         continue;
       }
+      // Changed while the FETCH ran (a server that names the UID in its update): its mod-sequence is past the
+      // FETCH's snapshot, and counted in the claim's UNCHANGEDSINCE it could let through another instance's claim
+      // of a message the server has not reported yet. Left for a later pass (the change wakes IDLE; no busy loop
+      // while another client keeps changing it).
+      if (this.claimMode === 'keyword' && changed.has(m.uid)) continue;
       toClaim.push(m);
     }
     if (reclaimed.length > 0) {
@@ -924,17 +930,36 @@ function refusalLogger(keep: (text: string) => void): Record<'trace' | 'debug' |
  * some servers always do), and such a row, lacking the solicited size, INTERNALDATE and header fields, was taken for
  * the message a second time: move claims keyed it without its Message-ID and stored and delivered the message twice;
  * keyword claims and none took it twice in one batch (the spool kept one, counted a duplicate). Rows for one UID are
- * merged: each attribute as the latest row carrying it has it, so a later update gives the newer FLAGS and MODSEQ
- * (together, as the server sent them) and the solicited attributes stay.
+ * merged: other attributes as the latest row carrying them has them (the solicited ones stay); FLAGS and MODSEQ
+ * together, one state of the message, from the row with FLAGS and the highest MODSEQ (a row with a MODSEQ but no
+ * FLAGS tells no flags, and an older state arriving later does not win). `changed` receives the UIDs whose state
+ * moved while the FETCH ran (a higher MODSEQ, or other FLAGS without CONDSTORE): their rows are not the snapshot the
+ * others are.
  */
-export async function onePerUid<T extends { uid?: number | undefined }>(rows: AsyncIterable<T>, asked: ReadonlySet<number>): Promise<T[]> {
+export async function onePerUid<T extends { uid?: number | undefined; flags?: Set<string> | undefined; modseq?: bigint | undefined }>(rows: AsyncIterable<T>, asked: ReadonlySet<number>, changed?: Set<number>): Promise<T[]> {
   const byUid = new Map<number, T>();
   for await (const row of rows) {
     if (row.uid === undefined || !asked.has(row.uid)) continue;
     const prev = byUid.get(row.uid);
-    byUid.set(row.uid, prev ? ({ ...prev, ...Object.fromEntries(Object.entries(row).filter(([, v]) => v !== undefined)) } as T) : row);
+    if (!prev) {
+      byUid.set(row.uid, row);
+      continue;
+    }
+    const { flags, modseq, ...rest } = row;
+    const next = { ...prev, ...Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined)) } as T;
+    if (flags !== undefined && (modseq === undefined || prev.modseq === undefined || modseq >= prev.modseq)) {
+      const moved = modseq !== undefined && prev.modseq !== undefined ? modseq > prev.modseq : !sameFlags(flags, prev.flags);
+      if (moved) changed?.add(row.uid);
+      next.flags = flags;
+      if (modseq !== undefined) next.modseq = modseq;
+    }
+    byUid.set(row.uid, next);
   }
   return [...byUid.values()];
+}
+
+function sameFlags(a: Set<string>, b: Set<string> | undefined): boolean {
+  return b !== undefined && a.size === b.size && [...a].every((f) => b.has(f));
 }
 
 function groupBySize(list: FetchMessageObject[], maxBytes: number): FetchMessageObject[][] {

@@ -12,8 +12,19 @@ export class EchoFetchProxy {
   port = 0;
   /** every FETCH response line the proxy followed with an extra one (its first line, literals cut), and that line */
   readonly echoed: Array<{ original: string; extra: string }> = [];
+  /** the client's command lines, in order */
+  readonly commands: string[] = [];
+  /** the MODSEQ values the bumped updates claimed (see `bump`) */
+  readonly bumped: bigint[] = [];
 
-  constructor(private readonly targetPort: number) {}
+  /**
+   * `bump`: the extra rows for the first `bump` FETCH responses carrying a MODSEQ carry MODSEQ + 1 instead of the same:
+   * the message really changed while the FETCH ran (as another session's STORE would make it), not the same state again.
+   */
+  constructor(
+    private readonly targetPort: number,
+    private bump = 0,
+  ) {}
 
   async start(): Promise<this> {
     this.server = createServer((client) => {
@@ -26,6 +37,7 @@ export class EchoFetchProxy {
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
       client.pipe(upstream);
+      client.on('data', (chunk: Buffer) => this.commands.push(...chunk.toString('latin1').split('\r\n').filter(Boolean)));
       const responses = new ResponseSplitter();
       upstream.on('data', (chunk: Buffer) => {
         for (const response of responses.push(chunk)) {
@@ -49,7 +61,13 @@ export class EchoFetchProxy {
     const uid = /[( ]UID (\d+)/i.exec(text)?.[1];
     if (!uid) return undefined;
     const flags = /[( ]FLAGS (\([^)]*\))/i.exec(text)?.[1];
-    const modseq = /[( ]MODSEQ (\(\d+\))/i.exec(text)?.[1];
+    let modseq = /[( ]MODSEQ (\(\d+\))/i.exec(text)?.[1];
+    if (modseq && this.bump > 0) {
+      this.bump--;
+      const next = BigInt(modseq.slice(1, -1)) + 1n;
+      this.bumped.push(next);
+      modseq = `(${next})`;
+    }
     const extra = `* ${head[1]} FETCH (UID ${uid} FLAGS ${flags ?? '()'}${modseq ? ` MODSEQ ${modseq}` : ''})\r\n`;
     this.echoed.push({ original: text.split('\r\n')[0]!, extra: extra.trimEnd() });
     return Buffer.from(extra, 'latin1');

@@ -52,3 +52,30 @@ test('rows without a UID (Dovecot\'s updates) and for UIDs not asked are dropped
   ]);
   assert.deepEqual(await onePerUid(rows(), new Set([1])), []);
 });
+
+test('FLAGS and MODSEQ stay one state: an older state arriving later, or a MODSEQ without FLAGS, does not replace them; a higher MODSEQ is reported as changed, the same one is not', async () => {
+  const changed = new Set<number>();
+  const got = await onePerUid(
+    rows(
+      { seq: 1, uid: 5, flags: new Set(['\\Flagged']), modseq: 9n, size: 10 },
+      { seq: 1, uid: 5, flags: new Set(), modseq: 5n },
+      { seq: 1, uid: 5, modseq: 12n },
+      { seq: 2, uid: 6, flags: new Set(), modseq: 3n, size: 20 },
+      { seq: 2, uid: 6, flags: new Set(), modseq: 3n },
+      { seq: 3, uid: 7, flags: new Set(), modseq: 3n, size: 30 },
+      { seq: 3, uid: 7, flags: new Set(['$MailhookClaimed']), modseq: 4n },
+    ),
+    new Set([5, 6, 7]),
+    changed,
+  );
+  assert.deepEqual(got, [
+    { seq: 1, uid: 5, flags: new Set(['\\Flagged']), modseq: 9n, size: 10 },
+    { seq: 2, uid: 6, flags: new Set(), modseq: 3n, size: 20 },
+    { seq: 3, uid: 7, flags: new Set(['$MailhookClaimed']), modseq: 4n, size: 30 },
+  ]);
+  assert.deepEqual([...changed], [7], 'only 7 moved on (5 got an older state and a bare MODSEQ, 6 the same state again)');
+  // Without CONDSTORE: other flags are a change, the same flags are not.
+  const plain = new Set<number>();
+  await onePerUid(rows({ seq: 1, uid: 1, flags: new Set(['\\Seen']) }, { seq: 1, uid: 1, flags: new Set(['\\Seen']) }, { seq: 2, uid: 2, flags: new Set() }, { seq: 2, uid: 2, flags: new Set(['\\Seen']) }), new Set([1, 2]), plain);
+  assert.deepEqual([...plain], [2]);
+});

@@ -38,10 +38,37 @@ const userOf = (claim: Claim, after: After) => `${claim}-${after.replace(':', '-
 describe('unsolicited FETCH updates that carry the UID (a proxy adds one after every FETCH row)', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: cases.map(([c, a]) => userOf(c, a)) });
+    dovecot = await startDovecot({ users: [...cases.map(([c, a]) => userOf(c, a)), 'changed'] });
   });
   after(async () => {
     await dovecot?.close();
+  });
+
+  test('keyword claims: a message the server reports changed while the batch FETCH ran (a higher MODSEQ) is not claimed with that MODSEQ; a later pass claims and delivers it once', async () => {
+    const user = 'changed';
+    await dovecot.append([message('changed-1')], { user });
+    const consumer = await new Consumer().start();
+    // The first FETCH row with a MODSEQ (the batch FETCH's) is followed by an update one MODSEQ higher.
+    const proxy = await new EchoFetchProxy(dovecot.port, 1).start();
+    const app = await startTestApp({
+      routes: routesYaml(consumer.url),
+      extra: imapBlock(mailboxYaml(dovecot, user, { port: proxy.port, claim: 'keyword', after_delivery: 'flag', idle_timeout: 1 })),
+    });
+    try {
+      await consumer.waitFor(1, 15_000);
+      assert.equal(proxy.bumped.length, 1, 'one update claimed a change');
+      // The claim: UID STORE … (UNCHANGEDSINCE m) +FLAGS ($MailhookClaimed).
+      const claims = proxy.commands.filter((c) => /\+FLAGS/i.test(c) && c.includes(CLAIM_KEYWORD));
+      const unchangedSince = claims.flatMap((c) => [...c.matchAll(/UNCHANGEDSINCE (\d+)/gi)].map((m) => BigInt(m[1]!)));
+      assert.ok(unchangedSince.length > 0, `the claim was a conditional STORE: ${JSON.stringify(proxy.commands)}`);
+      assert.ok(unchangedSince.every((m) => m < proxy.bumped[0]!), `no claim counted the changed MODSEQ ${proxy.bumped[0]}: ${unchangedSince}`);
+      assert.equal(count(app.spool.db), 1);
+      assert.equal(consumer.requests.length, 1, 'delivered once');
+    } finally {
+      await app.close();
+      await proxy.stop();
+      await consumer.stop();
+    }
   });
 
   for (const [claim, afterDelivery] of cases) {
@@ -60,8 +87,9 @@ describe('unsolicited FETCH updates that carry the UID (a proxy adds one after e
         await until(() => count(app.spool.db) >= keys.length, 10_000, 'the messages in the spool');
         await consumer.waitFor(keys.length, 10_000);
         await until(() => bridge.status.state === 'idle', 10_000, 'idle');
-        // Deliveries of a message stored twice would follow the first ones: give them time to arrive.
-        await new Promise((r) => setTimeout(r, 500));
+        // A message stored twice is in the spool by now (stored before it is marked); its deliveries too, until sent.
+        const undelivered = () => (app.spool.db.prepare(`SELECT count(*) AS n FROM deliveries WHERE status != 'delivered'`).get() as { n: number }).n;
+        await until(() => undelivered() === 0, 10_000, 'every delivery sent');
         const rows = app.spool.db.prepare(`SELECT json_extract(meta, '$.messageId') AS id, dedupe_key AS key FROM messages ORDER BY id`).all() as Array<{ id: string; key: string }>;
         t.diagnostic(`spool: ${JSON.stringify(rows)}; webhooks: ${consumer.requests.length}; logged as already in the spool: ${app.logs.filter((l) => l.includes('message was already in the spool')).length}; proxy added ${proxy.echoed.length} rows, e.g. ${JSON.stringify(proxy.echoed.slice(0, 2))}`);
         assert.ok(proxy.echoed.some((e) => /RFC822\.SIZE/.test(e.original)), 'the batch FETCH rows were followed by flags-only rows with the UID');
