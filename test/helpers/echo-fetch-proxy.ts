@@ -1,6 +1,6 @@
 // A loopback TCP proxy in front of an IMAP server that follows every untagged FETCH response carrying a UID with
 // a second, flags-only one for the same message ("* N FETCH (UID X FLAGS (...) MODSEQ (m))"), before the command's
-// tagged completion: what a server that includes the UID in unsolicited FETCH responses (RFC 7162 §3.2.4 with
+// tagged completion: what a server that includes the UID in unsolicited FETCH responses (RFC 7162 with
 // QRESYNC; some servers always) sends when another session changes the message's flags during the FETCH.
 // Dovecot itself sends such updates without the UID. Client-to-server bytes pass unchanged.
 import { createServer, connect, type Server, type Socket } from 'node:net';
