@@ -438,8 +438,8 @@ export class ImapBridge {
       }
       // Changed while the FETCH ran (a server that names the UID in its update): its mod-sequence is past the
       // FETCH's snapshot, and counted in the claim's UNCHANGEDSINCE it could let through another instance's claim
-      // of a message the server has not reported yet. Left for a later pass (the change wakes IDLE; no busy loop
-      // while another client keeps changing it).
+      // of a message the server has not reported yet. Left for a later pass (the next new message, or the IDLE
+      // restart after idle_timeout at the latest; no busy loop while another client keeps changing it).
       if (this.claimMode === 'keyword' && changed.has(m.uid)) continue;
       toClaim.push(m);
     }
