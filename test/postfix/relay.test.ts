@@ -28,7 +28,9 @@ async function withRelay(opts: { lmtp: boolean; relayRecipientMaps: boolean }, b
       url: ${consumer.url}
       secret: ${SECRET}
 `;
-    let yaml = configYaml({ routes, dir });
+    // As deploy/postfix/README.md's step 1: postmaster@ goes to the route.
+    let yaml = configYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  postmaster_route: gitlab\n');
+    assert.ok(yaml.includes('postmaster_route: gitlab'));
     if (opts.lmtp) yaml = yaml.replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  lmtp: true\n');
     assert.equal(opts.lmtp, yaml.includes('lmtp: true'));
     app = await startTestApp({ dir, routes, yaml });
@@ -96,6 +98,10 @@ test('Postfix relays over LMTP to mailhook with smtp.lmtp: true; relay_recipient
     const unknown = await rcptUntilDecided(postfix.port, `nobody@${DOMAIN}`);
     assert.equal(unknown.code, 550, unknown.raw);
     assert.match(unknown.text, /^5\.1\.1 <nobody@incoming\.example\.com>: Recipient address rejected: User unknown in relay recipient table/);
+
+    // postmaster@ is in the list too (RFC 5321), and mailhook takes it (postmaster_route).
+    const postmaster = await rcptUntilDecided(postfix.port, `postmaster@${DOMAIN}`);
+    assert.equal(postmaster.code, 250, postmaster.raw);
 
     // A listed address is still verified with mailhook, now over LMTP.
     const known = await rcptUntilDecided(postfix.port, `incoming+lmtp-1@${DOMAIN}`);
