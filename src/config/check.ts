@@ -21,8 +21,10 @@ export function configWarnings(config: Config): Array<{ path: string; message: s
   const smtp = config.smtp;
   const listeners = [smtp.listen, ...(smtp.tls?.implicit_listen ? [smtp.tls.implicit_listen] : [])];
   // A relay trusted for XFORWARD (smtp.xforward_hosts) names the client itself, as a PROXY balancer does; on a
-  // loopback-only listener that relay has a loopback address (one listed elsewhere cannot even connect).
-  if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && !smtp.xforward_hosts.some(isLoopback) && listeners.every((l) => isLoopback(l.host))) {
+  // loopback-only listener that relay connects from a loopback address of the listener's family (::1 listed for a
+  // relay reaching 127.0.0.1 is never offered XFORWARD).
+  const forwarded = smtp.xforward_hosts.some((h) => listeners.some((l) => loopbackPeerOf(l.host, h)));
+  if (smtp.sender_auth.enabled && smtp.proxy_protocol === false && !forwarded && listeners.every((l) => isLoopback(l.host))) {
     warnings.push({ path: 'smtp.sender_auth.enabled', message: `SMTP listens on loopback only (${listeners.map((l) => `${l.host}:${l.port}`).join(', ')}), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and have Postfix send it to mailhook (smtp_send_xforward_command=yes on mailhook's transport, deploy/postfix/master.cf); a load balancer on this machine can pass the client's address with smtp.proxy_protocol` });
   }
   // Behind a relay the refusal comes after the relay accepted the message, so the relay bounces it, to an envelope
@@ -93,6 +95,16 @@ export function spoolDiskWarnings(config: Config, size: (dir: string) => DiskSiz
 
 function bytes(n: number): string {
   return n >= 1024 * 1024 ? `${n} bytes (${(n / 1024 / 1024).toFixed(1)} MiB)` : `${n} bytes`;
+}
+
+/** Whether a client at `peer` could connect to a loopback listener on `host` (127.x, ::1, localhost). */
+function loopbackPeerOf(host: string, peer: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  // An IPv4 peer in IPv6 form (::ffff:127.0.0.1) is the IPv4 peer, as smtp-server compares them.
+  const p = peer.toLowerCase().replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
+  if (h === 'localhost') return isLoopback(p);
+  if (h === '::1') return p === '::1';
+  return /^127\./.test(h) && /^127\./.test(p);
 }
 
 function isLoopback(host: string): boolean {

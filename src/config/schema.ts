@@ -44,7 +44,11 @@ const EVERY_PEER = 'trusting every peer is not offered: any client could then na
 const xforwardHost = z.string().transform((value, ctx) => {
   const v = value.trim();
   if (isIP(v) !== 0) return v;
-  ctx.addIssue({ code: 'custom', message: v === '*' || v.includes('/') ? `must be one relay's IP address, e.g. "127.0.0.1": ${EVERY_PEER} (nor a range)` : `must be a relay's IP address, e.g. "127.0.0.1" (not a host name)` });
+  const message =
+    v === '*' ? `must be one relay's IP address, e.g. "127.0.0.1": ${EVERY_PEER}`
+    : v.includes('/') ? `must be one relay's IP address, e.g. "127.0.0.1", not a range: list each relay (any host in a range could name any address as its own and pass SPF)`
+    : `must be a relay's IP address, e.g. "127.0.0.1" (not a host name)`;
+  ctx.addIssue({ code: 'custom', message });
   return z.NEVER;
 });
 const xforwardHosts = z.array(xforwardHost, { error: `must be a list of the relays' IP addresses, e.g. ["127.0.0.1"]; true is not accepted: ${EVERY_PEER}` });

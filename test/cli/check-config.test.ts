@@ -198,8 +198,12 @@ test('check-config warns of sender_auth on a loopback-only listener (behind Post
   };
   const warning = `${file}: warning: smtp.sender_auth.enabled: SMTP listens on loopback only (127.0.0.1:2525), so its client is a relay on this machine (Postfix): SPF would be checked against the relay's address, not the sender's server. Have the relay pass the client with XFORWARD: list its address in smtp.xforward_hosts (e.g. ["127.0.0.1"]) and have Postfix send it to mailhook (smtp_send_xforward_command=yes on mailhook's transport, deploy/postfix/master.cf); a load balancer on this machine can pass the client's address with smtp.proxy_protocol\n`;
   assert.equal(await check('  listen: "127.0.0.1:2525"\n'), warning);
-  // A relay listed by an address that cannot reach a loopback listener does not make up for it.
+  // A relay listed by an address that cannot reach a loopback listener does not make up for it, nor one of the
+  // other family (Postfix reaching 127.0.0.1 comes from 127.0.0.1, never ::1); the IPv4 one in IPv6 form does.
   assert.equal(await check('  listen: "127.0.0.1:2525"\n  xforward_hosts: ["10.0.0.5"]\n'), warning);
+  assert.equal(await check('  listen: "127.0.0.1:2525"\n  xforward_hosts: ["::1"]\n'), warning);
+  assert.equal(await check('  listen: "127.0.0.1:2525"\n  xforward_hosts: ["::ffff:127.0.0.1"]\n'), '');
+  assert.equal(await check('  listen: "[::1]:2525"\n  xforward_hosts: ["::1"]\n'), '');
   assert.equal(await check('  listen: "0.0.0.0:2525"\n'), '');
   assert.equal(await check('  listen: "[::1]:2525"\n  proxy_protocol: true\n'), '');
   assert.equal(await check('  listen: "127.0.0.1:2525"\n  xforward_hosts: ["127.0.0.1"]\n'), '');

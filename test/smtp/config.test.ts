@@ -66,8 +66,8 @@ test('smtp.xforward_hosts: off by default; a list of relay addresses, never ever
   const everyPeer = 'trusting every peer is not offered: any client could then name any address as its own and pass SPF';
   assert.deepEqual(problems('  xforward_hosts: true'), [`smtp.xforward_hosts: must be a list of the relays' IP addresses, e.g. ["127.0.0.1"]; true is not accepted: ${everyPeer}`]);
   assert.deepEqual(problems('  xforward_hosts: ["127.0.0.1", "*", "10.0.0.0/8", "relay.example.com"]'), [
-    `smtp.xforward_hosts[1]: must be one relay's IP address, e.g. "127.0.0.1": ${everyPeer} (nor a range)`,
-    `smtp.xforward_hosts[2]: must be one relay's IP address, e.g. "127.0.0.1": ${everyPeer} (nor a range)`,
+    `smtp.xforward_hosts[1]: must be one relay's IP address, e.g. "127.0.0.1": ${everyPeer}`,
+    'smtp.xforward_hosts[2]: must be one relay\'s IP address, e.g. "127.0.0.1", not a range: list each relay (any host in a range could name any address as its own and pass SPF)',
     'smtp.xforward_hosts[3]: must be a relay\'s IP address, e.g. "127.0.0.1" (not a host name)',
   ]);
 });
