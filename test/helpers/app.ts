@@ -101,3 +101,12 @@ export async function until<T>(fn: () => T | undefined | false, timeoutMs = 10_0
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/** until() for a condition that must be asked over the network (an IMAP listing): polled every 50 ms. */
+export async function untilAsync(fn: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const start = Date.now();
+  while (!(await fn())) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

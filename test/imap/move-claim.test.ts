@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
-import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { configYaml, parseTestConfig, startTestApp, tempDir, until, untilAsync, type TestApp } from '../helpers/app.js';
 import { ImapFlow } from 'imapflow';
 import { ImapBridge } from '../../src/imap/bridge.js';
 import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
@@ -24,14 +24,6 @@ const skip = dovecotSkip();
 /** Dovecot's default list minus CONDSTORE and QRESYNC: what Office 365 offers that matters here (MOVE, UIDPLUS). */
 const NO_CONDSTORE = 'IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ MOVE UIDPLUS';
 const PROCESSING = 'mailhook-processing';
-
-async function untilAsync(fn: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const start = Date.now();
-  while (!(await fn())) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** A spool and the ingest of one mailbox (no app around them), so a test can interpose on ingest.accept. */
 function ingestRig(dovecot: Dovecot, user: string, opts: Record<string, string | number>) {

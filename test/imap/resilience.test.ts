@@ -11,7 +11,7 @@ import { Writable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
-import { configYaml, parseTestConfig, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
+import { configYaml, parseTestConfig, startTestApp, tempDir, until, untilAsync, type TestApp } from '../helpers/app.js';
 import { ImapBridge } from '../../src/imap/bridge.js';
 import { MailboxIngest, ingestLimits } from '../../src/imap/ingest.js';
 import { Spool } from '../../src/spool/spool.js';
@@ -25,13 +25,6 @@ import { count, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
 
 const skip = dovecotSkip();
 
-async function untilAsync(fn: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const start = Date.now();
-  while (!(await fn())) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** A TCP relay to Dovecot that can go silent (stop relaying, keep the sockets open), as a dead NAT path does. */

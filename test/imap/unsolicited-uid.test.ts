@@ -6,20 +6,12 @@ import assert from 'node:assert/strict';
 import { startDovecot, dovecotSkip, type Dovecot } from '../helpers/dovecot.js';
 import { Consumer } from '../helpers/consumer.js';
 import { EchoFetchProxy } from '../helpers/echo-fetch-proxy.js';
-import { startTestApp, until } from '../helpers/app.js';
+import { startTestApp, until, untilAsync } from '../helpers/app.js';
 import { CLAIM_KEYWORD } from '../../src/imap/claim.js';
 import { count, imapBlock, mailboxYaml, message, routesYaml } from './setup.js';
 
 const skip = dovecotSkip();
 const PROCESSING = 'mailhook-processing';
-
-async function untilAsync(fn: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const start = Date.now();
-  while (!(await fn())) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 type Claim = 'keyword' | 'move' | 'none';
 type After = 'flag' | 'delete' | 'move:Archive';
