@@ -8,6 +8,9 @@ import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { RawSmtp, type SmtpReply } from './smtp-client.js';
+import { configYaml, startTestApp, tempDir, type TestApp } from './app.js';
+import { Consumer } from './consumer.js';
+import type { AppDeps } from '../../src/app.js';
 
 const run = promisify(execFile);
 const SNIPPETS = join(import.meta.dirname, '..', '..', 'deploy', 'postfix');
@@ -217,4 +220,35 @@ ${opts.xclient ? 'smtpd_authorized_xclient_hosts = 127.0.0.1\n' : ''}`;
     throw new Error(`postfix did not start: ${(err as Error).message}\n${log}`);
   }
   return instance;
+}
+
+/**
+ * mailhook behind a real Postfix: a consumer, mailhook with the test config plus `smtp` lines under smtp: and the
+ * routes `routes` makes for the consumer's URL, and Postfix from deploy/postfix/ delivering to it. `body` runs with the
+ * three; a failure carries Postfix's log; everything is stopped and removed after.
+ */
+export async function withMailhookBehindPostfix(
+  opts: { routes: (consumerUrl: string) => string; smtp: string; deps?: Partial<AppDeps>; postfix: Omit<PostfixOptions, 'mailhookPort'> },
+  body: (ctx: { app: TestApp; postfix: PostfixInstance; consumer: Consumer }) => Promise<void>,
+): Promise<void> {
+  const dir = tempDir('mailhook-postfix-');
+  const consumer = await new Consumer().start();
+  let app: TestApp | undefined;
+  let postfix: PostfixInstance | undefined;
+  try {
+    const routes = opts.routes(consumer.url);
+    const yaml = configYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', `  greeting_delay_ms: 0\n${opts.smtp}`);
+    assert.ok(yaml.includes(`  greeting_delay_ms: 0\n${opts.smtp}`), 'the smtp lines are in the config');
+    app = await startTestApp({ dir, routes, yaml, ...(opts.deps ? { deps: opts.deps } : {}) });
+    postfix = await startPostfix({ ...opts.postfix, mailhookPort: app.smtpPort });
+    await body({ app, postfix, consumer });
+  } catch (err) {
+    if (postfix) (err as Error).message += `\n--- postfix maillog ---\n${postfix.log()}`;
+    throw err;
+  } finally {
+    await postfix?.stop();
+    await app?.close();
+    await consumer.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

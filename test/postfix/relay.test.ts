@@ -1,11 +1,9 @@
 // Real Postfix in front of mailhook, configured from deploy/postfix/: relay over SMTP and LMTP, unknown recipients refused by Postfix at RCPT.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
-import { configYaml, startTestApp, SECRET, tempDir, type TestApp } from '../helpers/app.js';
-import { Consumer } from '../helpers/consumer.js';
+import { SECRET } from '../helpers/app.js';
 import { RawSmtp, type SmtpReply } from '../helpers/smtp-client.js';
-import { rcptUntilDecided, requirePostfix, startPostfix, type PostfixInstance } from '../helpers/postfix.js';
+import { rcptUntilDecided, requirePostfix, withMailhookBehindPostfix } from '../helpers/postfix.js';
 
 const DOMAIN = 'incoming.example.com';
 
@@ -15,36 +13,22 @@ interface Payload {
   message: { subject: string; headers: Array<{ name: string; value: string }> };
 }
 
-async function withRelay(opts: { lmtp: boolean; relayRecipientMaps: boolean }, body: (ctx: { app: TestApp; postfix: PostfixInstance; consumer: Consumer }) => Promise<void>): Promise<void> {
-  const dir = tempDir('mailhook-postfix-');
-  const consumer = await new Consumer().start();
-  let app: TestApp | undefined;
-  let postfix: PostfixInstance | undefined;
-  try {
-    const routes = `
+function withRelay(opts: { lmtp: boolean; relayRecipientMaps: boolean }, body: Parameters<typeof withMailhookBehindPostfix>[1]): Promise<void> {
+  return withMailhookBehindPostfix(
+    {
+      routes: (url) => `
   - name: gitlab
     addresses: ["incoming+%{key}@${DOMAIN}", "incoming@${DOMAIN}"]
     webhook:
-      url: ${consumer.url}
+      url: ${url}
       secret: ${SECRET}
-`;
-    // As deploy/postfix/README.md's step 1: postmaster@ goes to the route.
-    let yaml = configYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  postmaster_route: gitlab\n');
-    assert.ok(yaml.includes('postmaster_route: gitlab'));
-    if (opts.lmtp) yaml = yaml.replace('  greeting_delay_ms: 0\n', '  greeting_delay_ms: 0\n  lmtp: true\n');
-    assert.equal(opts.lmtp, yaml.includes('lmtp: true'));
-    app = await startTestApp({ dir, routes, yaml });
-    postfix = await startPostfix({ mailhookPort: app.smtpPort, lmtp: opts.lmtp, relayRecipientMaps: opts.relayRecipientMaps });
-    await body({ app, postfix, consumer });
-  } catch (err) {
-    if (postfix) (err as Error).message += `\n--- postfix maillog ---\n${postfix.log()}`;
-    throw err;
-  } finally {
-    await postfix?.stop();
-    await app?.close();
-    await consumer.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
+`,
+      // As deploy/postfix/README.md's step 1: postmaster@ goes to the route.
+      smtp: `  postmaster_route: gitlab\n${opts.lmtp ? '  lmtp: true\n' : ''}`,
+      postfix: { lmtp: opts.lmtp, relayRecipientMaps: opts.relayRecipientMaps },
+    },
+    body,
+  );
 }
 
 async function sendThrough(port: number, rcpt: string, subject: string): Promise<SmtpReply | undefined> {

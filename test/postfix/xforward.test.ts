@@ -3,12 +3,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type { DNSResolver } from 'mailauth';
-import { configYaml, startTestApp, SECRET, tempDir, type TestApp } from '../helpers/app.js';
-import { Consumer } from '../helpers/consumer.js';
-import { rcptUntilDecided, requirePostfix, requireSwaks, startPostfix, SWAKS, type PostfixInstance } from '../helpers/postfix.js';
+import { SECRET } from '../helpers/app.js';
+import { rcptUntilDecided, requirePostfix, requireSwaks, SWAKS, withMailhookBehindPostfix } from '../helpers/postfix.js';
 
 const run = promisify(execFile);
 const DOMAIN = 'incoming.example.com';
@@ -29,24 +27,17 @@ interface Payload {
   message: { subject: string };
 }
 
-async function throughPostfix(lmtp: boolean): Promise<void> {
-  const dir = tempDir('mailhook-postfix-');
-  const consumer = await new Consumer().start();
-  let app: TestApp | undefined;
-  let postfix: PostfixInstance | undefined;
-  try {
-    const routes = `
+function throughPostfix(lmtp: boolean): Promise<void> {
+  const routes = (url: string) => `
   - name: app
     addresses: ["incoming+%{key}@${DOMAIN}"]
     webhook:
-      url: ${consumer.url}
+      url: ${url}
       secret: ${SECRET}
 `;
-    // mailhook as deploy/postfix/README.md sets it up behind Postfix, with sender authentication on.
-    const yaml = configYaml({ routes, dir }).replace('  greeting_delay_ms: 0\n', `  greeting_delay_ms: 0\n  xforward_hosts: ["127.0.0.1"]\n  sender_auth:\n    enabled: true\n${lmtp ? '  lmtp: true\n' : ''}`);
-    app = await startTestApp({ dir, routes, yaml, deps: { dnsResolver: resolver } });
-    postfix = await startPostfix({ mailhookPort: app.smtpPort, xclient: true, lmtp });
-
+  // mailhook as deploy/postfix/README.md sets it up behind Postfix, with sender authentication on.
+  const smtp = `  xforward_hosts: ["127.0.0.1"]\n  sender_auth:\n    enabled: true\n${lmtp ? '  lmtp: true\n' : ''}`;
+  return withMailhookBehindPostfix({ routes, smtp, deps: { dnsResolver: resolver }, postfix: { xclient: true, lmtp } }, async ({ app, postfix, consumer }) => {
     const rcpt = `incoming+xf-${lmtp ? 'lmtp' : 'smtp'}@${DOMAIN}`;
     // Postfix verifies the recipient with mailhook first (its probe carries "XFORWARD SOURCE=LOCAL" alone).
     const decided = await rcptUntilDecided(postfix.port, rcpt);
@@ -77,15 +68,7 @@ async function throughPostfix(lmtp: boolean): Promise<void> {
     assert.match(postfix.log(), /client=mail\.sender\.test\[203\.0\.113\.10\]/);
     assert.match(postfix.log(), /relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent \(250 2\.0\.0 Ok: queued as \w+\)/);
     assert.match(postfix.log(), lmtp ? /postfix\/lmtp\[\d+\]: \w+: to=<incoming\+xf-lmtp@/ : /postfix\/smtp\[\d+\]: \w+: to=<incoming\+xf-smtp@/);
-  } catch (err) {
-    if (postfix) (err as Error).message += `\n--- postfix maillog ---\n${postfix.log()}`;
-    throw err;
-  } finally {
-    await postfix?.stop();
-    await app?.close();
-    await consumer.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 test('over SMTP: swaks poses as 203.0.113.10 to Postfix (XCLIENT); Postfix forwards it with XFORWARD (smtp_send_xforward_command); mailhook judges SPF for 203.0.113.10 and records it', async (t) => {

@@ -1,19 +1,13 @@
 // The real process: SIGHUP reloads the TLS certificate, SIGTERM mid-session answers 421 to new commands and 250 to the DATA in flight.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { X509Certificate } from 'node:crypto';
 import { configYaml, tempDir } from '../helpers/app.js';
 import { spawnMailhook } from '../helpers/process.js';
-import { makeCert, opensslMissing, queuedId, servedFingerprint, session, startData, writeFlushed } from './support.js';
+import { fileFingerprint, makeCert, opensslMissing, queuedId, servedFingerprint, session, startData, writeFlushed } from './support.js';
 
 const skip = opensslMissing();
-
-function fingerprintOf(file: string): string {
-  return new X509Certificate(readFileSync(file)).fingerprint256;
-}
-
 
 test('SIGHUP reloads the key and certificate; SIGTERM: 421 for new commands, 250 for the DATA in flight, exit 0', { skip }, async () => {
   const dir = tempDir();
@@ -30,7 +24,7 @@ test('SIGHUP reloads the key and certificate; SIGTERM: 421 for new commands, 250
   const proc = spawnMailhook(['serve', '--config', cfg]);
   try {
     await proc.started;
-    assert.equal(await servedFingerprint(proc.smtpPort), fingerprintOf(a.cert));
+    assert.equal(await servedFingerprint(proc.smtpPort), fileFingerprint(a.cert));
 
     for (const [from, to] of [
       [b.key, 'live.key'],
@@ -41,7 +35,7 @@ test('SIGHUP reloads the key and certificate; SIGTERM: 421 for new commands, 250
     }
     proc.child.kill('SIGHUP');
     await proc.waitForLog((l) => l.msg === 'TLS key and certificate reloaded');
-    assert.equal(await servedFingerprint(proc.smtpPort), fingerprintOf(b.cert));
+    assert.equal(await servedFingerprint(proc.smtpPort), fileFingerprint(b.cert));
 
     const busy = await session(proc.smtpPort);
     await startData(busy);

@@ -1,7 +1,8 @@
 // Shared pieces of the SMTP edge tests: apps with extra smtp settings, spool row counts, raw and TLS sessions.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
 import { createConnection, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket, type ConnectionOptions } from 'node:tls';
@@ -189,4 +190,9 @@ export async function servedFingerprint(port: number): Promise<string | undefine
   const fp = (s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256;
   s.socket.destroy();
   return fp;
+}
+
+/** The fingerprint of a certificate file (PEM), to compare with servedFingerprint. */
+export function fileFingerprint(pemFile: string): string {
+  return new X509Certificate(readFileSync(pemFile)).fingerprint256;
 }

@@ -4,20 +4,16 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { freePort } from '../helpers/process.js';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import { Consumer } from '../helpers/consumer.js';
 import { SECRET, configYaml, startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
-import { Lines, PROXY_V2_SIG, SINK_ROUTES, countMessages, makeCert, opensslMissing, proxyV2v4 as v2v4, queuedId, servedFingerprint, session, startData, startSmtpApp, startTls } from './support.js';
+import { Lines, PROXY_V2_SIG, SINK_ROUTES, countMessages, fileFingerprint, makeCert, opensslMissing, proxyV2v4 as v2v4, queuedId, servedFingerprint, session, startData, startSmtpApp, startTls } from './support.js';
 
 const skip = opensslMissing();
 
-function fingerprint(pemFile: string): string {
-  return new X509Certificate(readFileSync(pemFile)).fingerprint256;
-}
 
 /** Replaces a file the way renewal tools do: write beside it, then rename over it. */
 function replaceFile(from: string, to: string): void {
@@ -238,7 +234,7 @@ describe('TLS', { skip }, () => {
     const { smtp } = await RawSmtp.open(app.smtpPort);
     await smtp.cmd('EHLO client.test');
     const open = await startTls(smtp);
-    assert.equal((open.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(a.cert));
+    assert.equal((open.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fileFingerprint(a.cert));
 
     replaceFile(b.key, live().key);
     replaceFile(b.cert, live().cert);
@@ -247,10 +243,10 @@ describe('TLS', { skip }, () => {
     const fresh = await RawSmtp.open(app.smtpPort);
     await fresh.smtp.cmd('EHLO client.test');
     const s2 = await startTls(fresh.smtp);
-    assert.equal((s2.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+    assert.equal((s2.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fileFingerprint(b.cert));
     s2.socket.destroy();
     const implicit = await implicitSession(app.smtp.implicitAddress!.port);
-    assert.equal((implicit.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+    assert.equal((implicit.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fileFingerprint(b.cert));
     implicit.socket.destroy();
 
     // The session opened before the reload still works.
@@ -272,7 +268,7 @@ describe('TLS', { skip }, () => {
     const after = await RawSmtp.open(app.smtpPort);
     await after.smtp.cmd('EHLO client.test');
     const s3 = await startTls(after.smtp);
-    assert.equal((s3.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+    assert.equal((s3.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fileFingerprint(b.cert));
     s3.socket.destroy();
     // A renewal that changes key type, caught between its two files: an ECDSA certificate beside the old RSA key
     // loads in OpenSSL without complaint (each type has its own slot) and every handshake would fail. Refused too.
@@ -285,7 +281,7 @@ describe('TLS', { skip }, () => {
     const mixed = await RawSmtp.open(app.smtpPort);
     await mixed.smtp.cmd('EHLO client.test');
     const s4 = await startTls(mixed.smtp);
-    assert.equal((s4.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(rsa.cert));
+    assert.equal((s4.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fileFingerprint(rsa.cert));
     s4.socket.destroy();
     copyFileSync(b.key, live().key);
     copyFileSync(b.cert, live().cert);
@@ -304,7 +300,7 @@ describe('TLS', { skip }, () => {
       const { smtp } = await RawSmtp.open(watched.smtpPort);
       await smtp.cmd('EHLO client.test');
       const s = await startTls(smtp);
-      assert.equal((s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fingerprint(b.cert));
+      assert.equal((s.socket as TLSSocket).getPeerX509Certificate()?.fingerprint256, fileFingerprint(b.cert));
       s.socket.destroy();
     } finally {
       await watched.close();
@@ -327,13 +323,13 @@ describe('TLS', { skip }, () => {
     symlinkSync('..data/tls.crt', join(vol, 'tls.crt'));
     const watched = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(vol, 'tls.key')}\n    cert_file: ${join(vol, 'tls.crt')}`, deps: { tlsPollMs: 50 } });
     try {
-      assert.equal(await servedFingerprint(watched.smtpPort), fingerprint(a.cert));
+      assert.equal(await servedFingerprint(watched.smtpPort), fileFingerprint(a.cert));
       version('..2026_11_27_2', b);
       symlinkSync('..2026_11_27_2', join(vol, '..data_tmp'));
       renameSync(join(vol, '..data_tmp'), join(vol, '..data'));
       rmSync(join(vol, '..2026_11_27_1'), { recursive: true });
       await until(() => watched.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the ..data swap');
-      assert.equal(await servedFingerprint(watched.smtpPort), fingerprint(b.cert));
+      assert.equal(await servedFingerprint(watched.smtpPort), fileFingerprint(b.cert));
     } finally {
       await watched.close();
     }
@@ -347,11 +343,11 @@ describe('TLS', { skip }, () => {
     symlinkSync('v1', join(root, 'current'));
     const linked = await startSmtpApp({ smtp: `  tls:\n    key_file: ${join(root, 'current', 'key.pem')}\n    cert_file: ${join(root, 'current', 'fullchain.pem')}`, deps: { tlsPollMs: 50 } });
     try {
-      assert.equal(await servedFingerprint(linked.smtpPort), fingerprint(a.cert));
+      assert.equal(await servedFingerprint(linked.smtpPort), fileFingerprint(a.cert));
       symlinkSync('v2', join(root, 'current.tmp'));
       renameSync(join(root, 'current.tmp'), join(root, 'current'));
       await until(() => linked.logs.some((l) => l.includes('TLS key and certificate reloaded')), 5000, 'the reload after the folder link swap');
-      assert.equal(await servedFingerprint(linked.smtpPort), fingerprint(b.cert));
+      assert.equal(await servedFingerprint(linked.smtpPort), fileFingerprint(b.cert));
     } finally {
       await linked.close();
     }
