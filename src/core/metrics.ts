@@ -37,6 +37,7 @@ export function createMetrics() {
       labelNames: ['route'],
       registers: [registry],
     }),
+    tlsHandshakes: new Counter({ name: 'mailhook_smtp_tls_handshakes_total', help: 'TLS handshakes (STARTTLS and the implicit-TLS listener) by result: ok, or why it failed (protocol_version, no_shared_cipher, certificate_rejected, not_tls, timeout, closed, other); absent without TLS', labelNames: ['result'], registers: [registry] }),
     tlsCertificateExpiry: new Gauge({ name: 'mailhook_tls_certificate_expiry_timestamp_seconds', help: 'When the certificate STARTTLS serves stops being valid, as a Unix time, by smtp.tls.cert_file; absent without TLS', labelNames: ['file'], registers: [registry] }),
     spoolBytes: new Gauge({ name: 'mailhook_spool_bytes', help: 'Spool size on disk (database, WAL and message files)', registers: [registry] }),
     spoolRemoved: new Counter({ name: 'mailhook_spool_removed_total', help: 'Messages removed by retention (spool.retention)', registers: [registry] }),

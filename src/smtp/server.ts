@@ -23,6 +23,7 @@ import { SenderAuthenticator, type AuthenticationRun } from './auth-results.js';
 import { createDataFilter } from './data-filter.js';
 import { ClientLimits } from './limits.js';
 import { MessageRefused, Reply, SmtpReplyError, formatReply } from './replies.js';
+import { TLS_HANDSHAKE_RESULTS, isHandshakeFailure, tlsFailureKind } from './tls-failures.js';
 import { TlsReloader, certificateFacts, certificateWarnings, loadTlsMaterial, type TlsMaterial } from './tls.js';
 import { RecipientVerifier } from './verify.js';
 import { transactionClient } from './xforward.js';
@@ -113,6 +114,8 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     for (const w of certificateWarnings(m, smtp.hostname, clock.now())) log.warn({ key: 'smtp.tls.cert_file', file: certFile }, `smtp.tls.cert_file: ${w}`);
   };
   if (tls && material) noteCertificate(material, tls.files.certFile);
+  // Every result at zero from the start, so a rate over the first failure has a series to start from.
+  if (tls) for (const result of TLS_HANDSHAKE_RESULTS) metrics.tlsHandshakes.inc({ result }, 0);
 
   let disk = { at: -Infinity, free: Infinity };
   function freeDisk(): number {
@@ -192,10 +195,12 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
     logged.add(err);
     // report: false is smtp-server's mark for a socket closed during the TLS start (a port scan, a TCP health check).
     const byClient = err.library === 'SSL routines' || /^ERR_(SSL|TLS)_/.test(err.code ?? '') || CLIENT_SOCKET_ERRORS.has(err.code ?? '') || err.report === false;
-    if (!byClient) return log.warn({ cid: err.cid, err }, 'smtp connection error');
+    const tlsFailure = isHandshakeFailure(err) ? tlsFailureKind(err) : undefined;
+    if (tlsFailure) metrics.tlsHandshakes.inc({ result: tlsFailure });
+    if (!byClient) return log.warn({ cid: err.cid, err, tls_failure: tlsFailure }, 'smtp connection error');
     // The implicit-TLS listener's errors carry the address in meta only, and no cid (no session was made).
     const remote = err.remoteAddress ?? err.meta?.remoteAddress;
-    log.info({ cid: err.cid, remote, code: err.code, reason: err.reason ?? err.message.trim(), stage: err.meta?.stage }, 'smtp client connection failed');
+    log.info({ cid: err.cid, remote, code: err.code, reason: err.reason ?? err.message.trim(), stage: err.meta?.stage, tls_failure: tlsFailure }, 'smtp client connection failed');
   }
 
   /** The reply for a recipient routing refused, counted and logged. */
@@ -238,6 +243,12 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       counted.set(session.id, ip);
       metrics.smtpConnections.inc();
       log.debug({ cid: session.id, remote: ip }, 'smtp connect');
+      callback();
+    },
+    // Called once a session's TLS handshake succeeded (after STARTTLS, or on the implicit-TLS listener once the
+    // session was let in); failures reach connectionError.
+    onSecure(_socket, _session, callback) {
+      metrics.tlsHandshakes.inc({ result: 'ok' });
       callback();
     },
     onClose(session) {
