@@ -10,7 +10,7 @@ import { decodeJwt, decodeProtectedHeader, jwtVerify, SignJWT } from 'jose';
 import { startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import { RawSmtp } from '../helpers/smtp-client.js';
 import { parseHeaderFields, headerSection } from '../../src/parse/automatic.js';
-import { classifyGitlabStatus, gitlabBody, IAT_BACKDATE_SECONDS, mailroomToken, newlineOf, rfc5322Date, traceFields } from '../../src/delivery/formats/gitlab.js';
+import { classifyGitlabStatus, gitlabAddress, gitlabBody, IAT_BACKDATE_SECONDS, mailroomToken, newlineOf, rfc5322Date, traceFields } from '../../src/delivery/formats/gitlab.js';
 import { loadConfigText } from '../../src/config/load.js';
 import type { ConfigError } from '../../src/core/errors.js';
 
@@ -306,6 +306,26 @@ test('trace fields: bare-LF messages get bare LF, IPv6 and mapped IPv4 literals,
     hostname: 'h',
   });
   assert.equal(relayed.toString(), 'Delivered-To: a@b\r\nReceived: from postfix.test ([127.0.0.1])\r\n\tby h (mailhook) with ESMTP id m3\r\n\tfor <a@b>; Thu, 1 Jan 1970 00:00:00 +0000\r\nS: x\r\n\r\nb');
+});
+
+test('trace fields name each recipient as GitLab writes its address: the route pattern\'s case, the key as captured', () => {
+  const patterns = ['incoming+%{key}@Incoming.GitLab.example.com', 'support@gitlab.test', '*@catchall.test'];
+  // GitLab's key_from_address is a case-sensitive whole-value match against the configured address.
+  assert.equal(gitlabAddress({ address: 'INCOMING+Abc-1-issue@incoming.gitlab.EXAMPLE.com', key: 'Abc-1-issue' }, patterns), 'incoming+Abc-1-issue@Incoming.GitLab.example.com');
+  assert.equal(gitlabAddress({ address: 'incoming+a$&b@incoming.gitlab.example.com', key: 'a$&b' }, patterns), 'incoming+a$&b@Incoming.GitLab.example.com');
+  assert.equal(gitlabAddress({ address: 'Support@GitLab.test', key: null }, patterns), 'support@gitlab.test');
+  assert.equal(gitlabAddress({ address: 'Anyone@CatchAll.test', key: null }, patterns), 'Anyone@CatchAll.test');
+  assert.equal(gitlabAddress({ address: 'other+k@elsewhere.test', key: 'k' }, patterns), 'other+k@elsewhere.test');
+  const body = gitlabBody({
+    message: { id: 'm4', receivedAt: 0, source: 'smtp', envelope: { mailFrom: 'a@b', rcptTo: [], remoteAddress: null, helo: null, tls: null }, size: 0, dedupeKey: null, meta: null },
+    delivery: { recipients: [{ address: 'Incoming+k1@INCOMING.gitlab.example.com', key: 'k1' }] } as never,
+    route: { addresses: patterns },
+    raw: Buffer.from('S: x\r\n\r\nb'),
+    hostname: 'h',
+  }).toString();
+  assert.match(body, /^Delivered-To: incoming\+k1@Incoming\.GitLab\.example\.com\r\n/);
+  assert.match(body, /\tfor <incoming\+k1@Incoming\.GitLab\.example\.com>;/);
+  assert.equal(gitlabMailKey(Buffer.from(body), 'incoming+%{key}@Incoming.GitLab.example.com'), 'k1');
 });
 
 test('config: GitLab\'s address template as is, its secret file, and the endpoint URL checked', () => {

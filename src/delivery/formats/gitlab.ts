@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Envelope, Recipient } from '../../spool/types.js';
+import { asciiDomain, matchLocalPart, parseAddressTemplate } from '../../routing/template.js';
 import type { Outcome } from '../classify.js';
 import type { FormatContext, PayloadFormat } from './types.js';
 
@@ -78,6 +79,28 @@ export function traceFields(input: {
   return lines.map((l) => l + nl).join('');
 }
 
+/**
+ * A recipient as GitLab writes its address: the route's pattern as configured (GitLab's incoming_email or
+ * service_desk_email address, pasted as is) with the captured key in place of %{key}. GitLab finds the key with a
+ * case-sensitive match of the whole value against that address (Gitlab::IncomingEmail.key_from_address), so
+ * "Incoming+key@Gitlab.Example.com" as a sender typed it would name no key; the literal parts' case is taken from
+ * the pattern, the key's is kept. A recipient no pattern of the route matches stays as received.
+ */
+export function gitlabAddress(recipient: Recipient, patterns: readonly string[]): string {
+  const at = recipient.address.lastIndexOf('@');
+  if (at <= 0) return recipient.address;
+  const local = recipient.address.slice(0, at);
+  const domain = asciiDomain(recipient.address.slice(at + 1));
+  for (const source of patterns) {
+    const parsed = parseAddressTemplate(source);
+    if (!parsed.ok || parsed.template.domain !== domain) continue;
+    const t = parsed.template;
+    if (t.kind === 'key' && recipient.key !== null && matchLocalPart(t, local) === recipient.key) return source.replace('%{key}', () => recipient.key!);
+    if (t.kind === 'exact' && matchLocalPart(t, local) === '') return source;
+  }
+  return recipient.address;
+}
+
 /** meta.relay as the SMTP service records it (smtp/xforward.ts TransactionClient.relay); null when absent or not that shape. */
 function relayOf(meta: Record<string, unknown> | null | undefined): { address: string; helo: string | null } | null {
   const r = meta?.relay as { address?: unknown; helo?: unknown } | undefined;
@@ -92,11 +115,12 @@ export function newlineOf(raw: Buffer): string {
 }
 
 /** The message as GitLab receives it from mail_room: trace fields, then the bytes as received. */
-export function gitlabBody(ctx: Pick<FormatContext, 'message' | 'delivery' | 'raw' | 'hostname'>): Buffer {
+export function gitlabBody(ctx: Pick<FormatContext, 'message' | 'delivery' | 'raw' | 'hostname'> & { route?: Pick<FormatContext['route'], 'addresses'> }): Buffer {
   const m = ctx.message;
+  const patterns = ctx.route?.addresses ?? [];
   const trace = traceFields({
     envelope: m.envelope,
-    recipients: ctx.delivery.recipients,
+    recipients: ctx.delivery.recipients.map((r) => ({ ...r, address: gitlabAddress(r, patterns) })),
     messageId: m.id,
     receivedAt: m.receivedAt,
     source: m.source,
