@@ -141,7 +141,7 @@ export function classifyGitlabStatus(status: number): Outcome | undefined {
       kind: 'dead',
       loud: true,
       reason:
-        "HTTP 401: GitLab refused the request: the route's secret is not the one in GitLab's secret file for this mailbox, the mailbox type at the end of the URL is not enabled in gitlab.rb, or the clocks differ by more than 5 minutes",
+        "HTTP 401: GitLab refused the request: the route's secret is not the one in GitLab's secret file for this mailbox (mailhook reads it at start-up: after GitLab's secret changed, restart mailhook, then replay the dead-lettered deliveries), the mailbox type at the end of the URL is not enabled in gitlab.rb, or the clocks differ by more than 5 minutes",
     };
   }
   if (status === 400) return { kind: 'dead', reason: 'HTTP 400: GitLab refused the message as too large for its job queue' };
