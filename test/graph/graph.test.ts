@@ -418,3 +418,27 @@ test('claim none: a listed message whose $value answers 404 once is taken on the
   }
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
+
+test('a $value that breaks off part-way (Graph resets the connection) is passed over, not stored cut short, and does not stop later mail', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const cut = g.add(message('cut', { to: 'desk@in.test', messageId: 'cut@x', body: 'x'.repeat(200_000) }));
+  g.messages.get(cut)!.cutValueAt = 50_000;
+  const later = g.add(message('later', { to: 'desk@in.test', messageId: 'later@x' }));
+  const app = await start([graphYaml('g-cut')]);
+  try {
+    await until(() => g.messages.get(later)?.isRead === true, 10_000, 'the message after the cut one taken');
+    assert.equal(count(app.spool.db), 1, 'the cut message was not stored');
+    assert.equal(g.messages.get(cut)?.isRead, false);
+    const err = inbox(app).status.lastError;
+    assert.equal(err?.kind, 'server');
+    assert.match(err?.message ?? '', /\$value of message \S+ broke off after 50000 bytes/);
+    assert.ok(inbox(app).status.healthy, 'one broken message does not make the mailbox unhealthy');
+    delete g.messages.get(cut)!.cutValueAt;
+    await until(() => g.messages.get(cut)?.isRead === true, 10_000, 'taken whole once Graph sends it whole');
+    const stored = app.spool.db.prepare(`SELECT size FROM messages WHERE json_extract(meta, '$.messageId') = 'cut@x'`).pluck().get() as number;
+    assert.equal(stored, g.messages.get(cut)!.raw.length);
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});

@@ -17,6 +17,11 @@ export interface GraphMessage {
   isRead: boolean;
   receivedDateTime: string;
   internetMessageId: string;
+  /**
+   * Its $value is cut off after this many bytes (the connection then reset), wherever it is moved: Graph does so
+   * for some large messages ("Unable to read data from the transport connection" past about 25 MB).
+   */
+  cutValueAt?: number;
 }
 
 export interface GraphRequest {
@@ -50,6 +55,12 @@ export class GraphStandin {
   private expiredThrough = -1;
   private throttles: Array<{ status: number; retryAfter: string | undefined; match: (method: string, path: string) => boolean }> = [];
   private failures: Array<{ status: number; match: (method: string, path: string) => boolean }> = [];
+  /**
+   * What the application may do: 'Mail.ReadWrite' (all), 'Mail.Read' (reads only: PATCH, DELETE and move answer 403
+   * ErrorAccessDenied, as Graph does for a missing permission), or 'policy' (an application access policy that
+   * excludes the mailbox: every request answers 403 ErrorAccessDenied).
+   */
+  permission: 'Mail.ReadWrite' | 'Mail.Read' | 'policy' = 'Mail.ReadWrite';
   /** folders created through POST mailFolders: id → displayName */
   readonly folders = new Map<string, string>();
   private server: Server | undefined;
@@ -136,6 +147,11 @@ export class GraphStandin {
     if (!this.oauth.isValid(auth)) {
       record(401);
       return json(res, 401, { error: { code: 'InvalidAuthenticationToken', message: 'Access token has expired or is not yet valid.' } }, { 'www-authenticate': 'Bearer' });
+    }
+    if (this.permission === 'policy' || (this.permission === 'Mail.Read' && method !== 'GET')) {
+      record(403);
+      const message = this.permission === 'policy' ? 'Access to OData is disabled: Blocked by tenant configured AppOnly AccessPolicy settings.' : 'Access is denied. Check credentials and try again.';
+      return json(res, 403, { error: { code: 'ErrorAccessDenied', message } });
     }
     const t = this.throttles.findIndex((x) => x.match(method, path));
     if (t >= 0) {
@@ -224,6 +240,12 @@ export class GraphStandin {
       if (method === 'GET' && m[2] === '/$value') {
         record(200);
         res.writeHead(200, { 'content-type': 'text/plain' });
+        const cut = msg.cutValueAt;
+        if (cut !== undefined) {
+          // Chunked, part of the message, then the connection reset: the client sees the body end in an error.
+          res.write(msg.raw.subarray(0, cut));
+          return void setTimeout(() => res.socket?.destroy(), 20);
+        }
         return void res.end(msg.raw);
       }
       if (method === 'PATCH' && !m[2]) {

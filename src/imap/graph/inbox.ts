@@ -302,11 +302,37 @@ export class GraphInbox {
       if (this.s.claim !== 'move') throw new MailboxError('MAILBOX_SERVER', `message ${id} was listed but could not be read (404); the pass is repeated`);
       return; // our claimed copy, deleted meanwhile
     }
-    const { header, body } = await peekHeaders(res.body as AsyncIterable<Buffer>, MAX_HEADER_BYTES);
+    // Graph cuts some $value answers off part-way (the connection reset; for messages of some 25 MB and more, every
+    // time): that is this message's failure, passed over like an error status, not one that ends every pass here
+    // (with claim none the mailbox stalled at such a message, shown as a 'protocol' error 'cannot store the message').
+    const read = { bytes: 0, error: undefined as unknown };
+    const cutOff = () => new MailboxError('MAILBOX_SERVER', `Graph GET /$value of message ${id} broke off after ${read.bytes} bytes (${(read.error as Error)?.message ?? read.error}); it is tried again in the next pass`, { cause: read.error });
+    async function* counted(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+      try {
+        for await (const chunk of source) {
+          read.bytes += chunk.length;
+          yield chunk;
+        }
+      } catch (err) {
+        read.error = err;
+        throw err;
+      }
+    }
+    let peeked: Awaited<ReturnType<typeof peekHeaders>>;
+    try {
+      peeked = await peekHeaders(counted(res.body as AsyncIterable<Buffer>), MAX_HEADER_BYTES);
+    } catch (err) {
+      throw read.error !== undefined && !this.stopping ? cutOff() : err;
+    }
+    const { header, body } = peeked;
     const plan = this.deps.ingest.plan(header);
     if (plan.kind === 'unmatched') {
-      for await (const _ of body) {
-        /* discard */
+      try {
+        for await (const _ of body) {
+          /* discard */
+        }
+      } catch (err) {
+        throw read.error !== undefined && !this.stopping ? cutOff() : err;
       }
       this.deps.ingest.count('unmatched');
       this.deps.log.warn({ ...log, messageId: plan.messageId, candidates: plan.candidates.slice(0, 5) }, 'no route accepts any recipient of this message');
@@ -318,6 +344,7 @@ export class GraphInbox {
       const result = await this.deps.ingest.accept(plan, body, key, { graphId: id });
       this.deps.log.info({ ...log, msgId: result.id, duplicate: result.duplicate, route: plan.deliveries[0]?.route, header: plan.header, size: result.size }, 'message accepted');
     } catch (err) {
+      if (read.error !== undefined && !this.stopping) throw cutOff();
       if (err instanceof MailhookError && err.code === 'MESSAGE_TOO_LARGE') {
         await this.leave(id, ident);
         this.deps.ingest.count('too_large');
