@@ -442,3 +442,24 @@ test('a $value that breaks off part-way (Graph resets the connection) is passed 
   }
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
+
+test('stop is not held by a token endpoint that hangs', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const app = await start([graphYaml('g-hang')]);
+  try {
+    await until(() => inbox(app).status.state === 'polling', 5000, 'the first pass');
+    g.oauth.revokeAll(); // the next request answers 401 and a new token is asked for
+    g.oauth.overrides.push('hang');
+    const asked = g.oauth.tokenRequests.length;
+    inbox(app).poke();
+    await until(() => g.oauth.tokenRequests.length > asked, 5000, 'the token request');
+    const t0 = Date.now();
+    await inbox(app).stop(200);
+    const took = Date.now() - t0;
+    assert.ok(took < 3000, `stop took ${took} ms with a grace of 200 ms`);
+    assert.equal(inbox(app).status.state, 'stopped');
+  } finally {
+    g.oauth.overrides.length = 0;
+    await app.close();
+  }
+});

@@ -29,6 +29,11 @@ export class OAuthStandin {
   expiresIn = 3600;
   /** issue a new refresh token with each refresh (Google may; RFC 6749 §6 allows it) */
   rotateRefreshTokens = false;
+  /**
+   * Answers the token endpoint gives instead of its own, in turn (then its own again): 'hang' never answers; an object
+   * is sent as is (status, content type, body: an HTML error page from a proxy, an AADSTS error, …).
+   */
+  readonly overrides: Array<'hang' | { status: number; contentType: string; body: string }> = [];
   private readonly tokens = new Map<string, { username: string; expiresAt: number }>();
   private server: Server | undefined;
   port = 0;
@@ -78,6 +83,13 @@ export class OAuthStandin {
     const grant = form.get('grant_type') ?? '';
     const clientId = form.get('client_id') ?? '';
     this.tokenRequests.push({ path, grant, clientId, scope: form.get('scope') ?? undefined, at: Date.now() });
+    const override = this.overrides.shift();
+    if (override === 'hang') return true;
+    if (override) {
+      res.writeHead(override.status, { 'content-type': override.contentType });
+      res.end(override.body);
+      return true;
+    }
     const client = this.clients.find((c) => c.clientId === clientId);
     const fail = (status: number, error: string, description: string) => json(res, status, { error, error_description: description });
     if (grant === 'client_credentials') {

@@ -2,6 +2,7 @@
 // after Retry-After (capped), one retry with a fresh token on 401, and errors mapped onto MailboxError.
 import { request, type Dispatcher } from 'undici';
 import type { Clock } from '../../core/clock.js';
+import { untilAborted } from '../../core/lifecycle.js';
 import { retryAfterMs } from '../backoff.js';
 import { MailboxError } from '../errors.js';
 import type { TokenProvider } from '../oauth.js';
@@ -57,7 +58,8 @@ export class GraphClient {
     const maxRetries = this.deps.maxThrottleRetries ?? 5;
     let refreshed = false;
     for (let attempt = 0; ; attempt++) {
-      const token = await this.deps.tokens.token();
+      // The token request has its own timeouts but no signal: a token endpoint that hangs held stop() for them (30 s).
+      const token = await untilAborted(this.deps.tokens.token(), this.deps.signal);
       let res: Dispatcher.ResponseData;
       try {
         res = await request(url, {
