@@ -88,6 +88,7 @@ export class OAuthTokenProvider implements TokenProvider {
     const started = this.deps.clock.now();
     let status: number;
     let text: string;
+    let contentType = '';
     try {
       const res = await request(s.tokenUrl, {
         method: 'POST',
@@ -98,6 +99,7 @@ export class OAuthTokenProvider implements TokenProvider {
         bodyTimeout: REQUEST_TIMEOUT_MS,
       });
       status = res.statusCode;
+      contentType = String(res.headers['content-type'] ?? '').split(';')[0]!.trim();
       text = await res.body.text();
     } catch (err) {
       throw new MailboxError('OAUTH_TOKEN_FAILED', `cannot reach the token endpoint ${endpointOf(s.tokenUrl)}: ${(err as Error).message}`, { cause: err, userFault: false });
@@ -109,8 +111,15 @@ export class OAuthTokenProvider implements TokenProvider {
       /* not JSON: reported below */
     }
     if (status !== 200 || typeof body.access_token !== 'string') {
-      // RFC 6749 §5.2 error response: error and error_description name the problem (never a secret).
-      const why = typeof body.error === 'string' ? `${body.error}${typeof body.error_description === 'string' ? `: ${body.error_description.split('\n')[0]}` : ''}` : `HTTP ${status}`;
+      if (typeof body.error !== 'string') {
+        // Not an RFC 6749 answer at all (an HTML error page, a proxy's login page): no refusal of the credentials,
+        // so not "check the secret" — the endpoint failed, or something else answered in its place.
+        const what = `HTTP ${status}${contentType ? `, ${contentType}` : ''}`;
+        throw new MailboxError('OAUTH_TOKEN_FAILED', status >= 500 ? `the token endpoint ${endpointOf(s.tokenUrl)} failed (${what}); tried again after a pause` : `the token endpoint ${endpointOf(s.tokenUrl)} answered without a token or an OAuth error (${what}); check that it is the token endpoint (azure_ad_endpoint, token_url) and that no proxy answers in its place`, { userFault: status >= 400 && status < 500 });
+      }
+      // RFC 6749 §5.2 error response: error and error_description name the problem (never a secret). Microsoft's
+      // descriptions go on over CRLF lines (Trace ID, Correlation ID, Timestamp): the first line, without its CR.
+      const why = `${body.error}${typeof body.error_description === 'string' ? `: ${body.error_description.split(/\r?\n/)[0]!.trim()}` : ''}`;
       throw new MailboxError('OAUTH_TOKEN_FAILED', `the token endpoint ${endpointOf(s.tokenUrl)} refused the ${s.grant} grant (${why}); check client_id, the secret${s.grant === 'refresh_token' ? ', the refresh token' : ''} and the scope`, {
         userFault: status >= 400 && status < 500,
       });

@@ -175,3 +175,39 @@ test('refusals and unreachable endpoints become OAUTH_TOKEN_FAILED without the s
   const queried = new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: `${as.tokenUrl()}?tenant_key=InTheQuery`, clientId: 'app', clientSecret: new Secret('not-the-secret'), refreshToken: undefined, scope: undefined }, { clock });
   await assert.rejects(queried.token(), (err: unknown) => err instanceof MailboxError && /refused the client_credentials grant/.test(err.message) && !err.message.includes('InTheQuery'));
 });
+
+test('an answer that is no OAuth answer (an HTML error or proxy page) is not called a refusal; a Microsoft description is cut at its first line, CR included', async () => {
+  const clock = clockAt(Date.now());
+  const provider = () => new OAuthTokenProvider({ grant: 'client_credentials', tokenUrl: as.tokenUrl(), clientId: 'app', clientSecret: new Secret('app-secret'), refreshToken: undefined, scope: undefined }, { clock });
+  const html = (status: number) => ({ status, contentType: 'text/html; charset=utf-8', body: '<html><body>Bad Gateway</body></html>' });
+  as.overrides.push(html(502), html(200), html(404), {
+    status: 401,
+    contentType: 'application/json',
+    body: JSON.stringify({ error: 'invalid_client', error_description: "AADSTS7000222: The provided client secret keys for app 'a1' are expired.\r\nTrace ID: 1\r\nCorrelation ID: 2\r\nTimestamp: 2025-01-01 00:00:00Z" }),
+  });
+  try {
+    const failure = async () => {
+      try {
+        await provider().token();
+      } catch (err) {
+        assert.ok(err instanceof MailboxError && err.code === 'OAUTH_TOKEN_FAILED');
+        return err;
+      }
+      throw new Error('a token was issued');
+    };
+    const down = await failure();
+    assert.match(down.message, /token endpoint \S+ failed \(HTTP 502, text\/html\); tried again after a pause$/);
+    assert.equal(down.userFault, false);
+    const proxy = await failure();
+    assert.match(proxy.message, /answered without a token or an OAuth error \(HTTP 200, text\/html\); check that it is the token endpoint/);
+    assert.doesNotMatch(proxy.message, /refused|the secret/);
+    const wrongUrl = await failure();
+    assert.match(wrongUrl.message, /\(HTTP 404, text\/html\)/);
+    assert.equal(wrongUrl.userFault, true);
+    const expired = await failure();
+    assert.match(expired.message, /refused the client_credentials grant \(invalid_client: AADSTS7000222: The provided client secret keys for app 'a1' are expired\.\); check client_id/);
+    assert.ok(!/[\r\n]/.test(expired.message), 'no CR or LF in the message (a CR sends a terminal back to the line start)');
+  } finally {
+    as.overrides.length = 0;
+  }
+});
