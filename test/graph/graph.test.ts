@@ -463,3 +463,30 @@ test('stop is not held by a token endpoint that hangs', async () => {
     await app.close();
   }
 });
+
+test('403 ErrorAccessDenied names the permission to grant; once granted the mailbox recovers without a restart', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const id = g.add(message('perm', { to: 'desk@in.test', messageId: 'perm@x' }));
+  g.permission = 'Mail.Read';
+  const app = await start([graphYaml('g-perm')]);
+  try {
+    // Mail.Read: read and stored, but marking it read is refused.
+    await until(() => /PATCH/.test(inbox(app).status.lastError?.message ?? ''), 10_000, 'the refused PATCH');
+    const readOnly = inbox(app).status.lastError!;
+    assert.equal(readOnly.kind, 'auth');
+    assert.match(readOnly.message, /answered 403: ErrorAccessDenied Access is denied\. Check credentials and try again\.; reading is allowed but changing is not: the application needs Mail\.ReadWrite, not only Mail\.Read/);
+    assert.equal(count(app.spool.db), 1);
+    // An application access policy that leaves the mailbox out refuses the reads too.
+    g.permission = 'policy';
+    await until(() => /GET .*403/.test(inbox(app).status.lastError?.message ?? ''), 10_000, 'the refused read');
+    assert.match(inbox(app).status.lastError!.message, /AppOnly AccessPolicy settings\.; the application needs the Mail\.ReadWrite application permission \(admin consent granted\), and an application access policy, if the tenant has one, must include this mailbox/);
+    assert.equal(inbox(app).status.state, 'backoff');
+    g.permission = 'Mail.ReadWrite';
+    await until(() => g.messages.get(id)?.isRead === true, 10_000, 'marked read once the permission is granted');
+    assert.equal(count(app.spool.db), 1);
+  } finally {
+    g.permission = 'Mail.ReadWrite';
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});

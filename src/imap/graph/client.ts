@@ -113,9 +113,19 @@ function graphError(method: string, url: string, status: number, text: string): 
   let detail = '';
   try {
     const body = JSON.parse(text) as { error?: { code?: string; message?: string } };
-    if (body.error) detail = `: ${body.error.code ?? ''}${body.error.message ? ` ${body.error.message.split('\n')[0]}` : ''}`;
+    if (body.error) detail = `: ${body.error.code ?? ''}${body.error.message ? ` ${body.error.message.split(/\r?\n/)[0]!.trim()}` : ''}`;
   } catch {
     /* not JSON */
+  }
+  // Graph's 403 says "Access is denied. Check credentials and try again.": say which permission. Reads refused: no
+  // Mail.ReadWrite (or Mail.Read) granted, or an application access policy leaves this mailbox out; only changes
+  // refused: Mail.Read granted where Mail.ReadWrite is needed. (Each failed pass fetches a new token, which carries
+  // permissions granted meanwhile.)
+  if (status === 403) {
+    detail +=
+      method === 'GET'
+        ? '; the application needs the Mail.ReadWrite application permission (admin consent granted), and an application access policy, if the tenant has one, must include this mailbox'
+        : '; reading is allowed but changing is not: the application needs Mail.ReadWrite, not only Mail.Read (application permission, admin consent granted)';
   }
   const code = status === 401 || status === 403 ? 'MAILBOX_AUTH_FAILED' : status === 404 ? 'MAILBOX_NOT_FOUND' : 'MAILBOX_SERVER';
   return new MailboxError(code, `Graph ${method} ${pathOf(url)} answered ${status}${detail}`, { userFault: status === 401 || status === 403 || status === 404 });
