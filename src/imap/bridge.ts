@@ -3,7 +3,7 @@
 // to the spool, and only then flag, move or delete them; IDLE
 // (restarted every idle_timeout) or polling for news; every failure ends the session and reconnects with
 // capped, jittered backoff — nothing here throws out to the process.
-import { waitWithGrace } from '../core/lifecycle.js';
+import { untilAborted, waitWithGrace } from '../core/lifecycle.js';
 import { ImapFlow, type FetchMessageObject, type MailboxObject } from 'imapflow';
 import { isIP } from 'node:net';
 import { Readable } from 'node:stream';
@@ -54,6 +54,8 @@ export class ImapBridge {
   private readonly s: ImapMailboxSettings;
   private readonly log: Logger;
   private stopping = false;
+  /** aborted when stop()'s grace runs out: ends waits that no connection close reaches (a token request) */
+  private readonly abort = new AbortController();
   private loop: Promise<void> | undefined;
   private client: ImapFlow | undefined;
   private waiter: (() => void) | undefined;
@@ -114,6 +116,7 @@ export class ImapBridge {
     const result = await waitWithGrace(this.loop, graceMs);
     if (result === 'timeout') {
       this.log.warn({ mailbox: this.s.name }, 'mailbox still busy at shutdown; closing its connection (unmarked messages are fetched again next start)');
+      this.abort.abort();
       this.client?.close();
       await this.loop;
     }
@@ -176,7 +179,7 @@ export class ImapBridge {
     let closed = false;
     let sessionError: unknown;
     if (s.auth.kind === 'password') this.reread(s.auth.password, 'password_file');
-    const auth = s.auth.kind === 'password' ? { user: s.user, pass: s.auth.password.reveal() } : { user: s.user, accessToken: await this.requireTokens().token() };
+    const auth = s.auth.kind === 'password' ? { user: s.user, pass: s.auth.password.reveal() } : { user: s.user, accessToken: await untilAborted(this.requireTokens().token(), this.abort.signal) };
     const client = new ImapFlow({
       host: s.host,
       port: s.port,

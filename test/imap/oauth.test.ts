@@ -1,12 +1,14 @@
 // OAuth2 token providers against the local stand-in token endpoint: caching, refresh before expiry, single
-// flight, refresh-token rotation, and errors that name the problem but never the secret.
+// flight, refresh-token rotation, errors that name the problem but never the secret, and a bridge's stop() while
+// its token request hangs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { OAuthTokenProvider, refreshMargin, RENEW_RETRY_MS } from '../../src/imap/oauth.js';
-import { tempDir, until } from '../helpers/app.js';
+import { startTestApp, tempDir, until } from '../helpers/app.js';
+import { imapBlock, routesYaml } from './setup.js';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -209,5 +211,35 @@ test('an answer that is no OAuth answer (an HTML error or proxy page) is not cal
     assert.ok(!/[\r\n]/.test(expired.message), 'no CR or LF in the message (a CR sends a terminal back to the line start)');
   } finally {
     as.overrides.length = 0;
+  }
+});
+
+test('IMAP with XOAUTH2: stop() is not held by a token endpoint that hangs', async () => {
+  as.clients.push({ clientId: 'hang-app', clientSecret: 'hang-secret', username: 'box' });
+  as.overrides.push('hang');
+  // The token is asked for before connecting: the server (port 9, nothing there) is never reached.
+  const yaml = imapBlock(`
+  - name: hangs
+    host: 127.0.0.1
+    port: 9
+    ssl: false
+    user: box
+    oauth2:
+      grant: client_credentials
+      token_url: ${as.url}/token
+      client_id: hang-app
+      client_secret: hang-secret
+`);
+  const app = await startTestApp({ routes: routesYaml('http://127.0.0.1:9/unused'), extra: yaml });
+  try {
+    await until(() => as.tokenRequests.some((r) => r.clientId === 'hang-app'), 5000, 'the token request');
+    const t0 = Date.now();
+    await app.mailboxes.bridges[0]!.stop(200);
+    const took = Date.now() - t0;
+    assert.ok(took < 3000, `stop took ${took} ms with a grace of 200 ms`);
+    assert.equal(app.mailboxes.bridges[0]!.status.state, 'stopped');
+  } finally {
+    as.overrides.length = 0;
+    await app.close();
   }
 });
