@@ -7,6 +7,8 @@ import { GraphStandin } from '../helpers/graph-standin.js';
 import { startTestApp, tempDir, until, type TestApp } from '../helpers/app.js';
 import type { GraphInbox } from '../../src/imap/graph/inbox.js';
 import { count, message, routesYaml } from '../imap/setup.js';
+import { MailhookError } from '../../src/core/errors.js';
+import type { MailboxIngest } from '../../src/imap/ingest.js';
 
 let g: GraphStandin;
 before(async () => {
@@ -486,6 +488,34 @@ test('403 ErrorAccessDenied names the permission to grant; once granted the mail
     assert.equal(count(app.spool.db), 1);
   } finally {
     g.permission = 'Mail.ReadWrite';
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('a spool that cannot take the message shows as a spool error (it said protocol); the message stays unread and is taken later', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const app = await start([graphYaml('g-spool')]);
+  try {
+    await until(() => inbox(app).status.state === 'polling', 5000, 'the first pass');
+    const ingest = (inbox(app) as unknown as { deps: { ingest: MailboxIngest } }).deps.ingest;
+    const accept = ingest.accept.bind(ingest);
+    ingest.accept = async (_plan, body) => {
+      for await (const _ of body) {
+        /* the disk is full */
+      }
+      throw new MailhookError('SPOOL_UNAVAILABLE', 'cannot store the message: ENOSPC');
+    };
+    const id = g.add(message('full', { to: 'desk@in.test', messageId: 'full@x' }));
+    inbox(app).poke();
+    await until(() => inbox(app).status.lastError, 5000, 'the failure');
+    assert.deepEqual({ ...inbox(app).status.lastError, at: 0 }, { kind: 'spool', code: 'MAILBOX_SPOOL', message: 'the spool could not take the message: cannot store the message: ENOSPC', at: 0 });
+    assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_errors_total\{mailbox="g-spool",kind="spool"\} [1-9]/m);
+    assert.equal(g.messages.get(id)?.isRead, false);
+    ingest.accept = accept;
+    await until(() => g.messages.get(id)?.isRead === true, 10_000, 'taken once the spool takes it');
+    assert.equal(count(app.spool.db), 1);
+  } finally {
     await app.close();
   }
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);

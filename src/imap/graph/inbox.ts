@@ -359,6 +359,9 @@ export class GraphInbox {
         this.deps.log.warn({ ...log, reason, messageId: plan.messageId }, `message refused by smtp.limits (${reason}); left in the mailbox`);
         return;
       }
+      // The spool's own failure (a full disk, the spool closing): kind 'spool', as the IMAP bridge reports it (it
+      // was 'protocol' here); it ends the pass.
+      if (err instanceof MailhookError) throw new MailboxError('MAILBOX_SPOOL', `the spool could not take the message: ${err.message}`, { cause: err });
       throw err;
     }
     await this.afterDelivery(id);
