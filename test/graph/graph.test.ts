@@ -520,3 +520,30 @@ test('a spool that cannot take the message shows as a spool error (it said proto
   }
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
+
+test('stop during a $value download that hangs: returns after the grace, nothing stored; the next start takes the message', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const dir = tempDir();
+  const id = g.add(message('stall', { to: 'desk@in.test', messageId: 'stall@x', body: 'y'.repeat(300_000) }));
+  g.messages.get(id)!.stallValueAt = 100_000;
+  const app = await start([graphYaml('g-stall')], dir);
+  try {
+    await until(() => g.requests.some((r) => r.path.endsWith('/$value') && r.path.includes(encodeURIComponent(id))), 5000, 'the download under way');
+    const t0 = Date.now();
+    await inbox(app).stop(300);
+    assert.ok(Date.now() - t0 < 3000, `stop took ${Date.now() - t0} ms with a grace of 300 ms`);
+    assert.equal(count(app.spool.db), 0, 'nothing stored cut short');
+  } finally {
+    await app.close();
+  }
+  delete g.messages.get(id)!.stallValueAt;
+  const again = await start([graphYaml('g-stall')], dir);
+  try {
+    await until(() => g.messages.get(id)?.isRead === true, 10_000, 'taken after the restart');
+    assert.equal(count(again.spool.db), 1);
+  } finally {
+    await again.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});

@@ -22,6 +22,8 @@ export interface GraphMessage {
    * for some large messages ("Unable to read data from the transport connection" past about 25 MB).
    */
   cutValueAt?: number;
+  /** Its $value stops after this many bytes and never goes on (a download that hangs), the connection held open. */
+  stallValueAt?: number;
 }
 
 export interface GraphRequest {
@@ -240,6 +242,7 @@ export class GraphStandin {
       if (method === 'GET' && m[2] === '/$value') {
         record(200);
         res.writeHead(200, { 'content-type': 'text/plain' });
+        if (msg.stallValueAt !== undefined) return void res.write(msg.raw.subarray(0, msg.stallValueAt));
         const cut = msg.cutValueAt;
         if (cut !== undefined) {
           // Chunked, part of the message, then the connection reset: the client sees the body end in an error.
