@@ -183,6 +183,23 @@ test('429 and 503 are retried after Retry-After; a failed PATCH leaves the messa
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('a Retry-After of a day (a proxy\'s, a misread date) is taken as an hour: the mailbox backs off, shows when it tries again, and is not left unread for the day', async () => {
+  const app = await start([graphYaml('g-long-throttle')]);
+  try {
+    await until(() => inbox(app).status.state === 'polling', 5000, 'the first pass');
+    g.throttle(1, 429, '86400', (m, p) => m === 'GET' && p.endsWith('/$value'));
+    g.add(message('lt1', { to: 'desk@in.test', messageId: 'lt1@x' }));
+    await until(() => inbox(app).status.state === 'backoff', 10_000, 'the pass to end in backoff');
+    const wait = inbox(app).status.nextAttemptAt! - Date.now();
+    assert.ok(wait > 3_500_000 && wait <= 3_600_000, `next attempt in ${wait} ms`);
+    assert.match(inbox(app).status.lastError?.message ?? '', /answered 429 with Retry-After 3600 s/);
+    assert.equal(count(app.spool.db), 0);
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('client credentials for the Graph scope; a revoked token is replaced; a wrong user shows as not_found', async () => {
   const app = await start([graphYaml('g-token'), graphYaml('g-nouser', { user: 'nobody@corp.test' })]);
   try {

@@ -28,6 +28,11 @@ export interface GraphResponse {
 }
 
 const REQUEST_TIMEOUT_MS = 60_000;
+/**
+ * The longest Retry-After believed: Graph asks for seconds to minutes; a longer ask (a proxy's, a misread date)
+ * would leave the mailbox unread for as long, so it is taken as an hour (the mailbox shows backoff and when next).
+ */
+export const MAX_RETRY_AFTER_MS = 3_600_000;
 const THROTTLED = new Set([429, 503, 504]);
 
 export class GraphClient {
@@ -84,7 +89,7 @@ export class GraphClient {
       }
       if (THROTTLED.has(res.statusCode)) {
         const header = res.headers['retry-after'];
-        const asked = retryAfterMs(Array.isArray(header) ? header[0] : header, this.deps.clock.now(), 24 * 3600_000);
+        const asked = retryAfterMs(Array.isArray(header) ? header[0] : header, this.deps.clock.now(), MAX_RETRY_AFTER_MS);
         const wait = asked ?? (this.deps.defaultRetryMs ?? 5000) * 2 ** Math.min(attempt, 5);
         await res.body.dump();
         const cap = this.deps.maxRetryAfterMs ?? 120_000;
