@@ -6,7 +6,8 @@
 # Configuration: a mounted file at /etc/mailhook/mailhook.yaml; secrets and listen addresses from MAILHOOK_* variables
 # (README.md, "Environment variables"). The spool (SQLite database and message files) lives on the volume.
 
-ARG NODE_IMAGE=node:24-bookworm-slim
+# Node 26: the current LTS (Node 24 is in maintenance until April 2028 and works the same; CI runs the suite on both).
+ARG NODE_IMAGE=node:26-trixie-slim
 
 # Production dependencies. better-sqlite3 is native: a prebuilt binary when one matches, else compiled here.
 FROM ${NODE_IMAGE} AS deps
@@ -16,7 +17,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 # --ignore-scripts keeps the package's own "prepare" (a build, without sources here) from running;
-# better-sqlite3 is then compiled here, never taken prebuilt: on Node 24 it must be built against an ObjectWrap
+# better-sqlite3 is then compiled here, never taken prebuilt: on Node 24 and 26 it must be built against an ObjectWrap
 # header without per-object cleanup hooks, or it can abort the process (README, "Known issue"; the script says why).
 # npm's own node-gyp is called directly: `npm rebuild --build-from-source` is a config npm 12 will refuse.
 COPY scripts/objectwrap-compat.sh /tmp/objectwrap-compat.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Works around an abort in better-sqlite3 12 on Node 24 (upstream: WiseLibs/better-sqlite3#1515, closed unfixed;
-# 13.x, which has the fix, does not run on Node 20). Node 24's header-only node::ObjectWrap registers a cleanup
+# Works around an abort in better-sqlite3 12 on Node 24 and 26 (upstream: WiseLibs/better-sqlite3#1515, closed
+# unfixed; 13.x, which has the fix, does not run on Node 20). Their header-only node::ObjectWrap registers a cleanup
 # hook per wrapped object and removes it in the destructor; when V8 collects a Statement from a GC weak callback
 # with no Environment current, that removal hits `Assertion failed: (env) != nullptr` and aborts the process,
 # at shutdown or at any later GC. Node 20's ObjectWrap registers no such hook. The class is compiled into the
