@@ -27,6 +27,8 @@ const INLINE_FETCH_MAX = 1024 * 1024;
 const GROUP_FETCH_BYTES = 8 * 1024 * 1024;
 /** A command that gets no answer in this long means the connection is dead (IDLE can hide that). */
 const COMMAND_TIMEOUT_MS = 60_000;
+/** rounds of one drain that look again at messages left for changing during a batch FETCH (see drain) */
+const CHANGED_ROUNDS = 3;
 
 export interface ImapBridgeDeps {
   settings: ImapMailboxSettings;
@@ -82,6 +84,8 @@ export class ImapBridge {
    * instance's claim and return cause; so each instance looks at such a message once per process.
    */
   private readonly skippedKeys = new Set<string>();
+  /** messages the last round of batches left because they changed while a batch FETCH ran (see drain) */
+  private leftChanged = 0;
   /** UIDs whose FETCH the server refused (NO) in this drain: released and passed over until the next one */
   private readonly passedOver = new Set<number>();
   /** Message-IDs already spooled from this mailbox, loaded when the UIDVALIDITY changed (dedupe fallback) */
@@ -390,7 +394,12 @@ export class ImapBridge {
   /** Works through everything pending, batch by batch, oldest first; returns when only others' claims remain. */
   private async drain(client: ImapFlow, box: MailboxObject): Promise<void> {
     this.passedOver.clear(); // tried again at every drain (each IDLE restart or poll)
+    // Rounds left in this drain for messages a batch left because they changed while its FETCH ran (keyword
+    // claims): looked at again at once rather than at the next new message or IDLE restart, a bounded number of
+    // times so another client that keeps changing one cannot make a busy loop of it.
+    let changedRounds = CHANGED_ROUNDS;
     while (!this.stopping) {
+      this.leftChanged = 0;
       const found = await this.timed(client.search({ seen: false, deleted: false, unKeyword: SKIP_KEYWORD }, { uid: true }), 'SEARCH');
       if (!Array.isArray(found)) throw new MailboxError('MAILBOX_SERVER', `SEARCH in ${this.s.mailbox} failed`);
       const uids = found.filter((u) => !this.skipped.has(u) && !this.passedOver.has(u)).sort((a, b) => a - b);
@@ -412,7 +421,7 @@ export class ImapBridge {
           throw new MailboxError('MAILBOX_SPOOL', `the spool could not take messages: ${(err as Error).message}`, { cause: err });
         }
       }
-      if (!progressed) return;
+      if (!progressed && (this.leftChanged === 0 || changedRounds-- <= 0)) return;
     }
   }
 
@@ -441,9 +450,11 @@ export class ImapBridge {
       }
       // Changed while the FETCH ran (a server that names the UID in its update): its mod-sequence is past the
       // FETCH's snapshot, and counted in the claim's UNCHANGEDSINCE it could let through another instance's claim
-      // of a message the server has not reported yet. Left for a later pass (the next new message, or the IDLE
-      // restart after idle_timeout at the latest; no busy loop while another client keeps changing it).
-      if (this.claimMode === 'keyword' && changed.has(m.uid)) continue;
+      // of a message the server has not reported yet. Left for the drain's next round (see drain).
+      if (this.claimMode === 'keyword' && changed.has(m.uid)) {
+        this.leftChanged++;
+        continue;
+      }
       toClaim.push(m);
     }
     if (reclaimed.length > 0) {

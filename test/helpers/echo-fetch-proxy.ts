@@ -20,10 +20,11 @@ export class EchoFetchProxy {
   /**
    * `bump`: the extra rows for the first `bump` FETCH responses carrying a MODSEQ carry MODSEQ + 1 instead of the same:
    * the message really changed while the FETCH ran (as another session's STORE would make it), not the same state again.
+   * Settable: Infinity makes every message change at every look.
    */
   constructor(
     private readonly targetPort: number,
-    private bump = 0,
+    public bump = 0,
   ) {}
 
   async start(): Promise<this> {

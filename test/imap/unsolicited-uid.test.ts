@@ -30,7 +30,7 @@ const userOf = (claim: Claim, after: After) => `${claim}-${after.replace(':', '-
 describe('unsolicited FETCH updates that carry the UID (a proxy adds one after every FETCH row)', { skip }, () => {
   let dovecot: Dovecot;
   before(async () => {
-    dovecot = await startDovecot({ users: [...cases.map(([c, a]) => userOf(c, a)), 'changed'] });
+    dovecot = await startDovecot({ users: [...cases.map(([c, a]) => userOf(c, a)), 'changed', 'changed-now'] });
   });
   after(async () => {
     await dovecot?.close();
@@ -56,6 +56,38 @@ describe('unsolicited FETCH updates that carry the UID (a proxy adds one after e
       assert.ok(unchangedSince.every((m) => m < proxy.bumped[0]!), `no claim counted the changed MODSEQ ${proxy.bumped[0]}: ${unchangedSince}`);
       assert.equal(count(app.spool.db), 1);
       assert.equal(consumer.requests.length, 1, 'delivered once');
+    } finally {
+      await app.close();
+      await proxy.stop();
+      await consumer.stop();
+    }
+  });
+
+  test('keyword claims: the message left for changing during the batch FETCH is taken in the same drain, not at the next new message or IDLE restart', async () => {
+    const user = 'changed-now';
+    await dovecot.append([message('changed-now-1')], { user });
+    const consumer = await new Consumer().start();
+    const proxy = await new EchoFetchProxy(dovecot.port, 1).start();
+    // idle_timeout 300 s: only another look in the same drain delivers it within the wait below.
+    const app = await startTestApp({
+      routes: routesYaml(consumer.url),
+      extra: imapBlock(mailboxYaml(dovecot, user, { port: proxy.port, claim: 'keyword', after_delivery: 'flag', idle_timeout: 300 })),
+    });
+    try {
+      await consumer.waitFor(1, 15_000);
+      assert.equal(proxy.bumped.length, 1, 'one update claimed a change');
+      assert.equal(count(app.spool.db), 1);
+      assert.equal(consumer.requests.length, 1, 'delivered once');
+      // A message reported changed at every look is looked at a bounded number of times per drain, no busy loop.
+      const batchFetches = () => proxy.commands.filter((c) => /^\S+ UID FETCH \d+ \(UID FLAGS RFC822\.SIZE MODSEQ\)$/i.test(c)).length;
+      const before = batchFetches();
+      const bumpedBefore = proxy.bumped.length;
+      proxy.bump = Number.POSITIVE_INFINITY;
+      await dovecot.append([message('changed-now-2')], { user });
+      await until(() => proxy.bumped.length - bumpedBefore >= 4, 10_000, 'four looks at the ever-changing message');
+      await until(() => app.mailboxes.bridges[0]!.status.state === 'idle', 10_000, 'back in IDLE');
+      assert.equal(batchFetches() - before, 4, `one look and three more rounds: ${JSON.stringify(proxy.commands.slice(-12))}`);
+      assert.equal(consumer.requests.length, 1, 'not taken while it keeps changing');
     } finally {
       await app.close();
       await proxy.stop();
