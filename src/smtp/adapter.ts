@@ -28,6 +28,11 @@ export interface ConnectionHooks {
   onDataTimeout?(remoteAddress: string, cid: string): void;
   /** connections open on every listener (STARTTLS and implicit TLS): maxClients bounds them together */
   connectionCount?(): number;
+  /**
+   * a STARTTLS handshake that ended with no error to report: the client hung up or the idle timeout struck before it
+   * finished (smtp-server reports neither; a handshake that fails with an error reaches the server's 'error' event)
+   */
+  onStartTlsUnfinished?(remoteAddress: string, cid: string, how: 'timeout' | 'closed'): void;
 }
 
 export interface AdapterOptions extends SMTPServerOptions {
@@ -216,6 +221,10 @@ interface ConnState {
   lmtpFailed: boolean;
   /** maxSessionMs: armed at connect, then again every EXPIRED_RECHECK_MS while the expired session is busy */
   sessionTimer: NodeJS.Timeout | null;
+  /** a STARTTLS handshake's failure was reported as an error (see onStartTlsUnfinished) */
+  tlsErrorReported?: boolean;
+  /** the idle timeout struck during a STARTTLS handshake */
+  tlsTimedOut?: boolean;
   /** the session is past maxSessionMs: its next command, or the moment it waits for one, ends it */
   expired: boolean;
 }
@@ -476,10 +485,22 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
       state.dataTimer.unref();
     }
 
+    override _onError(err: Error & { meta?: { stage?: string } }): void {
+      // smtp-server marks a failed handshake's error with stage "connect" (the server counts it by kind).
+      if (this._upgrading && err.meta?.stage === 'connect') stateOf(this).tlsErrorReported = true;
+      super._onError(err);
+    }
+
+    override _onTimeout(): void {
+      if (this._upgrading) stateOf(this).tlsTimedOut = true;
+      super._onTimeout();
+    }
+
     override _onClose(): void {
       const state = states.get(this);
       if (state?.dataTimer) clearTimeout(state.dataTimer);
       if (state?.sessionTimer) clearTimeout(state.sessionTimer);
+      if (!this._closed && this._upgrading && !state?.tlsErrorReported) hooks.onStartTlsUnfinished?.(this.remoteAddress, this.id, state?.tlsTimedOut ? 'timeout' : 'closed');
       super._onClose();
     }
   }

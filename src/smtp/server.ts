@@ -330,6 +330,10 @@ export function createSmtpService(deps: SmtpDeps): SmtpService {
       metrics.messagesRejected.inc({ reason: 'pipelining' });
       log.info({ cid, remote }, 'message content sent before the 354 reply: 554 and disconnect');
     },
+    onStartTlsUnfinished(remote: string, cid: string, how: 'timeout' | 'closed') {
+      metrics.tlsHandshakes.inc({ result: how });
+      log.info({ cid, remote, reason: how === 'timeout' ? 'the STARTTLS handshake did not finish within smtp.socket_timeout_ms' : 'the client hung up during the STARTTLS handshake', tls_failure: how }, 'smtp client connection failed');
+    },
     onDataTimeout(remote: string, cid: string) {
       metrics.messagesRejected.inc({ reason: 'data_timeout' });
       log.info({ cid, remote }, 'DATA slower than smtp.limits.min_data_rate: 421 and disconnect');

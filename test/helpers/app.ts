@@ -96,6 +96,8 @@ export async function until<T>(fn: () => T | undefined | false, timeoutMs = 10_0
   const start = Date.now();
   for (;;) {
     const v = fn();
+    // A promise is always truthy: the wait would end at once (untilAsync is for asynchronous conditions).
+    if (v instanceof Promise) throw new Error(`until() was given an asynchronous condition (${what}); use untilAsync`);
     if (v) return v;
     if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));

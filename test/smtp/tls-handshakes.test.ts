@@ -7,7 +7,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { once } from 'node:events';
 import { createConnection } from 'node:net';
 import { RawSmtp } from '../helpers/smtp-client.js';
-import { tempDir, until, type TestApp } from '../helpers/app.js';
+import { tempDir, until, untilAsync, type TestApp } from '../helpers/app.js';
 import { isHandshakeFailure, tlsFailureKind } from '../../src/smtp/tls-failures.js';
 import { makeCert, opensslMissing, startSmtpApp, startTls } from './support.js';
 
@@ -69,7 +69,7 @@ describe('TLS handshake results', { skip }, () => {
     await starttls({});
     const implicit = tlsConnect({ port: implicitPort, host: '127.0.0.1', rejectUnauthorized: false, servername: 'mx.test' });
     await once(implicit, 'secureConnect');
-    await until(async () => (await counts()).ok === before.ok! + 2, 5000, 'two good handshakes counted');
+    await untilAsync(async () => (await counts()).ok === before.ok! + 2, 5000, 'two good handshakes counted');
     implicit.destroy();
 
     // OpenSSL's client checking the (self-signed) certificate against the system's CAs sends an alert and gives up.
@@ -95,6 +95,34 @@ describe('TLS handshake results', { skip }, () => {
     const after = await counts();
     const moved = Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, v]) => v !== 0));
     assert.deepEqual(moved, { ok: 2, certificate_rejected: 1, protocol_version: 1, no_shared_cipher: 1, not_tls: 1, closed: 1 });
+  });
+});
+
+describe('STARTTLS handshakes that end without an error (smtp-server reports none)', { skip }, () => {
+  test('a client that hangs up after the 220, and one that stalls until socket_timeout_ms, are counted closed and timeout, once each', async () => {
+    const dir = tempDir();
+    const cert = makeCert(join(dir, 'certs'), 'mx');
+    const app = await startSmtpApp({ dir, smtp: `  socket_timeout_ms: 500\n  tls:\n    key_file: ${cert.key}\n    cert_file: ${cert.cert}\n    watch: false` });
+    const count = async (result: string) => Number(new RegExp(`^mailhook_smtp_tls_handshakes_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(await (await fetch(`${app.httpUrl}/metrics`)).text())?.[1]);
+    const failed = () => app.logs.join('').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; tls_failure?: string; cid?: string }).filter((l) => l.msg === 'smtp client connection failed');
+    try {
+      for (const how of ['closed', 'timeout'] as const) {
+        const { smtp } = await RawSmtp.open(app.smtpPort);
+        await smtp.cmd('EHLO client.test');
+        assert.equal((await smtp.cmd('STARTTLS')).code, 220);
+        if (how === 'closed') smtp.destroy();
+        await untilAsync(async () => (await count(how)) === 1, 5000, `the ${how} handshake counted`);
+        smtp.destroy();
+      }
+      await until(() => failed().length === 2, 5000, 'both logged');
+      assert.deepEqual(failed().map((l) => l.tls_failure), ['closed', 'timeout']);
+      assert.ok(failed().every((l) => l.cid), 'each names its session');
+      // Once each, and nothing else counted for them.
+      await new Promise((r) => setTimeout(r, 50));
+      for (const [result, n] of [['closed', 1], ['timeout', 1], ['ok', 0], ['other', 0]] as const) assert.equal(await count(result), n, result);
+    } finally {
+      await app.close();
+    }
   });
 });
 
