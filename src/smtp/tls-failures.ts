@@ -4,11 +4,14 @@
  * What went wrong, as the metric mailhook_smtp_tls_handshakes_total{result} and the log line name it:
  * - protocol_version: the client offered only versions below smtp.tls.min_version (or above what Node knows)
  * - no_shared_cipher: no cipher suite or signature algorithm in common
- * - certificate_rejected: the client refused the certificate mailhook served (unknown CA, expired, wrong name…):
- *   one client's trust store, or the certificate itself when many do
+ * - certificate_rejected: the client refused the certificate mailhook served (unknown CA, expired, wrong name…)
+ *   with a TLS alert: one client's trust store, or the certificate itself when many do (a client that checks it
+ *   after the handshake, as Node's TLS does, and hangs up is no failure here)
  * - not_tls: the client did not speak TLS (plain text or HTTP on the implicit-TLS port)
- * - timeout: the handshake did not finish within smtp.socket_timeout_ms
- * - closed: the client hung up during the handshake (a port scan, a TCP health check)
+ * - timeout: the handshake did not finish within smtp.socket_timeout_ms (implicit-TLS listener only: smtp-server
+ *   reports no error for a STARTTLS handshake that times out)
+ * - closed: the client hung up during the handshake (a port scan, a TCP health check; implicit-TLS listener only,
+ *   for the same reason)
  * - other: anything else OpenSSL reported
  */
 export type TlsFailureKind = 'protocol_version' | 'no_shared_cipher' | 'certificate_rejected' | 'not_tls' | 'timeout' | 'closed' | 'other';
