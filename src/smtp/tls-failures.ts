@@ -8,10 +8,9 @@
  *   with a TLS alert: one client's trust store, or the certificate itself when many do (a client that checks it
  *   after the handshake, as Node's TLS does, and hangs up is no failure here)
  * - not_tls: the client did not speak TLS (plain text or HTTP on the implicit-TLS port)
- * - timeout: the handshake did not finish within smtp.socket_timeout_ms (implicit-TLS listener only: smtp-server
- *   reports no error for a STARTTLS handshake that times out)
- * - closed: the client hung up during the handshake (a port scan, a TCP health check; implicit-TLS listener only,
- *   for the same reason)
+ * - timeout: the handshake did not finish within smtp.socket_timeout_ms
+ * - closed: the client hung up during the handshake (a port scan, a TCP health check)
+ *   (for STARTTLS smtp-server reports neither as an error: the adapter's onStartTlsUnfinished does)
  * - other: anything else OpenSSL reported
  */
 export type TlsFailureKind = 'protocol_version' | 'no_shared_cipher' | 'certificate_rejected' | 'not_tls' | 'timeout' | 'closed' | 'other';
