@@ -43,6 +43,7 @@ export interface Mailboxes {
 export function createMailboxes(deps: MailboxesDeps): Mailboxes {
   const { config } = deps;
   const log = deps.log.child({ part: 'imap' });
+  const providers: OAuthTokenProvider[] = [];
   const bridges: Bridge[] = config.imap.map((settings) => {
     const ingestDeps = { router: deps.router, routes: config.routes, spool: deps.spool, metrics: deps.metrics, maxBytes: config.smtp.max_message_bytes, limits: ingestLimits(config.smtp.limits) };
     if (settings.method === 'microsoft_graph') {
@@ -50,6 +51,7 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
         { grant: 'client_credentials', tokenUrl: settings.tokenUrl, clientId: settings.clientId, clientSecret: settings.clientSecret, refreshToken: undefined, scope: `${settings.graphEndpoint}/.default` },
         { clock: deps.clock, dispatcher: deps.dispatcher, log: log.child({ mailbox: settings.name }) },
       );
+      providers.push(tokens);
       const state = new MailboxState(deps.spool.db, settings.name, deps.clock);
       return new GraphInbox({ settings, ingest: new MailboxIngest(ingestDeps, settings, 'graph'), tokens, state, log, metrics: deps.metrics, clock: deps.clock, random: deps.random, dispatcher: deps.dispatcher });
     }
@@ -60,6 +62,7 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
             { clock: deps.clock, dispatcher: deps.dispatcher, log: log.child({ mailbox: settings.name }) },
           )
         : undefined;
+    if (tokens) providers.push(tokens);
     return new ImapBridge({ settings, ingest: new MailboxIngest(ingestDeps, settings, 'imap'), tokens, log, metrics: deps.metrics, clock: deps.clock, random: deps.random });
   });
   return {
@@ -67,6 +70,8 @@ export function createMailboxes(deps: MailboxesDeps): Mailboxes {
     start: () => bridges.forEach((b) => b.start()),
     stop: async (graceMs) => {
       await Promise.all(bridges.map((b) => b.stop(graceMs)));
+      // A token request still running (an endpoint that hangs; the bridges stopped waiting for it) is given up.
+      for (const p of providers) p.close();
     },
     statuses: () => bridges.map((b) => b.status.view()),
   };

@@ -37,6 +37,8 @@ export class OAuthTokenProvider implements TokenProvider {
   private cached: { token: string; refreshAt: number; expiresAt: number } | undefined;
   private inFlight: Promise<string> | undefined;
   private refreshToken: string | undefined;
+  /** aborted by close(): a request in flight would otherwise run to its timeout and hold a stopping process */
+  private readonly closed = new AbortController();
 
   constructor(
     private readonly settings: OAuthSettings,
@@ -71,6 +73,11 @@ export class OAuthTokenProvider implements TokenProvider {
     this.cached = undefined;
   }
 
+  /** Gives up a token request in flight, and any later one (the mailboxes stopped). */
+  close(): void {
+    this.closed.abort();
+  }
+
   private async fetchToken(): Promise<string> {
     const s = this.settings;
     // Secrets from files are read again at each token request: a client secret or refresh token replaced while
@@ -95,6 +102,7 @@ export class OAuthTokenProvider implements TokenProvider {
         headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
         body: form.toString(),
         dispatcher: this.deps.dispatcher,
+        signal: this.closed.signal,
         headersTimeout: REQUEST_TIMEOUT_MS,
         bodyTimeout: REQUEST_TIMEOUT_MS,
       });

@@ -477,6 +477,11 @@ test('stop is not held by a token endpoint that hangs', async () => {
     const took = Date.now() - t0;
     assert.ok(took < 3000, `stop took ${took} ms with a grace of 200 ms`);
     assert.equal(inbox(app).status.state, 'stopped');
+    // The token request itself is given up when the mailboxes stop, not left to its 30 s timeout (it would keep a
+    // stopped process alive that long).
+    const closedBefore = g.oauth.hungClosed;
+    await app.mailboxes.stop(200);
+    await until(() => g.oauth.hungClosed > closedBefore, 3000, 'the hung token request to be given up');
   } finally {
     g.oauth.overrides.length = 0;
     await app.close();

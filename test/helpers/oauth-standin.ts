@@ -34,6 +34,8 @@ export class OAuthStandin {
    * is sent as is (status, content type, body: an HTML error page from a proxy, an AADSTS error, …).
    */
   readonly overrides: Array<'hang' | { status: number; contentType: string; body: string }> = [];
+  /** hung token requests ('hang') whose client gave up (closed the connection) */
+  hungClosed = 0;
   private readonly tokens = new Map<string, { username: string; expiresAt: number }>();
   private server: Server | undefined;
   port = 0;
@@ -84,7 +86,10 @@ export class OAuthStandin {
     const clientId = form.get('client_id') ?? '';
     this.tokenRequests.push({ path, grant, clientId, scope: form.get('scope') ?? undefined, at: Date.now() });
     const override = this.overrides.shift();
-    if (override === 'hang') return true;
+    if (override === 'hang') {
+      res.on('close', () => this.hungClosed++);
+      return true;
+    }
     if (override) {
       res.writeHead(override.status, { 'content-type': override.contentType });
       res.end(override.body);
