@@ -80,6 +80,9 @@ describe('unsolicited FETCH updates that carry the UID (a proxy adds one after e
       assert.equal(consumer.requests.length, 1, 'delivered once');
       // A message reported changed at every look is looked at a bounded number of times per drain, no busy loop.
       const batchFetches = () => proxy.commands.filter((c) => /^\S+ UID FETCH \d+ \(UID FLAGS RFC822\.SIZE MODSEQ\)$/i.test(c)).length;
+      // In IDLE first: the drain that delivered the first message is over, so the new message is one drain's work
+      // (appended while that drain ran, it would be looked at by it and by the drain its EXISTS starts).
+      await until(() => app.mailboxes.bridges[0]!.status.state === 'idle', 10_000, 'in IDLE');
       const before = batchFetches();
       const bumpedBefore = proxy.bumped.length;
       proxy.bump = Number.POSITIVE_INFINITY;
