@@ -200,6 +200,25 @@ test('a Retry-After of a day (a proxy\'s, a misread date) is taken as an hour: t
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('a page in Graph\'s place (a proxy answering 200 with HTML) is a server error naming the request and what came back; the next pass goes on', async () => {
+  const app = await start([graphYaml('g-proxy-page')]);
+  try {
+    await until(() => inbox(app).status.state === 'polling', 5000, 'the first pass');
+    g.fail(1, 200, (m, p) => m === 'GET' && p.endsWith('/messages/delta'), '<html><body>Please sign in to the proxy</body></html>');
+    inbox(app).poke();
+    await until(() => inbox(app).status.lastError !== null, 10_000, 'the failed pass');
+    const e = inbox(app).status.lastError!;
+    assert.equal(e.kind, 'server');
+    assert.match(e.message, /^Graph GET \/v1\.0\/users\/[^ ]+\/messages\/delta answered 200 with text\/html, not JSON; check graph_endpoint/);
+    const id = g.add(message('pp1', { to: 'desk@in.test', messageId: 'pp1@x' }));
+    inbox(app).poke();
+    await until(() => g.messages.get(id)?.isRead === true, 15_000, 'the next pass taking a message');
+  } finally {
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('client credentials for the Graph scope; a revoked token is replaced; a wrong user shows as not_found', async () => {
   const app = await start([graphYaml('g-token'), graphYaml('g-nouser', { user: 'nobody@corp.test' })]);
   try {

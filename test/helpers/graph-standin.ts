@@ -56,7 +56,7 @@ export class GraphStandin {
   /** delta tokens up to this change sequence answer 410 Gone (their sync state was dropped) */
   private expiredThrough = -1;
   private throttles: Array<{ status: number; retryAfter: string | undefined; match: (method: string, path: string) => boolean }> = [];
-  private failures: Array<{ status: number; match: (method: string, path: string) => boolean }> = [];
+  private failures: Array<{ status: number; match: (method: string, path: string) => boolean; html?: string }> = [];
   /**
    * What the application may do: 'Mail.ReadWrite' (all), 'Mail.Read' (reads only: PATCH, DELETE and move answer 403
    * ErrorAccessDenied, as Graph does for a missing permission), or 'policy' (an application access policy that
@@ -112,9 +112,9 @@ export class GraphStandin {
     for (let i = 0; i < count; i++) this.throttles.push({ status, retryAfter, match });
   }
 
-  /** The next `count` matching requests fail with `status` (no Retry-After). */
-  fail(count: number, status: number, match: (method: string, path: string) => boolean): void {
-    for (let i = 0; i < count; i++) this.failures.push({ status, match });
+  /** The next `count` matching requests fail with `status` (no Retry-After); with `html`, as a proxy's page would. */
+  fail(count: number, status: number, match: (method: string, path: string) => boolean, html?: string): void {
+    for (let i = 0; i < count; i++) this.failures.push({ status, match, html });
   }
 
   /** Forgets the failures still queued by fail(). */
@@ -166,6 +166,11 @@ export class GraphStandin {
     if (f >= 0) {
       const [x] = this.failures.splice(f, 1);
       record(x!.status);
+      if (x!.html !== undefined) {
+        res.writeHead(x!.status, { 'content-type': 'text/html; charset=utf-8' });
+        res.end(x!.html);
+        return;
+      }
       return json(res, x!.status, { error: { code: 'InternalServerError', message: 'injected failure' } });
     }
     const userPrefix = `/v1.0/users/${encodeURIComponent(this.user)}`;

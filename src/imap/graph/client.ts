@@ -49,7 +49,14 @@ export class GraphClient {
     });
     const text = await res.body.text();
     if (res.status >= 400 && !(opts.allow ?? []).includes(res.status)) throw graphError(method, url, res.status, text);
-    return { status: res.status, body: text ? (JSON.parse(text) as T) : undefined };
+    try {
+      return { status: res.status, body: text ? (JSON.parse(text) as T) : undefined };
+    } catch {
+      // A proxy's or captive portal's page in Graph's place: say which request and what came back (it was "Unexpected
+      // token '<'", kind protocol, naming nothing).
+      const type = String(res.headers['content-type'] ?? 'no content type').split(';')[0]!.trim();
+      throw new MailboxError('MAILBOX_SERVER', `Graph ${method} ${pathOf(url)} answered ${res.status} with ${type}, not JSON; check graph_endpoint and that no proxy answers in Graph's place`);
+    }
   }
 
   /** A request whose answer is streamed (raw MIME from /$value); the caller consumes or drains the body. */
@@ -63,7 +70,8 @@ export class GraphClient {
     const maxRetries = this.deps.maxThrottleRetries ?? 5;
     let refreshed = false;
     for (let attempt = 0; ; attempt++) {
-      // The token request has its own timeouts but no signal: a token endpoint that hangs held stop() for them (30 s).
+      // The token request has its own timeouts (30 s), and is aborted only when the mailboxes stop: a token endpoint
+      // that hangs held stop() for them.
       const token = await untilAborted(this.deps.tokens.token(), this.deps.signal);
       let res: Dispatcher.ResponseData;
       try {
