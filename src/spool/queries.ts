@@ -189,7 +189,7 @@ export interface ReplaySelection {
   statuses: Array<'dead' | 'delivered'>;
   /** only deliveries that finished at or before this time: a replay that dies again is not picked up twice */
   asOf: number;
-  /** routes that deliver nothing (sinks): never replayed */
+  /** routes that deliver nothing (sinks) or are no longer configured: never replayed */
   excludeRoutes: string[];
   limit: number;
 }
@@ -263,6 +263,11 @@ export class SpoolQueries {
   /** Whether any delivery to `route` is in the spool (one search of deliveries_route_status_received). */
   routeExists(route: string): boolean {
     return this.db.prepare(`SELECT 1 FROM deliveries WHERE route = ? LIMIT 1`).pluck().get(route) !== undefined;
+  }
+
+  /** Every route that has a delivery in the spool, configured or not (one walk of an index on route). */
+  routesInSpool(): string[] {
+    return this.db.prepare(`SELECT DISTINCT route FROM deliveries`).pluck().all() as string[];
   }
 
   routeHealth(routes: string[], since: number): RouteHealth[] {

@@ -326,6 +326,28 @@ describe('admin API', () => {
     assert.match(wrong.body.message, /no delivery to route "nope"; its routes: desk, gitlab/);
   });
 
+  test('replay leaves out a route no longer configured: naming it is a 409, all and ids skip it, redeliver says why', async () => {
+    // A spool from before the route was removed: its dead letter stays, replayable once the route is back.
+    const row = app.spool.db.prepare(`SELECT id, route, status, finished_at FROM deliveries WHERE message_id = ?`).get(ids.second) as { id: string; route: string; status: string; finished_at: number };
+    app.spool.db.prepare(`UPDATE deliveries SET route = 'retired', status = 'dead' WHERE id = ?`).run(row.id);
+    try {
+      const named = await call(app, 'POST', '/api/deliveries/replay', { body: { route: 'retired' } });
+      assert.equal(named.status, 409, JSON.stringify(named.body));
+      assert.match(named.body.message, /route "retired" is no longer in the configuration: .*add the route back \(or a route with renamed_from: \[retired\]\), restart mailhook, then replay/);
+      const dry = await call(app, 'POST', '/api/deliveries/replay', { body: { all: true, dry_run: true } });
+      assert.equal(dry.body.remaining, 0, 'the dry run does not count it');
+      const all = await call(app, 'POST', '/api/deliveries/replay', { body: { all: true } });
+      const byId = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [row.id] } });
+      assert.deepEqual([all.body.replayed, byId.body.replayed], [0, 0]);
+      const redeliver = await call(app, 'POST', `/api/messages/${ids.second}/redeliver`, { body: {} });
+      assert.equal(redeliver.status, 409);
+      assert.match(redeliver.body.message, /retired: route no longer in the configuration/);
+      assert.equal((app.spool.db.prepare(`SELECT status FROM deliveries WHERE id = ?`).get(row.id) as { status: string }).status, 'dead', 'left dead, never handed to the delivery loop');
+    } finally {
+      app.spool.db.prepare(`UPDATE deliveries SET route = ?, status = ?, finished_at = ? WHERE id = ?`).run(row.route, row.status, row.finished_at, row.id);
+    }
+  });
+
   test('delete removes the message, its deliveries and its file', async () => {
     await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'queue to drain');
     const file = (app.spool.db.prepare('SELECT raw_file FROM messages WHERE id = ?').get(ids.third) as { raw_file: string }).raw_file;

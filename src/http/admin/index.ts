@@ -115,6 +115,19 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   }
 
   /**
+   * Routes whose deliveries a replay must leave alone: sinks deliver nothing, and a route gone from the configuration
+   * would dead-letter a replayed delivery again at once (an error line and an attempt each, while the operator was
+   * told it was replayed). Naming such a route is a 409 that says how to bring it back.
+   */
+  function unreplayableRoutes(route: string | undefined): string[] {
+    const configured = new Set(config.routes.map((r) => r.name));
+    if (route !== undefined && !configured.has(route)) {
+      throw problem(409, `route "${route}" is no longer in the configuration: a replayed delivery would be dead-lettered again at once; add the route back (or a route with renamed_from: [${route}]), restart mailhook, then replay`);
+    }
+    return [...config.routes.filter((r) => r.sink).map((r) => r.name), ...spool.queries.routesInSpool().filter((r) => !configured.has(r))];
+  }
+
+  /**
    * Ids a bulk request names must all be deliveries in the spool: a typo or a message id would otherwise answer 0
    * and look like "nothing to do". 404 naming them, nothing changed; a message id gets its redeliver route.
    */
@@ -263,6 +276,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const ids: string[] = [];
     for (const d of chosen) {
       if (sinks.has(d.route)) skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'sink route: nothing to deliver' });
+      else if (!config.routes.some((r) => r.name === d.route)) skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'route no longer in the configuration: add it back and restart first' });
       else if (d.status === 'pending' || d.status === 'delivering') skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'already queued or in flight' });
       else if (d.status === 'dropped') skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'dropped by the route (drop_automatic); it would be dropped again' });
       else ids.push(d.id);
@@ -286,7 +300,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
         'call again with the returned as_of while remaining > 0.',
       tags: ['deliveries'],
       body: S.replayBody,
-      response: { 200: S.replayResponse, ...problems },
+      response: { 200: S.replayResponse, 409: S.problem, ...problems },
     },
   }, async (req) => {
     const b = req.body as BulkBody & { status: 'dead' | 'delivered'; as_of?: string; limit: number; dry_run: boolean };
@@ -296,7 +310,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     knownDeliveries(b.ids);
     const now = clock.now();
     const asOf = parseTime('as_of', b.as_of) ?? now;
-    const excludeRoutes = config.routes.filter((r) => r.sink).map((r) => r.name);
+    const excludeRoutes = unreplayableRoutes(filter.route);
     const sel = { ids: b.ids, filter, statuses: [b.status], asOf, excludeRoutes, limit: b.limit };
     if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true };
     const result = spool.queries.replay(sel, now);
