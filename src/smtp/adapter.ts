@@ -221,7 +221,7 @@ interface ConnState {
   lmtpFailed: boolean;
   /** maxSessionMs: armed at connect, then again every EXPIRED_RECHECK_MS while the expired session is busy */
   sessionTimer: NodeJS.Timeout | null;
-  /** a STARTTLS handshake's failure was reported as an error (see onStartTlsUnfinished) */
+  /** a STARTTLS handshake's failure reached the server's error listener (counted there; see onStartTlsUnfinished) */
   tlsErrorReported?: boolean;
   /** the idle timeout struck during a STARTTLS handshake */
   tlsTimedOut?: boolean;
@@ -485,14 +485,9 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
       state.dataTimer.unref();
     }
 
-    override _onError(err: Error & { meta?: { stage?: string } }): void {
-      // smtp-server marks a failed handshake's error with stage "connect" (the server counts it by kind).
-      if (this._upgrading && err.meta?.stage === 'connect') stateOf(this).tlsErrorReported = true;
-      super._onError(err);
-    }
-
     override _onTimeout(): void {
-      if (this._upgrading) stateOf(this).tlsTimedOut = true;
+      // Not once the session is closing (mailhook's shutdown): the timeout then only ends a socket left half-open.
+      if (this._upgrading && !this._closing) stateOf(this).tlsTimedOut = true;
       super._onTimeout();
     }
 
@@ -500,7 +495,10 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
       const state = states.get(this);
       if (state?.dataTimer) clearTimeout(state.dataTimer);
       if (state?.sessionTimer) clearTimeout(state.sessionTimer);
-      if (!this._closed && this._upgrading && !state?.tlsErrorReported) hooks.onStartTlsUnfinished?.(this.remoteAddress, this.id, state?.tlsTimedOut ? 'timeout' : 'closed');
+      // Neither a handshake error the server was told of (MailhookServer.connect), nor a session mailhook closed
+      // itself when shutting down (not the client's doing); a reset (ECONNRESET, which smtp-server keeps quiet) is.
+      const shutDown = this._closing && hooks.isDraining() && !state?.tlsTimedOut;
+      if (!this._closed && this._upgrading && !state?.tlsErrorReported && !shutDown) hooks.onStartTlsUnfinished?.(this.remoteAddress, this.id, state?.tlsTimedOut ? 'timeout' : 'closed');
       super._onClose();
     }
   }
@@ -511,8 +509,11 @@ export function createSmtpServer(options: AdapterOptions): SMTPServer {
       this.connections.add(connection);
       // The connection's id goes with its error (a failed STARTTLS handshake, a reset), so the log line that
       // reports it joins the session's other lines (cid).
-      connection.on('error', (err: Error & { cid?: string }) => {
+      connection.on('error', (err: Error & { cid?: string; meta?: { stage?: string } }) => {
         err.cid ??= connection.id;
+        // A failed STARTTLS handshake's error (stage "connect"), counted by the server: its close is not counted again.
+        // Marked here, not in _onError: smtp-server emits no error for a reset outside a transaction.
+        if (connection._upgrading && err.meta?.stage === 'connect') stateOf(connection).tlsErrorReported = true;
         this._onError(err);
       });
       connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));

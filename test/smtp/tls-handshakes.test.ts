@@ -124,6 +124,50 @@ describe('STARTTLS handshakes that end without an error (smtp-server reports non
       await app.close();
     }
   });
+
+  test('a client that resets the connection (RST) after the 220 is counted closed and logged once', async () => {
+    // smtp-server takes ECONNRESET outside a mail transaction as a quiet end: it reports no error for it.
+    const dir = tempDir();
+    const cert = makeCert(join(dir, 'certs'), 'mx');
+    const app = await startSmtpApp({ dir, smtp: `  tls:\n    key_file: ${cert.key}\n    cert_file: ${cert.cert}\n    watch: false` });
+    const count = async (result: string) => Number(new RegExp(`^mailhook_smtp_tls_handshakes_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(await (await fetch(`${app.httpUrl}/metrics`)).text())?.[1]);
+    const failed = () => app.logs.join('').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; tls_failure?: string }).filter((l) => /^smtp (client )?connection (failed|error)$/.test(l.msg));
+    try {
+      const { smtp } = await RawSmtp.open(app.smtpPort);
+      await smtp.cmd('EHLO client.test');
+      assert.equal((await smtp.cmd('STARTTLS')).code, 220);
+      smtp.socket.resetAndDestroy();
+      // The session's end (smtp-server's onClose) comes after the connection's close.
+      await until(() => app.smtp.limits.connectionsFrom('127.0.0.1') === 0, 5000, 'the session to end');
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(failed().map((l) => l.tls_failure), ['closed']);
+      for (const [result, n] of [['closed', 1], ['other', 0]] as const) assert.equal(await count(result), n, result);
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('a handshake mailhook itself ends by shutting down is no client failure', async () => {
+    const dir = tempDir();
+    const cert = makeCert(join(dir, 'certs'), 'mx');
+    const app = await startSmtpApp({ dir, smtp: `  tls:\n    key_file: ${cert.key}\n    cert_file: ${cert.cert}\n    watch: false` });
+    const count = async (result: string) => Number(new RegExp(`^mailhook_smtp_tls_handshakes_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(await (await fetch(`${app.httpUrl}/metrics`)).text())?.[1]);
+    const failed = () => app.logs.join('').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string }).filter((l) => /^smtp (client )?connection (failed|error)$/.test(l.msg));
+    try {
+      const { smtp } = await RawSmtp.open(app.smtpPort);
+      await smtp.cmd('EHLO client.test');
+      assert.equal((await smtp.cmd('STARTTLS')).code, 220);
+      // The client is still to send its ClientHello when mailhook stops (the grace of 200 ms ends the session).
+      await app.smtp.shutdown(200);
+      await smtp.waitClosed();
+      await until(() => app.smtp.limits.connectionsFrom('127.0.0.1') === 0, 5000, 'the session to end');
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(failed(), [], 'nothing logged as the client\'s failure');
+      for (const result of ['closed', 'timeout', 'other']) assert.equal(await count(result), 0, result);
+    } finally {
+      await app.close();
+    }
+  });
 });
 
 describe('tlsFailureKind', () => {
