@@ -265,10 +265,12 @@ export class SpoolQueries {
     return this.db.prepare(`SELECT 1 FROM deliveries WHERE route = ? LIMIT 1`).pluck().get(route) !== undefined;
   }
 
-  /** Every route that has a delivery in the spool, configured or not (one walk of an index on route). */
+  /** Every route that has a delivery in the spool, configured or not (see ROUTES_IN_SPOOL_SQL). */
   routesInSpool(): string[] {
-    return this.db.prepare(`SELECT DISTINCT route FROM deliveries`).pluck().all() as string[];
+    this.routesInSpoolStmt ??= this.db.prepare(ROUTES_IN_SPOOL_SQL).pluck();
+    return this.routesInSpoolStmt.all() as string[];
   }
+  private routesInSpoolStmt: Database.Statement | undefined;
 
   routeHealth(routes: string[], since: number): RouteHealth[] {
     const out = new Map<string, RouteHealth>();
@@ -579,6 +581,15 @@ function decodeWords(value: string): string {
     }
   });
 }
+
+/**
+ * The routes of the spool's deliveries, in order: from each route to the next by one seek of an index on route. A
+ * SELECT DISTINCT walks the whole index, every delivery (some 60 ms per million, on the event loop, at each replay).
+ */
+export const ROUTES_IN_SPOOL_SQL = `WITH RECURSIVE r(route) AS (
+  SELECT (SELECT MIN(route) FROM deliveries)
+  UNION ALL SELECT (SELECT MIN(route) FROM deliveries WHERE route > r.route) FROM r WHERE r.route IS NOT NULL
+) SELECT route FROM r WHERE route IS NOT NULL`;
 
 /** Attempts since ? counted by route, outcome and duration (see routeHealth). */
 export const ROUTE_HEALTH_SQL = `SELECT route, outcome, duration_ms AS ms, COUNT(*) AS n, MAX(started_at) AS last FROM attempts WHERE started_at >= ? GROUP BY route, outcome, duration_ms`;

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Spool } from '../../src/spool/spool.js';
-import { ROUTE_HEALTH_SQL, buildListQuery, decodeCursor, encodeCursor, headerSubject, latencyOf, type MessageFilter } from '../../src/spool/queries.js';
+import { ROUTES_IN_SPOOL_SQL, ROUTE_HEALTH_SQL, buildListQuery, decodeCursor, encodeCursor, headerSubject, latencyOf, type MessageFilter } from '../../src/spool/queries.js';
 import { expiredMessagesQuery } from '../../src/spool/retention.js';
 import { tempDir } from '../helpers/app.js';
 
@@ -110,6 +110,13 @@ describe('list query on 100,000 messages', () => {
     const expired = plan(spool, expiredMessagesQuery(), [{ deliveredCut: BASE, deadCut: BASE, limit: 500 }] as unknown[]);
     assert.ok(expired.some((l) => /deliveries_finished/.test(l)), expired.join(' | '));
     for (const line of expired) assert.doesNotMatch(line, /^SCAN \w+$/, expired.join(' | '));
+  });
+
+  test('the routes in the spool (each replay asks) are found one index seek per route, not by walking every delivery', () => {
+    assert.deepEqual(spool.queries.routesInSpool(), ['a', 'b']);
+    const lines = plan(spool, ROUTES_IN_SPOOL_SQL, []);
+    assert.ok(lines.some((l) => /^SEARCH deliveries USING COVERING INDEX \w+ \(route>\?\)$/.test(l)), lines.join(' | '));
+    for (const line of lines) assert.doesNotMatch(line, /^SCAN deliveries/, lines.join(' | '));
   });
 });
 
