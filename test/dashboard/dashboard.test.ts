@@ -150,6 +150,29 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     assert.match((await page.locator('.delivery[data-route=billing] .delivery-head').textContent()) ?? '', /1 attempt, replayed 1×/);
   });
 
+  test('a dead letter of a route no longer configured offers no replay: the page says why instead of "its state changed"', async () => {
+    // A spool from before the route was removed (a replay would be dead-lettered again at once: the API leaves it out).
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'support@in.test', subject: 'Old route 9', text: 'x' });
+    await until(() => app.spool.queries.listMessages({}, { limit: 10 }).messages.some((m) => m.subject === 'Old route 9' && m.status === 'delivered'), 5000, 'the message delivered');
+    const row0 = app.spool.queries.listMessages({}, { limit: 10 }).messages.find((m) => m.subject === 'Old route 9')!;
+    const id = row0.deliveries[0]!.id;
+    app.spool.db.prepare(`UPDATE deliveries SET route = 'retired', status = 'dead', last_error = 'route removed' WHERE id = ?`).run(id);
+    try {
+      await page.locator('nav a', { hasText: 'Dead letters' }).click();
+      const row = page.locator('tbody tr', { hasText: 'Old route 9' });
+      await row.waitFor();
+      assert.equal(await row.locator('button').count(), 0, 'no Replay button');
+      assert.match((await row.textContent()) ?? '', /route no longer configured/);
+      assert.equal(await page.locator('#replay-all').textContent(), 'Replay all 0 dead-lettered', 'the bulk replay counts what it would replay');
+      await page.locator('#dead-route').selectOption('retired');
+      await page.locator('#replay-all', { hasText: 'of retired' }).waitFor();
+      assert.equal(await page.locator('#replay-all').isDisabled(), true);
+      await page.locator('#dead-route').selectOption('');
+    } finally {
+      app.spool.db.prepare(`UPDATE deliveries SET route = 'tickets', status = 'delivered', last_error = NULL WHERE id = ?`).run(id);
+    }
+  });
+
   test('a pending delivery waiting out a Retry-After is retried now from its detail view, attempt count kept', async () => {
     later.respond = down;
     await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 77', text: 'One printer, fireproof' });

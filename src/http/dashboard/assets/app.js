@@ -185,6 +185,9 @@ async function deadView(seq) {
   if (seq !== renderSeq) return;
   for (const r of health.routes) routeSel.append(el('option', { value: r.route, selected: r.route === route }, `${r.route} (${r.queue.dead})`));
   routeSel.addEventListener('change', () => { listState.deadRoute = routeSel.value; render(); });
+  // A route gone from the configuration: the API replays none of its deliveries (they would be dead-lettered again).
+  const gone = new Map(health.routes.filter((r) => !r.configured).map((r) => [r.route, r.queue.dead]));
+  const goneWhy = 'route no longer configured: add it back (or a route with renamed_from) and restart mailhook to replay';
   const rows = [];
   for (const m of page.messages) {
     for (const d of m.deliveries.filter((x) => x.status === 'dead' && (!route || x.route === route))) {
@@ -196,12 +199,14 @@ async function deadView(seq) {
         el('td', { class: 'num' }, d.attempts),
         el('td', { class: 'num' }, d.last_status_code ?? '—'),
         el('td', { class: 'wrap error' }, d.last_error ?? ''),
-        el('td', {}, el('button', { class: 'replay', onclick: (e) => { e.target.disabled = true; replayIds([d.id]); } }, 'Replay')),
+        el('td', {}, gone.has(d.route)
+          ? el('span', { class: 'muted', title: goneWhy }, 'route no longer configured')
+          : el('button', { class: 'replay', onclick: (e) => { e.target.disabled = true; replayIds([d.id]); } }, 'Replay')),
       ));
     }
   }
-  const total = route ? (health.routes.find((r) => r.route === route)?.queue.dead ?? 0) : health.totals.dead;
-  const bulk = el('button', { id: 'replay-all', disabled: total === 0, onclick: () => replayAll(route, total) }, `Replay all ${total} dead-lettered${route ? ` of ${route}` : ''}`);
+  const total = route ? (gone.has(route) ? 0 : (health.routes.find((r) => r.route === route)?.queue.dead ?? 0)) : health.totals.dead - [...gone.values()].reduce((a, b) => a + b, 0);
+  const bulk = el('button', { id: 'replay-all', disabled: total === 0, title: gone.has(route) ? goneWhy : undefined, onclick: () => replayAll(route, total) }, `Replay all ${total} dead-lettered${route ? ` of ${route}` : ''}`);
   view.replaceChildren(
     el('h1', {}, 'Dead letters'),
     el('p', { class: 'muted' }, 'Deliveries that failed for good. A replay sends again now with a fresh attempt budget; the attempt history stays.'),
@@ -263,7 +268,7 @@ async function mailboxesView(seq) {
 async function replayIds(ids, status = 'dead') {
   try {
     const r = await api('/api/deliveries/replay', { method: 'POST', body: { ids, status } });
-    toast(r.replayed ? `Replayed ${r.replayed} deliver${r.replayed === 1 ? 'y' : 'ies'}` : 'Nothing to replay (its state changed meanwhile)');
+    toast(r.replayed ? `Replayed ${r.replayed} deliver${r.replayed === 1 ? 'y' : 'ies'}` : 'Nothing replayed: its state changed meanwhile, or its route is no longer configured');
   } catch (err) {
     toast(err.message, true);
   }
