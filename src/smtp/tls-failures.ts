@@ -20,12 +20,10 @@ export type TlsHandshakeResult = 'ok' | TlsFailureKind;
 
 export const TLS_HANDSHAKE_RESULTS: readonly TlsHandshakeResult[] = ['ok', 'protocol_version', 'no_shared_cipher', 'certificate_rejected', 'not_tls', 'timeout', 'closed', 'other'];
 
-/** The error fields smtp-server passes on for a failed handshake (Node's code, OpenSSL's library and reason). */
+/** The error fields smtp-server passes on for a failed handshake (Node's code, OpenSSL's reason, its marks). */
 export interface HandshakeError {
   code?: string;
-  library?: string;
   reason?: string;
-  message?: string;
   report?: boolean;
   meta?: { stage?: string };
 }
@@ -41,8 +39,9 @@ export function isHandshakeFailure(err: HandshakeError): boolean {
 /** The kind of a failed handshake, from Node's error code (ERR_SSL_<OpenSSL reason>) and OpenSSL's reason text. */
 export function tlsFailureKind(err: HandshakeError): TlsFailureKind {
   const code = err.code ?? '';
-  const reason = (err.reason ?? '').toLowerCase().replace(/ /g, '_');
-  const either = (pattern: RegExp) => pattern.test(code) || pattern.test(reason.toUpperCase());
+  // OpenSSL's reason as Node spells it in the code: "unsupported protocol" -> UNSUPPORTED_PROTOCOL.
+  const reason = (err.reason ?? '').toUpperCase().replace(/ /g, '_');
+  const either = (pattern: RegExp) => pattern.test(code) || pattern.test(reason);
   if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return 'timeout';
   if (either(/UNSUPPORTED_PROTOCOL|ALERT_PROTOCOL_VERSION|VERSION_TOO_LOW|VERSION_TOO_HIGH/)) return 'protocol_version';
   if (either(/NO_SHARED_CIPHER|NO_SHARED_SIGNATURE_ALGORITHMS|NO_SUITABLE_SIGNATURE_ALGORITHM|NO_CIPHERS_AVAILABLE|ALERT_INSUFFICIENT_SECURITY/)) return 'no_shared_cipher';
