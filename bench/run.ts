@@ -8,7 +8,7 @@ import { BenchConsumer } from './lib/consumer.js';
 import { cellsFor, parseOptions, USAGE, type BenchOptions } from './lib/options.js';
 import { missingPrograms } from './lib/source.js';
 import { ensureHaraka, harakaVersion, startSetup, SETUP_LABELS, type RunningServer, type SetupContext, type SetupName } from './lib/setups.js';
-import { describeRun, label, probe, runOnce, summarize, warmUp, type Cell, type CellResult, type RunResult } from './lib/throughput.js';
+import { describeRun, label, probe, roundOrder, runOnce, summarize, warmUp, type Cell, type CellResult, type RunResult } from './lib/throughput.js';
 import { runE2e, runMemory, runReject, type E2eResult, type MemoryResult, type RejectResult } from './lib/scenarios.js';
 import { renderReport } from './lib/report.js';
 
@@ -58,7 +58,7 @@ function machine(): Record<string, unknown> {
 /**
  * Every server runs at once (idle while another is measured); each cell is measured on every setup in turn and
  * the timed runs alternate between setups, so a change in background load spreads over all of them instead of
- * landing on one. mailhook's webhook backlog is drained after each of its runs.
+ * landing on one, in an order rotated each round (roundOrder). mailhook's webhook backlog is drained after each of its runs.
  */
 async function runMatrix(opts: BenchOptions, ctx: SetupContext, consumer: BenchConsumer, results: BenchResults, save: () => void): Promise<void> {
   const servers = new Map<SetupName, RunningServer>();
@@ -91,7 +91,7 @@ async function runMatrix(opts: BenchOptions, ctx: SetupContext, consumer: BenchC
         }
       }
       for (let i = 1; i <= opts.plan.runs; i++) {
-        for (const c of cells) {
+        for (const c of roundOrder(cells, i - 1)) {
           const n = counts.get(c.setup);
           if (n === undefined) continue;
           try {
