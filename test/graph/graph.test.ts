@@ -167,13 +167,13 @@ test('429 and 503 are retried after Retry-After; a failed PATCH leaves the messa
     assert.equal(inbox(app).graph.throttled, 2);
     await until(() => g.messages.get(id)?.isRead === true, 5000, 'marked read');
 
-    // Marking fails: the message is already committed; the pass is repeated and only the marking is redone.
+    // Marking fails: the message is already committed; it is tried again by itself and only the marking is redone.
     g.fail(1, 500, (m) => m === 'PATCH');
     const id2 = g.add(message('t2', { to: 'desk@in.test', messageId: 't2@x' }));
     await until(() => g.messages.get(id2)?.isRead === true, 10_000, 'marked read on the next pass');
     assert.equal(count(app.spool.db), 2);
     assert.equal(inbox(app).status.lastError?.kind, 'server');
-    assert.equal(g.requests.filter((r) => r.method === 'GET' && r.path.includes(encodeURIComponent(id2))).length, 1, 'the raw message was fetched once');
+    assert.equal(g.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/messages/${encodeURIComponent(id2)}/$value`)).length, 1, 'the raw message was fetched once');
     // Found in the spool on the repeated pass: counted and logged as a duplicate, not stored again.
     assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_messages_total\{mailbox="g-throttle",outcome="duplicate"\} 1$/m);
     assert.ok(app.logs.some((l) => l.includes('the spool holds this message already')));
@@ -377,7 +377,7 @@ test('a message whose $value keeps failing is passed over: later messages are ta
     await until(() => g.messages.get(good)?.isRead === true, 5000, 'it marked read');
     assert.equal(g.messages.get(bad)?.isRead, false);
     assert.match(inbox(app).status.lastError?.message ?? '', /answered 500/);
-    assert.ok(app.logs.some((l) => l.includes('passed over in this pass')));
+    assert.ok(app.logs.some((l) => l.includes('passed over, and tried again by itself')));
     g.clearFailures();
     await until(() => count(app.spool.db) === 2, 10_000, 'the failing message, once readable');
     await until(() => g.messages.get(bad)?.isRead === true, 5000, 'marked read');
@@ -388,19 +388,102 @@ test('a message whose $value keeps failing is passed over: later messages are ta
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
-test('passes that pass over a failing message back off (the delta link stays, so each walks the same changes), and stay healthy', async () => {
+test('a message that keeps failing is tried again by itself on its own backoff: the delta link moves on and new mail still comes every poll_interval', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   const bad = g.add(message('bad2', { to: 'desk@in.test', messageId: 'bad2@x' }));
   g.add(message('good2', { to: 'desk@in.test', messageId: 'good2@x' }));
-  g.fail(1000, 500, (method, path) => method === 'GET' && path.includes(encodeURIComponent(bad)) && path.endsWith('/$value'));
-  // poll_interval 1 s; the reconnect backoff starts at 60 s (half of it at least, with jitter)
-  const app = await start([graphYaml('g-backoff').replace('reconnect_delay_ms: 100', 'reconnect_delay_ms: 60000').replace('reconnect_max_delay_ms: 400', 'reconnect_max_delay_ms: 120000')]);
+  const badValue = (r: { method: string; path: string }) => r.method === 'GET' && r.path.endsWith(`/messages/${encodeURIComponent(bad)}/$value`);
+  g.fail(1000, 500, (method, path) => badValue({ method, path }));
+  // poll_interval 1 s; the failing message's own backoff starts at 60 s (half of it at least, with jitter)
+  const dir = tempDir();
+  const yaml = graphYaml('g-backoff').replace('reconnect_delay_ms: 100', 'reconnect_delay_ms: 60000').replace('reconnect_max_delay_ms: 400', 'reconnect_max_delay_ms: 120000');
+  const app = await start([yaml], dir);
   try {
     await until(() => count(app.spool.db) === 1, 10_000, 'the message after the failing one');
     const status = inbox(app).status;
-    await until(() => status.nextAttemptAt !== null, 5000, 'the next pass scheduled');
-    assert.ok(status.nextAttemptAt! - Date.now() > 20_000, `the next pass waits the backoff, not poll_interval: in ${status.nextAttemptAt! - Date.now()} ms`);
+    assert.equal(status.details.failing_messages, 1);
+    const saved = () => app.spool.db.prepare(`SELECT key, value FROM mailbox_state WHERE name = 'g-backoff'`).all() as Array<{ key: string; value: string }>;
+    await until(() => saved().some((r) => r.key === 'graph_delta_link'), 5000, 'the delta link saved though a message was passed over');
+    const failing = JSON.parse(saved().find((r) => r.key === 'graph_failing')!.value) as { items: Array<{ id: string; tries: number; nextAt: number }> };
+    assert.deepEqual(failing.items.map((m) => [m.id, m.tries]), [[bad, 1]]);
+    assert.ok(failing.items[0]!.nextAt - Date.now() > 20_000, `tried again after its backoff, not at the next pass: in ${failing.items[0]!.nextAt - Date.now()} ms`);
+    // New mail is taken at the next poll, incrementally, while the failing message waits its turn.
+    const t0 = Date.now();
+    const late = g.add(message('late2', { to: 'desk@in.test', messageId: 'late2@x' }));
+    await until(() => g.messages.get(late)?.isRead === true, 5000, 'the new message');
+    assert.ok(Date.now() - t0 < 2500, `new mail took ${Date.now() - t0} ms with poll_interval 1 s`);
+    assert.ok(deltaRequests().at(-1)!.query.has('$deltatoken'), 'an incremental pass');
+    assert.equal(g.requests.filter(badValue).length, 1, 'the failing message was not asked for again before its backoff');
     assert.equal(status.state, 'polling', 'a failing message does not make the mailbox unhealthy');
+    assert.equal(status.nextAttemptAt, null);
+  } finally {
+    g.clearFailures();
+    await app.close();
+  }
+  // After a restart: the delta link lists nothing new (it moved past the message), the saved list still has it.
+  const again = await start([graphYaml('g-backoff')], dir);
+  try {
+    assert.equal(inbox(again).status.details.failing_messages, 1, 'the list survived the restart');
+    // Its nextAt is a minute away: make it due as the clock would.
+    again.spool.db.prepare(`UPDATE mailbox_state SET value = json_set(value, '$.items[0].nextAt', 0) WHERE name = 'g-backoff' AND key = 'graph_failing'`).run();
+    await again.close();
+  } catch (err) {
+    await again.close();
+    throw err;
+  }
+  const third = await start([graphYaml('g-backoff')], dir);
+  try {
+    await until(() => g.messages.get(bad)?.isRead === true, 10_000, 'the failing message taken once Graph serves it');
+    assert.equal(count(third.spool.db), 3);
+    assert.equal(inbox(third).status.details.failing_messages, 0);
+    assert.ok(deltaRequests().at(-1)!.query.has('$deltatoken'), 'no full pass was needed');
+    assert.ok(third.logs.some((l) => l.includes('a message passed over earlier was taken')));
+    assert.equal((third.spool.db.prepare(`SELECT count(*) FROM mailbox_state WHERE name = 'g-backoff' AND key = 'graph_failing'`).pluck().get() as number), 0, 'the list is emptied in the spool');
+  } finally {
+    await third.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
+test('a message passed over that is then deleted (or moved out) is no longer tried', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  const bad = g.add(message('gone', { to: 'desk@in.test', messageId: 'gone@x' }));
+  g.fail(1000, 500, (method, path) => method === 'GET' && path.endsWith(`/messages/${encodeURIComponent(bad)}/$value`));
+  const app = await start([graphYaml('g-gone')]);
+  try {
+    await until(() => inbox(app).status.details.failing_messages === 1, 10_000, 'passed over');
+    g.messages.delete(bad);
+    await until(() => inbox(app).status.details.failing_messages === 0, 10_000, 'no longer tried');
+    assert.ok(app.logs.some((l) => l.includes('a message passed over earlier is gone from the folder')));
+    const lookups = g.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/messages/${encodeURIComponent(bad)}`));
+    assert.equal(lookups.at(-1)?.status, 404);
+    const after = g.requests.length;
+    await until(() => deltaRequests().filter((r) => g.requests.indexOf(r) >= after).length >= 2, 5000, 'two more passes');
+    assert.equal(g.requests.slice(after).filter((r) => r.path.includes(encodeURIComponent(bad))).length, 0, 'not asked for again');
+  } finally {
+    g.clearFailures();
+    await app.close();
+  }
+});
+
+test('move claims: a claimed message whose $value fails is given back and tried again by itself under its new id', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  g.fail(2, 500, (method, path) => method === 'GET' && path.endsWith('/$value'));
+  const first = g.add(message('mv-fail', { to: 'desk@in.test', messageId: 'mv-fail@x' }));
+  const app = await start([graphYaml('g-mvfail', { claim: 'auto' })]);
+  try {
+    await until(() => count(app.spool.db) === 1, 10_000, 'taken on the third try');
+    await until(() => inbox(app).status.details.failing_messages === 0, 5000, 'no longer in the list');
+    const mine = [...g.messages.values()].filter((m) => m.internetMessageId === '<mv-fail@x>' || m.internetMessageId === 'mv-fail@x');
+    assert.equal(mine.length, 1, 'one copy of the message left');
+    assert.notEqual(mine[0]!.id, first);
+    assert.equal(mine[0]!.isRead, true);
+    assert.equal(mine[0]!.folder, [...g.folders].find(([, name]) => name === 'mailhook-processing')![0]);
+    const tries = app.logs.filter((l) => l.includes('passed over, and tried again by itself'));
+    assert.equal(tries.length, 2);
+    // Each failure recorded the id the give-back left the message with: the retry looked that id up.
+    const given = tries.map((l) => (JSON.parse(l) as { graphId: string }).graphId);
+    for (const id of given) assert.ok(g.requests.some((r) => r.method === 'GET' && r.path.endsWith(`/messages/${encodeURIComponent(id)}`)), `looked up ${id}`);
   } finally {
     g.clearFailures();
     await app.close();
@@ -443,7 +526,7 @@ test('after_delivery move:<folder id> to a folder that was deleted: a failure sh
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
-test('claim none: a listed message whose $value answers 404 once is taken on the next pass (the delta link did not move past it)', async () => {
+test('claim none: a listed message whose $value answers 404 once is looked up again by itself and taken (the delta link moved past it)', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   g.fail(1, 404, (method, path) => method === 'GET' && path.endsWith('/$value'));
   const id = g.add(message('late', { to: 'desk@in.test', messageId: 'late@x' }));

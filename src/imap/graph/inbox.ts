@@ -1,7 +1,8 @@
 // The Microsoft Graph inbox for one mailbox: delta query over a mail folder (@odata.nextLink pages, then a
 // delta token saved in the spool) every poll_interval; each new message claimed by moving it to the processing
 // folder (only one instance's move succeeds), raw MIME from /$value into the spool, and only after the commit:
-// mark read, delete or move. Failures end the pass and it is retried after a jittered backoff or Retry-After.
+// mark read, delete or move. Failures end the pass and it is retried after a jittered backoff or Retry-After; a
+// message Graph alone refuses is passed over and tried again by itself (failing.ts) while the delta link moves on.
 import { waitWithGrace } from '../../core/lifecycle.js';
 import type { Dispatcher } from 'undici';
 import type { Clock, Random } from '../../core/clock.js';
@@ -17,6 +18,7 @@ import type { TokenProvider } from '../oauth.js';
 import { MailboxStatus } from '../status.js';
 import type { MailboxState } from '../state.js';
 import { GraphClient } from './client.js';
+import { FailingMessages } from './failing.js';
 
 export interface GraphInboxDeps {
   settings: GraphMailboxSettings;
@@ -61,6 +63,10 @@ function identity(item: DeltaItem): string | undefined {
 const PAGE_SIZE = 50;
 /** mailbox_state key of the saved delta link */
 const DELTA_KEY = 'graph_delta_link';
+/** mailbox_state key of the messages passed over, tried again by themselves */
+const FAILING_KEY = 'graph_failing';
+/** At most this many passed-over messages are tried by themselves; past it a pass keeps its delta link (as before). */
+const MAX_FAILING = 1000;
 
 export class GraphInbox {
   readonly status: MailboxStatus;
@@ -79,6 +85,10 @@ export class GraphInbox {
   /** claim: move — messages seen unread in the processing folder (id → first seen), for the stale-claim takeover */
   private readonly claimSeen = new Map<string, number>();
   private nextClaimScanAt = 0;
+  /** messages passed over, each tried again by itself on its own backoff (see pass) */
+  private readonly failing: FailingMessages;
+  /** a failure this pass could not record (the list full): the pass keeps its delta link so the message is listed again */
+  private unrecorded = false;
 
   constructor(private readonly deps: GraphInboxDeps) {
     this.s = deps.settings;
@@ -95,6 +105,16 @@ export class GraphInbox {
     this.status.details = { graph_endpoint: this.s.graphEndpoint, user: this.s.user, folder: this.s.mailbox, poll_interval_s: this.s.pollIntervalMs / 1000, claim: this.s.claim, ...(this.s.claim === 'move' ? { claim_folder: this.s.claimFolder } : {}) };
     this.deltaLink = this.loadDeltaLink();
     this.status.details.delta_link_restored = this.deltaLink !== undefined;
+    const state = deps.state;
+    this.failing = new FailingMessages({
+      policy: this.s.reconnect,
+      random: deps.random,
+      max: MAX_FAILING,
+      scope: this.deltaScope,
+      load: () => state?.get(FAILING_KEY),
+      save: (v) => (v === undefined ? state?.delete(FAILING_KEY) : state?.set(FAILING_KEY, v)),
+    });
+    this.status.details.failing_messages = this.failing.size;
   }
 
   /** What a saved delta link belongs to: a link for another endpoint, user or folder is not used. */
@@ -170,17 +190,14 @@ export class GraphInbox {
     this.status.set('connecting');
     while (!this.stopping) {
       try {
-        const failed = await this.pass();
+        await this.pass();
         if (this.stopping) break;
         this.status.recovered();
         this.status.set('polling');
-        // A pass that passed over failing messages keeps the delta link where it was (they are tried again), so
-        // each such pass walks the same changes again: passes back off while a message keeps failing, as failed
-        // passes do (Graph throttles a mailbox that asks too often), without leaving the healthy polling state.
-        this.failingPasses = failed > 0 ? this.failingPasses + 1 : 0;
-        const wait = failed > 0 ? Math.max(this.s.pollIntervalMs, reconnectDelay(this.s.reconnect, this.failingPasses, this.deps.random)) : this.s.pollIntervalMs;
-        this.status.nextAttemptAt = failed > 0 ? this.deps.clock.now() + wait : null;
-        await this.pause(wait);
+        // A message passed over is tried again by itself on its own backoff (failing.ts): new mail is still
+        // looked for every poll_interval.
+        this.status.nextAttemptAt = null;
+        await this.pause(this.s.pollIntervalMs);
       } catch (err) {
         if (this.stopping) break;
         const e = classify(err);
@@ -196,15 +213,19 @@ export class GraphInbox {
     this.status.set('stopped');
   }
 
-  /** Passes in a row that passed over a failing message (see run). */
-  private failingPasses = 0;
-
-  /** One delta pass: every page until the delta link; each unread message is taken in page order. Returns the messages passed over. */
-  private async pass(): Promise<number> {
+  /**
+   * One pass: the messages passed over earlier that are due, each by itself; then the delta, every page until the
+   * delta link, each unread message taken in page order.
+   */
+  private async pass(): Promise<void> {
     const fullPass = `${this.base}/mailFolders/${encodeURIComponent(this.s.mailbox)}/messages/delta?$select=id,isRead,internetMessageId,receivedDateTime`;
     let url: string | undefined = this.deltaLink ?? fullPass;
     if (this.s.claim === 'move' && this.deps.clock.now() >= this.nextClaimScanAt) await this.scanClaimFolder();
-    let failed = 0;
+    this.unrecorded = false;
+    for (const m of this.failing.due(this.deps.clock.now())) {
+      if (this.stopping) return;
+      await this.attempt(m.id, m.ident, true);
+    }
     while (url && !this.stopping) {
       const fromDelta: boolean = url === this.deltaLink;
       const res: { status: number; body: DeltaPage | undefined } = await this.graph.json<DeltaPage>('GET', url, { headers: { prefer: `odata.maxpagesize=${PAGE_SIZE}` }, allow: fromDelta ? [400, 410] : [] });
@@ -221,30 +242,65 @@ export class GraphInbox {
       const body = res.body;
       if (this.status.state !== 'connected') this.status.set('connected');
       for (const item of body?.value ?? []) {
-        if (this.stopping) return failed;
-        if (!item.id || item['@removed'] !== undefined || item.isRead === true) continue;
-        try {
-          await this.take(item.id, identity(item));
-        } catch (err) {
-          // One message Graph refuses (its $value answers 500, its move 400, …) is passed over so the rest flows;
-          // the delta link then stays where it was and the next pass tries it again. Throttling, network, token
-          // and spool failures end the pass: the next message would meet them too.
-          const e = classify(err);
-          if (this.stopping || e.code !== 'MAILBOX_SERVER' || e.retryAfterMs !== undefined) throw err;
-          failed++;
-          this.status.messageFailed(e);
-          this.deps.log.warn({ mailbox: this.s.name, graphId: item.id, code: e.code, error: e.message }, 'a message failed; passed over in this pass and tried again in the next');
+        if (this.stopping) return;
+        if (!item.id) continue;
+        if (item['@removed'] !== undefined || item.isRead === true) {
+          if (this.failing.forget(item.id)) this.status.details.failing_messages = this.failing.size;
+          continue;
         }
+        if (this.failing.isWaiting(item.id, this.deps.clock.now())) continue; // passed over earlier: its own retry
+        await this.attempt(item.id, identity(item), false);
       }
       // The next link and the delta link are opaque: used exactly as given. Only a finished pass advances
-      // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates).
+      // the delta link, so a pass cut short is repeated from the last one (the spool deduplicates). Messages
+      // passed over are in the failing list, tried by themselves: the link moves past them, unless one could
+      // not be recorded (the list full), which the next pass must list again.
       if (body?.['@odata.nextLink']) url = body['@odata.nextLink'];
       else {
-        if (failed === 0 && body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
+        if (!this.unrecorded && body?.['@odata.deltaLink'] && body['@odata.deltaLink'] !== this.deltaLink) this.saveDeltaLink(body['@odata.deltaLink']);
         url = undefined;
       }
     }
-    return failed;
+  }
+
+  /**
+   * Takes one message. One Graph refuses (its $value answers 500 or breaks off, its move 400, …) is passed over so
+   * the rest flows, and recorded to be tried again by itself after a backoff of its own. Throttling, network, token
+   * and spool failures end the pass: the next message would meet them too. `lookFirst` (a retry): the message is
+   * looked up first, and one gone (deleted, or moved: its id changes) or read meanwhile is no longer tried.
+   */
+  private async attempt(id: string, ident: string | undefined, lookFirst: boolean): Promise<void> {
+    const givenBack: { id?: string } = {};
+    try {
+      if (lookFirst) {
+        const res = await this.graph.json<DeltaItem>('GET', `${this.base}/messages/${encodeURIComponent(id)}?$select=id,isRead,internetMessageId,receivedDateTime`, { allow: [404] });
+        if (res.status === 404 || res.body?.isRead === true) {
+          this.failing.forget(id);
+          this.status.details.failing_messages = this.failing.size;
+          this.deps.log.info({ mailbox: this.s.name, graphId: id }, res.status === 404 ? 'a message passed over earlier is gone from the folder (deleted or moved); no longer tried' : 'a message passed over earlier was read meanwhile; no longer tried');
+          return;
+        }
+        ident = (res.body && identity(res.body)) ?? ident;
+      }
+      await this.take(id, ident, givenBack);
+      if (this.failing.forget(id)) {
+        this.status.details.failing_messages = this.failing.size;
+        this.deps.log.info({ mailbox: this.s.name, graphId: id }, 'a message passed over earlier was taken');
+      }
+    } catch (err) {
+      const e = classify(err);
+      if (this.stopping || e.code !== 'MAILBOX_SERVER' || e.retryAfterMs !== undefined) throw err;
+      this.status.messageFailed(e);
+      const now = this.deps.clock.now();
+      const m = this.failing.failed(id, givenBack.id ?? id, ident, now);
+      this.status.details.failing_messages = this.failing.size;
+      if (!m) {
+        this.unrecorded = true;
+        this.deps.log.warn({ mailbox: this.s.name, graphId: id, code: e.code, error: e.message }, `a message failed; ${MAX_FAILING} others are waiting to be tried again already, so the delta link is kept and the next pass lists it again`);
+        return;
+      }
+      this.deps.log.warn({ mailbox: this.s.name, graphId: m.id, code: e.code, error: e.message, tries: m.tries, retryInMs: m.nextAt - now }, 'a message failed; passed over, and tried again by itself after a pause');
+    }
   }
 
   /**
@@ -256,7 +312,8 @@ export class GraphInbox {
     return this.s.claim === 'move' && ident ? `graph:${this.s.name}:${ident}` : `graph:${this.s.name}:${id}`;
   }
 
-  private async take(sourceId: string, ident: string | undefined): Promise<void> {
+  /** `givenBack.id`: the id a move claim given back left the message with (it is tried again under it). */
+  private async take(sourceId: string, ident: string | undefined, givenBack: { id?: string } = {}): Promise<void> {
     if (this.skipped.has(sourceId) || (ident && this.skipped.has(ident))) return;
     let id = sourceId;
     if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) return this.markHeld(id);
@@ -277,7 +334,7 @@ export class GraphInbox {
         // In our spool already (marking it failed): it stays claimed, in the processing folder, and the next
         // pass only marks it. Not taken: give it back so the next pass (ours or another instance's) takes it now.
         if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) this.nextClaimScanAt = 0;
-        else await this.claimMove(id, this.s.mailbox).catch(() => undefined);
+        else givenBack.id = await this.claimMove(id, this.s.mailbox).catch(() => undefined);
       }
       throw err;
     }
@@ -297,16 +354,15 @@ export class GraphInbox {
     const res = await this.graph.stream(`${this.base}/messages/${encodeURIComponent(id)}/$value`, { allow: [404] });
     if (res.status === 404) {
       await res.body.dump();
-      // Without claims the delta link would move past it and no later pass would list it again: end this pass,
-      // so the next one repeats from the last delta link (a message really deleted then shows as @removed).
-      if (this.s.claim !== 'move') throw new MailboxError('MAILBOX_SERVER', `message ${id} was listed but could not be read (404); the pass is repeated`);
+      // Without claims it is passed over and looked up again by itself (attempt): one really deleted is then gone.
+      if (this.s.claim !== 'move') throw new MailboxError('MAILBOX_SERVER', `message ${id} was listed but could not be read (404); it is looked up again`);
       return; // our claimed copy, deleted meanwhile
     }
     // Graph cuts some $value answers off part-way (the connection reset; for messages of some 25 MB and more, every
     // time): that is this message's failure, passed over like an error status, not one that ends every pass here
     // (with claim none the mailbox stalled at such a message, shown as a 'protocol' error 'cannot store the message').
     const read = { bytes: 0, error: undefined as unknown };
-    const cutOff = () => new MailboxError('MAILBOX_SERVER', `Graph GET /$value of message ${id} broke off after ${read.bytes} bytes (${(read.error as Error)?.message ?? read.error}); it is tried again in the next pass`, { cause: read.error });
+    const cutOff = () => new MailboxError('MAILBOX_SERVER', `Graph GET /$value of message ${id} broke off after ${read.bytes} bytes (${(read.error as Error)?.message ?? read.error}); it is tried again by itself after a pause`, { cause: read.error });
     async function* counted(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
       try {
         for await (const chunk of source) {
