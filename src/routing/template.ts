@@ -17,7 +17,7 @@ const DOMAIN_RE = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a
  * and U+0130 becomes two characters, so "\u212Ailo.test" compared as "kilo.test" and key offsets shifted.
  */
 export function lowerAscii(s: string): string {
-  return s.replace(/[A-Z]+/g, (c) => c.toLowerCase());
+  return /[A-Z]/.test(s) ? s.replace(/[A-Z]+/g, (c) => c.toLowerCase()) : s;
 }
 
 /**
@@ -27,6 +27,7 @@ export function lowerAscii(s: string): string {
  * not "kilo"); anything else is undefined (no domain mailhook serves).
  */
 export function asciiDomain(domain: string): string | undefined {
+  if (!/[^\x00-\x7f]/.test(domain)) return lowerAscii(domain); // every label ASCII: the loop below would only lower-case each
   const labels = domain.split('.');
   for (let i = 0; i < labels.length; i++) {
     const label = labels[i] as string;
