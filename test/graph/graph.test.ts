@@ -414,7 +414,8 @@ test('a message that keeps failing is tried again by itself on its own backoff: 
     assert.ok(Date.now() - t0 < 2500, `new mail took ${Date.now() - t0} ms with poll_interval 1 s`);
     assert.ok(deltaRequests().at(-1)!.query.has('$deltatoken'), 'an incremental pass');
     assert.equal(g.requests.filter(badValue).length, 1, 'the failing message was not asked for again before its backoff');
-    assert.equal(status.state, 'polling', 'a failing message does not make the mailbox unhealthy');
+    // Passes run every second now: one may be under way (connected) as well as between passes (polling).
+    assert.ok(status.healthy && ['polling', 'connected'].includes(status.state), `a failing message does not make the mailbox unhealthy: ${status.state}`);
     assert.equal(status.nextAttemptAt, null);
   } finally {
     g.clearFailures();
@@ -435,7 +436,8 @@ test('a message that keeps failing is tried again by itself on its own backoff: 
   try {
     await until(() => g.messages.get(bad)?.isRead === true, 10_000, 'the failing message taken once Graph serves it');
     assert.equal(count(third.spool.db), 3);
-    assert.equal(inbox(third).status.details.failing_messages, 0);
+    // Marked read before the PATCH's answer is back; it leaves the list once take() returns.
+    await until(() => inbox(third).status.details.failing_messages === 0, 5000, 'no longer in the list');
     assert.ok(deltaRequests().at(-1)!.query.has('$deltatoken'), 'no full pass was needed');
     assert.ok(third.logs.some((l) => l.includes('a message passed over earlier was taken')));
     assert.equal((third.spool.db.prepare(`SELECT count(*) FROM mailbox_state WHERE name = 'g-backoff' AND key = 'graph_failing'`).pluck().get() as number), 0, 'the list is emptied in the spool');
