@@ -150,7 +150,7 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     assert.match((await page.locator('.delivery[data-route=billing] .delivery-head').textContent()) ?? '', /1 attempt, replayed 1×/);
   });
 
-  test('a dead letter of a route no longer configured offers no replay: the page says why instead of "its state changed"', async () => {
+  test('a dead letter of a route no longer configured offers no replay: the dead-letter and message pages say why instead of "its state changed"', async () => {
     // A spool from before the route was removed (a replay would be dead-lettered again at once: the API leaves it out).
     await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'support@in.test', subject: 'Old route 9', text: 'x' });
     await until(() => app.spool.queries.listMessages({}, { limit: 10 }).messages.some((m) => m.subject === 'Old route 9' && m.status === 'delivered'), 5000, 'the message delivered');
@@ -168,6 +168,19 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
       await page.locator('#replay-all', { hasText: 'of retired' }).waitFor();
       assert.equal(await page.locator('#replay-all').isDisabled(), true);
       await page.locator('#dead-route').selectOption('');
+      // Its message's page says the same where the Replay button would be.
+      await page.locator('tbody tr', { hasText: 'Old route 9' }).locator('a').click();
+      const head = page.locator('.delivery[data-route=retired] .delivery-head');
+      await head.waitFor();
+      assert.equal(await head.locator('button').count(), 0, 'no Replay button on the message page');
+      const why = head.locator('span', { hasText: 'route no longer configured' });
+      assert.equal(await why.getAttribute('title'), 'route no longer configured: add it back (or a route with renamed_from) and restart mailhook to replay');
+      // Delivered, it offers no "Send again" either (the API would replay 0 of it too).
+      app.spool.db.prepare(`UPDATE deliveries SET status = 'delivered' WHERE id = ?`).run(id);
+      await page.reload();
+      await head.locator('.chip[data-status=delivered]').waitFor();
+      assert.equal(await head.locator('button').count(), 0, 'no Send again button');
+      assert.match((await head.textContent()) ?? '', /route no longer configured/);
     } finally {
       app.spool.db.prepare(`UPDATE deliveries SET route = 'tickets', status = 'delivered', last_error = NULL WHERE id = ?`).run(id);
     }

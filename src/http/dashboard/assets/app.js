@@ -122,9 +122,17 @@ async function messagesView(seq) {
   if (!listState.cursor) every(5000, () => { if (!document.hidden && !form.contains(document.activeElement)) render(); });
 }
 
+// A route gone from the configuration: the API replays none of its deliveries (they would be dead-lettered again).
+const GONE_WHY = 'route no longer configured: add it back (or a route with renamed_from) and restart mailhook to replay';
+
 async function messageView(seq, id) {
   const m = await api(`/api/messages/${encodeURIComponent(id)}`);
+  // A sink route's delivery is delivered without an attempt, and there is nothing to send it to.
+  const offersReplay = (d) => d.status === 'dead' || (d.status === 'delivered' && d.attempts > 0);
+  // The routes are asked for only when a button depends on them (this view refreshes itself while one is pending).
+  const routes = m.deliveries.some(offersReplay) ? (await api('/api/routes')).routes : [];
   if (seq !== renderSeq) return;
+  const gone = new Set(routes.filter((r) => !r.configured).map((r) => r.route));
   const s = m.summary;
   const facts = (pairs) => el('dl', { class: 'facts' }, pairs.filter(([, v]) => v !== undefined).flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v ?? '—')]));
   const actions = el('div', { class: 'toolbar' },
@@ -140,10 +148,9 @@ async function messageView(seq, id) {
         el('span', { class: 'muted' }, `${d.attempts} attempt${d.attempts === 1 ? '' : 's'}${d.replays ? `, replayed ${d.replays}×` : ''}`),
         d.status === 'pending' ? el('span', { class: 'muted' }, `next try ${when(d.next_attempt_at)}`) : null,
         el('span', { class: 'spacer' }),
-        // A sink route's delivery is delivered without an attempt, and there is nothing to send it to.
-        d.status === 'dead' || (d.status === 'delivered' && d.attempts > 0)
-          ? el('button', { class: d.status === 'dead' ? '' : 'quiet', onclick: () => replayIds([d.id], d.status) }, d.status === 'dead' ? 'Replay' : 'Send again')
-          : null,
+        !offersReplay(d) ? null
+          : gone.has(d.route) ? el('span', { class: 'muted', title: GONE_WHY }, 'route no longer configured')
+          : el('button', { class: d.status === 'dead' ? '' : 'quiet', onclick: () => replayIds([d.id], d.status) }, d.status === 'dead' ? 'Replay' : 'Send again'),
         d.status === 'pending' ? el('button', { class: 'retry', onclick: () => retryNow({ ids: [d.id] }) }, 'Retry now') : null,
       ),
       el('div', { class: 'muted mono' }, `delivery ${d.id} → ${d.recipients.map((r) => r.address + (r.key ? ` (key ${r.key})` : '')).join(', ')}`),
@@ -185,9 +192,8 @@ async function deadView(seq) {
   if (seq !== renderSeq) return;
   for (const r of health.routes) routeSel.append(el('option', { value: r.route, selected: r.route === route }, `${r.route} (${r.queue.dead})`));
   routeSel.addEventListener('change', () => { listState.deadRoute = routeSel.value; render(); });
-  // A route gone from the configuration: the API replays none of its deliveries (they would be dead-lettered again).
+  // A route gone from the configuration (GONE_WHY): its deliveries are neither replayed nor counted.
   const gone = new Map(health.routes.filter((r) => !r.configured).map((r) => [r.route, r.queue.dead]));
-  const goneWhy = 'route no longer configured: add it back (or a route with renamed_from) and restart mailhook to replay';
   const rows = [];
   for (const m of page.messages) {
     for (const d of m.deliveries.filter((x) => x.status === 'dead' && (!route || x.route === route))) {
@@ -200,13 +206,13 @@ async function deadView(seq) {
         el('td', { class: 'num' }, d.last_status_code ?? '—'),
         el('td', { class: 'wrap error' }, d.last_error ?? ''),
         el('td', {}, gone.has(d.route)
-          ? el('span', { class: 'muted', title: goneWhy }, 'route no longer configured')
+          ? el('span', { class: 'muted', title: GONE_WHY }, 'route no longer configured')
           : el('button', { class: 'replay', onclick: (e) => { e.target.disabled = true; replayIds([d.id]); } }, 'Replay')),
       ));
     }
   }
   const total = route ? (gone.has(route) ? 0 : (health.routes.find((r) => r.route === route)?.queue.dead ?? 0)) : health.totals.dead - [...gone.values()].reduce((a, b) => a + b, 0);
-  const bulk = el('button', { id: 'replay-all', disabled: total === 0, title: gone.has(route) ? goneWhy : undefined, onclick: () => replayAll(route, total) }, `Replay all ${total} dead-lettered${route ? ` of ${route}` : ''}`);
+  const bulk = el('button', { id: 'replay-all', disabled: total === 0, title: gone.has(route) ? GONE_WHY : undefined, onclick: () => replayAll(route, total) }, `Replay all ${total} dead-lettered${route ? ` of ${route}` : ''}`);
   view.replaceChildren(
     el('h1', {}, 'Dead letters'),
     el('p', { class: 'muted' }, 'Deliveries that failed for good. A replay sends again now with a fresh attempt budget; the attempt history stays.'),
