@@ -64,6 +64,8 @@ interface ReplayResult {
   remaining: number;
   as_of: string;
   dry_run: boolean;
+  /** named ids no replay takes (a sink's, a route no longer configured), with why; absent from servers before it */
+  skipped?: Array<{ id: string; route: string; status: string; reason: string }>;
 }
 
 /** Exit codes (sysexits.h where one fits): a send-test still pending at its deadline exits 75 (EX_TEMPFAIL). */
@@ -335,8 +337,11 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         const kind = o.delivered ? 'delivered' : 'dead-lettered';
         const count = await api.json<ReplayResult>('POST', '/api/deliveries/replay', { ...base, dry_run: true });
         const total = count.remaining;
+        // A bare "nothing to replay" would not say that a named delivery's route is gone, nor what to do about it.
+        const skipped = count.skipped?.length ? { skipped: count.skipped } : {};
+        if (!o.json) for (const s of count.skipped ?? []) io.stderr(`delivery ${s.id} not replayed: ${s.reason}\n`);
         if (o.dryRun || total === 0) {
-          if (o.json) io.stdout(`${JSON.stringify({ replayed: 0, matched: total, dry_run: true }, null, 2)}\n`);
+          if (o.json) io.stdout(`${JSON.stringify({ replayed: 0, matched: total, dry_run: true, ...skipped }, null, 2)}\n`);
           else io.stdout(`${total} ${kind} deliver${total === 1 ? 'y' : 'ies'} match${o.dryRun ? ' (dry run: nothing replayed)' : '; nothing to replay'}\n`);
           return EXIT.ok;
         }
@@ -350,7 +355,7 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
           if (!o.json) io.stderr(`replayed ${done}/${Math.max(total, done)}\n`);
           if (o.delivery || r.remaining === 0 || r.replayed === 0) break;
         }
-        if (o.json) io.stdout(`${JSON.stringify({ replayed: done, matched: total, ids, as_of: asOf }, null, 2)}\n`);
+        if (o.json) io.stdout(`${JSON.stringify({ replayed: done, matched: total, ids, as_of: asOf, ...skipped }, null, 2)}\n`);
         else io.stdout(`replayed ${done} ${kind} deliver${done === 1 ? 'y' : 'ies'}; they are due now\n`);
         return EXIT.ok;
       }),

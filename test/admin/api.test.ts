@@ -321,6 +321,7 @@ describe('admin API', () => {
     assert.equal(dry.body.remaining, 0);
     const real = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [sinkDelivery], status: 'delivered' } });
     assert.deepEqual([real.body.replayed, real.body.remaining], [0, 0]);
+    for (const r of [dry, real]) assert.deepEqual(r.body.skipped, [{ id: sinkDelivery, route: 'archive', status: 'delivered', reason: 'sink route: nothing to deliver' }], 'the answer says why');
     const wrong = await call(app, 'POST', `/api/messages/${ids.third}/redeliver`, { body: { route: 'nope' } });
     assert.equal(wrong.status, 404);
     assert.match(wrong.body.message, /no delivery to route "nope"; its routes: desk, gitlab/);
@@ -339,6 +340,9 @@ describe('admin API', () => {
       const all = await call(app, 'POST', '/api/deliveries/replay', { body: { all: true } });
       const byId = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [row.id] } });
       assert.deepEqual([all.body.replayed, byId.body.replayed], [0, 0]);
+      assert.deepEqual(all.body.skipped, [], 'only named ids are listed');
+      assert.deepEqual(byId.body.skipped.map((s: any) => [s.id, s.route, s.status]), [[row.id, 'retired', 'dead']]);
+      assert.equal(byId.body.skipped[0].reason, named.body.message, 'the same reason and advice as the 409 for a route filter');
       const redeliver = await call(app, 'POST', `/api/messages/${ids.second}/redeliver`, { body: {} });
       assert.equal(redeliver.status, 409);
       assert.match(redeliver.body.message, /retired: route no longer in the configuration/);

@@ -173,6 +173,27 @@ describe('mailhook CLI against a running server', () => {
     assert.deepEqual(JSON.parse(again.out), { replayed: 0, matched: 0, dry_run: true });
   });
 
+  test('replay --delivery of a route no longer configured says why nothing is replayed, and what to do', async () => {
+    await sendMail(app.smtpPort, { from: 'a@s.test', to: 'app@in.test', subject: 'old route', text: 'x' });
+    await until(() => app.spool.queries.listMessages({}, { limit: 10 }).messages.some((m) => m.subject === 'old route' && m.status === 'delivered'), 10_000, 'the message delivered');
+    const id = app.spool.queries.listMessages({}, { limit: 10 }).messages.find((m) => m.subject === 'old route')!.deliveries[0]!.id;
+    // A spool from before the route was removed: its dead letter stays, replayable once the route is back.
+    app.spool.db.prepare(`UPDATE deliveries SET route = 'retired', status = 'dead' WHERE id = ?`).run(id);
+    try {
+      const r = await mailhook(['replay', '--delivery', id, ...conn], env);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, '0 dead-lettered deliveries match; nothing to replay\n');
+      assert.equal(r.err, `delivery ${id} not replayed: route "retired" is no longer in the configuration: a replayed delivery would be dead-lettered again at once; add the route back (or a route with renamed_from: [retired]), restart mailhook, then replay\n`);
+      const json = JSON.parse((await mailhook(['replay', '--delivery', id, '--json', ...conn], env)).out) as { replayed: number; skipped: Array<{ id: string; route: string; status: string; reason: string }> };
+      assert.equal(json.replayed, 0);
+      assert.deepEqual(json.skipped.map((s) => [s.id, s.route, s.status]), [[id, 'retired', 'dead']]);
+      assert.match(json.skipped[0]!.reason, /add the route back/);
+      assert.equal((app.spool.db.prepare(`SELECT status FROM deliveries WHERE id = ?`).get(id) as { status: string }).status, 'dead', 'left dead');
+    } finally {
+      app.spool.db.prepare(`UPDATE deliveries SET route = 'app', status = 'delivered' WHERE id = ?`).run(id);
+    }
+  });
+
   test('retry --route sends a delivery waiting out a Retry-After now; --dry-run counts; no selector is a usage error', async () => {
     broken.respond = () => ({ status: 503, headers: { 'retry-after': '3600' } });
     const before = broken.requests.length;

@@ -121,10 +121,26 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
    */
   function unreplayableRoutes(route: string | undefined): string[] {
     const configured = new Set(config.routes.map((r) => r.name));
-    if (route !== undefined && !configured.has(route)) {
-      throw problem(409, `route "${route}" is no longer in the configuration: a replayed delivery would be dead-lettered again at once; add the route back (or a route with renamed_from: [${route}]), restart mailhook, then replay`);
-    }
+    if (route !== undefined && !configured.has(route)) throw problem(409, goneRoute(route));
     return [...config.routes.filter((r) => r.sink).map((r) => r.name), ...spool.queries.routesInSpool().filter((r) => !configured.has(r))];
+  }
+
+  /** Why a route no longer configured is not replayed, and how to bring it back. */
+  function goneRoute(route: string): string {
+    return `route "${route}" is no longer in the configuration: a replayed delivery would be dead-lettered again at once; add the route back (or a route with renamed_from: [${route}]), restart mailhook, then replay`;
+  }
+
+  /**
+   * The named ids a replay leaves out whatever their status, each with why: answered with a bare "replayed 0", an
+   * operator replaying one delivery of a removed route would not learn what to do.
+   */
+  function skippedIds(ids: string[] | undefined, excludeRoutes: string[]): Array<{ id: string; route: string; status: string; reason: string }> {
+    const sinks = new Set(config.routes.filter((r) => r.sink).map((r) => r.name));
+    return (ids ?? []).flatMap((id) => {
+      const d = spool.getDelivery(id);
+      if (!d || !excludeRoutes.includes(d.route)) return [];
+      return [{ id, route: d.route, status: d.status, reason: sinks.has(d.route) ? 'sink route: nothing to deliver' : goneRoute(d.route) }];
+    });
   }
 
   /**
@@ -312,11 +328,12 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const asOf = parseTime('as_of', b.as_of) ?? now;
     const excludeRoutes = unreplayableRoutes(filter.route);
     const sel = { ids: b.ids, filter, statuses: [b.status], asOf, excludeRoutes, limit: b.limit };
-    if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true };
+    const skipped = skippedIds(b.ids, excludeRoutes);
+    if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true, skipped };
     const result = spool.queries.replay(sel, now);
     if (result.replayed.length > 0) deps.wakeDelivery(routesOf(result.replayed));
     log.info({ replayed: result.replayed.length, remaining: result.remaining, filter, status: b.status }, 'deliveries replayed by an operator');
-    return { replayed: result.replayed.length, ids: result.replayed, remaining: result.remaining, as_of: iso(asOf), dry_run: false };
+    return { replayed: result.replayed.length, ids: result.replayed, remaining: result.remaining, as_of: iso(asOf), dry_run: false, skipped };
   });
 
   api.post('/deliveries/retry', {

@@ -157,15 +157,15 @@ export const redeliverBody = {
   additionalProperties: false,
 } as const;
 
+/** A delivery a redeliver or replay leaves out, and why. */
+const skippedItem = { type: 'object', properties: { id: { type: 'string' }, route: { type: 'string' }, status: { type: 'string' }, reason: { type: 'string' } }, required: ['id', 'route', 'status', 'reason'] } as const;
+
 export const redeliverResponse = {
   type: 'object',
   properties: {
     message_id: { type: 'string' },
     requeued: { type: 'array', items: { type: 'string' }, description: 'delivery ids now pending, due now' },
-    skipped: {
-      type: 'array',
-      items: { type: 'object', properties: { id: { type: 'string' }, route: { type: 'string' }, status: { type: 'string' }, reason: { type: 'string' } }, required: ['id', 'route', 'status', 'reason'] },
-    },
+    skipped: { type: 'array', items: skippedItem },
   },
   required: ['message_id', 'requeued', 'skipped'],
 } as const;
@@ -219,8 +219,13 @@ export const replayResponse = {
     remaining: { type: 'integer', description: 'deliveries still matching after this call (with the same as_of)' },
     as_of: time,
     dry_run: { type: 'boolean' },
+    skipped: {
+      type: 'array',
+      items: skippedItem,
+      description: 'ids named in the request that no replay takes, whatever their status: a sink route\'s, or a route no longer in the configuration (the reason says what to do)',
+    },
   },
-  required: ['replayed', 'ids', 'remaining', 'as_of', 'dry_run'],
+  required: ['replayed', 'ids', 'remaining', 'as_of', 'dry_run', 'skipped'],
 } as const;
 
 export const deleteQuery = {
