@@ -16,6 +16,8 @@ export interface Lease {
   token: string;
   /** the message's size in bytes, when the lease asked for it (canTake's sizeOf) */
   messageSize?: number;
+  /** JobQueue's revocation count when the lease was taken (holds() skips its query while nothing was revoked since) */
+  revocations?: number;
 }
 
 interface DueRow {
@@ -186,7 +188,7 @@ export class JobQueue {
           if (!canTake(row.route, sizeOf)) continue;
           const token = randomUUID();
           const claimed = this.claim.get({ id: row.id, token, expires: now + leaseMs, now }) as DeliveryDbRow | undefined;
-          if (claimed) leases.push({ token, delivery: toDeliveryRow(claimed), ...(size === undefined ? {} : { messageSize: size }) });
+          if (claimed) leases.push({ token, delivery: toDeliveryRow(claimed), revocations: this.revocations, ...(size === undefined ? {} : { messageSize: size }) });
         }
       };
       const window = limit * 2;
@@ -289,12 +291,26 @@ export class JobQueue {
   }
   private abandoned: { select: Database.Statement; resume: Database.Statement; bury: Database.Statement } | undefined;
 
-  /** Whether the lease is still this delivery's: false once an operator deleted it (or its message) meanwhile. */
+  /**
+   * Whether the lease is still this delivery's: false once an operator deleted it (or its message) meanwhile. Only
+   * a forced delete takes a lease away from under the delivery loop (retention keeps a message with a delivery in
+   * flight, replay takes finished ones, reclaimExpired spares the loop's own leases), and it says so (revokeLeases):
+   * until then the answer is known without a query. The query outside a transaction cost ~30 µs per delivery
+   * (SQLite's read-transaction set-up on the shared WAL), a twentieth of a 1 KB delivery's CPU.
+   */
   holds(lease: Lease): boolean {
+    if (lease.revocations === this.revocations) return true;
     this.held ??= this.db.prepare(`SELECT 1 FROM deliveries WHERE id = ? AND lease_token = ?`);
     return this.held.get(lease.delivery.id, lease.token) !== undefined;
   }
   private held: Database.Statement | undefined;
+  /** how many times a lease may have been taken away (see holds) */
+  private revocations = 0;
+
+  /** A delivery in flight was deleted (SpoolQueries.deleteMessage with force): holds() asks the spool again. */
+  revokeLeases(): void {
+    this.revocations++;
+  }
 
   /**
    * Dead-letters the pending deliveries of routes not in `routes` (removed from the configuration), with an attempt

@@ -217,6 +217,8 @@ export class SpoolQueries {
   constructor(
     private readonly db: Db,
     private readonly blobs: BlobStore,
+    /** told when a delete took a delivery in flight away from the delivery loop (JobQueue.revokeLeases) */
+    private readonly onLeasesRevoked: () => void = () => undefined,
   ) {}
 
   /** One page of messages, newest first; next_cursor is null on the last page. */
@@ -408,6 +410,7 @@ export class SpoolQueries {
       rawFile = row.raw_file;
       deleted = this.db.prepare(`DELETE FROM messages WHERE id = ?`).run(id).changes === 1;
     })();
+    if (deleted && inFlight > 0) this.onLeasesRevoked();
     if (deleted && rawFile) this.blobs.removeSync(rawFile);
     return { deleted, inFlight };
   }

@@ -74,7 +74,8 @@ export class Spool {
       this.blobs = new BlobStore(blobsDirOf(options.path));
       this.acceptor = acceptor = new Acceptor(this.db, this.blobs, options.clock, options.inlineMaxBytes);
       this.jobs = new JobQueue(this.db);
-      this.queries = new SpoolQueries(this.db, this.blobs);
+      const jobs = this.jobs;
+      this.queries = new SpoolQueries(this.db, this.blobs, () => jobs.revokeLeases());
       this.getMessageRow = this.db.prepare(
         `SELECT id, received_at, source, mail_from, rcpt_to, remote_address, helo, tls, size, raw_file, dedupe_key, meta FROM messages WHERE id = ?`,
       );
