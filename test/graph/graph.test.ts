@@ -447,6 +447,25 @@ test('a message that keeps failing is tried again by itself on its own backoff: 
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
 });
 
+test('a stored message whose marking keeps failing is counted a duplicate once, not at every try', async () => {
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+  g.fail(3, 500, (m) => m === 'PATCH');
+  const id = g.add(message('mark3', { to: 'desk@in.test', messageId: 'mark3@x' }));
+  const from = g.requests.length;
+  const app = await start([graphYaml('g-mark3')]);
+  try {
+    await until(() => g.messages.get(id)?.isRead === true, 10_000, 'marked read on the fourth try');
+    assert.equal(count(app.spool.db), 1);
+    assert.equal(g.requests.slice(from).filter((r) => r.method === 'PATCH').length, 4);
+    assert.match(await (await fetch(`${app.httpUrl}/metrics`)).text(), /^mailhook_mailbox_messages_total\{mailbox="g-mark3",outcome="duplicate"\} 1$/m);
+    assert.equal(app.logs.filter((l) => l.includes('the spool holds this message already')).length, 1);
+  } finally {
+    g.clearFailures();
+    await app.close();
+  }
+  for (const m of [...g.messages.values()]) g.messages.delete(m.id);
+});
+
 test('a message passed over that is then deleted (or moved out) is no longer tried', async () => {
   for (const m of [...g.messages.values()]) g.messages.delete(m.id);
   const bad = g.add(message('gone', { to: 'desk@in.test', messageId: 'gone@x' }));

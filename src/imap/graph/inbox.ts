@@ -316,7 +316,7 @@ export class GraphInbox {
   private async take(sourceId: string, ident: string | undefined, givenBack: { id?: string } = {}): Promise<void> {
     if (this.skipped.has(sourceId) || (ident && this.skipped.has(ident))) return;
     let id = sourceId;
-    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) return this.markHeld(id);
+    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) return this.markHeld(id, this.keyOf(id, ident));
     if (this.s.claim === 'move') {
       // The claim: POST …/move answers 201 with the moved message (a new id) to exactly one instance; the
       // others get 404 ErrorItemNotFound, the id being gone from this folder.
@@ -341,16 +341,23 @@ export class GraphInbox {
   }
 
   /** A message the spool holds already (committed before a crash, not marked then): counted as a duplicate, only marked. */
-  private async markHeld(id: string): Promise<void> {
-    this.deps.ingest.count('duplicate');
-    this.deps.log.info({ mailbox: this.s.name, graphId: id }, 'the spool holds this message already (an earlier pass committed it and did not mark it): only marking it');
+  private async markHeld(id: string, key: string): Promise<void> {
+    // Counted once per message: while its marking keeps failing it is found here again at each try.
+    if (!this.heldCounted.has(key)) {
+      if (this.heldCounted.size >= 10_000) this.heldCounted.clear();
+      this.heldCounted.add(key);
+      this.deps.ingest.count('duplicate');
+      this.deps.log.info({ mailbox: this.s.name, graphId: id }, 'the spool holds this message already (an earlier pass committed it and did not mark it): only marking it');
+    }
     await this.afterDelivery(id);
   }
+  /** dedupe keys markHeld counted (a bound: cleared past 10,000) */
+  private readonly heldCounted = new Set<string>();
 
   private async takeClaimed(id: string, ident: string | undefined): Promise<void> {
     const key = this.keyOf(id, ident);
     const log = { mailbox: this.s.name, graphId: id };
-    if (this.deps.ingest.isCommitted(key)) return this.markHeld(id);
+    if (this.deps.ingest.isCommitted(key)) return this.markHeld(id, key);
     const res = await this.graph.stream(`${this.base}/messages/${encodeURIComponent(id)}/$value`, { allow: [404] });
     if (res.status === 404) {
       await res.body.dump();
@@ -511,7 +518,7 @@ export class GraphInbox {
         if (!m.id || m.isRead === true) continue;
         present.add(m.id);
         if (this.deps.ingest.isCommitted(this.keyOf(m.id, identity(m)))) {
-          await this.markHeld(m.id);
+          await this.markHeld(m.id, this.keyOf(m.id, identity(m)));
           continue;
         }
         const since = this.claimSeen.get(m.id);
