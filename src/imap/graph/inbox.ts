@@ -112,7 +112,12 @@ export class GraphInbox {
       max: MAX_FAILING,
       scope: this.deltaScope,
       load: () => state?.get(FAILING_KEY),
-      save: (v) => (v === undefined ? state?.delete(FAILING_KEY) : state?.set(FAILING_KEY, v)),
+      // Every change is saved: the mailbox's details follow it here, in one place.
+      save: (v) => {
+        if (v === undefined) state?.delete(FAILING_KEY);
+        else state?.set(FAILING_KEY, v);
+        this.status.details.failing_messages = this.failing.size;
+      },
     });
     this.status.details.failing_messages = this.failing.size;
   }
@@ -245,7 +250,7 @@ export class GraphInbox {
         if (this.stopping) return;
         if (!item.id) continue;
         if (item['@removed'] !== undefined || item.isRead === true) {
-          if (this.failing.forget(item.id)) this.status.details.failing_messages = this.failing.size;
+          this.failing.forget(item.id);
           continue;
         }
         if (this.failing.isWaiting(item.id, this.deps.clock.now())) continue; // passed over earlier: its own retry
@@ -276,7 +281,6 @@ export class GraphInbox {
         const res = await this.graph.json<DeltaItem>('GET', `${this.base}/messages/${encodeURIComponent(id)}?$select=id,isRead,internetMessageId,receivedDateTime`, { allow: [404] });
         if (res.status === 404 || res.body?.isRead === true) {
           this.failing.forget(id);
-          this.status.details.failing_messages = this.failing.size;
           this.deps.log.info({ mailbox: this.s.name, graphId: id }, res.status === 404 ? 'a message passed over earlier is gone from the folder (deleted or moved); no longer tried' : 'a message passed over earlier was read meanwhile; no longer tried');
           return;
         }
@@ -284,7 +288,6 @@ export class GraphInbox {
       }
       await this.take(id, ident, givenBack);
       if (this.failing.forget(id)) {
-        this.status.details.failing_messages = this.failing.size;
         this.deps.log.info({ mailbox: this.s.name, graphId: id }, 'a message passed over earlier was taken');
       }
     } catch (err) {
@@ -293,7 +296,6 @@ export class GraphInbox {
       this.status.messageFailed(e);
       const now = this.deps.clock.now();
       const m = this.failing.failed(id, givenBack.id ?? id, ident, now);
-      this.status.details.failing_messages = this.failing.size;
       if (!m) {
         this.unrecorded = true;
         this.deps.log.warn({ mailbox: this.s.name, graphId: id, code: e.code, error: e.message }, `a message failed; ${MAX_FAILING} others are waiting to be tried again already, so the delta link is kept and the next pass lists it again`);
@@ -316,7 +318,8 @@ export class GraphInbox {
   private async take(sourceId: string, ident: string | undefined, givenBack: { id?: string } = {}): Promise<void> {
     if (this.skipped.has(sourceId) || (ident && this.skipped.has(ident))) return;
     let id = sourceId;
-    if (this.deps.ingest.isCommitted(this.keyOf(id, ident))) return this.markHeld(id, this.keyOf(id, ident));
+    const heldKey = this.keyOf(id, ident);
+    if (this.deps.ingest.isCommitted(heldKey)) return this.markHeld(id, heldKey);
     if (this.s.claim === 'move') {
       // The claim: POST …/move answers 201 with the moved message (a new id) to exactly one instance; the
       // others get 404 ErrorItemNotFound, the id being gone from this folder.
