@@ -57,6 +57,15 @@ const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8'
 /** RCPT parameters: none without DSN (NOTIFY, ORCPT). */
 const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
 
+/**
+ * Whether held-back DATA bytes hold a CR or an LF (they may be part of a line start or the terminator). A period
+ * among them without either is not at a line start: one right after an LF of the chunk before was decided there.
+ */
+function hasLineEnd(bytes: Buffer): boolean {
+  for (const b of bytes) if (b === CR || b === LF) return true;
+  return false;
+}
+
 function hasNonAscii(command: Buffer): boolean {
   for (const b of command) if (b >= 0x80) return true;
   return false;
@@ -91,7 +100,7 @@ function writtenAddress(command: string): string | undefined {
   return path.slice(1, -1).replace(/^@[^\s,:@]+(?:,@[^\s,:@]+)*:/, '');
 }
 
-class MailhookStream extends SMTPStream {
+export class MailhookStream extends SMTPStream {
   /** length of the chunk smtp-server's Writable is processing (every nested _write is a tail of it) */
   private topLen = 0;
   private topPending = false;
@@ -136,9 +145,21 @@ class MailhookStream extends SMTPStream {
   override _feedDataStream(chunk: Buffer, done: (err?: Error | null) => void): void {
     const dataStream = this._dataStream;
     if (!dataStream) return done();
+    const pieces: Buffer[] = [];
+    // A period at index i >= 2 that follows an LF is looked at (from: where the search for the LF starts).
+    let from = 1;
     if (this._lastBytes && this._lastBytes.length) {
-      chunk = Buffer.concat([this._lastBytes, chunk]);
+      const last = this._lastBytes;
       this._lastBytes = false;
+      if (!this._atDataStart && chunk.length >= 4 && !hasLineEnd(last)) {
+        // Held bytes without CR or LF take no part in a line start, a period to remove or the terminator:
+        // they go out ahead of the chunk as they are, and an LF at the chunk's first byte counts (it follows them).
+        // The chunk is not copied behind them (a copy of the whole message, 64 KiB at a time, and the garbage).
+        pieces.push(last);
+        from = 0;
+      } else {
+        chunk = Buffer.concat([last, chunk]);
+      }
     }
     // Until a first byte is emitted or removed, a period opens the first line (see SMTPStream: a removed one
     // clears _atDataStart, so a "." left over from ".." is content, never the terminator).
@@ -150,11 +171,9 @@ class MailhookStream extends SMTPStream {
       chunk = chunk.subarray(1);
       this._atDataStart = false;
     }
-    const pieces: Buffer[] = [];
-    // A period at index i >= 2 that follows an LF, with two bytes after it, is looked at: found by the native
-    // indexOf of "\n." (a byte-by-byte loop here cost ~3.5 ms of CPU per MB). Each removed period restarts the scan on
-    // what follows it, as the library does (its next two bytes cannot start a line).
-    let from = 1;
+    // A period that follows an LF, with two bytes after it, is looked at: found by the native indexOf of "\n." (a
+    // byte-by-byte loop here cost ~3.5 ms of CPU per MB). Each removed period restarts the scan on what follows it,
+    // as the library does (its next two bytes cannot start a line).
     for (;;) {
       const i = chunk.indexOf(LF_DOT, from) + 1;
       if (i === 0 || i >= chunk.length - 2) break;

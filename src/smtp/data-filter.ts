@@ -164,6 +164,14 @@ export class DataFilter extends Transform {
     return true;
   }
 
+  /**
+   * In a body outside any multipart, for good: no header section or delimiter can follow, so lines matter only for
+   * their line ends (a message/rfc822 part's header section was entered at its parent's blank line already).
+   */
+  private get plainBody(): boolean {
+    return !this.inHeader && this.multipartDepth === 0;
+  }
+
   /** Whether a lone CR or LF gets the byte that makes it CRLF. */
   private get inserting(): boolean {
     return this.opts.bareLf === 'normalize';
@@ -171,6 +179,12 @@ export class DataFilter extends Transform {
 
   /** Finds the line ends of one chunk (native indexOf, no per-byte JS loop) and returns the bytes to store. */
   private scan(chunk: Buffer): Buffer {
+    // A plain body with its line ends kept as they are: nothing left to look at (a lone CR pending at the last
+    // chunk's end would only be part of its line).
+    if (this.opts.bareLf === 'keep' && this.plainBody) {
+      this.pendingCR = false;
+      return chunk;
+    }
     const len = chunk.length;
     let pieces: Buffer[] | undefined;
     let segStart = 0;
@@ -208,6 +222,19 @@ export class DataFilter extends Transform {
           this.lineEnd();
           i = t + 2;
           nextLF = chunk.indexOf(LF, i);
+          if (this.plainBody) {
+            // Lines ending in CRLF, in a body where lines mean nothing more, go by with only the two searches (no
+            // per-line state: the line length, the head copy and the delimiter check serve headers and multiparts).
+            this.collecting = false;
+            let cr = chunk.indexOf(CR, i);
+            while (cr !== -1 && cr + 1 === nextLF) {
+              i = nextLF + 1;
+              cr = chunk.indexOf(CR, i);
+              nextLF = chunk.indexOf(LF, i);
+            }
+            nextCR = cr;
+            continue;
+          }
         } else if (this.opts.bareLf === 'keep') {
           // A lone CR is no line end to mailparser's splitter (it splits at LF): part of the line.
           this.lineData(chunk, t, t + 1);

@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { createDataFilter, parseContentType, type DataFilterOptions } from '../../src/smtp/data-filter.js';
 import { ClientLimits, clientKey, parseCidr } from '../../src/smtp/limits.js';
-import { enhanceReply, parseProxyV2 } from '../../src/smtp/adapter.js';
+import { enhanceReply, MailhookStream, parseProxyV2 } from '../../src/smtp/adapter.js';
 import { MessageRefused } from '../../src/smtp/replies.js';
 import { parseMessage } from '../../src/parse/message.js';
 
@@ -87,6 +87,80 @@ test('keep passes lone CRs and LFs as they are, yet ends lines at them: MIME par
   }
   const endsOnCr = await run(Buffer.from('Subject: x\n\nbody\r'), 3, { bareLf: 'keep' });
   assert.deepEqual(endsOnCr.out, Buffer.from('Subject: x\n\nbody\r'));
+});
+
+test('a body outside any multipart: every lone CR and LF is found, whatever the chunking, after plain CRLF lines', async () => {
+  // The body's CRLF lines take a shorter path than the header's (nothing but their ends matters there); the lone
+  // ones among and after them, and a CR split from its LF by a chunk boundary, are seen all the same.
+  const lone = /\r(?!\n)|(?<!\r)\n/g;
+  const bodies = ['one\r\ntwo\r\n\r\nthree\nfour\r\n', 'a\r\nb\r\nc\rd\r\ne\r\n', 'x\r\n\r\n\r\ny\r\r\nz\n\r\n', 'p\r\nq\r\nr\r'];
+  const heads = [
+    { head: 'Subject: plain\r\n\r\n', parts: 1 },
+    { head: 'Content-Type: multipart/mixed; boundary=b\r\n\r\npreamble\r\n--b\r\n\r\npart\r\n--b\r\nX: y\r\n\r\n--b--\r\nepilogue\r\n', parts: 3 },
+  ];
+  for (const { head, parts } of heads) {
+    for (const body of bodies) {
+      const input = Buffer.from(head + body);
+      const count = (body.match(lone) ?? []).length;
+      for (let size = 1; size <= input.length; size++) {
+        const what = `${JSON.stringify(head + body)} in chunks of ${size}`;
+        const n = await run(input, size);
+        assert.equal(n.err, undefined, what);
+        assert.equal(n.out.toString('latin1'), (head + body).replace(lone, '\r\n'), what);
+        assert.equal(n.filter.stats.normalized, count, what);
+        assert.equal(n.filter.stats.mimeParts, parts, what);
+        const k = await run(input, size, { bareLf: 'keep' });
+        assert.deepEqual(k.out, input, what);
+        const r = await run(input, size, { bareLf: 'reject' });
+        assert.equal(r.err instanceof MessageRefused, count > 0, what);
+      }
+    }
+  }
+});
+
+/** What MailhookStream hands on for a DATA phase given in these chunks, and what followed the terminator. */
+async function dataPhase(chunks: Buffer[]): Promise<{ content: string; after: string }> {
+  const stream = new MailhookStream();
+  const after: string[] = [];
+  stream.oncommand = (command: Buffer, cb?: () => void) => {
+    after.push(command.toString('latin1'));
+    cb?.();
+  };
+  const data = stream.startDataMode();
+  const out: Buffer[] = [];
+  data.on('data', (c: Buffer) => out.push(c));
+  const ended = once(data, 'end');
+  // Written as a socket would: the chunk holding the terminator completes only once the phase is over (continue).
+  for (const c of chunks) stream.write(c);
+  await ended;
+  stream.continue();
+  stream.end();
+  await once(stream, 'finish');
+  return { content: Buffer.concat(out).toString('latin1'), after: after.join('|') };
+}
+
+test('DATA: periods and the terminator are read the same wherever the chunks split, bytes held back or not', async () => {
+  // The stream holds a chunk's last 4 bytes back (they may begin a line or the terminator); held bytes that hold no
+  // CR or LF go out ahead of the next chunk without copying it. One chunk is the reference.
+  const phases = [
+    'Subject: a\r\n\r\nabcd\n.x\r\nend\r\n.\r\nQUIT\r\n',
+    'Subject: b\r\n\r\nabcdefgh\r\n..y\r\n.z\r\n.\r\n',
+    'abcd\n.\n.\r.x\r\n...\r\nwxyz\r\n.\r\nNOOP\r\n',
+    'ab.d\r\nefgh\r\n.\r\n',
+  ];
+  for (const phase of phases) {
+    const whole = Buffer.from(phase, 'latin1');
+    const reference = await dataPhase([whole]);
+    assert.ok(reference.content.length > 0 && !reference.content.includes('\r\n.\r\n'), JSON.stringify(phase));
+    for (let a = 1; a < whole.length; a++) {
+      for (let b = a + 1; b <= whole.length; b++) {
+        const chunks = [whole.subarray(0, a), whole.subarray(a, b), whole.subarray(b)].filter((c) => c.length > 0);
+        assert.deepEqual(await dataPhase(chunks), reference, `${JSON.stringify(phase)} split at ${a} and ${b}`);
+      }
+    }
+  }
+  assert.deepEqual(await dataPhase([Buffer.from('Subject: a\r\n\r\nabcd'), Buffer.from('\n.x\r\n.\r\n')]), { content: 'Subject: a\r\n\r\nabcd\nx\r\n', after: '' });
+  assert.deepEqual(await dataPhase([Buffer.from('xyabcd'), Buffer.from('\n.'), Buffer.from('x\r\n.\r\n')]), { content: 'xyabcd\nx\r\n', after: '' });
 });
 
 test('reject refuses a lone LF with 550 5.5.2 and passes nothing further', async () => {
