@@ -57,10 +57,7 @@ const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8'
 /** RCPT parameters: none without DSN (NOTIFY, ORCPT). */
 const RCPT_PARAMETERS: ReadonlySet<string> = new Set();
 
-/**
- * Whether held-back DATA bytes hold a CR or an LF (they may be part of a line start or the terminator). A period
- * among them without either is not at a line start: one right after an LF of the chunk before was decided there.
- */
+/** Whether the last bytes of a DATA chunk hold a CR or an LF (they may be part of a line start or the terminator). */
 function hasLineEnd(bytes: Buffer): boolean {
   for (const b of bytes) if (b === CR || b === LF) return true;
   return false;
@@ -106,6 +103,8 @@ export class MailhookStream extends SMTPStream {
   private topPending = false;
   /** set by DATA: the next data-mode write is the hand-over of whatever followed the DATA line */
   handoff: ((early: boolean) => boolean) | null = null;
+  /** where the search for "\n." starts in held bytes joined to the next chunk (see _feedDataStream) */
+  private heldFrom = 1;
   onDataEnd: (() => void) | null = null;
 
   override _write(chunk: Buffer, encoding: BufferEncoding | 'buffer', next: (err?: Error | null) => void): void {
@@ -145,22 +144,15 @@ export class MailhookStream extends SMTPStream {
   override _feedDataStream(chunk: Buffer, done: (err?: Error | null) => void): void {
     const dataStream = this._dataStream;
     if (!dataStream) return done();
-    const pieces: Buffer[] = [];
-    // A period at index i >= 2 that follows an LF is looked at (from: where the search for the LF starts).
-    let from = 1;
+    // Where the search for an LF before a period starts: as the library, never at the first byte of the data; at the
+    // first byte of a chunk that follows one sent whole; where held bytes joined in front say (heldFrom).
+    let from = this._atDataStart ? 1 : 0;
     if (this._lastBytes && this._lastBytes.length) {
-      const last = this._lastBytes;
+      chunk = Buffer.concat([this._lastBytes, chunk]);
       this._lastBytes = false;
-      if (!this._atDataStart && chunk.length >= 4 && !hasLineEnd(last)) {
-        // Held bytes without CR or LF take no part in a line start, a period to remove or the terminator:
-        // they go out ahead of the chunk as they are, and an LF at the chunk's first byte counts (it follows them).
-        // The chunk is not copied behind them (a copy of the whole message, 64 KiB at a time, and the garbage).
-        pieces.push(last);
-        from = 0;
-      } else {
-        chunk = Buffer.concat([last, chunk]);
-      }
+      from = this.heldFrom;
     }
+    const chunkFrom = from;
     // Until a first byte is emitted or removed, a period opens the first line (see SMTPStream: a removed one
     // clears _atDataStart, so a "." left over from ".." is content, never the terminator).
     if (this._atDataStart && chunk.length >= 3 && chunk[0] === DOT && chunk[1] === CR && chunk[2] === LF) {
@@ -171,6 +163,7 @@ export class MailhookStream extends SMTPStream {
       chunk = chunk.subarray(1);
       this._atDataStart = false;
     }
+    const pieces: Buffer[] = [];
     // A period that follows an LF, with two bytes after it, is looked at: found by the native indexOf of "\n." (a
     // byte-by-byte loop here cost ~3.5 ms of CPU per MB). Each removed period restarts the scan on what follows it,
     // as the library does (its next two bytes cannot start a line).
@@ -191,9 +184,16 @@ export class MailhookStream extends SMTPStream {
         from = 1;
       } else from = i + 1;
     }
-    // The last 4 bytes wait for the next chunk: they may begin a line or the terminator.
-    this._lastBytes = chunk.length < 4 ? chunk : chunk.subarray(chunk.length - 4);
-    if (this._lastBytes.length < chunk.length) pieces.push(chunk.subarray(0, chunk.length - this._lastBytes.length));
+    // The last 4 bytes wait for the next chunk when they may begin a line or the terminator: at the start of the
+    // data, or when they hold a CR or an LF. Without either they take no part in what the next chunk holds (a period
+    // among them is not at a line start: one right after an LF of the chunk before was decided there), so the chunk
+    // goes whole and the next is not copied behind them (a copy of the whole message, 64 KiB at a time).
+    const tail = chunk.length < 4 ? chunk : chunk.subarray(chunk.length - 4);
+    this._lastBytes = this._atDataStart || hasLineEnd(tail) ? tail : false;
+    // An LF 4 bytes from the end had its period decided here; one at the start of a shorter chunk did not.
+    this.heldFrom = chunk.length < 4 ? chunkFrom : 1;
+    const sent = this._lastBytes ? chunk.length - tail.length : chunk.length;
+    if (sent > 0) pieces.push(sent < chunk.length ? chunk.subarray(0, sent) : chunk);
     if (!this.emitData(dataStream, pieces) || dataStream.destroyed) return done();
     // Wait for the stream to drain (a stream destroyed meanwhile never drains, it only closes).
     const onDrain = () => {

@@ -140,27 +140,38 @@ async function dataPhase(chunks: Buffer[]): Promise<{ content: string; after: st
 }
 
 test('DATA: periods and the terminator are read the same wherever the chunks split, bytes held back or not', async () => {
-  // The stream holds a chunk's last 4 bytes back (they may begin a line or the terminator); held bytes that hold no
-  // CR or LF go out ahead of the next chunk without copying it. One chunk is the reference.
+  // The stream holds a chunk's last 4 bytes back when they may begin a line or the terminator (at the start, or
+  // holding a CR or an LF); otherwise the chunk goes whole and the next is not joined to them. One chunk is the reference.
   const phases = [
     'Subject: a\r\n\r\nabcd\n.x\r\nend\r\n.\r\nQUIT\r\n',
     'Subject: b\r\n\r\nabcdefgh\r\n..y\r\n.z\r\n.\r\n',
     'abcd\n.\n.\r.x\r\n...\r\nwxyz\r\n.\r\nNOOP\r\n',
     'ab.d\r\nefgh\r\n.\r\n',
+    // the data's start: an empty message, a stuffed first line, an LF first
+    '.\r\nNOOP\r\n',
+    '..x\r\n.y\r\n.\r\n',
+    '\n.x\r\n.\r\n',
   ];
   for (const phase of phases) {
     const whole = Buffer.from(phase, 'latin1');
     const reference = await dataPhase([whole]);
-    assert.ok(reference.content.length > 0 && !reference.content.includes('\r\n.\r\n'), JSON.stringify(phase));
+    assert.ok(!reference.content.includes('\r\n.\r\n'), JSON.stringify(phase));
+    // Every split into up to four chunks: the first chunk is held back at the data's start, so a chunk sent whole
+    // followed by a short one needs the fourth.
     for (let a = 1; a < whole.length; a++) {
       for (let b = a + 1; b <= whole.length; b++) {
-        const chunks = [whole.subarray(0, a), whole.subarray(a, b), whole.subarray(b)].filter((c) => c.length > 0);
-        assert.deepEqual(await dataPhase(chunks), reference, `${JSON.stringify(phase)} split at ${a} and ${b}`);
+        for (let c = b; c <= whole.length; c++) {
+          const chunks = [whole.subarray(0, a), whole.subarray(a, b), whole.subarray(b, c), whole.subarray(c)].filter((x) => x.length > 0);
+          assert.deepEqual(await dataPhase(chunks), reference, `${JSON.stringify(phase)} split at ${a}, ${b} and ${c}`);
+        }
       }
     }
   }
   assert.deepEqual(await dataPhase([Buffer.from('Subject: a\r\n\r\nabcd'), Buffer.from('\n.x\r\n.\r\n')]), { content: 'Subject: a\r\n\r\nabcd\nx\r\n', after: '' });
   assert.deepEqual(await dataPhase([Buffer.from('xyabcd'), Buffer.from('\n.'), Buffer.from('x\r\n.\r\n')]), { content: 'xyabcd\nx\r\n', after: '' });
+  assert.deepEqual(await dataPhase(['Subject: a\r\n\r\nab', 'cdef', '\n.', 'x\r\n.\r\n'].map((c) => Buffer.from(c))), { content: 'Subject: a\r\n\r\nabcdef\nx\r\n', after: '' });
+  // As the library: an LF that is the data's first byte starts no line of its own (the DATA line's CRLF did).
+  assert.deepEqual(await dataPhase([Buffer.from('\n.x\r\n.\r\n')]), { content: '\n.x\r\n', after: '' });
 });
 
 test('reject refuses a lone LF with 550 5.5.2 and passes nothing further', async () => {

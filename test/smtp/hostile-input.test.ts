@@ -162,8 +162,8 @@ describe('protocol edge cases', () => {
   });
 
   test('a line-starting period right after a segment boundary is removed, whatever the bytes held before it', async () => {
-    // The server holds a segment's last 4 bytes back (they may begin a line or the terminator): held bytes plain or
-    // not, a next segment shorter than 4 bytes or not. The header goes first, on its own: the first body segment
+    // The server holds a segment's last 4 bytes back when they may begin a line or the terminator (a CR or an LF
+    // among them) and sends the rest whole: segments ending either way, a next segment shorter than 4 bytes or not. The header goes first, on its own: the first body segment
     // can join the DATA line's when the server is still busy with it. (data-filter.test.ts splits every way.)
     const cases: Array<{ segments: string[]; stored: string }> = [
       { segments: ['abcd', '\n.x\r\nend\r\n.\r\n'], stored: 'abcd\r\nx\r\nend\r\n' },
