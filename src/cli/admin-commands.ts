@@ -64,7 +64,7 @@ interface ReplayResult {
   remaining: number;
   as_of: string;
   dry_run: boolean;
-  /** named ids no replay takes (a sink's, a route no longer configured), with why; absent from servers before it */
+  /** named ids the replay left out (a sink route, a route no longer configured, another status), with why; absent from servers before it */
   skipped?: Array<{ id: string; route: string; status: string; reason: string }>;
 }
 
@@ -337,27 +337,35 @@ export function registerAdminCommands(program: Command, io: CliIo, setExit: (cod
         const kind = o.delivered ? 'delivered' : 'dead-lettered';
         const count = await api.json<ReplayResult>('POST', '/api/deliveries/replay', { ...base, dry_run: true });
         const total = count.remaining;
-        // A bare "nothing to replay" would not say that a named delivery's route is gone, nor what to do about it.
-        const skipped = count.skipped?.length ? { skipped: count.skipped } : {};
-        if (!o.json) for (const s of count.skipped ?? []) io.stderr(`delivery ${s.id} not replayed: ${s.reason}\n`);
+        // A bare "nothing to replay" would not say that a named delivery's route is gone, or that it is still
+        // pending, nor what to do about it; a named delivery left out is a failure (exit 1) for a script.
+        const leftOut = (list: ReplayResult['skipped']): { skipped?: NonNullable<ReplayResult['skipped']> } => {
+          if (!list?.length) return {};
+          if (!o.json) for (const s of list) io.stderr(`delivery ${s.id} not replayed: ${s.reason}\n`);
+          return { skipped: list };
+        };
         if (o.dryRun || total === 0) {
+          const skipped = leftOut(count.skipped);
           if (o.json) io.stdout(`${JSON.stringify({ replayed: 0, matched: total, dry_run: true, ...skipped }, null, 2)}\n`);
           else io.stdout(`${total} ${kind} deliver${total === 1 ? 'y' : 'ies'} match${o.dryRun ? ' (dry run: nothing replayed)' : '; nothing to replay'}\n`);
-          return EXIT.ok;
+          return skipped.skipped ? EXIT.failed : EXIT.ok;
         }
         let done = 0;
         const ids: string[] = [];
         const asOf = count.as_of;
+        let last: ReplayResult;
         for (;;) {
-          const r = await api.json<ReplayResult>('POST', '/api/deliveries/replay', o.delivery ? { ...base } : { ...base, as_of: asOf, limit: batch });
-          done += r.replayed;
-          ids.push(...r.ids);
+          last = await api.json<ReplayResult>('POST', '/api/deliveries/replay', o.delivery ? { ...base } : { ...base, as_of: asOf, limit: batch });
+          done += last.replayed;
+          ids.push(...last.ids);
           if (!o.json) io.stderr(`replayed ${done}/${Math.max(total, done)}\n`);
-          if (o.delivery || r.remaining === 0 || r.replayed === 0) break;
+          if (o.delivery || last.remaining === 0 || last.replayed === 0) break;
         }
+        // Named ids: the replay's own answer says which it left out (the count's may have changed meanwhile).
+        const skipped = leftOut(last.skipped);
         if (o.json) io.stdout(`${JSON.stringify({ replayed: done, matched: total, ids, as_of: asOf, ...skipped }, null, 2)}\n`);
         else io.stdout(`replayed ${done} ${kind} deliver${done === 1 ? 'y' : 'ies'}; they are due now\n`);
-        return EXIT.ok;
+        return skipped.skipped ? EXIT.failed : EXIT.ok;
       }),
     );
 

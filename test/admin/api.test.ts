@@ -352,6 +352,39 @@ describe('admin API', () => {
     }
   });
 
+  test('replay by ids says why it left out each named delivery whose status is not the one asked for', async () => {
+    await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'queue to drain');
+    const rows = app.spool.db.prepare(`SELECT id, status, finished_at, next_attempt_at FROM deliveries WHERE message_id IN (?, ?) ORDER BY id`).all(ids.first, ids.third) as Array<{ id: string; status: string; finished_at: number | null; next_attempt_at: number }>;
+    assert.equal(rows.length, 3);
+    const [pending, dropped, delivered] = rows as [(typeof rows)[0], (typeof rows)[0], (typeof rows)[0]];
+    const set = app.spool.db.prepare(`UPDATE deliveries SET status = ?, next_attempt_at = ? WHERE id = ?`);
+    // Pending but not due (a backoff): the delivery loop leaves it alone meanwhile.
+    set.run('pending', Date.now() + 3_600_000, pending.id);
+    set.run('dropped', dropped.next_attempt_at, dropped.id);
+    set.run('delivered', delivered.next_attempt_at, delivered.id);
+    try {
+      const dead = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [pending.id, dropped.id, delivered.id] } });
+      assert.equal(dead.status, 200, JSON.stringify(dead.body));
+      assert.equal(dead.body.replayed, 0);
+      assert.deepEqual(dead.body.skipped.map((s: any) => [s.id, s.status, s.reason]), [
+        [pending.id, 'pending', 'pending: it goes out when due (mailhook retry --delivery ID sends it now)'],
+        [dropped.id, 'dropped', 'dropped by its route (drop_automatic): it would be dropped again'],
+        [delivered.id, 'delivered', 'delivered: send it again with status delivered (mailhook replay --delivered)'],
+      ]);
+      // Asked for delivered ones: the delivered one would be replayed (a dry run lists only the other).
+      const dry = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [pending.id, delivered.id], status: 'delivered', dry_run: true } });
+      assert.deepEqual([dry.body.remaining, dry.body.skipped.map((s: any) => s.id)], [1, [pending.id]]);
+      set.run('dead', delivered.next_attempt_at, delivered.id);
+      const asDelivered = await call(app, 'POST', '/api/deliveries/replay', { body: { ids: [delivered.id], status: 'delivered', dry_run: true } });
+      assert.deepEqual(asDelivered.body.skipped.map((s: any) => [s.status, s.reason]), [['dead', 'dead-lettered: replay it with status dead (without --delivered)']]);
+      const redeliver = await call(app, 'POST', `/api/messages/${ids.first}/redeliver`, { body: {} });
+      assert.equal(redeliver.status, 409, 'its one delivery is pending');
+      assert.match(redeliver.body.message, /pending: it goes out when due/);
+    } finally {
+      for (const r of rows) app.spool.db.prepare(`UPDATE deliveries SET status = ?, finished_at = ?, next_attempt_at = ? WHERE id = ?`).run(r.status, r.finished_at, r.next_attempt_at, r.id);
+    }
+  });
+
   test('delete removes the message, its deliveries and its file', async () => {
     await until(() => app.spool.jobs.counts().pending === 0 && app.spool.jobs.counts().delivering === 0, 10_000, 'queue to drain');
     const file = (app.spool.db.prepare('SELECT raw_file FROM messages WHERE id = ?').get(ids.third) as { raw_file: string }).raw_file;

@@ -181,7 +181,7 @@ describe('mailhook CLI against a running server', () => {
     app.spool.db.prepare(`UPDATE deliveries SET route = 'retired', status = 'dead' WHERE id = ?`).run(id);
     try {
       const r = await mailhook(['replay', '--delivery', id, ...conn], env);
-      assert.equal(r.code, 0, r.err);
+      assert.equal(r.code, 1, 'a named delivery left out is a failure for a script');
       assert.equal(r.out, '0 dead-lettered deliveries match; nothing to replay\n');
       assert.equal(r.err, `delivery ${id} not replayed: route "retired" is no longer in the configuration: a replayed delivery would be dead-lettered again at once; add the route back (or a route with renamed_from: [retired]), restart mailhook, then replay\n`);
       const json = JSON.parse((await mailhook(['replay', '--delivery', id, '--json', ...conn], env)).out) as { replayed: number; skipped: Array<{ id: string; route: string; status: string; reason: string }> };
@@ -192,6 +192,14 @@ describe('mailhook CLI against a running server', () => {
     } finally {
       app.spool.db.prepare(`UPDATE deliveries SET route = 'app', status = 'delivered' WHERE id = ?`).run(id);
     }
+    // A delivered one named without --delivered: left out with what to do; with it, sent again (exit 0).
+    const delivered = await mailhook(['replay', '--delivery', id, ...conn], env);
+    assert.equal(delivered.code, 1);
+    assert.equal(delivered.err, `delivery ${id} not replayed: delivered: send it again with status delivered (mailhook replay --delivered)\n`);
+    const again = await mailhook(['replay', '--delivered', '--delivery', id, ...conn], env);
+    assert.equal(again.code, 0, again.err);
+    assert.equal(again.out, 'replayed 1 delivered delivery; they are due now\n');
+    await until(() => app.spool.getDelivery(id)?.status === 'delivered', 10_000, 'the delivery sent again');
   });
 
   test('retry --route sends a delivery waiting out a Retry-After now; --dry-run counts; no selector is a usage error', async () => {

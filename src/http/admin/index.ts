@@ -131,16 +131,39 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
   }
 
   /**
-   * The named ids a replay leaves out whatever their status, each with why: answered with a bare "replayed 0", an
-   * operator replaying one delivery of a removed route would not learn what to do.
+   * The named ids a replay leaves out, each with why (its route, or its status against the one asked for): answered
+   * with a bare "replayed 0", an operator replaying a delivery of a removed route, or one still pending, would not
+   * learn what to do. `replayed`: the ids the replay took (absent for a dry run, which takes none).
    */
-  function skippedIds(ids: string[] | undefined, excludeRoutes: string[]): Array<{ id: string; route: string; status: string; reason: string }> {
+  function skippedIds(ids: string[] | undefined, excludeRoutes: string[], asked: 'dead' | 'delivered', replayed?: string[]): Array<{ id: string; route: string; status: string; reason: string }> {
     const sinks = new Set(config.routes.filter((r) => r.sink).map((r) => r.name));
     return (ids ?? []).flatMap((id) => {
-      const d = spool.getDelivery(id);
-      if (!d || !excludeRoutes.includes(d.route)) return [];
-      return [{ id, route: d.route, status: d.status, reason: sinks.has(d.route) ? 'sink route: nothing to deliver' : goneRoute(d.route) }];
+      const d = replayed?.includes(id) ? undefined : spool.getDelivery(id);
+      if (!d) return [];
+      let reason: string;
+      if (sinks.has(d.route)) reason = 'sink route: nothing to deliver';
+      else if (excludeRoutes.includes(d.route)) reason = goneRoute(d.route);
+      else if (d.status !== asked) reason = notReplayable(d.status);
+      else if (replayed) reason = 'its state changed meanwhile';
+      else return []; // a dry run: it would be replayed
+      return [{ id, route: d.route, status: d.status, reason }];
     });
+  }
+
+  /** Why a delivery whose status is not the one a replay asked for is left alone, and what takes it instead. */
+  function notReplayable(status: string): string {
+    switch (status) {
+      case 'pending':
+        return 'pending: it goes out when due (mailhook retry --delivery ID sends it now)';
+      case 'delivering':
+        return 'in flight: its attempt is under way';
+      case 'dropped':
+        return 'dropped by its route (drop_automatic): it would be dropped again';
+      case 'delivered':
+        return 'delivered: send it again with status delivered (mailhook replay --delivered)';
+      default:
+        return 'dead-lettered: replay it with status dead (without --delivered)';
+    }
   }
 
   /**
@@ -293,8 +316,7 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     for (const d of chosen) {
       if (sinks.has(d.route)) skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'sink route: nothing to deliver' });
       else if (!config.routes.some((r) => r.name === d.route)) skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'route no longer in the configuration: add it back and restart first' });
-      else if (d.status === 'pending' || d.status === 'delivering') skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'already queued or in flight' });
-      else if (d.status === 'dropped') skipped.push({ id: d.id, route: d.route, status: d.status, reason: 'dropped by the route (drop_automatic); it would be dropped again' });
+      else if (d.status === 'pending' || d.status === 'delivering' || d.status === 'dropped') skipped.push({ id: d.id, route: d.route, status: d.status, reason: notReplayable(d.status) });
       else ids.push(d.id);
     }
     if (ids.length === 0) throw problem(409, `nothing to redeliver: ${skipped.map((s) => `${s.route}: ${s.reason}`).join('; ')}`);
@@ -328,11 +350,11 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
     const asOf = parseTime('as_of', b.as_of) ?? now;
     const excludeRoutes = unreplayableRoutes(filter.route);
     const sel = { ids: b.ids, filter, statuses: [b.status], asOf, excludeRoutes, limit: b.limit };
-    const skipped = skippedIds(b.ids, excludeRoutes);
-    if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true, skipped };
+    if (b.dry_run) return { replayed: 0, ids: [], remaining: spool.queries.countReplayable(sel), as_of: iso(asOf), dry_run: true, skipped: skippedIds(b.ids, excludeRoutes, b.status) };
     const result = spool.queries.replay(sel, now);
     if (result.replayed.length > 0) deps.wakeDelivery(routesOf(result.replayed));
     log.info({ replayed: result.replayed.length, remaining: result.remaining, filter, status: b.status }, 'deliveries replayed by an operator');
+    const skipped = skippedIds(b.ids, excludeRoutes, b.status, result.replayed);
     return { replayed: result.replayed.length, ids: result.replayed, remaining: result.remaining, as_of: iso(asOf), dry_run: false, skipped };
   });
 

@@ -222,7 +222,7 @@ export const replayResponse = {
     skipped: {
       type: 'array',
       items: skippedItem,
-      description: 'ids named in the request that no replay takes, whatever their status: a sink route\'s, or a route no longer in the configuration (the reason says what to do)',
+      description: 'ids named in the request that this replay left out, with why and what to do: a sink route\'s, a route no longer in the configuration\'s, or a delivery whose status is not the one asked for (pending, in flight, dropped, delivered or dead-lettered)',
     },
   },
   required: ['replayed', 'ids', 'remaining', 'as_of', 'dry_run', 'skipped'],
