@@ -137,8 +137,9 @@ async function adminRoutes(api: FastifyInstance, deps: AdminDeps, token: () => s
    */
   function skippedIds(ids: string[] | undefined, excludeRoutes: string[], asked: 'dead' | 'delivered', replayed?: string[]): Array<{ id: string; route: string; status: string; reason: string }> {
     const sinks = new Set(config.routes.filter((r) => r.sink).map((r) => r.name));
+    const taken = new Set(replayed);
     return (ids ?? []).flatMap((id) => {
-      const d = replayed?.includes(id) ? undefined : spool.getDelivery(id);
+      const d = taken.has(id) ? undefined : spool.getDelivery(id);
       if (!d) return [];
       let reason: string;
       if (sinks.has(d.route)) reason = 'sink route: nothing to deliver';
