@@ -214,6 +214,34 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     assert.match(attempts[1]!, /^2.*200.*delivered/);
   });
 
+  test('a message page refreshing itself while a delivery is pending asks for the routes once, not at every refresh', async () => {
+    later.respond = down;
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: ['orders@in.test', 'support@in.test'], subject: 'Shipment 12', text: 'x' });
+    const message = () => app.spool.queries.listMessages({}, { limit: 20 }).messages.find((m) => m.subject === 'Shipment 12');
+    await until(() => message()?.deliveries.some((d) => d.route === 'orders' && d.status === 'pending' && d.attempts === 1) === true && message()?.deliveries.some((d) => d.route === 'tickets' && d.status === 'delivered') === true, 5000, 'one delivery pending, one delivered');
+    const asked = { routes: 0, message: 0 };
+    const count = (r: { url(): string }): void => {
+      const path = new URL(r.url()).pathname;
+      if (path === '/api/routes') asked.routes++;
+      else if (path.startsWith('/api/messages/')) asked.message++;
+    };
+    page.on('request', count);
+    try {
+      await page.goto(`${page.url().split('#')[0]}#/messages/${message()!.id}`);
+      await page.locator('.delivery[data-route=orders] .delivery-head .chip[data-status=pending]').waitFor();
+      // The delivered one offers "Send again": a button that depends on the routes (a removed route gets none).
+      await page.locator('.delivery[data-route=tickets] button', { hasText: 'Send again' }).waitFor();
+      await until(() => asked.message >= 4, 15_000, 'three refreshes of the message page');
+      assert.equal(asked.routes, 1, `routes asked ${asked.routes} times over ${asked.message} renders`);
+    } finally {
+      page.off('request', count);
+      later.respond = () => ({ status: 200, body: 'ok' });
+      const orders = message()!.deliveries.find((d) => d.route === 'orders')!.id;
+      await call(app, 'POST', '/api/deliveries/retry', { body: { ids: [orders] } });
+      await until(() => app.spool.getDelivery(orders)?.status === 'delivered', 5000, 'the pending delivery sent');
+    }
+  });
+
   test('a route\'s pending deliveries are retried now from the routes view', async () => {
     const before = later.requests.length;
     // Both first attempts are answered once both are in flight, so each gets one (whatever a Retry-After does to new attempts).

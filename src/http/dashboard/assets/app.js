@@ -125,12 +125,23 @@ async function messagesView(seq) {
 // A route gone from the configuration: the API replays none of its deliveries (they would be dead-lettered again).
 const GONE_WHY = 'route no longer configured: add it back (or a route with renamed_from) and restart mailhook to replay';
 
+// Which routes are gone changes only with a restart, and /api/routes counts every delivery: a message view, which
+// refreshes itself every 1.5 s while a delivery is pending, asks when it opens and then at most once a minute.
+const ROUTES_MAX_AGE_MS = 60_000;
+let routesSeen = { message: '', at: 0, routes: [] };
+async function routesFor(messageId) {
+  if (routesSeen.message !== messageId || Date.now() - routesSeen.at > ROUTES_MAX_AGE_MS) {
+    routesSeen = { message: messageId, at: Date.now(), routes: (await api('/api/routes')).routes };
+  }
+  return routesSeen.routes;
+}
+
 async function messageView(seq, id) {
   const m = await api(`/api/messages/${encodeURIComponent(id)}`);
   // A sink route's delivery is delivered without an attempt, and there is nothing to send it to.
   const offersReplay = (d) => d.status === 'dead' || (d.status === 'delivered' && d.attempts > 0);
   // The routes are asked for only when a button depends on them (this view refreshes itself while one is pending).
-  const routes = m.deliveries.some(offersReplay) ? (await api('/api/routes')).routes : [];
+  const routes = m.deliveries.some(offersReplay) ? await routesFor(m.id) : [];
   if (seq !== renderSeq) return;
   const gone = new Set(routes.filter((r) => !r.configured).map((r) => r.route));
   const s = m.summary;
