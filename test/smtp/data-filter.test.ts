@@ -1,4 +1,4 @@
-// The DATA filter and the per-IP counters as pure units: chunking never changes the result.
+// The DATA reader and filter and the per-IP counters as pure units: chunking never changes the result.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
