@@ -151,11 +151,14 @@ test('DATA: periods and the terminator are read the same wherever the chunks spl
     '.\r\nNOOP\r\n',
     '..x\r\n.y\r\n.\r\n',
     '\n.x\r\n.\r\n',
+    // SMTP smuggling: none of these ends the data, however it is split (hostile-input.test.ts sends them whole)
+    ...['\n.\n', '\n.\r\n', '\r.\r\n', '\r\n.\n', '\r.\r', '\n.\r', '\r.\n', '\r\n.\r', '\r\n\x00.\r\n'].map((seq) => `hi${seq}RSET\r\n.\r\n`),
   ];
   for (const phase of phases) {
     const whole = Buffer.from(phase, 'latin1');
     const reference = await dataPhase([whole]);
     assert.ok(!reference.content.includes('\r\n.\r\n'), JSON.stringify(phase));
+    if (phase.startsWith('hi')) assert.match(reference.content, /RSET\r\n$/, `${JSON.stringify(phase)}: the smuggled line is content`);
     // Every split into up to four chunks: the first chunk is held back at the data's start, so a chunk sent whole
     // followed by a short one needs the fourth.
     for (let a = 1; a < whole.length; a++) {
