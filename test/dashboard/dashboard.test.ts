@@ -186,6 +186,26 @@ describe('dashboard in headless Chromium', { skip: missing ? `${CHROMIUM} is not
     }
   });
 
+  test('a Replay clicked on a page gone stale says why nothing was replayed', async () => {
+    await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'support@in.test', subject: 'Stale page 3', text: 'x' });
+    const message = () => app.spool.queries.listMessages({}, { limit: 20 }).messages.find((m) => m.subject === 'Stale page 3');
+    await until(() => message()?.status === 'delivered', 5000, 'the message delivered');
+    const id = message()!.deliveries[0]!.id;
+    app.spool.db.prepare(`UPDATE deliveries SET status = 'dead', last_error = 'consumer gone' WHERE id = ?`).run(id);
+    try {
+      await page.goto(`${page.url().split('#')[0]}#/messages/${message()!.id}`);
+      const replay = page.locator('.delivery[data-route=tickets] .delivery-head button', { hasText: 'Replay' });
+      await replay.waitFor();
+      // Sent again from elsewhere (another operator, the CLI) while this page still shows it dead-lettered.
+      app.spool.db.prepare(`UPDATE deliveries SET status = 'delivered', last_error = NULL WHERE id = ?`).run(id);
+      await replay.click();
+      await page.locator('#toast', { hasText: 'Nothing replayed: delivered: send it again with status delivered' }).waitFor();
+      await page.locator('.delivery[data-route=tickets] .delivery-head button', { hasText: 'Send again' }).waitFor();
+    } finally {
+      app.spool.db.prepare(`UPDATE deliveries SET status = 'delivered', last_error = NULL WHERE id = ?`).run(id);
+    }
+  });
+
   test('a pending delivery waiting out a Retry-After is retried now from its detail view, attempt count kept', async () => {
     later.respond = down;
     await sendMail(app.smtpPort, { from: 'shop@example.test', to: 'orders@in.test', subject: 'Order 77', text: 'One printer, fireproof' });

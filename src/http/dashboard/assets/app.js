@@ -285,7 +285,9 @@ async function mailboxesView(seq) {
 async function replayIds(ids, status = 'dead') {
   try {
     const r = await api('/api/deliveries/replay', { method: 'POST', body: { ids, status } });
-    toast(r.replayed ? `Replayed ${r.replayed} deliver${r.replayed === 1 ? 'y' : 'ies'}` : 'Nothing replayed: its state changed meanwhile, or its route is no longer configured');
+    // The API says why it left a named delivery out (its route, or a status changed since this page showed it).
+    const why = (r.skipped ?? []).map((s) => s.reason).join('; ');
+    toast(r.replayed ? `Replayed ${r.replayed} deliver${r.replayed === 1 ? 'y' : 'ies'}` : `Nothing replayed: ${why || 'its state changed meanwhile'}`);
   } catch (err) {
     toast(err.message, true);
   }
