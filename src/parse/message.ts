@@ -42,7 +42,19 @@ export type PayloadMessageJson = string;
 
 /** Parses a stored message into the payload's message as JSON text (see PayloadMessageJson). */
 export async function parseMessageJson(raw: Buffer): Promise<PayloadMessageJson> {
-  return JSON.stringify((await parseMessage(raw)).message);
+  return payloadMessageJson((await parseMessage(raw)).message);
+}
+
+/**
+ * JSON.stringify(message), with each attachment's base64 put in as it is: nothing in base64 needs escaping, and
+ * JSON.stringify walks it a character at a time (~3 ms per MB, a sixth of a 1 MB attachment's parse). The keys
+ * come in the same order (attachments last, content_base64 last in each): the same text, which a test holds it to.
+ */
+export function payloadMessageJson(message: PayloadMessage): PayloadMessageJson {
+  if (message.attachments.length === 0) return JSON.stringify(message);
+  const { attachments, ...rest } = message;
+  const parts = attachments.map(({ content_base64, ...a }) => `${JSON.stringify(a).slice(0, -1)},"content_base64":"${content_base64}"}`);
+  return `${JSON.stringify(rest).slice(0, -1)},"attachments":[${parts.join(',')}]}`;
 }
 
 /**

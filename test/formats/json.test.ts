@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { buildJsonPayload, encodeJsonPayload } from '../../src/delivery/formats/json.js';
-import { parseMessage } from '../../src/parse/message.js';
+import { parseMessage, parseMessageJson, payloadMessageJson } from '../../src/parse/message.js';
 import { FIXTURES, fixture, formatContext } from './support.js';
 
 const EMLS = readdirSync(FIXTURES).filter((f) => f.endsWith('.eml'));
@@ -15,10 +15,24 @@ test('encodeJsonPayload equals the UTF-8 of JSON.stringify(buildJsonPayload) (fi
   for (const n of [0, 1, 2, 3]) cases.push([`pad${n}`, Buffer.from(`Subject: "q" \u2028 ${'x'.repeat(n)}\r\n\r\nbody${'y'.repeat(n)}\r\n`, 'utf8')]);
   // Larger than the pieces raw_base64 is written in (48 KiB), ending in each padding: the pieces must join.
   for (const n of [0, 1, 2]) cases.push([`large${n}`, Buffer.from(`Subject: large\r\n\r\n${'0123456789abcdef\r\n'.repeat(8192)}${'z'.repeat(n)}`, 'utf8')]);
+  // Attachments (their base64 is put into the message JSON as it is): empty, padded each way, an odd filename,
+  // no filename, an inline one with a Content-ID, one large.
+  const part = (headers: string, body: Buffer) => `--b\r\n${headers}\r\nContent-Transfer-Encoding: base64\r\n\r\n${body.toString('base64').replace(/.{76}/g, '$&\r\n')}\r\n`;
+  cases.push(['attachments', Buffer.from(`Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee "these"\r\n${[
+    part('Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="empty.bin"', Buffer.alloc(0)),
+    part('Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="one.bin"', Buffer.from('a')),
+    part('Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="two.bin"', Buffer.from('ab')),
+    part('Content-Type: text/plain\r\nContent-Disposition: attachment; filename="q\\"uote \\\\ \u00e9t\u00e9.txt"', Buffer.from('été\n', 'utf8')),
+    part('Content-Type: application/pdf', Buffer.alloc(3000, 1)),
+    part('Content-Type: image/png\r\nContent-ID: <img1@x>\r\nContent-Disposition: inline', Buffer.alloc(100, 2)),
+    part('Content-Type: application/zip\r\nContent-Disposition: attachment; filename=big.zip', Buffer.alloc(200_000, 3)),
+  ].join('')}--b--\r\n`, 'utf8')]);
   for (const [name, raw] of cases) {
     const ctx = formatContext(raw, { recipients: [{ address: 'incoming+k@in.test', key: 'k' }], meta: { authentication_results: 'mx; spf=pass' } });
     const { message } = await parseMessage(raw);
-    const fast = encodeJsonPayload(ctx, JSON.stringify(message));
+    if (name === 'attachments') assert.equal(message.attachments.length, 7);
+    assert.equal(payloadMessageJson(message), JSON.stringify(message), `${name}: the message JSON`);
+    const fast = encodeJsonPayload(ctx, await parseMessageJson(raw));
     const plain = Buffer.from(JSON.stringify(buildJsonPayload(ctx, message)), 'utf8');
     assert.ok(fast.equals(plain), `${name}: bytes differ`);
     assert.ok(Buffer.from(JSON.parse(fast.toString('utf8')).raw_base64, 'base64').equals(raw), `${name}: raw_base64 round trip`);
