@@ -336,6 +336,24 @@ test('a new spool is readable by its owner alone whatever the umask: database, W
   }
 });
 
+test('readRaw gives a file-backed message\'s bytes exactly, read in pieces: sizes below, at and past a piece, not a multiple of one', async () => {
+  const dir = tempDir('mailhook-readraw-');
+  const spool = new Spool({ path: join(dir, 'spool.db'), inlineMaxBytes: 4096, clock: { now: () => Date.now() } });
+  try {
+    for (const size of [5000, 65_536, 65_537, 300_001]) {
+      const body = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) body[i] = 0x20 + ((i * 7 + (i >> 9)) % 90); // printable, varied, no line ends
+      const raw = Buffer.concat([Buffer.from('Subject: pieces\r\n\r\n'), body, Buffer.from('\r\n')]);
+      const { id } = await spool.accept(input(raw));
+      assert.equal(spool.getMessage(id)?.size, raw.length);
+      assert.ok((await spool.readRaw(id)).equals(raw), `${raw.length} bytes read back`);
+    }
+  } finally {
+    await spool.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('Spool.close() resolves once the checkpoint thread has closed its connection: the files are left alone after it', async () => {
   const dir = tempDir('mailhook-close-');
   try {
